@@ -1,0 +1,85 @@
+"""The sale catalog: every scheduled sale, held in memory and refreshed from the ledger.
+
+The purchase path asks the catalog which sale is current without touching PostgreSQL;
+the clock decides the status, so transitions happen exactly at ``startTime`` and
+``endTime`` however stale the list is.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+import trio
+
+from ._nursery import open_actor_nursery
+from .errors import BackendUnavailable
+from .model import Sale, pick_current
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogStatistics:
+    """A snapshot of the catalog, for /metrics and tests."""
+
+    sales: int
+    refreshes: int
+    failed_refreshes: int
+
+
+class Catalog:
+    """Handle to the running catalog; see :func:`open_catalog`."""
+
+    def __init__(self, fetch: Callable[[], Awaitable[list[Sale]]], refresh_s: float) -> None:
+        self._fetch = fetch
+        self._refresh_s = refresh_s
+        self._sales: list[Sale] = []
+        self._refreshes = 0
+        self._failed = 0
+
+    def current(self, now: datetime) -> Sale | None:
+        """The sale whose window holds ``now``, else the next upcoming, else the last ended."""
+        return pick_current(self._sales, now)
+
+    def get(self, sale_id: uuid.UUID) -> Sale | None:
+        """A sale by id, or None."""
+        return next((s for s in self._sales if s.id == sale_id), None)
+
+    async def refresh(self) -> None:
+        """Reload the list of sales from the ledger now."""
+        self._sales = await self._fetch()
+        self._refreshes += 1
+
+    def statistics(self) -> CatalogStatistics:
+        """Return a snapshot of the catalog's counters."""
+        return CatalogStatistics(len(self._sales), self._refreshes, self._failed)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load once, then refresh every ``refresh_s``, keeping the last list on failure."""
+        await self.refresh()
+        task_status.started()
+        while True:
+            await trio.sleep(self._refresh_s)
+            try:
+                await self.refresh()
+            except BackendUnavailable:
+                self._failed += 1
+                log.warning("catalog refresh failed; keeping %d sales", len(self._sales))
+
+
+@asynccontextmanager
+async def open_catalog(fetch: Callable[[], Awaitable[list[Sale]]],
+                       refresh_s: float = 1.0) -> AsyncIterator[Catalog]:
+    """Open the catalog; yields once the first list of sales has loaded."""
+    catalog = Catalog(fetch, refresh_s)
+    async with open_actor_nursery() as nursery:
+        await nursery.start(catalog.run)
+        try:
+            yield catalog
+        finally:
+            nursery.cancel_scope.cancel()

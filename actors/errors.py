@@ -1,0 +1,88 @@
+"""The one error hierarchy of Flash Flow.
+
+Actors raise these; the HTTP front maps each class to a status and a wire code in a
+single table (``flashflow.http.errors``). Nothing above an actor ever sees a redis or
+asyncpg exception: drivers' errors are translated at the actor boundary.
+"""
+
+from __future__ import annotations
+
+
+class FlashFlowError(Exception):
+    """Root of every error Flash Flow raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(FlashFlowError):
+    """Raised when a request's input fails validation; nothing is written."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class PayloadTooLarge(FlashFlowError):
+    """Raised when a request body is larger than the configured limit."""
+
+
+class SaleNotFound(FlashFlowError):
+    """Raised when there is no current sale (none scheduled, or an unknown id)."""
+
+    def __init__(self, message: str = "There is no flash sale.") -> None:
+        super().__init__(message)
+
+
+class SaleNotActive(FlashFlowError):
+    """Raised when a purchase is attempted before the start or after the end of a sale."""
+
+    def __init__(self, *, started: bool) -> None:
+        self.started = started
+        super().__init__(
+            "The flash sale has ended." if started else "The flash sale has not started yet."
+        )
+
+
+class SoldOut(FlashFlowError):
+    """Raised when no stock is left for the sale."""
+
+    def __init__(self, message: str = "Sorry, the item is sold out.") -> None:
+        super().__init__(message)
+
+
+class AlreadyPurchased(FlashFlowError):
+    """Raised when the user already holds a purchase in this sale."""
+
+    def __init__(self, message: str = "You have already purchased this item.") -> None:
+        super().__init__(message)
+
+
+class Overloaded(FlashFlowError):
+    """Raised when an actor's bounded inbox is full: the caller should retry shortly."""
+
+    def __init__(self, actor: str) -> None:
+        self.actor = actor
+        super().__init__("The server is busy; please retry shortly.")
+
+
+class BackendUnavailable(FlashFlowError):
+    """Raised when Redis or PostgreSQL cannot be reached or answers too slowly."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        super().__init__("The service is temporarily unavailable; please retry shortly.")
+
+
+__all__ = [
+    "AlreadyPurchased",
+    "BackendUnavailable",
+    "FlashFlowError",
+    "InvalidInput",
+    "Overloaded",
+    "PayloadTooLarge",
+    "SaleNotActive",
+    "SaleNotFound",
+    "SoldOut",
+]

@@ -1,0 +1,204 @@
+"""The ledger actor: PostgreSQL, the source of truth, written by group commit.
+
+Reserved purchases queue in a bounded inbox; the actor drains what has gathered and
+writes it as one transaction per sale, so a burst costs one round trip to PostgreSQL and
+one trio-asyncio crossing. A caller is answered only after its transaction committed.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+
+import asyncpg
+import trio
+
+from . import _aio, ledger_sql
+from ._nursery import open_actor_nursery
+from ._slot import Slot
+from .errors import BackendUnavailable, Overloaded
+from .model import LedgerState, Purchase, Sale
+
+log = logging.getLogger(__name__)
+
+
+class CommitResult(enum.Enum):
+    """How the ledger settled one purchase."""
+
+    COMMITTED = "committed"
+    DUPLICATE = "duplicate"
+    NO_STOCK = "no_stock"
+
+
+@dataclass(frozen=True, slots=True)
+class CommitOutcome:
+    """The ledger's answer: the result and the purchase that now stands for the user."""
+
+    result: CommitResult
+    purchase: Purchase | None
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Ask the ledger to make one reserved purchase durable."""
+
+    purchase: Purchase
+    reply: Slot[CommitOutcome] = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerStatistics:
+    """A snapshot of the ledger's work, for /metrics and tests."""
+
+    inbox_depth: int
+    batches: int
+    committed: int
+    largest_batch: int
+    failed_batches: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    """The ledger's knobs; the application builds this from its settings."""
+
+    database_url: str
+    pool_size: int = 4
+    inbox_size: int = 4096
+    batch_max: int = 256
+    timeout_s: float = 5.0
+
+
+class Ledger:
+    """Handle to a running ledger actor; see :func:`open_ledger`."""
+
+    def __init__(self, config: LedgerConfig, pool: asyncpg.Pool) -> None:
+        self._config = config
+        self._pool = pool
+        self._send, self._inbox = trio.open_memory_channel[Commit](config.inbox_size)
+        self._batches = 0
+        self._committed = 0
+        self._largest_batch = 0
+        self._failed_batches = 0
+
+    async def commit(self, purchase: Purchase) -> CommitOutcome:
+        """Make ``purchase`` durable; returns once its transaction committed.
+
+        Raises:
+            Overloaded: the inbox is full.
+            BackendUnavailable: PostgreSQL is down, too slow, or refused the batch.
+        """
+        request = Commit(purchase, Slot())
+        try:
+            self._send.send_nowait(request)
+        except trio.WouldBlock:
+            raise Overloaded("ledger") from None
+        return await request.reply.wait()
+
+    async def sales(self) -> list[Sale]:
+        """Every scheduled sale."""
+        return await self._query(ledger_sql.fetch_sales)
+
+    async def find_purchase(self, sale_id: uuid.UUID, user_id: str) -> Purchase | None:
+        """The user's committed purchase in a sale, or None."""
+        return await self._query(ledger_sql.find_purchase, sale_id, user_id)
+
+    async def state(self, sale: Sale) -> LedgerState:
+        """The committed state of a sale, read in one snapshot."""
+        return await self._query(ledger_sql.ledger_state, sale)
+
+    async def ping(self) -> bool:
+        """Whether PostgreSQL answers a query."""
+        return await self._query(_select_one)
+
+    def statistics(self) -> LedgerStatistics:
+        """Return a snapshot of the ledger's counters."""
+        return LedgerStatistics(
+            inbox_depth=self._inbox.statistics().current_buffer_used,
+            batches=self._batches,
+            committed=self._committed,
+            largest_batch=self._largest_batch,
+            failed_batches=self._failed_batches,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Write batches until cancelled; started once PostgreSQL answers."""
+        await self.ping()
+        task_status.started()
+        async for first in self._inbox:
+            batch = [first]
+            while len(batch) < self._config.batch_max:
+                try:
+                    batch.append(self._inbox.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self._write(batch)
+
+    async def _write(self, batch: list[Commit]) -> None:
+        self._batches += 1
+        self._largest_batch = max(self._largest_batch, len(batch))
+        by_sale: dict[uuid.UUID, list[Commit]] = defaultdict(list)
+        for request in batch:
+            by_sale[request.purchase.sale_id].append(request)
+        for sale_id, requests in by_sale.items():
+            purchases = [r.purchase for r in requests]
+            try:
+                committed, existing, no_stock = await self._query_pool(
+                    ledger_sql.write_batch, sale_id, purchases
+                )
+            except BackendUnavailable as exc:
+                self._failed_batches += 1
+                log.warning("ledger batch failed", extra={"sale_id": str(sale_id),
+                                                          "size": len(requests)})
+                for request in requests:
+                    request.reply.fail(exc)
+                continue
+            self._committed += len(committed)
+            for request in requests:
+                user = request.purchase.user_id
+                if user in committed:
+                    request.reply.set(CommitOutcome(CommitResult.COMMITTED, request.purchase))
+                elif user in no_stock:
+                    request.reply.set(CommitOutcome(CommitResult.NO_STOCK, None))
+                else:
+                    request.reply.set(CommitOutcome(CommitResult.DUPLICATE, existing.get(user)))
+
+    async def _query(self, fn, *args):
+        return await self._query_pool(ledger_sql.on_connection, fn, *args)
+
+    async def _query_pool(self, fn, *args):
+        try:
+            return await _aio.call("postgres", self._config.timeout_s, fn, self._pool, *args)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise BackendUnavailable("postgres") from exc
+
+
+async def _select_one(conn) -> bool:
+    return await conn.fetchval("SELECT 1") == 1
+
+
+@asynccontextmanager
+async def open_ledger(config: LedgerConfig) -> AsyncIterator[Ledger]:
+    """Open the ledger actor; yields once PostgreSQL answers, stops its loop on exit."""
+    try:
+        pool = await _aio.call(
+            "postgres", config.timeout_s, asyncpg.create_pool, config.database_url,
+            min_size=1, max_size=config.pool_size, command_timeout=config.timeout_s,
+        )
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise BackendUnavailable("postgres") from exc
+    try:
+        ledger = Ledger(config, pool)
+        async with open_actor_nursery() as nursery:
+            await nursery.start(ledger.run)
+            try:
+                yield ledger
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True), suppress(BackendUnavailable):
+            await _aio.call("postgres", config.timeout_s, pool.close)

@@ -1,0 +1,158 @@
+"""The ledger's SQL, as plain asyncio coroutines over an asyncpg connection or pool.
+
+The ledger actor calls these through trio-asyncio; the CLI calls them under asyncio.
+Every value travels as a bind parameter: nothing user-supplied is ever put in SQL text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from .model import LedgerState, Purchase, Sale
+
+SALE_COLUMNS = "id, product_name, total_stock, start_time, end_time"
+
+
+def sale_from_row(row: Any) -> Sale:
+    """Build a :class:`Sale` from a ``flash_sales`` row."""
+    return Sale(
+        id=row["id"],
+        product_name=row["product_name"],
+        total_stock=row["total_stock"],
+        start_time=row["start_time"],
+        end_time=row["end_time"],
+    )
+
+
+def advisory_key(sale_id: uuid.UUID, user_id: str) -> int:
+    """A stable signed 64-bit advisory-lock key for one (sale, user) pair."""
+    digest = hashlib.blake2b(f"{sale_id}:{user_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+async def fetch_sales(conn: Any) -> list[Sale]:
+    """Every sale, oldest first."""
+    rows = await conn.fetch(f"SELECT {SALE_COLUMNS} FROM flash_sales ORDER BY start_time, id")
+    return [sale_from_row(r) for r in rows]
+
+
+async def fetch_sale(conn: Any, sale_id: uuid.UUID) -> Sale | None:
+    """One sale by id, or None."""
+    row = await conn.fetchrow(f"SELECT {SALE_COLUMNS} FROM flash_sales WHERE id = $1", sale_id)
+    return sale_from_row(row) if row else None
+
+
+async def insert_sale(conn: Any, product_name: str, total_stock: int, start_time: datetime,
+                      end_time: datetime) -> Sale:
+    """Schedule a new sale and return it."""
+    row = await conn.fetchrow(
+        f"INSERT INTO flash_sales (product_name, total_stock, start_time, end_time) "
+        f"VALUES ($1, $2, $3, $4) RETURNING {SALE_COLUMNS}",
+        product_name, total_stock, start_time, end_time,
+    )
+    return sale_from_row(row)
+
+
+async def sold_count(conn: Any, sale_id: uuid.UUID) -> int:
+    """How many units of a sale are committed."""
+    return await conn.fetchval("SELECT sold FROM flash_sales WHERE id = $1", sale_id) or 0
+
+
+async def find_purchase(conn: Any, sale_id: uuid.UUID, user_id: str) -> Purchase | None:
+    """The user's committed purchase in a sale, or None."""
+    row = await conn.fetchrow(
+        "SELECT id, purchased_at FROM purchases WHERE sale_id = $1 AND user_id = $2",
+        sale_id, user_id,
+    )
+    return Purchase(row["id"], sale_id, user_id, row["purchased_at"]) if row else None
+
+
+async def ledger_state(conn: Any, sale: Sale) -> LedgerState:
+    """What is committed for a sale, read in one snapshot: the state the gate is rebuilt from."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        sold = await sold_count(conn, sale.id)
+        rows = await conn.fetch("SELECT user_id, id FROM purchases WHERE sale_id = $1", sale.id)
+    return LedgerState(sale.total_stock, sold, {r["user_id"]: str(r["id"]) for r in rows})
+
+
+async def on_connection(pool: Any, fn: Any, *args: Any) -> Any:
+    """Run ``fn(conn, *args)`` on a connection taken from ``pool``."""
+    async with pool.acquire() as conn:
+        return await fn(conn, *args)
+
+
+async def write_batch(pool: Any, sale_id: uuid.UUID,
+                      purchases: list[Purchase]) -> tuple[set[str], dict[str, Purchase], set[str]]:
+    """Commit a batch of purchases of one sale in one transaction (group commit).
+
+    Takes ``pg_advisory_xact_lock`` per (sale, user) in ascending key order, so concurrent
+    batches from other processes cannot deadlock. If the batch would pass the stock, the
+    CHECK on ``flash_sales.sold`` aborts it and the rows are retried one by one.
+
+    Returns:
+        (committed user ids, existing purchases of users who already held one,
+        user ids refused because no stock was left).
+    """
+    keys = sorted({advisory_key(sale_id, p.user_id) for p in purchases})
+    async with pool.acquire() as conn:
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k", keys
+                )
+                rows = await conn.fetch(
+                    "INSERT INTO purchases (id, sale_id, user_id, purchased_at) "
+                    "SELECT p.id, $1, p.user_id, p.at "
+                    "FROM unnest($2::uuid[], $3::text[], $4::timestamptz[]) AS p(id, user_id, at) "
+                    "ON CONFLICT (sale_id, user_id) DO NOTHING RETURNING user_id",
+                    sale_id,
+                    [p.id for p in purchases],
+                    [p.user_id for p in purchases],
+                    [p.purchased_at for p in purchases],
+                )
+                committed = {r["user_id"] for r in rows}
+                existing = await _existing(conn, sale_id, purchases, committed)
+            return committed, existing, set()
+        except asyncpg.CheckViolationError:
+            return await _write_one_by_one(conn, sale_id, purchases, keys)
+
+
+async def _existing(conn: Any, sale_id: uuid.UUID, purchases: list[Purchase],
+                    committed: set[str]) -> dict[str, Purchase]:
+    others = [p.user_id for p in purchases if p.user_id not in committed]
+    if not others:
+        return {}
+    rows = await conn.fetch(
+        "SELECT id, user_id, purchased_at FROM purchases WHERE sale_id = $1 AND user_id = ANY($2)",
+        sale_id, others,
+    )
+    return {r["user_id"]: Purchase(r["id"], sale_id, r["user_id"], r["purchased_at"]) for r in rows}
+
+
+async def _write_one_by_one(conn: Any, sale_id: uuid.UUID, purchases: list[Purchase],
+                            keys: list[int]) -> tuple[set[str], dict[str, Purchase], set[str]]:
+    committed: set[str] = set()
+    no_stock: set[str] = set()
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k", keys
+        )
+        for p in purchases:
+            try:
+                async with conn.transaction():
+                    status = await conn.execute(
+                        "INSERT INTO purchases (id, sale_id, user_id, purchased_at) "
+                        "VALUES ($1, $2, $3, $4) ON CONFLICT (sale_id, user_id) DO NOTHING",
+                        p.id, sale_id, p.user_id, p.purchased_at,
+                    )
+                if status.endswith(" 1"):
+                    committed.add(p.user_id)
+            except asyncpg.CheckViolationError:
+                no_stock.add(p.user_id)
+        existing = await _existing(conn, sale_id, purchases, committed | no_stock)
+    return committed, existing, no_stock

@@ -1,0 +1,147 @@
+"""The Quart-Trio HTTP front: routes, envelopes and the wiring of error handlers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from actors import FlashFlowError, Purchase, Sale, SaleNotActive, SaleNotFound, SaleStatus
+
+from ..runtime import Runtime
+from . import errors, validation
+
+log = logging.getLogger("flashflow.http")
+
+API = "/api/v1/flash-sales/current"
+
+
+def iso(moment: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and a ``Z``, as JavaScript's ``toISOString``."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def data(payload: Any, status: int = 200) -> Response:
+    """A success response in the ``{"data": ...}`` envelope."""
+    return Response(json.dumps({"data": payload}), status=status, content_type="application/json")
+
+
+def sale_body(sale: Sale, remaining: int, now: datetime) -> dict[str, Any]:
+    """The wire form of a sale, as ``GET /current`` returns it."""
+    return {
+        "id": str(sale.id),
+        "productName": sale.product_name,
+        "totalStock": sale.total_stock,
+        "remainingStock": remaining,
+        "startTime": iso(sale.start_time),
+        "endTime": iso(sale.end_time),
+        "status": sale.status(now).value,
+        "serverTime": iso(now),
+    }
+
+
+def purchase_body(purchase: Purchase, sale: Sale) -> dict[str, Any]:
+    """The wire form of a confirmed purchase."""
+    return {
+        "purchaseId": str(purchase.id),
+        "userId": purchase.user_id,
+        "productName": sale.product_name,
+        "status": "confirmed",
+        "purchasedAt": iso(purchase.purchased_at),
+    }
+
+
+def create_app(runtime: Runtime) -> QuartTrio:
+    """Build the HTTP application around a running actor tree."""
+    settings = runtime.settings
+    app = QuartTrio(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+
+    def current_sale(now: datetime) -> Sale:
+        sale = runtime.catalog.current(now)
+        if sale is None:
+            raise SaleNotFound()
+        return sale
+
+    @app.get(API)
+    async def get_current() -> Response:
+        now = runtime.clock()
+        sale = current_sale(now)
+        remaining = await runtime.gate.remaining(sale)
+        return data(sale_body(sale, remaining, now))
+
+    @app.post(f"{API}/purchase")
+    async def purchase() -> Response:
+        body = validation.json_object(await request.get_data(cache=False))
+        user_id = validation.user_id(body.get("userId"))
+        now = runtime.clock()
+        sale = current_sale(now)
+        status = sale.status(now)
+        if status is not SaleStatus.ACTIVE:
+            raise SaleNotActive(started=status is SaleStatus.ENDED)
+        bought = await runtime.serializer.purchase(sale, user_id)
+        return data(purchase_body(bought, sale), status=201)
+
+    @app.get(f"{API}/purchase")
+    async def purchase_status() -> Response:
+        user_id = validation.user_id(request.args.get("userId"))
+        sale = current_sale(runtime.clock())
+        found = await runtime.ledger.find_purchase(sale.id, user_id)
+        if found is None:
+            return data({"purchased": False})
+        return data({"purchased": True, "purchaseId": str(found.id),
+                     "purchasedAt": iso(found.purchased_at)})
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return data({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        checks = await readiness(runtime)
+        status = 200 if all(checks.values()) else 503
+        return data({"ready": status == 200, "checks": checks}, status=status)
+
+    @app.errorhandler(FlashFlowError)
+    async def on_flashflow_error(error: FlashFlowError) -> Response:
+        return errors.for_error(error, settings.retry_after_s)
+
+    @app.errorhandler(HTTPException)
+    async def on_http_error(error: HTTPException) -> Response:
+        return errors.for_http(error)
+
+    @app.errorhandler(Exception)
+    async def on_unexpected(error: Exception) -> Response:
+        log.exception("unexpected error", exc_info=error)
+        return errors.internal_error()
+
+    return app
+
+
+async def readiness(runtime: Runtime) -> dict[str, bool]:
+    """Whether Redis and PostgreSQL answer and the current sale's gate is loaded."""
+    checks = {"redis": False, "postgres": False, "gate": False}
+    try:
+        checks["redis"] = await runtime.gate.ping()
+    except FlashFlowError:
+        pass
+    try:
+        checks["postgres"] = await runtime.ledger.ping()
+    except FlashFlowError:
+        pass
+    now = runtime.clock()
+    sale = runtime.catalog.current(now)
+    if sale is None or sale.status(now) is SaleStatus.ENDED:
+        checks["gate"] = True
+    elif checks["redis"]:
+        try:
+            checks["gate"] = await runtime.gate.is_loaded(sale)
+        except FlashFlowError:
+            pass
+    return checks

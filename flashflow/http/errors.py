@@ -1,0 +1,91 @@
+"""The one table that maps Flash Flow errors to HTTP statuses and the wire envelope.
+
+Error bodies keep the original product's format exactly:
+``{"status": "error", "code": <http status>, "error": {"code", "message", "correlationId"}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+from quart import Response
+from werkzeug.exceptions import HTTPException
+
+from actors.errors import (
+    AlreadyPurchased,
+    BackendUnavailable,
+    FlashFlowError,
+    InvalidInput,
+    Overloaded,
+    PayloadTooLarge,
+    SaleNotActive,
+    SaleNotFound,
+    SoldOut,
+)
+
+log = logging.getLogger("flashflow.http")
+
+#: error class -> (HTTP status, wire code, whether to send Retry-After)
+ERROR_TABLE: dict[type[FlashFlowError], tuple[int, str, bool]] = {
+    InvalidInput: (400, "VALIDATION_ERROR", False),
+    SaleNotFound: (404, "SALE_NOT_FOUND", False),
+    SaleNotActive: (409, "SALE_NOT_ACTIVE", False),
+    SoldOut: (409, "SOLD_OUT", False),
+    AlreadyPurchased: (409, "ALREADY_PURCHASED", False),
+    PayloadTooLarge: (413, "PAYLOAD_TOO_LARGE", False),
+    Overloaded: (503, "UNAVAILABLE", True),
+    BackendUnavailable: (503, "UNAVAILABLE", True),
+}
+
+#: HTTP errors raised by the framework itself (routing, body limits) -> wire code
+HTTP_CODES: dict[int, str] = {
+    400: "VALIDATION_ERROR",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "VALIDATION_ERROR",
+    431: "BAD_REQUEST",
+}
+
+
+def error_response(status: int, code: str, message: str, *,
+                   retry_after_s: int | None = None) -> Response:
+    """Build the error envelope with a fresh correlation id, and log it with that id."""
+    correlation_id = str(uuid.uuid4())
+    body = {
+        "status": "error",
+        "code": status,
+        "error": {"code": code, "message": message, "correlationId": correlation_id},
+    }
+    level = logging.WARNING if status >= 500 else logging.INFO
+    log.log(level, "%s %s: %s", status, code, message,
+            extra={"correlation_id": correlation_id, "error_code": code})
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else {}
+    return Response(json.dumps(body), status=status, headers=headers,
+                    content_type="application/json")
+
+
+def for_error(error: FlashFlowError, retry_after_s: int) -> Response:
+    """The response for a Flash Flow error, by the table above."""
+    for cls in type(error).__mro__:
+        if cls in ERROR_TABLE:
+            status, code, retry = ERROR_TABLE[cls]
+            return error_response(status, code, error.message,
+                                  retry_after_s=retry_after_s if retry else None)
+    return internal_error()
+
+
+def for_http(error: HTTPException) -> Response:
+    """The response for an HTTP error raised by the framework."""
+    status = error.code or 500
+    if status >= 500:
+        return internal_error()
+    code = HTTP_CODES.get(status, "BAD_REQUEST")
+    return error_response(status, code, error.description or error.name)
+
+
+def internal_error() -> Response:
+    """The response for anything unexpected: no stack trace leaves the server."""
+    return error_response(500, "INTERNAL_ERROR", "An unexpected error occurred.")

@@ -1,0 +1,100 @@
+"""The one place that wires the actor tree together.
+
+Start order is ledger, catalog, gate, serializer; the HTTP front runs inside, so on the
+way out HTTP stops first, purchases in flight drain, and the actors close after them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+import trio_asyncio
+
+from actors import (
+    Catalog,
+    GateConfig,
+    Ledger,
+    LedgerConfig,
+    SaleStatus,
+    StockGate,
+    UserSerializer,
+    open_catalog,
+    open_ledger,
+    open_stock_gate,
+    open_user_serializer,
+)
+from actors.user_serializer import utc_now
+
+from .settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Handles to every running actor, for the HTTP front."""
+
+    settings: Settings
+    ledger: Ledger
+    catalog: Catalog
+    gate: StockGate
+    serializer: UserSerializer
+    clock: Callable[[], datetime]
+
+
+def gate_config(settings: Settings) -> GateConfig:
+    """The stock gate's configuration, taken from the settings."""
+    return GateConfig(
+        redis_url=_require(settings.redis_url, "FLASHFLOW_REDIS_URL"),
+        key_prefix=settings.key_prefix,
+        inbox_size=settings.gate_inbox_size,
+        batch_max=settings.gate_batch_max,
+        timeout_s=settings.redis_timeout_s,
+        recheck_s=settings.sold_out_recheck_s,
+    )
+
+
+def ledger_config(settings: Settings) -> LedgerConfig:
+    """The ledger's configuration, taken from the settings."""
+    return LedgerConfig(
+        database_url=_require(settings.database_url, "FLASHFLOW_DATABASE_URL"),
+        pool_size=settings.pg_pool_size,
+        inbox_size=settings.ledger_inbox_size,
+        batch_max=settings.ledger_batch_max,
+        timeout_s=settings.postgres_timeout_s,
+    )
+
+
+def _require(value: str | None, name: str) -> str:
+    if not value:
+        raise SettingsError(f"{name} is not set")
+    return value
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings, *,
+                       clock: Callable[[], datetime] = utc_now) -> AsyncIterator[Runtime]:
+    """Open the asyncio bridge and the actor tree; close them in reverse order on exit."""
+    async with trio_asyncio.open_loop():
+        async with (
+            open_ledger(ledger_config(settings)) as ledger,
+            open_catalog(ledger.sales, settings.catalog_refresh_s) as catalog,
+            open_stock_gate(gate_config(settings), loader=ledger.state) as gate,
+        ):
+            await reconcile(catalog, gate, clock())
+            async with open_user_serializer(
+                gate, ledger, max_in_flight=settings.max_in_flight, clock=clock,
+                drain_timeout_s=settings.graceful_timeout_s,
+            ) as serializer:
+                yield Runtime(settings, ledger, catalog, gate, serializer, clock)
+
+
+async def reconcile(catalog: Catalog, gate: StockGate, now: datetime) -> None:
+    """Build the gate from the ledger for the current sale when Redis does not hold it."""
+    sale = catalog.current(now)
+    if sale is not None and sale.status(now) is not SaleStatus.ENDED:
+        await gate.ensure_loaded(sale)

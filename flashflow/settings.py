@@ -1,0 +1,125 @@
+"""One frozen settings object, built once from the environment and passed explicitly."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+PREFIX = "FLASHFLOW_"
+
+
+class SettingsError(ValueError):
+    """A setting is malformed; the message names the environment variable."""
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number between 0 and 65535")
+    return value
+
+
+def _optional_url(raw: str) -> str | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    if "://" not in raw:
+        raise ValueError("must be a URL such as scheme://host:port/...")
+    return raw
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")
+
+
+_CASTS: dict[str, Callable[[str], Any]] = {
+    "int": _positive_int,
+    "float": _positive_float,
+    "port": _port,
+    "url": _optional_url,
+    "bool": _bool,
+    "str": str,
+    "path": lambda raw: Path(raw).expanduser(),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Every knob of Flash Flow; each field is read from ``FLASHFLOW_<FIELD>``."""
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    data_dir: Path = Path(".flashflow")
+    key_prefix: str = "flashflow:"
+    gate_inbox_size: int = 4096
+    gate_batch_max: int = 512
+    ledger_inbox_size: int = 4096
+    ledger_batch_max: int = 256
+    max_in_flight: int = 8192
+    pg_pool_size: int = 4
+    redis_timeout_s: float = 2.0
+    postgres_timeout_s: float = 5.0
+    catalog_refresh_s: float = 1.0
+    sold_out_recheck_s: float = 1.0
+    retry_after_s: int = 1
+    max_body_bytes: int = 4096
+    graceful_timeout_s: float = 10.0
+    access_log: bool = False
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``FLASHFLOW_*`` variables; ``overrides`` win over the environment.
+
+        Raises:
+            SettingsError: a variable is malformed; the message names it.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = PREFIX + f.name.upper()
+            if name in environ:
+                cast = _CASTS[_kind(f.name, f.type)]
+                try:
+                    values[f.name] = cast(environ[name])
+                except ValueError as exc:
+                    raise SettingsError(f"{name}={environ[name]!r}: {exc}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _kind(name: str, annotation: Any) -> str:
+    text = str(annotation)
+    if name.endswith("_url"):
+        return "url"
+    if name == "port":
+        return "port"
+    for kind in ("bool", "int", "float", "Path"):
+        if text.startswith(kind):
+            return "path" if kind == "Path" else kind
+    return "str"

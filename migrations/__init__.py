@@ -1,0 +1,1 @@
+"""Plain SQL migrations, applied in file-name order by ``flashflow migrate``."""

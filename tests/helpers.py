@@ -1,0 +1,103 @@
+"""Helpers shared by the tests: database set-up, sales, a controllable clock, a live server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import redis
+import trio
+
+from actors import Sale, ledger_sql
+from flashflow.runtime import Runtime, open_runtime
+from flashflow.http import create_app
+from flashflow.server import hypercorn_config
+from flashflow.settings import Settings
+from hypercorn.trio import serve as hypercorn_serve
+
+
+def run_pg(url: str, fn: Any, *args: Any) -> Any:
+    """Run the asyncio coroutine ``fn(conn, *args)`` on a fresh connection, synchronously."""
+
+    async def go() -> Any:
+        conn = await asyncpg.connect(url)
+        try:
+            return await fn(conn, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+async def pg(url: str, fn: Any, *args: Any) -> Any:
+    """Like :func:`run_pg`, from trio code, in a worker thread."""
+    return await trio.to_thread.run_sync(run_pg, url, fn, *args)
+
+
+async def fetch(conn: Any, sql: str, *args: Any) -> list[Any]:
+    """``conn.fetch`` as a plain coroutine function, for :func:`pg`."""
+    return await conn.fetch(sql, *args)
+
+
+async def make_sale(url: str, *, stock: int = 10, product: str = "Test Widget",
+                    starts_in: timedelta = timedelta(minutes=-1),
+                    lasts: timedelta = timedelta(hours=1),
+                    now: datetime | None = None) -> Sale:
+    """Schedule a sale relative to ``now`` (default: running now for an hour)."""
+    start = (now or datetime.now(UTC)) + starts_in
+    return await pg(url, ledger_sql.insert_sale, product, stock, start, start + lasts)
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A synchronous Redis client on the test server."""
+    return redis.Redis.from_url(settings.redis_url, decode_responses=True)
+
+
+def gate_keys(settings: Settings, sale_id: uuid.UUID) -> tuple[str, str]:
+    """The gate's Redis keys for a sale under the test's key prefix."""
+    base = f"{settings.key_prefix}sale:{sale_id}"
+    return f"{base}:stock", f"{base}:buyers"
+
+
+@dataclass
+class FakeClock:
+    """A wall clock the test moves by hand."""
+
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    """A Flash Flow server listening on loopback, with an HTTP client pointed at it."""
+
+    runtime: Runtime
+    client: httpx.AsyncClient
+    base_url: str
+
+
+@asynccontextmanager
+async def live_server(settings: Settings, **runtime_kwargs: Any) -> AsyncIterator[LiveServer]:
+    """Serve the real app on 127.0.0.1 and an ephemeral port for the test's duration."""
+    settings = replace(settings, host="127.0.0.1", port=0)
+    async with open_runtime(settings, **runtime_kwargs) as runtime:
+        app = create_app(runtime)
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(hypercorn_serve, app, hypercorn_config(settings))
+            base_url = binds[0]
+            limits = httpx.Limits(max_connections=500, max_keepalive_connections=500)
+            async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
+                yield LiveServer(runtime, client, base_url)
+            nursery.cancel_scope.cancel()

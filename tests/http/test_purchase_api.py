@@ -1,0 +1,82 @@
+"""Contract tests of the purchase API against real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import trio
+
+from ..helpers import fetch, gate_keys, live_server, make_sale, pg, redis_client
+
+PURCHASE = "/api/v1/flash-sales/current/purchase"
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    """Check the error envelope of the original product and return its ``error`` object."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["status"] == "error"
+    assert body["code"] == status
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    uuid.UUID(body["error"]["correlationId"])
+    return body["error"]
+
+
+async def test_first_purchase_is_201_with_the_confirmed_body(settings):
+    """A user's first purchase is answered 201 in the data envelope and is in Postgres."""
+    sale = await make_sale(settings.database_url, stock=5, product="Phone")
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            response = await server.client.post(PURCHASE, json={"userId": "  alice  "})
+    assert response.status_code == 201, response.text
+    body = response.json()["data"]
+    assert body["userId"] == "alice"
+    assert body["productName"] == "Phone"
+    assert body["status"] == "confirmed"
+    assert body["purchasedAt"].endswith("Z")
+    rows = await pg(settings.database_url, fetch,
+                    "SELECT id::text, user_id FROM purchases WHERE sale_id = $1", sale.id)
+    assert [(r["id"], r["user_id"]) for r in rows] == [(body["purchaseId"], "alice")]
+
+
+async def test_second_purchase_is_409_already_purchased(settings):
+    """A user who already bought gets 409 ALREADY_PURCHASED and no second row."""
+    sale = await make_sale(settings.database_url, stock=5)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            first = await server.client.post(PURCHASE, json={"userId": "bob123"})
+            again = await server.client.post(PURCHASE, json={"userId": "bob123"})
+    assert first.status_code == 201
+    assert_error(again, 409, "ALREADY_PURCHASED")
+    rows = await pg(settings.database_url, fetch,
+                    "SELECT 1 FROM purchases WHERE sale_id = $1", sale.id)
+    assert len(rows) == 1
+
+
+async def test_sold_out_is_409_and_stock_stays_exact(settings):
+    """With stock 2, the third buyer gets 409 SOLD_OUT and Redis holds 0."""
+    sale = await make_sale(settings.database_url, stock=2)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            answers = [await server.client.post(PURCHASE, json={"userId": f"user-{i}"})
+                       for i in range(3)]
+            current = await server.client.get("/api/v1/flash-sales/current")
+    assert [a.status_code for a in answers[:2]] == [201, 201]
+    assert_error(answers[2], 409, "SOLD_OUT")
+    assert current.json()["data"]["remainingStock"] == 0
+    assert current.json()["data"]["status"] == "active"
+    stock_key, _ = gate_keys(settings, sale.id)
+    assert redis_client(settings).get(stock_key) == "0"
+
+
+async def test_sale_not_started_and_ended_are_409_sale_not_active(settings):
+    """Purchases outside the window get 409 SALE_NOT_ACTIVE saying which side they are on."""
+    await make_sale(settings.database_url, starts_in=timedelta(hours=1))
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            early = await server.client.post(PURCHASE, json={"userId": "carol"})
+            current = await server.client.get("/api/v1/flash-sales/current")
+    assert "not started" in assert_error(early, 409, "SALE_NOT_ACTIVE")["message"]
+    assert current.json()["data"]["status"] == "upcoming"
