@@ -3,7 +3,10 @@
 User ids travel only as script arguments (ARGV), never inside the script text.
 """
 
-# KEYS: stock, buyers. ARGV: user, purchase id, user, purchase id, ...
+# Every script that changes a stock publishes "<sale id> <stock>" on the stock channel
+# (KEYS[3]), so stock feeds in every process and on every host see every change.
+
+# KEYS: stock, buyers, channel. ARGV: sale id, then user, purchase id, user, purchase id, ...
 # Returns {-1} when the gate is not loaded, else {stock_after, code1, info1, code2, info2, ...}
 # with code 0 = reserved (info = stock left), 1 = already bought (info = purchase id),
 # 2 = sold out.
@@ -13,7 +16,7 @@ if not stock then return {-1} end
 stock = tonumber(stock)
 local start = stock
 local out = {0}
-for i = 1, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   local prev = redis.call('HGET', KEYS[2], ARGV[i])
   if prev then
     out[#out + 1] = 1; out[#out + 1] = prev
@@ -25,30 +28,36 @@ for i = 1, #ARGV, 2 do
     out[#out + 1] = 0; out[#out + 1] = stock
   end
 end
-if stock ~= start then redis.call('SET', KEYS[1], stock) end
+if stock ~= start then
+  redis.call('SET', KEYS[1], stock)
+  redis.call('PUBLISH', KEYS[3], ARGV[1] .. ' ' .. stock)
+end
 out[1] = stock
 return out
 """
 
-# KEYS: stock, buyers. ARGV: user, purchase id, restock flag ('1' returns the unit).
+# KEYS: stock, buyers, channel. ARGV: user, purchase id, restock flag ('1' returns the
+# unit), sale id.
 # Releases only the reservation it names, so a release can never be applied twice.
 RELEASE = """
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
 if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('INCR', KEYS[1])
+  local stock = redis.call('INCR', KEYS[1])
+  redis.call('PUBLISH', KEYS[3], ARGV[4] .. ' ' .. stock)
 end
 return 1
 """
 
-# KEYS: stock, buyers. ARGV: remaining, user, purchase id, ...
+# KEYS: stock, buyers, channel. ARGV: remaining, sale id, user, purchase id, ...
 # Loads the gate only when it is missing, so a gate another process loaded is never clobbered.
 LOAD = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('DEL', KEYS[2])
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
 end
 redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PUBLISH', KEYS[3], ARGV[2] .. ' ' .. ARGV[1])
 return 1
 """

@@ -66,6 +66,11 @@ class GateConfig:
     recheck_s: float = 1.0
 
 
+def stock_channel(key_prefix: str) -> str:
+    """The pub/sub channel carrying stock changes for every sale under ``key_prefix``."""
+    return f"{key_prefix}stock"
+
+
 class StockGate:
     """Handle to a running stock-gate actor; see :func:`open_stock_gate`."""
 
@@ -89,6 +94,14 @@ class StockGate:
         """Return the Redis keys (stock, buyers) that hold the gate of ``sale_id``."""
         base = f"{self._config.key_prefix}sale:{sale_id}"
         return f"{base}:stock", f"{base}:buyers"
+
+    @property
+    def channel(self) -> str:
+        """The pub/sub channel on which every stock change is published as "<sale id> <stock>"."""
+        return stock_channel(self._config.key_prefix)
+
+    def _script_keys(self, sale_id: uuid.UUID) -> list[str]:
+        return [*self.keys(sale_id), self.channel]
 
     # -- requests ---------------------------------------------------------------------
 
@@ -117,9 +130,9 @@ class StockGate:
 
         Returns whether the reservation was still there to undo.
         """
-        keys = self.keys(sale_id)
-        args = [user_id, str(purchase_id), "1" if restock else "0"]
-        released = bool(await self._redis_call(self._release, keys=keys, args=args))
+        args = [user_id, str(purchase_id), "1" if restock else "0", str(sale_id)]
+        released = bool(await self._redis_call(self._release, keys=self._script_keys(sale_id),
+                                               args=args))
         if released and restock:
             self._sold_out.discard(sale_id)
         return released
@@ -141,10 +154,11 @@ class StockGate:
     async def ensure_loaded(self, sale: Sale) -> bool:
         """Build the gate from the ledger if it is missing; return whether this call loaded it."""
         state = await self._loader(sale)
-        args: list[str | int] = [max(state.total_stock - state.sold, 0)]
+        args: list[str | int] = [max(state.total_stock - state.sold, 0), str(sale.id)]
         for user_id, purchase_id in state.buyers.items():
             args += [user_id, purchase_id]
-        loaded = bool(await self._redis_call(self._load, keys=self.keys(sale.id), args=args))
+        loaded = bool(await self._redis_call(self._load, keys=self._script_keys(sale.id),
+                                             args=args))
         if loaded:
             log.info("gate loaded from ledger", extra={"sale_id": str(sale.id), "sold": state.sold})
         return loaded
@@ -201,13 +215,14 @@ class StockGate:
             for request in requests:
                 request.reply.fail(SoldOut())
             return
-        args: list[str] = []
+        args: list[str] = [str(sale.id)]
         for request in requests:
             args += [request.user_id, str(request.purchase_id)]
-        reply = await self._redis_call(self._reserve, keys=self.keys(sale.id), args=args)
+        keys = self._script_keys(sale.id)
+        reply = await self._redis_call(self._reserve, keys=keys, args=args)
         if reply[0] == -1:
             await self.ensure_loaded(sale)
-            reply = await self._redis_call(self._reserve, keys=self.keys(sale.id), args=args)
+            reply = await self._redis_call(self._reserve, keys=keys, args=args)
             if reply[0] == -1:
                 raise BackendUnavailable("redis")
         if int(reply[0]) <= 0:
