@@ -7,8 +7,8 @@ caller's own exception from its body), so a group holding exactly one leaf is un
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import trio
 
@@ -20,14 +20,21 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     return out
 
 
-@asynccontextmanager
-async def open_actor_nursery() -> AsyncIterator[trio.Nursery]:
-    """Open a nursery whose single error, if any, surfaces unwrapped."""
+@contextmanager
+def single_errors() -> Iterator[None]:
+    """Re-raise an ExceptionGroup holding exactly one (non-Cancelled) error as that error."""
     try:
-        async with trio.open_nursery() as nursery:
-            yield nursery
+        yield
     except BaseExceptionGroup as group:
         leaves = _leaves(group)
         if len(leaves) == 1 and not isinstance(leaves[0], trio.Cancelled):
             raise leaves[0] from None
         raise
+
+
+@asynccontextmanager
+async def open_actor_nursery() -> AsyncIterator[trio.Nursery]:
+    """Open a nursery whose single error, if any, surfaces unwrapped."""
+    with single_errors():
+        async with trio.open_nursery() as nursery:
+            yield nursery

@@ -27,6 +27,7 @@ from actors import (
     open_stock_gate,
     open_user_serializer,
 )
+from actors._nursery import single_errors
 from actors.user_serializer import utc_now
 
 from .settings import Settings, SettingsError
@@ -79,8 +80,9 @@ def _require(value: str | None, name: str) -> str:
 async def open_runtime(settings: Settings, *,
                        clock: Callable[[], datetime] = utc_now) -> AsyncIterator[Runtime]:
     """Open the asyncio bridge and the actor tree; close them in reverse order on exit."""
-    async with trio_asyncio.open_loop():
+    with single_errors():
         async with (
+            trio_asyncio.open_loop(),
             open_ledger(ledger_config(settings)) as ledger,
             open_catalog(ledger.sales, settings.catalog_refresh_s) as catalog,
             open_stock_gate(gate_config(settings), loader=ledger.state) as gate,

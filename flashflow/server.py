@@ -28,14 +28,6 @@ def hypercorn_config(settings: Settings) -> Config:
     return config
 
 
-async def wait_for_signal() -> None:
-    """Return on the first SIGINT or SIGTERM: the trigger of a graceful shutdown."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("received %s; shutting down", signal.Signals(signum).name)
-            return
-
-
 async def serve(settings: Settings, *,
                 shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -47,3 +39,27 @@ async def serve(settings: Settings, *,
         app = create_app(runtime)
         await hypercorn_serve(app, hypercorn_config(settings),
                               shutdown_trigger=shutdown_trigger, task_status=task_status)
+
+
+async def serve_until_signalled(settings: Settings,
+                                on_ready: Callable[[list[str]], None] = lambda binds: None) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully; a second signal stops at once."""
+    stop = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    if stop.is_set():
+                        log.warning("second %s; stopping now", signal.Signals(signum).name)
+                        nursery.cancel_scope.cancel()
+                        return
+                    log.info("received %s; shutting down gracefully", signal.Signals(signum).name)
+                    stop.set()
+
+            async def serve_then_stop(task_status: trio.TaskStatus[list[str]]) -> None:
+                await serve(settings, shutdown_trigger=stop.wait, task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_signals)
+            on_ready(await nursery.start(serve_then_stop))

@@ -1,0 +1,234 @@
+"""The ``flashflow`` command: run the server, migrate, seed, and schedule sales."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import click
+import trio
+
+from actors import ledger_sql
+from actors.model import Sale
+
+from .migrate import apply_migrations
+from .settings import Settings, SettingsError
+
+log = logging.getLogger("flashflow")
+
+DEMO_PRODUCT = "Limited Edition Sneakers"
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return Settings.from_env(**overrides)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def server_options(fn: Callable) -> Callable:
+    """The options shared by ``up`` and ``serve``; each overrides its FLASHFLOW_* variable."""
+    fn = click.option("--host", help="Address to listen on [FLASHFLOW_HOST].")(fn)
+    fn = click.option("--port", type=click.IntRange(0, 65535),
+                      help="Port to listen on; 0 picks a free one [FLASHFLOW_PORT].")(fn)
+    fn = click.option("--database-url", help="PostgreSQL URL [FLASHFLOW_DATABASE_URL].")(fn)
+    fn = click.option("--redis-url", help="Redis URL [FLASHFLOW_REDIS_URL].")(fn)
+    return fn
+
+
+def _run_pg(url: str, fn: Callable, *args: Any) -> Any:
+    async def go() -> Any:
+        conn = await asyncpg.connect(url)
+        try:
+            return await fn(conn, *args)
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(go())
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise click.ClickException(f"PostgreSQL at {url}: {exc}") from None
+
+
+def _database_url(settings: Settings) -> str:
+    if not settings.database_url:
+        raise click.UsageError("FLASHFLOW_DATABASE_URL (or --database-url) is not set")
+    return settings.database_url
+
+
+def _sale_json(sale: Sale, sold: int | None = None) -> str:
+    body = {"id": str(sale.id), "productName": sale.product_name, "totalStock": sale.total_stock,
+            "startTime": sale.start_time.isoformat(), "endTime": sale.end_time.isoformat(),
+            "status": sale.status(datetime.now(UTC)).value}
+    if sold is not None:
+        body["sold"] = sold
+    return json.dumps(body)
+
+
+def _when(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an ISO 8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@click.group()
+@click.option("--log-level", default=None, help="Logging level [FLASHFLOW_LOG_LEVEL].")
+def main(log_level: str | None) -> None:
+    """Flash Flow: a flash-sale server that sells a small stock to a stampede, exactly."""
+    logging.basicConfig(level=(log_level or _settings().log_level).upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("--database-url", help="PostgreSQL URL [FLASHFLOW_DATABASE_URL].")
+def migrate(database_url: str | None) -> None:
+    """Apply the SQL migrations not applied yet (re-running is a no-op)."""
+    url = _database_url(_settings(database_url=database_url))
+    applied = _run_pg(url, apply_migrations)
+    click.echo(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+
+
+def _seed(url: str, product: str, stock: int, starts_in_s: float, duration_s: float,
+          if_empty: bool) -> Sale | None:
+    async def go(conn: Any) -> Sale | None:
+        if if_empty and await ledger_sql.fetch_sales(conn):
+            return None
+        start = datetime.now(UTC) + timedelta(seconds=starts_in_s)
+        return await ledger_sql.insert_sale(conn, product, stock, start,
+                                            start + timedelta(seconds=duration_s))
+
+    return _run_pg(url, go)
+
+
+@main.command()
+@click.option("--database-url", help="PostgreSQL URL [FLASHFLOW_DATABASE_URL].")
+@click.option("--product", default=DEMO_PRODUCT, show_default=True)
+@click.option("--stock", type=click.IntRange(0, 10_000_000), default=100, show_default=True)
+@click.option("--starts-in", "starts_in_s", type=float, default=0, show_default=True,
+              help="Seconds from now until the sale starts.")
+@click.option("--duration", "duration_s", type=click.FloatRange(min=1), default=3600,
+              show_default=True, help="Seconds the sale lasts.")
+@click.option("--if-empty", is_flag=True, help="Only seed when no sale exists.")
+def seed(database_url: str | None, product: str, stock: int, starts_in_s: float,
+         duration_s: float, if_empty: bool) -> None:
+    """Create a demo sale."""
+    url = _database_url(_settings(database_url=database_url))
+    sale = _seed(url, product, stock, starts_in_s, duration_s, if_empty)
+    click.echo(_sale_json(sale) if sale else "a sale exists; nothing seeded")
+
+
+@main.group()
+def sale() -> None:
+    """Schedule and inspect sales (operators only: not reachable over HTTP)."""
+
+
+@sale.command("create")
+@click.option("--database-url", help="PostgreSQL URL [FLASHFLOW_DATABASE_URL].")
+@click.option("--product", required=True)
+@click.option("--stock", type=click.IntRange(0, 10_000_000), required=True)
+@click.option("--start", "start", required=True, help="ISO 8601 start time (UTC if no zone).")
+@click.option("--end", "end", required=True, help="ISO 8601 end time (UTC if no zone).")
+def sale_create(database_url: str | None, product: str, stock: int, start: str, end: str) -> None:
+    """Schedule a sale."""
+    starts, ends = _when(start), _when(end)
+    if ends <= starts:
+        raise click.BadParameter("--end must be after --start")
+    if not 1 <= len(product.strip()) <= 200:
+        raise click.BadParameter("--product must have 1 to 200 characters")
+    url = _database_url(_settings(database_url=database_url))
+    click.echo(_sale_json(_run_pg(url, ledger_sql.insert_sale, product.strip(), stock,
+                                  starts, ends)))
+
+
+@sale.command("list")
+@click.option("--database-url", help="PostgreSQL URL [FLASHFLOW_DATABASE_URL].")
+def sale_list(database_url: str | None) -> None:
+    """List every sale, one JSON object a line."""
+    url = _database_url(_settings(database_url=database_url))
+    for item in _run_pg(url, ledger_sql.fetch_sales):
+        click.echo(_sale_json(item))
+
+
+@sale.command("show")
+@click.option("--database-url", help="PostgreSQL URL [FLASHFLOW_DATABASE_URL].")
+@click.argument("sale_id", type=click.UUID)
+def sale_show(database_url: str | None, sale_id: uuid.UUID) -> None:
+    """Show one sale with its committed count."""
+    url = _database_url(_settings(database_url=database_url))
+
+    async def go(conn: Any) -> tuple[Sale | None, int]:
+        return await ledger_sql.fetch_sale(conn, sale_id), await ledger_sql.sold_count(conn, sale_id)
+
+    found, sold = _run_pg(url, go)
+    if found is None:
+        raise click.ClickException(f"no sale {sale_id}")
+    click.echo(_sale_json(found, sold))
+
+
+@main.command()
+@server_options
+def serve(host: str | None, port: int | None, database_url: str | None,
+          redis_url: str | None) -> None:
+    """Serve against the PostgreSQL and Redis named by the settings."""
+    settings = _settings(host=host, port=port, database_url=database_url, redis_url=redis_url)
+    _database_url(settings)
+    if not settings.redis_url:
+        raise click.UsageError("FLASHFLOW_REDIS_URL (or --redis-url) is not set")
+    _serve(settings)
+
+
+@main.command()
+@server_options
+@click.option("--data-dir", type=click.Path(path_type=Path),
+              help="Where the embedded servers keep their data [FLASHFLOW_DATA_DIR].")
+def up(host: str | None, port: int | None, database_url: str | None, redis_url: str | None,
+       data_dir: Path | None) -> None:
+    """Start everything: embedded PostgreSQL and Redis unless URLs are set, migrate, seed, serve."""
+    from .embedded import start_postgres, start_redis
+
+    settings = _settings(host=host, port=port, database_url=database_url, redis_url=redis_url,
+                         data_dir=data_dir)
+    with ExitStack() as stack:
+        if not settings.database_url:
+            postgres = start_postgres(settings.data_dir)
+            stack.callback(postgres.stop)
+            click.echo(f"started embedded PostgreSQL (pid {postgres.pid}) at {postgres.url}")
+            settings = replace(settings, database_url=postgres.url)
+        if not settings.redis_url:
+            redis_server = start_redis(settings.data_dir)
+            stack.callback(redis_server.stop)
+            click.echo(f"started embedded Redis (pid {redis_server.pid}) at {redis_server.url}")
+            settings = replace(settings, redis_url=redis_server.url)
+        applied = _run_pg(settings.database_url, apply_migrations)
+        click.echo(f"applied {len(applied)} migration(s)")
+        demo = _seed(settings.database_url, DEMO_PRODUCT, 100, 0, 24 * 3600, if_empty=True)
+        if demo:
+            click.echo(f"seeded a demo sale: {demo.product_name}, stock {demo.total_stock}")
+        _serve(settings)
+    click.echo("stopped")
+
+
+def _serve(settings: Settings) -> None:
+    from .server import serve_until_signalled
+
+    def announce(binds: list[str]) -> None:
+        for bind in binds:
+            click.echo(f"Flash Flow listening on {bind}")
+        click.echo("press Ctrl-C to stop")
+
+    trio.run(serve_until_signalled, settings, announce)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
