@@ -152,8 +152,8 @@ class Ledger:
                 )
             except BackendUnavailable as exc:
                 self._failed_batches += 1
-                log.warning("ledger batch failed", extra={"sale_id": str(sale_id),
-                                                          "size": len(requests)})
+                log.warning("ledger batch of %d failed: %r", len(requests), exc.__cause__,
+                            extra={"sale_id": str(sale_id)})
                 for request in requests:
                     request.reply.fail(exc)
                 continue

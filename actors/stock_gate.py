@@ -79,7 +79,8 @@ class StockGate:
         self._redis = client
         self._loader = loader
         self._send, self._inbox = trio.open_memory_channel[Reserve](config.inbox_size)
-        self._sold_out: set[uuid.UUID] = set()
+        # sale id -> the buyers of a sold-out sale, so repeats are answered from memory
+        self._sold_out: dict[uuid.UUID, frozenset[str]] = {}
         self._reserve = client.register_script(RESERVE)
         self._release = client.register_script(RELEASE)
         self._load = client.register_script(LOAD)
@@ -114,9 +115,10 @@ class StockGate:
             Overloaded: the inbox is full.
             BackendUnavailable: Redis is down or too slow.
         """
-        if sale.id in self._sold_out:
+        buyers = self._sold_out.get(sale.id)
+        if buyers is not None:
             self._local_sold_out += 1
-            raise SoldOut()
+            raise AlreadyPurchased() if user_id in buyers else SoldOut()
         request = Reserve(sale, user_id, purchase_id, Slot())
         try:
             self._send.send_nowait(request)
@@ -134,7 +136,7 @@ class StockGate:
         released = bool(await self._redis_call(self._release, keys=self._script_keys(sale_id),
                                                args=args))
         if released and restock:
-            self._sold_out.discard(sale_id)
+            self._sold_out.pop(sale_id, None)
         return released
 
     async def remaining(self, sale: Sale) -> int:
@@ -211,10 +213,6 @@ class StockGate:
 
     async def _reserve_for_sale(self, requests: list[Reserve]) -> None:
         sale = requests[0].sale
-        if sale.id in self._sold_out:
-            for request in requests:
-                request.reply.fail(SoldOut())
-            return
         args: list[str] = [str(sale.id)]
         for request in requests:
             args += [request.user_id, str(request.purchase_id)]
@@ -225,8 +223,6 @@ class StockGate:
             reply = await self._redis_call(self._reserve, keys=keys, args=args)
             if reply[0] == -1:
                 raise BackendUnavailable("redis")
-        if int(reply[0]) <= 0:
-            self._sold_out.add(sale.id)
         for i, request in enumerate(requests):
             code, info = int(reply[1 + 2 * i]), reply[2 + 2 * i]
             if code == 0:
@@ -235,19 +231,35 @@ class StockGate:
                 request.reply.fail(AlreadyPurchased())
             else:
                 request.reply.fail(SoldOut())
+        if int(reply[0]) <= 0 and sale.id not in self._sold_out:
+            # Everyone in this batch has their answer already: a failure here only means
+            # this process keeps asking Redis a little longer.
+            with suppress(BackendUnavailable):
+                await self._learn_sold_out(sale.id)
+
+    async def _learn_sold_out(self, sale_id: uuid.UUID) -> None:
+        """Remember that a sale is sold out, with its buyers (at most its stock of them)."""
+        _, buyers_key = self.keys(sale_id)
+        buyers = await self._redis_call(self._redis.hkeys, buyers_key)
+        self._sold_out[sale_id] = frozenset(b.decode() for b in buyers)
 
     async def _recheck_sold_out(self) -> None:
-        """Clear sold-out flags when stock came back through another process."""
+        """Forget a sold-out sale when stock came back, or re-read its buyers if they changed.
+
+        Releases made by other processes reach this process here, within ``recheck_s``.
+        """
         while True:
             await trio.sleep(self._config.recheck_s)
-            for sale_id in list(self._sold_out):
-                stock_key, _ = self.keys(sale_id)
+            for sale_id, buyers in list(self._sold_out.items()):
+                stock_key, buyers_key = self.keys(sale_id)
                 try:
                     value = await self._redis_call(self._redis.get, stock_key)
+                    if value is None or int(value) > 0:
+                        self._sold_out.pop(sale_id, None)
+                    elif await self._redis_call(self._redis.hlen, buyers_key) != len(buyers):
+                        await self._learn_sold_out(sale_id)
                 except BackendUnavailable:
                     continue
-                if value is None or int(value) > 0:
-                    self._sold_out.discard(sale_id)
 
     async def _redis_call(self, fn, *args, **kwargs):
         try:

@@ -126,8 +126,8 @@ class UserSerializer:
             try:
                 await self._gate.release(purchase.sale_id, purchase.user_id, purchase.id,
                                          restock=restock)
-            except BackendUnavailable:
-                log.error("could not return a reservation to the gate",
+            except BackendUnavailable as exc:
+                log.error("could not return a reservation to the gate: %r", exc.__cause__,
                           extra={"sale_id": str(purchase.sale_id), "purchase_id": str(purchase.id)})
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ def docker_answers() -> bool:
 
 
 @pytest.fixture(scope="session")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+def services() -> Iterator[Services]:
     """Real PostgreSQL and Redis for the whole session."""
     db_url = os.environ.get("FLASHFLOW_TEST_DATABASE_URL")
     redis_url = os.environ.get("FLASHFLOW_TEST_REDIS_URL")
@@ -59,7 +60,10 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     else:
         from flashflow.embedded import embedded_services
 
-        with embedded_services(tmp_path_factory.mktemp("embedded")) as (postgres, redis_server):
+        # Outside pytest's temporary root: a second pytest run resets that root to mode
+        # 0700, which would lock out the unprivileged user the embedded PostgreSQL runs as.
+        with tempfile.TemporaryDirectory(prefix="flashflow-tests-") as data_dir, \
+                embedded_services(Path(data_dir)) as (postgres, redis_server):
             yield Services(postgres.url, redis_server.url, "embedded")
 
 
@@ -118,5 +122,7 @@ def settings(database_url: str, key_prefix: str, services: Services, tmp_path: P
         data_dir=tmp_path,
         port=0,
         catalog_refresh_s=0.2,
+        redis_timeout_s=5.0,
+        postgres_timeout_s=10.0,
         sold_out_recheck_s=0.2,
     )

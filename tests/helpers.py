@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -101,3 +107,58 @@ async def live_server(settings: Settings, **runtime_kwargs: Any) -> AsyncIterato
             async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
                 yield LiveServer(runtime, client, base_url)
             nursery.cancel_scope.cancel()
+
+
+def server_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that makes a ``flashflow`` subprocess use the test's servers."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHFLOW_")}
+    env.update(FLASHFLOW_DATABASE_URL=settings.database_url or "",
+               FLASHFLOW_REDIS_URL=settings.redis_url or "",
+               FLASHFLOW_KEY_PREFIX=settings.key_prefix,
+               FLASHFLOW_LOG_LEVEL="WARNING", **extra)
+    return env
+
+
+@dataclass
+class ServerProcess:
+    """A ``flashflow`` server running as a child process, stopped by its process id."""
+
+    process: subprocess.Popen
+    base_url: str
+    log_path: Path
+
+    def stop(self, timeout_s: float = 20.0) -> int:
+        """SIGTERM, wait, then SIGKILL; return the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def spawn_server(settings: Settings, log_dir: Path, *args: str,
+                 timeout_s: float = 30.0, **env: str) -> ServerProcess:
+    """Start ``flashflow serve`` on a free loopback port and wait until /healthz answers."""
+    from flashflow.embedded import free_port
+
+    port = free_port()
+    log_path = log_dir / f"server-{port}.log"
+    command = [sys.executable, "-m", "flashflow.cli", "serve", "--port", str(port), *args]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, env=server_env(settings, **env), stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {log_path.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{server.base_url}/healthz", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"server did not answer in {timeout_s}s: {log_path.read_text()[-2000:]}")

@@ -1,0 +1,102 @@
+"""The invariants under a stampede, proven against real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from contextlib import AsyncExitStack
+
+import httpx
+import trio
+
+from ..helpers import fetch, gate_keys, live_server, make_sale, pg, redis_client, spawn_server
+
+PURCHASE = "/api/v1/flash-sales/current/purchase"
+
+
+async def stampede(clients, users: list[str], clicks: int, concurrency: int = 200):
+    """Every user presses Buy ``clicks`` times concurrently, spread over ``clients``.
+
+    Returns a list of (user, status, body) for every response.
+    """
+    results: list[tuple[str, int, dict]] = []
+    limiter = trio.CapacityLimiter(concurrency)
+    attempts = [(u, random.choice(clients)) for u in users for _ in range(clicks)]
+    random.shuffle(attempts)
+
+    async def press(user: str, client) -> None:
+        async with limiter:
+            response = await client.post(PURCHASE, json={"userId": user})
+        results.append((user, response.status_code, response.json()))
+
+    async with trio.open_nursery() as nursery:
+        for user, client in attempts:
+            nursery.start_soon(press, user, client)
+    return results
+
+
+async def check_invariants(settings, sale, results, *, expected_sold: int) -> None:
+    """Exactly ``expected_sold`` users won once each; Postgres and Redis agree with the clients."""
+    statuses = Counter(status for _, status, _ in results)
+    assert set(statuses) <= {201, 409}, statuses
+    winners: dict[str, set[str]] = defaultdict(set)
+    for user, status, body in results:
+        if status == 201:
+            winners[user].add(body["data"]["purchaseId"])
+        else:
+            assert body["error"]["code"] in {"SOLD_OUT", "ALREADY_PURCHASED"}, body
+    assert len(winners) == expected_sold
+    assert all(len(ids) == 1 for ids in winners.values()), "a user got two purchases"
+    for user, status, body in results:
+        if status == 409 and body["error"]["code"] == "SOLD_OUT":
+            assert user not in winners, "a winner was told SOLD_OUT"
+
+    rows = await pg(settings.database_url, fetch,
+                    "SELECT id::text, user_id FROM purchases WHERE sale_id = $1", sale.id)
+    assert {r["user_id"]: {r["id"]} for r in rows} == dict(winners)
+    sold = await pg(settings.database_url, fetch,
+                    "SELECT sold FROM flash_sales WHERE id = $1", sale.id)
+    assert sold[0]["sold"] == expected_sold
+
+    stock_key, buyers_key = gate_keys(settings, sale.id)
+    r = redis_client(settings)
+    assert int(r.get(stock_key)) == sale.total_stock - expected_sold
+    assert r.hgetall(buyers_key) == {u: next(iter(ids)) for u, ids in winners.items()}
+
+
+async def test_stampede_sells_exactly_the_stock(settings):
+    """Stock 40, 300 users clicking 4 times each: exactly 40 users win, once, and all agree."""
+    sale = await make_sale(settings.database_url, stock=40)
+    users = [f"user-{i:04d}" for i in range(300)]
+    with trio.fail_after(120):
+        async with live_server(settings) as server:
+            results = await stampede([server.client], users, clicks=4)
+    assert len(results) == 1200
+    await check_invariants(settings, sale, results, expected_sold=40)
+
+
+async def test_demand_below_stock_sells_to_every_user_once(settings):
+    """Stock 100, 60 users clicking 3 times: each user holds exactly one purchase."""
+    sale = await make_sale(settings.database_url, stock=100)
+    users = [f"buyer-{i:03d}" for i in range(60)]
+    with trio.fail_after(120):
+        async with live_server(settings) as server:
+            results = await stampede([server.client], users, clicks=3)
+    await check_invariants(settings, sale, results, expected_sold=60)
+
+
+async def test_two_server_processes_sharing_redis_and_postgres_stay_exact(settings, tmp_path):
+    """Two server processes on one Redis and one Postgres, spammed together, sell exactly."""
+    sale = await make_sale(settings.database_url, stock=30)
+    users = [f"both-{i:04d}" for i in range(200)]
+    servers = [await trio.to_thread.run_sync(spawn_server, settings, tmp_path) for _ in range(2)]
+    try:
+        with trio.fail_after(120):
+            async with AsyncExitStack() as stack:
+                clients = [await stack.enter_async_context(
+                    httpx.AsyncClient(base_url=s.base_url, timeout=30)) for s in servers]
+                results = await stampede(clients, users, clicks=4)
+    finally:
+        codes = [server.stop() for server in servers]
+    assert codes == [0, 0], "a server did not shut down cleanly on SIGTERM"
+    await check_invariants(settings, sale, results, expected_sold=30)

@@ -1,0 +1,83 @@
+"""Smoke test: ``flashflow up`` on the embedded default, bought from over HTTP."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id still exists (and is not a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+def wait_for_line(process: subprocess.Popen, pattern: str, lines: list[str],
+                  timeout_s: float) -> re.Match:
+    """Read the process's output until a line matches ``pattern``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if match := re.search(pattern, line):
+            return match
+    raise AssertionError(f"no line matched {pattern!r}:\n{''.join(lines)}")
+
+
+def test_up_starts_embedded_services_sells_and_stops_everything():
+    """`flashflow up` with no URLs starts embedded servers, sells, and stops them all on Ctrl-C."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHFLOW_")}
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="flashflow-up-") as data_dir:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flashflow.cli", "up", "--port", "0", "--data-dir", data_dir],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        pids: list[int] = []
+        try:
+            url = wait_for_line(process, r"listening on (http://\S+)", lines, 90).group(1)
+            pids = [int(p) for p in re.findall(r"embedded \w+ \(pid (\d+)\)", "".join(lines))]
+            assert len(pids) == 2, lines
+            with httpx.Client(base_url=url, timeout=10) as client:
+                sale = client.get("/api/v1/flash-sales/current").json()["data"]
+                bought = client.post("/api/v1/flash-sales/current/purchase",
+                                     json={"userId": "smoke-user"})
+                status = client.get("/api/v1/flash-sales/current/purchase",
+                                    params={"userId": "smoke-user"}).json()["data"]
+                after = client.get("/api/v1/flash-sales/current").json()["data"]
+            assert sale["status"] == "active"
+            assert bought.status_code == 201, bought.text
+            assert status == {"purchased": True,
+                              "purchaseId": bought.json()["data"]["purchaseId"],
+                              "purchasedAt": bought.json()["data"]["purchasedAt"]}
+            assert after["remainingStock"] == sale["remainingStock"] - 1
+            process.send_signal(signal.SIGINT)
+            assert process.wait(30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            lines.extend(process.stdout.read().splitlines(keepends=True))
+            process.stdout.close()
+        deadline = time.monotonic() + 15
+        while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in pids if process_alive(p)], "an embedded server was left running"
+        assert "stopped" in "".join(lines)
