@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -42,6 +43,9 @@ def server_options(fn: Callable) -> Callable:
                       help="Port to listen on; 0 picks a free one [FLASHFLOW_PORT].")(fn)
     fn = click.option("--database-url", help="PostgreSQL URL [FLASHFLOW_DATABASE_URL].")(fn)
     fn = click.option("--redis-url", help="Redis URL [FLASHFLOW_REDIS_URL].")(fn)
+    fn = click.option("--workers", type=click.IntRange(1, 64),
+                      help="Server processes on the one port; default one per core "
+                           "[FLASHFLOW_WORKERS].")(fn)
     return fn
 
 
@@ -86,6 +90,8 @@ def _when(text: str) -> datetime:
 @click.option("--log-level", default=None, help="Logging level [FLASHFLOW_LOG_LEVEL].")
 def main(log_level: str | None) -> None:
     """Flash Flow: a flash-sale server that sells a small stock to a stampede, exactly."""
+    if log_level:
+        os.environ["FLASHFLOW_LOG_LEVEL"] = log_level  # worker processes inherit it
     logging.basicConfig(level=(log_level or _settings().log_level).upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -179,9 +185,10 @@ def sale_show(database_url: str | None, sale_id: uuid.UUID) -> None:
 @main.command()
 @server_options
 def serve(host: str | None, port: int | None, database_url: str | None,
-          redis_url: str | None) -> None:
+          redis_url: str | None, workers: int | None) -> None:
     """Serve against the PostgreSQL and Redis named by the settings."""
-    settings = _settings(host=host, port=port, database_url=database_url, redis_url=redis_url)
+    settings = _settings(host=host, port=port, database_url=database_url, redis_url=redis_url,
+                         workers=workers)
     _database_url(settings)
     if not settings.redis_url:
         raise click.UsageError("FLASHFLOW_REDIS_URL (or --redis-url) is not set")
@@ -193,12 +200,12 @@ def serve(host: str | None, port: int | None, database_url: str | None,
 @click.option("--data-dir", type=click.Path(path_type=Path),
               help="Where the embedded servers keep their data [FLASHFLOW_DATA_DIR].")
 def up(host: str | None, port: int | None, database_url: str | None, redis_url: str | None,
-       data_dir: Path | None) -> None:
+       workers: int | None, data_dir: Path | None) -> None:
     """Start everything: embedded PostgreSQL and Redis unless URLs are set, migrate, seed, serve."""
     from .embedded import start_postgres, start_redis
 
     settings = _settings(host=host, port=port, database_url=database_url, redis_url=redis_url,
-                         data_dir=data_dir)
+                         workers=workers, data_dir=data_dir)
     with ExitStack() as stack:
         if not settings.database_url:
             postgres = start_postgres(settings.data_dir)
@@ -219,15 +226,32 @@ def up(host: str | None, port: int | None, database_url: str | None, redis_url: 
     click.echo("stopped")
 
 
+def _announce(binds: list[str]) -> None:
+    for bind in binds:
+        click.echo(f"Flash Flow listening on {bind}")
+    click.echo("press Ctrl-C to stop")
+
+
 def _serve(settings: Settings) -> None:
+    if settings.workers > 1:
+        from .supervisor import supervise
+
+        code = supervise(settings, lambda url: _announce([url]))
+        if code:
+            raise SystemExit(code)
+        return
     from .server import serve_until_signalled
 
-    def announce(binds: list[str]) -> None:
-        for bind in binds:
-            click.echo(f"Flash Flow listening on {bind}")
-        click.echo("press Ctrl-C to stop")
+    trio.run(serve_until_signalled, settings, _announce)
 
-    trio.run(serve_until_signalled, settings, announce)
+
+@main.command(hidden=True)
+@click.option("--fd", type=int, required=True, help="An inherited listening socket.")
+def worker(fd: int) -> None:
+    """One worker process on a socket handed down by the supervisor."""
+    from .server import serve_until_signalled
+
+    trio.run(serve_until_signalled, _settings(), lambda binds: None, [f"fd://{fd}"])
 
 
 if __name__ == "__main__":  # pragma: no cover

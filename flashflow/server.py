@@ -17,10 +17,10 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 
-def hypercorn_config(settings: Settings) -> Config:
-    """Hypercorn's configuration, taken from the settings."""
+def hypercorn_config(settings: Settings, binds: list[str] | None = None) -> Config:
+    """Hypercorn's configuration, taken from the settings (``binds`` overrides host:port)."""
     config = Config()
-    config.bind = [f"{settings.host}:{settings.port}"]
+    config.bind = binds or [f"{settings.host}:{settings.port}"]
     config.accesslog = "-" if settings.access_log else None
     config.errorlog = "-"
     config.graceful_timeout = settings.graceful_timeout_s
@@ -28,7 +28,7 @@ def hypercorn_config(settings: Settings) -> Config:
     return config
 
 
-async def serve(settings: Settings, *,
+async def serve(settings: Settings, *, binds: list[str] | None = None,
                 shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Open the actor tree and serve HTTP until ``shutdown_trigger`` returns.
@@ -37,12 +37,13 @@ async def serve(settings: Settings, *,
     """
     async with open_runtime(settings) as runtime:
         app = create_app(runtime)
-        await hypercorn_serve(app, hypercorn_config(settings),
+        await hypercorn_serve(app, hypercorn_config(settings, binds),
                               shutdown_trigger=shutdown_trigger, task_status=task_status)
 
 
 async def serve_until_signalled(settings: Settings,
-                                on_ready: Callable[[list[str]], None] = lambda binds: None) -> None:
+                                on_ready: Callable[[list[str]], None] = lambda binds: None,
+                                binds: list[str] | None = None) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully; a second signal stops at once."""
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -58,7 +59,8 @@ async def serve_until_signalled(settings: Settings,
                     stop.set()
 
             async def serve_then_stop(task_status: trio.TaskStatus[list[str]]) -> None:
-                await serve(settings, shutdown_trigger=stop.wait, task_status=task_status)
+                await serve(settings, binds=binds, shutdown_trigger=stop.wait,
+                            task_status=task_status)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch_signals)

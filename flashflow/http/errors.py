@@ -59,7 +59,9 @@ def error_response(status: int, code: str, message: str, *,
         "code": status,
         "error": {"code": code, "message": message, "correlationId": correlation_id},
     }
-    level = logging.WARNING if status >= 500 else logging.INFO
+    # A sale's losers are many and expected: client errors are logged at DEBUG so a
+    # stampede does not pay for a log line per 409; server errors always show.
+    level = logging.WARNING if status >= 500 else logging.DEBUG
     log.log(level, "%s %s: %s", status, code, message,
             extra={"correlation_id": correlation_id, "error_code": code})
     headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else {}

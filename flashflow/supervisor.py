@@ -1,0 +1,136 @@
+"""Run N server processes on one listening socket, and keep them running.
+
+The supervisor binds the socket once and hands it to each worker (``fd://``), so every
+worker accepts on the same port. Correctness across workers rests on Redis and
+PostgreSQL, not on process memory. A worker that dies is started again; SIGINT or SIGTERM
+is passed on to every worker, which then drains within the graceful timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+
+
+def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A bound, listening TCP socket that child processes can inherit."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host.strip("[]"), port))
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+def bound_url(sock: socket.socket) -> str:
+    """The http:// address a listening socket answers on."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@dataclass
+class Worker:
+    """One worker process and its restart bookkeeping."""
+
+    index: int
+    process: subprocess.Popen
+    restarts: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class Supervisor:
+    """Starts, watches, restarts and stops the worker processes."""
+
+    def __init__(self, settings: Settings, sock: socket.socket) -> None:
+        self.settings = settings
+        self.sock = sock
+        self.workers: list[Worker] = []
+        self.stopping = False
+
+    def spawn(self, index: int) -> subprocess.Popen:
+        """Start worker ``index`` on the shared socket."""
+        fd = self.sock.fileno()
+        command = [sys.executable, "-m", "flashflow.cli", "worker", "--fd", str(fd)]
+        env = dict(os.environ, FLASHFLOW_DATABASE_URL=self.settings.database_url or "",
+                   FLASHFLOW_REDIS_URL=self.settings.redis_url or "")
+        # Own session: a Ctrl-C in the terminal reaches the supervisor only, which then
+        # stops the workers in order instead of every process at once.
+        return subprocess.Popen(command, pass_fds=(fd,), env=env, start_new_session=True)
+
+    def start(self) -> None:
+        """Start every worker."""
+        self.workers = [Worker(i, self.spawn(i)) for i in range(self.settings.workers)]
+        log.info("started %d workers: %s", len(self.workers),
+                 ", ".join(str(w.process.pid) for w in self.workers))
+
+    def watch_once(self) -> None:
+        """Restart any worker that exited while the supervisor is not stopping."""
+        for worker in self.workers:
+            code = worker.process.poll()
+            if code is None or self.stopping:
+                continue
+            delay = RESTART_BACKOFF_S[min(worker.restarts, len(RESTART_BACKOFF_S) - 1)]
+            if time.monotonic() - worker.started_at > 30:
+                worker.restarts = 0
+            log.warning("worker %d (pid %d) exited with %s; restarting in %.1fs",
+                        worker.index, worker.process.pid, code, delay)
+            time.sleep(delay)
+            worker.process = self.spawn(worker.index)
+            worker.restarts += 1
+            worker.started_at = time.monotonic()
+
+    def stop(self) -> list[int]:
+        """SIGTERM every worker, wait for them to drain, SIGKILL the stragglers."""
+        self.stopping = True
+        for worker in self.workers:
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.graceful_timeout_s + 5
+        codes = []
+        for worker in self.workers:
+            try:
+                codes.append(worker.process.wait(max(deadline - time.monotonic(), 0.1)))
+            except subprocess.TimeoutExpired:
+                log.error("worker pid %d did not stop in time; killing it", worker.process.pid)
+                worker.process.kill()
+                codes.append(worker.process.wait())
+        return codes
+
+
+def supervise(settings: Settings, announce: Callable[[str], None]) -> int:
+    """Run ``settings.workers`` workers until SIGINT or SIGTERM; return an exit code."""
+    sock = listening_socket(settings.host, settings.port)
+    supervisor = Supervisor(settings, sock)
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        supervisor.start()
+        announce(bound_url(sock))
+        while not received:
+            supervisor.watch_once()
+            time.sleep(0.2)
+        log.info("received %s; stopping workers", signal.Signals(received[0]).name)
+        codes = supervisor.stop()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        sock.close()
+    return 0 if all(code == 0 for code in codes) else 1
