@@ -7,14 +7,19 @@ User ids travel only as script arguments (ARGV), never inside the script text.
 # (KEYS[3]), so stock feeds in every process and on every host see every change.
 
 # KEYS: stock, buyers, channel. ARGV: sale id, then user, purchase id, user, purchase id, ...
+# A buyer's value is "<purchase id>:<Redis time in ms>", so the reconciler can tell how
+# old a reservation is by one clock for every host.
 # Returns {-1} when the gate is not loaded, else {stock_after, code1, info1, code2, info2, ...}
 # with code 0 = reserved (info = stock left), 1 = already bought (info = purchase id),
 # 2 = sold out.
 RESERVE = """
+redis.replicate_commands()
 local stock = redis.call('GET', KEYS[1])
 if not stock then return {-1} end
 stock = tonumber(stock)
 local start = stock
+local now = redis.call('TIME')
+local stamp = ':' .. (now[1] * 1000 + math.floor(now[2] / 1000))
 local out = {0}
 for i = 2, #ARGV, 2 do
   local prev = redis.call('HGET', KEYS[2], ARGV[i])
@@ -24,7 +29,7 @@ for i = 2, #ARGV, 2 do
     out[#out + 1] = 2; out[#out + 1] = 0
   else
     stock = stock - 1
-    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1] .. stamp)
     out[#out + 1] = 0; out[#out + 1] = stock
   end
 end
@@ -40,7 +45,10 @@ return out
 # unit), sale id.
 # Releases only the reservation it names, so a release can never be applied twice.
 RELEASE = """
-if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if not held or (held ~= ARGV[2] and string.sub(held, 1, #ARGV[2] + 1) ~= ARGV[2] .. ':') then
+  return 0
+end
 redis.call('HDEL', KEYS[2], ARGV[1])
 if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
   local stock = redis.call('INCR', KEYS[1])

@@ -107,6 +107,10 @@ class Ledger:
         """The user's committed purchase in a sale, or None."""
         return await self._query(ledger_sql.find_purchase, sale_id, user_id)
 
+    async def committed_users(self, sale_id: uuid.UUID, users: list[str]) -> set[str]:
+        """Which of ``users`` hold a committed purchase in a sale."""
+        return await self._query(ledger_sql.committed_users, sale_id, users)
+
     async def state(self, sale: Sale) -> LedgerState:
         """The committed state of a sale, read in one snapshot."""
         return await self._query(ledger_sql.ledger_state, sale)

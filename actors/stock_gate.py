@@ -165,6 +165,20 @@ class StockGate:
             log.info("gate loaded from ledger", extra={"sale_id": str(sale.id), "sold": state.sold})
         return loaded
 
+    async def reservations(self, sale_id: uuid.UUID) -> tuple[int, dict[str, tuple[str, int]]]:
+        """Redis's clock in ms, and every holder of a unit: user -> (purchase id, reserved ms).
+
+        A holder loaded from the ledger has no reservation time and reads as 0.
+        """
+        _, buyers_key = self.keys(sale_id)
+        seconds, micros = await self._redis_call(self._redis.time)
+        held = await self._redis_call(self._redis.hgetall, buyers_key)
+        out: dict[str, tuple[str, int]] = {}
+        for user, value in held.items():
+            purchase_id, _, stamp = value.decode().partition(":")
+            out[user.decode()] = (purchase_id, int(stamp or 0))
+        return seconds * 1000 + micros // 1000, out
+
     async def ping(self) -> bool:
         """Whether Redis answers."""
         return bool(await self._redis_call(self._redis.ping))

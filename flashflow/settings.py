@@ -86,6 +86,8 @@ class Settings:
     postgres_timeout_s: float = 5.0
     catalog_refresh_s: float = 1.0
     sold_out_recheck_s: float = 1.0
+    reconcile_interval_s: float = 5.0
+    reservation_grace_s: float = 30.0
     retry_after_s: int = 1
     max_body_bytes: int = 4096
     graceful_timeout_s: float = 10.0

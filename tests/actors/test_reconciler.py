@@ -1,0 +1,48 @@
+"""The reconciler returns stock held in Redis for purchases that never committed."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+import trio
+
+from flashflow.runtime import open_runtime
+
+from ..helpers import gate_keys, make_sale, redis_client
+
+
+async def test_stale_reservation_without_ledger_row_is_returned(settings):
+    """A reservation with no ledger row, older than the grace period, goes back on sale."""
+    settings = replace(settings, reservation_grace_s=0.3, reconcile_interval_s=0.1)
+    sale = await make_sale(settings.database_url, stock=3)
+    with trio.fail_after(30):
+        async with open_runtime(settings) as runtime:
+            await runtime.serializer.purchase(sale, "real-buyer")
+            # A worker that died between the gate and the ledger leaves exactly this behind.
+            await runtime.gate.reserve(sale, "ghost-buyer", uuid.uuid4())
+            stock_key, buyers_key = gate_keys(settings, sale.id)
+            assert redis_client(settings).get(stock_key) == "1"
+            while runtime.reconciler.statistics().returned < 1:
+                await trio.sleep(0.05)
+            await trio.sleep(0.5)
+            returned = runtime.reconciler.statistics().returned
+    r = redis_client(settings)
+    assert returned == 1
+    assert r.get(stock_key) == "2"
+    assert set(r.hkeys(buyers_key)) == {"real-buyer"}
+
+
+async def test_young_reservation_is_left_alone(settings):
+    """A reservation younger than the grace period may still commit, so it is not touched."""
+    settings = replace(settings, reservation_grace_s=60, reconcile_interval_s=0.05)
+    sale = await make_sale(settings.database_url, stock=2)
+    with trio.fail_after(30):
+        async with open_runtime(settings) as runtime:
+            await runtime.gate.reserve(sale, "in-flight", uuid.uuid4())
+            await trio.sleep(0.5)
+            assert runtime.reconciler.statistics().runs >= 3
+            assert await runtime.reconciler.reconcile(sale.id) == 0
+    stock_key, buyers_key = gate_keys(settings, sale.id)
+    assert redis_client(settings).get(stock_key) == "1"
+    assert redis_client(settings).hexists(buyers_key, "in-flight")
