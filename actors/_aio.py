@@ -7,9 +7,13 @@ time and no driver exception escapes an actor.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 from typing import ParamSpec, TypeVar
 
+import asyncpg
+import redis.asyncio as aioredis
+import redis.exceptions
 import trio
 import trio_asyncio
 
@@ -38,3 +42,33 @@ async def call(
         raise BackendUnavailable(backend) from None
     except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
         raise BackendUnavailable(backend) from exc
+
+
+async def redis_call(timeout_s: float, fn: Callable[P, Awaitable[T]], *args: P.args,
+                     **kwargs: P.kwargs) -> T:
+    """:func:`call` for redis-py, with every Redis error read as BackendUnavailable."""
+    try:
+        return await call("redis", timeout_s, fn, *args, **kwargs)
+    except redis.exceptions.RedisError as exc:
+        raise BackendUnavailable("redis") from exc
+
+
+async def postgres_call(timeout_s: float, fn: Callable[P, Awaitable[T]], *args: P.args,
+                        **kwargs: P.kwargs) -> T:
+    """:func:`call` for asyncpg, with driver errors read as BackendUnavailable."""
+    try:
+        return await call("postgres", timeout_s, fn, *args, **kwargs)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise BackendUnavailable("postgres") from exc
+
+
+@asynccontextmanager
+async def open_redis(url: str, timeout_s: float) -> AsyncIterator[aioredis.Redis]:
+    """A redis-py asyncio client whose every socket operation is bounded by ``timeout_s``."""
+    client = aioredis.Redis.from_url(url, socket_timeout=timeout_s,
+                                     socket_connect_timeout=timeout_s, health_check_interval=0)
+    try:
+        yield client
+    finally:
+        with trio.CancelScope(shield=True), suppress(BackendUnavailable):
+            await redis_call(timeout_s, client.aclose)

@@ -69,3 +69,29 @@ redis.call('SET', KEYS[1], ARGV[1])
 redis.call('PUBLISH', KEYS[3], ARGV[2] .. ' ' .. ARGV[1])
 return 1
 """
+
+# Token buckets. KEYS: one bucket per key. ARGV: rate per second, burst, for each key.
+# Returns, per key, 0 when a token was taken, else the milliseconds until one is due.
+TAKE_TOKENS = """
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local out = {}
+for i = 1, #KEYS do
+  local rate = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local bucket = redis.call('HMGET', KEYS[i], 'tokens', 'ts')
+  local tokens = tonumber(bucket[1]) or burst
+  local ts = tonumber(bucket[2]) or now
+  tokens = math.min(burst, tokens + math.max(now - ts, 0) * rate / 1000)
+  if tokens >= 1 then
+    tokens = tokens - 1
+    out[i] = 0
+  else
+    out[i] = math.ceil((1 - tokens) * 1000 / rate)
+  end
+  redis.call('HSET', KEYS[i], 'tokens', tostring(tokens), 'ts', now)
+  redis.call('PEXPIRE', KEYS[i], math.ceil(burst * 1000 / rate) + 1000)
+end
+return out
+"""

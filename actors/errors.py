@@ -75,6 +75,17 @@ class BackendUnavailable(FlashFlowError):
         super().__init__("The service is temporarily unavailable; please retry shortly.")
 
 
+
+
+
+class RateLimited(FlashFlowError):
+    """Raised when a user id or a client address spends its tokens faster than allowed."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(f"Too many requests; please retry in {retry_after_s} s.")
+
+
 __all__ = [
     "AlreadyPurchased",
     "BackendUnavailable",
@@ -82,6 +93,7 @@ __all__ = [
     "InvalidInput",
     "Overloaded",
     "PayloadTooLarge",
+    "RateLimited",
     "SaleNotActive",
     "SaleNotFound",
     "SoldOut",

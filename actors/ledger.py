@@ -19,6 +19,7 @@ import asyncpg
 import trio
 
 from . import _aio, ledger_sql
+from ._batching import batches
 from ._nursery import open_actor_nursery
 from ._slot import Slot
 from .errors import BackendUnavailable, Overloaded
@@ -133,13 +134,7 @@ class Ledger:
         """Write batches until cancelled; started once PostgreSQL answers."""
         await self.ping()
         task_status.started()
-        async for first in self._inbox:
-            batch = [first]
-            while len(batch) < self._config.batch_max:
-                try:
-                    batch.append(self._inbox.receive_nowait())
-                except trio.WouldBlock:
-                    break
+        async for batch in batches(self._inbox, self._config.batch_max):
             await self._write(batch)
 
     async def _write(self, batch: list[Commit]) -> None:
@@ -175,10 +170,7 @@ class Ledger:
         return await self._query_pool(ledger_sql.on_connection, fn, *args)
 
     async def _query_pool(self, fn, *args):
-        try:
-            return await _aio.call("postgres", self._config.timeout_s, fn, self._pool, *args)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise BackendUnavailable("postgres") from exc
+        return await _aio.postgres_call(self._config.timeout_s, fn, self._pool, *args)
 
 
 async def _select_one(conn) -> bool:
@@ -188,13 +180,10 @@ async def _select_one(conn) -> bool:
 @asynccontextmanager
 async def open_ledger(config: LedgerConfig) -> AsyncIterator[Ledger]:
     """Open the ledger actor; yields once PostgreSQL answers, stops its loop on exit."""
-    try:
-        pool = await _aio.call(
-            "postgres", config.timeout_s, asyncpg.create_pool, config.database_url,
-            min_size=1, max_size=config.pool_size, command_timeout=config.timeout_s,
-        )
-    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise BackendUnavailable("postgres") from exc
+    pool = await _aio.postgres_call(
+        config.timeout_s, asyncpg.create_pool, config.database_url,
+        min_size=1, max_size=config.pool_size, command_timeout=config.timeout_s,
+    )
     try:
         ledger = Ledger(config, pool)
         async with open_actor_nursery() as nursery:

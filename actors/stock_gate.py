@@ -17,11 +17,11 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-import redis.exceptions
 import trio
 
 from . import _aio
 from ._redis_scripts import LOAD, RELEASE, RESERVE
+from ._batching import batches
 from ._nursery import open_actor_nursery
 from ._slot import Slot
 from .errors import AlreadyPurchased, BackendUnavailable, Overloaded, SoldOut
@@ -115,16 +115,20 @@ class StockGate:
             Overloaded: the inbox is full.
             BackendUnavailable: Redis is down or too slow.
         """
-        buyers = self._sold_out.get(sale.id)
-        if buyers is not None:
-            self._local_sold_out += 1
-            raise AlreadyPurchased() if user_id in buyers else SoldOut()
+        self.answer_from_memory(sale, user_id)
         request = Reserve(sale, user_id, purchase_id, Slot())
         try:
             self._send.send_nowait(request)
         except trio.WouldBlock:
             raise Overloaded("stock_gate") from None
         return await request.reply.wait()
+
+    def answer_from_memory(self, sale: Sale, user_id: str) -> None:
+        """Raise SoldOut or AlreadyPurchased when this process already knows the answer."""
+        buyers = self._sold_out.get(sale.id)
+        if buyers is not None:
+            self._local_sold_out += 1
+            raise AlreadyPurchased() if user_id in buyers else SoldOut()
 
     async def release(self, sale_id: uuid.UUID, user_id: str, purchase_id: uuid.UUID, *,
                       restock: bool) -> bool:
@@ -202,13 +206,7 @@ class StockGate:
         task_status.started()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._recheck_sold_out)
-            async for first in self._inbox:
-                batch = [first]
-                while len(batch) < self._config.batch_max:
-                    try:
-                        batch.append(self._inbox.receive_nowait())
-                    except trio.WouldBlock:
-                        break
+            async for batch in batches(self._inbox, self._config.batch_max):
                 await self._serve_batch(batch)
 
     async def _serve_batch(self, batch: list[Reserve]) -> None:
@@ -276,10 +274,7 @@ class StockGate:
                     continue
 
     async def _redis_call(self, fn, *args, **kwargs):
-        try:
-            return await _aio.call("redis", self._config.timeout_s, fn, *args, **kwargs)
-        except redis.exceptions.RedisError as exc:
-            raise BackendUnavailable("redis") from exc
+        return await _aio.redis_call(self._config.timeout_s, fn, *args, **kwargs)
 
 
 @asynccontextmanager
@@ -290,13 +285,7 @@ async def open_stock_gate(config: GateConfig, loader: Loader) -> AsyncIterator[S
         config: connection and batching settings.
         loader: reads a sale's committed state from the ledger, to (re)build the gate.
     """
-    client = aioredis.Redis.from_url(
-        config.redis_url,
-        socket_timeout=config.timeout_s,
-        socket_connect_timeout=config.timeout_s,
-        health_check_interval=0,
-    )
-    try:
+    async with _aio.open_redis(config.redis_url, config.timeout_s) as client:
         gate = StockGate(config, client, loader)
         async with open_actor_nursery() as nursery:
             await nursery.start(gate.run)
@@ -304,6 +293,3 @@ async def open_stock_gate(config: GateConfig, loader: Loader) -> AsyncIterator[S
                 yield gate
             finally:
                 nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True), suppress(BackendUnavailable):
-            await _aio.call("redis", config.timeout_s, client.aclose)

@@ -63,9 +63,7 @@ class UserSerializer:
             AlreadyPurchased, SoldOut, Overloaded, BackendUnavailable.
         """
         key = (sale.id, user_id)
-        if key in self._buyers:
-            self._from_memory += 1
-            raise AlreadyPurchased()
+        self.answer_from_memory(sale, user_id)
         slot = self._in_flight.get(key)
         if slot is not None:
             self._coalesced += 1
@@ -76,6 +74,16 @@ class UserSerializer:
         self._in_flight[key] = slot
         self._nursery.start_soon(self._settle, sale, user_id, slot)
         return await slot.wait()
+
+    def answer_from_memory(self, sale: Sale, user_id: str) -> None:
+        """Raise AlreadyPurchased or SoldOut when the answer is known without Redis.
+
+        Does nothing when a trip to the gate is needed.
+        """
+        if (sale.id, user_id) in self._buyers:
+            self._from_memory += 1
+            raise AlreadyPurchased()
+        self._gate.answer_from_memory(sale, user_id)
 
     def statistics(self) -> SerializerStatistics:
         """Return a snapshot of the serializer's counters."""

@@ -28,6 +28,9 @@ from actors import (
     open_user_serializer,
 )
 from actors._nursery import single_errors
+from actors.rate_limiter import LimiterConfig, RateLimiter, open_rate_limiter
+from actors.reconciler import Reconciler, open_reconciler
+from actors.stock_feed import FeedConfig, StockFeed, open_stock_feed
 from actors.user_serializer import utc_now
 
 from .settings import Settings, SettingsError
@@ -45,6 +48,9 @@ class Runtime:
     gate: StockGate
     serializer: UserSerializer
     clock: Callable[[], datetime]
+    feed: StockFeed
+    reconciler: Reconciler
+    limiter: RateLimiter | None
 
 
 def gate_config(settings: Settings) -> GateConfig:
@@ -56,6 +62,30 @@ def gate_config(settings: Settings) -> GateConfig:
         batch_max=settings.gate_batch_max,
         timeout_s=settings.redis_timeout_s,
         recheck_s=settings.sold_out_recheck_s,
+    )
+
+
+def feed_config(settings: Settings) -> FeedConfig:
+    """The stock feed's configuration, taken from the settings."""
+    return FeedConfig(
+        redis_url=_require(settings.redis_url, "FLASHFLOW_REDIS_URL"),
+        key_prefix=settings.key_prefix,
+        timeout_s=settings.redis_timeout_s,
+    )
+
+
+def limiter_config(settings: Settings) -> LimiterConfig:
+    """The rate limiter's configuration, taken from the settings."""
+    return LimiterConfig(
+        redis_url=_require(settings.redis_url, "FLASHFLOW_REDIS_URL"),
+        key_prefix=settings.key_prefix,
+        user_per_s=settings.rate_user_per_s,
+        user_burst=settings.rate_user_burst,
+        address_per_s=settings.rate_address_per_s,
+        address_burst=settings.rate_address_burst,
+        inbox_size=settings.gate_inbox_size,
+        batch_max=settings.gate_batch_max,
+        timeout_s=settings.redis_timeout_s,
     )
 
 
@@ -86,16 +116,36 @@ async def open_runtime(settings: Settings, *,
             open_ledger(ledger_config(settings)) as ledger,
             open_catalog(ledger.sales, settings.catalog_refresh_s) as catalog,
             open_stock_gate(gate_config(settings), loader=ledger.state) as gate,
+            open_stock_feed(feed_config(settings),
+                            stock_key=lambda sale_id: gate.keys(sale_id)[0]) as feed,
         ):
-            await reconcile(catalog, gate, clock())
-            async with open_user_serializer(
-                gate, ledger, max_in_flight=settings.max_in_flight, clock=clock,
-                drain_timeout_s=settings.graceful_timeout_s,
-            ) as serializer:
-                yield Runtime(settings, ledger, catalog, gate, serializer, clock)
+            await load_current_gate(catalog, gate, clock())
+            async with (
+                _maybe(settings.rate_limit_enabled, open_rate_limiter,
+                       limiter_config(settings)) as limiter,
+                open_reconciler(gate, ledger, catalog, interval_s=settings.reconcile_interval_s,
+                                grace_s=settings.reservation_grace_s, clock=clock) as reconciler,
+                open_user_serializer(
+                    gate, ledger, max_in_flight=settings.max_in_flight, clock=clock,
+                    drain_timeout_s=settings.graceful_timeout_s,
+                ) as serializer,
+            ):
+                yield Runtime(settings=settings, ledger=ledger, catalog=catalog, gate=gate,
+                              serializer=serializer, clock=clock, feed=feed,
+                              reconciler=reconciler, limiter=limiter)
 
 
-async def reconcile(catalog: Catalog, gate: StockGate, now: datetime) -> None:
+@asynccontextmanager
+async def _maybe(enabled: bool, opener: Callable, *args: object) -> AsyncIterator[object]:
+    """Open ``opener(*args)`` when enabled, else yield None."""
+    if not enabled:
+        yield None
+        return
+    async with opener(*args) as handle:
+        yield handle
+
+
+async def load_current_gate(catalog: Catalog, gate: StockGate, now: datetime) -> None:
     """Build the gate from the ledger for the current sale when Redis does not hold it."""
     sale = catalog.current(now)
     if sale is not None and sale.status(now) is not SaleStatus.ENDED:

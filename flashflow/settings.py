@@ -89,6 +89,11 @@ class Settings:
     reconcile_interval_s: float = 5.0
     reservation_grace_s: float = 30.0
     retry_after_s: int = 1
+    rate_limit_enabled: bool = True
+    rate_user_per_s: float = 2.0
+    rate_user_burst: int = 5
+    rate_address_per_s: float = 200.0
+    rate_address_burst: int = 400
     max_body_bytes: int = 4096
     graceful_timeout_s: float = 10.0
     access_log: bool = False

@@ -123,6 +123,9 @@ def settings(database_url: str, key_prefix: str, services: Services, tmp_path: P
         port=0,
         catalog_refresh_s=0.2,
         redis_timeout_s=5.0,
+        # Every test client shares 127.0.0.1; tests of the address limit lower it.
+        rate_address_per_s=1_000_000.0,
+        rate_address_burst=1_000_000,
         postgres_timeout_s=10.0,
         sold_out_recheck_s=0.2,
     )

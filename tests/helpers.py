@@ -115,7 +115,9 @@ def server_env(settings: Settings, **extra: str) -> dict[str, str]:
     env.update(FLASHFLOW_DATABASE_URL=settings.database_url or "",
                FLASHFLOW_REDIS_URL=settings.redis_url or "",
                FLASHFLOW_KEY_PREFIX=settings.key_prefix,
-               FLASHFLOW_LOG_LEVEL="WARNING", **extra)
+               FLASHFLOW_LOG_LEVEL="WARNING",
+               FLASHFLOW_RATE_ADDRESS_PER_S=str(settings.rate_address_per_s),
+               FLASHFLOW_RATE_ADDRESS_BURST=str(settings.rate_address_burst), **extra)
     return env
 
 

@@ -13,8 +13,11 @@ from werkzeug.exceptions import HTTPException
 
 from actors import FlashFlowError, Purchase, Sale, SaleNotActive, SaleNotFound, SaleStatus
 
+from ..metrics import install_metrics
 from ..runtime import Runtime
 from . import errors, validation
+from .page import install_page
+from .sse import install_sse
 
 log = logging.getLogger("flashflow.http")
 
@@ -85,6 +88,11 @@ def create_app(runtime: Runtime) -> QuartTrio:
         status = sale.status(now)
         if status is not SaleStatus.ACTIVE:
             raise SaleNotActive(started=status is SaleStatus.ENDED)
+        # Answers known in memory (a repeat buyer, a sold-out sale) cost no tokens: they
+        # never reach Redis or PostgreSQL, which is what the limits protect.
+        runtime.serializer.answer_from_memory(sale, user_id)
+        if runtime.limiter is not None:
+            await runtime.limiter.check(user_id, request.remote_addr or "unknown")
         bought = await runtime.serializer.purchase(sale, user_id)
         return data(purchase_body(bought, sale), status=201)
 
@@ -121,6 +129,9 @@ def create_app(runtime: Runtime) -> QuartTrio:
         log.exception("unexpected error", exc_info=error)
         return errors.internal_error()
 
+    install_metrics(app, runtime)
+    install_sse(app, runtime)
+    install_page(app)
     return app
 
 

@@ -20,6 +20,7 @@ from actors.errors import (
     InvalidInput,
     Overloaded,
     PayloadTooLarge,
+    RateLimited,
     SaleNotActive,
     SaleNotFound,
     SoldOut,
@@ -35,6 +36,7 @@ ERROR_TABLE: dict[type[FlashFlowError], tuple[int, str, bool]] = {
     SoldOut: (409, "SOLD_OUT", False),
     AlreadyPurchased: (409, "ALREADY_PURCHASED", False),
     PayloadTooLarge: (413, "PAYLOAD_TOO_LARGE", False),
+    RateLimited: (429, "RATE_LIMIT_EXCEEDED", True),
     Overloaded: (503, "UNAVAILABLE", True),
     BackendUnavailable: (503, "UNAVAILABLE", True),
 }
@@ -74,8 +76,9 @@ def for_error(error: FlashFlowError, retry_after_s: int) -> Response:
     for cls in type(error).__mro__:
         if cls in ERROR_TABLE:
             status, code, retry = ERROR_TABLE[cls]
+            wait_s = getattr(error, "retry_after_s", retry_after_s)
             return error_response(status, code, error.message,
-                                  retry_after_s=retry_after_s if retry else None)
+                                  retry_after_s=wait_s if retry else None)
     return internal_error()
 
 

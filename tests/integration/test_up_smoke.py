@@ -69,12 +69,13 @@ def test_up_starts_embedded_services_sells_and_stops_everything():
                               "purchasedAt": bought.json()["data"]["purchasedAt"]}
             assert after["remainingStock"] == sale["remainingStock"] - 1
             process.send_signal(signal.SIGINT)
-            assert process.wait(30) == 0
+            code = process.wait(30)
+            lines.extend(process.stdout.read().splitlines(keepends=True))
+            assert code == 0, "".join(lines)
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-            lines.extend(process.stdout.read().splitlines(keepends=True))
             process.stdout.close()
         deadline = time.monotonic() + 15
         while any(process_alive(p) for p in pids) and time.monotonic() < deadline:

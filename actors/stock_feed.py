@@ -1,0 +1,361 @@
+"""The stock-feed actor: every stock change in Redis, fanned out to many watchers.
+
+One task holds a Redis pub/sub subscription to the gate's stock channel and crosses into
+asyncio once per batch of messages. Each sale being watched keeps one value, a version and
+an Event that is replaced on every change, so a change costs O(1) however many subscribers
+there are, and a subscriber's state is two numbers: the version it last saw and when it may
+next be told. A slow subscriber only ever skips to the latest value; it never queues changes
+and never holds up the reader, the other subscribers or the purchase path.
+
+If the subscription drops, the feed reconnects with backoff and asks Redis to publish the
+current stock of every watched sale again, through the same channel, so the fresh value
+arrives in order with every other change and no subscriber is left on a stale figure.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+import trio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from . import _aio
+from ._nursery import open_actor_nursery
+from ._slot import Slot
+from .errors import BackendUnavailable, FlashFlowError
+from .stock_gate import stock_channel
+
+log = logging.getLogger(__name__)
+
+StockKey = Callable[[uuid.UUID], str]
+
+# KEYS: stock, channel. ARGV: sale id. Publishes the current stock through the channel, so
+# it reaches every feed in order with the changes the gate's scripts publish.
+REPUBLISH = """
+local stock = redis.call('GET', KEYS[1])
+if stock then redis.call('PUBLISH', KEYS[2], ARGV[1] .. ' ' .. stock) end
+return stock
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class FeedConfig:
+    """The feed's knobs; the application builds this from its settings."""
+
+    redis_url: str
+    key_prefix: str = "flashflow:"
+    timeout_s: float = 2.0
+    min_interval_s: float = 0.1
+    batch_max: int = 512
+    idle_ping_s: float = 5.0
+    backoff_min_s: float = 0.05
+    backoff_max_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class FeedStatistics:
+    """A snapshot of the feed's work, for /metrics and tests."""
+
+    subscribers: int
+    watched_sales: int
+    messages_received: int
+    updates_delivered: int
+    reconnects: int
+    connected: bool
+
+
+class _Sale:
+    """The shared state of one watched sale: latest value, version, and a wake-up Event."""
+
+    __slots__ = ("value", "version", "changed", "subscribers", "priming")
+
+    def __init__(self) -> None:
+        self.value: int | None = None
+        self.version = 0
+        self.changed = trio.Event()
+        self.subscribers = 0
+        self.priming: Slot[int | None] | None = None
+
+    def update(self, value: int) -> bool:
+        if value == self.value:
+            return False
+        self.value = value
+        self.version += 1
+        self.changed.set()
+        self.changed = trio.Event()
+        return True
+
+
+class Subscription:
+    """One watcher of one sale's stock; use it as a context manager so it is freed at once."""
+
+    __slots__ = ("_feed", "_sale_id", "_state", "_seen", "_next_at", "_closed")
+
+    def __init__(self, feed: StockFeed, sale_id: uuid.UUID, state: _Sale) -> None:
+        self._feed = feed
+        self._sale_id = sale_id
+        self._state = state
+        self._seen = state.version
+        self._next_at = -math.inf
+        self._closed = False
+
+    @property
+    def latest(self) -> int | None:
+        """The latest stock the feed knows for this sale, or None before the first change."""
+        return self._state.value
+
+    async def snapshot(self) -> int | None:
+        """The stock to start from: changes after it are sure to reach :meth:`next`.
+
+        The feed's own value is used when it has one, costing no Redis call. The first
+        watcher of a sale has Redis publish the current stock through the channel (one call,
+        shared by everyone waiting), so no older message can arrive after it unnoticed.
+        Returns None when Redis holds no stock for the sale (its gate is not loaded).
+
+        Raises:
+            BackendUnavailable: Redis could not be asked.
+        """
+        state = self._state
+        if state.value is not None:
+            await trio.lowlevel.checkpoint()
+            self._seen = state.version
+            return state.value
+        if state.priming is not None:
+            return await state.priming.wait()
+        slot = state.priming = Slot()
+        try:
+            slot.set(await self._feed._reread(self._sale_id))
+        except BaseException as exc:
+            slot.fail(exc if isinstance(exc, FlashFlowError) else BackendUnavailable("redis"))
+            raise
+        finally:
+            state.priming = None
+        return await slot.wait()
+
+    async def next(self) -> int:
+        """Wait for a stock value this subscriber has not seen, and return the latest one.
+
+        Deliveries are at least ``min_interval_s`` apart; changes in between are skipped, so
+        the value returned is always the newest. Cancelling a wait consumes nothing.
+        """
+        state = self._state
+        while state.version == self._seen:
+            await state.changed.wait()
+        if trio.current_time() < self._next_at:
+            await trio.sleep_until(self._next_at)
+        else:
+            await trio.lowlevel.checkpoint()
+        self._seen = state.version
+        self._next_at = trio.current_time() + self._feed.min_interval_s
+        self._feed._delivered += 1
+        return state.value  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Stop watching; safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self._feed._release(self._sale_id)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class StockFeed:
+    """Handle to a running stock-feed actor; see :func:`open_stock_feed`."""
+
+    def __init__(self, config: FeedConfig, client: aioredis.Redis, stock_key: StockKey) -> None:
+        self._config = config
+        self._client = client
+        self._republish = client.register_script(REPUBLISH)
+        self._stock_key = stock_key
+        self._channel = stock_channel(config.key_prefix)
+        self._sales: dict[uuid.UUID, _Sale] = {}
+        self._subscribers = 0
+        self._received = 0
+        self._delivered = 0
+        self._reconnects = 0
+        self._connected = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether the subscription to Redis is up, so changes are reaching subscribers."""
+        return self._connected
+
+    @property
+    def min_interval_s(self) -> float:
+        """The shortest time between two deliveries to one subscriber."""
+        return self._config.min_interval_s
+
+    def subscribe(self, sale_id: uuid.UUID) -> Subscription:
+        """Start watching ``sale_id``; changes from now on reach the returned subscription."""
+        state = self._sales.get(sale_id)
+        if state is None:
+            state = self._sales[sale_id] = _Sale()
+        state.subscribers += 1
+        self._subscribers += 1
+        return Subscription(self, sale_id, state)
+
+    def _release(self, sale_id: uuid.UUID) -> None:
+        state = self._sales[sale_id]
+        state.subscribers -= 1
+        self._subscribers -= 1
+        if state.subscribers == 0:
+            del self._sales[sale_id]
+
+    def statistics(self) -> FeedStatistics:
+        """Return a snapshot of the feed's counters."""
+        return FeedStatistics(
+            subscribers=self._subscribers,
+            watched_sales=len(self._sales),
+            messages_received=self._received,
+            updates_delivered=self._delivered,
+            reconnects=self._reconnects,
+            connected=self._connected,
+        )
+
+    # -- the actor loop ---------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the subscription until cancelled; started once the first one works."""
+        failures = 0
+        while True:
+            pubsub = self._client.pubsub()
+            try:
+                await self._call(_subscribe, pubsub, self._channel, self._config.timeout_s)
+                self._connected = True
+                task_status.started()
+                task_status = trio.TASK_STATUS_IGNORED
+                failures = 0
+                for sale_id in list(self._sales):
+                    await self._reread(sale_id)
+                await self._listen(pubsub)
+            except BackendUnavailable:
+                if task_status is not trio.TASK_STATUS_IGNORED:
+                    raise
+                self._connected = False
+                self._reconnects += 1
+                failures += 1
+                delay = min(self._config.backoff_max_s,
+                            self._config.backoff_min_s * 2 ** (failures - 1))
+                log.warning("stock feed lost its subscription; reconnecting in %.2f s", delay)
+                await trio.sleep(delay * random.uniform(0.5, 1.0))
+            finally:
+                self._connected = False
+                with trio.CancelScope(shield=True), suppress(BackendUnavailable):
+                    await self._call(pubsub.aclose)
+
+    async def _listen(self, pubsub: Any) -> None:
+        """Apply batches of messages until the connection fails or stays silent too long."""
+        wait_s = self._config.idle_ping_s
+        silent = 0
+        while True:
+            batch = await self._call(_read_batch, pubsub, wait_s, self._config.batch_max,
+                                     extra_s=wait_s)
+            if batch:
+                silent = 0
+                self._apply(batch)
+                continue
+            silent += 1
+            if silent > 2:
+                raise BackendUnavailable("redis")
+            # A PING's reply proves the connection still carries messages.
+            await self._call(pubsub.ping)
+
+    def _apply(self, batch: list[dict[str, Any]]) -> None:
+        for message in batch:
+            if message.get("type") != "message":
+                continue
+            self._received += 1
+            try:
+                sale_text, stock_text = message["data"].split()
+                sale_id, stock = uuid.UUID(sale_text.decode()), int(stock_text)
+            except (ValueError, AttributeError):
+                log.debug("ignored a malformed stock message: %r", message.get("data"))
+                continue
+            state = self._sales.get(sale_id)
+            if state is not None:
+                state.update(max(stock, 0))
+
+    async def _reread(self, sale_id: uuid.UUID) -> int | None:
+        """Have Redis publish the current stock of ``sale_id`` again; return it."""
+        value = await self._call(self._republish, keys=[self._stock_key(sale_id), self._channel],
+                                 args=[str(sale_id)])
+        return None if value is None else max(int(value), 0)
+
+    async def _call(self, fn, *args, extra_s: float = 0.0, **kwargs):
+        try:
+            return await _aio.call("redis", self._config.timeout_s + extra_s, fn, *args,
+                                   **kwargs)
+        except redis.exceptions.RedisError as exc:
+            raise BackendUnavailable("redis") from exc
+
+
+async def _subscribe(pubsub: Any, channel: str, timeout_s: float) -> None:
+    """Subscribe and wait for Redis to confirm, so no change published after it is missed."""
+    await pubsub.subscribe(channel)
+    while True:
+        message = await pubsub.get_message(timeout=timeout_s)
+        if message is None:
+            raise redis.exceptions.TimeoutError("no subscribe confirmation")
+        if message["type"] == "subscribe":
+            return
+
+
+async def _read_batch(pubsub: Any, wait_s: float, limit: int) -> list[dict[str, Any]]:
+    """Wait up to ``wait_s`` for one message, then take whatever else has already arrived."""
+    first = await pubsub.get_message(timeout=wait_s)
+    if first is None:
+        return []
+    batch = [first]
+    while len(batch) < limit:
+        message = await pubsub.get_message(timeout=0)
+        if message is None:
+            break
+        batch.append(message)
+    return batch
+
+
+@asynccontextmanager
+async def open_stock_feed(config: FeedConfig, stock_key: StockKey) -> AsyncIterator[StockFeed]:
+    """Open the stock-feed actor; yields once the subscription works, stops it on exit.
+
+    Args:
+        config: connection and pacing settings.
+        stock_key: the Redis key holding a sale's stock (the gate owns the key layout).
+
+    Raises:
+        BackendUnavailable: Redis could not be subscribed to at start-up.
+    """
+    client = aioredis.Redis.from_url(
+        config.redis_url,
+        socket_timeout=config.timeout_s,
+        socket_connect_timeout=config.timeout_s,
+        health_check_interval=0,
+        client_name=f"{config.key_prefix}stock-feed",
+        # The feed reconnects by itself, so it knows to publish fresh values after a drop.
+        retry=Retry(NoBackoff(), 0),
+    )
+    try:
+        feed = StockFeed(config, client, stock_key)
+        async with open_actor_nursery() as nursery:
+            await nursery.start(feed.run)
+            try:
+                yield feed
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True), suppress(BackendUnavailable):
+            await _aio.call("redis", config.timeout_s, client.aclose)

@@ -1,0 +1,172 @@
+"""Scrape-time metrics: the actors' ``statistics()`` and the current sale's stock.
+
+Nothing here runs on the request path. :class:`ActorCollector` turns each entry of
+:data:`ACTOR_METRICS` into one Prometheus family when ``/metrics`` is scraped; the
+``/metrics`` route reads the current sale's stock from the gate just before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from actors import FlashFlowError
+
+from .runtime import Runtime
+
+GAUGE, COUNTER = "gauge", "counter"
+
+#: Metrics read at scrape time: (exposed name, kind, help, source, field of the source).
+#: The sources are the actors' ``statistics()`` records and, for capacities, the settings.
+ACTOR_METRICS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("flashflow_gate_inbox_depth", GAUGE,
+     "Reserve requests waiting in the stock gate's inbox.", "gate", "inbox_depth"),
+    ("flashflow_gate_inbox_capacity", GAUGE,
+     "Size of the stock gate's inbox.", "settings", "gate_inbox_size"),
+    ("flashflow_gate_batches_total", COUNTER,
+     "Batches the stock gate sent to Redis.", "gate", "batches"),
+    ("flashflow_gate_requests_total", COUNTER,
+     "Reserve requests the stock gate took from its inbox.", "gate", "reserved_requests"),
+    ("flashflow_gate_largest_batch", GAUGE,
+     "Largest batch the stock gate has sent.", "gate", "largest_batch"),
+    ("flashflow_gate_local_sold_out_answers_total", COUNTER,
+     "Answers given from the gate's sold-out memory, without Redis.", "gate",
+     "local_sold_out_answers"),
+    ("flashflow_gate_sold_out_sales", GAUGE,
+     "Sales the stock gate currently holds as sold out.", "gate", "sold_out_sales"),
+    ("flashflow_ledger_inbox_depth", GAUGE,
+     "Commits waiting in the ledger's inbox.", "ledger", "inbox_depth"),
+    ("flashflow_ledger_inbox_capacity", GAUGE,
+     "Size of the ledger's inbox.", "settings", "ledger_inbox_size"),
+    ("flashflow_ledger_batches_total", COUNTER,
+     "Group commits the ledger wrote.", "ledger", "batches"),
+    ("flashflow_ledger_committed_total", COUNTER,
+     "Purchases the ledger committed.", "ledger", "committed"),
+    ("flashflow_ledger_largest_batch", GAUGE,
+     "Largest batch the ledger has written.", "ledger", "largest_batch"),
+    ("flashflow_ledger_failed_batches_total", COUNTER,
+     "Per-sale batches PostgreSQL did not take.", "ledger", "failed_batches"),
+    ("flashflow_serializer_in_flight", GAUGE,
+     "Purchases in flight in the user serializer.", "serializer", "in_flight"),
+    ("flashflow_serializer_max_in_flight", GAUGE,
+     "Purchases the user serializer admits at once.", "settings", "max_in_flight"),
+    ("flashflow_serializer_coalesced_total", COUNTER,
+     "Requests that joined a purchase already in flight.", "serializer", "coalesced"),
+    ("flashflow_serializer_known_buyers", GAUGE,
+     "Buyers this process remembers.", "serializer", "known_buyers"),
+    ("flashflow_serializer_answered_from_memory_total", COUNTER,
+     "ALREADY_PURCHASED answers given from memory.", "serializer", "answered_from_memory"),
+    ("flashflow_serializer_rolled_back_total", COUNTER,
+     "Reservations returned to the gate after the ledger refused them.",
+     "serializer", "rolled_back"),
+    ("flashflow_feed_subscribers", GAUGE,
+     "Open stock-feed subscriptions (one per SSE client).", "feed", "subscribers"),
+    ("flashflow_feed_watched_sales", GAUGE,
+     "Sales the stock feed is watching.", "feed", "watched_sales"),
+    ("flashflow_feed_messages_received_total", COUNTER,
+     "Stock messages the feed received from Redis.", "feed", "messages_received"),
+    ("flashflow_feed_updates_delivered_total", COUNTER,
+     "Stock values handed to subscribers.", "feed", "updates_delivered"),
+    ("flashflow_feed_reconnects_total", COUNTER,
+     "Times the feed lost its Redis subscription.", "feed", "reconnects"),
+    ("flashflow_feed_connected", GAUGE,
+     "1 while the feed holds its Redis subscription.", "feed", "connected"),
+    ("flashflow_reconciler_runs_total", COUNTER,
+     "Reconciler passes over the current sale.", "reconciler", "runs"),
+    ("flashflow_reconciler_returned_total", COUNTER,
+     "Stale reservations the reconciler put back on sale.", "reconciler", "returned"),
+    ("flashflow_reconciler_failed_runs_total", COUNTER,
+     "Reconciler passes that a backend failure cut short.", "reconciler", "failed_runs"),
+    ("flashflow_catalog_sales", GAUGE,
+     "Sales held by the catalog.", "catalog", "sales"),
+    ("flashflow_catalog_refreshes_total", COUNTER,
+     "Times the catalog reloaded the sales.", "catalog", "refreshes"),
+    ("flashflow_catalog_failed_refreshes_total", COUNTER,
+     "Catalog reloads that failed.", "catalog", "failed_refreshes"),
+)
+
+#: Metrics of the current sale, read at scrape time: (exposed name, help).
+SALE_METRICS: tuple[tuple[str, str], ...] = (
+    ("flashflow_sale_total_stock", "Total stock of the current sale."),
+    ("flashflow_sale_remaining_stock", "Stock left in the gate for the current sale."),
+    ("flashflow_sale_status", "1 for the status the current sale is in."),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SaleStock:
+    """The current sale as a scrape sees it; ``remaining`` is None when Redis did not answer."""
+
+    sale_id: str
+    status: str
+    total_stock: int
+    remaining: int | None
+
+
+class ActorCollector(Collector):
+    """Reads the actors' ``statistics()`` and the current sale's stock at scrape time."""
+
+    def __init__(self, runtime: Runtime, *, pid: int | None = None) -> None:
+        self._runtime = runtime
+        self._labels = {"pid": str(pid)} if pid is not None else {}
+        self.sale: SaleStock | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing to describe up front: the samples exist only at scrape time."""
+        return ()
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield one family per entry of :data:`ACTOR_METRICS`, then the sale's stock."""
+        runtime = self._runtime
+        sources: dict[str, Any] = {
+            "gate": runtime.gate.statistics(),
+            "ledger": runtime.ledger.statistics(),
+            "serializer": runtime.serializer.statistics(),
+            "catalog": runtime.catalog.statistics(),
+            "feed": runtime.feed.statistics(),
+            "reconciler": runtime.reconciler.statistics(),
+            "settings": runtime.settings,
+        }
+        names, values = list(self._labels), list(self._labels.values())
+        for name, kind, help_text, source, field in ACTOR_METRICS:
+            family_type = CounterMetricFamily if kind == COUNTER else GaugeMetricFamily
+            family = family_type(name, help_text, labels=names)
+            family.add_metric(values, float(getattr(sources[source], field)))
+            yield family
+        yield from self._sale_families()
+
+    def _sale_families(self) -> Iterator[Metric]:
+        sale = self.sale
+        if sale is None:
+            return
+        helps = dict(SALE_METRICS)
+        total = GaugeMetricFamily("flashflow_sale_total_stock",
+                                  helps["flashflow_sale_total_stock"], labels=["sale_id"])
+        total.add_metric([sale.sale_id], sale.total_stock)
+        yield total
+        if sale.remaining is not None:
+            left = GaugeMetricFamily("flashflow_sale_remaining_stock",
+                                     helps["flashflow_sale_remaining_stock"], labels=["sale_id"])
+            left.add_metric([sale.sale_id], sale.remaining)
+            yield left
+        status = GaugeMetricFamily("flashflow_sale_status", helps["flashflow_sale_status"],
+                                   labels=["sale_id", "status"])
+        status.add_metric([sale.sale_id, sale.status], 1)
+        yield status
+
+
+async def read_sale(runtime: Runtime) -> SaleStock | None:
+    """The current sale and the stock its gate holds, or None when no sale is scheduled."""
+    now = runtime.clock()
+    sale = runtime.catalog.current(now)
+    if sale is None:
+        return None
+    try:
+        remaining: int | None = await runtime.gate.remaining(sale)
+    except FlashFlowError:
+        remaining = None
+    return SaleStock(str(sale.id), sale.status(now).value, sale.total_stock, remaining)

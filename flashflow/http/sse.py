@@ -1,0 +1,156 @@
+"""Server-Sent Events: the current sale's stock and status, live.
+
+``GET /api/v1/flash-sales/current/events`` opens with a ``snapshot`` (the body of
+``GET /current``), then sends ``stock`` when the remaining stock changes and ``status`` on
+every transition: upcoming -> active at ``startTime``, sold out at 0 (and back, should stock
+return), -> ended at ``endTime``. When the catalog's current sale changes, a new
+``snapshot`` follows. A comment line goes out after ``heartbeat_s`` of silence so proxies
+keep the connection. Every connection, a reconnect with ``Last-Event-ID`` included, starts
+with a fresh snapshot; event ids carry on from the client's last one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime
+from itertools import count
+from typing import Any
+
+import trio
+from quart import Response, make_response, request
+from quart_trio import QuartTrio
+
+from actors import BackendUnavailable, FlashFlowError, Sale, SaleNotFound, SaleStatus
+
+from ..runtime import Runtime
+
+SaleBody = Callable[[Sale, int, datetime], dict[str, Any]]
+Iso = Callable[[datetime], str]
+
+HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",
+}
+HEARTBEAT = b": heartbeat\n\n"
+
+
+def frame(event: str, payload: dict[str, Any], event_id: int, *,
+          retry_ms: int | None = None) -> bytes:
+    """One SSE event: optional ``retry:``, then ``id:``, ``event:`` and one JSON ``data:`` line."""
+    head = f"retry: {retry_ms}\n" if retry_ms is not None else ""
+    data = json.dumps(payload, separators=(",", ":"))
+    return f"{head}id: {event_id}\nevent: {event}\ndata: {data}\n\n".encode()
+
+
+def first_event_id(last_event_id: str | None) -> int:
+    """The id to number this connection's events from: one past the client's last id."""
+    try:
+        return max(int(last_event_id or "0"), 0) + 1
+    except ValueError:
+        return 1
+
+
+def wake_at(sale: Sale, now: datetime) -> float:
+    """The trio deadline of the sale's next transition on the clock (inf once ended)."""
+    status = sale.status(now)
+    if status is SaleStatus.ENDED:
+        return math.inf
+    edge = sale.start_time if status is SaleStatus.UPCOMING else sale.end_time
+    return trio.current_time() + max((edge - now).total_seconds(), 0.0)
+
+
+class EventStream:
+    """One client's stream of events, over as many sales as become current in its lifetime."""
+
+    def __init__(self, runtime: Runtime, sale_body: SaleBody, iso: Iso, *, first_id: int,
+                 heartbeat_s: float, retry_ms: int) -> None:
+        self._runtime = runtime
+        self._sale_body = sale_body
+        self._iso = iso
+        self._ids: Iterator[int] = count(first_id)
+        self._heartbeat_s = heartbeat_s
+        self._retry_ms: int | None = retry_ms
+
+    def _frame(self, event: str, payload: dict[str, Any]) -> bytes:
+        retry, self._retry_ms = self._retry_ms, None
+        return frame(event, payload, next(self._ids), retry_ms=retry)
+
+    async def frames(self, sale: Sale | None) -> AsyncIterator[bytes]:
+        """Yield the encoded events until the client leaves or the backend fails."""
+        while sale is not None:
+            try:
+                async for chunk in self._sale_frames(sale):
+                    yield chunk
+            except FlashFlowError:
+                # Redis went away mid-stream: end it; the client reconnects after ``retry``.
+                return
+            sale = self._runtime.catalog.current(self._runtime.clock())
+
+    async def _sale_frames(self, sale: Sale) -> AsyncIterator[bytes]:
+        """Events for one sale, until the catalog's current sale is another one."""
+        runtime = self._runtime
+        with runtime.feed.subscribe(sale.id) as sub:
+            remaining = await sub.snapshot()
+            if remaining is None:  # the gate is not in Redis yet: load it from the ledger
+                remaining = await runtime.gate.remaining(sale)
+            now = runtime.clock()
+            yield self._frame("snapshot", self._sale_body(sale, remaining, now))
+            state = (sale.status(now), remaining == 0)
+            beat_at = trio.current_time() + self._heartbeat_s
+            while True:
+                value: int | None = None
+                with trio.move_on_at(min(beat_at, wake_at(sale, runtime.clock()))):
+                    value = await sub.next()
+                now = runtime.clock()
+                out: list[bytes] = []
+                if value is not None and value != remaining:
+                    remaining = value
+                    out.append(self._frame("stock", {
+                        "saleId": str(sale.id), "remainingStock": remaining,
+                        "serverTime": self._iso(now),
+                    }))
+                if (sale.status(now), remaining == 0) != state:
+                    state = (sale.status(now), remaining == 0)
+                    out.append(self._frame("status", {
+                        "saleId": str(sale.id), "status": state[0].value, "soldOut": state[1],
+                        "remainingStock": remaining, "serverTime": self._iso(now),
+                    }))
+                if not out and trio.current_time() >= beat_at:
+                    out.append(HEARTBEAT)
+                for chunk in out:
+                    yield chunk
+                if out:
+                    beat_at = trio.current_time() + self._heartbeat_s
+                current = runtime.catalog.current(now)
+                if current is not None and current.id != sale.id:
+                    return
+
+
+def install_sse(app: QuartTrio, runtime: Runtime, *, heartbeat_s: float = 15.0,
+                retry_ms: int = 3000) -> None:
+    """Add the live event stream of the current sale to ``app``.
+
+    Args:
+        app: the application to add the route to.
+        runtime: the running actor tree (catalog, gate, feed, clock).
+        heartbeat_s: seconds of silence after which a comment line is sent.
+        retry_ms: the reconnect delay suggested to clients.
+    """
+    from .app import API, iso, sale_body  # app.py imports this module, so import it late
+
+    @app.get(f"{API}/events")
+    async def events() -> Response:
+        sale = runtime.catalog.current(runtime.clock())
+        if sale is None:
+            raise SaleNotFound()
+        if not runtime.feed.connected:
+            # The stream could only show stale figures: say so with the JSON envelope.
+            raise BackendUnavailable("redis")
+        stream = EventStream(runtime, sale_body, iso, heartbeat_s=heartbeat_s, retry_ms=retry_ms,
+                             first_id=first_event_id(request.headers.get("Last-Event-ID")))
+        response = await make_response(stream.frames(sale), 200, HEADERS)
+        response.timeout = None  # a stream lives as long as its client
+        return response

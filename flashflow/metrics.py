@@ -1,0 +1,143 @@
+"""Prometheus metrics: ``GET /metrics`` in the text format, and the hooks that feed it.
+
+The hot path pays for two dictionary look-ups and two increments per request: requests are
+counted by route rule (never the raw path, so labels stay bounded), and the purchase
+outcome is read from the response only on ``POST .../purchase``. The actors' numbers cost
+nothing until a scrape: ``actor_metrics.ActorCollector`` reads their ``statistics()`` then.
+
+With several worker processes, set ``PROMETHEUS_MULTIPROC_DIR`` to an empty, writable
+directory before the processes start (prometheus-client chooses its storage when it is
+first imported; the directory is created if missing, never emptied). Counters and histograms are then written to files there and every scrape
+sums them over all workers; the actor gauges describe the worker that answered the
+scrape and carry its ``pid`` label. Without the variable, one in-process registry per app
+is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
+from quart import Response, g, request
+from quart_trio import QuartTrio
+
+from .actor_metrics import ACTOR_METRICS, SALE_METRICS, ActorCollector, read_sale
+from .runtime import Runtime
+
+__all__ = ["ACTOR_METRICS", "REQUEST_METRICS", "SALE_METRICS", "RequestMetrics",
+           "install_metrics", "multiprocess_dir", "scrape_registry"]
+
+UNMATCHED = "<unmatched>"
+PURCHASE_ENDPOINT = "purchase"
+CONFIRMED = "CONFIRMED"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+#: Metrics counted on each request: (exposed name, help).
+REQUEST_METRICS: tuple[tuple[str, str], ...] = (
+    ("flashflow_http_requests_total", "HTTP requests by route rule, method and status."),
+    ("flashflow_http_request_duration_seconds", "HTTP request latency by route rule and method."),
+    ("flashflow_purchases_total", "Purchase answers by wire code (CONFIRMED for a 201)."),
+)
+
+
+def multiprocess_dir() -> str | None:
+    """The directory named by ``PROMETHEUS_MULTIPROC_DIR``, or None for one process."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class RequestMetrics:
+    """The counters and histograms fed by every request."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        names = dict(REQUEST_METRICS)
+        self.requests = Counter("flashflow_http_requests_total",
+                                names["flashflow_http_requests_total"],
+                                ["route", "method", "status"], registry=registry)
+        self.latency = Histogram("flashflow_http_request_duration_seconds",
+                                 names["flashflow_http_request_duration_seconds"],
+                                 ["route", "method"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.purchases = Counter("flashflow_purchases_total", names["flashflow_purchases_total"],
+                                 ["outcome"], registry=registry)
+        self._requests: dict[tuple[str, str, int], Any] = {}
+        self._latency: dict[tuple[str, str], Any] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float | None) -> None:
+        """Count one request and, when its start is known, its latency."""
+        method = method if method in METHODS else "OTHER"
+        key = (route, method, status)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.requests.labels(route, method, str(status))
+        child.inc()
+        if seconds is not None:
+            timer = self._latency.get(key[:2])
+            if timer is None:
+                timer = self._latency[key[:2]] = self.latency.labels(route, method)
+            timer.observe(seconds)
+
+    def purchase(self, outcome: str) -> None:
+        """Count one purchase answer."""
+        self.purchases.labels(outcome).inc()
+
+
+
+def scrape_registry(collectors: Iterable[Collector],
+                    own: CollectorRegistry | None) -> CollectorRegistry:
+    """The registry a scrape reads: ``own`` in one process, else the multiprocess files."""
+    if own is None:
+        from prometheus_client import multiprocess
+
+        own = CollectorRegistry()
+        multiprocess.MultiProcessCollector(own)
+    for collector in collectors:
+        own.register(collector)
+    return own
+
+
+async def purchase_outcome(response: Response) -> str:
+    """The wire code of a purchase answer: CONFIRMED for a 201, else the error's code."""
+    if response.status_code == 201:
+        return CONFIRMED
+    try:
+        return str(json.loads(await response.get_data())["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP_{response.status_code}"
+
+
+def install_metrics(app: QuartTrio, runtime: Runtime) -> None:
+    """Register ``GET /metrics`` and the request hooks that count and time every request."""
+    directory = multiprocess_dir()
+    if directory is not None:
+        os.makedirs(directory, exist_ok=True)
+    own = None if directory is not None else CollectorRegistry()
+    recorder = RequestMetrics(own)
+    actors = ActorCollector(runtime, pid=os.getpid() if directory is not None else None)
+    registry = scrape_registry([actors], own)
+
+    @app.before_request
+    async def start_timer() -> None:
+        g.flashflow_started = time.perf_counter()
+
+    @app.after_request
+    async def record_request(response: Response) -> Response:
+        started = g.get("flashflow_started")
+        elapsed = time.perf_counter() - started if started is not None else None
+        rule = request.url_rule
+        route = rule.rule if rule is not None else UNMATCHED
+        recorder.observe(route, request.method, response.status_code, elapsed)
+        if request.endpoint == PURCHASE_ENDPOINT and request.method == "POST":
+            recorder.purchase(await purchase_outcome(response))
+        return response
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        actors.sale = await read_sale(runtime)
+        # No await between setting the sale and rendering: no other task can interleave.
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -1,0 +1,266 @@
+// Flash Flow buyer page: live stock over EventSource, a countdown against the server's
+// clock, and one purchase button. Plain JavaScript, no build step.
+"use strict";
+
+(() => {
+  const API = "/api/v1/flash-sales/current";
+  const USER_KEY = "flashflow.userId";
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    live: $("live"), badge: $("badge"), product: $("product"), countdown: $("countdown"),
+    stock: $("stock"), total: $("total"), bar: $("stock-bar"), fill: $("stock-fill"),
+    form: $("buy-form"), user: $("user-id"), userError: $("user-id-error"), buy: $("buy"),
+    result: $("result"), modal: $("modal"), modalTitle: $("modal-title"),
+    modalMessage: $("modal-message"),
+  };
+
+  const MODALS = {
+    SOLD_OUT: "Sold out",
+    ALREADY_PURCHASED: "Already purchased",
+    SALE_NOT_ACTIVE: "Sale not active",
+  };
+
+  let sale = null;          // the last snapshot, kept up to date by events
+  let clockOffsetMs = 0;    // server time minus this browser's time
+  let inFlight = false;
+  let returnFocusTo = null;
+
+  // -- rendering -------------------------------------------------------------------
+
+  function serverNow() { return Date.now() + clockOffsetMs; }
+
+  function syncClock(serverTime) {
+    const t = Date.parse(serverTime);
+    if (!Number.isNaN(t)) clockOffsetMs = t - Date.now();
+  }
+
+  function statusOf(s) {
+    const now = serverNow();
+    if (now < Date.parse(s.startTime)) return "upcoming";
+    if (now >= Date.parse(s.endTime)) return "ended";
+    return "active";
+  }
+
+  function render() {
+    if (!sale) return;
+    el.product.textContent = sale.productName;
+    document.title = `${sale.productName} · Flash Flow`;
+    el.stock.textContent = String(sale.remainingStock);
+    el.total.textContent = String(sale.totalStock);
+    el.bar.setAttribute("aria-valuemax", String(sale.totalStock));
+    el.bar.setAttribute("aria-valuenow", String(sale.remainingStock));
+    el.bar.setAttribute("aria-valuetext", `${sale.remainingStock} of ${sale.totalStock} left`);
+    const share = sale.totalStock > 0 ? sale.remainingStock / sale.totalStock : 0;
+    el.fill.style.width = `${Math.round(share * 100)}%`;
+    renderStatus();
+  }
+
+  function renderStatus() {
+    if (!sale) return;
+    const status = statusOf(sale);
+    let label = { upcoming: "Coming soon", active: "On sale now", ended: "Sale ended" }[status];
+    let key = status;
+    if (status === "active" && sale.remainingStock <= 0) { label = "Sold out"; key = "sold-out"; }
+    if (el.badge.dataset.status !== key) {
+      el.badge.dataset.status = key;
+      el.badge.textContent = label;
+    }
+    el.countdown.textContent = countdownText(status);
+  }
+
+  function countdownText(status) {
+    if (status === "ended") return "This sale has ended.";
+    const edge = Date.parse(status === "upcoming" ? sale.startTime : sale.endTime);
+    const left = Math.max(0, Math.floor((edge - serverNow()) / 1000));
+    const h = Math.floor(left / 3600);
+    const m = Math.floor((left % 3600) / 60);
+    const s = left % 60;
+    const pad = (n) => String(n).padStart(2, "0");
+    const clock = h > 0 ? `${h}:${pad(m)}:${pad(s)}` : `${pad(m)}:${pad(s)}`;
+    return status === "upcoming" ? `Starts in ${clock}` : `Ends in ${clock}`;
+  }
+
+  function showResult(text) {
+    el.result.textContent = text;
+    el.result.hidden = false;
+  }
+
+  function setLive(state, text) {
+    el.live.dataset.state = state;
+    el.live.textContent = text;
+  }
+
+  // -- the modal -------------------------------------------------------------------
+
+  function openModal(title, message) {
+    returnFocusTo = document.activeElement;
+    el.modalTitle.textContent = title;
+    el.modalMessage.textContent = message;
+    if (!el.modal.open) el.modal.showModal();
+    $("modal-close").focus();
+  }
+
+  el.modal.addEventListener("close", () => {
+    const usable = returnFocusTo && returnFocusTo !== document.body &&
+      document.contains(returnFocusTo);
+    const target = usable ? returnFocusTo : el.buy;
+    returnFocusTo = null;
+    target.focus();
+  });
+
+  // -- the server ------------------------------------------------------------------
+
+  async function loadSale() {
+    try {
+      const response = await fetch(API, { headers: { Accept: "application/json" } });
+      if (response.status === 404) {
+        el.product.textContent = "No flash sale is scheduled";
+        el.badge.dataset.status = "ended";
+        el.badge.textContent = "No sale";
+        return;
+      }
+      if (!response.ok) return;
+      const body = await response.json();
+      applySnapshot(body.data);
+    } catch (_) {
+      setLive("offline", "Offline");
+    }
+  }
+
+  function applySnapshot(data) {
+    syncClock(data.serverTime);
+    sale = data;
+    render();
+  }
+
+  function connect() {
+    const source = new EventSource(`${API}/events`);
+    source.addEventListener("open", () => setLive("live", "Live"));
+    source.addEventListener("snapshot", (e) => applySnapshot(JSON.parse(e.data)));
+    source.addEventListener("stock", (e) => {
+      const data = JSON.parse(e.data);
+      if (!sale || data.saleId !== sale.id) return;
+      syncClock(data.serverTime);
+      sale.remainingStock = data.remainingStock;
+      render();
+    });
+    source.addEventListener("status", (e) => {
+      const data = JSON.parse(e.data);
+      if (!sale || data.saleId !== sale.id) return;
+      syncClock(data.serverTime);
+      sale.remainingStock = data.remainingStock;
+      render();
+    });
+    source.addEventListener("error", () => {
+      if (source.readyState === EventSource.CLOSED) {
+        // The server refused the stream (no sale, or unavailable): try again later.
+        setLive("offline", "Offline");
+        setTimeout(connect, 5000);
+      } else {
+        setLive("connecting", "Reconnecting…");
+      }
+    });
+  }
+
+  async function checkPurchase(userId) {
+    if (userId.length < 3) return;
+    try {
+      const response = await fetch(`${API}/purchase?userId=${encodeURIComponent(userId)}`);
+      if (!response.ok) return;
+      const { data } = await response.json();
+      if (data.purchased && el.user.value.trim() === userId) {
+        showResult(`You bought this. Your purchase id is ${data.purchaseId}.`);
+      }
+    } catch (_) {
+      // The status check is a courtesy; the buy button still works.
+    }
+  }
+
+  function retryText(response) {
+    const seconds = parseInt(response.headers.get("Retry-After") || "", 10);
+    return Number.isFinite(seconds) ? ` Please try again in ${seconds} s.` : " Please try again shortly.";
+  }
+
+  async function buy(userId) {
+    let response;
+    try {
+      response = await fetch(`${API}/purchase`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify({ userId }),
+      });
+    } catch (_) {
+      openModal("Connection problem", "We could not reach the server. Please try again.");
+      return;
+    }
+    let body = null;
+    try { body = await response.json(); } catch (_) { body = null; }
+    if (response.status === 201) {
+      showResult(`Purchase confirmed! Your purchase id is ${body.data.purchaseId}.`);
+      return;
+    }
+    const error = (body && body.error) || {};
+    if (response.status === 400) {
+      showUserError(error.message || "Please check your user id.");
+    } else if (response.status === 409) {
+      openModal(MODALS[error.code] || "Not possible", error.message || "");
+      if (error.code === "ALREADY_PURCHASED") checkPurchase(userId);
+    } else if (response.status === 429) {
+      openModal("Too many requests", (error.message || "Slow down.") + retryText(response));
+    } else if (response.status === 503) {
+      openModal("Service busy", (error.message || "The service is busy.") + retryText(response));
+    } else {
+      openModal("Something went wrong", error.message || `The server answered ${response.status}.`);
+    }
+  }
+
+  function showUserError(message) {
+    el.userError.textContent = message;
+    el.userError.hidden = !message;
+    el.user.setAttribute("aria-invalid", message ? "true" : "false");
+    if (message) el.user.focus();
+  }
+
+  // -- wiring ----------------------------------------------------------------------
+
+  el.form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (inFlight) return;
+    const userId = el.user.value.trim();
+    if (userId.length < 3) {
+      showUserError("Your user id must be at least 3 characters.");
+      return;
+    }
+    showUserError("");
+    inFlight = true;
+    el.buy.disabled = true;
+    el.buy.setAttribute("aria-busy", "true");
+    el.buy.textContent = "Buying…";
+    try {
+      await buy(userId);
+    } finally {
+      inFlight = false;
+      el.buy.disabled = false;
+      el.buy.removeAttribute("aria-busy");
+      el.buy.textContent = "Buy now";
+      if (el.modal.open) $("modal-close").focus();
+    }
+  });
+
+  let checkTimer = null;
+  el.user.addEventListener("input", () => {
+    const userId = el.user.value.trim();
+    try { localStorage.setItem(USER_KEY, userId); } catch (_) { /* storage may be off */ }
+    el.result.hidden = true;
+    clearTimeout(checkTimer);
+    checkTimer = setTimeout(() => checkPurchase(userId), 400);
+  });
+
+  let remembered = "";
+  try { remembered = localStorage.getItem(USER_KEY) || ""; } catch (_) { remembered = ""; }
+  el.user.value = remembered;
+
+  setInterval(renderStatus, 250);
+  loadSale().then(() => checkPurchase(remembered.trim()));
+  connect();
+})();
