@@ -8,14 +8,31 @@ from datetime import UTC, datetime
 from typing import Any
 
 from quart import Response, request
+from quart_schema import (
+    RequestSchemaValidationError,
+    document_response,
+    validate_querystring,
+    validate_request,
+)
 from quart_trio import QuartTrio
+from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException
 
-from actors import FlashFlowError, Purchase, Sale, SaleNotActive, SaleNotFound, SaleStatus
+from actors import FlashFlowError, InvalidInput, Purchase, Sale, SaleNotActive, SaleNotFound, SaleStatus
 
 from ..metrics import install_metrics
 from ..runtime import Runtime
-from . import errors, validation
+from . import errors
+from .schema import (
+    ErrorEnvelope,
+    PurchaseEnvelope,
+    PurchaseRequest,
+    PurchaseStatusEnvelope,
+    SaleEnvelope,
+    StatusQuery,
+    install_schema,
+    validation_message,
+)
 from .page import install_page
 from .sse import install_sse
 
@@ -29,7 +46,7 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def data(payload: Any, status: int = 200) -> Response:
+def envelope(payload: Any, status: int = 200) -> Response:
     """A success response in the ``{"data": ...}`` envelope."""
     return Response(json.dumps({"data": payload}), status=status, content_type="application/json")
 
@@ -59,12 +76,29 @@ def purchase_body(purchase: Purchase, sale: Sale) -> dict[str, Any]:
     }
 
 
+class JsonRequest(TrioRequest):
+    """A request whose unparseable JSON body is a VALIDATION_ERROR, said plainly."""
+
+    def on_json_loading_failed(self, error: Exception) -> Any:
+        raise InvalidInput("The request body must be valid JSON.")
+
+    async def get_json(self, force: bool = False, silent: bool = False,
+                       cache: bool = True) -> Any:
+        # Undecodable bytes and absurd nesting fail outside Quart's own ValueError net.
+        try:
+            return await super().get_json(force, silent, cache)
+        except (UnicodeDecodeError, RecursionError):
+            raise InvalidInput("The request body must be valid JSON.") from None
+
+
 def create_app(runtime: Runtime) -> QuartTrio:
     """Build the HTTP application around a running actor tree."""
     settings = runtime.settings
     app = QuartTrio(__name__, static_folder=None)
+    app.request_class = JsonRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    install_schema(app)
 
     def current_sale(now: datetime) -> Sale:
         sale = runtime.catalog.current(now)
@@ -73,16 +107,20 @@ def create_app(runtime: Runtime) -> QuartTrio:
         return sale
 
     @app.get(API)
+    @document_response(SaleEnvelope, 200)
+    @document_response(ErrorEnvelope, 404)
     async def get_current() -> Response:
         now = runtime.clock()
         sale = current_sale(now)
         remaining = await runtime.gate.remaining(sale)
-        return data(sale_body(sale, remaining, now))
+        return envelope(sale_body(sale, remaining, now))
 
     @app.post(f"{API}/purchase")
-    async def purchase() -> Response:
-        body = validation.json_object(await request.get_data(cache=False))
-        user_id = validation.user_id(body.get("userId"))
+    @validate_request(PurchaseRequest)
+    @document_response(PurchaseEnvelope, 201)
+    @document_response(ErrorEnvelope, 409)
+    async def purchase(data: PurchaseRequest) -> Response:
+        user_id = data.userId
         now = runtime.clock()
         sale = current_sale(now)
         status = sale.status(now)
@@ -94,31 +132,36 @@ def create_app(runtime: Runtime) -> QuartTrio:
         if runtime.limiter is not None:
             await runtime.limiter.check(user_id, request.remote_addr or "unknown")
         bought = await runtime.serializer.purchase(sale, user_id)
-        return data(purchase_body(bought, sale), status=201)
+        return envelope(purchase_body(bought, sale), status=201)
 
     @app.get(f"{API}/purchase")
-    async def purchase_status() -> Response:
-        user_id = validation.user_id(request.args.get("userId"))
+    @validate_querystring(StatusQuery)
+    @document_response(PurchaseStatusEnvelope, 200)
+    async def purchase_status(query_args: StatusQuery) -> Response:
         sale = current_sale(runtime.clock())
-        found = await runtime.ledger.find_purchase(sale.id, user_id)
+        found = await runtime.ledger.find_purchase(sale.id, query_args.userId)
         if found is None:
-            return data({"purchased": False})
-        return data({"purchased": True, "purchaseId": str(found.id),
+            return envelope({"purchased": False})
+        return envelope({"purchased": True, "purchaseId": str(found.id),
                      "purchasedAt": iso(found.purchased_at)})
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        return data({"status": "ok"})
+        return envelope({"status": "ok"})
 
     @app.get("/readyz")
     async def readyz() -> Response:
         checks = await readiness(runtime)
         status = 200 if all(checks.values()) else 503
-        return data({"ready": status == 200, "checks": checks}, status=status)
+        return envelope({"ready": status == 200, "checks": checks}, status=status)
 
     @app.errorhandler(FlashFlowError)
     async def on_flashflow_error(error: FlashFlowError) -> Response:
         return errors.for_error(error, settings.retry_after_s)
+
+    @app.errorhandler(RequestSchemaValidationError)
+    async def on_invalid_request(error: RequestSchemaValidationError) -> Response:
+        return errors.error_response(400, "VALIDATION_ERROR", validation_message(error))
 
     @app.errorhandler(HTTPException)
     async def on_http_error(error: HTTPException) -> Response:

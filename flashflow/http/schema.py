@@ -1,0 +1,143 @@
+"""The API's models: they validate requests and they are the OpenAPI document.
+
+Requests are validated by quart-schema from these pydantic models; the rules for a
+``userId`` live once, in :mod:`flashflow.http.validation`, and are reused here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema
+from quart_schema import QuartSchema, RequestSchemaValidationError
+from quart_trio import QuartTrio
+
+from actors.errors import InvalidInput
+
+from . import validation
+
+
+def _checked_user_id(value: Any) -> str:
+    try:
+        return validation.user_id(value)
+    except InvalidInput as exc:
+        raise ValueError(exc.message) from None
+
+
+UserId = Annotated[
+    str,
+    BeforeValidator(_checked_user_id),
+    WithJsonSchema({
+        "type": "string",
+        "minLength": validation.USER_ID_MIN,
+        "maxLength": validation.USER_ID_MAX,
+        "pattern": r"^\S(.*\S)?$",
+        "description": "3 to 255 characters after trimming, no control characters.",
+    }),
+]
+
+
+class PurchaseRequest(BaseModel):
+    """The body of ``POST /purchase``."""
+
+    model_config = ConfigDict(extra="ignore")
+    userId: UserId
+
+
+class StatusQuery(BaseModel):
+    """The query string of ``GET /purchase``."""
+
+    model_config = ConfigDict(extra="ignore")
+    userId: UserId
+
+
+class SaleOut(BaseModel):
+    """A sale as ``GET /current`` returns it."""
+
+    id: str
+    productName: str
+    totalStock: int
+    remainingStock: int
+    startTime: str
+    endTime: str
+    status: Literal["upcoming", "active", "ended"]
+    serverTime: str
+
+
+class SaleEnvelope(BaseModel):
+    """``{"data": sale}``."""
+
+    data: SaleOut
+
+
+class PurchaseOut(BaseModel):
+    """A confirmed purchase."""
+
+    purchaseId: str
+    userId: str
+    productName: str
+    status: Literal["confirmed"]
+    purchasedAt: str
+
+
+class PurchaseEnvelope(BaseModel):
+    """``{"data": purchase}``."""
+
+    data: PurchaseOut
+
+
+class PurchaseStatusOut(BaseModel):
+    """Whether a user holds a purchase in the current sale."""
+
+    purchased: bool
+    purchaseId: str | None = None
+    purchasedAt: str | None = None
+
+
+class PurchaseStatusEnvelope(BaseModel):
+    """``{"data": status}``."""
+
+    data: PurchaseStatusOut
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong, with the id under which it was logged."""
+
+    code: str
+    message: str
+    correlationId: str
+
+
+class ErrorEnvelope(BaseModel):
+    """Every error response."""
+
+    status: Literal["error"]
+    code: int
+    error: ErrorDetail
+
+
+def install_schema(app: QuartTrio) -> None:
+    """Serve the OpenAPI document at ``/openapi.json`` (no UI pages: they load from CDNs)."""
+    QuartSchema(
+        app,
+        info={"title": "Flash Flow", "version": "1"},
+        swagger_ui_path=None, redoc_ui_path=None, scalar_ui_path=None,
+    )
+
+
+def validation_message(error: RequestSchemaValidationError) -> str:
+    """A readable message for the first problem a model found."""
+    cause = error.validation_error
+    problems = getattr(cause, "errors", lambda: [])()
+    if not problems:
+        return "The request is not valid."
+    first = problems[0]
+    field = ".".join(str(part) for part in first.get("loc", ())) or "body"
+    kind = first.get("type", "")
+    if kind == "missing":
+        return f"{field} is required."
+    if kind in {"model_type", "model_attributes_type", "dict_type"}:
+        return "The request body must be a JSON object (Content-Type: application/json)."
+    if kind == "value_error":
+        return str(first["ctx"]["error"])
+    return f"{field}: {first.get('msg', 'is not valid')}."
