@@ -242,7 +242,7 @@ class StockFeed:
                 for sale_id in list(self._sales):
                     await self._reread(sale_id)
                 await self._listen(pubsub)
-            except BackendUnavailable:
+            except BackendUnavailable as exc:
                 if task_status is not trio.TASK_STATUS_IGNORED:
                     raise
                 self._connected = False
@@ -250,7 +250,8 @@ class StockFeed:
                 failures += 1
                 delay = min(self._config.backoff_max_s,
                             self._config.backoff_min_s * 2 ** (failures - 1))
-                log.warning("stock feed lost its subscription; reconnecting in %.2f s", delay)
+                log.warning("stock feed lost its subscription (%r); reconnecting in %.2f s",
+                            exc.__cause__ or exc, delay)
                 await trio.sleep(delay * random.uniform(0.5, 1.0))
             finally:
                 self._connected = False

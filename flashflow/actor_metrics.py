@@ -21,7 +21,8 @@ from .runtime import Runtime
 GAUGE, COUNTER = "gauge", "counter"
 
 #: Metrics read at scrape time: (exposed name, kind, help, source, field of the source).
-#: The sources are the actors' ``statistics()`` records and, for capacities, the settings.
+#: The sources are the actors' ``statistics()`` records and, for capacities, the settings;
+#: an actor that the settings switch off (the rate limiter) exports nothing.
 ACTOR_METRICS: tuple[tuple[str, str, str, str, str], ...] = (
     ("flashflow_gate_inbox_depth", GAUGE,
      "Reserve requests waiting in the stock gate's inbox.", "gate", "inbox_depth"),
@@ -81,6 +82,14 @@ ACTOR_METRICS: tuple[tuple[str, str, str, str, str], ...] = (
      "Stale reservations the reconciler put back on sale.", "reconciler", "returned"),
     ("flashflow_reconciler_failed_runs_total", COUNTER,
      "Reconciler passes that a backend failure cut short.", "reconciler", "failed_runs"),
+    ("flashflow_limiter_inbox_depth", GAUGE,
+     "Token requests waiting in the rate limiter's inbox.", "limiter", "inbox_depth"),
+    ("flashflow_limiter_batches_total", COUNTER,
+     "Batches of token requests the rate limiter sent to Redis.", "limiter", "batches"),
+    ("flashflow_limiter_checked_total", COUNTER,
+     "Purchase attempts the rate limiter checked.", "limiter", "checked"),
+    ("flashflow_limiter_limited_total", COUNTER,
+     "Purchase attempts refused with 429.", "limiter", "limited"),
     ("flashflow_catalog_sales", GAUGE,
      "Sales held by the catalog.", "catalog", "sales"),
     ("flashflow_catalog_refreshes_total", COUNTER,
@@ -129,10 +138,13 @@ class ActorCollector(Collector):
             "catalog": runtime.catalog.statistics(),
             "feed": runtime.feed.statistics(),
             "reconciler": runtime.reconciler.statistics(),
+            "limiter": runtime.limiter.statistics() if runtime.limiter is not None else None,
             "settings": runtime.settings,
         }
         names, values = list(self._labels), list(self._labels.values())
         for name, kind, help_text, source, field in ACTOR_METRICS:
+            if sources[source] is None:  # an actor switched off by the settings
+                continue
             family_type = CounterMetricFamily if kind == COUNTER else GaugeMetricFamily
             family = family_type(name, help_text, labels=names)
             family.add_metric(values, float(getattr(sources[source], field)))

@@ -6,11 +6,11 @@ outcome is read from the response only on ``POST .../purchase``. The actors' num
 nothing until a scrape: ``actor_metrics.ActorCollector`` reads their ``statistics()`` then.
 
 With several worker processes, set ``PROMETHEUS_MULTIPROC_DIR`` to an empty, writable
-directory before the processes start (prometheus-client chooses its storage when it is
-first imported; the directory is created if missing, never emptied). Counters and histograms are then written to files there and every scrape
-sums them over all workers; the actor gauges describe the worker that answered the
-scrape and carry its ``pid`` label. Without the variable, one in-process registry per app
-is used.
+directory before the processes start: prometheus-client chooses its storage when it is
+first imported. The directory is created if missing, never emptied. Counters and
+histograms are then written to files there and every scrape sums them over all workers;
+the actor gauges describe the worker that answered the scrape and carry its ``pid``
+label. Without the variable, one in-process registry per app is used.
 """
 
 from __future__ import annotations

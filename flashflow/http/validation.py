@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -29,14 +28,3 @@ def user_id(value: Any) -> str:
     if len(trimmed) > USER_ID_MAX:
         raise InvalidInput(f"userId must be at most {USER_ID_MAX} characters.", field="userId")
     return trimmed
-
-
-def json_object(body: bytes) -> dict[str, Any]:
-    """Parse a request body that must be a JSON object."""
-    try:
-        parsed = json.loads(body)
-    except (ValueError, RecursionError):
-        raise InvalidInput("The request body must be valid JSON.") from None
-    if not isinstance(parsed, dict):
-        raise InvalidInput("The request body must be a JSON object.")
-    return parsed
