@@ -158,13 +158,14 @@ class Ledger:
                 continue
             self._committed += len(committed)
             for request in requests:
-                user = request.purchase.user_id
-                if user in committed:
-                    request.reply.set(CommitOutcome(CommitResult.COMMITTED, request.purchase))
-                elif user in no_stock:
+                purchase = request.purchase
+                if purchase.id in committed:
+                    request.reply.set(CommitOutcome(CommitResult.COMMITTED, purchase))
+                elif purchase.id in no_stock:
                     request.reply.set(CommitOutcome(CommitResult.NO_STOCK, None))
                 else:
-                    request.reply.set(CommitOutcome(CommitResult.DUPLICATE, existing.get(user)))
+                    request.reply.set(CommitOutcome(CommitResult.DUPLICATE,
+                                                    existing.get(purchase.user_id)))
 
     async def _query(self, fn, *args):
         return await self._query_pool(ledger_sql.on_connection, fn, *args)

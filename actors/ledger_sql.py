@@ -95,8 +95,8 @@ async def on_connection(pool: Any, fn: Any, *args: Any) -> Any:
         return await fn(conn, *args)
 
 
-async def write_batch(pool: Any, sale_id: uuid.UUID,
-                      purchases: list[Purchase]) -> tuple[set[str], dict[str, Purchase], set[str]]:
+async def write_batch(pool: Any, sale_id: uuid.UUID, purchases: list[Purchase]
+                      ) -> tuple[set[uuid.UUID], dict[str, Purchase], set[uuid.UUID]]:
     """Commit a batch of purchases of one sale in one transaction (group commit).
 
     Takes ``pg_advisory_xact_lock`` per (sale, user) in ascending key order, so concurrent
@@ -104,8 +104,8 @@ async def write_batch(pool: Any, sale_id: uuid.UUID,
     CHECK on ``flash_sales.sold`` aborts it and the rows are retried one by one.
 
     Returns:
-        (committed user ids, existing purchases of users who already held one,
-        user ids refused because no stock was left).
+        (ids of the purchases committed, the standing purchase of each other user,
+        ids of the purchases refused because no stock was left).
     """
     keys = sorted({advisory_key(sale_id, p.user_id) for p in purchases})
     async with pool.acquire() as conn:
@@ -118,13 +118,13 @@ async def write_batch(pool: Any, sale_id: uuid.UUID,
                     "INSERT INTO purchases (id, sale_id, user_id, purchased_at) "
                     "SELECT p.id, $1, p.user_id, p.at "
                     "FROM unnest($2::uuid[], $3::text[], $4::timestamptz[]) AS p(id, user_id, at) "
-                    "ON CONFLICT (sale_id, user_id) DO NOTHING RETURNING user_id",
+                    "ON CONFLICT (sale_id, user_id) DO NOTHING RETURNING id",
                     sale_id,
                     [p.id for p in purchases],
                     [p.user_id for p in purchases],
                     [p.purchased_at for p in purchases],
                 )
-                committed = {r["user_id"] for r in rows}
+                committed = {r["id"] for r in rows}
                 existing = await _existing(conn, sale_id, purchases, committed)
             return committed, existing, set()
         except asyncpg.CheckViolationError:
@@ -132,8 +132,8 @@ async def write_batch(pool: Any, sale_id: uuid.UUID,
 
 
 async def _existing(conn: Any, sale_id: uuid.UUID, purchases: list[Purchase],
-                    committed: set[str]) -> dict[str, Purchase]:
-    others = [p.user_id for p in purchases if p.user_id not in committed]
+                    settled: set[uuid.UUID]) -> dict[str, Purchase]:
+    others = [p.user_id for p in purchases if p.id not in settled]
     if not others:
         return {}
     rows = await conn.fetch(
@@ -144,9 +144,10 @@ async def _existing(conn: Any, sale_id: uuid.UUID, purchases: list[Purchase],
 
 
 async def _write_one_by_one(conn: Any, sale_id: uuid.UUID, purchases: list[Purchase],
-                            keys: list[int]) -> tuple[set[str], dict[str, Purchase], set[str]]:
-    committed: set[str] = set()
-    no_stock: set[str] = set()
+                            keys: list[int]
+                            ) -> tuple[set[uuid.UUID], dict[str, Purchase], set[uuid.UUID]]:
+    committed: set[uuid.UUID] = set()
+    no_stock: set[uuid.UUID] = set()
     async with conn.transaction():
         await conn.execute(
             "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k", keys
@@ -160,8 +161,8 @@ async def _write_one_by_one(conn: Any, sale_id: uuid.UUID, purchases: list[Purch
                         p.id, sale_id, p.user_id, p.purchased_at,
                     )
                 if status.endswith(" 1"):
-                    committed.add(p.user_id)
+                    committed.add(p.id)
             except asyncpg.CheckViolationError:
-                no_stock.add(p.user_id)
+                no_stock.add(p.id)
         existing = await _existing(conn, sale_id, purchases, committed | no_stock)
     return committed, existing, no_stock

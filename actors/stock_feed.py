@@ -1,13 +1,16 @@
 """The stock-feed actor: every stock change in Redis, fanned out to many watchers.
 
 One task holds a Redis pub/sub subscription to the gate's stock channel and crosses into
-asyncio once per batch of messages. Each sale being watched keeps one value, a version and
-an Event that is replaced on every change, so a change costs O(1) however many subscribers
-there are, and a subscriber's state is two numbers: the version it last saw and when it may
-next be told. A slow subscriber only ever skips to the latest value; it never queues changes
-and never holds up the reader, the other subscribers or the purchase path.
+asyncio once per batch of messages. Each watched sale keeps one value and a version; a
+subscriber's state is the version it last saw and when it may next be told, so a slow
+subscriber only ever skips to the latest value. It never queues changes and never holds up
+the reader, the other subscribers or the purchase path.
 
-If the subscription drops, the feed reconnects with backoff and asks Redis to publish the
+Subscribers of a sale are parked in ``wake_groups`` groups, and a change wakes one group per
+scheduler pass: with thousands watching, the fan-out is spread over many passes instead of
+one long one, so purchases and driver I/O keep running while it goes out.
+
+If the subscription drops, the feed reconnects with backoff and has Redis publish the
 current stock of every watched sale again, through the same channel, so the fresh value
 arrives in order with every other change and no subscriber is left on a stale figure.
 """
@@ -30,6 +33,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import _aio
+from ._feed_redis import REPUBLISH, parse_stock, read_batch, subscribe_confirmed
 from ._nursery import open_actor_nursery
 from ._slot import Slot
 from .errors import BackendUnavailable, FlashFlowError
@@ -38,14 +42,6 @@ from .stock_gate import stock_channel
 log = logging.getLogger(__name__)
 
 StockKey = Callable[[uuid.UUID], str]
-
-# KEYS: stock, channel. ARGV: sale id. Publishes the current stock through the channel, so
-# it reaches every feed in order with the changes the gate's scripts publish.
-REPUBLISH = """
-local stock = redis.call('GET', KEYS[1])
-if stock then redis.call('PUBLISH', KEYS[2], ARGV[1] .. ' ' .. stock) end
-return stock
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +52,7 @@ class FeedConfig:
     key_prefix: str = "flashflow:"
     timeout_s: float = 2.0
     min_interval_s: float = 0.1
+    wake_groups: int = 64
     batch_max: int = 512
     idle_ping_s: float = 5.0
     backoff_min_s: float = 0.05
@@ -75,36 +72,29 @@ class FeedStatistics:
 
 
 class _Sale:
-    """The shared state of one watched sale: latest value, version, and a wake-up Event."""
+    """One watched sale: latest value, version, and one wake-up Event per group."""
 
-    __slots__ = ("value", "version", "changed", "subscribers", "priming")
+    __slots__ = ("value", "version", "groups", "subscribers", "joined", "priming")
 
-    def __init__(self) -> None:
+    def __init__(self, groups: int) -> None:
         self.value: int | None = None
         self.version = 0
-        self.changed = trio.Event()
+        self.groups = [trio.Event() for _ in range(groups)]
         self.subscribers = 0
+        self.joined = 0
         self.priming: Slot[int | None] | None = None
-
-    def update(self, value: int) -> bool:
-        if value == self.value:
-            return False
-        self.value = value
-        self.version += 1
-        self.changed.set()
-        self.changed = trio.Event()
-        return True
 
 
 class Subscription:
     """One watcher of one sale's stock; use it as a context manager so it is freed at once."""
 
-    __slots__ = ("_feed", "_sale_id", "_state", "_seen", "_next_at", "_closed")
+    __slots__ = ("_feed", "_sale_id", "_state", "_group", "_seen", "_next_at", "_closed")
 
     def __init__(self, feed: StockFeed, sale_id: uuid.UUID, state: _Sale) -> None:
         self._feed = feed
         self._sale_id = sale_id
         self._state = state
+        self._group = state.joined % len(state.groups)
         self._seen = state.version
         self._next_at = -math.inf
         self._closed = False
@@ -115,7 +105,7 @@ class Subscription:
         return self._state.value
 
     async def snapshot(self) -> int | None:
-        """The stock to start from: changes after it are sure to reach :meth:`next`.
+        """The stock to start from: every change after it is sure to reach :meth:`next`.
 
         The feed's own value is used when it has one, costing no Redis call. The first
         watcher of a sale has Redis publish the current stock through the channel (one call,
@@ -150,7 +140,7 @@ class Subscription:
         """
         state = self._state
         while state.version == self._seen:
-            await state.changed.wait()
+            await state.groups[self._group].wait()
         if trio.current_time() < self._next_at:
             await trio.sleep_until(self._next_at)
         else:
@@ -183,6 +173,8 @@ class StockFeed:
         self._stock_key = stock_key
         self._channel = stock_channel(config.key_prefix)
         self._sales: dict[uuid.UUID, _Sale] = {}
+        self._changed: dict[uuid.UUID, _Sale] = {}
+        self._wake = trio.Event()
         self._subscribers = 0
         self._received = 0
         self._delivered = 0
@@ -203,8 +195,9 @@ class StockFeed:
         """Start watching ``sale_id``; changes from now on reach the returned subscription."""
         state = self._sales.get(sale_id)
         if state is None:
-            state = self._sales[sale_id] = _Sale()
+            state = self._sales[sale_id] = _Sale(self._config.wake_groups)
         state.subscribers += 1
+        state.joined += 1
         self._subscribers += 1
         return Subscription(self, sale_id, state)
 
@@ -226,7 +219,7 @@ class StockFeed:
             connected=self._connected,
         )
 
-    # -- the actor loop ---------------------------------------------------------------
+    # -- the actor's tasks ------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the subscription until cancelled; started once the first one works."""
@@ -234,7 +227,8 @@ class StockFeed:
         while True:
             pubsub = self._client.pubsub()
             try:
-                await self._call(_subscribe, pubsub, self._channel, self._config.timeout_s)
+                await self._call(subscribe_confirmed, pubsub, self._channel,
+                                 self._config.timeout_s)
                 self._connected = True
                 task_status.started()
                 task_status = trio.TASK_STATUS_IGNORED
@@ -245,25 +239,39 @@ class StockFeed:
             except BackendUnavailable as exc:
                 if task_status is not trio.TASK_STATUS_IGNORED:
                     raise
-                self._connected = False
                 self._reconnects += 1
                 failures += 1
                 delay = min(self._config.backoff_max_s,
                             self._config.backoff_min_s * 2 ** (failures - 1))
                 log.warning("stock feed lost its subscription (%r); reconnecting in %.2f s",
                             exc.__cause__ or exc, delay)
+                self._connected = False
                 await trio.sleep(delay * random.uniform(0.5, 1.0))
             finally:
                 self._connected = False
                 with trio.CancelScope(shield=True), suppress(BackendUnavailable):
                     await self._call(pubsub.aclose)
 
+    async def wake_subscribers(self) -> None:
+        """Wake the subscribers of changed sales, one group per scheduler pass."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._changed:
+                sale_id = next(iter(self._changed))
+                state = self._changed.pop(sale_id)
+                for i, event in enumerate(state.groups):
+                    if event.statistics().tasks_waiting:
+                        state.groups[i] = trio.Event()
+                        event.set()
+                        await trio.lowlevel.checkpoint()
+
     async def _listen(self, pubsub: Any) -> None:
         """Apply batches of messages until the connection fails or stays silent too long."""
         wait_s = self._config.idle_ping_s
         silent = 0
         while True:
-            batch = await self._call(_read_batch, pubsub, wait_s, self._config.batch_max,
+            batch = await self._call(read_batch, pubsub, wait_s, self._config.batch_max,
                                      extra_s=wait_s)
             if batch:
                 silent = 0
@@ -280,15 +288,17 @@ class StockFeed:
             if message.get("type") != "message":
                 continue
             self._received += 1
-            try:
-                sale_text, stock_text = message["data"].split()
-                sale_id, stock = uuid.UUID(sale_text.decode()), int(stock_text)
-            except (ValueError, AttributeError):
+            parsed = parse_stock(message.get("data"))
+            if parsed is None:
                 log.debug("ignored a malformed stock message: %r", message.get("data"))
                 continue
+            sale_id, stock = parsed
             state = self._sales.get(sale_id)
-            if state is not None:
-                state.update(max(stock, 0))
+            if state is not None and state.value != stock:
+                state.value = stock
+                state.version += 1
+                self._changed[sale_id] = state
+                self._wake.set()
 
     async def _reread(self, sale_id: uuid.UUID) -> int | None:
         """Have Redis publish the current stock of ``sale_id`` again; return it."""
@@ -304,37 +314,12 @@ class StockFeed:
             raise BackendUnavailable("redis") from exc
 
 
-async def _subscribe(pubsub: Any, channel: str, timeout_s: float) -> None:
-    """Subscribe and wait for Redis to confirm, so no change published after it is missed."""
-    await pubsub.subscribe(channel)
-    while True:
-        message = await pubsub.get_message(timeout=timeout_s)
-        if message is None:
-            raise redis.exceptions.TimeoutError("no subscribe confirmation")
-        if message["type"] == "subscribe":
-            return
-
-
-async def _read_batch(pubsub: Any, wait_s: float, limit: int) -> list[dict[str, Any]]:
-    """Wait up to ``wait_s`` for one message, then take whatever else has already arrived."""
-    first = await pubsub.get_message(timeout=wait_s)
-    if first is None:
-        return []
-    batch = [first]
-    while len(batch) < limit:
-        message = await pubsub.get_message(timeout=0)
-        if message is None:
-            break
-        batch.append(message)
-    return batch
-
-
 @asynccontextmanager
 async def open_stock_feed(config: FeedConfig, stock_key: StockKey) -> AsyncIterator[StockFeed]:
     """Open the stock-feed actor; yields once the subscription works, stops it on exit.
 
     Args:
-        config: connection and pacing settings.
+        config: connection, pacing and fan-out settings.
         stock_key: the Redis key holding a sale's stock (the gate owns the key layout).
 
     Raises:
@@ -352,6 +337,7 @@ async def open_stock_feed(config: FeedConfig, stock_key: StockKey) -> AsyncItera
     try:
         feed = StockFeed(config, client, stock_key)
         async with open_actor_nursery() as nursery:
+            nursery.start_soon(feed.wake_subscribers)
             await nursery.start(feed.run)
             try:
                 yield feed

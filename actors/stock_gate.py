@@ -141,6 +141,8 @@ class StockGate:
                                                args=args))
         if released and restock:
             self._sold_out.pop(sale_id, None)
+        elif released and sale_id in self._sold_out:
+            self._sold_out[sale_id] = self._sold_out[sale_id] - {user_id}
         return released
 
     async def remaining(self, sale: Sale) -> int:

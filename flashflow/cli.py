@@ -21,6 +21,7 @@ import trio
 from actors import ledger_sql
 from actors.model import Sale
 
+from .logs import configure_logging
 from .migrate import apply_migrations
 from .settings import Settings, SettingsError
 
@@ -92,8 +93,7 @@ def main(log_level: str | None) -> None:
     """Flash Flow: a flash-sale server that sells a small stock to a stampede, exactly."""
     if log_level:
         os.environ["FLASHFLOW_LOG_LEVEL"] = log_level  # worker processes inherit it
-    logging.basicConfig(level=(log_level or _settings().log_level).upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(_settings())
 
 
 @main.command()

@@ -21,8 +21,9 @@ def hypercorn_config(settings: Settings, binds: list[str] | None = None) -> Conf
     """Hypercorn's configuration, taken from the settings (``binds`` overrides host:port)."""
     config = Config()
     config.bind = binds or [f"{settings.host}:{settings.port}"]
-    config.accesslog = "-" if settings.access_log else None
-    config.errorlog = "-"
+    # Hypercorn logs through our loggers, so its lines take the same format as ours.
+    config.accesslog = logging.getLogger("hypercorn.access") if settings.access_log else None
+    config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = settings.graceful_timeout_s
     config.keep_alive_timeout = 75
     return config

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,9 +56,10 @@ class Worker:
 class Supervisor:
     """Starts, watches, restarts and stops the worker processes."""
 
-    def __init__(self, settings: Settings, sock: socket.socket) -> None:
+    def __init__(self, settings: Settings, sock: socket.socket, metrics_dir: str) -> None:
         self.settings = settings
         self.sock = sock
+        self.metrics_dir = metrics_dir
         self.workers: list[Worker] = []
         self.stopping = False
 
@@ -66,7 +68,8 @@ class Supervisor:
         fd = self.sock.fileno()
         command = [sys.executable, "-m", "flashflow.cli", "worker", "--fd", str(fd)]
         env = dict(os.environ, FLASHFLOW_DATABASE_URL=self.settings.database_url or "",
-                   FLASHFLOW_REDIS_URL=self.settings.redis_url or "")
+                   FLASHFLOW_REDIS_URL=self.settings.redis_url or "",
+                   PROMETHEUS_MULTIPROC_DIR=self.metrics_dir)
         # Own session: a Ctrl-C in the terminal reaches the supervisor only, which then
         # stops the workers in order instead of every process at once.
         return subprocess.Popen(command, pass_fds=(fd,), env=env, start_new_session=True)
@@ -114,7 +117,10 @@ class Supervisor:
 def supervise(settings: Settings, announce: Callable[[str], None]) -> int:
     """Run ``settings.workers`` workers until SIGINT or SIGTERM; return an exit code."""
     sock = listening_socket(settings.host, settings.port)
-    supervisor = Supervisor(settings, sock)
+    # Every worker writes its counters here, so /metrics sums all of them whichever answers.
+    metrics_dir = tempfile.TemporaryDirectory(prefix="flashflow-metrics-")
+    supervisor = Supervisor(settings, sock, os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+                            or metrics_dir.name)
     received: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -133,4 +139,5 @@ def supervise(settings: Settings, announce: Callable[[str], None]) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         sock.close()
+        metrics_dir.cleanup()
     return 0 if all(code == 0 for code in codes) else 1

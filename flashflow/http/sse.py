@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing
 from datetime import datetime
 from itertools import count
 from typing import Any
@@ -82,8 +83,10 @@ class EventStream:
         """Yield the encoded events until the client leaves or the backend fails."""
         while sale is not None:
             try:
-                async for chunk in self._sale_frames(sale):
-                    yield chunk
+                # aclosing: a client leaving mid-send frees the subscription now, not at GC.
+                async with aclosing(self._sale_frames(sale)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
             except FlashFlowError:
                 # Redis went away mid-stream: end it; the client reconnects after ``retry``.
                 return
@@ -112,17 +115,16 @@ class EventStream:
                         "saleId": str(sale.id), "remainingStock": remaining,
                         "serverTime": self._iso(now),
                     }))
-                if (sale.status(now), remaining == 0) != state:
-                    state = (sale.status(now), remaining == 0)
+                if (status := (sale.status(now), remaining == 0)) != state:
+                    state = status
                     out.append(self._frame("status", {
                         "saleId": str(sale.id), "status": state[0].value, "soldOut": state[1],
                         "remainingStock": remaining, "serverTime": self._iso(now),
                     }))
                 if not out and trio.current_time() >= beat_at:
                     out.append(HEARTBEAT)
-                for chunk in out:
-                    yield chunk
                 if out:
+                    yield b"".join(out)  # one write, however many events
                     beat_at = trio.current_time() + self._heartbeat_s
                 current = runtime.catalog.current(now)
                 if current is not None and current.id != sale.id:

@@ -1,0 +1,158 @@
+"""Tests of ``GET /metrics``: request, purchase and actor metrics against real servers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from ..helpers import live_server, make_sale
+
+API = "/api/v1/flash-sales/current"
+PURCHASE = f"{API}/purchase"
+
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample of a scrape, keyed by (sample name, frozen label items)."""
+    out: dict[tuple[str, frozenset], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def value(scrape: dict, name: str, **labels: str) -> float:
+    """The value of one sample, failing with the names present when it is missing."""
+    key = (name, frozenset(labels.items()))
+    assert key in scrape, sorted(k for k in scrape if k[0] == name)
+    return scrape[key]
+
+
+async def test_metrics_after_a_purchase_hold_exact_values(settings):
+    """After one purchase and one repeat, /metrics shows outcomes, latency, actors and stock."""
+    sale = await make_sale(settings.database_url, stock=5)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            first = await server.client.post(PURCHASE, json={"userId": "alice"})
+            again = await server.client.post(PURCHASE, json={"userId": "alice"})
+            response = await server.client.get("/metrics")
+    assert (first.status_code, again.status_code) == (201, 409)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    scrape = samples(response.text)
+    assert value(scrape, "flashflow_purchases_total", outcome="CONFIRMED") == 1
+    assert value(scrape, "flashflow_purchases_total", outcome="ALREADY_PURCHASED") == 1
+    assert value(scrape, "flashflow_http_requests_total",
+                 route=PURCHASE, method="POST", status="201") == 1
+    assert value(scrape, "flashflow_http_requests_total",
+                 route=PURCHASE, method="POST", status="409") == 1
+    assert value(scrape, "flashflow_http_request_duration_seconds_count",
+                 route=PURCHASE, method="POST") == 2
+    assert value(scrape, "flashflow_http_request_duration_seconds_bucket",
+                 route=PURCHASE, method="POST", le="+Inf") == 2
+    assert 0 < value(scrape, "flashflow_http_request_duration_seconds_sum",
+                     route=PURCHASE, method="POST") < 30
+    assert value(scrape, "flashflow_gate_requests_total") == 1
+    assert value(scrape, "flashflow_gate_batches_total") == 1
+    assert value(scrape, "flashflow_gate_largest_batch") == 1
+    assert value(scrape, "flashflow_gate_inbox_depth") == 0
+    assert value(scrape, "flashflow_gate_inbox_capacity") == settings.gate_inbox_size
+    assert value(scrape, "flashflow_ledger_committed_total") == 1
+    assert value(scrape, "flashflow_ledger_batches_total") == 1
+    assert value(scrape, "flashflow_ledger_failed_batches_total") == 0
+    assert value(scrape, "flashflow_serializer_answered_from_memory_total") == 1
+    assert value(scrape, "flashflow_serializer_in_flight") == 0
+    assert value(scrape, "flashflow_feed_subscribers") == 0
+    assert value(scrape, "flashflow_feed_connected") == 1
+    assert value(scrape, "flashflow_limiter_checked_total") == 1
+    assert value(scrape, "flashflow_limiter_limited_total") == 0
+    assert value(scrape, "flashflow_reconciler_returned_total") == 0
+    assert value(scrape, "flashflow_sale_total_stock", sale_id=str(sale.id)) == 5
+    assert value(scrape, "flashflow_sale_remaining_stock", sale_id=str(sale.id)) == 4
+    assert value(scrape, "flashflow_sale_status", sale_id=str(sale.id), status="active") == 1
+
+
+async def test_unknown_paths_share_one_route_label(settings):
+    """Requests to unknown paths are counted under one label, so paths cannot explode labels."""
+    await make_sale(settings.database_url, stock=1)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            for i in range(3):
+                assert (await server.client.get(f"/no/such/path/{i}")).status_code == 404
+            scrape = samples((await server.client.get("/metrics")).text)
+    assert value(scrape, "flashflow_http_requests_total",
+                 route="<unmatched>", method="GET", status="404") == 3
+    assert not any("/no/such" in str(labels) for _, labels in scrape)
+
+
+async def test_sold_out_answers_are_counted_by_wire_code(settings):
+    """Once the stock is gone, further purchases count as SOLD_OUT and the gauge reads 0."""
+    sale = await make_sale(settings.database_url, stock=1)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            for user in ("buyer-1", "buyer-2", "buyer-3"):
+                await server.client.post(PURCHASE, json={"userId": user})
+            scrape = samples((await server.client.get("/metrics")).text)
+    assert value(scrape, "flashflow_purchases_total", outcome="CONFIRMED") == 1
+    assert value(scrape, "flashflow_purchases_total", outcome="SOLD_OUT") == 2
+    assert value(scrape, "flashflow_sale_remaining_stock", sale_id=str(sale.id)) == 0
+
+
+async def test_an_actor_switched_off_exports_nothing(settings):
+    """With rate limits off there is no limiter, and no limiter metric in the scrape."""
+    await make_sale(settings.database_url, stock=1)
+    with trio.fail_after(30):
+        async with live_server(replace(settings, rate_limit_enabled=False)) as server:
+            await server.client.post(PURCHASE, json={"userId": "alice"})
+            scrape = samples((await server.client.get("/metrics")).text)
+    assert value(scrape, "flashflow_purchases_total", outcome="CONFIRMED") == 1
+    assert not [name for name, _ in scrape if name.startswith("flashflow_limiter_")]
+
+
+async def test_open_event_streams_count_as_feed_subscribers(settings):
+    """While one client holds the SSE stream open, /metrics counts one feed subscriber."""
+    await make_sale(settings.database_url, stock=3)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            async with server.client.stream("GET", f"{API}/events") as stream:
+                assert stream.status_code == 200
+                # Hold the iterator: a dropped one is finalized and closes the stream early.
+                chunks, text = stream.aiter_text(), ""
+                while "event: snapshot" not in text:
+                    text += await anext(chunks)
+                scrape = samples((await server.client.get("/metrics")).text)
+                await chunks.aclose()
+    assert value(scrape, "flashflow_feed_subscribers") == 1
+    assert value(scrape, "flashflow_feed_watched_sales") == 1
+
+
+def test_multiprocess_mode_reads_the_shared_directory(tmp_path: Path):
+    """With PROMETHEUS_MULTIPROC_DIR set, a scrape sums what worker processes wrote there."""
+    worker = textwrap.dedent("""
+        from flashflow.metrics import RequestMetrics
+        recorder = RequestMetrics(None)
+        recorder.observe("/r", "POST", 201, 0.01)
+        recorder.purchase("CONFIRMED")
+    """)
+    scraper = textwrap.dedent("""
+        from prometheus_client import generate_latest
+        from flashflow.metrics import scrape_registry
+        print(generate_latest(scrape_registry([], None)).decode())
+    """)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", worker], env=env, check=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", scraper], env=env, check=True, timeout=60,
+                          capture_output=True, text=True)
+    scrape = samples(done.stdout)
+    assert value(scrape, "flashflow_purchases_total", outcome="CONFIRMED") == 2
+    assert value(scrape, "flashflow_http_requests_total",
+                 route="/r", method="POST", status="201") == 2
+    assert value(scrape, "flashflow_http_request_duration_seconds_count",
+                 route="/r", method="POST") == 2
