@@ -252,10 +252,24 @@ class StockGate:
                 await self._learn_sold_out(sale.id)
 
     async def _learn_sold_out(self, sale_id: uuid.UUID) -> None:
-        """Remember that a sale is sold out, with its buyers (at most its stock of them)."""
-        _, buyers_key = self.keys(sale_id)
-        buyers = await self._redis_call(self._redis.hkeys, buyers_key)
-        self._sold_out[sale_id] = frozenset(b.decode() for b in buyers)
+        """Remember that a sale is sold out, with its buyers (at most its stock of them).
+
+        Stock and buyers are read in one transaction, so a unit released in the meantime is
+        seen and the sale is not marked sold out.
+        """
+        stock_key, buyers_key = self.keys(sale_id)
+
+        async def read() -> list:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.get(stock_key)
+                pipe.hkeys(buyers_key)
+                return await pipe.execute()
+
+        stock, buyers = await self._redis_call(read)
+        if stock is not None and int(stock) <= 0:
+            self._sold_out[sale_id] = frozenset(b.decode() for b in buyers)
+        else:
+            self._sold_out.pop(sale_id, None)
 
     async def _recheck_sold_out(self) -> None:
         """Forget a sold-out sale when stock came back, or re-read its buyers if they changed.

@@ -1,0 +1,173 @@
+"""Status codes other than 400: 404, 405, 409, 413, 500, 503, the status read and health checks."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import trio
+
+from ..helpers import FakeClock, fetch, gate_keys, live_server, make_sale, pg, redis_client
+
+CURRENT = "/api/v1/flash-sales/current"
+PURCHASE = f"{CURRENT}/purchase"
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    """Check the error envelope and return its ``error`` object."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"status", "code", "error"}
+    assert (body["status"], body["code"]) == ("error", status)
+    assert set(body["error"]) == {"code", "message", "correlationId"}
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    uuid.UUID(body["error"]["correlationId"])
+    return body["error"]
+
+
+async def purchase_rows(settings) -> list:
+    """Every purchase row in the test's database."""
+    return await pg(settings.database_url, fetch, "SELECT user_id FROM purchases")
+
+
+async def test_body_over_the_limit_is_413_and_writes_nothing(settings):
+    """A 10 KiB purchase body is 413 PAYLOAD_TOO_LARGE in the envelope and buys nothing."""
+    sale = await make_sale(settings.database_url, stock=5)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            response = await server.client.post(
+                PURCHASE, json={"userId": "alice", "pad": "x" * 10 * 1024})
+    assert_error(response, 413, "PAYLOAD_TOO_LARGE")
+    assert await purchase_rows(settings) == []
+    assert redis_client(settings).hlen(gate_keys(settings, sale.id)[1]) == 0
+
+
+async def test_no_sale_is_404_sale_not_found(settings):
+    """With no sale scheduled, the current sale, a purchase and a status read are 404."""
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            answers = [await server.client.get(CURRENT),
+                       await server.client.post(PURCHASE, json={"userId": "alice"}),
+                       await server.client.get(PURCHASE, params={"userId": "alice"})]
+    for response in answers:
+        assert_error(response, 404, "SALE_NOT_FOUND")
+    assert await purchase_rows(settings) == []
+
+
+async def test_unknown_path_and_wrong_method_use_the_envelope(settings):
+    """An unknown path is 404 NOT_FOUND and PUT on purchase is 405, both in the envelope."""
+    await make_sale(settings.database_url, stock=5)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            missing = await server.client.get("/api/v1/no-such-thing")
+            put = await server.client.put(PURCHASE, json={"userId": "alice"})
+            delete = await server.client.delete(CURRENT)
+    assert_error(missing, 404, "NOT_FOUND")
+    assert_error(put, 405, "METHOD_NOT_ALLOWED")
+    assert_error(delete, 405, "METHOD_NOT_ALLOWED")
+    assert await purchase_rows(settings) == []
+
+
+async def test_status_read_reports_the_purchase_or_its_absence(settings):
+    """GET .../purchase?userId= is true with the same purchase id for a buyer, else false."""
+    await make_sale(settings.database_url, stock=5)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            before = await server.client.get(PURCHASE, params={"userId": "alice"})
+            bought = await server.client.post(PURCHASE, json={"userId": "alice"})
+            after = await server.client.get(PURCHASE, params={"userId": "  alice "})
+            other = await server.client.get(PURCHASE, params={"userId": "bob-the-builder"})
+    assert before.status_code == 200 and before.json() == {"data": {"purchased": False}}
+    assert other.json() == {"data": {"purchased": False}}
+    assert after.status_code == 200
+    confirmed = bought.json()["data"]
+    assert after.json()["data"] == {"purchased": True, "purchaseId": confirmed["purchaseId"],
+                                    "purchasedAt": confirmed["purchasedAt"]}
+
+
+async def test_ended_sale_is_409_sale_not_active_and_writes_nothing(settings):
+    """A purchase after the end is 409 SALE_NOT_ACTIVE saying it ended, and nothing is written."""
+    sale = await make_sale(settings.database_url, starts_in=timedelta(hours=-2),
+                           lasts=timedelta(hours=1))
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            late = await server.client.post(PURCHASE, json={"userId": "alice"})
+            current = await server.client.get(CURRENT)
+    assert "ended" in assert_error(late, 409, "SALE_NOT_ACTIVE")["message"]
+    assert current.json()["data"]["status"] == "ended"
+    assert await purchase_rows(settings) == []
+    assert redis_client(settings).hlen(gate_keys(settings, sale.id)[1]) == 0
+
+
+async def test_current_sale_body_has_every_field_and_the_server_time(settings):
+    """GET /current returns the sale's fields, remaining stock and the clock's time in ISO UTC."""
+    clock = FakeClock(datetime(2031, 3, 4, 5, 6, 7, 891234, tzinfo=UTC))
+    sale = await make_sale(settings.database_url, stock=7, product="Console", now=clock.now,
+                           starts_in=timedelta(minutes=-10), lasts=timedelta(minutes=30))
+    with trio.fail_after(30):
+        async with live_server(settings, clock=clock) as server:
+            await server.client.post(PURCHASE, json={"userId": "alice"})
+            clock.advance(timedelta(seconds=1))
+            response = await server.client.get(CURRENT)
+    assert response.status_code == 200
+    assert response.json() == {"data": {
+        "id": str(sale.id),
+        "productName": "Console",
+        "totalStock": 7,
+        "remainingStock": 6,
+        "startTime": "2031-03-04T04:56:07.891Z",
+        "endTime": "2031-03-04T05:26:07.891Z",
+        "status": "active",
+        "serverTime": "2031-03-04T05:06:08.891Z",
+    }}
+
+
+async def test_health_and_readiness_are_200_when_everything_answers(settings):
+    """/healthz and /readyz are 200 once Redis, PostgreSQL and the gate are ready."""
+    await make_sale(settings.database_url, stock=5)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            health = await server.client.get("/healthz")
+            ready = await server.client.get("/readyz")
+    assert health.status_code == 200 and health.json() == {"data": {"status": "ok"}}
+    assert ready.status_code == 200
+    assert ready.json() == {"data": {"ready": True,
+                                     "checks": {"redis": True, "postgres": True, "gate": True}}}
+
+
+async def test_readiness_is_503_while_the_gate_is_not_loaded(settings):
+    """/readyz is 503 when the current sale's gate is missing from Redis."""
+    sale = await make_sale(settings.database_url, stock=5)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            redis_client(settings).delete(*gate_keys(settings, sale.id))
+            ready = await server.client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["data"] == {"ready": False,
+                                    "checks": {"redis": True, "postgres": True, "gate": False}}
+
+
+async def test_backend_failure_is_503_with_retry_after_and_writes_nothing(settings):
+    """A Redis failure during a purchase is 503 UNAVAILABLE with Retry-After, and no row."""
+    sale = await make_sale(settings.database_url, stock=5)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            redis_client(settings).set(gate_keys(settings, sale.id)[0], "garbage")
+            response = await server.client.post(PURCHASE, json={"userId": "alice"})
+    assert_error(response, 503, "UNAVAILABLE")
+    assert response.headers["retry-after"] == str(settings.retry_after_s)
+    assert await purchase_rows(settings) == []
+
+
+async def test_unexpected_error_is_500_without_a_traceback(settings):
+    """An unexpected server error is 500 INTERNAL_ERROR with a generic message."""
+    sale = await make_sale(settings.database_url, stock=5)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            redis_client(settings).set(gate_keys(settings, sale.id)[0], "garbage")
+            response = await server.client.get(CURRENT)
+    error = assert_error(response, 500, "INTERNAL_ERROR")
+    assert error["message"] == "An unexpected error occurred."
+    assert "Traceback" not in response.text and "garbage" not in response.text

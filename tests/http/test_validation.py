@@ -1,0 +1,116 @@
+"""Every 400 VALIDATION_ERROR of the purchase API, and that a rejected request writes nothing."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+import trio
+
+from ..helpers import fetch, gate_keys, live_server, make_sale, pg, redis_client
+
+PURCHASE = "/api/v1/flash-sales/current/purchase"
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    """Check the error envelope and return its ``error`` object."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"status", "code", "error"}
+    assert (body["status"], body["code"]) == ("error", status)
+    assert set(body["error"]) == {"code", "message", "correlationId"}
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    uuid.UUID(body["error"]["correlationId"])
+    return body["error"]
+
+
+async def assert_nothing_written(settings, sale, stock: int) -> None:
+    """No purchase row, no buyer in Redis, and the gate's stock untouched."""
+    rows = await pg(settings.database_url, fetch,
+                    "SELECT user_id FROM purchases WHERE sale_id = $1", sale.id)
+    assert rows == []
+    stock_key, buyers_key = gate_keys(settings, sale.id)
+    r = redis_client(settings)
+    assert r.hlen(buyers_key) == 0
+    assert r.get(stock_key) == str(stock)
+
+
+def body(payload) -> bytes:
+    """A JSON body, built without Python's escaping of non-ASCII characters."""
+    return json.dumps(payload, ensure_ascii=False).encode()
+
+
+BAD_BODIES = [
+    ("bad-json", b"{not json", "valid JSON"),
+    ("empty-body", b"", "valid JSON"),
+    ("invalid-utf8", b'{"userId": "\xff\xfe"}', "valid JSON"),
+    ("too-deep", b"[" * 4000, "valid JSON"),
+    ("json-array", b'["alice"]', "JSON object"),
+    ("json-null", b"null", "JSON object"),
+    ("json-string", b'"alice"', "JSON object"),
+    ("missing", body({}), "required"),
+    ("other-field", body({"user_id": "alice"}), "required"),
+    ("null", body({"userId": None}), "required"),
+    ("number", body({"userId": 12345}), "string"),
+    ("boolean", body({"userId": True}), "string"),
+    ("list", body({"userId": ["alice"]}), "string"),
+    ("empty", body({"userId": ""}), "empty"),
+    ("whitespace", body({"userId": " \t\n "}), "empty"),
+    ("two-chars", body({"userId": "ab"}), "at least 3"),
+    ("two-chars-padded", body({"userId": "  ab  "}), "at least 3"),
+    ("256-chars", body({"userId": "a" * 256}), "at most 255"),
+    ("nul", body({"userId": "ali\x00ce"}), "control"),
+    ("newline-inside", body({"userId": "ali\nce"}), "control"),
+    ("escape", body({"userId": "ali\x1bce"}), "control"),
+    ("delete", body({"userId": "ali\x7fce"}), "control"),
+    ("next-line-u0085", body({"userId": "ali\u0085ce"}), "control"),
+    ("line-separator", body({"userId": "ali\u2028ce"}), "control"),
+]
+
+
+@pytest.mark.parametrize(("content", "needle"), [c[1:] for c in BAD_BODIES],
+                         ids=[c[0] for c in BAD_BODIES])
+async def test_bad_purchase_body_is_400_and_writes_nothing(settings, content, needle):
+    """A malformed purchase request is 400 VALIDATION_ERROR saying why, and nothing is written."""
+    sale = await make_sale(settings.database_url, stock=5)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            response = await server.client.post(
+                PURCHASE, content=content, headers={"content-type": "application/json"})
+    error = assert_error(response, 400, "VALIDATION_ERROR")
+    assert needle in error["message"]
+    await assert_nothing_written(settings, sale, 5)
+
+
+async def test_user_id_length_boundaries_are_accepted(settings):
+    """User ids of exactly 3 and 255 characters (after trimming) are accepted."""
+    sale = await make_sale(settings.database_url, stock=5)
+    ids = ["abc", "  xyz  ", "b" * 255, "ünï"]
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            answers = [await server.client.post(PURCHASE, json={"userId": u}) for u in ids]
+    assert [a.status_code for a in answers] == [201] * 4, [a.text for a in answers]
+    assert [a.json()["data"]["userId"] for a in answers] == ["abc", "xyz", "b" * 255, "ünï"]
+    rows = await pg(settings.database_url, fetch,
+                    "SELECT user_id FROM purchases WHERE sale_id = $1", sale.id)
+    assert sorted(r["user_id"] for r in rows) == sorted(["abc", "xyz", "b" * 255, "ünï"])
+
+
+@pytest.mark.parametrize(("query", "needle"), [
+    ("", "required"),
+    ("?userId=", "empty"),
+    ("?userId=%20%20", "empty"),
+    ("?userId=ab", "at least 3"),
+    ("?userId=" + "a" * 256, "at most 255"),
+    ("?userId=ali%00ce", "control"),
+], ids=["missing", "empty", "blank", "two-chars", "256-chars", "nul"])
+async def test_bad_status_query_is_400(settings, query, needle):
+    """GET .../purchase with a missing or malformed userId is 400 VALIDATION_ERROR."""
+    sale = await make_sale(settings.database_url, stock=5)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            response = await server.client.get(PURCHASE + query)
+    assert needle in assert_error(response, 400, "VALIDATION_ERROR")["message"]
+    await assert_nothing_written(settings, sale, 5)

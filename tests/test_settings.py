@@ -1,0 +1,118 @@
+"""Settings.from_env: defaults, typed casts, errors naming the variable, and overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from flashflow.settings import Settings, SettingsError
+
+
+def test_empty_environment_gives_the_defaults():
+    """With no FLASHFLOW_* variable, every field keeps its default."""
+    settings = Settings.from_env({"PATH": "/bin", "PORT": "1"})
+    assert settings == Settings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.workers >= 1
+    assert settings.database_url is None and settings.redis_url is None
+    assert settings.max_body_bytes == 4096 and settings.access_log is False
+
+
+def test_values_are_cast_to_their_field_types():
+    """Each variable is parsed into its field's type."""
+    settings = Settings.from_env({
+        "FLASHFLOW_DATABASE_URL": " postgresql://u@db:5432/ff ",
+        "FLASHFLOW_REDIS_URL": "redis://cache:6379/1",
+        "FLASHFLOW_HOST": "0.0.0.0",
+        "FLASHFLOW_PORT": "9000",
+        "FLASHFLOW_WORKERS": "4",
+        "FLASHFLOW_DATA_DIR": "/var/lib/ff",
+        "FLASHFLOW_KEY_PREFIX": "shop:",
+        "FLASHFLOW_REDIS_TIMEOUT_S": "0.25",
+        "FLASHFLOW_RETRY_AFTER_S": "3",
+        "FLASHFLOW_ACCESS_LOG": " Yes ",
+        "FLASHFLOW_LOG_LEVEL": "DEBUG",
+    })
+    assert settings.database_url == "postgresql://u@db:5432/ff"
+    assert settings.redis_url == "redis://cache:6379/1"
+    assert settings.host == "0.0.0.0"
+    assert settings.port == 9000 and settings.workers == 4 and settings.retry_after_s == 3
+    assert settings.data_dir == Path("/var/lib/ff")
+    assert settings.key_prefix == "shop:"
+    assert settings.redis_timeout_s == 0.25 and isinstance(settings.redis_timeout_s, float)
+    assert settings.access_log is True
+    assert settings.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("1", True), ("true", True), ("ON", True), ("0", False), ("no", False), ("off", False),
+])
+def test_booleans_accept_the_usual_spellings(raw, expected):
+    """true/false, yes/no, on/off and 1/0 are read as booleans, case-insensitively."""
+    assert Settings.from_env({"FLASHFLOW_ACCESS_LOG": raw}).access_log is expected
+
+
+def test_blank_url_means_unset_and_paths_expand_home(monkeypatch):
+    """A blank URL reads as None; a leading ~ in a path is expanded."""
+    monkeypatch.setenv("HOME", "/home/tester")
+    settings = Settings.from_env({"FLASHFLOW_REDIS_URL": "   ",
+                                  "FLASHFLOW_DATA_DIR": "~/flash"})
+    assert settings.redis_url is None
+    assert settings.data_dir == Path("/home/tester/flash")
+
+
+@pytest.mark.parametrize(("name", "raw"), [
+    ("FLASHFLOW_PORT", "abc"),
+    ("FLASHFLOW_PORT", "70000"),
+    ("FLASHFLOW_PORT", "-1"),
+    ("FLASHFLOW_WORKERS", "0"),
+    ("FLASHFLOW_GATE_INBOX_SIZE", "-5"),
+    ("FLASHFLOW_MAX_BODY_BYTES", "4k"),
+    ("FLASHFLOW_REDIS_TIMEOUT_S", "0"),
+    ("FLASHFLOW_POSTGRES_TIMEOUT_S", "nan"),
+    ("FLASHFLOW_GRACEFUL_TIMEOUT_S", "soon"),
+    ("FLASHFLOW_ACCESS_LOG", "maybe"),
+    ("FLASHFLOW_REDIS_URL", "localhost:6379"),
+    ("FLASHFLOW_DATABASE_URL", "db.example.com"),
+])
+def test_malformed_value_raises_settings_error_naming_the_variable(name, raw):
+    """A malformed variable raises SettingsError whose message names it and its value."""
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({name: raw})
+    assert name in str(caught.value)
+    assert repr(raw) in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_port_zero_is_allowed_for_an_ephemeral_port():
+    """FLASHFLOW_PORT=0 is valid: it asks for any free port."""
+    assert Settings.from_env({"FLASHFLOW_PORT": "0"}).port == 0
+
+
+def test_overrides_win_over_the_environment_and_none_is_ignored():
+    """Keyword overrides replace environment values; an override of None changes nothing."""
+    settings = Settings.from_env({"FLASHFLOW_PORT": "9000", "FLASHFLOW_HOST": "0.0.0.0"},
+                                 port=9100, host=None, workers=2)
+    assert (settings.port, settings.host, settings.workers) == (9100, "0.0.0.0", 2)
+
+
+def test_override_does_not_hide_a_malformed_variable():
+    """An override does not stop a malformed variable from being reported."""
+    with pytest.raises(SettingsError, match="FLASHFLOW_PORT"):
+        Settings.from_env({"FLASHFLOW_PORT": "abc"}, port=9000)
+
+
+def test_process_environment_is_read_by_default(monkeypatch):
+    """Without an explicit mapping, os.environ is read."""
+    monkeypatch.setenv("FLASHFLOW_WORKERS", "3")
+    monkeypatch.setenv("FLASHFLOW_LOG_LEVEL", "WARNING")
+    settings = Settings.from_env()
+    assert (settings.workers, settings.log_level) == (3, "WARNING")
+
+
+def test_settings_are_frozen():
+    """A built Settings cannot be changed."""
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().port = 1  # type: ignore[misc]
