@@ -6,7 +6,6 @@ time and no driver exception escapes an actor.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import ParamSpec, TypeVar
@@ -40,7 +39,7 @@ async def call(
             return await trio_asyncio.aio_as_trio(fn)(*args, **kwargs)
     except trio.TooSlowError:
         raise BackendUnavailable(backend) from None
-    except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+    except (TimeoutError, OSError, ConnectionError) as exc:
         raise BackendUnavailable(backend) from exc
 
 

@@ -15,7 +15,7 @@ class Slot(Generic[T]):
     Any number of tasks may wait on the same slot; all of them get the same outcome.
     """
 
-    __slots__ = ("_event", "_value", "_error")
+    __slots__ = ("_error", "_event", "_value")
 
     def __init__(self) -> None:
         self._event = trio.Event()

@@ -20,9 +20,9 @@ import redis.asyncio as aioredis
 import trio
 
 from . import _aio
-from ._redis_scripts import LOAD, RELEASE, RESERVE
 from ._batching import batches
 from ._nursery import open_actor_nursery
+from ._redis_scripts import LOAD, RELEASE, RESERVE
 from ._slot import Slot
 from .errors import AlreadyPurchased, BackendUnavailable, Overloaded, SoldOut
 from .model import LedgerState, Sale

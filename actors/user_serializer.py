@@ -105,9 +105,9 @@ class UserSerializer:
             slot.fail(exc)
         except FlashFlowError as exc:
             slot.fail(exc)
-        except BaseException as exc:
+        except BaseException:
             slot.fail(BackendUnavailable("internal"))
-            raise exc
+            raise
         finally:
             del self._in_flight[key]
 

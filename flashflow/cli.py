@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ import trio
 from actors import ledger_sql
 from actors.model import Sale
 
+from .database import run_on_connection
 from .logs import configure_logging
 from .migrate import apply_migrations
 from .settings import Settings, SettingsError
@@ -51,15 +51,8 @@ def server_options(fn: Callable) -> Callable:
 
 
 def _run_pg(url: str, fn: Callable, *args: Any) -> Any:
-    async def go() -> Any:
-        conn = await asyncpg.connect(url)
-        try:
-            return await fn(conn, *args)
-        finally:
-            await conn.close()
-
     try:
-        return asyncio.run(go())
+        return run_on_connection(url, fn, *args)
     except (OSError, asyncpg.PostgresError) as exc:
         raise click.ClickException(f"PostgreSQL at {url}: {exc}") from None
 

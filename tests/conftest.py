@@ -39,7 +39,7 @@ def docker_answers() -> bool:
     if shutil.which("docker") is None:
         return False
     try:
-        done = subprocess.run(["docker", "info"], capture_output=True, timeout=10)
+        done = subprocess.run(["docker", "info"], check=False, capture_output=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0

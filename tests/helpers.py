@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -12,34 +11,23 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import redis
 import trio
-
-from actors import Sale, ledger_sql
-from flashflow.runtime import Runtime, open_runtime
-from flashflow.http import create_app
-from flashflow.server import hypercorn_config
-from flashflow.settings import Settings
 from hypercorn.trio import serve as hypercorn_serve
 
+from actors import Sale, ledger_sql
+from flashflow.database import run_on_connection
+from flashflow.http import create_app
+from flashflow.runtime import Runtime, open_runtime
+from flashflow.server import hypercorn_config
+from flashflow.settings import Settings
 
-def run_pg(url: str, fn: Any, *args: Any) -> Any:
-    """Run the asyncio coroutine ``fn(conn, *args)`` on a fresh connection, synchronously."""
-
-    async def go() -> Any:
-        conn = await asyncpg.connect(url)
-        try:
-            return await fn(conn, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
+run_pg = run_on_connection
 
 
 async def pg(url: str, fn: Any, *args: Any) -> Any:

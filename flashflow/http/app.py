@@ -18,11 +18,20 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException
 
-from actors import FlashFlowError, InvalidInput, Purchase, Sale, SaleNotActive, SaleNotFound, SaleStatus
+from actors import (
+    FlashFlowError,
+    InvalidInput,
+    Purchase,
+    Sale,
+    SaleNotActive,
+    SaleNotFound,
+    SaleStatus,
+)
 
 from ..metrics import install_metrics
 from ..runtime import Runtime
 from . import errors
+from .page import install_page
 from .schema import (
     ErrorEnvelope,
     PurchaseEnvelope,
@@ -33,7 +42,6 @@ from .schema import (
     install_schema,
     validation_message,
 )
-from .page import install_page
 from .sse import install_sse
 
 log = logging.getLogger("flashflow.http")

@@ -128,7 +128,7 @@ def install_schema(app: QuartTrio) -> None:
 def validation_message(error: RequestSchemaValidationError) -> str:
     """A readable message for the first problem a model found."""
     cause = error.validation_error
-    problems = getattr(cause, "errors", lambda: [])()
+    problems = getattr(cause, "errors", list)()
     if not problems:
         return "The request is not valid."
     first = problems[0]
