@@ -11,12 +11,16 @@ from .errors import (
     InvalidInput,
     Overloaded,
     PayloadTooLarge,
+    RateLimited,
     SaleNotActive,
     SaleNotFound,
     SoldOut,
 )
 from .ledger import CommitResult, Ledger, LedgerConfig, open_ledger
 from .model import LedgerState, Purchase, Sale, SaleStatus
+from .rate_limiter import LimiterConfig, RateLimiter, open_rate_limiter
+from .reconciler import Reconciler, open_reconciler
+from .stock_feed import FeedConfig, StockFeed, Subscription, open_stock_feed
 from .stock_gate import GateConfig, StockGate, open_stock_gate
 from .user_serializer import UserSerializer, open_user_serializer
 
@@ -25,24 +29,34 @@ __all__ = [
     "BackendUnavailable",
     "Catalog",
     "CommitResult",
+    "FeedConfig",
     "FlashFlowError",
     "GateConfig",
     "InvalidInput",
     "Ledger",
     "LedgerConfig",
     "LedgerState",
+    "LimiterConfig",
     "Overloaded",
     "PayloadTooLarge",
     "Purchase",
+    "RateLimited",
+    "RateLimiter",
+    "Reconciler",
     "Sale",
     "SaleNotActive",
     "SaleNotFound",
     "SaleStatus",
     "SoldOut",
+    "StockFeed",
     "StockGate",
+    "Subscription",
     "UserSerializer",
     "open_catalog",
     "open_ledger",
+    "open_rate_limiter",
+    "open_reconciler",
+    "open_stock_feed",
     "open_stock_gate",
     "open_user_serializer",
 ]

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -74,7 +74,7 @@ class FeedStatistics:
 class _Sale:
     """One watched sale: latest value, version, and one wake-up Event per group."""
 
-    __slots__ = ("value", "version", "groups", "subscribers", "joined", "priming")
+    __slots__ = ("groups", "joined", "priming", "subscribers", "value", "version")
 
     def __init__(self, groups: int) -> None:
         self.value: int | None = None
@@ -88,7 +88,7 @@ class _Sale:
 class Subscription:
     """One watcher of one sale's stock; use it as a context manager so it is freed at once."""
 
-    __slots__ = ("_feed", "_sale_id", "_state", "_group", "_seen", "_next_at", "_closed")
+    __slots__ = ("_closed", "_feed", "_group", "_next_at", "_sale_id", "_seen", "_state")
 
     def __init__(self, feed: StockFeed, sale_id: uuid.UUID, state: _Sale) -> None:
         self._feed = feed
@@ -156,7 +156,7 @@ class Subscription:
             self._closed = True
             self._feed._release(self._sale_id)
 
-    def __enter__(self) -> Subscription:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -1,7 +1,8 @@
 """The one place that wires the actor tree together.
 
-Start order is ledger, catalog, gate, serializer; the HTTP front runs inside, so on the
-way out HTTP stops first, purchases in flight drain, and the actors close after them.
+Start order is ledger, catalog, gate, stock feed, serializer; the HTTP front runs inside,
+so on the way out HTTP stops first, purchases in flight drain, and the actors close after
+them.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@
   let sale = null;          // the last snapshot, kept up to date by events
   let clockOffsetMs = 0;    // server time minus this browser's time
   let inFlight = false;
+  let confirmedFor = null;  // the user whose purchase this page has just confirmed
   let returnFocusTo = null;
 
   // -- rendering -------------------------------------------------------------------
@@ -168,7 +169,7 @@
       const response = await fetch(`${API}/purchase?userId=${encodeURIComponent(userId)}`);
       if (!response.ok) return;
       const { data } = await response.json();
-      if (data.purchased && el.user.value.trim() === userId) {
+      if (data.purchased && el.user.value.trim() === userId && confirmedFor !== userId) {
         showResult(`You bought this. Your purchase id is ${data.purchaseId}.`);
       }
     } catch (_) {
@@ -196,6 +197,7 @@
     let body = null;
     try { body = await response.json(); } catch (_) { body = null; }
     if (response.status === 201) {
+      confirmedFor = userId;
       showResult(`Purchase confirmed! Your purchase id is ${body.data.purchaseId}.`);
       return;
     }

@@ -1,0 +1,147 @@
+"""The buyer's page in a real headless Chromium (Debian's), driven by Playwright.
+
+Playwright's sync API runs in a worker thread with a plain asyncio loop of its own, while
+the trio test serves the real app; each scenario launches and closes its own browser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from ..helpers import live_server, make_sale
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--disable-sync"]
+PURCHASE = "/api/v1/flash-sales/current/purchase"
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at "
+                       "/usr/bin/chromium (apt-get install chromium)"),
+    pytest.mark.skipif(importlib.util.find_spec("playwright") is None,
+                       reason="needs Playwright for Python (pip install playwright)"),
+]
+
+
+def in_browser(scenario: Callable[..., Any], base_url: str, **page_options: Any) -> Any:
+    """Run ``scenario(page, base_url)`` in a fresh headless Chromium; for a worker thread."""
+    from playwright.sync_api import sync_playwright
+
+    # trio-asyncio's loop policy would hand Playwright a trio-bound loop: use a plain one.
+    asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+            try:
+                page = browser.new_page(**page_options)
+                page.set_default_timeout(10_000)
+                return scenario(page, base_url)
+            finally:
+                browser.close()
+    finally:
+        asyncio.set_event_loop_policy(None)
+
+
+async def run_in_browser(scenario: Callable[..., Any], base_url: str, **page_options: Any) -> Any:
+    """:func:`in_browser` from trio; Playwright's own timeouts bound the thread."""
+    return await trio.to_thread.run_sync(
+        lambda: in_browser(scenario, base_url, **page_options))
+
+
+def buy_as(base_url: str, user_id: str) -> int:
+    """Buy from another client, as another shopper would."""
+    return httpx.post(base_url + PURCHASE, json={"userId": user_id}, timeout=10).status_code
+
+
+async def test_a_shopper_buys_and_sees_the_confirmation_on_a_phone(settings):
+    """On a phone-width screen a shopper buys, sees the purchase id, and sees it again later."""
+    await make_sale(settings.database_url, stock=5, product="Headphones")
+
+    def scenario(page, base_url):
+        from playwright.sync_api import expect
+
+        page.goto(base_url + "/")
+        expect(page.locator("#product")).to_have_text("Headphones")
+        expect(page.locator("#stock")).to_have_text("5")
+        expect(page.locator("#badge")).to_have_text("On sale now")
+        expect(page.locator("#countdown")).to_contain_text("Ends in")
+        page.get_by_label("Your user id").fill("alice")
+        page.get_by_role("button", name="Buy now").click()
+        expect(page.locator("#result")).to_contain_text(re.compile("Purchase confirmed.*" + UUID))
+        expect(page.locator("#stock")).to_have_text("4")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        page.reload()
+        expect(page.get_by_label("Your user id")).to_have_value("alice")
+        expect(page.locator("#result")).to_contain_text(re.compile("You bought this.*" + UUID))
+        return overflow
+
+    with trio.fail_after(60):
+        async with live_server(settings) as server:
+            overflow = await run_in_browser(scenario, server.base_url,
+                                            viewport={"width": 360, "height": 740})
+    assert overflow <= 0
+
+
+async def test_the_stock_falls_live_when_another_client_buys(settings):
+    """The stock figure and bar move without a reload when someone else buys."""
+    await make_sale(settings.database_url, stock=3)
+
+    def scenario(page, base_url):
+        from playwright.sync_api import expect
+
+        page.goto(base_url + "/")
+        expect(page.locator("#live")).to_have_text("Live")
+        expect(page.locator("#stock")).to_have_text("3")
+        assert buy_as(base_url, "bob-the-buyer") == 201
+        expect(page.locator("#stock")).to_have_text("2")
+        expect(page.locator("#stock-bar")).to_have_attribute("aria-valuenow", "2")
+        assert buy_as(base_url, "carol-buyer") == 201
+        expect(page.locator("#stock")).to_have_text("1")
+
+    with trio.fail_after(60):
+        async with live_server(settings) as server:
+            await run_in_browser(scenario, server.base_url)
+
+
+async def test_a_sold_out_sale_shows_an_accessible_modal(settings):
+    """After another client takes the last unit, Buy opens a Sold out dialog usable by keyboard."""
+    await make_sale(settings.database_url, stock=1)
+
+    def scenario(page, base_url):
+        from playwright.sync_api import expect
+
+        page.goto(base_url + "/")
+        expect(page.locator("#stock")).to_have_text("1")
+        assert buy_as(base_url, "early-bird") == 201
+        expect(page.locator("#badge")).to_have_text("Sold out")
+        page.get_by_label("Your user id").fill("late-comer")
+        page.get_by_label("Your user id").press("Enter")
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_be_visible()
+        expect(dialog).to_contain_text("Sold out")
+        expect(page.locator("#modal-close")).to_be_focused()
+        page.keyboard.press("Escape")
+        expect(dialog).to_be_hidden()
+        expect(page.get_by_label("Your user id")).to_be_focused()
+        page.keyboard.press("Tab")
+        expect(page.get_by_role("button", name="Buy now")).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(dialog).to_contain_text("Sold out")
+        page.keyboard.press("Enter")
+        expect(dialog).to_be_hidden()
+        expect(page.get_by_role("button", name="Buy now")).to_be_focused()
+
+    with trio.fail_after(60):
+        async with live_server(settings) as server:
+            await run_in_browser(scenario, server.base_url)
