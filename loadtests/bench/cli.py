@@ -1,0 +1,112 @@
+"""``python -m loadtests.bench``: measure the server side by side and write the results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+from . import report, wrk
+from .sale import SaleRun, run_sale
+from .scenarios import Measurement, Options, run_configuration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line of the benchmark."""
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__)
+    p.add_argument("--database-url", default=env("FLASHFLOW_DATABASE_URL"),
+                   help="PostgreSQL URL allowed to create databases (default: embedded).")
+    p.add_argument("--redis-url", default=env("FLASHFLOW_REDIS_URL"),
+                   help="Redis URL (default: embedded).")
+    p.add_argument("--duration-s", type=float, default=10.0)
+    p.add_argument("--warmup-s", type=float, default=2.0)
+    p.add_argument("--connections", type=int, default=200)
+    p.add_argument("--threads", type=int, default=2, help="wrk threads.")
+    p.add_argument("--workers", type=int, action="append",
+                   help="Worker counts to measure (repeatable); default 1 and one per core.")
+    p.add_argument("--sale-stock", type=int, default=10_000)
+    p.add_argument("--sale-users", type=int, default=100_000)
+    p.add_argument("--no-sale", action="store_true", help="Skip the whole-sale run.")
+    p.add_argument("--profile", type=Path, help="Record py-spy profiles (raw) here; they "
+                   "slow the server, so the figures of such a run are not the real ones.")
+    p.add_argument("--json", type=Path, help="Write the results as JSON here.")
+    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "performance.md",
+                   help="The Markdown page to write.")
+    p.add_argument("--no-doc", action="store_true", help="Do not write the Markdown page.")
+    return p.parse_args(argv)
+
+
+def serve_has_workers() -> bool:
+    """Whether ``flashflow serve`` takes ``--workers``."""
+    done = subprocess.run([sys.executable, "-m", "flashflow.cli", "serve", "--help"],
+                          capture_output=True, text=True, check=False)
+    return "--workers" in done.stdout
+
+
+def worker_configurations(args: argparse.Namespace) -> list[int | None]:
+    """The worker counts to measure; None stands for "one process, no --workers option"."""
+    if not serve_has_workers():
+        return [None]
+    if args.workers:
+        return sorted(set(args.workers))
+    return sorted({1, os.cpu_count() or 1})
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every scenario and the whole sale, print and write the results."""
+    args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C: servers stop and databases are dropped on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
+    if wrk.available() is None:
+        print("the benchmark needs wrk (Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
+    command = "python -m loadtests.bench " + shlex.join(argv if argv is not None else sys.argv[1:])
+    options = Options(args.connections, args.threads, args.duration_s, args.warmup_s,
+                      args.profile)
+    workers = worker_configurations(args)
+    measurements: list[Measurement] = []
+    sales: list[SaleRun] = []
+    with ExitStack() as stack:
+        log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ffbench-")))
+        admin_url, redis_url = args.database_url, args.redis_url
+        if not admin_url or not redis_url:
+            from flashflow.embedded import embedded_services
+
+            postgres, redis_server = stack.enter_context(embedded_services(log_dir / "data"))
+            admin_url, redis_url = admin_url or postgres.url, redis_url or redis_server.url
+        for count in workers:
+            label = count or "1 (no --workers)"
+            print(f"measuring with {label} worker(s)", flush=True)
+            measurements += run_configuration(count, admin_url, redis_url, options, log_dir)
+            for m in measurements[-4:]:
+                print(f"  {m.scenario:<26} {m.per_s:>8,.0f}/s p50 {m.p50_ms:6.1f} ms "
+                      f"p99 {m.p99_ms:6.1f} ms  {m.answers}", flush=True)
+            if not args.no_sale:
+                sale = run_sale(count, admin_url, redis_url, options, log_dir,
+                                args.sale_stock, args.sale_users)
+                sales.append(sale)
+                print(f"  whole sale: sold out in {sale.ledger_sold_out_s} s, "
+                      f"invariants {'held' if sale.held else 'BROKEN'}", flush=True)
+    page = report.markdown(command, options, workers, measurements, sales)
+    print(page)
+    if not args.no_doc:
+        args.doc.parent.mkdir(parents=True, exist_ok=True)
+        args.doc.write_text(page)
+    if args.json:
+        data = report.as_json(command, options, workers, measurements, sales)
+        args.json.write_text(json.dumps(data, indent=2))
+    return 0 if all(s.held for s in sales) else 1

@@ -1,0 +1,219 @@
+"""The server under benchmark: a fresh database and key prefix, ``flashflow serve`` in a
+child process, and a sampler of its CPU time and memory."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import psutil
+import redis
+
+from flashflow.embedded import free_port
+from flashflow.migrate import apply_migrations
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` pointed at database ``name``."""
+    base, _, query = url.partition("?")
+    base = base.rsplit("/", 1)[0] if base.count("/") > 2 else base
+    return f"{base}/{name}" + (f"?{query}" if query else "")
+
+
+def _pg(url: str, fn: Any, *args: Any) -> Any:
+    async def go() -> Any:
+        conn = await asyncpg.connect(url)
+        try:
+            return await fn(conn, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+async def _execute(conn: Any, sql: str) -> None:
+    await conn.execute(sql)
+
+
+async def _insert_sale(conn: Any, stock: int) -> uuid.UUID:
+    start = datetime.now(UTC) - timedelta(seconds=1)
+    return await conn.fetchval(
+        "INSERT INTO flash_sales (product_name, total_stock, start_time, end_time) "
+        "VALUES ('Bench Sneakers', $1, $2, $3) RETURNING id", stock, start,
+        start + timedelta(hours=2))
+
+
+@dataclass
+class Backend:
+    """A database of its own (migrated, holding one active sale) and a key prefix of its own."""
+
+    admin_url: str
+    redis_url: str
+    name: str = field(default_factory=lambda: f"ff_bench_{uuid.uuid4().hex[:10]}")
+    key_prefix: str = field(default_factory=lambda: f"ffwrk:{uuid.uuid4().hex[:10]}:")
+    sale_id: uuid.UUID | None = None
+
+    @property
+    def database_url(self) -> str:
+        """The URL of this backend's own database."""
+        return with_database(self.admin_url, self.name)
+
+    def create(self, stock: int) -> Backend:
+        """Create and migrate the database and schedule the sale; return self."""
+        _pg(self.admin_url, _execute, f'CREATE DATABASE "{self.name}"')
+        _pg(self.database_url, apply_migrations)
+        self.sale_id = _pg(self.database_url, _insert_sale, stock)
+        return self
+
+    def drop(self) -> None:
+        """Drop the database and delete the key prefix's Redis keys."""
+        _pg(self.admin_url, _execute, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            keys = list(client.scan_iter(match=f"{self.key_prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
+
+
+class Sampler:
+    """Samples the resident memory of a process tree in a background thread."""
+
+    def __init__(self, root: psutil.Process, every_s: float = 0.2) -> None:
+        self._root = root
+        self._every_s = every_s
+        self._stop = threading.Event()
+        self.peak_rss = 0
+        self.peak_process_rss = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self._every_s)
+
+    def sample(self) -> int:
+        """Record the tree's resident memory now; return it in bytes."""
+        total = 0
+        for process in tree(self._root):
+            try:
+                rss = process.memory_info().rss
+            except psutil.Error:
+                continue
+            total += rss
+            self.peak_process_rss = max(self.peak_process_rss, rss)
+        self.peak_rss = max(self.peak_rss, total)
+        return total
+
+    def close(self) -> None:
+        """Stop sampling."""
+        self._stop.set()
+        self._thread.join()
+
+
+def tree(root: psutil.Process) -> list[psutil.Process]:
+    """The process and its live descendants."""
+    try:
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def cpu_seconds(root: psutil.Process) -> float:
+    """CPU time (user + system) the process tree has used so far."""
+    total = 0.0
+    for process in tree(root):
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+@dataclass
+class BenchServer:
+    """``flashflow serve`` on a free loopback port against one :class:`Backend`."""
+
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+    sampler: Sampler
+
+    @property
+    def root(self) -> psutil.Process:
+        """The server's top process (the supervisor, when there are workers)."""
+        return psutil.Process(self.process.pid)
+
+    @classmethod
+    def start(cls, backend: Backend, workers: int | None, log_dir: Path,
+              timeout_s: float = 60.0) -> BenchServer:
+        """Start the server and wait until it is ready to sell."""
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHFLOW_")}
+        # One machine plays the whole crowd from one address: the per-address rate limit
+        # would measure itself, not the server.
+        env.update(FLASHFLOW_DATABASE_URL=backend.database_url,
+                   FLASHFLOW_REDIS_URL=backend.redis_url, FLASHFLOW_KEY_PREFIX=backend.key_prefix,
+                   FLASHFLOW_LOG_LEVEL="WARNING", FLASHFLOW_RATE_LIMIT_ENABLED="false")
+        command = [sys.executable, "-m", "flashflow.cli", "serve", "--port", str(port)]
+        if workers is not None:
+            command += ["--workers", str(workers)]
+        log_path = log_dir / f"server-{port}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        server = cls(process, f"http://127.0.0.1:{port}", log_path,
+                     Sampler(psutil.Process(process.pid)))
+        try:
+            server.wait_ready(timeout_s)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Wait until the current sale reads and /readyz says ready."""
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(base_url=self.url, timeout=2) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
+                try:
+                    if (client.get("/api/v1/flash-sales/current").status_code == 200
+                            and client.get("/readyz").status_code == 200):
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+        raise RuntimeError(f"server not ready in {timeout_s}s: {self.log_path.read_text()[-2000:]}")
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, wait, SIGKILL if it hangs; return the exit code."""
+        self.sampler.close()
+        workers = tree(self.root)[1:] if self.process.poll() is None else []
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for worker in workers:  # only these pids: workers a killed supervisor left behind
+            with suppress(psutil.Error):
+                worker.kill()
+        return self.process.returncode

@@ -1,0 +1,88 @@
+"""What the load-test clients saw, one JSON line per response, one file per process.
+
+Every locust process (the local runner, or each worker with ``--processes``) appends to
+``records-<pid>.jsonl`` in the record directory; the verifier reads them all back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO
+
+PURCHASE = "purchase"
+STATUS = "status"
+WATCH = "watch"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One response as a client saw it.
+
+    Attributes:
+        kind: ``purchase``, ``status`` (the purchase-status read) or ``watch`` (GET /current).
+        user: the user id the request was for ("" for watchers).
+        status: the HTTP status, or 0 when the connection failed or the reply was cut.
+        started: wall-clock time (epoch seconds) at which the request was sent.
+        elapsed_ms: time until the whole response was read.
+        purchase_id: the purchaseId in a 201 or in a status read that says purchased.
+        code: the error code of an error envelope, or the transport error for status 0.
+        purchased: for status reads, whether the server said the user holds a purchase.
+    """
+
+    kind: str
+    user: str
+    status: int
+    started: float
+    elapsed_ms: float
+    purchase_id: str | None = None
+    code: str | None = None
+    purchased: bool | None = None
+
+    @property
+    def finished(self) -> float:
+        """Wall-clock time at which the response had been read."""
+        return self.started + self.elapsed_ms / 1000
+
+
+class RecordWriter:
+    """Appends records to this process's file; opened lazily so idle processes leave none."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._file: IO[str] | None = None
+        self._pid = 0
+
+    def write(self, record: Record) -> None:
+        """Append one record (buffered; :meth:`flush` or :meth:`close` pushes it to disk)."""
+        if self._file is None or self._pid != os.getpid():
+            # A forked worker must not share its parent's buffer: reopen under its own pid.
+            self._directory.mkdir(parents=True, exist_ok=True)
+            self._pid = os.getpid()
+            path = self._directory / f"records-{self._pid}.jsonl"
+            self._file = path.open("a", encoding="utf-8")  # held until close()
+        self._file.write(json.dumps(asdict(record), separators=(",", ":")) + "\n")
+
+    def flush(self) -> None:
+        """Push buffered records to disk."""
+        if self._file is not None and self._pid == os.getpid():
+            self._file.flush()
+
+    def close(self) -> None:
+        """Flush and close this process's file."""
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+
+def read_records(directory: Path) -> Iterator[Record]:
+    """Every record written under ``directory``, file by file."""
+    for path in sorted(directory.glob("records-*.jsonl")):
+        with open(path, encoding="utf-8") as lines:
+            for line in lines:
+                if not line.endswith("\n"):
+                    break  # the tail of a process killed mid-write: never a whole answer
+                yield Record(**json.loads(line))

@@ -1,0 +1,186 @@
+"""``python -m loadtests``: run the stampede headless, then verify the invariants.
+
+Against ``--host URL`` it needs the server's PostgreSQL and Redis (``--database-url``,
+``--redis-url``, ``--key-prefix``, or the matching ``FLASHFLOW_*`` variables); without a
+URL it starts ``flashflow up`` on embedded servers in a temporary directory and uses theirs.
+Exit status: 0 when every invariant held, 1 when one broke, 2 when the run could not happen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from . import backends
+from .records import PURCHASE, read_records
+from .server import ServerStartError, start_embedded
+from .shape import Stages
+from .summary import render, summarise
+from .verify import Check, verify
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+CURRENT = "/api/v1/flash-sales/current"
+
+
+class RunError(RuntimeError):
+    """The load test could not run (as opposed to: it ran and an invariant broke)."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line of ``python -m loadtests``."""
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="python -m loadtests", description=__doc__.splitlines()[0])
+    p.add_argument("--host", help="Base URL of a running server; omitted: start `flashflow up`.")
+    p.add_argument("--database-url", default=env("FLASHFLOW_DATABASE_URL"))
+    p.add_argument("--redis-url", default=env("FLASHFLOW_REDIS_URL"))
+    p.add_argument("--key-prefix", default=env("FLASHFLOW_KEY_PREFIX", "flashflow:"))
+    p.add_argument("--stock", type=int, help="Schedule a fresh sale of this stock and load it "
+                   "(needs the database); default: load the current sale as it is.")
+    p.add_argument("--ramp-s", type=float, default=10.0)
+    p.add_argument("--peak-s", type=float, default=30.0)
+    p.add_argument("--cool-s", type=float, default=10.0)
+    p.add_argument("--ramp-users", type=int, default=50)
+    p.add_argument("--peak-users", type=int, default=200)
+    p.add_argument("--attempts", type=int, default=3, help="Concurrent attempts per visit.")
+    p.add_argument("--think-s", type=float, default=0.1)
+    p.add_argument("--user-pool", type=int, help="Distinct user ids (default 10x the stock left).")
+    p.add_argument("--processes", type=int, default=1, help="Locust processes (-1: one a core).")
+    p.add_argument("--records", type=Path, help="Where clients record responses (default: temp).")
+    p.add_argument("--json", type=Path, help="Also write the summary as JSON here.")
+    p.add_argument("--web", action="store_true", help="Show locust's web UI while it runs.")
+    p.add_argument("--settle-s", type=float, default=1.0,
+                   help="Pause between the last response and reading the backends.")
+    return p.parse_args(argv)
+
+
+def wait_for_sale(host: str, sale_id: str | None, timeout_s: float = 20.0) -> dict[str, Any]:
+    """The current sale once it is ``sale_id`` (any, if None) and the server is ready."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    with httpx.Client(base_url=host, timeout=5) as client:
+        while time.monotonic() < deadline:
+            try:
+                current = client.get(CURRENT)
+                sale = current.json().get("data") if current.status_code == 200 else None
+                ready = client.get("/readyz").status_code == 200
+                if sale and (sale_id is None or sale["id"] == sale_id) and ready:
+                    return sale
+                last = f"current {current.status_code} {sale and sale['id']}, ready {ready}"
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            time.sleep(0.2)
+    raise RunError(f"the server at {host} did not serve the sale in {timeout_s}s: {last}")
+
+
+def locust_command(args: argparse.Namespace, host: str, records: Path, pool: int,
+                   tag: str) -> list[str]:
+    """The locust command line for this run."""
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", host,
+               "--stop-timeout", "15", "--exit-code-on-error", "0", "--only-summary",
+               "--loglevel", "WARNING", "--ramp-s", str(args.ramp_s), "--peak-s", str(args.peak_s),
+               "--cool-s", str(args.cool_s), "--ramp-users", str(args.ramp_users),
+               "--peak-users", str(args.peak_users), "--attempts", str(args.attempts),
+               "--think-s", str(args.think_s), "--user-pool", str(pool), "--user-tag", tag,
+               "--record-dir", str(records)]
+    command += ["--autostart", "--autoquit", "5"] if args.web else ["--headless"]
+    if args.processes != 1:
+        command += ["--processes", str(args.processes)]
+    return command
+
+
+def run_locust(command: list[str], log_path: Path, timeout_s: float) -> None:
+    """Run locust to the end of its shape; stop it (SIGTERM, then SIGKILL) past ``timeout_s``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        try:
+            code = process.wait(timeout_s)
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+    if code != 0:
+        raise RunError(f"locust exited with {code}; see {log_path}")
+
+
+def load_and_verify(args: argparse.Namespace, host: str, database_url: str, redis_url: str,
+                    key_prefix: str, records: Path) -> dict[str, Any]:
+    """Prepare the sale, run the stampede, and judge it; return the summary."""
+    stages = Stages(args.ramp_s, args.peak_s, args.cool_s, args.ramp_users, args.peak_users)
+    sale_id = None
+    if args.stock is not None:
+        sale_id = str(backends.create_sale(database_url, args.stock, stages.total_s + 60))
+    sale = wait_for_sale(host, sale_id)
+    if sale["status"] != "active":
+        raise RunError(f"the current sale is {sale['status']}, not active")
+    sale_uuid = uuid.UUID(sale["id"])
+    before = backends.ledger_snapshot(database_url, sale_uuid)
+    pool = args.user_pool or max(10 * sale["remainingStock"], 200)
+    tag = f"lt{uuid.uuid4().hex[:8]}"
+    print(f"loading sale {sale['id']} ({sale['remainingStock']} of {sale['totalStock']} left) "
+          f"at {host}: {pool} users, {stages.total_s:.0f} s", flush=True)
+    run_locust(locust_command(args, host, records, pool, tag), records / "locust.log",
+               stages.total_s + 120)
+    time.sleep(args.settle_s)
+    seen = list(read_records(records))
+    checks = verify(seen, before, backends.ledger_snapshot(database_url, sale_uuid),
+                    backends.gate_snapshot(redis_url, key_prefix, sale_uuid))
+    if not any(r.kind == PURCHASE for r in seen):
+        checks.append(Check("the load reached the server", False, "no purchase was recorded"))
+    summary = summarise(seen, checks)
+    summary.update(sale_id=sale["id"], host=host, records=str(records))
+    return summary
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, verify, print the summary; return the exit status."""
+    args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the children below are stopped on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
+    with ExitStack() as stack:
+        host, db, rd, prefix = args.host, args.database_url, args.redis_url, args.key_prefix
+        try:
+            if not host:
+                data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                    prefix="flashflow-loadtest-")))
+                prefix = f"loadtest:{uuid.uuid4().hex[:8]}:"
+                server = start_embedded(data_dir / "data", prefix)
+                stack.callback(server.stop)
+                host, db, rd = server.url, server.database_url, server.redis_url
+                print(f"started flashflow up at {host}", flush=True)
+            if not db or not rd:
+                raise RunError("verification needs --database-url and --redis-url with --host")
+            records = args.records or Path(stack.enter_context(tempfile.TemporaryDirectory(
+                prefix="flashflow-records-")))
+            records.mkdir(parents=True, exist_ok=True)
+            summary = load_and_verify(args, host.rstrip("/"), db, rd, prefix, records)
+        except (RunError, ServerStartError, OSError, LookupError) as exc:
+            print(f"load test could not run: {exc}", file=sys.stderr)
+            return 2
+    print(render(summary))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+    return 0 if summary["held"] else 1

@@ -1,0 +1,65 @@
+"""Summarise a run: requests by outcome, throughput, latency percentiles, invariants."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from .records import Record
+from .verify import Check
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile of already sorted values (0 for none)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(round(fraction * len(sorted_values) + 0.5) - 1, 0)
+    return sorted_values[min(rank, len(sorted_values) - 1)]
+
+
+def summarise(records: Sequence[Record], checks: Sequence[Check]) -> dict[str, Any]:
+    """The figures of a run, as plain data (what ``--json`` writes)."""
+    span = (max(r.finished for r in records) - min(r.started for r in records)) if records else 0
+    kinds: dict[str, Any] = {}
+    for kind in sorted({r.kind for r in records}):
+        mine = [r for r in records if r.kind == kind]
+        latencies = sorted(r.elapsed_ms for r in mine)
+        outcomes = Counter(f"{r.status} {r.code}" if r.code else str(r.status) for r in mine)
+        kinds[kind] = {
+            "requests": len(mine),
+            "per_s": len(mine) / span if span else 0.0,
+            "p50_ms": percentile(latencies, 0.50),
+            "p95_ms": percentile(latencies, 0.95),
+            "p99_ms": percentile(latencies, 0.99),
+            "outcomes": dict(sorted(outcomes.items())),
+        }
+    return {
+        "requests": len(records),
+        "duration_s": span,
+        "per_s": len(records) / span if span else 0.0,
+        "kinds": kinds,
+        "invariants": [asdict(c) for c in checks],
+        "held": all(c.held for c in checks),
+    }
+
+
+def render(summary: dict[str, Any]) -> str:
+    """The summary as a plain-text table for a terminal."""
+    header = (f"{'request':<10} {'count':>8} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
+              f"{'p99 ms':>8}  outcomes")
+    lines = [header]
+    for kind, k in summary["kinds"].items():
+        outcomes = ", ".join(f"{name}: {n}" for name, n in k["outcomes"].items())
+        lines.append(f"{kind:<10} {k['requests']:>8} {k['per_s']:>8.0f} {k['p50_ms']:>8.1f} "
+                     f"{k['p95_ms']:>8.1f} {k['p99_ms']:>8.1f}  {outcomes}")
+    lines.append(f"{'all':<10} {summary['requests']:>8} {summary['per_s']:>8.0f}  "
+                 f"over {summary['duration_s']:.1f} s")
+    lines.append("")
+    for check in summary["invariants"]:
+        mark = "held  " if check["held"] else "BROKEN"
+        lines.append(f"[{mark}] {check['name']}: {check['detail']}")
+    lines.append("")
+    lines.append("all invariants held" if summary["held"] else "SOME INVARIANTS BROKE")
+    return "\n".join(lines)

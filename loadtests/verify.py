@@ -1,0 +1,190 @@
+"""The invariants of a flash sale, checked from the clients' records and the backends' state.
+
+Pure functions: :mod:`loadtests.backends` reads PostgreSQL and Redis, this module judges.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .records import PURCHASE, STATUS, Record
+
+THROTTLED = 429  # a polite "slow down" to a spamming user: never wrong, so never a break
+
+
+def _throttled(record: Record) -> bool:
+    return record.status == THROTTLED
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerSnapshot:
+    """What PostgreSQL holds for one sale.
+
+    Attributes:
+        total_stock: the sale's stock.
+        sold: the ``sold`` counter of the sale row.
+        purchases: user id -> purchase id, one entry per committed purchase.
+    """
+
+    total_stock: int
+    sold: int
+    purchases: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class GateSnapshot:
+    """What Redis holds for one sale: remaining stock (None when absent) and buyers."""
+
+    stock: int | None
+    buyers: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One invariant and whether it held; ``detail`` says what was seen."""
+
+    name: str
+    held: bool
+    detail: str
+
+
+@dataclass
+class _Seen:
+    """The purchase-side facts of the records, grouped by user."""
+
+    users: set[str] = field(default_factory=set)
+    won: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    first_win: dict[str, float] = field(default_factory=dict)
+    by_user: dict[str, list[Record]] = field(default_factory=lambda: defaultdict(list))
+    sold_out_told: int = 0
+
+
+def _gather(records: Iterable[Record]) -> tuple[_Seen, list[Record], list[Record]]:
+    seen, statuses, failures = _Seen(), [], []
+    for record in records:
+        if record.status == 0 or record.status >= 500:
+            failures.append(record)
+        if record.kind == STATUS:
+            statuses.append(record)
+        if record.kind != PURCHASE:
+            continue
+        if not _throttled(record):
+            seen.users.add(record.user)  # demand: users the server answered on the merits
+        seen.by_user[record.user].append(record)
+        if record.status == 201 and record.purchase_id:
+            seen.won[record.user].add(record.purchase_id)
+            seen.first_win[record.user] = min(seen.first_win.get(record.user, record.finished),
+                                              record.finished)
+        elif record.code == "SOLD_OUT":
+            seen.sold_out_told += 1
+    return seen, statuses, failures
+
+
+def _sample(items: Iterable[str], limit: int = 3) -> str:
+    items = sorted(items)
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def verify(records: Iterable[Record], before: LedgerSnapshot, after: LedgerSnapshot,
+           gate: GateSnapshot) -> list[Check]:
+    """Judge one run.
+
+    Args:
+        records: every response the clients saw.
+        before: the ledger before the run (purchases there were not made by this run).
+        after: the ledger after the run.
+        gate: Redis after the run.
+
+    Returns:
+        One :class:`Check` per invariant, in a stable order.
+    """
+    seen, statuses, failures = _gather(records)
+    rows, total = after.purchases, after.total_stock
+    committed = len(rows)
+    demand = len(seen.users | set(before.purchases))
+    expected = min(total, demand)
+    checks = [Check(
+        "no overselling",
+        committed == after.sold == expected and committed <= total,
+        f"committed {committed}, sold counter {after.sold}, stock {total}, "
+        f"distinct buyers {demand}: expected {expected}")]
+    checks.append(Check(
+        "nothing unsold once SOLD_OUT was said",
+        seen.sold_out_told == 0 or committed == total,
+        f"{seen.sold_out_told} SOLD_OUT answers, {total - committed} units unsold"))
+
+    doubled = {u for u, ids in seen.won.items() if len(ids) > 1}
+    checks.append(Check("one purchase per user", not doubled,
+                        f"users told two purchase ids: {_sample(doubled) or 'none'}"))
+
+    checks.append(_repeats(seen, rows))
+    mismatched = {u for u, ids in seen.won.items() if rows.get(u) not in ids}
+    checks.append(Check("every 201 is a row with its purchaseId", not mismatched,
+                        f"{sum(map(len, seen.won.values()))} purchase ids told; "
+                        f"not in PostgreSQL: {_sample(mismatched) or 'none'}"))
+    untold = {u for u, pid in rows.items()
+              if before.purchases.get(u) != pid and pid not in seen.won.get(u, ())}
+    checks.append(Check("no row that no client was told about", not untold,
+                        f"{committed - len(before.purchases)} new rows; "
+                        f"untold: {_sample(untold) or 'none'}"))
+    checks.append(Check(
+        "gate agrees with ledger",
+        gate.stock == total - committed and gate.buyers == rows,
+        f"Redis stock {gate.stock} vs {total - committed}; Redis buyers {len(gate.buyers)} "
+        f"vs rows {committed}" + ("" if gate.buyers == rows else " (they differ)")))
+    checks.append(_losers(seen, rows, failures))
+    checks.append(_status_reads(statuses, seen, rows))
+    return checks
+
+
+def _repeats(seen: _Seen, rows: dict[str, str]) -> Check:
+    """A winner's other attempts get the same purchase or ALREADY_PURCHASED, never SOLD_OUT;
+    once the winner has read their 201, every later attempt gets ALREADY_PURCHASED."""
+    wrong: set[str] = set()
+    repeats = 0
+    for user, pid in rows.items():
+        first = seen.first_win.get(user)
+        for record in seen.by_user.get(user, ()):
+            same = record.status == 201 and record.purchase_id == pid
+            told = record.status == 409 and record.code == "ALREADY_PURCHASED"
+            if _throttled(record):
+                continue
+            if first is not None and record.started > first:
+                repeats += 1
+                if not told:
+                    wrong.add(user)
+            elif not (same or told):
+                wrong.add(user)
+    return Check("repeats get ALREADY_PURCHASED", not wrong,
+                 f"{repeats} attempts after a win; wrong answers for: {_sample(wrong) or 'none'}")
+
+
+def _losers(seen: _Seen, rows: dict[str, str], failures: list[Record]) -> Check:
+    """Users without a purchase hear 409 SOLD_OUT (or 429 when they spam), nothing else;
+    nobody sees a 5xx or a cut connection."""
+    wrong = {u for u, records in seen.by_user.items() if u not in rows
+             for r in records if not (r.status == 409 and r.code == "SOLD_OUT" or _throttled(r))}
+    throttled = sum(_throttled(r) for records in seen.by_user.values() for r in records)
+    odd = {f"{r.kind} {r.status} {r.code}" for r in failures}
+    return Check("losers get 409 SOLD_OUT, never a 5xx or a dropped connection",
+                 not wrong and not failures,
+                 f"{len(failures)} 5xx/dropped ({_sample(odd) or 'none'}); "
+                 f"losers told otherwise: {_sample(wrong) or 'none'}; {throttled} attempts 429")
+
+
+def _status_reads(statuses: list[Record], seen: _Seen, rows: dict[str, str]) -> Check:
+    """A status read names the user's purchase, and never denies one already confirmed."""
+    wrong = set()
+    for r in statuses:
+        if r.status != 200:
+            continue
+        if r.purchased and r.purchase_id != rows.get(r.user):
+            wrong.add(r.user)
+        first = seen.first_win.get(r.user)
+        if not r.purchased and first is not None and first < r.started:
+            wrong.add(r.user)
+    return Check("status reads agree with the ledger", not wrong,
+                 f"{len(statuses)} reads; disagreeing for: {_sample(wrong) or 'none'}")
