@@ -22,3 +22,15 @@ def run_on_connection(url: str, fn: Callable[..., Awaitable[T]], *args: Any) -> 
             await conn.close()
 
     return asyncio.run(go())
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` pointed at database ``name`` (query options kept)."""
+    base, _, query = url.partition("?")
+    base = base.rsplit("/", 1)[0] if base.count("/") > 2 else base
+    return f"{base}/{name}" + (f"?{query}" if query else "")
+
+
+async def execute(conn: Any, sql: str) -> None:
+    """``conn.execute(sql)`` as a coroutine function, for :func:`run_on_connection`."""
+    await conn.execute(sql)

@@ -5,31 +5,20 @@ The load test uses these to verify a run independently of the server it loaded.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-import asyncpg
 import redis
+
+from flashflow.database import run_on_connection
 
 from .verify import GateSnapshot, LedgerSnapshot
 
 T = TypeVar("T")
 
 
-def run_pg(url: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """Run ``fn(conn, *args)`` on a fresh connection to ``url``, synchronously."""
-
-    async def go() -> T:
-        conn = await asyncpg.connect(url)
-        try:
-            return await fn(conn, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
+run_pg = run_on_connection
 
 
 async def _ledger(conn: Any, sale_id: uuid.UUID) -> LedgerSnapshot:

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from flashflow.processes import stop_process
+
 _LISTENING = re.compile(r"Flash Flow listening on (\S+)")
 _EMBEDDED = re.compile(r"started embedded (PostgreSQL|Redis) \(pid \d+\) at (\S+)")
 
@@ -46,14 +48,7 @@ class EmbeddedServer:
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGINT (as Ctrl-C: the CLI stops its embedded servers), wait, kill if it hangs."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, signal.SIGINT, timeout_s)
 
 
 def start_embedded(data_dir: Path, key_prefix: str, timeout_s: float = 90.0) -> EmbeddedServer:

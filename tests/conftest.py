@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from flashflow.database import execute as _execute
+from flashflow.database import with_database
 from flashflow.migrate import apply_migrations
 from flashflow.settings import Settings
 
@@ -67,13 +69,6 @@ def services() -> Iterator[Services]:
             yield Services(postgres.url, redis_server.url, "embedded")
 
 
-def with_database(url: str, name: str) -> str:
-    """``url`` pointed at database ``name``."""
-    base, _, query = url.partition("?")
-    base = base.rsplit("/", 1)[0] if base.count("/") > 2 else base
-    return f"{base}/{name}" + (f"?{query}" if query else "")
-
-
 @pytest.fixture(scope="session")
 def template_database(services: Services) -> Iterator[str]:
     """A migrated template database that every test's database is cloned from."""
@@ -82,10 +77,6 @@ def template_database(services: Services) -> Iterator[str]:
     run_pg(with_database(services.database_url, name), apply_migrations)
     yield name
     run_pg(services.database_url, _execute, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-async def _execute(conn, sql: str) -> None:
-    await conn.execute(sql)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from actors import Sale, ledger_sql
 from flashflow.database import run_on_connection
 from flashflow.http import create_app
+from flashflow.processes import stop_process
 from flashflow.runtime import Runtime, open_runtime
 from flashflow.server import hypercorn_config
 from flashflow.settings import Settings
@@ -119,14 +120,7 @@ class ServerProcess:
 
     def stop(self, timeout_s: float = 20.0) -> int:
         """SIGTERM, wait, then SIGKILL; return the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, signal.SIGTERM, timeout_s)
 
 
 def spawn_server(settings: Settings, log_dir: Path, *args: str,

@@ -29,7 +29,7 @@ def read(page: str) -> str:
 
 def blocks(text: str, language: str) -> list[str]:
     """The fenced code blocks of ``language`` in ``text``."""
-    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
 
 
 def default_text(f: Field) -> str:
@@ -89,7 +89,7 @@ def test_links_point_at_files_and_headings_that_exist(page):
         file = (DOCS / path).resolve() if path else DOCS / page
         assert file.is_file(), f"{page}: broken link {target}"
         if anchor:
-            headings = re.findall(r"^#+ (.+)$", file.read_text(encoding="utf-8"), flags=re.M)
+            headings = re.findall(r"^#+ (.+)$", file.read_text(encoding="utf-8"), flags=re.MULTILINE)
             assert anchor in {slug(h) for h in headings}, f"{page}: no heading #{anchor}"
 
 

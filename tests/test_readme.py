@@ -23,7 +23,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 def shell_commands() -> list[str]:
     """Every command in the README's ``sh`` blocks, continuation lines joined, comments cut."""
     commands: list[str] = []
-    for block in re.findall(r"```sh\n(.*?)```", README.read_text(), re.S):
+    for block in re.findall(r"```sh\n(.*?)```", README.read_text(), re.DOTALL):
         joined = re.sub(r"\\\n\s*", " ", block)
         for line in joined.splitlines():
             line = line.split("  #")[0].strip()
@@ -37,7 +37,7 @@ def test_the_two_commands_are_make_targets():
     commands = shell_commands()
     assert "make up" in commands and "make test" in commands
     makefile = (README.parent / "Makefile").read_text()
-    assert re.search(r"^up:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+    assert re.search(r"^up:", makefile, re.MULTILINE) and re.search(r"^test:", makefile, re.MULTILINE)
     ci = (README.parent / ".ci" / "run").read_text()
     assert "make test" in ci
 

@@ -3,7 +3,6 @@ child process, and a sampler of its CPU time and memory."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -17,35 +16,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import psutil
 import redis
 
+from flashflow.database import execute, run_on_connection, with_database
 from flashflow.embedded import free_port
 from flashflow.migrate import apply_migrations
+from flashflow.processes import stop_process
 
-
-def with_database(url: str, name: str) -> str:
-    """``url`` pointed at database ``name``."""
-    base, _, query = url.partition("?")
-    base = base.rsplit("/", 1)[0] if base.count("/") > 2 else base
-    return f"{base}/{name}" + (f"?{query}" if query else "")
-
-
-def _pg(url: str, fn: Any, *args: Any) -> Any:
-    async def go() -> Any:
-        conn = await asyncpg.connect(url)
-        try:
-            return await fn(conn, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
-
-
-async def _execute(conn: Any, sql: str) -> None:
-    await conn.execute(sql)
+_pg = run_on_connection
+_execute = execute
 
 
 async def _insert_sale(conn: Any, stock: int) -> uuid.UUID:
@@ -206,13 +187,7 @@ class BenchServer:
         """SIGTERM, wait, SIGKILL if it hangs; return the exit code."""
         self.sampler.close()
         workers = tree(self.root)[1:] if self.process.poll() is None else []
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, signal.SIGTERM, timeout_s)
         for worker in workers:  # only these pids: workers a killed supervisor left behind
             with suppress(psutil.Error):
                 worker.kill()

@@ -11,8 +11,8 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given
-from hypothesis.errors import Unsatisfiable
 from hypothesis import settings as hypothesis_settings
+from hypothesis.errors import Unsatisfiable
 
 from ..helpers import run_pg, spawn_server
 
@@ -25,9 +25,9 @@ def fuzz_target(services, template_database, tmp_path_factory):
     import asyncio
     import uuid
 
+    from flashflow.database import execute as _execute
+    from flashflow.database import with_database
     from flashflow.settings import Settings
-
-    from ..conftest import _execute, with_database
 
     name = f"ff_fuzz_{uuid.uuid4().hex[:8]}"
     run_pg(services.database_url, _execute, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
