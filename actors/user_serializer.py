@@ -51,7 +51,8 @@ class UserSerializer:
         self._max_in_flight = max_in_flight
         self._clock = clock
         self._in_flight: dict[Key, Slot[Purchase]] = {}
-        self._buyers: set[Key] = set()
+        # Users known to hold a purchase; the purchase itself when this process made it.
+        self._buyers: dict[Key, Purchase | None] = {}
         self._coalesced = 0
         self._from_memory = 0
         self._rolled_back = 0
@@ -85,6 +86,10 @@ class UserSerializer:
             raise AlreadyPurchased()
         self._gate.answer_from_memory(sale, user_id)
 
+    def known_purchase(self, sale_id: uuid.UUID, user_id: str) -> Purchase | None:
+        """The user's purchase when this process made it, else None (ask the ledger)."""
+        return self._buyers.get((sale_id, user_id))
+
     def statistics(self) -> SerializerStatistics:
         """Return a snapshot of the serializer's counters."""
         return SerializerStatistics(
@@ -98,10 +103,11 @@ class UserSerializer:
     async def _settle(self, sale: Sale, user_id: str, slot: Slot[Purchase]) -> None:
         key = (sale.id, user_id)
         try:
-            slot.set(await self._reserve_and_commit(sale, user_id))
-            self._buyers.add(key)
+            purchase = await self._reserve_and_commit(sale, user_id)
+            self._buyers[key] = purchase
+            slot.set(purchase)
         except AlreadyPurchased as exc:
-            self._buyers.add(key)
+            self._buyers.setdefault(key, None)
             slot.fail(exc)
         except FlashFlowError as exc:
             slot.fail(exc)

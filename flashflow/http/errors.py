@@ -73,13 +73,18 @@ def error_response(status: int, code: str, message: str, *,
 
 def for_error(error: FlashFlowError, retry_after_s: int) -> Response:
     """The response for a Flash Flow error, by the table above."""
+    return for_error_with_code(error, retry_after_s)[0]
+
+
+def for_error_with_code(error: FlashFlowError, retry_after_s: int) -> tuple[Response, str]:
+    """The response for a Flash Flow error and its wire code, by the table above."""
     for cls in type(error).__mro__:
         if cls in ERROR_TABLE:
             status, code, retry = ERROR_TABLE[cls]
             wait_s = getattr(error, "retry_after_s", retry_after_s)
             return error_response(status, code, error.message,
-                                  retry_after_s=wait_s if retry else None)
-    return internal_error()
+                                  retry_after_s=wait_s if retry else None), code
+    return internal_error(), "INTERNAL_ERROR"
 
 
 def for_http(error: HTTPException) -> Response:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema
-from quart_schema import QuartSchema, RequestSchemaValidationError
+from quart_schema import QuartSchema
 from quart_trio import QuartTrio
 
 from actors.errors import InvalidInput
@@ -125,15 +125,16 @@ def install_schema(app: QuartTrio) -> None:
     )
 
 
-def validation_message(error: RequestSchemaValidationError) -> str:
-    """A readable message for the first problem a model found."""
-    cause = error.validation_error
+def validation_message(cause: Exception | None) -> str:
+    """A readable message for the first problem a model found in a request."""
     problems = getattr(cause, "errors", list)()
     if not problems:
         return "The request is not valid."
     first = problems[0]
     field = ".".join(str(part) for part in first.get("loc", ())) or "body"
     kind = first.get("type", "")
+    if kind == "json_invalid":
+        return "The request body must be valid JSON."
     if kind == "missing":
         return f"{field} is required."
     if kind in {"model_type", "model_attributes_type", "dict_type"}:

@@ -80,3 +80,20 @@ async def test_sale_not_started_and_ended_are_409_sale_not_active(settings):
             current = await server.client.get("/api/v1/flash-sales/current")
     assert "not started" in assert_error(early, 409, "SALE_NOT_ACTIVE")["message"]
     assert current.json()["data"]["status"] == "upcoming"
+
+
+async def test_status_read_sees_purchases_made_elsewhere(settings):
+    """A purchase committed by another process is read from the ledger, not missed."""
+    sale = await make_sale(settings.database_url, stock=5)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            mine = await server.client.post(PURCHASE, json={"userId": "local-buyer"})
+            await pg(settings.database_url, fetch,
+                     "INSERT INTO purchases (id, sale_id, user_id) VALUES ($1, $2, $3)",
+                     uuid.UUID(int=7), sale.id, "remote-buyer")
+            local = await server.client.get(PURCHASE, params={"userId": "local-buyer"})
+            remote = await server.client.get(PURCHASE, params={"userId": "remote-buyer"})
+            nobody = await server.client.get(PURCHASE, params={"userId": "nobody-here"})
+    assert local.json()["data"]["purchaseId"] == mine.json()["data"]["purchaseId"]
+    assert remote.json()["data"]["purchaseId"] == str(uuid.UUID(int=7))
+    assert nobody.json()["data"] == {"purchased": False}
