@@ -53,6 +53,15 @@ class Commit:
 
 
 @dataclass(frozen=True, slots=True)
+class Lookup:
+    """Ask the ledger for one user's committed purchase."""
+
+    sale_id: uuid.UUID
+    user_id: str
+    reply: Slot[Purchase | None] = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerStatistics:
     """A snapshot of the ledger's work, for /metrics and tests."""
 
@@ -61,6 +70,8 @@ class LedgerStatistics:
     committed: int
     largest_batch: int
     failed_batches: int
+    lookups: int
+    lookup_batches: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +92,13 @@ class Ledger:
         self._config = config
         self._pool = pool
         self._send, self._inbox = trio.open_memory_channel[Commit](config.inbox_size)
+        self._lookup_send, self._lookups = trio.open_memory_channel[Lookup](config.inbox_size)
         self._batches = 0
         self._committed = 0
         self._largest_batch = 0
         self._failed_batches = 0
+        self._lookups_served = 0
+        self._lookup_batches = 0
 
     async def commit(self, purchase: Purchase) -> CommitOutcome:
         """Make ``purchase`` durable; returns once its transaction committed.
@@ -105,8 +119,21 @@ class Ledger:
         return await self._query(ledger_sql.fetch_sales)
 
     async def find_purchase(self, sale_id: uuid.UUID, user_id: str) -> Purchase | None:
-        """The user's committed purchase in a sale, or None."""
-        return await self._query(ledger_sql.find_purchase, sale_id, user_id)
+        """The user's committed purchase in a sale, or None.
+
+        Reads are batched like writes: lookups that gather while one query is out go
+        together in the next, one round trip and one crossing for all of them.
+
+        Raises:
+            Overloaded: the lookup inbox is full.
+            BackendUnavailable: PostgreSQL is down or too slow.
+        """
+        request = Lookup(sale_id, user_id, Slot())
+        try:
+            self._lookup_send.send_nowait(request)
+        except trio.WouldBlock:
+            raise Overloaded("ledger") from None
+        return await request.reply.wait()
 
     async def committed_users(self, sale_id: uuid.UUID, users: list[str]) -> set[str]:
         """Which of ``users`` hold a committed purchase in a sale."""
@@ -128,6 +155,8 @@ class Ledger:
             committed=self._committed,
             largest_batch=self._largest_batch,
             failed_batches=self._failed_batches,
+            lookups=self._lookups_served,
+            lookup_batches=self._lookup_batches,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -136,6 +165,25 @@ class Ledger:
         task_status.started()
         async for batch in batches(self._inbox, self._config.batch_max):
             await self._write(batch)
+
+    async def serve_lookups(self) -> None:
+        """Answer purchase lookups in batches, one query per sale per batch."""
+        async for batch in batches(self._lookups, self._config.batch_max):
+            self._lookup_batches += 1
+            self._lookups_served += len(batch)
+            by_sale: dict[uuid.UUID, list[Lookup]] = defaultdict(list)
+            for request in batch:
+                by_sale[request.sale_id].append(request)
+            for sale_id, requests in by_sale.items():
+                users = sorted({r.user_id for r in requests})
+                try:
+                    found = await self._query(ledger_sql.find_purchases, sale_id, users)
+                except BackendUnavailable as exc:
+                    for request in requests:
+                        request.reply.fail(exc)
+                    continue
+                for request in requests:
+                    request.reply.set(found.get(request.user_id))
 
     async def _write(self, batch: list[Commit]) -> None:
         self._batches += 1
@@ -189,6 +237,7 @@ async def open_ledger(config: LedgerConfig) -> AsyncIterator[Ledger]:
         ledger = Ledger(config, pool)
         async with open_actor_nursery() as nursery:
             await nursery.start(ledger.run)
+            nursery.start_soon(ledger.serve_lookups)
             try:
                 yield ledger
             finally:

@@ -63,13 +63,15 @@ async def sold_count(conn: Any, sale_id: uuid.UUID) -> int:
     return await conn.fetchval("SELECT sold FROM flash_sales WHERE id = $1", sale_id) or 0
 
 
-async def find_purchase(conn: Any, sale_id: uuid.UUID, user_id: str) -> Purchase | None:
-    """The user's committed purchase in a sale, or None."""
-    row = await conn.fetchrow(
-        "SELECT id, purchased_at FROM purchases WHERE sale_id = $1 AND user_id = $2",
-        sale_id, user_id,
+async def find_purchases(conn: Any, sale_id: uuid.UUID, users: list[str]) -> dict[str, Purchase]:
+    """The committed purchases of ``users`` in a sale, by user id (absent: none)."""
+    rows = await conn.fetch(
+        "SELECT id, user_id, purchased_at FROM purchases "
+        "WHERE sale_id = $1 AND user_id = ANY($2::text[])",
+        sale_id, users,
     )
-    return Purchase(row["id"], sale_id, user_id, row["purchased_at"]) if row else None
+    return {r["user_id"]: Purchase(r["id"], sale_id, r["user_id"], r["purchased_at"])
+            for r in rows}
 
 
 async def committed_users(conn: Any, sale_id: uuid.UUID, users: list[str]) -> set[str]:

@@ -237,3 +237,27 @@ async def test_unreachable_database_fails_at_open(settings, url):
                 async with open_ledger(LedgerConfig(database_url=url, timeout_s=2.0)):
                     pytest.fail("the ledger opened without PostgreSQL")  # pragma: no cover
     assert caught.value.backend == "postgres"
+
+
+async def test_lookups_are_batched(settings):
+    """Many concurrent purchase lookups share few queries and each gets its own answer."""
+    sale = await make_sale(settings.database_url, stock=50)
+    with trio.fail_after(30):
+        async with trio_asyncio.open_loop(), open_ledger(
+                LedgerConfig(database_url=settings.database_url)) as ledger:
+            buyers = [f"reader-{i}" for i in range(0, 60, 2)]
+            for user in buyers:
+                await ledger.commit(Purchase(uuid.uuid4(), sale.id, user, datetime.now(UTC)))
+            answers: dict[str, object] = {}
+
+            async def look(user: str) -> None:
+                answers[user] = await ledger.find_purchase(sale.id, user)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(60):
+                    nursery.start_soon(look, f"reader-{i}")
+            stats = ledger.statistics()
+    assert stats.lookups == 60
+    assert stats.lookup_batches < 60
+    assert {u for u, p in answers.items() if p is not None} == set(buyers)
+    assert all(p.user_id == u for u, p in answers.items() if p is not None)
