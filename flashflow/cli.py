@@ -175,6 +175,26 @@ def sale_show(database_url: str | None, sale_id: uuid.UUID) -> None:
     click.echo(_sale_json(found, sold))
 
 
+@sale.command("watch")
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True,
+              help="The Flash Flow server to watch.")
+@click.option("--max-events", type=click.IntRange(min=1), help="Stop after this many events.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1),
+              help="Stop after this many seconds.")
+def sale_watch(url: str, max_events: int | None, timeout_s: float | None) -> None:
+    """Watch the current sale live: stock bar, purchases per second, status."""
+    import httpx
+
+    from .watch import watch
+
+    try:
+        watch(url, click.echo, max_events=max_events, timeout_s=timeout_s)
+    except (httpx.HTTPError, RuntimeError) as exc:
+        raise click.ClickException(f"{url}: {exc}") from None
+    except KeyboardInterrupt:
+        pass
+
+
 @main.command()
 @server_options
 def serve(host: str | None, port: int | None, database_url: str | None,
