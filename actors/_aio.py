@@ -13,6 +13,8 @@ from typing import ParamSpec, TypeVar
 import asyncpg
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 import trio
 import trio_asyncio
 
@@ -57,7 +59,8 @@ async def postgres_call(timeout_s: float, fn: Callable[P, Awaitable[T]], *args: 
     """:func:`call` for asyncpg, with driver errors read as BackendUnavailable."""
     try:
         return await call("postgres", timeout_s, fn, *args, **kwargs)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+        # InternalClientError comes from a pool whose server vanished mid-query.
         raise BackendUnavailable("postgres") from exc
 
 
@@ -68,9 +71,13 @@ async def open_redis(url: str, timeout_s: float) -> AsyncIterator[aioredis.Redis
     Its pool waits (up to ``timeout_s``) for a free connection rather than failing, so a
     storm of reads queues instead of answering 503 at the 65th concurrent call.
     """
+    # One immediate retry on a connection error: a connection left idle in the pool across
+    # a Redis restart is dead, and its first command fails. Every script the actors send
+    # is idempotent (a reservation names its purchase id), so a retry is safe.
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=64, timeout=timeout_s, socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s, health_check_interval=0)
+        socket_connect_timeout=timeout_s, health_check_interval=0,
+        retry=Retry(NoBackoff(), 1))
     client = aioredis.Redis.from_pool(pool)
     try:
         yield client

@@ -23,7 +23,10 @@ local stamp = ':' .. (now[1] * 1000 + math.floor(now[2] / 1000))
 local out = {0}
 for i = 2, #ARGV, 2 do
   local prev = redis.call('HGET', KEYS[2], ARGV[i])
-  if prev then
+  if prev and string.sub(prev, 1, #ARGV[i + 1] + 1) == ARGV[i + 1] .. ':' then
+    -- this very reservation, sent again after a lost reply: the same answer, no new unit
+    out[#out + 1] = 0; out[#out + 1] = stock
+  elseif prev then
     out[#out + 1] = 1; out[#out + 1] = prev
   elseif stock <= 0 then
     out[#out + 1] = 2; out[#out + 1] = 0

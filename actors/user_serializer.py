@@ -106,9 +106,6 @@ class UserSerializer:
             purchase = await self._reserve_and_commit(sale, user_id)
             self._buyers[key] = purchase
             slot.set(purchase)
-        except AlreadyPurchased as exc:
-            self._buyers.setdefault(key, None)
-            slot.fail(exc)
         except FlashFlowError as exc:
             slot.fail(exc)
         except BaseException:
@@ -128,6 +125,9 @@ class UserSerializer:
         if outcome.result is CommitResult.COMMITTED:
             return purchase
         if outcome.result is CommitResult.DUPLICATE:
+            # The ledger itself holds this user's purchase: safe to remember. (A gate that
+            # merely sees another process's reservation is not: it may still roll back.)
+            self._buyers[(sale.id, user_id)] = outcome.purchase
             await self._roll_back(purchase, restock=True)
             raise AlreadyPurchased()
         await self._roll_back(purchase, restock=False)

@@ -6,6 +6,8 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 
+from typing import Any
+
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
@@ -29,6 +31,28 @@ def hypercorn_config(settings: Settings, binds: list[str] | None = None) -> Conf
     return config
 
 
+def finish_responses_shielded(app: Any, timeout_s: float) -> Any:
+    """Wrap an ASGI app so that the message completing a response is sent shielded.
+
+    Quart-Trio cancels its per-request nursery as soon as the response is sent, while
+    Hypercorn uses that very send to start the connection's keep-alive timer; unshielded,
+    the timer is cancelled and an idle keep-alive connection is never closed, neither at
+    ``keep_alive_timeout`` nor at shutdown. The shield is bounded by ``timeout_s``.
+    """
+
+    async def shielded(scope: dict, receive: Any, send: Any) -> None:
+        async def send_final_shielded(message: dict) -> None:
+            if message.get("type") == "http.response.body" and not message.get("more_body"):
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + timeout_s):
+                    await send(message)
+            else:
+                await send(message)
+
+        await app(scope, receive, send_final_shielded)
+
+    return shielded
+
+
 async def serve(settings: Settings, *, binds: list[str] | None = None,
                 shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -38,7 +62,8 @@ async def serve(settings: Settings, *, binds: list[str] | None = None,
     """
     async with open_runtime(settings) as runtime:
         app = create_app(runtime)
-        await hypercorn_serve(app, hypercorn_config(settings, binds),
+        await hypercorn_serve(finish_responses_shielded(app, settings.graceful_timeout_s),
+                              hypercorn_config(settings, binds),
                               shutdown_trigger=shutdown_trigger, task_status=task_status)
 
 

@@ -1,0 +1,650 @@
+"""Fault-test fixtures: own embedded PostgreSQL and Redis, servers as subprocesses, load, checks.
+
+Every backend here is started by the test itself from the wheels (``flashflow.embedded``)
+under a temporary directory outside pytest's temporary root, and is killed, stopped and
+restarted by its process id only: the machine's own PostgreSQL and Redis are never touched.
+The helpers below are imported by the fault tests (``from .conftest import ...``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from dataclasses import dataclass, field, fields
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import psutil
+import pytest
+import trio
+
+from actors import Sale
+from flashflow.embedded import EmbeddedServer, start_postgres, start_redis
+from flashflow.migrate import apply_migrations
+from flashflow.settings import Settings
+
+from ..helpers import ServerProcess, fetch, gate_keys, pg, redis_client, run_pg, spawn_server
+
+PURCHASE = "/api/v1/flash-sales/current/purchase"
+RETURNED_LOG_LINE = "returned a reservation that never committed"
+
+#: Outcome.status for a request that got no HTTP answer (refused, reset, closed).
+NO_ANSWER = 0
+#: Outcome.status for a request the client gave up on: the server hung.
+HUNG = -1
+
+
+# -- backends --------------------------------------------------------------------------------
+
+
+@dataclass
+class Backends:
+    """This test's own PostgreSQL and Redis, restartable on the same ports and data dir."""
+
+    data_dir: Path
+    postgres: EmbeddedServer
+    redis: EmbeddedServer
+
+    @property
+    def redis_port(self) -> int:
+        """The TCP port Redis listens on, kept across restarts."""
+        return int(self.redis.url.rsplit(":", 1)[1].split("/")[0])
+
+    @property
+    def postgres_port(self) -> int:
+        """The TCP port PostgreSQL listens on, kept across restarts."""
+        return int(self.postgres.url.rsplit(":", 1)[1].split("/")[0])
+
+    def kill_redis(self) -> None:
+        """SIGKILL Redis by its pid: every key is lost (it keeps nothing on disk)."""
+        with suppress(ProcessLookupError):
+            os.kill(self.redis.pid, signal.SIGKILL)
+        self.redis.process.wait(10)
+
+    def start_redis_empty(self) -> float:
+        """Start a fresh, empty Redis on the same port; return how long it took."""
+        started = time.monotonic()
+        self.redis = start_redis(self.data_dir, port=self.redis_port)
+        return time.monotonic() - started
+
+    def stop_postgres(self) -> None:
+        """Stop PostgreSQL (fast shutdown: sessions aborted), keeping its data."""
+        self.postgres.stop()
+
+    def start_postgres(self) -> float:
+        """Start PostgreSQL again on the same data dir and port; return how long it took."""
+        started = time.monotonic()
+        self.postgres = start_postgres(self.data_dir, port=self.postgres_port)
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        """Stop both servers (each ``stop`` is a no-op when that server is not running)."""
+        try:
+            self.redis.stop()
+        finally:
+            self.postgres.stop()
+
+
+@pytest.fixture
+def backends() -> Iterator[Backends]:
+    """A migrated PostgreSQL and an empty Redis of this test's own, stopped by pid afterwards."""
+    # Outside /tmp/pytest-of-root: pytest resets that root to 0700, which would lock out the
+    # unprivileged user the embedded PostgreSQL runs as.
+    with tempfile.TemporaryDirectory(prefix="flashflow-faults-") as tmp:
+        data_dir = Path(tmp)
+        postgres = start_postgres(data_dir)
+        try:
+            redis_server = start_redis(data_dir)
+        except BaseException:
+            postgres.stop()
+            raise
+        owned = Backends(data_dir, postgres, redis_server)
+        try:
+            run_pg(postgres.url, apply_migrations)
+            yield owned
+        finally:
+            owned.stop()
+
+
+@pytest.fixture
+def fault_settings(backends: Backends, tmp_path: Path) -> Settings:
+    """Settings on this test's own servers, with short timeouts and a short reservation grace."""
+    return Settings(
+        database_url=backends.postgres.url,
+        redis_url=backends.redis.url,
+        key_prefix=f"fault:{uuid.uuid4().hex[:8]}:",
+        workers=1,
+        port=0,
+        data_dir=tmp_path,
+        redis_timeout_s=1.0,
+        postgres_timeout_s=4.0,
+        reservation_grace_s=2.0,
+        reconcile_interval_s=0.5,
+        catalog_refresh_s=0.5,
+        sold_out_recheck_s=0.2,
+        graceful_timeout_s=8.0,
+        # Every test client shares 127.0.0.1 and retries during faults: the limits are
+        # exercised by tests/http/test_rate_limits.py, not here.
+        rate_user_per_s=1_000_000.0,
+        rate_user_burst=1_000_000,
+        rate_address_per_s=1_000_000.0,
+        rate_address_burst=1_000_000,
+    )
+
+
+# -- server processes ------------------------------------------------------------------------
+
+# Settings that tests.helpers.server_env already passes (or that spawn_server sets itself).
+_PASSED_BY_HELPERS = {"database_url", "redis_url", "key_prefix", "log_level", "rate_address_per_s",
+                      "rate_address_burst", "host", "port", "data_dir"}
+
+
+def fault_env(settings: Settings) -> dict[str, str]:
+    """Every other setting as a ``FLASHFLOW_*`` variable, so the subprocess runs with it."""
+    env: dict[str, str] = {}
+    for f in fields(Settings):
+        if f.name in _PASSED_BY_HELPERS:
+            continue
+        value = getattr(settings, f.name)
+        env[f"FLASHFLOW_{f.name.upper()}"] = (
+            ("true" if value else "false") if isinstance(value, bool) else str(value))
+    return env
+
+
+@pytest.fixture
+async def launch(tmp_path: Path, request: pytest.FixtureRequest
+                 ) -> AsyncIterator[Callable[..., Any]]:
+    """Start ``flashflow serve`` subprocesses; every one (and every worker) is stopped by pid.
+
+    Their logs are kept beside the figures, under ``logs/<test name>/``.
+    """
+    started: list[ServerProcess] = []
+
+    async def go(settings: Settings, *args: str) -> ServerProcess:
+        server = await trio.to_thread.run_sync(
+            partial(spawn_server, settings, tmp_path, *args, **fault_env(settings)))
+        started.append(server)
+        return server
+
+    try:
+        yield go
+    finally:
+        for server in started:
+            await trio.to_thread.run_sync(stop_server_tree, server)
+        kept = figures_dir() / "logs" / request.node.name
+        shutil.rmtree(kept, ignore_errors=True)
+        kept.mkdir(parents=True)
+        for server in started:
+            shutil.copy(server.log_path, kept / server.log_path.name)
+
+
+def worker_pids(server: ServerProcess) -> list[int]:
+    """The worker processes of a ``--workers N`` supervisor (its direct children)."""
+    try:
+        return [child.pid for child in psutil.Process(server.process.pid).children()]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def established(pid: int, port: int) -> int:
+    """TCP connections process ``pid`` holds on its listening ``port``."""
+    try:
+        return sum(1 for c in psutil.Process(pid).net_connections("tcp")
+                   if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port)
+    except psutil.NoSuchProcess:
+        return 0
+
+
+def stop_server_tree(server: ServerProcess) -> None:
+    """Stop a server and, should any survive it, its workers, each by its own pid."""
+    workers = worker_pids(server)
+    server.stop()
+    for pid in workers:
+        with suppress(psutil.NoSuchProcess):
+            process = psutil.Process(pid)
+            process.kill()
+            process.wait(10)
+
+
+async def wait_until_serving(base_url: str, timeout_s: float = 30.0) -> float:
+    """Wait until /readyz says Redis and PostgreSQL answer; return the seconds it took."""
+    started = trio.current_time()
+    with trio.fail_after(timeout_s):
+        async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
+            while True:
+                with suppress(httpx.HTTPError, ValueError, KeyError):
+                    checks = (await client.get("/readyz")).json()["data"]["checks"]
+                    if checks["redis"] and checks["postgres"]:
+                        return trio.current_time() - started
+                await trio.sleep(0.05)
+
+
+@asynccontextmanager
+async def open_clients(*servers: ServerProcess, timeout_s: float = 15.0
+                       ) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """One HTTP client per server; a request that gets no answer in ``timeout_s`` is HUNG."""
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    async with AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(
+            httpx.AsyncClient(base_url=s.base_url, timeout=timeout_s, limits=limits))
+            for s in servers]
+
+
+def reconciler_returns(*servers: ServerProcess) -> int:
+    """Reservations the reconcilers of these servers logged as put back on sale."""
+    return sum(s.log_path.read_text(errors="replace").count(RETURNED_LOG_LINE) for s in servers)
+
+
+def lines_in_logs(text: str, *servers: ServerProcess) -> int:
+    """How many log lines of these servers contain ``text``."""
+    return sum(line.count(text) > 0 for s in servers
+               for line in s.log_path.read_text(errors="replace").splitlines())
+
+
+# -- load ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One purchase attempt as the client saw it."""
+
+    user: str
+    phase: str
+    status: int
+    code: str | None
+    purchase_id: str | None
+    retry_after: str | None
+    seconds: float
+
+
+@dataclass
+class Recorder:
+    """Every purchase attempt of a test, tagged with the phase it was sent in."""
+
+    phase: str = "before"
+    outcomes: list[Outcome] = field(default_factory=list)
+    winners: dict[str, str] = field(default_factory=dict)
+
+    async def press(self, client: httpx.AsyncClient, user: str) -> Outcome:
+        """POST one purchase for ``user`` and record what came back."""
+        phase, started = self.phase, time.perf_counter()
+        status, code, purchase_id, retry_after = NO_ANSWER, None, None, None
+        try:
+            response = await client.post(PURCHASE, json={"userId": user})
+        except httpx.TimeoutException:
+            status = HUNG
+        except httpx.TransportError:
+            status = NO_ANSWER
+        else:
+            status, retry_after = response.status_code, response.headers.get("Retry-After")
+            with suppress(ValueError, KeyError, TypeError):
+                body = response.json()
+                if status == 201:
+                    code, purchase_id = "CONFIRMED", body["data"]["purchaseId"]
+                else:
+                    code = body["error"]["code"]
+        outcome = Outcome(user, phase, status, code, purchase_id, retry_after,
+                          time.perf_counter() - started)
+        self.outcomes.append(outcome)
+        if purchase_id is not None:
+            self.winners.setdefault(user, purchase_id)
+        return outcome
+
+    def add(self, phase: str, results: list[tuple[str, int, dict]]) -> None:
+        """Record the results of ``tests.integration.test_stampede.stampede``."""
+        for user, status, body in results:
+            data, error = body.get("data") or {}, body.get("error") or {}
+            purchase_id = data.get("purchaseId") if status == 201 else None
+            self.outcomes.append(Outcome(user, phase, status,
+                                         "CONFIRMED" if status == 201 else error.get("code"),
+                                         purchase_id, None, 0.0))
+            if purchase_id is not None:
+                self.winners.setdefault(user, purchase_id)
+
+    def in_phase(self, *phases: str) -> list[Outcome]:
+        """The attempts sent during any of ``phases``."""
+        return [o for o in self.outcomes if o.phase in phases]
+
+
+async def spam(recorder: Recorder, clients: list[httpx.AsyncClient], users: list[str], *,
+               stop: trio.Event, rate_per_s: float, concurrency: int = 64,
+               max_requests: int = 20_000, repeat_share: float = 0.1) -> None:
+    """Open-loop purchase traffic at ``rate_per_s`` until ``stop`` is set.
+
+    Mostly users who have not bought yet; ``repeat_share`` of the attempts are repeats by a
+    winner. At most ``concurrency`` requests are in flight and ``max_requests`` are sent.
+    """
+    limiter = trio.CapacityLimiter(concurrency)
+
+    async def one(user: str, client: httpx.AsyncClient) -> None:
+        async with limiter:
+            await recorder.press(client, user)
+
+    pending = list(users)
+
+    def newcomer() -> str | None:
+        while pending:
+            i = random.randrange(len(pending))
+            if pending[i] not in recorder.winners:
+                return pending[i]
+            pending[i] = pending[-1]
+            pending.pop()
+        return None
+
+    async with trio.open_nursery() as nursery:
+        next_at, sent = trio.current_time(), 0
+        while not stop.is_set() and sent < max_requests:
+            user = newcomer()
+            if recorder.winners and (user is None or random.random() < repeat_share):
+                user = random.choice(list(recorder.winners))
+            elif user is None:
+                user = random.choice(users)
+            nursery.start_soon(one, user, random.choice(clients))
+            sent += 1
+            next_at += 1 / rate_per_s
+            await trio.sleep_until(next_at)
+
+
+async def recover(recorder: Recorder, *, clean_run: int = 100, timeout_s: float = 15.0) -> float:
+    """Switch ``recorder`` to phase "after" once ``clean_run`` answers in a row were not 5xx.
+
+    Called with traffic running once the servers say they are ready again; what they
+    answer in between is phase "recovering". Returns the seconds recovery took.
+    """
+    started, seen = trio.current_time(), len(recorder.outcomes)
+    recorder.phase = "recovering"
+    with trio.fail_after(timeout_s):
+        while True:
+            fresh = recorder.outcomes[seen:]
+            tail = fresh[-clean_run:]
+            if len(tail) == clean_run and all(200 <= o.status < 500 for o in tail):
+                recorder.phase = "after"
+                return trio.current_time() - started
+            await trio.sleep(0.02)
+
+
+# -- PostgreSQL and Redis as the tests read them ---------------------------------------------
+
+
+async def committed_rows(settings: Settings, sale: Sale) -> dict[str, str]:
+    """user -> purchase id of every committed purchase of ``sale``."""
+    rows = await pg(settings.database_url, fetch,
+                    "SELECT id::text, user_id FROM purchases WHERE sale_id = $1", sale.id)
+    return {r["user_id"]: r["id"] for r in rows}
+
+
+async def sold_counter(settings: Settings, sale: Sale) -> int:
+    """``flash_sales.sold`` of ``sale``."""
+    rows = await pg(settings.database_url, fetch, "SELECT sold FROM flash_sales WHERE id = $1",
+                    sale.id)
+    return rows[0]["sold"]
+
+
+def gate_state(settings: Settings, sale: Sale) -> tuple[int | None, dict[str, str]]:
+    """Redis's stock for ``sale`` (None when the gate is not loaded) and its holders."""
+    stock_key, buyers_key = gate_keys(settings, sale.id)
+    client = redis_client(settings)
+    try:
+        stock = client.get(stock_key)
+        held = {user: value.split(":")[0] for user, value in client.hgetall(buyers_key).items()}
+    finally:
+        client.close()
+    return (None if stock is None else int(stock)), held
+
+
+async def wait_for_sold(settings: Settings, sale: Sale, count: int, timeout_s: float) -> float:
+    """Wait until ``count`` purchases of ``sale`` are committed; return the seconds it took."""
+    started = trio.current_time()
+    with trio.fail_after(timeout_s):
+        while await sold_counter(settings, sale) < count:
+            await trio.sleep(0.05)
+    return trio.current_time() - started
+
+
+async def wait_for_gate_to_agree(settings: Settings, sale: Sale, timeout_s: float) -> float:
+    """Wait until Redis holds exactly the committed purchases; return the seconds it took.
+
+    Raises:
+        AssertionError: they still disagree after ``timeout_s`` (shows both sides).
+    """
+    started = trio.current_time()
+    while True:
+        rows = await committed_rows(settings, sale)
+        stock, held = gate_state(settings, sale)
+        if stock == sale.total_stock - len(rows) and held == rows:
+            return trio.current_time() - started
+        if trio.current_time() - started > timeout_s:
+            extra = {u: p for u, p in held.items() if rows.get(u) != p}
+            missing = {u: p for u, p in rows.items() if held.get(u) != p}
+            raise AssertionError(
+                f"after {timeout_s}s Redis stock={stock}, total={sale.total_stock}, "
+                f"committed={len(rows)}; held without a row: {extra}; rows not held: {missing}")
+        await trio.sleep(0.1)
+
+
+@asynccontextmanager
+async def sale_row_locked(database_url: str, sale_id: uuid.UUID
+                          ) -> AsyncIterator[Callable[[], None]]:
+    """Hold ``FOR UPDATE`` on the sale's row, so every commit of it waits in PostgreSQL.
+
+    Purchases then stay in flight between the gate and the ledger for as long as the test
+    likes. Yields a function that releases the lock early; it is released on exit anyway.
+    """
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        async def go() -> None:
+            conn = await asyncpg.connect(database_url)
+            try:
+                transaction = conn.transaction()
+                await transaction.start()
+                await conn.execute("SELECT 1 FROM flash_sales WHERE id = $1 FOR UPDATE", sale_id)
+                locked.set()
+                while not release.wait(0):
+                    await asyncio.sleep(0.01)
+                # The test may have stopped PostgreSQL meanwhile: the lock is gone with it.
+                with suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    await transaction.rollback()
+            finally:
+                with suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    await conn.close()
+
+        asyncio.run(go())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, hold)
+        try:
+            with trio.fail_after(10):
+                while not locked.is_set():
+                    await trio.sleep(0.01)
+            yield release.set
+        finally:
+            release.set()
+
+
+# -- a Redis that stops answering ------------------------------------------------------------
+
+
+class StuckableProxy:
+    """A TCP proxy to Redis that can get stuck: it still accepts, but nothing goes through.
+
+    While stuck, bytes already sent stay in the proxy (neither dropped nor forwarded) and a
+    new connection is accepted and never answered, as with a hung server. Unsticking lets
+    everything through again, in order.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self._flowing = trio.Event()
+        self._flowing.set()
+        self.connections = 0
+
+    def stick(self) -> None:
+        """Stop forwarding anything, in both directions and for new connections."""
+        if self._flowing.is_set():
+            self._flowing = trio.Event()
+
+    def unstick(self) -> None:
+        """Forward again."""
+        self._flowing.set()
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on a free loopback port (given to ``task_status``) until cancelled."""
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self.port)
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        self.connections += 1
+        async with client:
+            await self._flowing.wait()
+            try:
+                upstream = await trio.open_tcp_stream("127.0.0.1", self.upstream_port)
+            except OSError:
+                return
+            async with upstream, trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, client, upstream, nursery.cancel_scope)
+                nursery.start_soon(self._pump, upstream, client, nursery.cancel_scope)
+
+    async def _pump(self, source: trio.SocketStream, sink: trio.SocketStream,
+                    scope: trio.CancelScope) -> None:
+        try:
+            while True:
+                await self._flowing.wait()
+                data = await source.receive_some(65536)
+                if not data:
+                    return
+                await self._flowing.wait()
+                await sink.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        finally:
+            scope.cancel()
+
+
+# -- invariants and figures ------------------------------------------------------------------
+
+
+def latency_figures(outcomes: list[Outcome]) -> dict[str, float | None]:
+    """Median and maximum client-side latency of ``outcomes``, in milliseconds."""
+    seconds = [o.seconds for o in outcomes]
+    if not seconds:
+        return {"p50_ms": None, "max_ms": None}
+    return {"p50_ms": round(statistics.median(seconds) * 1000, 1),
+            "max_ms": round(max(seconds) * 1000, 1)}
+
+
+async def check_sale_after_faults(settings: Settings, sale: Sale, recorder: Recorder, *,
+                                  expected_sold: int, settle_s: float) -> dict[str, Any]:
+    """The exact invariants of a sale that lived through faults; returns the figures.
+
+    - no 5xx but 503, every 503 with Retry-After, nothing hung;
+    - after recovery (phase "after") only 201 and 409;
+    - no user holds two purchases or was confirmed twice with different ids;
+    - every 201 is a committed row with the same purchase id;
+    - a committed row without a 201 belongs to a user whose attempt failed (503 or no
+      answer): a commit whose reply was lost, never a silent purchase;
+    - exactly ``expected_sold`` committed, by the rows and by ``flash_sales.sold``;
+    - Redis holds exactly the committed purchases and stock = total - committed
+      (polled for ``settle_s``: the reconciler may still be returning reservations).
+    """
+    outcomes = recorder.outcomes
+    statuses = Counter(o.status for o in outcomes)
+    other_5xx = [o for o in outcomes if o.status >= 500 and o.status != 503]
+    assert not other_5xx, f"5xx other than 503: {other_5xx[:5]}"
+    hung = [o for o in outcomes if o.status == HUNG]
+    assert not hung, f"{len(hung)} requests hung past the client timeout"
+    no_retry_after = [o for o in outcomes if o.status == 503 and not o.retry_after]
+    assert not no_retry_after, f"503 without Retry-After: {no_retry_after[:5]}"
+    after = Counter(o.status for o in recorder.in_phase("after"))
+    assert set(after) <= {201, 409}, f"after recovery: {after}"
+
+    confirmed: dict[str, set[str]] = defaultdict(set)
+    for o in outcomes:
+        if o.status == 201:
+            confirmed[o.user].add(o.purchase_id or "")
+    assert all(len(ids) == 1 for ids in confirmed.values()), "a user was confirmed twice"
+
+    await wait_for_gate_to_agree(settings, sale, settle_s)
+    rows = await committed_rows(settings, sale)
+    assert len(rows) == expected_sold
+    assert await sold_counter(settings, sale) == expected_sold
+    without_row = {u: ids for u, ids in confirmed.items() if {rows.get(u)} != ids}
+    assert not without_row, f"201 without a committed row: {without_row}"
+    failed_users = {o.user for o in outcomes if o.status in (503, NO_ANSWER)}
+    unconfirmed = set(rows) - set(confirmed)
+    assert unconfirmed <= failed_users, f"rows nobody was told about: {unconfirmed - failed_users}"
+    stock, held = gate_state(settings, sale)
+    assert stock == sale.total_stock - expected_sold
+    assert held == rows
+
+    told_already = {o.user for o in outcomes if o.code == "ALREADY_PURCHASED"}
+    told_sold_out = {o.user for o in outcomes if o.code == "SOLD_OUT"}
+    return {
+        "requests": len(outcomes),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "committed": len(rows),
+        "total_stock": sale.total_stock,
+        "redis_stock_at_end": stock,
+        "five_xx_other_than_503": len(other_5xx),
+        "five_xx_after_recovery": sum(v for k, v in after.items() if k >= 500),
+        "committed_without_a_201": len(unconfirmed),
+        "already_purchased_told_to_users_without_a_row": len(told_already - set(rows)),
+        "sold_out_told_to_users_who_then_bought": len(told_sold_out & set(rows)),
+    }
+
+
+def phase_figures(recorder: Recorder, *phases: str) -> dict[str, Any]:
+    """Counts and latencies of the attempts sent during ``phases``."""
+    chosen = recorder.in_phase(*phases)
+    statuses = Counter(o.status for o in chosen)
+    return {
+        "requests": len(chosen),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "503": statuses.get(503, 0),
+        "503_with_retry_after": sum(1 for o in chosen if o.status == 503 and o.retry_after),
+        "no_http_answer": statuses.get(NO_ANSWER, 0),
+        "five_xx_other_than_503": sum(v for k, v in statuses.items() if k >= 500 and k != 503),
+        "latency_all": latency_figures(chosen),
+        "latency_503": latency_figures([o for o in chosen if o.status == 503]),
+        "latency_no_http_answer": latency_figures([o for o in chosen if o.status == NO_ANSWER]),
+    }
+
+
+def figures_dir() -> Path:
+    """Where the figures go: ``$FLASHFLOW_FAULT_FIGURES_DIR``, else a fixed temp folder."""
+    configured = os.environ.get("FLASHFLOW_FAULT_FIGURES_DIR")
+    directory = Path(configured) if configured else Path(tempfile.gettempdir()) / "flashflow-faults"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """A dict the test fills with its figures; written as JSON and printed at the end."""
+    collected: dict[str, Any] = {}
+    started = time.monotonic()
+    yield collected
+    collected["test_seconds"] = round(time.monotonic() - started, 1)
+    name = request.node.name
+    text = json.dumps(collected, sort_keys=True, default=str)
+    path = figures_dir() / f"{name}.json"
+    path.write_text(json.dumps(collected, indent=2, sort_keys=True, default=str) + "\n")
+    print(f"\nFIGURES {name} {text}\n  (written to {path})")

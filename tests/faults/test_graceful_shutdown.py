@@ -1,0 +1,141 @@
+"""Graceful shutdown: SIGTERM in the middle of a stampede."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import replace
+from functools import partial
+
+import httpx
+import pytest
+import trio
+
+from ..helpers import make_sale
+from ..integration.test_stampede import stampede
+from .conftest import (
+    NO_ANSWER,
+    Recorder,
+    check_sale_after_faults,
+    committed_rows,
+    gate_state,
+    open_clients,
+    phase_figures,
+    recover,
+    sale_row_locked,
+    spam,
+    wait_for_gate_to_agree,
+    wait_for_sold,
+    wait_until_serving,
+    worker_pids,
+)
+
+pytestmark = pytest.mark.slow
+
+STOCK = 300
+
+
+async def test_sigterm_drains_in_flight_purchases(fault_settings, launch, figures):
+    """SIGTERM mid-stampede: stops accepting, drains in-flight purchases, exits 0, 201s durable."""
+    settings = replace(fault_settings, graceful_timeout_s=4.0)
+    sale = await make_sale(settings.database_url, stock=STOCK)
+    users = [f"gs-{i:04d}" for i in range(900)]
+    server = await launch(settings, "--workers", "2")
+    await wait_until_serving(server.base_url)
+    workers = worker_pids(server)
+    assert len(workers) == 2
+    recorder, late = Recorder(), Recorder(phase="draining")
+    with trio.fail_after(120):
+        async with open_clients(server, server) as clients:
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(spam, recorder, clients, users, stop=stop,
+                                           rate_per_s=200))
+                await wait_for_sold(settings, sale, 50, timeout_s=20)
+                # Commits wait on a row lock, so purchases are in flight when SIGTERM lands.
+                async with sale_row_locked(settings.database_url, sale.id) as release:
+                    await trio.sleep(0.5)
+                    recorder.phase = "draining"
+                    server.process.send_signal(signal.SIGTERM)
+                    signalled_at = trio.current_time()
+                    await trio.sleep(0.3)
+                    _, held = gate_state(settings, sale)
+                    rows = await committed_rows(settings, sale)
+                    in_flight = {u: p for u, p in held.items() if rows.get(u) != p}
+                    # A new connection after SIGTERM must never be served.
+                    fresh = httpx.AsyncClient(base_url=server.base_url,
+                                              timeout=settings.graceful_timeout_s + 15)
+                    nursery.start_soon(late.press, fresh, "gs-late-comer")
+                    await trio.sleep(0.7)
+                    release()
+                code = await trio.to_thread.run_sync(
+                    partial(server.process.wait, settings.graceful_timeout_s + 10))
+                drain_s = trio.current_time() - signalled_at
+                stop.set()
+            await fresh.aclose()
+
+            # Nothing is left half done: Redis holds exactly the committed purchases, with no
+            # server (and no reconciler) running.
+            agreed_s = await wait_for_gate_to_agree(settings, sale, timeout_s=0.5)
+            rows = await committed_rows(settings, sale)
+            confirmed = {o.user: o.purchase_id for o in recorder.outcomes if o.status == 201}
+            drained = {u for u, p in in_flight.items() if confirmed.get(u) == p == rows.get(u)}
+
+            # A new server finishes the sale.
+            successor = await launch(settings)
+            clients = clients + [httpx.AsyncClient(base_url=successor.base_url, timeout=15)]
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(spam, recorder, clients[-1:], users, stop=stop,
+                                           rate_per_s=250))
+                recovery_s = await recover(recorder)
+                await wait_for_sold(settings, sale, STOCK, timeout_s=40)
+                stop.set()
+            recorder.add("after", await stampede(clients[-1:], users, clicks=1))
+            await clients[-1].aclose()
+
+    draining = recorder.in_phase("draining")
+    figures.update(
+        exit_code=code,
+        seconds_from_sigterm_to_exit=round(drain_s, 2),
+        graceful_timeout_s=settings.graceful_timeout_s,
+        purchases_in_flight_at_sigterm=len(in_flight),
+        in_flight_purchases_drained_with_201=len(drained),
+        draining=phase_figures(recorder, "draining"),
+        new_connection_after_sigterm=late.outcomes[0].status if late.outcomes else None,
+        seconds_until_redis_agreed_after_exit=round(agreed_s, 2),
+        recovering=phase_figures(recorder, "recovering"),
+        seconds_to_recover_with_a_new_server=round(recovery_s, 2),
+        after=phase_figures(recorder, "after"),
+    )
+    figures.update(await check_sale_after_faults(settings, sale, recorder, expected_sold=STOCK,
+                                                 settle_s=1))
+    assert code == 0
+    # The deadline holds (idle keep-alive connections make the workers use all of it: see
+    # test_sigterm_with_an_idle_keep_alive_connection_exits_promptly).
+    assert drain_s <= settings.graceful_timeout_s + 2
+    assert in_flight, "no purchase was in flight when SIGTERM landed"
+    assert drained == set(in_flight), "an in-flight purchase was not drained with its 201"
+    assert [o.status for o in late.outcomes] == [NO_ANSWER]
+    assert all(o.status in (201, 409, 503, NO_ANSWER) for o in draining)
+
+
+async def test_sigterm_with_an_idle_keep_alive_connection_exits_promptly(fault_settings, launch,
+                                                                         figures):
+    """SIGTERM with only an idle keep-alive connection open: exit 0 within 2 s, not the deadline."""
+    settings = replace(fault_settings, graceful_timeout_s=4.0)
+    await make_sale(settings.database_url, stock=10)
+    server = await launch(settings)
+    with trio.fail_after(settings.graceful_timeout_s + 20):
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+            bought = await client.post("/api/v1/flash-sales/current/purchase",
+                                       json={"userId": "keeps-alive"})
+            assert bought.status_code == 201
+            server.process.send_signal(signal.SIGTERM)
+            signalled_at = trio.current_time()
+            code = await trio.to_thread.run_sync(
+                partial(server.process.wait, settings.graceful_timeout_s + 10))
+            exit_s = trio.current_time() - signalled_at
+    figures.update(exit_code=code, seconds_from_sigterm_to_exit=round(exit_s, 2),
+                   graceful_timeout_s=settings.graceful_timeout_s)
+    assert code == 0
+    assert exit_s < 2.0

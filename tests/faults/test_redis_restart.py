@@ -1,0 +1,170 @@
+"""Redis killed and restarted empty in the middle of a sale."""
+
+from __future__ import annotations
+
+from collections import Counter
+from functools import partial
+
+import httpx
+import pytest
+import trio
+
+from ..helpers import make_sale
+from ..integration.test_stampede import stampede
+from .conftest import (
+    Recorder,
+    check_sale_after_faults,
+    committed_rows,
+    gate_state,
+    latency_figures,
+    open_clients,
+    phase_figures,
+    reconciler_returns,
+    recover,
+    spam,
+    wait_for_sold,
+    wait_until_serving,
+)
+
+pytestmark = pytest.mark.slow
+
+CURRENT = "/api/v1/flash-sales/current"
+STOCK = 400
+
+
+async def refresh_gate_connections(client: httpx.AsyncClient, refused: Counter) -> None:
+    """Read the sale 64 at a time (the gate's pool size) until no read is refused.
+
+    Works around the stale pooled connections of test_no_503_once_redis_is_back_and_ready:
+    each stale connection fails one call, then reconnects. The refusals are counted.
+    """
+    for _ in range(10):
+        statuses: Counter = Counter()
+
+        async def read() -> None:
+            statuses[(await client.get(CURRENT)).status_code] += 1
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(64):
+                nursery.start_soon(read)
+        refused.update({k: v for k, v in statuses.items() if k != 200})
+        if set(statuses) == {200}:
+            return
+    raise AssertionError(f"reads still refused after Redis came back: {refused}")
+
+
+async def remaining_stock(client: httpx.AsyncClient, refused: Counter) -> int:
+    """``remainingStock`` from GET /current, asking again (and counting) while it is 503."""
+    for _ in range(50):
+        response = await client.get(CURRENT)
+        if response.status_code != 503:
+            return response.json()["data"]["remainingStock"]
+        refused[response.status_code] += 1
+        await trio.sleep(0.05)
+    raise AssertionError("GET /current still answers 503 after Redis is back")
+
+
+async def test_redis_killed_and_restarted_empty_mid_sale(backends, fault_settings, launch,
+                                                         figures):
+    """Redis SIGKILLed mid-sale: fast 503s while down, gate rebuilt from the ledger, exact end."""
+    settings = fault_settings
+    sale = await make_sale(settings.database_url, stock=STOCK)
+    users = [f"rk-{i:04d}" for i in range(1000)]
+    servers = [await launch(settings), await launch(settings)]
+    recorder = Recorder()
+    with trio.fail_after(100):
+        async with open_clients(*servers) as clients:
+            # Before and during the fault: steady traffic, Redis killed under it.
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(spam, recorder, clients, users, stop=stop,
+                                           rate_per_s=250))
+                await wait_for_sold(settings, sale, 80, timeout_s=20)
+                recorder.phase = "fault"
+                await trio.to_thread.run_sync(backends.kill_redis)
+                killed_at = trio.current_time()
+                await trio.sleep(2.0)
+                stop.set()
+            down_s = trio.current_time() - killed_at
+
+            # Back, empty: the first reader rebuilds the gate from the ledger.
+            restart_s = await trio.to_thread.run_sync(backends.start_redis_empty)
+            assert gate_state(settings, sale) == (None, {}), "the new Redis is not empty"
+            ready_s = max([await wait_until_serving(s.base_url) for s in servers])
+            refused_reads: Counter = Counter()
+            remaining = [await remaining_stock(c, refused_reads) for c in clients]
+            rows = await committed_rows(settings, sale)
+            stock, held = gate_state(settings, sale)
+            assert remaining == [STOCK - len(rows)] * len(servers)
+            assert stock == STOCK - len(rows)
+            assert held == rows, "the rebuilt gate does not hold exactly the committed buyers"
+            committed_at_rebuild = len(rows)
+            for client in clients:
+                await refresh_gate_connections(client, refused_reads)
+
+            # After: the sale continues to the last unit, then everyone is told.
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(spam, recorder, clients, users, stop=stop,
+                                           rate_per_s=250))
+                recovery_s = await recover(recorder)
+                sell_out_s = await wait_for_sold(settings, sale, STOCK, timeout_s=40)
+                stop.set()
+            recorder.add("after", await stampede(clients, users, clicks=1))
+
+    fault = recorder.in_phase("fault")
+    figures.update(
+        fault=phase_figures(recorder, "fault"),
+        seconds_redis_down=round(down_s, 2),
+        seconds_to_restart_redis=round(restart_s, 2),
+        seconds_until_ready=round(ready_s, 2),
+        committed_when_gate_rebuilt=committed_at_rebuild,
+        remaining_after_rebuild=remaining[0],
+        reads_refused_after_redis_back_stale_connections=sum(refused_reads.values()),
+        recovering=phase_figures(recorder, "recovering"),
+        seconds_to_recover=round(recovery_s, 2),
+        seconds_to_sell_out_after_recovery=round(sell_out_s, 2),
+        after=phase_figures(recorder, "after"),
+    )
+    figures.update(await check_sale_after_faults(
+        settings, sale, recorder, expected_sold=STOCK,
+        settle_s=settings.reservation_grace_s + settings.reconcile_interval_s + 3))
+    figures["reconciler_returned"] = reconciler_returns(*servers)
+    failed = [o for o in fault if o.status == 503]
+    assert failed, "no purchase was refused while Redis was down"
+    # Fail fast: a refused connection is answered at once, a lost one within the timeout.
+    assert max(o.seconds for o in failed) <= settings.redis_timeout_s + 0.5, \
+        latency_figures(failed)
+
+
+async def test_no_503_once_redis_is_back_and_ready(backends, fault_settings, launch, figures):
+    """Once Redis is back and /readyz is green, concurrent requests get no 503."""
+    settings = fault_settings
+    await make_sale(settings.database_url, stock=1000)
+    server = await launch(settings)
+    with trio.fail_after(60):
+        async with open_clients(server) as (client,):
+            async def burst(n: int, path: str, counts: Counter, body: dict | None = None) -> None:
+                async def one(i: int) -> None:
+                    if body is None:
+                        response = await client.get(path)
+                    else:
+                        response = await client.post(path, json={"userId": f"{body['p']}-{i}"})
+                    counts[response.status_code] += 1
+
+                async with trio.open_nursery() as nursery:
+                    for i in range(n):
+                        nursery.start_soon(one, i)
+
+            reads, buys = Counter(), Counter()
+            for restart in range(3):
+                # Concurrent reads grow the gate's connection pool to many connections.
+                await burst(60, CURRENT, Counter())
+                await trio.to_thread.run_sync(backends.kill_redis)
+                await trio.to_thread.run_sync(backends.start_redis_empty)
+                await wait_until_serving(server.base_url)
+                await burst(60, CURRENT, reads)
+                await burst(60, f"{CURRENT}/purchase", buys, {"p": f"back{restart}"})
+    figures.update(redis_restarts=3, reads_after_ready={str(k): v for k, v in reads.items()},
+                   purchases_after_ready={str(k): v for k, v in buys.items()})
+    assert reads[503] == 0 and buys[503] == 0, (reads, buys)
