@@ -98,3 +98,25 @@ for i = 1, #KEYS do
 end
 return out
 """
+
+# KEYS: stock, buyers, channel. ARGV: sale id, then user, purchase id, ...
+# Puts committed purchases the gate does not hold back into it (a commit whose reply was
+# lost and whose unit was returned, or one that landed while the gate was being rebuilt):
+# the buyer is recorded and a unit taken, never below 0. Returns how many were claimed.
+CLAIM = """
+local stock = redis.call('GET', KEYS[1])
+if not stock then return 0 end
+stock = tonumber(stock)
+local claimed = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1] .. ':0') == 1 then
+    claimed = claimed + 1
+    if stock > 0 then stock = stock - 1 end
+  end
+end
+if claimed > 0 then
+  redis.call('SET', KEYS[1], stock)
+  redis.call('PUBLISH', KEYS[3], ARGV[1] .. ' ' .. stock)
+end
+return claimed
+"""

@@ -139,6 +139,10 @@ class Ledger:
         """Which of ``users`` hold a committed purchase in a sale."""
         return await self._query(ledger_sql.committed_users, sale_id, users)
 
+    async def sold(self, sale_id: uuid.UUID) -> int:
+        """How many units of a sale are committed."""
+        return await self._query(ledger_sql.sold_count, sale_id)
+
     async def state(self, sale: Sale) -> LedgerState:
         """The committed state of a sale, read in one snapshot."""
         return await self._query(ledger_sql.ledger_state, sale)

@@ -22,7 +22,7 @@ from ._nursery import open_actor_nursery
 from .catalog import Catalog
 from .errors import BackendUnavailable
 from .ledger import Ledger
-from .model import SaleStatus
+from .model import Sale, SaleStatus
 from .stock_gate import StockGate
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class ReconcilerStatistics:
     runs: int
     returned: int
     failed_runs: int
+    claimed: int
 
 
 class Reconciler:
@@ -51,15 +52,27 @@ class Reconciler:
         self._runs = 0
         self._returned = 0
         self._failed = 0
+        self._claimed = 0
 
-    async def reconcile(self, sale_id: uuid.UUID) -> int:
-        """Return the units of ``sale_id`` held too long without a ledger row; count them."""
+    async def reconcile(self, sale: Sale) -> int:
+        """Make the gate of ``sale`` agree with the ledger; return the units put back on sale.
+
+        Units held too long without a ledger row are returned; committed purchases the gate
+        does not hold (a commit whose reply was lost) are recorded in it again.
+        """
+        sale_id = sale.id
         now_ms, holders = await self._gate.reservations(sale_id)
+        committed = await self._ledger.committed_users(sale_id, list(holders))
+        if len(committed) < await self._ledger.sold(sale_id):
+            state = await self._ledger.state(sale)
+            missing = {u: p for u, p in state.buyers.items() if u not in holders}
+            claimed = await self._gate.claim(sale_id, missing)
+            self._claimed += claimed
+            if claimed:
+                log.warning("recorded %d committed purchases the gate did not hold", claimed,
+                            extra={"sale_id": str(sale_id)})
         stale = {user: pid for user, (pid, at_ms) in holders.items()
                  if at_ms and now_ms - at_ms >= self._grace_ms}
-        if not stale:
-            return 0
-        committed = await self._ledger.committed_users(sale_id, list(stale))
         returned = 0
         for user, purchase_id in stale.items():
             if user in committed:
@@ -73,7 +86,7 @@ class Reconciler:
 
     def statistics(self) -> ReconcilerStatistics:
         """Return a snapshot of the reconciler's counters."""
-        return ReconcilerStatistics(self._runs, self._returned, self._failed)
+        return ReconcilerStatistics(self._runs, self._returned, self._failed, self._claimed)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Reconcile the current sale every ``interval_s`` until cancelled."""
@@ -85,7 +98,7 @@ class Reconciler:
             if sale is None or sale.status(now) is not SaleStatus.ACTIVE:
                 continue
             try:
-                await self.reconcile(sale.id)
+                await self.reconcile(sale)
                 self._runs += 1
             except BackendUnavailable:
                 self._failed += 1

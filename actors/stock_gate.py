@@ -22,7 +22,7 @@ import trio
 from . import _aio
 from ._batching import batches
 from ._nursery import open_actor_nursery
-from ._redis_scripts import LOAD, RELEASE, RESERVE
+from ._redis_scripts import CLAIM, LOAD, RELEASE, RESERVE
 from ._slot import Slot
 from .errors import AlreadyPurchased, BackendUnavailable, Overloaded, SoldOut
 from .model import LedgerState, Sale
@@ -84,6 +84,7 @@ class StockGate:
         self._reserve = client.register_script(RESERVE)
         self._release = client.register_script(RELEASE)
         self._load = client.register_script(LOAD)
+        self._claim = client.register_script(CLAIM)
         self._batches = 0
         self._reserved_requests = 0
         self._largest_batch = 0
@@ -184,6 +185,19 @@ class StockGate:
             purchase_id, _, stamp = value.decode().partition(":")
             out[user.decode()] = (purchase_id, int(stamp or 0))
         return seconds * 1000 + micros // 1000, out
+
+    async def claim(self, sale_id: uuid.UUID, purchases: dict[str, str]) -> int:
+        """Record committed purchases (user -> purchase id) the gate does not hold.
+
+        Each one takes a unit (never below 0); returns how many were missing.
+        """
+        if not purchases:
+            return 0
+        args = [str(sale_id)]
+        for user_id, purchase_id in purchases.items():
+            args += [user_id, purchase_id]
+        return int(await self._redis_call(self._claim, keys=self._script_keys(sale_id),
+                                          args=args))
 
     async def ping(self) -> bool:
         """Whether Redis answers."""

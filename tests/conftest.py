@@ -113,10 +113,13 @@ def settings(database_url: str, key_prefix: str, services: Services, tmp_path: P
         data_dir=tmp_path,
         port=0,
         catalog_refresh_s=0.2,
-        redis_timeout_s=5.0,
+        # The stampede tests run clients and server in one process, traced for coverage:
+        # generous deadlines keep them about invariants, not latency. tests/faults holds the
+        # timeouts to the production values.
+        redis_timeout_s=10.0,
         # Every test client shares 127.0.0.1; tests of the address limit lower it.
         rate_address_per_s=1_000_000.0,
         rate_address_burst=1_000_000,
-        postgres_timeout_s=10.0,
+        postgres_timeout_s=30.0,
         sold_out_recheck_s=0.2,
     )

@@ -42,7 +42,25 @@ async def test_young_reservation_is_left_alone(settings):
             await runtime.gate.reserve(sale, "in-flight", uuid.uuid4())
             await trio.sleep(0.5)
             assert runtime.reconciler.statistics().runs >= 3
-            assert await runtime.reconciler.reconcile(sale.id) == 0
+            assert await runtime.reconciler.reconcile(sale) == 0
     stock_key, buyers_key = gate_keys(settings, sale.id)
     assert redis_client(settings).get(stock_key) == "1"
     assert redis_client(settings).hexists(buyers_key, "in-flight")
+
+
+async def test_committed_purchase_missing_from_the_gate_is_recorded_again(settings):
+    """A commit whose unit went back to Redis (its reply was lost) is put back in the gate."""
+    settings = replace(settings, reconcile_interval_s=0.1)
+    sale = await make_sale(settings.database_url, stock=3)
+    with trio.fail_after(30):
+        async with open_runtime(settings) as runtime:
+            bought = await runtime.serializer.purchase(sale, "lost-reply")
+            # What a rollback after an ambiguous ledger failure leaves: row kept, unit back.
+            await runtime.gate.release(sale.id, "lost-reply", bought.id, restock=True)
+            stock_key, buyers_key = gate_keys(settings, sale.id)
+            assert redis_client(settings).get(stock_key) == "3"
+            while runtime.reconciler.statistics().claimed < 1:
+                await trio.sleep(0.05)
+    r = redis_client(settings)
+    assert r.get(stock_key) == "2"
+    assert r.hget(buyers_key, "lost-reply") == f"{bought.id}:0"

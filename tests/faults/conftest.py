@@ -321,6 +321,28 @@ class Recorder:
         return [o for o in self.outcomes if o.phase in phases]
 
 
+async def fault_under_load(recorder: Recorder, clients: list[httpx.AsyncClient],
+                           users: list[str], settings: Settings, sale: Sale,
+                           fault: Callable[[], object], *, sold_before: int = 80,
+                           hold_s: float = 2.0, rate_per_s: float = 250) -> float:
+    """Spam purchases, run ``fault`` once ``sold_before`` units sold, keep spamming ``hold_s``.
+
+    Returns:
+        The trio time at which the fault began.
+    """
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(spam, recorder, clients, users, stop=stop,
+                                   rate_per_s=rate_per_s))
+        await wait_for_sold(settings, sale, sold_before, timeout_s=20)
+        recorder.phase = "fault"
+        await trio.to_thread.run_sync(fault)
+        began = trio.current_time()
+        await trio.sleep(hold_s)
+        stop.set()
+    return began
+
+
 async def spam(recorder: Recorder, clients: list[httpx.AsyncClient], users: list[str], *,
                stop: trio.Event, rate_per_s: float, concurrency: int = 64,
                max_requests: int = 20_000, repeat_share: float = 0.1) -> None:

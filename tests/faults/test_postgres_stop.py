@@ -13,6 +13,7 @@ from .conftest import (
     Recorder,
     check_sale_after_faults,
     committed_rows,
+    fault_under_load,
     gate_state,
     lines_in_logs,
     open_clients,
@@ -43,16 +44,8 @@ async def test_postgres_stopped_mid_sale(backends, fault_settings, launch, figur
     recorder = Recorder()
     with trio.fail_after(120):
         async with open_clients(*servers) as clients:
-            stop = trio.Event()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(partial(spam, recorder, clients, users, stop=stop,
-                                           rate_per_s=250))
-                await wait_for_sold(settings, sale, 80, timeout_s=20)
-                recorder.phase = "fault"
-                await trio.to_thread.run_sync(backends.stop_postgres)
-                stopped_at = trio.current_time()
-                await trio.sleep(2.0)
-                stop.set()
+            stopped_at = await fault_under_load(recorder, clients, users, settings, sale,
+                                                backends.stop_postgres)
             down_s = trio.current_time() - stopped_at
 
             # Every attempt of the outage has its answer; what does Redis still hold?

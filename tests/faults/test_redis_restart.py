@@ -15,6 +15,7 @@ from .conftest import (
     Recorder,
     check_sale_after_faults,
     committed_rows,
+    fault_under_load,
     gate_state,
     latency_figures,
     open_clients,
@@ -75,16 +76,8 @@ async def test_redis_killed_and_restarted_empty_mid_sale(backends, fault_setting
     with trio.fail_after(100):
         async with open_clients(*servers) as clients:
             # Before and during the fault: steady traffic, Redis killed under it.
-            stop = trio.Event()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(partial(spam, recorder, clients, users, stop=stop,
-                                           rate_per_s=250))
-                await wait_for_sold(settings, sale, 80, timeout_s=20)
-                recorder.phase = "fault"
-                await trio.to_thread.run_sync(backends.kill_redis)
-                killed_at = trio.current_time()
-                await trio.sleep(2.0)
-                stop.set()
+            killed_at = await fault_under_load(recorder, clients, users, settings, sale,
+                                               backends.kill_redis)
             down_s = trio.current_time() - killed_at
 
             # Back, empty: the first reader rebuilds the gate from the ledger.
