@@ -13,10 +13,10 @@ from typing import ParamSpec, TypeVar
 import asyncpg
 import redis.asyncio as aioredis
 import redis.exceptions
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 import trio
 import trio_asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from .errors import BackendUnavailable
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-
 from typing import Any
 
 import trio

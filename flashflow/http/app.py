@@ -7,8 +7,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from quart import Response, g, request
 from pydantic import ValidationError
+from quart import Response, g, request
 from quart_schema import (
     RequestSchemaValidationError,
     document_request,

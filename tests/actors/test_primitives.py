@@ -18,8 +18,8 @@ from actors import (
     SaleNotActive,
     SaleNotFound,
     SoldOut,
+    _aio,
 )
-from actors import _aio
 from actors._nursery import open_actor_nursery, single_errors
 from actors._slot import Slot
 
