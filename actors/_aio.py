@@ -71,13 +71,14 @@ async def open_redis(url: str, timeout_s: float) -> AsyncIterator[aioredis.Redis
     Its pool waits (up to ``timeout_s``) for a free connection rather than failing, so a
     storm of reads queues instead of answering 503 at the 65th concurrent call.
     """
-    # One immediate retry on a connection error: a connection left idle in the pool across
+    # One immediate retry on a connection error (not a timeout: a stuck Redis must answer
+    # 503 within the deadline): a connection left idle in the pool across
     # a Redis restart is dead, and its first command fails. Every script the actors send
     # is idempotent (a reservation names its purchase id), so a retry is safe.
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=64, timeout=timeout_s, socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s, health_check_interval=0,
-        retry=Retry(NoBackoff(), 1))
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)))
     client = aioredis.Redis.from_pool(pool)
     try:
         yield client

@@ -29,7 +29,7 @@ from .conftest import (
 pytestmark = pytest.mark.slow
 
 STOCK = 300
-STUCK_S = 5.0
+STUCK_S = 10.0
 
 
 async def test_stuck_redis_answers_503_within_the_timeout(backends, fault_settings, launch,
@@ -81,8 +81,9 @@ async def test_stuck_redis_answers_503_within_the_timeout(backends, fault_settin
     assert any(o.status == 503 for o in fault), "no purchase was refused while Redis was stuck"
     # Nothing waits for Redis to come back (STUCK_S): each Redis call is cut at
     # redis_timeout_s, but a request queues behind the limiter's batch already waiting on
-    # Redis before its own is sent, so the bound is a few timeouts, not one.
-    bound_s = 3 * direct.redis_timeout_s + 0.5
+    # Redis before its own is sent, so the bound is a few timeouts, not one. The slack is
+    # for a shared, busy machine; hanging would take the whole STUCK_S.
+    bound_s = 3 * direct.redis_timeout_s + 2.5
     assert bound_s < STUCK_S
     assert max(o.seconds for o in fault) <= bound_s, latency_figures(fault)
 
