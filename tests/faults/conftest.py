@@ -343,6 +343,26 @@ async def fault_under_load(recorder: Recorder, clients: list[httpx.AsyncClient],
     return began
 
 
+async def recover_and_sell_out(recorder: Recorder, clients: list[httpx.AsyncClient],
+                               users: list[str], settings: Settings, sale: Sale,
+                               stock: int) -> tuple[float, float]:
+    """After a fault: spam until answers are healthy and the stock is sold, then one click each.
+
+    Returns:
+        (seconds until healthy, seconds until sold out).
+    """
+    from ..integration.test_stampede import stampede
+
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(spam, recorder, clients, users, stop=stop, rate_per_s=250))
+        recovery_s = await recover(recorder)
+        sell_out_s = await wait_for_sold(settings, sale, stock, timeout_s=40)
+        stop.set()
+    recorder.add("after", await stampede(clients, users, clicks=1))
+    return recovery_s, sell_out_s
+
+
 async def spam(recorder: Recorder, clients: list[httpx.AsyncClient], users: list[str], *,
                stop: trio.Event, rate_per_s: float, concurrency: int = 64,
                max_requests: int = 20_000, repeat_share: float = 0.1) -> None:

@@ -8,7 +8,6 @@ import pytest
 import trio
 
 from ..helpers import make_sale
-from ..integration.test_stampede import stampede
 from .conftest import (
     Recorder,
     check_sale_after_faults,
@@ -19,12 +18,11 @@ from .conftest import (
     open_clients,
     phase_figures,
     reconciler_returns,
-    recover,
+    recover_and_sell_out,
     sale_row_locked,
     sold_counter,
     spam,
     wait_for_gate_to_agree,
-    wait_for_sold,
     wait_until_serving,
 )
 
@@ -61,14 +59,8 @@ async def test_postgres_stopped_mid_sale(backends, fault_settings, launch, figur
             returned_s = await wait_for_gate_to_agree(
                 settings, sale, settings.reservation_grace_s + settings.reconcile_interval_s + 3)
 
-            stop = trio.Event()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(partial(spam, recorder, clients, users, stop=stop,
-                                           rate_per_s=250))
-                recovery_s = await recover(recorder)
-                sell_out_s = await wait_for_sold(settings, sale, STOCK, timeout_s=40)
-                stop.set()
-            recorder.add("after", await stampede(clients, users, clicks=1))
+            recovery_s, sell_out_s = await recover_and_sell_out(recorder, clients, users,
+                                                                settings, sale, STOCK)
 
     figures.update(
         fault=phase_figures(recorder, "fault"),

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from functools import partial
 
 import httpx
 import pytest
 import trio
 
 from ..helpers import make_sale
-from ..integration.test_stampede import stampede
 from .conftest import (
     Recorder,
     check_sale_after_faults,
@@ -21,9 +19,7 @@ from .conftest import (
     open_clients,
     phase_figures,
     reconciler_returns,
-    recover,
-    spam,
-    wait_for_sold,
+    recover_and_sell_out,
     wait_until_serving,
 )
 
@@ -96,14 +92,8 @@ async def test_redis_killed_and_restarted_empty_mid_sale(backends, fault_setting
                 await refresh_gate_connections(client, refused_reads)
 
             # After: the sale continues to the last unit, then everyone is told.
-            stop = trio.Event()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(partial(spam, recorder, clients, users, stop=stop,
-                                           rate_per_s=250))
-                recovery_s = await recover(recorder)
-                sell_out_s = await wait_for_sold(settings, sale, STOCK, timeout_s=40)
-                stop.set()
-            recorder.add("after", await stampede(clients, users, clicks=1))
+            recovery_s, sell_out_s = await recover_and_sell_out(recorder, clients, users,
+                                                                settings, sale, STOCK)
 
     fault = recorder.in_phase("fault")
     figures.update(

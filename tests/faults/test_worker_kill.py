@@ -14,7 +14,6 @@ import pytest
 import trio
 
 from ..helpers import make_sale
-from ..integration.test_stampede import stampede
 from .conftest import (
     Recorder,
     check_sale_after_faults,
@@ -24,7 +23,7 @@ from .conftest import (
     open_clients,
     phase_figures,
     reconciler_returns,
-    recover,
+    recover_and_sell_out,
     sale_row_locked,
     spam,
     wait_for_gate_to_agree,
@@ -94,14 +93,8 @@ async def test_worker_killed_mid_batch_reservations_come_back(fault_settings, la
             orphaned = {u for u, p in in_flight.items() if rows.get(u) != p}
             assert orphaned, "the killed worker had no reservation in flight"
 
-            stop = trio.Event()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(partial(spam, recorder, clients, users, stop=stop,
-                                           rate_per_s=250))
-                recovery_s = await recover(recorder)
-                sell_out_s = await wait_for_sold(settings, sale, STOCK, timeout_s=40)
-                stop.set()
-            recorder.add("after", await stampede(clients, users, clicks=1))
+            recovery_s, sell_out_s = await recover_and_sell_out(recorder, clients, users,
+                                                                settings, sale, STOCK)
 
     figures.update(
         connections_per_worker_at_kill=list(load.values()),
