@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+import redis
 import schemathesis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -42,6 +43,13 @@ def fuzz_target(services, template_database, tmp_path_factory):
     finally:
         server.stop()
         run_pg(services.database_url, _execute, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        client = redis.Redis.from_url(services.redis_url)
+        try:
+            keys = list(client.scan_iter(match=f"{settings.key_prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
 
 
 async def _sale(url: str) -> None:
