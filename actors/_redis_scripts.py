@@ -1,27 +1,31 @@
 """The Lua scripts that make the stock gate atomic in Redis.
 
-User ids travel only as script arguments (ARGV), never inside the script text.
+User ids travel only as script arguments (ARGV), never inside the script text. The key
+layout and value formats are :mod:`actors.keys`'s; every gate script takes the keys of one
+sale (stock, buyers, pending) in that order, so it touches one
+Redis Cluster slot.
+
+The stock channel and the sale id travel as the first two arguments (a channel is not a key).
+Every script keeps the law ``stock = total - holders`` (never below 0), and every one that
+changes a stock publishes "<sale id> <stock>" on the stock channel, so stock feeds in every
+process and on every host see every change.
 """
 
-# Every script that changes a stock publishes "<sale id> <stock>" on the stock channel
-# (KEYS[3]), so stock feeds in every process and on every host see every change.
-
-# KEYS: stock, buyers, channel. ARGV: sale id, then user, purchase id, user, purchase id, ...
-# A buyer's value is "<purchase id>:<Redis time in ms>", so the reconciler can tell how
-# old a reservation is by one clock for every host.
+# ARGV: channel, sale id, then user, purchase id, user, purchase id, ...
+# A new holder is written as "<purchase id>:<Redis time in ms>" and put in pending with that
+# time, so the reconciler can tell how old a reservation is by one clock for every host.
 # Returns {-1} when the gate is not loaded, else {stock_after, code1, info1, code2, info2, ...}
-# with code 0 = reserved (info = stock left), 1 = already bought (info = purchase id),
-# 2 = sold out.
+# with code 0 = reserved (info = stock left), 1 = the user already holds a unit (info = the
+# holder value), 2 = no stock in the gate.
 RESERVE = """
-redis.replicate_commands()
 local stock = redis.call('GET', KEYS[1])
 if not stock then return {-1} end
 stock = tonumber(stock)
 local start = stock
 local now = redis.call('TIME')
-local stamp = ':' .. (now[1] * 1000 + math.floor(now[2] / 1000))
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
 local out = {0}
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local prev = redis.call('HGET', KEYS[2], ARGV[i])
   if prev and string.sub(prev, 1, #ARGV[i + 1] + 1) == ARGV[i + 1] .. ':' then
     -- this very reservation, sent again after a lost reply: the same answer, no new unit
@@ -32,45 +36,142 @@ for i = 2, #ARGV, 2 do
     out[#out + 1] = 2; out[#out + 1] = 0
   else
     stock = stock - 1
-    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1] .. stamp)
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1] .. ':' .. ms)
+    redis.call('ZADD', KEYS[3], ms, ARGV[i])
     out[#out + 1] = 0; out[#out + 1] = stock
   end
 end
 if stock ~= start then
   redis.call('SET', KEYS[1], stock)
-  redis.call('PUBLISH', KEYS[3], ARGV[1] .. ' ' .. stock)
+  redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. stock)
 end
 out[1] = stock
 return out
 """
 
-# KEYS: stock, buyers, channel. ARGV: user, purchase id, restock flag ('1' returns the
-# unit), sale id.
-# Releases only the reservation it names, so a release can never be applied twice.
+# ARGV: user, purchase id, user, purchase id, ... of purchases the ledger committed.
+# Takes them out of pending (what is in doubt); the holder stays. Returns how many settled.
+SETTLE = """
+local settled = 0
+for i = 1, #ARGV, 2 do
+  local held = redis.call('HGET', KEYS[2], ARGV[i])
+  if held and string.sub(held, 1, #ARGV[i + 1] + 1) == ARGV[i + 1] .. ':' then
+    settled = settled + redis.call('ZREM', KEYS[3], ARGV[i])
+  end
+end
+return settled
+"""
+
+# ARGV: channel, sale id, user, purchase id, restock flag ('1' returns the unit).
+# Releases only the reservation it names, so a release can never be applied twice. A pending
+# entry whose holder is gone is dropped. Returns 1 when the reservation was there to undo.
 RELEASE = """
-local held = redis.call('HGET', KEYS[2], ARGV[1])
-if not held or (held ~= ARGV[2] and string.sub(held, 1, #ARGV[2] + 1) ~= ARGV[2] .. ':') then
+local held = redis.call('HGET', KEYS[2], ARGV[3])
+if not held then
+  redis.call('ZREM', KEYS[3], ARGV[3])
   return 0
 end
-redis.call('HDEL', KEYS[2], ARGV[1])
-if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
+if held ~= ARGV[4] and string.sub(held, 1, #ARGV[4] + 1) ~= ARGV[4] .. ':' then
+  return 0
+end
+redis.call('HDEL', KEYS[2], ARGV[3])
+redis.call('ZREM', KEYS[3], ARGV[3])
+if ARGV[5] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
   local stock = redis.call('INCR', KEYS[1])
-  redis.call('PUBLISH', KEYS[3], ARGV[4] .. ' ' .. stock)
+  redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. stock)
 end
 return 1
 """
 
-# KEYS: stock, buyers, channel. ARGV: remaining, sale id, user, purchase id, ...
-# Loads the gate only when it is missing, so a gate another process loaded is never clobbered.
-LOAD = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('DEL', KEYS[2])
-for i = 3, #ARGV, 2 do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+# KEYS: one staging hash. ARGV: user, holder value, ... One chunk of a gate rebuild; the
+# staging hash expires by itself if the rebuild never finishes.
+LOAD_CHUNK = """
+for i = 1, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('PUBLISH', KEYS[3], ARGV[2] .. ' ' .. ARGV[1])
+redis.call('PEXPIRE', KEYS[1], 600000)
 return 1
+"""
+
+# KEYS: stock, buyers, pending, staging. ARGV: channel, sale id, remaining.
+# Finishes a rebuild only when the gate is still missing, so a gate another process loaded is
+# never clobbered; the buyers appear at once with the stock, never half built.
+LOAD_FINISH = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('DEL', KEYS[4])
+  return 0
+end
+redis.call('DEL', KEYS[2], KEYS[3])
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('RENAME', KEYS[4], KEYS[2])
+  redis.call('PERSIST', KEYS[2])
+end
+redis.call('SET', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. ARGV[3])
+return 1
+"""
+
+# ARGV: channel, sale id, then user, purchase id, ... of committed purchases the gate may not hold.
+# Each one missing is recorded and takes a unit (never below 0); one the gate holds in
+# pending under the same purchase id is settled. Returns how many were missing.
+CLAIM = """
+local stock = redis.call('GET', KEYS[1])
+if not stock then return 0 end
+stock = tonumber(stock)
+local claimed = 0
+for i = 3, #ARGV, 2 do
+  local held = redis.call('HGET', KEYS[2], ARGV[i])
+  if not held then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1] .. ':0')
+    claimed = claimed + 1
+    if stock > 0 then stock = stock - 1 end
+  elseif string.sub(held, 1, #ARGV[i + 1] + 1) == ARGV[i + 1] .. ':' then
+    redis.call('ZREM', KEYS[3], ARGV[i])
+  end
+end
+if claimed > 0 then
+  redis.call('SET', KEYS[1], stock)
+  redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. stock)
+end
+return claimed
+"""
+
+# ARGV: channel, sale id, total stock, committed count.
+# Sets stock = total - max(holders, committed), never below 0. Returns {-1} when the gate is
+# not loaded, else {stock before, stock after}.
+RECOUNT = """
+local stock = redis.call('GET', KEYS[1])
+if not stock then return {-1} end
+stock = tonumber(stock)
+local held = math.max(redis.call('HLEN', KEYS[2]), tonumber(ARGV[4]))
+local want = math.max(tonumber(ARGV[3]) - held, 0)
+if want ~= stock then
+  redis.call('SET', KEYS[1], want)
+  redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. want)
+end
+return {stock, want}
+"""
+
+# ARGV: how many pending holders to report at most.
+# What is in doubt, read in one step: {Redis ms, stock (-1: not loaded), holders, pending,
+# user, holder value, reserved ms, ...} for the oldest pending holders. A pending entry whose
+# holder is gone is dropped on the way.
+IN_DOUBT = """
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local stock = redis.call('GET', KEYS[1])
+local out = {ms, stock and tonumber(stock) or -1, redis.call('HLEN', KEYS[2]), 0}
+local oldest = redis.call('ZRANGE', KEYS[3], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+for i = 1, #oldest, 2 do
+  local held = redis.call('HGET', KEYS[2], oldest[i])
+  if held then
+    out[#out + 1] = oldest[i]; out[#out + 1] = held; out[#out + 1] = oldest[i + 1]
+  else
+    redis.call('ZREM', KEYS[3], oldest[i])
+  end
+end
+out[4] = redis.call('ZCARD', KEYS[3])
+return out
 """
 
 # Token buckets. KEYS: one bucket per key. ARGV: rate per second, burst, for each key.
@@ -97,26 +198,4 @@ for i = 1, #KEYS do
   redis.call('PEXPIRE', KEYS[i], math.ceil(burst * 1000 / rate) + 1000)
 end
 return out
-"""
-
-# KEYS: stock, buyers, channel. ARGV: sale id, then user, purchase id, ...
-# Puts committed purchases the gate does not hold back into it (a commit whose reply was
-# lost and whose unit was returned, or one that landed while the gate was being rebuilt):
-# the buyer is recorded and a unit taken, never below 0. Returns how many were claimed.
-CLAIM = """
-local stock = redis.call('GET', KEYS[1])
-if not stock then return 0 end
-stock = tonumber(stock)
-local claimed = 0
-for i = 2, #ARGV, 2 do
-  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1] .. ':0') == 1 then
-    claimed = claimed + 1
-    if stock > 0 then stock = stock - 1 end
-  end
-end
-if claimed > 0 then
-  redis.call('SET', KEYS[1], stock)
-  redis.call('PUBLISH', KEYS[3], ARGV[1] .. ' ' .. stock)
-end
-return claimed
 """

@@ -46,6 +46,10 @@ class Catalog:
         """The sale whose window holds ``now``, else the next upcoming, else the last ended."""
         return pick_current(self._sales, now)
 
+    def sales(self) -> list[Sale]:
+        """Every scheduled sale, as last loaded."""
+        return list(self._sales)
+
     def get(self, sale_id: uuid.UUID) -> Sale | None:
         """A sale by id, or None."""
         return next((s for s in self._sales if s.id == sale_id), None)

@@ -75,7 +75,16 @@ class BackendUnavailable(FlashFlowError):
         super().__init__("The service is temporarily unavailable; please retry shortly.")
 
 
+class Undecided(FlashFlowError):
+    """Raised when the answer is still in doubt after the purchase's bounded wait.
 
+    The gate reads 0 but some units are held by purchases not yet committed, or the user
+    holds a reservation that has not committed: a 409 could turn out false, so the caller
+    is asked to retry instead.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("Your purchase could not be decided yet; please retry shortly.")
 
 
 class RateLimited(FlashFlowError):
@@ -97,4 +106,5 @@ __all__ = [
     "SaleNotActive",
     "SaleNotFound",
     "SoldOut",
+    "Undecided",
 ]

@@ -34,11 +34,18 @@ class CommitResult(enum.Enum):
     COMMITTED = "committed"
     DUPLICATE = "duplicate"
     NO_STOCK = "no_stock"
+    NOT_STARTED = "not_started"
+    ENDED = "ended"
+    ABSENT = "absent"
 
 
 @dataclass(frozen=True, slots=True)
 class CommitOutcome:
-    """The ledger's answer: the result and the purchase that now stands for the user."""
+    """The ledger's answer: the result and the purchase that now stands for the user.
+
+    ``ABSENT`` is only ever the answer of :meth:`Ledger.resolve`: nothing is committed for the
+    user, and no commit of theirs is in flight.
+    """
 
     result: CommitResult
     purchase: Purchase | None
@@ -139,6 +146,31 @@ class Ledger:
         """Which of ``users`` hold a committed purchase in a sale."""
         return await self._query(ledger_sql.committed_users, sale_id, users)
 
+    async def purchases(self, sale_id: uuid.UUID, users: list[str]) -> dict[str, Purchase]:
+        """The committed purchases of ``users`` in a sale, by user id (absent: none)."""
+        if not users:
+            return {}
+        return await self._query(ledger_sql.find_purchases, sale_id, users)
+
+    async def resolve(self, sale_id: uuid.UUID, users: list[str]) -> dict[str, Purchase]:
+        """The committed purchases of ``users``, once no commit of theirs is in flight.
+
+        For outcomes in doubt (a lost reply, a stale reservation): waits for any transaction
+        still holding the users' advisory locks, so the answer is never a guess.
+        """
+        if not users:
+            return {}
+        return await self._query_pool(ledger_sql.resolve, sale_id, users)
+
+    async def settle_lost_reply(self, purchase: Purchase) -> CommitOutcome:
+        """The outcome of a commit whose reply was lost, read from the ledger itself."""
+        found = (await self.resolve(purchase.sale_id, [purchase.user_id])).get(purchase.user_id)
+        if found is None:
+            return CommitOutcome(CommitResult.ABSENT, None)
+        if found.id == purchase.id:
+            return CommitOutcome(CommitResult.COMMITTED, found)
+        return CommitOutcome(CommitResult.DUPLICATE, found)
+
     async def sold(self, sale_id: uuid.UUID) -> int:
         """How many units of a sale are committed."""
         return await self._query(ledger_sql.sold_count, sale_id)
@@ -198,9 +230,7 @@ class Ledger:
         for sale_id, requests in by_sale.items():
             purchases = [r.purchase for r in requests]
             try:
-                committed, existing, no_stock = await self._query_pool(
-                    ledger_sql.write_batch, sale_id, purchases
-                )
+                result = await self._query_pool(ledger_sql.write_batch, sale_id, purchases)
             except BackendUnavailable as exc:
                 self._failed_batches += 1
                 log.warning("ledger batch of %d failed: %r", len(requests), exc.__cause__,
@@ -208,22 +238,26 @@ class Ledger:
                 for request in requests:
                     request.reply.fail(exc)
                 continue
-            self._committed += len(committed)
+            self._committed += len(result.committed)
             for request in requests:
-                purchase = request.purchase
-                if purchase.id in committed:
-                    request.reply.set(CommitOutcome(CommitResult.COMMITTED, purchase))
-                elif purchase.id in no_stock:
-                    request.reply.set(CommitOutcome(CommitResult.NO_STOCK, None))
-                else:
-                    request.reply.set(CommitOutcome(CommitResult.DUPLICATE,
-                                                    existing.get(purchase.user_id)))
+                request.reply.set(_outcome(request.purchase, result))
 
     async def _query(self, fn, *args):
         return await self._query_pool(ledger_sql.on_connection, fn, *args)
 
     async def _query_pool(self, fn, *args):
         return await _aio.postgres_call(self._config.timeout_s, fn, self._pool, *args)
+
+
+def _outcome(purchase: Purchase, result: ledger_sql.BatchResult) -> CommitOutcome:
+    if result.closed is not None:
+        return CommitOutcome(CommitResult.ENDED if result.closed.started
+                             else CommitResult.NOT_STARTED, None)
+    if purchase.id in result.committed:
+        return CommitOutcome(CommitResult.COMMITTED, purchase)
+    if purchase.id in result.no_stock:
+        return CommitOutcome(CommitResult.NO_STOCK, None)
+    return CommitOutcome(CommitResult.DUPLICATE, result.existing.get(purchase.user_id))
 
 
 async def _select_one(conn) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -97,40 +98,98 @@ async def on_connection(pool: Any, fn: Any, *args: Any) -> Any:
         return await fn(conn, *args)
 
 
-async def write_batch(pool: Any, sale_id: uuid.UUID, purchases: list[Purchase]
-                      ) -> tuple[set[uuid.UUID], dict[str, Purchase], set[uuid.UUID]]:
+#: The constraint that means "no stock left"; any other violation is an error.
+STOCK_CONSTRAINT = "sold_within_stock"
+#: SQLSTATEs the commit-time window trigger raises (migration 0002).
+NOT_STARTED, ENDED = "FFW01", "FFW02"
+
+
+class WindowClosed(Exception):
+    """The sale's window, by PostgreSQL's clock, did not hold at commit."""
+
+    def __init__(self, *, started: bool) -> None:
+        super().__init__("sale ended" if started else "sale not started")
+        self.started = started
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """How one batch was settled.
+
+    Attributes:
+        committed: ids of the purchases committed.
+        existing: the standing purchase of each other user that already had one.
+        no_stock: ids refused because every unit was already committed.
+        closed: the sale's window was closed at commit (None: it was open); nothing committed.
+    """
+
+    committed: set[uuid.UUID] = field(default_factory=set)
+    existing: dict[str, Purchase] = field(default_factory=dict)
+    no_stock: set[uuid.UUID] = field(default_factory=set)
+    closed: WindowClosed | None = None
+
+
+def _window_error(exc: asyncpg.PostgresError) -> WindowClosed | None:
+    state = getattr(exc, "sqlstate", None)
+    if state in (NOT_STARTED, ENDED):
+        return WindowClosed(started=state == ENDED)
+    return None
+
+
+async def _lock(conn: Any, keys: list[int]) -> None:
+    await conn.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k", keys)
+
+
+async def write_batch(pool: Any, sale_id: uuid.UUID, purchases: list[Purchase]) -> BatchResult:
     """Commit a batch of purchases of one sale in one transaction (group commit).
 
     Takes ``pg_advisory_xact_lock`` per (sale, user) in ascending key order, so concurrent
     batches from other processes cannot deadlock. If the batch would pass the stock, the
-    CHECK on ``flash_sales.sold`` aborts it and the rows are retried one by one.
-
-    Returns:
-        (ids of the purchases committed, the standing purchase of each other user,
-        ids of the purchases refused because no stock was left).
+    CHECK on ``flash_sales.sold`` aborts it and the rows are retried one by one; a violation
+    of any other constraint is an error. A commit outside the sale's window (by the database
+    clock, at commit time) commits nothing.
     """
     keys = sorted({advisory_key(sale_id, p.user_id) for p in purchases})
     async with pool.acquire() as conn:
         try:
-            async with conn.transaction():
-                await conn.execute(
-                    "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k", keys
-                )
-                rows = await conn.fetch(
-                    "INSERT INTO purchases (id, sale_id, user_id, purchased_at) "
-                    "SELECT p.id, $1, p.user_id, p.at "
-                    "FROM unnest($2::uuid[], $3::text[], $4::timestamptz[]) AS p(id, user_id, at) "
-                    "ON CONFLICT (sale_id, user_id) DO NOTHING RETURNING id",
-                    sale_id,
-                    [p.id for p in purchases],
-                    [p.user_id for p in purchases],
-                    [p.purchased_at for p in purchases],
-                )
-                committed = {r["id"] for r in rows}
-                existing = await _existing(conn, sale_id, purchases, committed)
-            return committed, existing, set()
-        except asyncpg.CheckViolationError:
-            return await _write_one_by_one(conn, sale_id, purchases, keys)
+            try:
+                async with conn.transaction():
+                    await _lock(conn, keys)
+                    rows = await conn.fetch(
+                        "INSERT INTO purchases (id, sale_id, user_id, purchased_at) "
+                        "SELECT p.id, $1, p.user_id, p.at "
+                        "FROM unnest($2::uuid[], $3::text[], $4::timestamptz[]) "
+                        "AS p(id, user_id, at) "
+                        "ON CONFLICT (sale_id, user_id) DO NOTHING RETURNING id",
+                        sale_id,
+                        [p.id for p in purchases],
+                        [p.user_id for p in purchases],
+                        [p.purchased_at for p in purchases],
+                    )
+                    committed = {r["id"] for r in rows}
+                    existing = await _existing(conn, sale_id, purchases, committed)
+                return BatchResult(committed, existing)
+            except asyncpg.CheckViolationError as exc:
+                if exc.constraint_name != STOCK_CONSTRAINT:
+                    raise
+                return await _write_one_by_one(conn, sale_id, purchases, keys)
+        except asyncpg.PostgresError as exc:
+            closed = _window_error(exc)
+            if closed is None:
+                raise
+            return BatchResult(closed=closed)
+
+
+async def resolve(pool: Any, sale_id: uuid.UUID, users: list[str]) -> dict[str, Purchase]:
+    """The committed purchases of ``users``, read once no commit of theirs is in flight.
+
+    Takes the same advisory locks a commit holds until it ends, so a transaction still
+    running (a commit whose reply was lost) is waited for, never guessed about.
+    """
+    keys = sorted({advisory_key(sale_id, u) for u in users})
+    async with pool.acquire() as conn, conn.transaction():
+        await _lock(conn, keys)
+        return await find_purchases(conn, sale_id, users)
 
 
 async def _existing(conn: Any, sale_id: uuid.UUID, purchases: list[Purchase],
@@ -138,22 +197,15 @@ async def _existing(conn: Any, sale_id: uuid.UUID, purchases: list[Purchase],
     others = [p.user_id for p in purchases if p.id not in settled]
     if not others:
         return {}
-    rows = await conn.fetch(
-        "SELECT id, user_id, purchased_at FROM purchases WHERE sale_id = $1 AND user_id = ANY($2)",
-        sale_id, others,
-    )
-    return {r["user_id"]: Purchase(r["id"], sale_id, r["user_id"], r["purchased_at"]) for r in rows}
+    return await find_purchases(conn, sale_id, others)
 
 
 async def _write_one_by_one(conn: Any, sale_id: uuid.UUID, purchases: list[Purchase],
-                            keys: list[int]
-                            ) -> tuple[set[uuid.UUID], dict[str, Purchase], set[uuid.UUID]]:
+                            keys: list[int]) -> BatchResult:
     committed: set[uuid.UUID] = set()
     no_stock: set[uuid.UUID] = set()
     async with conn.transaction():
-        await conn.execute(
-            "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k", keys
-        )
+        await _lock(conn, keys)
         for p in purchases:
             try:
                 async with conn.transaction():
@@ -164,7 +216,9 @@ async def _write_one_by_one(conn: Any, sale_id: uuid.UUID, purchases: list[Purch
                     )
                 if status.endswith(" 1"):
                     committed.add(p.id)
-            except asyncpg.CheckViolationError:
+            except asyncpg.CheckViolationError as exc:
+                if exc.constraint_name != STOCK_CONSTRAINT:
+                    raise
                 no_stock.add(p.id)
         existing = await _existing(conn, sale_id, purchases, committed | no_stock)
-    return committed, existing, no_stock
+    return BatchResult(committed, existing, no_stock)

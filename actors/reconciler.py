@@ -1,10 +1,19 @@
-"""The reconciler actor: stock held in Redis for purchases that never committed goes back.
+"""The reconciler actor: every gate in Redis is brought back to the ledger's truth.
 
-A worker killed between the gate and the ledger, or a reply lost to a timeout, leaves a
-reservation in Redis with no row in PostgreSQL. Every ``interval_s`` the reconciler looks
-at the current sale's holders older than ``grace_s`` (by Redis's clock), asks the ledger
-which of them committed, and releases the rest with their unit back on sale. A release
-names the exact reservation, so reconcilers in many processes never return a unit twice.
+Every ``interval_s``, for every sale with a gate (upcoming, running, or ended within the last
+hour), the reconciler checks the conservation law and repairs any drift, atomically and in
+this order:
+
+1. pending holders whose purchase the ledger committed are settled;
+2. committed buyers the gate does not hold (a Redis restored from an older snapshot, a
+   failover to a lagging replica, a hash emptied by hand) are claimed back;
+3. the stock is recomputed as ``total - holders``, never below 0;
+4. pending holders older than ``grace_s`` (by Redis's clock) that never committed, asked of
+   the ledger under their advisory locks, are released with their unit back on sale.
+
+Only what is in doubt is read each time: the pending holders and a few counters. The whole
+buyers hash is read only when the counts prove a committed buyer is missing. A release names
+the exact reservation, so reconcilers in many processes never return a unit twice.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import trio
 
@@ -27,6 +36,27 @@ from .stock_gate import StockGate
 
 log = logging.getLogger(__name__)
 
+#: How long after its end a sale's gate is still reconciled.
+ENDED_WINDOW = timedelta(hours=1)
+#: Pending holders read per sale per pass.
+PENDING_LIMIT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """What one pass changed in one sale's gate."""
+
+    settled: int = 0
+    claimed: int = 0
+    stock_before: int | None = None
+    stock_after: int | None = None
+    returned: int = 0
+
+    @property
+    def recounted(self) -> bool:
+        """Whether the stock counter had drifted and was set right."""
+        return self.stock_before != self.stock_after
+
 
 @dataclass(frozen=True, slots=True)
 class ReconcilerStatistics:
@@ -36,6 +66,8 @@ class ReconcilerStatistics:
     returned: int
     failed_runs: int
     claimed: int
+    recounted: int
+    settled: int
 
 
 class Reconciler:
@@ -53,55 +85,93 @@ class Reconciler:
         self._returned = 0
         self._failed = 0
         self._claimed = 0
+        self._recounted = 0
+        self._settled = 0
 
-    async def reconcile(self, sale: Sale) -> int:
-        """Make the gate of ``sale`` agree with the ledger; return the units put back on sale.
+    def sales_to_check(self, now: datetime) -> list[Sale]:
+        """Every sale that may have a gate: not ended, or ended within the last hour."""
+        return [s for s in self._catalog.sales()
+                if s.status(now) is not SaleStatus.ENDED or now - s.end_time < ENDED_WINDOW]
 
-        Units held too long without a ledger row are returned; committed purchases the gate
-        does not hold (a commit whose reply was lost) are recorded in it again.
-        """
+    async def reconcile(self, sale: Sale) -> Repair:
+        """Make the gate of ``sale`` agree with the ledger; return what was changed."""
         sale_id = sale.id
-        now_ms, holders = await self._gate.reservations(sale_id)
-        committed = await self._ledger.committed_users(sale_id, list(holders))
-        if len(committed) < await self._ledger.sold(sale_id):
-            state = await self._ledger.state(sale)
-            missing = {u: p for u, p in state.buyers.items() if u not in holders}
-            claimed = await self._gate.claim(sale_id, missing)
-            self._claimed += claimed
-            if claimed:
-                log.warning("recorded %d committed purchases the gate did not hold", claimed,
-                            extra={"sale_id": str(sale_id)})
-        stale = {user: pid for user, (pid, at_ms) in holders.items()
-                 if at_ms and now_ms - at_ms >= self._grace_ms}
+        # The committed count is read first: commits landing after it only raise what the
+        # gate shows as settled, so a shortfall below it is a committed buyer truly missing.
+        sold = await self._ledger.sold(sale_id)
+        view = await self._gate.in_doubt(sale_id, PENDING_LIMIT)
+        if view.stock is None:
+            return Repair()
+        found = await self._ledger.purchases(sale_id, list(view.oldest))
+        committed = {u: pid for u, (pid, _) in view.oldest.items()
+                     if u in found and str(found[u].id) == pid}
+        settled = await self._gate.settle(sale_id, committed)
+        claimed = 0
+        complete = view.pending <= len(view.oldest)
+        if complete and sold > view.holders - view.pending + len(committed):
+            claimed, sold = await self._claim_missing(sale)
+        counts = await self._gate.recount(sale, sold)
+        returned = await self._return_stale(sale_id, view.now_ms, {
+            u: pid for u, (pid, at_ms) in view.oldest.items()
+            if u not in found and view.now_ms - at_ms >= self._grace_ms})
+        repair = Repair(settled, claimed, *(counts or (None, None)), returned)
+        self._record(sale_id, repair)
+        return repair
+
+    async def _claim_missing(self, sale: Sale) -> tuple[int, int]:
+        state = await self._ledger.state(sale)
+        held = await self._gate.holders(sale.id)
+        missing = {u: pid for u, pid in state.buyers.items() if u not in held}
+        return await self._gate.claim(sale.id, missing), state.sold
+
+    async def _return_stale(self, sale_id: uuid.UUID, now_ms: int, stale: dict[str, str]) -> int:
+        """Release stale holders that never committed, as the ledger says under their locks."""
+        if not stale:
+            return 0
+        resolved = await self._ledger.resolve(sale_id, list(stale))
         returned = 0
         for user, purchase_id in stale.items():
-            if user in committed:
+            standing = resolved.get(user)
+            if standing is not None and str(standing.id) == purchase_id:
+                self._settled += await self._gate.settle(sale_id, {user: purchase_id})
                 continue
             if await self._gate.release(sale_id, user, uuid.UUID(purchase_id), restock=True):
                 returned += 1
                 log.warning("returned a reservation that never committed",
                             extra={"sale_id": str(sale_id), "purchase_id": purchase_id})
-        self._returned += returned
+            if standing is not None:
+                # The user's purchase is another one: the gate holds that one instead.
+                self._claimed += await self._gate.claim(sale_id, {user: str(standing.id)})
         return returned
+
+    def _record(self, sale_id: uuid.UUID, repair: Repair) -> None:
+        self._settled += repair.settled
+        self._claimed += repair.claimed
+        self._returned += repair.returned
+        if repair.claimed:
+            log.warning("recorded %d committed purchases the gate did not hold", repair.claimed,
+                        extra={"sale_id": str(sale_id)})
+        if repair.recounted:
+            self._recounted += 1
+            log.warning("gate stock drifted: %s set to %s", repair.stock_before,
+                        repair.stock_after, extra={"sale_id": str(sale_id)})
 
     def statistics(self) -> ReconcilerStatistics:
         """Return a snapshot of the reconciler's counters."""
-        return ReconcilerStatistics(self._runs, self._returned, self._failed, self._claimed)
+        return ReconcilerStatistics(self._runs, self._returned, self._failed, self._claimed,
+                                    self._recounted, self._settled)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Reconcile the current sale every ``interval_s`` until cancelled."""
+        """Reconcile every sale with a gate every ``interval_s`` until cancelled."""
         task_status.started()
         while True:
             await trio.sleep(self._interval_s)
-            now = self._clock()
-            sale = self._catalog.current(now)
-            if sale is None or sale.status(now) is not SaleStatus.ACTIVE:
-                continue
-            try:
-                await self.reconcile(sale)
-                self._runs += 1
-            except BackendUnavailable:
-                self._failed += 1
+            for sale in self.sales_to_check(self._clock()):
+                try:
+                    await self.reconcile(sale)
+                    self._runs += 1
+                except BackendUnavailable:
+                    self._failed += 1
 
 
 @asynccontextmanager

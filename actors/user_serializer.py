@@ -1,32 +1,52 @@
-"""The per-user serializer: one purchase in flight per user, and the pipeline it drives.
+"""The per-user serializer: the one owner of the purchase path and of the status read.
 
-Requests for the same (sale, user) within a process are serialized: one that arrives
-while that user's purchase is in flight waits for the same outcome, with no second trip
-to Redis. Users known to have bought are answered from memory. Each purchase runs in the
-serializer's own nursery, so a client that hangs up cannot strand a reservation halfway.
+A purchase is decided here: the sale and its window, answers already final in memory, the
+rate limit, then one purchase in flight per (sale, user). Presses of a user that arrive
+while their purchase is in flight wait for it; the first press is the one answered 201, the
+others ``ALREADY_PURCHASED`` once it commits. Every 409 is final: ``ALREADY_PURCHASED`` only
+once the ledger holds the user's purchase, ``SOLD_OUT`` only once it holds every unit. While
+the answer is in doubt the purchase waits, bounded by ``wait_s``, then answers ``Undecided``
+(503). Outcomes whose reply was lost are settled by asking the ledger or undone in Redis,
+never guessed. Each purchase runs in the serializer's own nursery, so a client that hangs up
+cannot strand a reservation halfway.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import trio
 
 from ._nursery import open_actor_nursery
 from ._slot import Slot
-from .errors import AlreadyPurchased, BackendUnavailable, FlashFlowError, Overloaded, SoldOut
-from .ledger import CommitResult, Ledger
-from .model import Purchase, Sale
-from .stock_gate import StockGate
+from .catalog import Catalog
+from .errors import (
+    AlreadyPurchased,
+    BackendUnavailable,
+    FlashFlowError,
+    Overloaded,
+    SaleNotActive,
+    SaleNotFound,
+    SoldOut,
+    Undecided,
+)
+from .ledger import CommitOutcome, CommitResult, Ledger
+from .model import Purchase, Sale, SaleStatus
+from .rate_limiter import RateLimiter
+from .stock_gate import Seat, StockGate
 
 log = logging.getLogger(__name__)
 
 Key = tuple[uuid.UUID, str]
+
+#: How long memory of a sale is kept after it ends.
+LINGER = timedelta(minutes=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,74 +58,145 @@ class SerializerStatistics:
     known_buyers: int
     answered_from_memory: int
     rolled_back: int
+    lost_replies: int
+    remembered_sales: int
+
+
+@dataclass(frozen=True, slots=True)
+class SerializerConfig:
+    """The serializer's knobs; the application builds this from its settings."""
+
+    max_in_flight: int = 8192
+    wait_s: float = 6.0
+    poll_s: float = 0.05
+    release_retry_s: float = 30.0
+    sweep_s: float = 5.0
+    drain_timeout_s: float = 10.0
 
 
 class UserSerializer:
     """Handle to the running serializer; see :func:`open_user_serializer`."""
 
-    def __init__(self, nursery: trio.Nursery, gate: StockGate, ledger: Ledger, max_in_flight: int,
-                 clock: Callable[[], datetime]) -> None:
+    def __init__(self, nursery: trio.Nursery, background: trio.Nursery, gate: StockGate,
+                 ledger: Ledger, catalog: Catalog | None, limiter: RateLimiter | None,
+                 config: SerializerConfig, clock: Callable[[], datetime]) -> None:
         self._nursery = nursery
+        self._background = background
         self._gate = gate
         self._ledger = ledger
-        self._max_in_flight = max_in_flight
+        self._catalog = catalog
+        self._limiter = limiter
+        self._config = config
         self._clock = clock
         self._in_flight: dict[Key, Slot[Purchase]] = {}
-        # Users known to hold a purchase; the purchase itself when this process made it.
-        self._buyers: dict[Key, Purchase | None] = {}
+        # sale id -> user -> their committed purchase, as the ledger confirmed it.
+        self._buyers: dict[uuid.UUID, dict[str, Purchase]] = defaultdict(dict)
+        self._sales: dict[uuid.UUID, Sale] = {}
         self._coalesced = 0
         self._from_memory = 0
         self._rolled_back = 0
+        self._lost_replies = 0
+
+    # -- the routes' calls ------------------------------------------------------------
+
+    def sale(self, sale_id: uuid.UUID | None = None) -> Sale:
+        """The sale ``sale_id``, or the current one.
+
+        Raises:
+            SaleNotFound: no such sale, or none scheduled.
+        """
+        if self._catalog is None:
+            raise SaleNotFound()
+        found = (self._catalog.current(self._clock()) if sale_id is None
+                 else self._catalog.get(sale_id))
+        if found is None:
+            raise SaleNotFound()
+        return found
+
+    async def buy(self, user_id: str, address: str,
+                  sale_id: uuid.UUID | None = None) -> tuple[Purchase, Sale]:
+        """Buy one unit of a sale (the current one by default) for ``user_id``.
+
+        Raises:
+            SaleNotFound, SaleNotActive, AlreadyPurchased, SoldOut, RateLimited, Overloaded,
+            Undecided, BackendUnavailable.
+        """
+        sale = self.sale(sale_id)
+        status = sale.status(self._clock())
+        if status is not SaleStatus.ACTIVE:
+            raise SaleNotActive(started=status is SaleStatus.ENDED)
+        # Final answers known in memory cost no tokens: they never reach Redis or
+        # PostgreSQL, which is what the limits protect.
+        self.answer_from_memory(sale, user_id)
+        if self._limiter is not None:
+            await self._limiter.check(user_id, address)
+        return await self.purchase(sale, user_id), sale
+
+    async def status(self, user_id: str,
+                     sale_id: uuid.UUID | None = None) -> tuple[Sale, Purchase | None]:
+        """The user's committed purchase in a sale (the current one by default), or None."""
+        sale = self.sale(sale_id)
+        known = self.known_purchase(sale.id, user_id)
+        if known is not None:
+            return sale, known
+        return sale, await self._ledger.find_purchase(sale.id, user_id)
+
+    # -- the purchase -----------------------------------------------------------------
 
     async def purchase(self, sale: Sale, user_id: str) -> Purchase:
         """Buy one unit of ``sale`` for ``user_id`` and return the committed purchase.
 
         Raises:
-            AlreadyPurchased, SoldOut, Overloaded, BackendUnavailable.
+            AlreadyPurchased, SoldOut, SaleNotActive, Overloaded, Undecided,
+            BackendUnavailable.
         """
         key = (sale.id, user_id)
         self.answer_from_memory(sale, user_id)
         slot = self._in_flight.get(key)
         if slot is not None:
+            # A second press while the first is in flight: one 201 per user, so this one
+            # hears the first one's refusal, or ALREADY_PURCHASED once it committed.
             self._coalesced += 1
-            return await slot.wait()
-        if len(self._in_flight) >= self._max_in_flight:
+            await slot.wait()
+            raise AlreadyPurchased()
+        if len(self._in_flight) >= self._config.max_in_flight:
             raise Overloaded("user_serializer")
         slot = Slot()
         self._in_flight[key] = slot
+        self._sales[sale.id] = sale
         self._nursery.start_soon(self._settle, sale, user_id, slot)
         return await slot.wait()
 
     def answer_from_memory(self, sale: Sale, user_id: str) -> None:
-        """Raise AlreadyPurchased or SoldOut when the answer is known without Redis.
+        """Raise AlreadyPurchased or SoldOut when the final answer is known without Redis.
 
         Does nothing when a trip to the gate is needed.
         """
-        if (sale.id, user_id) in self._buyers:
+        if user_id in self._buyers.get(sale.id, ()):
             self._from_memory += 1
             raise AlreadyPurchased()
         self._gate.answer_from_memory(sale, user_id)
 
     def known_purchase(self, sale_id: uuid.UUID, user_id: str) -> Purchase | None:
-        """The user's purchase when this process made it, else None (ask the ledger)."""
-        return self._buyers.get((sale_id, user_id))
+        """The user's purchase when this process knows it committed, else None (ask the ledger)."""
+        return self._buyers.get(sale_id, {}).get(user_id)
 
     def statistics(self) -> SerializerStatistics:
         """Return a snapshot of the serializer's counters."""
         return SerializerStatistics(
             in_flight=len(self._in_flight),
             coalesced=self._coalesced,
-            known_buyers=len(self._buyers),
+            known_buyers=sum(len(b) for b in self._buyers.values()),
             answered_from_memory=self._from_memory,
             rolled_back=self._rolled_back,
+            lost_replies=self._lost_replies,
+            remembered_sales=len(self._buyers),
         )
 
     async def _settle(self, sale: Sale, user_id: str, slot: Slot[Purchase]) -> None:
         key = (sale.id, user_id)
         try:
-            purchase = await self._reserve_and_commit(sale, user_id)
-            self._buyers[key] = purchase
-            slot.set(purchase)
+            slot.set(await self._reserve_and_commit(sale, user_id))
         except FlashFlowError as exc:
             slot.fail(exc)
         except BaseException:
@@ -115,23 +206,86 @@ class UserSerializer:
             del self._in_flight[key]
 
     async def _reserve_and_commit(self, sale: Sale, user_id: str) -> Purchase:
-        purchase = Purchase(uuid.uuid4(), sale.id, user_id, self._clock())
-        await self._gate.reserve(sale, user_id, purchase.id)
+        deadline = trio.current_time() + self._config.wait_s
+        while True:
+            purchase = Purchase(uuid.uuid4(), sale.id, user_id, self._clock())
+            try:
+                answer = await self._gate.reserve(sale, user_id, purchase.id, deadline=deadline)
+            except BackendUnavailable:
+                # The reservation may have been made with its reply lost: undo it as soon as
+                # Redis answers, so the user's retry can buy.
+                self._lost_replies += 1
+                self._background.start_soon(self._release_lost, purchase)
+                raise
+            if answer.seat is Seat.RESERVED:
+                return await self._commit(sale, purchase, deadline)
+            # The user holds a unit already: final only once the ledger has it.
+            found = await self._ledger.find_purchase(sale.id, user_id)
+            if found is not None:
+                self._remember(found)
+                raise AlreadyPurchased()
+            if trio.current_time() >= deadline:
+                raise Undecided()
+            await trio.sleep(self._config.poll_s)
+
+    async def _commit(self, sale: Sale, purchase: Purchase, deadline: float) -> Purchase:
         try:
             outcome = await self._ledger.commit(purchase)
-        except FlashFlowError:
+        except Overloaded:
             await self._roll_back(purchase, restock=True)
             raise
-        if outcome.result is CommitResult.COMMITTED:
+        except BackendUnavailable:
+            self._lost_replies += 1
+            outcome = await self._settle_lost_reply(purchase, deadline)
+        result = outcome.result
+        if result is CommitResult.COMMITTED:
+            self._remember(purchase)
+            self._gate.settle_soon(purchase.sale_id, purchase.user_id, purchase.id)
             return purchase
-        if outcome.result is CommitResult.DUPLICATE:
-            # The ledger itself holds this user's purchase: safe to remember. (A gate that
-            # merely sees another process's reservation is not: it may still roll back.)
-            self._buyers[(sale.id, user_id)] = outcome.purchase
+        if result is CommitResult.DUPLICATE:
+            if outcome.purchase is not None:
+                self._remember(outcome.purchase)
             await self._roll_back(purchase, restock=True)
             raise AlreadyPurchased()
-        await self._roll_back(purchase, restock=False)
-        raise SoldOut()
+        if result is CommitResult.NO_STOCK:
+            # The stock constraint refused it: every unit is committed, for good.
+            await self._roll_back(purchase, restock=False)
+            with suppress(BackendUnavailable):
+                await self._gate.learn_sold_out(sale)
+            raise SoldOut()
+        await self._roll_back(purchase, restock=True)
+        if result is CommitResult.ABSENT:
+            raise BackendUnavailable("postgres")
+        raise SaleNotActive(started=result is CommitResult.ENDED)
+
+    async def _settle_lost_reply(self, purchase: Purchase, deadline: float) -> CommitOutcome:
+        """Ask the ledger what became of a commit whose reply was lost, until ``deadline``.
+
+        Raises:
+            BackendUnavailable: the ledger could not say; the reservation stays in doubt for
+                the reconciler, which resolves it the same way.
+        """
+        while True:
+            try:
+                return await self._ledger.settle_lost_reply(purchase)
+            except BackendUnavailable:
+                if trio.current_time() >= deadline:
+                    raise
+            await trio.sleep(self._config.poll_s)
+
+    async def _release_lost(self, purchase: Purchase) -> None:
+        """Undo a reservation whose reply was lost, as soon as Redis answers again."""
+        with trio.move_on_after(self._config.release_retry_s):
+            while True:
+                try:
+                    await self._gate.release(purchase.sale_id, purchase.user_id, purchase.id,
+                                             restock=True)
+                    return
+                except BackendUnavailable:
+                    await trio.sleep(0.25)
+
+    def _remember(self, purchase: Purchase) -> None:
+        self._buyers[purchase.sale_id][purchase.user_id] = purchase
 
     async def _roll_back(self, purchase: Purchase, *, restock: bool) -> None:
         """Undo a reservation the ledger did not take; shielded so it is never half done."""
@@ -143,6 +297,27 @@ class UserSerializer:
             except BackendUnavailable as exc:
                 log.error("could not return a reservation to the gate: %r", exc.__cause__,
                           extra={"sale_id": str(purchase.sale_id), "purchase_id": str(purchase.id)})
+                if restock:
+                    self._background.start_soon(self._release_lost, purchase)
+
+    # -- memory -----------------------------------------------------------------------
+
+    def forget_ended(self, now: datetime) -> list[uuid.UUID]:
+        """Drop what is remembered of sales over for a while; return their ids."""
+        over = [sale_id for sale_id, sale in self._sales.items()
+                if sale.end_time + LINGER <= now
+                and not any(key[0] == sale_id for key in self._in_flight)]
+        for sale_id in over:
+            self._sales.pop(sale_id, None)
+            self._buyers.pop(sale_id, None)
+        self._gate.forget(over)
+        return over
+
+    async def sweep(self) -> None:
+        """Forget ended sales every ``sweep_s``, so memory follows the sales still running."""
+        while True:
+            await trio.sleep(self._config.sweep_s)
+            self.forget_ended(self._clock())
 
 
 def utc_now() -> datetime:
@@ -151,13 +326,23 @@ def utc_now() -> datetime:
 
 
 @asynccontextmanager
-async def open_user_serializer(gate: StockGate, ledger: Ledger, *, max_in_flight: int = 8192,
+async def open_user_serializer(gate: StockGate, ledger: Ledger, *,
+                               catalog: Catalog | None = None,
+                               limiter: RateLimiter | None = None,
+                               config: SerializerConfig = SerializerConfig(),
                                clock: Callable[[], datetime] = utc_now,
-                               drain_timeout_s: float = 10.0) -> AsyncIterator[UserSerializer]:
-    """Open the serializer; on exit, purchases in flight get ``drain_timeout_s`` to settle."""
-    async with open_actor_nursery() as nursery:
-        serializer = UserSerializer(nursery, gate, ledger, max_in_flight, clock)
+                               ) -> AsyncIterator[UserSerializer]:
+    """Open the serializer; on exit, purchases in flight get ``drain_timeout_s`` to settle.
+
+    Background work (undoing reservations whose reply was lost, forgetting ended sales) stops
+    at once on exit: what it leaves, the reconciler finishes.
+    """
+    async with open_actor_nursery() as background, open_actor_nursery() as nursery:
+        serializer = UserSerializer(nursery, background, gate, ledger, catalog, limiter,
+                                    config, clock)
+        background.start_soon(serializer.sweep)
         try:
             yield serializer
         finally:
-            nursery.cancel_scope.deadline = trio.current_time() + drain_timeout_s
+            background.cancel_scope.cancel()
+            nursery.cancel_scope.deadline = trio.current_time() + config.drain_timeout_s

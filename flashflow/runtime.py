@@ -32,7 +32,7 @@ from actors._nursery import single_errors
 from actors.rate_limiter import LimiterConfig, RateLimiter, open_rate_limiter
 from actors.reconciler import Reconciler, open_reconciler
 from actors.stock_feed import FeedConfig, StockFeed, open_stock_feed
-from actors.user_serializer import utc_now
+from actors.user_serializer import SerializerConfig, utc_now
 
 from .settings import Settings, SettingsError
 
@@ -62,7 +62,7 @@ def gate_config(settings: Settings) -> GateConfig:
         inbox_size=settings.gate_inbox_size,
         batch_max=settings.gate_batch_max,
         timeout_s=settings.redis_timeout_s,
-        recheck_s=settings.sold_out_recheck_s,
+        doubt_poll_s=settings.doubt_poll_s,
     )
 
 
@@ -101,6 +101,17 @@ def ledger_config(settings: Settings) -> LedgerConfig:
     )
 
 
+def serializer_config(settings: Settings) -> SerializerConfig:
+    """The purchase path's configuration, taken from the settings."""
+    return SerializerConfig(
+        max_in_flight=settings.max_in_flight,
+        wait_s=settings.purchase_wait_s,
+        poll_s=settings.doubt_poll_s,
+        release_retry_s=settings.reservation_grace_s,
+        drain_timeout_s=settings.graceful_timeout_s,
+    )
+
+
 def _require(value: str | None, name: str) -> str:
     if not value:
         raise SettingsError(f"{name} is not set")
@@ -116,9 +127,10 @@ async def open_runtime(settings: Settings, *,
             trio_asyncio.open_loop(),
             open_ledger(ledger_config(settings)) as ledger,
             open_catalog(ledger.sales, settings.catalog_refresh_s) as catalog,
-            open_stock_gate(gate_config(settings), loader=ledger.state) as gate,
+            open_stock_gate(gate_config(settings), loader=ledger.state,
+                            counter=ledger.sold) as gate,
             open_stock_feed(feed_config(settings),
-                            stock_key=lambda sale_id: gate.keys(sale_id)[0]) as feed,
+                            stock_key=lambda sale_id: gate.keys(sale_id).stock) as feed,
         ):
             await load_current_gate(catalog, gate, clock())
             async with (
@@ -127,8 +139,8 @@ async def open_runtime(settings: Settings, *,
                 open_reconciler(gate, ledger, catalog, interval_s=settings.reconcile_interval_s,
                                 grace_s=settings.reservation_grace_s, clock=clock) as reconciler,
                 open_user_serializer(
-                    gate, ledger, max_in_flight=settings.max_in_flight, clock=clock,
-                    drain_timeout_s=settings.graceful_timeout_s,
+                    gate, ledger, catalog=catalog, limiter=limiter,
+                    config=serializer_config(settings), clock=clock,
                 ) as serializer,
             ):
                 yield Runtime(settings=settings, ledger=ledger, catalog=catalog, gate=gate,

@@ -85,7 +85,8 @@ class Settings:
     redis_timeout_s: float = 2.0
     postgres_timeout_s: float = 5.0
     catalog_refresh_s: float = 1.0
-    sold_out_recheck_s: float = 1.0
+    doubt_poll_s: float = 0.05
+    purchase_wait_s: float = 6.0
     reconcile_interval_s: float = 5.0
     reservation_grace_s: float = 30.0
     retry_after_s: int = 1

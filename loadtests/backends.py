@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from actors.keys import parse_holder, sale_keys
 from flashflow.database import run_on_connection
 
 from .verify import GateSnapshot, LedgerSnapshot
@@ -37,8 +38,8 @@ def ledger_snapshot(database_url: str, sale_id: uuid.UUID) -> LedgerSnapshot:
 
 def gate_keys(key_prefix: str, sale_id: uuid.UUID) -> tuple[str, str]:
     """The gate's Redis keys (stock, buyers) for a sale."""
-    base = f"{key_prefix}sale:{sale_id}"
-    return f"{base}:stock", f"{base}:buyers"
+    keys = sale_keys(key_prefix, sale_id)
+    return keys.stock, keys.buyers
 
 
 def gate_snapshot(redis_url: str, key_prefix: str, sale_id: uuid.UUID) -> GateSnapshot:
@@ -47,8 +48,7 @@ def gate_snapshot(redis_url: str, key_prefix: str, sale_id: uuid.UUID) -> GateSn
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         stock = client.get(stock_key)
-        # A buyer's value is the purchase id, possibly followed by ":<reservation time>".
-        buyers = {user: value.split(":", 1)[0]
+        buyers = {user: parse_holder(value)[0]
                   for user, value in client.hgetall(buyers_key).items()}
         return GateSnapshot(None if stock is None else int(stock), buyers)
     finally:

@@ -121,5 +121,4 @@ def settings(database_url: str, key_prefix: str, services: Services, tmp_path: P
         rate_address_per_s=1_000_000.0,
         rate_address_burst=1_000_000,
         postgres_timeout_s=30.0,
-        sold_out_recheck_s=0.2,
     )

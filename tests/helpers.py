@@ -21,6 +21,7 @@ import trio
 from hypercorn.trio import serve as hypercorn_serve
 
 from actors import Sale, ledger_sql
+from actors.keys import sale_keys
 from flashflow.database import run_on_connection
 from flashflow.http import create_app
 from flashflow.processes import stop_process
@@ -56,9 +57,9 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 
 def gate_keys(settings: Settings, sale_id: uuid.UUID) -> tuple[str, str]:
-    """The gate's Redis keys for a sale under the test's key prefix."""
-    base = f"{settings.key_prefix}sale:{sale_id}"
-    return f"{base}:stock", f"{base}:buyers"
+    """The gate's (stock, buyers) Redis keys for a sale under the test's key prefix."""
+    keys = sale_keys(settings.key_prefix, sale_id)
+    return keys.stock, keys.buyers
 
 
 @dataclass

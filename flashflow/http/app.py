@@ -24,8 +24,6 @@ from actors import (
     InvalidInput,
     Purchase,
     Sale,
-    SaleNotActive,
-    SaleNotFound,
     SaleStatus,
 )
 
@@ -109,18 +107,12 @@ def create_app(runtime: Runtime) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     install_schema(app)
 
-    def current_sale(now: datetime) -> Sale:
-        sale = runtime.catalog.current(now)
-        if sale is None:
-            raise SaleNotFound()
-        return sale
-
     @app.get(API)
     @document_response(SaleEnvelope, 200)
     @document_response(ErrorEnvelope, 404)
     async def get_current() -> Response:
         now = runtime.clock()
-        sale = current_sale(now)
+        sale = runtime.serializer.sale()
         remaining = await runtime.gate.remaining(sale)
         return envelope(sale_body(sale, remaining, now))
 
@@ -137,39 +129,23 @@ def create_app(runtime: Runtime) -> QuartTrio:
             g.purchase_outcome = "VALIDATION_ERROR"
             return errors.error_response(400, "VALIDATION_ERROR", validation_message(exc))
         try:
-            bought, sale = await buy(body.userId)
+            bought, sale = await runtime.serializer.buy(body.userId,
+                                                        request.remote_addr or "unknown")
         except FlashFlowError as exc:
             response, g.purchase_outcome = errors.for_error_with_code(exc, settings.retry_after_s)
             return response
         g.purchase_outcome = "CONFIRMED"
         return envelope(purchase_body(bought, sale), status=201)
 
-    async def buy(user_id: str) -> tuple[Purchase, Sale]:
-        now = runtime.clock()
-        sale = current_sale(now)
-        status = sale.status(now)
-        if status is not SaleStatus.ACTIVE:
-            raise SaleNotActive(started=status is SaleStatus.ENDED)
-        # Answers known in memory (a repeat buyer, a sold-out sale) cost no tokens: they
-        # never reach Redis or PostgreSQL, which is what the limits protect.
-        runtime.serializer.answer_from_memory(sale, user_id)
-        if runtime.limiter is not None:
-            await runtime.limiter.check(user_id, request.remote_addr or "unknown")
-        return await runtime.serializer.purchase(sale, user_id), sale
-
     @app.get(f"{API}/purchase")
     @validate_querystring(StatusQuery)
     @document_response(PurchaseStatusEnvelope, 200)
     async def purchase_status(query_args: StatusQuery) -> Response:
-        sale = current_sale(runtime.clock())
-        # A purchase this process committed is answered from memory; anything else is
-        # read from the ledger, the source of truth.
-        found = (runtime.serializer.known_purchase(sale.id, query_args.userId)
-                 or await runtime.ledger.find_purchase(sale.id, query_args.userId))
+        _, found = await runtime.serializer.status(query_args.userId)
         if found is None:
             return envelope({"purchased": False})
         return envelope({"purchased": True, "purchaseId": str(found.id),
-                     "purchasedAt": iso(found.purchased_at)})
+                         "purchasedAt": iso(found.purchased_at)})
 
     @app.get("/healthz")
     async def healthz() -> Response:

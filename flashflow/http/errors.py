@@ -24,6 +24,7 @@ from actors.errors import (
     SaleNotActive,
     SaleNotFound,
     SoldOut,
+    Undecided,
 )
 
 log = logging.getLogger("flashflow.http")
@@ -39,6 +40,7 @@ ERROR_TABLE: dict[type[FlashFlowError], tuple[int, str, bool]] = {
     RateLimited: (429, "RATE_LIMIT_EXCEEDED", True),
     Overloaded: (503, "UNAVAILABLE", True),
     BackendUnavailable: (503, "UNAVAILABLE", True),
+    Undecided: (503, "UNAVAILABLE", True),
 }
 
 #: HTTP errors raised by the framework itself (routing, body limits) -> wire code

@@ -136,7 +136,6 @@ def fault_settings(backends: Backends, tmp_path: Path) -> Settings:
         reservation_grace_s=2.0,
         reconcile_interval_s=0.5,
         catalog_refresh_s=0.5,
-        sold_out_recheck_s=0.2,
         graceful_timeout_s=8.0,
         # Every test client shares 127.0.0.1 and retries during faults: the limits are
         # exercised by tests/http/test_rate_limits.py, not here.

@@ -103,7 +103,8 @@ async def test_ended_sale_is_409_sale_not_active_and_writes_nothing(settings):
 
 async def test_current_sale_body_has_every_field_and_the_server_time(settings):
     """GET /current returns the sale's fields, remaining stock and the clock's time in ISO UTC."""
-    clock = FakeClock(datetime(2031, 3, 4, 5, 6, 7, 891234, tzinfo=UTC))
+    # Near the real time: the ledger commits only inside the window by PostgreSQL's clock.
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=891234))
     sale = await make_sale(settings.database_url, stock=7, product="Console", now=clock.now,
                            starts_in=timedelta(minutes=-10), lasts=timedelta(minutes=30))
     with trio.fail_after(30):
@@ -117,11 +118,16 @@ async def test_current_sale_body_has_every_field_and_the_server_time(settings):
         "productName": "Console",
         "totalStock": 7,
         "remainingStock": 6,
-        "startTime": "2031-03-04T04:56:07.891Z",
-        "endTime": "2031-03-04T05:26:07.891Z",
+        "startTime": millis_z(clock.now - timedelta(minutes=10, seconds=1)),
+        "endTime": millis_z(clock.now + timedelta(minutes=20, seconds=-1)),
         "status": "active",
-        "serverTime": "2031-03-04T05:06:08.891Z",
+        "serverTime": millis_z(clock.now),
     }}
+
+
+def millis_z(moment: datetime) -> str:
+    """``2031-03-04T05:06:07.891Z``: milliseconds, UTC, a Z."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 async def test_health_and_readiness_are_200_when_everything_answers(settings):

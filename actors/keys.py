@@ -1,0 +1,68 @@
+"""The Redis layout of Flash Flow: every key, channel and stored value format, in one place.
+
+The actors, the load tests and the tests all build keys and read values through this
+module; nobody formats a key by hand elsewhere.
+
+Per sale (every key of one sale carries the sale id as a hash tag, so a script that touches
+them stays within one Redis Cluster slot):
+
+- ``stock``: the units left, an integer.
+- ``buyers``: a hash, user id -> holder value, for every user holding a unit, whether the
+  purchase is committed or still in flight.
+- ``pending``: a sorted set of the holders whose commit is not confirmed yet, scored by the
+  Redis time (ms) of their reservation. What is in doubt lives here, apart from what is
+  settled, so the reconciler touches only it.
+
+The law that every script keeps, and the reconciler repairs: the committed buyers are among
+the holders, and ``stock = total - holders``, never below 0.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SaleKeys:
+    """The Redis keys that hold the gate of one sale."""
+
+    stock: str
+    buyers: str
+    pending: str
+
+    def staging(self, token: str) -> str:
+        """A hash a gate rebuild fills in chunks before it is renamed into ``buyers``."""
+        return f"{self.buyers}:build:{token}"
+
+
+def sale_keys(key_prefix: str, sale_id: uuid.UUID | str) -> SaleKeys:
+    """The keys of the gate of ``sale_id`` under ``key_prefix``."""
+    base = f"{key_prefix}sale:{{{sale_id}}}"
+    return SaleKeys(f"{base}:stock", f"{base}:buyers", f"{base}:pending")
+
+
+def stock_channel(key_prefix: str) -> str:
+    """The pub/sub channel on which every stock change is published as "<sale id> <stock>"."""
+    return f"{key_prefix}stock"
+
+
+def holder_value(purchase_id: uuid.UUID | str, reserved_ms: int = 0) -> str:
+    """A ``buyers`` value: ``"<purchase id>:<Redis ms of the reservation>"`` (0: from the ledger)."""
+    return f"{purchase_id}:{reserved_ms}"
+
+
+def parse_holder(value: str | bytes) -> tuple[str, int]:
+    """Split a ``buyers`` value into (purchase id, reservation ms); a bare id reads as ms 0."""
+    text = value.decode() if isinstance(value, bytes) else value
+    purchase_id, _, stamp = text.partition(":")
+    return purchase_id, int(stamp or 0)
+
+
+__all__ = [
+    "SaleKeys",
+    "holder_value",
+    "parse_holder",
+    "sale_keys",
+    "stock_channel",
+]
