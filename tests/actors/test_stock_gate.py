@@ -13,9 +13,11 @@ import trio
 import trio_asyncio
 
 from actors import AlreadyPurchased, BackendUnavailable, LedgerState, Overloaded, Sale, SoldOut
-from actors.stock_gate import GateConfig, StockGate, open_stock_gate
+from actors.errors import Undecided
+from actors.keys import parse_holder, sale_keys
+from actors.stock_gate import GateAnswer, GateConfig, Seat, StockGate, open_stock_gate
 
-from ..helpers import gate_keys, redis_client
+from ..helpers import redis_client
 
 
 def a_sale(stock: int = 10) -> Sale:
@@ -26,7 +28,10 @@ def a_sale(stock: int = 10) -> Sale:
 
 @dataclass
 class Loader:
-    """A ledger stand-in that reports a fixed committed state and counts its calls."""
+    """A ledger stand-in that reports a fixed committed state and counts its calls.
+
+    Called with a sale it is the gate's loader; its ``count`` is the gate's counter.
+    """
 
     sold: int = 0
     buyers: dict[str, str] = field(default_factory=dict)
@@ -36,15 +41,31 @@ class Loader:
         self.calls += 1
         return LedgerState(sale.total_stock, self.sold, dict(self.buyers))
 
+    async def count(self, sale_id: uuid.UUID) -> int:
+        return self.sold
+
 
 @asynccontextmanager
 async def gate_for(settings, loader=None, **knobs) -> AsyncIterator[StockGate]:
     """A stock gate on the test's Redis prefix, inside an asyncio bridge."""
-    knobs.setdefault("recheck_s", 60.0)
+    loader = loader or Loader()
+    counter = getattr(loader, "count", None) or Loader().count
     config = GateConfig(redis_url=settings.redis_url, key_prefix=settings.key_prefix, **knobs)
-    async with trio_asyncio.open_loop():
-        async with open_stock_gate(config, loader=loader or Loader()) as gate:
-            yield gate
+    async with (
+        trio_asyncio.open_loop(),
+        open_stock_gate(config, loader=loader, counter=counter) as gate,
+    ):
+        yield gate
+
+
+def reserved(stock: int) -> GateAnswer:
+    """The gate's answer for a unit reserved with ``stock`` left."""
+    return GateAnswer(Seat.RESERVED, stock=stock)
+
+
+def keys_of(settings, sale: Sale):
+    """The gate's Redis keys for ``sale``."""
+    return sale_keys(settings.key_prefix, sale.id)
 
 
 async def until(predicate, interval: float = 0.01) -> None:
@@ -53,14 +74,16 @@ async def until(predicate, interval: float = 0.01) -> None:
         await trio.sleep(interval)
 
 
-async def reserve_all(gate: StockGate, sale: Sale, users: list[str]) -> dict[str, object]:
+async def reserve_all(gate: StockGate, sale: Sale, users: list[str],
+                      wait_s: float = 0.3) -> dict[str, object]:
     """Reserve for every user concurrently; map each user to its stock left or its error."""
     answers: dict[str, object] = {}
+    deadline = trio.current_time() + wait_s
 
     async def one(user: str) -> None:
         try:
-            answers[user] = await gate.reserve(sale, user, uuid.uuid4())
-        except (SoldOut, AlreadyPurchased, Overloaded, BackendUnavailable) as exc:
+            answers[user] = (await gate.reserve(sale, user, uuid.uuid4(), deadline=deadline)).stock
+        except (SoldOut, AlreadyPurchased, Overloaded, BackendUnavailable, Undecided) as exc:
             answers[user] = exc
 
     async with trio.open_nursery() as nursery:
@@ -80,25 +103,30 @@ async def test_concurrent_reserves_are_batched_and_each_user_reserved_once(setti
     assert stats.batches < len(users)
     assert stats.largest_batch > 1
     assert stats.reserved_requests == len(users)
-    stock_key, buyers_key = gate_keys(settings, sale.id)
-    r = redis_client(settings)
-    assert r.get(stock_key) == "50"
-    assert sorted(r.hgetall(buyers_key)) == sorted(users)
+    keys, r = keys_of(settings, sale), redis_client(settings)
+    assert r.get(keys.stock) == "50"
+    assert sorted(r.hgetall(keys.buyers)) == sorted(users)
+    assert sorted(r.zrange(keys.pending, 0, -1)) == sorted(users), "new holders are in doubt"
 
 
-async def test_second_reserve_of_a_user_is_already_purchased(settings):
-    """A user who holds a reservation is told AlreadyPurchased and no second unit is taken."""
-    sale = a_sale(stock=5)
+async def test_second_reserve_of_a_user_reports_the_hold(settings):
+    """A user who holds a reservation is told which one, and no second unit is taken."""
+    sale, pid = a_sale(stock=5), uuid.uuid4()
     with trio.fail_after(10):
         async with gate_for(settings) as gate:
-            assert await gate.reserve(sale, "alice", uuid.uuid4()) == 4
-            with pytest.raises(AlreadyPurchased):
-                await gate.reserve(sale, "alice", uuid.uuid4())
+            assert await gate.reserve(sale, "alice", pid) == reserved(4)
+            again = await gate.reserve(sale, "alice", uuid.uuid4())
+            assert again == GateAnswer(Seat.HELD, holder=str(pid))
+            assert await gate.reserve(sale, "alice", pid) == reserved(4), "a resend is the same"
             assert await gate.remaining(sale) == 4
 
 
 async def test_one_batch_never_reserves_more_than_the_stock(settings):
-    """Within a single batch, only as many users as there is stock are reserved."""
+    """Within a single batch only the stock is reserved; the rest wait, never told SOLD_OUT.
+
+    The holders have not committed (the ledger counts 0 sold), so the others' answer is in
+    doubt: they wait for their deadline and are told Undecided.
+    """
     sale = a_sale(stock=2)
     with trio.fail_after(10):
         async with gate_for(settings) as gate:
@@ -106,35 +134,31 @@ async def test_one_batch_never_reserves_more_than_the_stock(settings):
             stats = gate.statistics()
     assert stats.batches == 1
     assert sorted(v for v in answers.values() if isinstance(v, int)) == [0, 1]
-    assert sum(isinstance(v, SoldOut) for v in answers.values()) == 4
-    stock_key, buyers_key = gate_keys(settings, sale.id)
-    r = redis_client(settings)
-    assert r.get(stock_key) == "0"
-    assert r.hlen(buyers_key) == 2
+    assert sum(isinstance(v, Undecided) for v in answers.values()) == 4, answers
+    keys, r = keys_of(settings, sale), redis_client(settings)
+    assert r.get(keys.stock) == "0"
+    assert r.hlen(keys.buyers) == 2
 
 
-async def test_release_with_restock_returns_the_unit_and_reopens_the_gate(settings):
-    """Releasing with restock puts the unit back, drops the buyer and clears the sold-out flag."""
+async def test_release_with_restock_returns_the_unit(settings):
+    """Releasing with restock puts the unit back and drops the holder and its doubt."""
     sale = a_sale(stock=1)
-    stock_key, buyers_key = gate_keys(settings, sale.id)
-    r = redis_client(settings)
+    keys, r = keys_of(settings, sale), redis_client(settings)
     pid = uuid.uuid4()
     with trio.fail_after(10):
         async with gate_for(settings) as gate:
-            assert await gate.reserve(sale, "alice", pid) == 0
-            await until(lambda: gate.statistics().sold_out_sales == 1)
+            assert await gate.reserve(sale, "alice", pid) == reserved(0)
             assert await gate.release(sale.id, "alice", pid, restock=True) is True
-            assert gate.statistics().sold_out_sales == 0
-            assert r.get(stock_key) == "1"
-            assert r.hexists(buyers_key, "alice") is False
-            assert await gate.reserve(sale, "bob", uuid.uuid4()) == 0
+            assert r.get(keys.stock) == "1"
+            assert r.hexists(keys.buyers, "alice") is False
+            assert r.zscore(keys.pending, "alice") is None
+            assert await gate.reserve(sale, "bob", uuid.uuid4()) == reserved(0)
 
 
 async def test_release_is_idempotent_and_only_undoes_the_named_reservation(settings):
     """A second release, or one naming another purchase id, returns False and changes nothing."""
     sale = a_sale(stock=3)
-    stock_key, buyers_key = gate_keys(settings, sale.id)
-    r = redis_client(settings)
+    keys, r = keys_of(settings, sale), redis_client(settings)
     pid = uuid.uuid4()
     with trio.fail_after(10):
         async with gate_for(settings) as gate:
@@ -143,8 +167,9 @@ async def test_release_is_idempotent_and_only_undoes_the_named_reservation(setti
             assert await gate.release(sale.id, "bob", uuid.uuid4(), restock=True) is False
             assert await gate.release(sale.id, "alice", pid, restock=True) is True
             assert await gate.release(sale.id, "alice", pid, restock=True) is False
-    assert r.get(stock_key) == "2"
-    assert r.hkeys(buyers_key) == ["bob"]
+    assert r.get(keys.stock) == "2"
+    assert r.hkeys(keys.buyers) == ["bob"]
+    assert r.zrange(keys.pending, 0, -1) == ["bob"]
 
 
 async def test_missing_gate_is_loaded_from_the_ledger(settings):
@@ -154,30 +179,49 @@ async def test_missing_gate_is_loaded_from_the_ledger(settings):
     with trio.fail_after(10):
         async with gate_for(settings, loader=loader) as gate:
             assert await gate.is_loaded(sale) is False
-            with pytest.raises(AlreadyPurchased):
-                await gate.reserve(sale, "u-1", uuid.uuid4())
+            held = await gate.reserve(sale, "u-1", uuid.uuid4())
+            assert held == GateAnswer(Seat.HELD, holder=loader.buyers["u-1"])
             assert await gate.is_loaded(sale) is True
-            assert await gate.reserve(sale, "newcomer", uuid.uuid4()) == 6
+            assert await gate.reserve(sale, "newcomer", uuid.uuid4()) == reserved(6)
             assert loader.calls == 1
-    _, buyers_key = gate_keys(settings, sale.id)
-    held = redis_client(settings).hget(buyers_key, "u-2")
-    assert held.partition(":")[0] == loader.buyers["u-2"]
+    keys, r = keys_of(settings, sale), redis_client(settings)
+    assert parse_holder(r.hget(keys.buyers, "u-2")) == (loader.buyers["u-2"], 0)
+    assert r.zrange(keys.pending, 0, -1) == ["newcomer"], "loaded holders are settled"
 
 
-async def test_reservations_report_holders_and_when_they_reserved(settings):
-    """reservations() lists each holder's purchase id and Redis reservation time (0 if loaded)."""
+async def test_a_gate_is_rebuilt_in_chunks_and_appears_whole(settings, monkeypatch):
+    """A rebuild larger than one chunk writes every holder, and no staging hash is left."""
+    monkeypatch.setattr("actors.stock_gate.LOAD_CHUNK_SIZE", 7)
+    sale = a_sale(stock=100)
+    loader = Loader(sold=30, buyers={f"u-{i}": str(uuid.uuid4()) for i in range(30)})
+    with trio.fail_after(10):
+        async with gate_for(settings, loader=loader) as gate:
+            assert await gate.ensure_loaded(sale) is True
+    keys, r = keys_of(settings, sale), redis_client(settings)
+    assert r.get(keys.stock) == "70"
+    assert {u: parse_holder(v)[0] for u, v in r.hgetall(keys.buyers).items()} == loader.buyers
+    assert list(r.scan_iter(match=f"{keys.buyers}:build:*")) == []
+
+
+async def test_in_doubt_reports_pending_holders_and_when_they_reserved(settings):
+    """in_doubt() counts holders and pending ones, and lists pending ones with their Redis time."""
     sale, pid = a_sale(stock=5), uuid.uuid4()
     loaded = str(uuid.uuid4())
     with trio.fail_after(10):
         async with gate_for(settings, loader=Loader(sold=1, buyers={"old": loaded})) as gate:
             await gate.reserve(sale, "alice", pid)
-            now_ms, held = await gate.reservations(sale.id)
-            empty = await gate.reservations(uuid.uuid4())
-    assert set(held) == {"old", "alice"}
-    assert held["old"] == (loaded, 0)
-    assert held["alice"][0] == str(pid)
-    assert now_ms - 10_000 < held["alice"][1] <= now_ms
-    assert empty[1] == {}
+            view = await gate.in_doubt(sale.id)
+            assert await gate.settle(sale.id, {"alice": str(pid)}) == 1
+            settled = await gate.in_doubt(sale.id)
+            empty = await gate.in_doubt(uuid.uuid4())
+            holders = await gate.holders(sale.id)
+    assert (view.stock, view.holders, view.pending) == (3, 2, 1)
+    assert set(view.oldest) == {"alice"}
+    assert view.oldest["alice"][0] == str(pid)
+    assert view.now_ms - 10_000 < view.oldest["alice"][1] <= view.now_ms
+    assert (settled.holders, settled.pending, settled.oldest) == (2, 0, {})
+    assert empty.stock is None
+    assert holders == {"old": loaded, "alice": str(pid)}
 
 
 async def test_remaining_loads_the_gate_and_never_goes_below_zero(settings):
@@ -193,17 +237,16 @@ async def test_remaining_loads_the_gate_and_never_goes_below_zero(settings):
 async def test_ensure_loaded_does_not_clobber_a_loaded_gate(settings):
     """A gate already in Redis is left untouched by a later load."""
     sale = a_sale(stock=10)
-    stock_key, buyers_key = gate_keys(settings, sale.id)
-    r = redis_client(settings)
-    r.set(stock_key, 2)
-    r.hset(buyers_key, "other-process-user", "pid")
+    keys, r = keys_of(settings, sale), redis_client(settings)
+    r.set(keys.stock, 2)
+    r.hset(keys.buyers, "other-process-user", "pid")
     loader = Loader(sold=0, buyers={"ledger-user": str(uuid.uuid4())})
     with trio.fail_after(10):
         async with gate_for(settings, loader=loader) as gate:
             assert await gate.ensure_loaded(sale) is False
-            assert await gate.reserve(sale, "alice", uuid.uuid4()) == 1
-    assert r.get(stock_key) == "1"
-    assert sorted(r.hkeys(buyers_key)) == ["alice", "other-process-user"]
+            assert await gate.reserve(sale, "alice", uuid.uuid4()) == reserved(1)
+    assert r.get(keys.stock) == "1"
+    assert sorted(r.hkeys(keys.buyers)) == ["alice", "other-process-user"]
 
 
 async def test_full_inbox_answers_overloaded(settings):
@@ -217,15 +260,13 @@ async def test_full_inbox_answers_overloaded(settings):
     assert refused and served
     assert len(served) + len(refused) == len(users)
     assert all(answers[u].actor == "stock_gate" for u in refused)
-    _, buyers_key = gate_keys(settings, sale.id)
-    assert sorted(redis_client(settings).hkeys(buyers_key)) == sorted(served)
+    assert sorted(redis_client(settings).hkeys(keys_of(settings, sale).buyers)) == sorted(served)
 
 
 async def test_redis_error_during_a_batch_fails_its_requests(settings):
     """A Redis error while serving a batch answers each request BackendUnavailable."""
     sale = a_sale(stock=5)
-    stock_key, _ = gate_keys(settings, sale.id)
-    redis_client(settings).set(stock_key, "garbage")  # the Lua script fails on it
+    redis_client(settings).set(keys_of(settings, sale).stock, "garbage")  # the script fails
     with trio.fail_after(10):
         async with gate_for(settings) as gate:
             answers = await reserve_all(gate, sale, ["alice", "bob"])
@@ -252,6 +293,6 @@ async def test_unreachable_redis_fails_at_open(settings):
     with trio.fail_after(10):
         async with trio_asyncio.open_loop():
             with pytest.raises(BackendUnavailable) as caught:
-                async with open_stock_gate(config, loader=Loader()):
+                async with open_stock_gate(config, loader=Loader(), counter=Loader().count):
                     pytest.fail("the gate opened without Redis")  # pragma: no cover
     assert caught.value.backend == "redis"
