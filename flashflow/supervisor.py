@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .settings import Settings
 
@@ -56,10 +57,9 @@ class Worker:
 class Supervisor:
     """Starts, watches, restarts and stops the worker processes."""
 
-    def __init__(self, settings: Settings, sock: socket.socket, metrics_dir: str) -> None:
+    def __init__(self, settings: Settings, sock: socket.socket) -> None:
         self.settings = settings
         self.sock = sock
-        self.metrics_dir = metrics_dir
         self.workers: list[Worker] = []
         self.stopping = False
 
@@ -67,9 +67,9 @@ class Supervisor:
         """Start worker ``index`` on the shared socket."""
         fd = self.sock.fileno()
         command = [sys.executable, "-m", "flashflow.cli", "worker", "--fd", str(fd)]
-        env = dict(os.environ, FLASHFLOW_DATABASE_URL=self.settings.database_url or "",
-                   FLASHFLOW_REDIS_URL=self.settings.redis_url or "",
-                   PROMETHEUS_MULTIPROC_DIR=self.metrics_dir)
+        # The worker builds its settings from these: the same as the supervisor's, the
+        # command's options (--log-level, the URLs) and the metrics directory included.
+        env = {**os.environ, **self.settings.to_env()}
         # Own session: a Ctrl-C in the terminal reaches the supervisor only, which then
         # stops the workers in order instead of every process at once.
         return subprocess.Popen(command, pass_fds=(fd,), env=env, start_new_session=True)
@@ -119,8 +119,9 @@ def supervise(settings: Settings, announce: Callable[[str], None]) -> int:
     sock = listening_socket(settings.host, settings.port)
     # Every worker writes its counters here, so /metrics sums all of them whichever answers.
     metrics_dir = tempfile.TemporaryDirectory(prefix="flashflow-metrics-")
-    supervisor = Supervisor(settings, sock, os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-                            or metrics_dir.name)
+    if settings.metrics_dir is None:
+        settings = settings.override(metrics_dir=Path(metrics_dir.name))
+    supervisor = Supervisor(settings, sock)
     received: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
