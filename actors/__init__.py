@@ -3,6 +3,7 @@
 ``actors`` never imports the HTTP front; ``flashflow`` wires these together.
 """
 
+from .backoff import Backoff
 from .catalog import Catalog, open_catalog
 from .errors import (
     AlreadyPurchased,
@@ -26,6 +27,7 @@ from .user_serializer import UserSerializer, open_user_serializer
 
 __all__ = [
     "AlreadyPurchased",
+    "Backoff",
     "BackendUnavailable",
     "Catalog",
     "CommitResult",

@@ -10,8 +10,9 @@ Subscribers of a sale are parked in ``wake_groups`` groups, and a change wakes o
 scheduler pass: with thousands watching, the fan-out is spread over many passes instead of
 one long one, so purchases and driver I/O keep running while it goes out.
 
-If the subscription drops, the feed reconnects with backoff and has Redis publish the
-current stock of every watched sale again, through the same channel, so the fresh value
+If the subscription drops, the feed subscribes again at once, then under its declared
+``reconnect`` policy while Redis refuses, and has Redis publish the current stock of every
+watched sale again, through the same channel, so the fresh value
 arrives in order with every other change and no subscriber is left on a stale figure.
 """
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -33,6 +33,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import _aio
+from .backoff import Backoff
 from ._feed_redis import REPUBLISH, parse_stock, read_batch, subscribe_confirmed
 from ._nursery import open_actor_nursery
 from ._slot import Slot
@@ -55,8 +56,8 @@ class FeedConfig:
     wake_groups: int = 64
     batch_max: int = 512
     idle_ping_s: float = 5.0
-    backoff_min_s: float = 0.05
-    backoff_max_s: float = 5.0
+    #: Waits between attempts to subscribe again once the subscription was lost.
+    reconnect: Backoff = Backoff(initial_s=0.05, max_s=5.0, jitter_s=0.05)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,35 +223,48 @@ class StockFeed:
     # -- the actor's tasks ------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Hold the subscription until cancelled; started once the first one works."""
-        failures = 0
+        """Hold the subscription until cancelled; started once the first one works.
+
+        A failure to subscribe at start-up is raised. A subscription lost later is taken up
+        again under the ``reconnect`` policy, which starts afresh after each one that worked.
+        """
+        pubsub = await self._subscribe()
+        task_status.started()
         while True:
-            pubsub = self._client.pubsub()
             try:
-                await self._call(subscribe_confirmed, pubsub, self._channel,
-                                 self._config.timeout_s)
-                self._connected = True
-                task_status.started()
-                task_status = trio.TASK_STATUS_IGNORED
-                failures = 0
-                for sale_id in list(self._sales):
-                    await self._reread(sale_id)
                 await self._listen(pubsub)
             except BackendUnavailable as exc:
-                if task_status is not trio.TASK_STATUS_IGNORED:
-                    raise
-                self._reconnects += 1
-                failures += 1
-                delay = min(self._config.backoff_max_s,
-                            self._config.backoff_min_s * 2 ** (failures - 1))
-                log.warning("stock feed lost its subscription (%r); reconnecting in %.2f s",
-                            exc.__cause__ or exc, delay)
-                self._connected = False
-                await trio.sleep(delay * random.uniform(0.5, 1.0))
+                log.warning("stock feed lost its subscription (%r); reconnecting",
+                            exc.__cause__ or exc)
             finally:
-                self._connected = False
-                with trio.CancelScope(shield=True), suppress(BackendUnavailable):
-                    await self._call(pubsub.aclose)
+                await self._close(pubsub)
+            pubsub = await self._resubscribe()
+
+    async def _resubscribe(self) -> Any:
+        """Subscribe again, as often as the ``reconnect`` policy says, until it works."""
+        async for attempt in self._config.reconnect.forever(BackendUnavailable):
+            with attempt:
+                self._reconnects += 1
+                return await self._subscribe()
+        raise AssertionError("a policy that retries forever ended")  # pragma: no cover
+
+    async def _subscribe(self) -> Any:
+        """A subscription to the stock channel, with every watched sale's stock republished."""
+        pubsub = self._client.pubsub()
+        try:
+            await self._call(subscribe_confirmed, pubsub, self._channel, self._config.timeout_s)
+            self._connected = True
+            for sale_id in list(self._sales):
+                await self._reread(sale_id)
+        except BaseException:
+            await self._close(pubsub)
+            raise
+        return pubsub
+
+    async def _close(self, pubsub: Any) -> None:
+        self._connected = False
+        with trio.CancelScope(shield=True), suppress(BackendUnavailable):
+            await self._call(pubsub.aclose)
 
     async def wake_subscribers(self) -> None:
         """Wake the subscribers of changed sales, one group per scheduler pass."""

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,16 +21,19 @@ from actors.model import Sale
 from .database import run_on_connection
 from .logs import configure_logging
 from .migrate import apply_migrations
-from .settings import Settings, SettingsError
+from .settings import SERVICE_URLS, Settings, SettingsError
 
 log = logging.getLogger("flashflow")
 
 DEMO_PRODUCT = "Limited Edition Sneakers"
+#: What the commands that only read or write sales need.
+DATABASE = ("database_url",)
 
 
-def _settings(**overrides: Any) -> Settings:
+def _ready(settings: Settings, needs: tuple[str, ...] = (), **overrides: Any) -> Settings:
+    """The group's settings with a command's options applied, once ``needs`` are all set."""
     try:
-        return Settings.from_env(**overrides)
+        return settings.override(**overrides).require(*needs)
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -57,12 +58,6 @@ def _run_pg(url: str, fn: Callable, *args: Any) -> Any:
         raise click.ClickException(f"PostgreSQL at {url}: {exc}") from None
 
 
-def _database_url(settings: Settings) -> str:
-    if not settings.database_url:
-        raise click.UsageError("FLASHFLOW_DATABASE_URL (or --database-url) is not set")
-    return settings.database_url
-
-
 def _sale_json(sale: Sale, sold: int | None = None) -> str:
     body = {"id": str(sale.id), "productName": sale.product_name, "totalStock": sale.total_stock,
             "startTime": sale.start_time.isoformat(), "endTime": sale.end_time.isoformat(),
@@ -82,18 +77,23 @@ def _when(text: str) -> datetime:
 
 @click.group()
 @click.option("--log-level", default=None, help="Logging level [FLASHFLOW_LOG_LEVEL].")
-def main(log_level: str | None) -> None:
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None) -> None:
     """Flash Flow: a flash-sale server that sells a small stock to a stampede, exactly."""
-    if log_level:
-        os.environ["FLASHFLOW_LOG_LEVEL"] = log_level  # worker processes inherit it
-    configure_logging(_settings())
+    # Built once, here; each command applies its own options to it (``_ready``).
+    try:
+        ctx.obj = Settings.from_env(log_level=log_level)
+        configure_logging(ctx.obj)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @main.command()
 @click.option("--database-url", help="PostgreSQL URL [FLASHFLOW_DATABASE_URL].")
-def migrate(database_url: str | None) -> None:
+@click.pass_obj
+def migrate(settings: Settings, database_url: str | None) -> None:
     """Apply the SQL migrations not applied yet (re-running is a no-op)."""
-    url = _database_url(_settings(database_url=database_url))
+    url = _ready(settings, DATABASE, database_url=database_url).database_url
     applied = _run_pg(url, apply_migrations)
     click.echo(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
 
@@ -119,10 +119,11 @@ def _seed(url: str, product: str, stock: int, starts_in_s: float, duration_s: fl
 @click.option("--duration", "duration_s", type=click.FloatRange(min=1), default=3600,
               show_default=True, help="Seconds the sale lasts.")
 @click.option("--if-empty", is_flag=True, help="Only seed when no sale exists.")
-def seed(database_url: str | None, product: str, stock: int, starts_in_s: float,
+@click.pass_obj
+def seed(settings: Settings, database_url: str | None, product: str, stock: int, starts_in_s: float,
          duration_s: float, if_empty: bool) -> None:
     """Create a demo sale."""
-    url = _database_url(_settings(database_url=database_url))
+    url = _ready(settings, DATABASE, database_url=database_url).database_url
     sale = _seed(url, product, stock, starts_in_s, duration_s, if_empty)
     click.echo(_sale_json(sale) if sale else "a sale exists; nothing seeded")
 
@@ -138,23 +139,25 @@ def sale() -> None:
 @click.option("--stock", type=click.IntRange(0, 10_000_000), required=True)
 @click.option("--start", "start", required=True, help="ISO 8601 start time (UTC if no zone).")
 @click.option("--end", "end", required=True, help="ISO 8601 end time (UTC if no zone).")
-def sale_create(database_url: str | None, product: str, stock: int, start: str, end: str) -> None:
+@click.pass_obj
+def sale_create(settings: Settings, database_url: str | None, product: str, stock: int, start: str, end: str) -> None:
     """Schedule a sale."""
     starts, ends = _when(start), _when(end)
     if ends <= starts:
         raise click.BadParameter("--end must be after --start")
     if not 1 <= len(product.strip()) <= 200:
         raise click.BadParameter("--product must have 1 to 200 characters")
-    url = _database_url(_settings(database_url=database_url))
+    url = _ready(settings, DATABASE, database_url=database_url).database_url
     click.echo(_sale_json(_run_pg(url, ledger_sql.insert_sale, product.strip(), stock,
                                   starts, ends)))
 
 
 @sale.command("list")
 @click.option("--database-url", help="PostgreSQL URL [FLASHFLOW_DATABASE_URL].")
-def sale_list(database_url: str | None) -> None:
+@click.pass_obj
+def sale_list(settings: Settings, database_url: str | None) -> None:
     """List every sale, one JSON object a line."""
-    url = _database_url(_settings(database_url=database_url))
+    url = _ready(settings, DATABASE, database_url=database_url).database_url
     for item in _run_pg(url, ledger_sql.fetch_sales):
         click.echo(_sale_json(item))
 
@@ -162,9 +165,10 @@ def sale_list(database_url: str | None) -> None:
 @sale.command("show")
 @click.option("--database-url", help="PostgreSQL URL [FLASHFLOW_DATABASE_URL].")
 @click.argument("sale_id", type=click.UUID)
-def sale_show(database_url: str | None, sale_id: uuid.UUID) -> None:
+@click.pass_obj
+def sale_show(settings: Settings, database_url: str | None, sale_id: uuid.UUID) -> None:
     """Show one sale with its committed count."""
-    url = _database_url(_settings(database_url=database_url))
+    url = _ready(settings, DATABASE, database_url=database_url).database_url
 
     async def go(conn: Any) -> tuple[Sale | None, int]:
         return await ledger_sql.fetch_sale(conn, sale_id), await ledger_sql.sold_count(conn, sale_id)
@@ -197,39 +201,37 @@ def sale_watch(url: str, max_events: int | None, timeout_s: float | None) -> Non
 
 @main.command()
 @server_options
-def serve(host: str | None, port: int | None, database_url: str | None,
+@click.pass_obj
+def serve(settings: Settings, host: str | None, port: int | None, database_url: str | None,
           redis_url: str | None, workers: int | None) -> None:
     """Serve against the PostgreSQL and Redis named by the settings."""
-    settings = _settings(host=host, port=port, database_url=database_url, redis_url=redis_url,
-                         workers=workers)
-    _database_url(settings)
-    if not settings.redis_url:
-        raise click.UsageError("FLASHFLOW_REDIS_URL (or --redis-url) is not set")
-    _serve(settings)
+    _serve(_ready(settings, SERVICE_URLS, host=host, port=port,
+                  database_url=database_url, redis_url=redis_url, workers=workers))
 
 
 @main.command()
 @server_options
 @click.option("--data-dir", type=click.Path(path_type=Path),
               help="Where the embedded servers keep their data [FLASHFLOW_DATA_DIR].")
-def up(host: str | None, port: int | None, database_url: str | None, redis_url: str | None,
+@click.pass_obj
+def up(settings: Settings, host: str | None, port: int | None, database_url: str | None, redis_url: str | None,
        workers: int | None, data_dir: Path | None) -> None:
     """Start everything: embedded PostgreSQL and Redis unless URLs are set, migrate, seed, serve."""
     from .embedded import start_postgres, start_redis
 
-    settings = _settings(host=host, port=port, database_url=database_url, redis_url=redis_url,
-                         workers=workers, data_dir=data_dir)
+    settings = _ready(settings, host=host, port=port, database_url=database_url,
+                      redis_url=redis_url, workers=workers, data_dir=data_dir)
     with ExitStack() as stack:
         if not settings.database_url:
             postgres = start_postgres(settings.data_dir)
             stack.callback(postgres.stop)
             click.echo(f"started embedded PostgreSQL (pid {postgres.pid}) at {postgres.url}")
-            settings = replace(settings, database_url=postgres.url)
+            settings = settings.override(database_url=postgres.url)
         if not settings.redis_url:
             redis_server = start_redis(settings.data_dir)
             stack.callback(redis_server.stop)
             click.echo(f"started embedded Redis (pid {redis_server.pid}) at {redis_server.url}")
-            settings = replace(settings, redis_url=redis_server.url)
+            settings = settings.override(redis_url=redis_server.url)
         applied = _run_pg(settings.database_url, apply_migrations)
         click.echo(f"applied {len(applied)} migration(s)")
         demo = _seed(settings.database_url, DEMO_PRODUCT, 100, 0, 24 * 3600, if_empty=True)
@@ -260,11 +262,12 @@ def _serve(settings: Settings) -> None:
 
 @main.command(hidden=True)
 @click.option("--fd", type=int, required=True, help="An inherited listening socket.")
-def worker(fd: int) -> None:
-    """One worker process on a socket handed down by the supervisor."""
+@click.pass_obj
+def worker(settings: Settings, fd: int) -> None:
+    """One worker process on a socket handed down by the supervisor, on its settings."""
     from .server import serve_until_signalled
 
-    trio.run(serve_until_signalled, _settings(), lambda binds: None, [f"fd://{fd}"])
+    trio.run(serve_until_signalled, settings, lambda binds: None, [f"fd://{fd}"])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,7 +31,7 @@ from .actor_metrics import ACTOR_METRICS, SALE_METRICS, ActorCollector, read_sal
 from .runtime import Runtime
 
 __all__ = ["ACTOR_METRICS", "REQUEST_METRICS", "SALE_METRICS", "RequestMetrics",
-           "install_metrics", "multiprocess_dir", "scrape_registry"]
+           "install_metrics", "scrape_registry"]
 
 UNMATCHED = "<unmatched>"
 PURCHASE_ENDPOINT = "purchase"
@@ -45,11 +45,6 @@ REQUEST_METRICS: tuple[tuple[str, str], ...] = (
     ("flashflow_http_request_duration_seconds", "HTTP request latency by route rule and method."),
     ("flashflow_purchases_total", "Purchase answers by wire code (CONFIRMED for a 201)."),
 )
-
-
-def multiprocess_dir() -> str | None:
-    """The directory named by ``PROMETHEUS_MULTIPROC_DIR``, or None for one process."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 class RequestMetrics:
@@ -113,7 +108,7 @@ async def purchase_outcome(response: Response) -> str:
 
 def install_metrics(app: QuartTrio, runtime: Runtime) -> None:
     """Register ``GET /metrics`` and the request hooks that count and time every request."""
-    directory = multiprocess_dir()
+    directory = runtime.settings.metrics_dir  # PROMETHEUS_MULTIPROC_DIR, or one process
     if directory is not None:
         os.makedirs(directory, exist_ok=True)
     own = None if directory is not None else CollectorRegistry()

@@ -34,7 +34,7 @@ from actors.reconciler import Reconciler, open_reconciler
 from actors.stock_feed import FeedConfig, StockFeed, open_stock_feed
 from actors.user_serializer import SerializerConfig, utc_now
 
-from .settings import Settings, SettingsError
+from .settings import SERVICE_URLS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Runtime:
 def gate_config(settings: Settings) -> GateConfig:
     """The stock gate's configuration, taken from the settings."""
     return GateConfig(
-        redis_url=_require(settings.redis_url, "FLASHFLOW_REDIS_URL"),
+        redis_url=settings.redis_url,
         key_prefix=settings.key_prefix,
         inbox_size=settings.gate_inbox_size,
         batch_max=settings.gate_batch_max,
@@ -69,7 +69,7 @@ def gate_config(settings: Settings) -> GateConfig:
 def feed_config(settings: Settings) -> FeedConfig:
     """The stock feed's configuration, taken from the settings."""
     return FeedConfig(
-        redis_url=_require(settings.redis_url, "FLASHFLOW_REDIS_URL"),
+        redis_url=settings.redis_url,
         key_prefix=settings.key_prefix,
         timeout_s=settings.redis_timeout_s,
     )
@@ -78,7 +78,7 @@ def feed_config(settings: Settings) -> FeedConfig:
 def limiter_config(settings: Settings) -> LimiterConfig:
     """The rate limiter's configuration, taken from the settings."""
     return LimiterConfig(
-        redis_url=_require(settings.redis_url, "FLASHFLOW_REDIS_URL"),
+        redis_url=settings.redis_url,
         key_prefix=settings.key_prefix,
         user_per_s=settings.rate_user_per_s,
         user_burst=settings.rate_user_burst,
@@ -93,7 +93,7 @@ def limiter_config(settings: Settings) -> LimiterConfig:
 def ledger_config(settings: Settings) -> LedgerConfig:
     """The ledger's configuration, taken from the settings."""
     return LedgerConfig(
-        database_url=_require(settings.database_url, "FLASHFLOW_DATABASE_URL"),
+        database_url=settings.database_url,
         pool_size=settings.pg_pool_size,
         inbox_size=settings.ledger_inbox_size,
         batch_max=settings.ledger_batch_max,
@@ -112,16 +112,16 @@ def serializer_config(settings: Settings) -> SerializerConfig:
     )
 
 
-def _require(value: str | None, name: str) -> str:
-    if not value:
-        raise SettingsError(f"{name} is not set")
-    return value
-
-
 @asynccontextmanager
 async def open_runtime(settings: Settings, *,
                        clock: Callable[[], datetime] = utc_now) -> AsyncIterator[Runtime]:
-    """Open the asyncio bridge and the actor tree; close them in reverse order on exit."""
+    """Open the asyncio bridge and the actor tree; close them in reverse order on exit.
+
+    Raises:
+        SettingsError: ``settings`` name no PostgreSQL or no Redis; the message names the
+            variable. The config builders above take settings that passed this check.
+    """
+    settings.require(*SERVICE_URLS)
     with single_errors():
         async with (
             trio_asyncio.open_loop(),

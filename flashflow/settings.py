@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 PREFIX = "FLASHFLOW_"
+#: The variable prometheus-client itself reads when first imported; its name is not ours.
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+#: The fields a running server cannot do without: ``serve`` and each worker require them.
+SERVICE_URLS = ("database_url", "redis_url")
 
 
 class SettingsError(ValueError):
@@ -45,6 +49,10 @@ def _optional_url(raw: str) -> str | None:
     return raw
 
 
+def _optional_path(raw: str) -> Path | None:
+    return Path(raw).expanduser() if raw.strip() else None
+
+
 def _bool(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -62,12 +70,22 @@ _CASTS: dict[str, Callable[[str], Any]] = {
     "bool": _bool,
     "str": str,
     "path": lambda raw: Path(raw).expanduser(),
+    "optional_path": _optional_path,
 }
+
+
+def env_name(f: Field) -> str:
+    """The environment variable a settings field is read from."""
+    return f.metadata.get("env", PREFIX + f.name.upper())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
-    """Every knob of Flash Flow; each field is read from ``FLASHFLOW_<FIELD>``."""
+    """Every knob of Flash Flow; each field is read from ``FLASHFLOW_<FIELD>``.
+
+    ``metrics_dir`` is the exception: it is ``PROMETHEUS_MULTIPROC_DIR``, the variable
+    prometheus-client reads by that name.
+    """
 
     database_url: str | None = None
     redis_url: str | None = None
@@ -99,6 +117,7 @@ class Settings:
     graceful_timeout_s: float = 10.0
     access_log: bool = False
     log_level: str = "INFO"
+    metrics_dir: Path | None = field(default=None, metadata={"env": METRICS_DIR_VARIABLE})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -110,15 +129,46 @@ class Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
-            name = PREFIX + f.name.upper()
+            name = env_name(f)
             if name in environ:
                 cast = _CASTS[_kind(f.name, f.type)]
                 try:
                     values[f.name] = cast(environ[name])
                 except ValueError as exc:
                     raise SettingsError(f"{name}={environ[name]!r}: {exc}") from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return cls(**values).override(**overrides)
+
+    def override(self, **overrides: Any) -> Self:
+        """These settings with ``overrides`` applied; an override of None changes nothing."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self, **given) if given else self
+
+    def require(self, *names: str) -> Self:
+        """These settings, once every field in ``names`` (the URLs a command needs) is set.
+
+        Raises:
+            SettingsError: a named field is unset; the message names its variable.
+        """
+        for f in fields(self):
+            if f.name in names and not getattr(self, f.name):
+                raise SettingsError(f"{env_name(f)} is not set")
+        return self
+
+    def to_env(self) -> dict[str, str]:
+        """The variables that :meth:`from_env` reads back into these same settings.
+
+        The supervisor hands them to each worker process, so a worker runs on exactly the
+        settings the command was given, options included.
+        """
+        return {env_name(f): _render(getattr(self, f.name)) for f in fields(self)}
+
+
+def _render(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _kind(name: str, annotation: Any) -> str:
@@ -127,7 +177,9 @@ def _kind(name: str, annotation: Any) -> str:
         return "url"
     if name == "port":
         return "port"
-    for kind in ("bool", "int", "float", "Path"):
+    if text.startswith("Path"):
+        return "optional_path" if "None" in text else "path"
+    for kind in ("bool", "int", "float"):
         if text.startswith(kind):
-            return "path" if kind == "Path" else kind
+            return kind
     return "str"

@@ -2,8 +2,9 @@
 
 The supervisor binds the socket once and hands it to each worker (``fd://``), so every
 worker accepts on the same port. Correctness across workers rests on Redis and
-PostgreSQL, not on process memory. A worker that dies is started again; SIGINT or SIGTERM
-is passed on to every worker, which then drains within the graceful timeout.
+PostgreSQL, not on process memory. A worker that dies is started again under the declared
+``RESTART`` policy; SIGINT or SIGTERM is passed on to every worker, which then drains within
+the graceful timeout.
 """
 
 from __future__ import annotations
@@ -18,12 +19,41 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from actors import Backoff
 
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+#: Waits before starting a worker that died again: 0.5 s, doubling, at most 5 s.
+RESTART = Backoff(initial_s=0.5, max_s=5.0)
+#: A worker that ran this long before dying is restarted as if for the first time.
+STABLE_AFTER_S = 30.0
+
+
+class WorkerExited(Exception):
+    """A worker process exited while the supervisor was not stopping it."""
+
+    def __init__(self, index: int, pid: int, code: int) -> None:
+        super().__init__(f"worker {index} (pid {pid}) exited with {code}")
+        self.index, self.pid, self.code = index, pid, code
+
+
+class Restarts:
+    """One worker's runs as attempts of the ``RESTART`` policy: each exit is a failed one."""
+
+    def __init__(self, policy: Backoff = RESTART) -> None:
+        self._attempts = iter(policy.forever(WorkerExited))
+        self._attempt = next(self._attempts)
+        self._attempt.__enter__()
+
+    def failed(self, exited: WorkerExited) -> None:
+        """Record the exit and wait as long as the policy says before the next run."""
+        self._attempt.__exit__(WorkerExited, exited, None)
+        self._attempt = next(self._attempts)  # sleeps the policy's wait
+        self._attempt.__enter__()
 
 
 def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
@@ -49,17 +79,16 @@ class Worker:
 
     index: int
     process: subprocess.Popen
-    restarts: int = 0
+    restarts: Restarts = field(default_factory=Restarts)
     started_at: float = field(default_factory=time.monotonic)
 
 
 class Supervisor:
     """Starts, watches, restarts and stops the worker processes."""
 
-    def __init__(self, settings: Settings, sock: socket.socket, metrics_dir: str) -> None:
+    def __init__(self, settings: Settings, sock: socket.socket) -> None:
         self.settings = settings
         self.sock = sock
-        self.metrics_dir = metrics_dir
         self.workers: list[Worker] = []
         self.stopping = False
 
@@ -67,9 +96,9 @@ class Supervisor:
         """Start worker ``index`` on the shared socket."""
         fd = self.sock.fileno()
         command = [sys.executable, "-m", "flashflow.cli", "worker", "--fd", str(fd)]
-        env = dict(os.environ, FLASHFLOW_DATABASE_URL=self.settings.database_url or "",
-                   FLASHFLOW_REDIS_URL=self.settings.redis_url or "",
-                   PROMETHEUS_MULTIPROC_DIR=self.metrics_dir)
+        # The worker builds its settings from these: the same as the supervisor's, the
+        # command's options (--log-level, the URLs) and the metrics directory included.
+        env = {**os.environ, **self.settings.to_env()}
         # Own session: a Ctrl-C in the terminal reaches the supervisor only, which then
         # stops the workers in order instead of every process at once.
         return subprocess.Popen(command, pass_fds=(fd,), env=env, start_new_session=True)
@@ -86,14 +115,12 @@ class Supervisor:
             code = worker.process.poll()
             if code is None or self.stopping:
                 continue
-            delay = RESTART_BACKOFF_S[min(worker.restarts, len(RESTART_BACKOFF_S) - 1)]
-            if time.monotonic() - worker.started_at > 30:
-                worker.restarts = 0
-            log.warning("worker %d (pid %d) exited with %s; restarting in %.1fs",
-                        worker.index, worker.process.pid, code, delay)
-            time.sleep(delay)
+            exited = WorkerExited(worker.index, worker.process.pid, code)
+            if time.monotonic() - worker.started_at > STABLE_AFTER_S:
+                worker.restarts = Restarts()
+            log.warning("%s; restarting it", exited)
+            worker.restarts.failed(exited)
             worker.process = self.spawn(worker.index)
-            worker.restarts += 1
             worker.started_at = time.monotonic()
 
     def stop(self) -> list[int]:
@@ -119,8 +146,9 @@ def supervise(settings: Settings, announce: Callable[[str], None]) -> int:
     sock = listening_socket(settings.host, settings.port)
     # Every worker writes its counters here, so /metrics sums all of them whichever answers.
     metrics_dir = tempfile.TemporaryDirectory(prefix="flashflow-metrics-")
-    supervisor = Supervisor(settings, sock, os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-                            or metrics_dir.name)
+    if settings.metrics_dir is None:
+        settings = settings.override(metrics_dir=Path(metrics_dir.name))
+    supervisor = Supervisor(settings, sock)
     received: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:

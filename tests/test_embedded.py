@@ -159,20 +159,40 @@ def assert_start_fails_on(port: int, data_dir: Path) -> None:
         assert time.monotonic() - started < 15
 
 
+def started_since(before: set[int]) -> set[int]:
+    """The live processes this process started since ``before`` (its children's pids then).
+
+    The suite's session-wide embedded servers are children too when no
+    ``FLASHFLOW_TEST_*`` URL is set; they and the backends they fork are left out.
+    """
+    found = set()
+    for child in psutil.Process().children():
+        if child.pid not in before:
+            found |= {child.pid, *(p.pid for p in child.children(recursive=True))}
+    return found
+
+
+def child_pids() -> set[int]:
+    """The pids of this process's direct children."""
+    return {child.pid for child in psutil.Process().children()}
+
+
 def test_port_in_use_raises_with_log(data_dir: Path) -> None:
     """A server that cannot bind its port fails fast with its log and leaves no process behind."""
+    before = child_pids()
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         assert_start_fails_on(blocker.getsockname()[1], data_dir / "second")
-    assert psutil.Process().children(recursive=True) == []
+    assert started_since(before) == set()
 
 
 def test_port_answered_by_another_server_raises(data_dir: Path) -> None:
     """A start never mistakes another server answering on its port for itself."""
+    before = child_pids()
     with embedded_services(data_dir / "first") as (postgres, rds):
         for holder in (postgres, rds):
             port = int(holder.url.rsplit(":", 1)[1].split("/")[0])
             assert_start_fails_on(port, data_dir / f"second-{holder.name}")
         assert psql(postgres, "SELECT 1") == "1"
-        assert {child.pid for child in psutil.Process().children()} == {postgres.pid, rds.pid}
+        assert child_pids() - before == {postgres.pid, rds.pid}

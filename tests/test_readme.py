@@ -33,13 +33,15 @@ def shell_commands() -> list[str]:
 
 
 def test_the_two_commands_are_make_targets():
-    """`make up` and `make test` from the README are targets of the Makefile."""
+    """`make up` and `make test` are Makefile targets; CI runs `make test` without service URLs."""
     commands = shell_commands()
     assert "make up" in commands and "make test" in commands
     makefile = (README.parent / "Makefile").read_text()
     assert re.search(r"^up:", makefile, re.MULTILINE) and re.search(r"^test:", makefile, re.MULTILINE)
     ci = (README.parent / ".ci" / "run").read_text()
     assert "make test" in ci
+    # CI runs the newcomer's path: no service URLs, so the embedded servers are used.
+    assert "export FLASHFLOW_" not in ci and "unset" in ci
 
 
 def test_every_flashflow_command_in_the_readme_exists():

@@ -116,3 +116,79 @@ def test_settings_are_frozen():
     """A built Settings cannot be changed."""
     with pytest.raises(dataclasses.FrozenInstanceError):
         Settings().port = 1  # type: ignore[misc]
+
+
+def test_require_names_the_first_unset_variable():
+    """require() returns the settings when the URLs are set, else names the missing variable."""
+    ready = Settings(database_url="postgresql://db/ff", redis_url="redis://cache/0")
+    assert ready.require("database_url", "redis_url") is ready
+    with pytest.raises(SettingsError, match="^FLASHFLOW_REDIS_URL is not set$"):
+        Settings(database_url="postgresql://db/ff").require("database_url", "redis_url")
+    with pytest.raises(SettingsError, match="^FLASHFLOW_DATABASE_URL is not set$"):
+        Settings().require("database_url")
+
+
+def test_metrics_dir_is_read_from_prometheus_own_variable():
+    """metrics_dir comes from PROMETHEUS_MULTIPROC_DIR, the name prometheus-client reads."""
+    assert Settings.from_env({}).metrics_dir is None
+    assert Settings.from_env({"PROMETHEUS_MULTIPROC_DIR": " "}).metrics_dir is None
+    settings = Settings.from_env({"PROMETHEUS_MULTIPROC_DIR": "/run/ff-metrics",
+                                  "FLASHFLOW_METRICS_DIR": "/ignored"})
+    assert settings.metrics_dir == Path("/run/ff-metrics")
+
+
+def test_to_env_round_trips_through_from_env():
+    """The variables to_env() gives a worker build the very same settings back."""
+    settings = Settings(database_url="postgresql://db/ff", host="0.0.0.0", port=0, workers=3,
+                        data_dir=Path("/var/lib/ff"), redis_timeout_s=0.25,
+                        rate_limit_enabled=False, access_log=True, log_level="DEBUG",
+                        metrics_dir=Path("/run/ff-metrics"))
+    env = settings.to_env()
+    assert env["FLASHFLOW_LOG_LEVEL"] == "DEBUG" and env["FLASHFLOW_REDIS_URL"] == ""
+    assert env["PROMETHEUS_MULTIPROC_DIR"] == "/run/ff-metrics"
+    assert Settings.from_env(env) == settings
+    assert Settings.from_env(Settings().to_env()) == Settings()
+
+
+def test_cli_fails_once_naming_the_unset_url(monkeypatch):
+    """A command that needs a URL that is unset stops with one error naming the variable."""
+    from click.testing import CliRunner
+
+    from flashflow.cli import main
+
+    for name in ("FLASHFLOW_DATABASE_URL", "FLASHFLOW_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    runner = CliRunner()
+    for args, missing in ((["migrate"], "FLASHFLOW_DATABASE_URL"),
+                          (["sale", "list"], "FLASHFLOW_DATABASE_URL"),
+                          (["serve", "--database-url", "postgresql://db/ff"],
+                           "FLASHFLOW_REDIS_URL")):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.output.count(f"{missing} is not set") == 1, (args, result.output)
+
+
+def test_cli_log_level_travels_in_the_settings_not_the_environment(monkeypatch):
+    """--log-level reaches the command's settings and leaves os.environ alone."""
+    import os
+
+    import click
+    from click.testing import CliRunner
+
+    from flashflow.cli import main
+
+    monkeypatch.delenv("FLASHFLOW_LOG_LEVEL", raising=False)
+    seen: list[Settings] = []
+
+    @main.command("_probe", hidden=True)
+    @click.pass_obj
+    def probe(settings: Settings) -> None:
+        seen.append(settings)
+
+    try:
+        result = CliRunner().invoke(main, ["--log-level", "WARNING", "_probe"])
+    finally:
+        main.commands.pop("_probe")
+    assert result.exit_code == 0, result.output
+    assert [s.log_level for s in seen] == ["WARNING"]
+    assert "FLASHFLOW_LOG_LEVEL" not in os.environ

@@ -25,12 +25,16 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
 PURCHASE = "/api/v1/flash-sales/current/purchase"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
+#: What is missing to run these tests, each with the command that installs it.
+MISSING = [need for present, need in (
+    (CHROMIUM.exists(), f"Debian's chromium at {CHROMIUM} (apt-get install chromium)"),
+    (importlib.util.find_spec("playwright") is not None,
+     "Playwright for Python (pip install playwright, part of '.[test]')"),
+) if not present]
+
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at "
-                       "/usr/bin/chromium (apt-get install chromium)"),
-    pytest.mark.skipif(importlib.util.find_spec("playwright") is None,
-                       reason="needs Playwright for Python (pip install playwright)"),
+    pytest.mark.skipif(bool(MISSING), reason="browser tests need " + " and ".join(MISSING)),
 ]
 
 
