@@ -215,7 +215,7 @@ class UserSerializer:
                 # The reservation may have been made with its reply lost: undo it as soon as
                 # Redis answers, so the user's retry can buy.
                 self._lost_replies += 1
-                self._background.start_soon(self._release_lost, purchase)
+                self._later(self._release_lost, purchase)
                 raise
             if answer.seat is Seat.RESERVED:
                 return await self._commit(sale, purchase, deadline)
@@ -284,6 +284,11 @@ class UserSerializer:
                 except BackendUnavailable:
                     await trio.sleep(0.25)
 
+    def _later(self, fn, *args) -> None:
+        """Run clean-up in the background; once shutting down, the reconciler does it."""
+        with suppress(RuntimeError):  # the background nursery is closed
+            self._background.start_soon(fn, *args)
+
     def _remember(self, purchase: Purchase) -> None:
         self._buyers[purchase.sale_id][purchase.user_id] = purchase
 
@@ -298,7 +303,7 @@ class UserSerializer:
                 log.error("could not return a reservation to the gate: %r", exc.__cause__,
                           extra={"sale_id": str(purchase.sale_id), "purchase_id": str(purchase.id)})
                 if restock:
-                    self._background.start_soon(self._release_lost, purchase)
+                    self._later(self._release_lost, purchase)
 
     # -- memory -----------------------------------------------------------------------
 
@@ -337,12 +342,15 @@ async def open_user_serializer(gate: StockGate, ledger: Ledger, *,
     Background work (undoing reservations whose reply was lost, forgetting ended sales) stops
     at once on exit: what it leaves, the reconciler finishes.
     """
-    async with open_actor_nursery() as background, open_actor_nursery() as nursery:
-        serializer = UserSerializer(nursery, background, gate, ledger, catalog, limiter,
-                                    config, clock)
-        background.start_soon(serializer.sweep)
+    async with open_actor_nursery() as nursery:
         try:
-            yield serializer
+            async with open_actor_nursery() as background:
+                serializer = UserSerializer(nursery, background, gate, ledger, catalog, limiter,
+                                            config, clock)
+                background.start_soon(serializer.sweep)
+                try:
+                    yield serializer
+                finally:
+                    background.cancel_scope.cancel()
         finally:
-            background.cancel_scope.cancel()
             nursery.cancel_scope.deadline = trio.current_time() + config.drain_timeout_s

@@ -18,3 +18,6 @@ END $$;
 CREATE CONSTRAINT TRIGGER purchases_within_window AFTER INSERT ON purchases
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
     EXECUTE FUNCTION purchases_within_window();
+
+-- When the row was written, by the database clock (its commit follows within the trigger).
+ALTER TABLE purchases ADD COLUMN committed_at timestamptz NOT NULL DEFAULT clock_timestamp();

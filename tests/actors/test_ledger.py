@@ -261,3 +261,67 @@ async def test_lookups_are_batched(settings):
     assert stats.lookup_batches < 60
     assert {u for u, p in answers.items() if p is not None} == set(buyers)
     assert all(p.user_id == u for u, p in answers.items() if p is not None)
+
+
+async def test_no_purchase_commits_outside_the_window_by_the_database_clock(settings):
+    """A sale that ended (or has not begun) by PostgreSQL's clock commits nothing."""
+    url = settings.database_url
+    ended = await make_sale(url, stock=3, starts_in=timedelta(hours=-2), lasts=timedelta(hours=1))
+    later = await make_sale(url, stock=3, starts_in=timedelta(hours=1))
+    with trio.fail_after(20):
+        async with ledger_for(url) as ledger:
+            late = await commit_all(ledger, [purchase_of(ended, "a"), purchase_of(ended, "b")])
+            early = await ledger.commit(purchase_of(later, "c"))
+    assert [o.result for o in late] == [CommitResult.ENDED, CommitResult.ENDED]
+    assert early.result is CommitResult.NOT_STARTED
+    for sale in (ended, later):
+        assert await rows_and_sold(url, sale) == ({}, 0)
+
+
+async def test_a_commit_racing_the_end_of_the_sale_is_never_after_it(settings):
+    """Purchases sent as the sale closes either commit before endTime or are refused ENDED."""
+    url = settings.database_url
+    sale = await make_sale(url, stock=1000, starts_in=timedelta(minutes=-1),
+                           lasts=timedelta(minutes=1, seconds=0.6))
+    outcomes: list[CommitOutcome] = []
+    with trio.fail_after(20):
+        async with ledger_for(url) as ledger:
+            for i in range(200):
+                outcomes.extend(await commit_all(ledger, [purchase_of(sale, f"u{i}-{j}")
+                                                          for j in range(5)]))
+                await trio.sleep(0.01)
+    results = {o.result for o in outcomes}
+    assert results == {CommitResult.COMMITTED, CommitResult.ENDED}, results
+    rows = await pg(url, fetch,
+                    "SELECT count(*) AS late FROM purchases p JOIN flash_sales f ON f.id = p.sale_id"
+                    " WHERE p.sale_id = $1 AND p.committed_at >= f.end_time", sale.id)
+    assert rows[0]["late"] == 0
+
+
+async def test_only_the_stock_constraint_means_no_stock(settings):
+    """Any other constraint refusing a batch is an error, never NO_STOCK."""
+    url = settings.database_url
+    sale = await make_sale(url, stock=3)
+    too_long = Purchase(uuid.uuid4(), sale.id, "x" * 300, datetime.now(UTC))  # length CHECK
+    with trio.fail_after(20):
+        async with ledger_for(url) as ledger:
+            with pytest.raises(BackendUnavailable):
+                await ledger.commit(too_long)
+    assert await rows_and_sold(url, sale) == ({}, 0)
+
+
+async def test_a_lost_reply_is_settled_by_the_ledger(settings):
+    """settle_lost_reply() reads what committed: the same purchase, another one, or none."""
+    url = settings.database_url
+    sale = await make_sale(url, stock=3)
+    mine, other = purchase_of(sale, "alice"), purchase_of(sale, "alice")
+    with trio.fail_after(20):
+        async with ledger_for(url) as ledger:
+            absent = await ledger.settle_lost_reply(mine)
+            await ledger.commit(mine)
+            same = await ledger.settle_lost_reply(mine)
+            dup = await ledger.settle_lost_reply(other)
+            assert await ledger.resolve(sale.id, []) == {}
+    assert absent.result is CommitResult.ABSENT
+    assert (same.result, same.purchase.id) == (CommitResult.COMMITTED, mine.id)
+    assert (dup.result, dup.purchase.id) == (CommitResult.DUPLICATE, mine.id)

@@ -1,4 +1,8 @@
-"""The stock gate's sold-out memory against real Redis: local answers and the re-check loop."""
+"""SOLD_OUT is final: the gate answers it only once the ledger holds every unit.
+
+While the gate reads 0 with holders not yet committed, requests wait in arrival order; a
+unit that comes back goes to the first of them, and a deadline that passes is Undecided.
+"""
 
 from __future__ import annotations
 
@@ -8,140 +12,127 @@ import pytest
 import trio
 
 from actors import AlreadyPurchased, SoldOut
+from actors.errors import Undecided
+from actors.stock_gate import Seat
 
-from ..helpers import gate_keys, redis_client
-from .test_stock_gate import Loader, a_sale, gate_for, reserve_all, until
+from ..helpers import redis_client
+from .test_stock_gate import Loader, a_sale, gate_for, keys_of, reserved
 
 
-async def test_sold_out_is_answered_locally_without_redis(settings):
-    """Once the gate has seen stock 0 it answers SoldOut from memory, whatever Redis holds."""
-    sale = a_sale(stock=2)
-    stock_key, buyers_key = gate_keys(settings, sale.id)
-    r = redis_client(settings)
+async def test_zero_stock_with_uncommitted_holders_is_undecided_not_sold_out(settings):
+    """The gate at 0 while the ledger counts fewer sold than the stock: a wait, then Undecided."""
+    sale = a_sale(stock=1)
     with trio.fail_after(10):
-        async with gate_for(settings) as gate:
-            assert await gate.reserve(sale, "alice", uuid.uuid4()) == 1
-            assert await gate.reserve(sale, "bob", uuid.uuid4()) == 0
-            await until(lambda: gate.statistics().sold_out_sales == 1)
-            r.set(stock_key, 5)  # Redis now says 5, but the gate must not ask it
-            for user in ("carol", "dave"):
-                with pytest.raises(SoldOut):
-                    await gate.reserve(sale, user, uuid.uuid4())
-            stats = gate.statistics()
-    assert stats.local_sold_out_answers == 2
-    assert stats.reserved_requests == 2
-    assert r.get(stock_key) == "5"
-    assert sorted(r.hkeys(buyers_key)) == ["alice", "bob"]
+        async with gate_for(settings, loader=Loader(sold=0)) as gate:
+            assert await gate.reserve(sale, "alice", uuid.uuid4()) == reserved(0)
+            started = trio.current_time()
+            with pytest.raises(Undecided):
+                await gate.reserve(sale, "bob", uuid.uuid4(),
+                                   deadline=trio.current_time() + 0.3)
+            assert trio.current_time() - started >= 0.29
+            assert gate.is_sold_out(sale.id) is False
 
 
-async def test_buyer_of_a_sold_out_sale_is_told_already_purchased_locally(settings):
-    """After sold out, a buyer is answered AlreadyPurchased and a non-buyer SoldOut, from memory."""
-    sale = a_sale(stock=2)
-    loader = Loader(sold=1, buyers={"earlier": str(uuid.uuid4())})
+async def test_sold_out_once_the_ledger_holds_every_unit_then_from_memory(settings):
+    """Once the ledger counts every unit sold, waiters are told SOLD_OUT, then from memory."""
+    sale, pid = a_sale(stock=1), uuid.uuid4()
+    loader = Loader(sold=0)
     with trio.fail_after(10):
         async with gate_for(settings, loader=loader) as gate:
-            assert await gate.reserve(sale, "alice", uuid.uuid4()) == 0
-            await until(lambda: gate.statistics().sold_out_sales == 1)
-            for user in ("alice", "earlier"):
-                with pytest.raises(AlreadyPurchased):
-                    await gate.reserve(sale, user, uuid.uuid4())
+            assert await gate.reserve(sale, "alice", pid) == reserved(0)
+
+            async def commit_later() -> None:
+                await trio.sleep(0.2)
+                loader.sold, loader.buyers = 1, {"alice": str(pid)}
+                gate.poke(sale.id)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(commit_later)
+                with pytest.raises(SoldOut):
+                    await gate.reserve(sale, "bob", uuid.uuid4(),
+                                       deadline=trio.current_time() + 5)
+            batches = gate.statistics().batches
             with pytest.raises(SoldOut):
-                await gate.reserve(sale, "bob", uuid.uuid4())
-            stats = gate.statistics()
-    assert stats.local_sold_out_answers == 3
-    assert stats.reserved_requests == 1
-
-
-async def test_requests_queued_behind_the_last_unit_are_sold_out(settings):
-    """Requests already queued when the last unit goes are refused SoldOut; one unit is sold."""
-    sale = a_sale(stock=1)
-    with trio.fail_after(10):
-        async with gate_for(settings, batch_max=1) as gate:
-            answers = await reserve_all(gate, sale, ["a-1", "b-2", "c-3"])
-            stats = gate.statistics()
-    assert sorted(v for v in answers.values() if isinstance(v, int)) == [0]
-    assert sum(isinstance(v, SoldOut) for v in answers.values()) == 2
-    assert stats.batches == 3
-    assert stats.local_sold_out_answers == 0
-
-
-async def test_release_without_restock_drops_the_buyer_but_keeps_stock(settings):
-    """Releasing without restock removes the reservation and leaves the sale sold out."""
-    sale = a_sale(stock=1)
-    stock_key, buyers_key = gate_keys(settings, sale.id)
-    pid = uuid.uuid4()
-    with trio.fail_after(10):
-        async with gate_for(settings) as gate:
-            await gate.reserve(sale, "alice", pid)
-            await until(lambda: gate.statistics().sold_out_sales == 1)
-            assert await gate.release(sale.id, "alice", pid, restock=False) is True
-            assert gate.statistics().sold_out_sales == 1
-            with pytest.raises(SoldOut):
-                await gate.reserve(sale, "bob", uuid.uuid4())
-    r = redis_client(settings)
-    assert r.get(stock_key) == "0"
-    assert r.exists(buyers_key) == 0
-
-
-async def test_user_released_without_restock_is_not_told_already_purchased(settings):
-    """A user whose reservation was released holds nothing, so a sold-out gate says SoldOut."""
-    sale = a_sale(stock=1)
-    pid = uuid.uuid4()
-    with trio.fail_after(10):
-        async with gate_for(settings) as gate:
-            await gate.reserve(sale, "alice", pid)
-            await until(lambda: gate.statistics().sold_out_sales == 1)
-            await gate.release(sale.id, "alice", pid, restock=False)
-            with pytest.raises(SoldOut):
-                await gate.reserve(sale, "alice", uuid.uuid4())
-
-
-async def test_recheck_notices_stock_returned_by_another_process(settings):
-    """Stock added to Redis behind the gate's back reopens the gate within recheck_s."""
-    sale = a_sale(stock=1)
-    stock_key, _ = gate_keys(settings, sale.id)
-    with trio.fail_after(10):
-        async with gate_for(settings, recheck_s=0.1) as gate:
-            await gate.reserve(sale, "alice", uuid.uuid4())
-            await until(lambda: gate.statistics().sold_out_sales == 1)
-            with pytest.raises(SoldOut):
-                await gate.reserve(sale, "bob", uuid.uuid4())
-            redis_client(settings).incr(stock_key)
-            await trio.sleep(0.35)
-            assert gate.statistics().sold_out_sales == 0
-            assert await gate.reserve(sale, "bob", uuid.uuid4()) == 0
-
-
-async def test_recheck_rereads_buyers_released_by_another_process(settings):
-    """A buyer removed from Redis by another process is forgotten by the gate within recheck_s."""
-    sale = a_sale(stock=1)
-    _, buyers_key = gate_keys(settings, sale.id)
-    with trio.fail_after(10):
-        async with gate_for(settings, recheck_s=0.1) as gate:
-            await gate.reserve(sale, "alice", uuid.uuid4())
-            await until(lambda: gate.statistics().sold_out_sales == 1)
+                await gate.reserve(sale, "carol", uuid.uuid4())
             with pytest.raises(AlreadyPurchased):
                 await gate.reserve(sale, "alice", uuid.uuid4())
-            redis_client(settings).hdel(buyers_key, "alice")
-            await trio.sleep(0.35)
-            assert gate.statistics().sold_out_sales == 1
-            with pytest.raises(SoldOut):
-                await gate.reserve(sale, "alice", uuid.uuid4())
+            stats = gate.statistics()
+    assert stats.batches == batches, "final answers never reach Redis"
+    assert stats.local_sold_out_answers == 2
+    assert stats.sold_out_sales == 1
 
 
-async def test_recheck_keeps_the_flag_when_redis_errors_or_stock_is_zero(settings):
-    """A recheck that fails or still reads 0 leaves the sale sold out."""
-    sale, other = a_sale(stock=1), a_sale(stock=1)
-    stock_key, _ = gate_keys(settings, sale.id)
-    r = redis_client(settings)
+async def test_a_returned_unit_goes_to_the_first_waiter(settings):
+    """A unit released while three buyers wait goes to the one that asked first."""
+    sale, pid = a_sale(stock=1), uuid.uuid4()
     with trio.fail_after(10):
-        async with gate_for(settings, recheck_s=0.1) as gate:
-            await gate.reserve(sale, "alice", uuid.uuid4())
-            await gate.reserve(other, "alice", uuid.uuid4())
-            await until(lambda: gate.statistics().sold_out_sales == 2)
-            r.delete(stock_key)
-            r.hset(stock_key, "not", "a string")  # GET now fails with WRONGTYPE
-            await trio.sleep(0.35)
-            assert gate.statistics().sold_out_sales == 2
-            with pytest.raises(SoldOut):
-                await gate.reserve(other, "bob", uuid.uuid4())
+        async with gate_for(settings, loader=Loader(sold=0)) as gate:
+            await gate.reserve(sale, "holder", pid)
+            answers: dict[str, object] = {}
+
+            async def wait_for_unit(user: str) -> None:
+                try:
+                    answers[user] = await gate.reserve(sale, user, uuid.uuid4(),
+                                                       deadline=trio.current_time() + 1.5)
+                except Undecided as exc:
+                    answers[user] = exc
+
+            async with trio.open_nursery() as nursery:
+                for user in ("first", "second", "third"):
+                    nursery.start_soon(wait_for_unit, user)
+                    await trio.sleep(0.1)  # each arrives after the one before is waiting
+                assert gate.statistics().waiting == 3
+                assert await gate.release(sale.id, "holder", pid, restock=True) is True
+    assert answers["first"] == reserved(0)
+    assert isinstance(answers["second"], Undecided)
+    assert isinstance(answers["third"], Undecided)
+    assert redis_client(settings).hkeys(keys_of(settings, sale).buyers) == ["first"]
+
+
+async def test_a_unit_that_comes_back_from_another_process_reaches_a_waiter(settings):
+    """Stock put back in Redis by someone else (a reconciler) is found by the waiting queue."""
+    sale = a_sale(stock=1)
+    with trio.fail_after(10):
+        async with gate_for(settings, loader=Loader(sold=0), doubt_poll_s=0.05) as gate:
+            await gate.reserve(sale, "holder", uuid.uuid4())
+            keys, r = keys_of(settings, sale), redis_client(settings)
+
+            async def restock_behind_the_gates_back() -> None:
+                await trio.sleep(0.2)
+                r.hdel(keys.buyers, "holder")
+                r.set(keys.stock, 1)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(restock_behind_the_gates_back)
+                answer = await gate.reserve(sale, "waiter", uuid.uuid4(),
+                                            deadline=trio.current_time() + 5)
+    assert answer.seat is Seat.RESERVED
+
+
+async def test_release_without_restock_keeps_the_stock_and_drops_the_holder(settings):
+    """A release without restock (the ledger refused it for stock) takes the holder only."""
+    sale, pid = a_sale(stock=1), uuid.uuid4()
+    keys, r = keys_of(settings, sale), redis_client(settings)
+    with trio.fail_after(10):
+        async with gate_for(settings) as gate:
+            await gate.reserve(sale, "alice", pid)
+            assert await gate.release(sale.id, "alice", pid, restock=False) is True
+    assert r.get(keys.stock) == "0"
+    assert r.hlen(keys.buyers) == 0
+    assert r.zcard(keys.pending) == 0
+
+
+async def test_learn_sold_out_believes_only_the_ledger(settings):
+    """learn_sold_out() marks the sale final only when the ledger holds every unit."""
+    sale = a_sale(stock=2)
+    loader = Loader(sold=1, buyers={"a": str(uuid.uuid4())})
+    with trio.fail_after(10):
+        async with gate_for(settings, loader=loader) as gate:
+            assert await gate.learn_sold_out(sale) is False
+            loader.sold, loader.buyers["b"] = 2, str(uuid.uuid4())
+            assert await gate.learn_sold_out(sale) is True
+            with pytest.raises(AlreadyPurchased):
+                gate.answer_from_memory(sale, "b")
+            gate.forget([sale.id])
+            gate.answer_from_memory(sale, "b")  # forgotten: nothing known any more
+            assert gate.statistics().sold_out_sales == 0

@@ -1,4 +1,4 @@
-"""The per-user serializer on a real gate: coalescing, memory, rollback, limits, draining."""
+"""The per-user serializer on a real gate: one 201 per user, final 409s, doubt, rollback."""
 
 from __future__ import annotations
 
@@ -20,32 +20,38 @@ from actors import (
     Overloaded,
     Purchase,
     Sale,
+    SaleNotActive,
+    SaleNotFound,
     SoldOut,
 )
+from actors.errors import Undecided
 from actors.ledger import CommitOutcome, LedgerConfig, open_ledger
 from actors.stock_gate import GateConfig, StockGate, open_stock_gate
-from actors.user_serializer import open_user_serializer, utc_now
+from actors.user_serializer import SerializerConfig, open_user_serializer, utc_now
 
 from ..helpers import fetch, gate_keys, make_sale, pg, redis_client
 
 
-def a_sale(stock: int = 5) -> Sale:
+def a_sale(stock: int = 5, *, ends_in: timedelta = timedelta(hours=1)) -> Sale:
     """An in-memory sale running now, for tests whose ledger is a fake."""
     now = datetime.now(UTC)
-    return Sale(uuid.uuid4(), "Widget", stock, now - timedelta(minutes=1), now + timedelta(hours=1))
+    return Sale(uuid.uuid4(), "Widget", stock, now - timedelta(minutes=1), now + ends_in)
 
 
 @dataclass
 class FakeLedger:
     """A ledger stand-in: answers every commit with ``outcome`` or raises ``error``.
 
-    When ``hold`` is set, each commit waits for it first.
+    When ``hold`` is set, each commit waits for it first. ``standing`` is what lookups find;
+    ``lost`` is what a commit whose reply was lost turns out to be.
     """
 
     outcome: CommitResult = CommitResult.COMMITTED
     error: BaseException | None = None
     hold: trio.Event | None = None
     commits: list[Purchase] = field(default_factory=list)
+    standing: dict[str, Purchase] = field(default_factory=dict)
+    lost: CommitResult = CommitResult.ABSENT
 
     async def commit(self, purchase: Purchase) -> CommitOutcome:
         self.commits.append(purchase)
@@ -53,7 +59,17 @@ class FakeLedger:
             await self.hold.wait()
         if self.error is not None:
             raise self.error
+        if self.outcome is CommitResult.DUPLICATE:
+            other = Purchase(uuid.uuid4(), purchase.sale_id, purchase.user_id, utc_now())
+            return CommitOutcome(self.outcome, other)
         return CommitOutcome(self.outcome, purchase if self.outcome is CommitResult.COMMITTED
+                             else None)
+
+    async def find_purchase(self, sale_id: uuid.UUID, user_id: str) -> Purchase | None:
+        return self.standing.get(user_id)
+
+    async def settle_lost_reply(self, purchase: Purchase) -> CommitOutcome:
+        return CommitOutcome(self.lost, purchase if self.lost is CommitResult.COMMITTED
                              else None)
 
 
@@ -64,14 +80,25 @@ def fixed_loader(buyers: dict[str, str] | None = None):
     return load
 
 
+async def nothing_sold(sale_id: uuid.UUID) -> int:
+    """A gate counter for a ledger that holds no purchase."""
+    return 0
+
+
 @asynccontextmanager
 async def gate_for(settings, loader) -> AsyncIterator[StockGate]:
     """A real stock gate on the test's Redis prefix, inside an asyncio bridge."""
-    config = GateConfig(redis_url=settings.redis_url, key_prefix=settings.key_prefix,
-                        recheck_s=60.0)
-    async with trio_asyncio.open_loop():
-        async with open_stock_gate(config, loader=loader) as gate:
-            yield gate
+    config = GateConfig(redis_url=settings.redis_url, key_prefix=settings.key_prefix)
+    async with (
+        trio_asyncio.open_loop(),
+        open_stock_gate(config, loader=loader, counter=nothing_sold) as gate,
+    ):
+        yield gate
+
+
+def knobs(**overrides) -> SerializerConfig:
+    """Serializer settings with short waits, for tests."""
+    return SerializerConfig(**{"wait_s": 0.5, "poll_s": 0.02, **overrides})
 
 
 def gate_state(settings, sale: Sale) -> tuple[str | None, dict[str, str]]:
@@ -83,14 +110,18 @@ def gate_state(settings, sale: Sale) -> tuple[str | None, dict[str, str]]:
     return r.get(stock_key), held
 
 
-async def test_concurrent_purchases_of_one_user_are_coalesced(settings):
-    """20 concurrent purchases by one user share one outcome, one reservation and one row."""
+async def test_concurrent_purchases_of_one_user_get_one_success(settings):
+    """20 concurrent presses by one user: one gets the purchase, 19 ALREADY_PURCHASED; one row."""
     url = settings.database_url
     sale = await make_sale(url, stock=5)
     bought: list[Purchase] = []
+    refused: list[AlreadyPurchased] = []
 
     async def buy() -> None:
-        bought.append(await serializer.purchase(sale, "alice"))
+        try:
+            bought.append(await serializer.purchase(sale, "alice"))
+        except AlreadyPurchased as exc:
+            refused.append(exc)
 
     with trio.fail_after(20):
         async with trio_asyncio.open_loop():
@@ -98,14 +129,14 @@ async def test_concurrent_purchases_of_one_user_are_coalesced(settings):
                 open_ledger(LedgerConfig(database_url=url)) as ledger,
                 open_stock_gate(GateConfig(redis_url=settings.redis_url,
                                            key_prefix=settings.key_prefix),
-                                loader=ledger.state) as gate,
+                                loader=ledger.state, counter=ledger.sold) as gate,
                 open_user_serializer(gate, ledger) as serializer,
             ):
                 async with trio.open_nursery() as nursery:
                     for _ in range(20):
                         nursery.start_soon(buy)
                 stats = serializer.statistics()
-    assert len(bought) == 20 and len({p.id for p in bought}) == 1
+    assert len(bought) == 1 and len(refused) == 19
     assert stats.coalesced == 19
     assert stats.in_flight == 0 and stats.known_buyers == 1
     rows = await pg(url, fetch, "SELECT id FROM purchases WHERE sale_id = $1", sale.id)
@@ -129,38 +160,79 @@ async def test_a_buyer_is_answered_from_memory(settings):
     assert gate_state(settings, sale) == ("4", {"alice": str(first.id)})
 
 
-async def test_a_holder_seen_only_by_the_gate_is_not_remembered(settings):
-    """A user the gate already holds is refused, but each retry asks the gate again.
+async def test_a_holder_without_a_committed_purchase_is_undecided_not_refused(settings):
+    """A user the gate holds but the ledger does not is never told ALREADY_PURCHASED.
 
-    The gate knows a reservation is held, not that it committed: it may still be rolled
-    back or returned by the reconciler, and then the user must be able to buy.
+    The hold may still be rolled back or returned by the reconciler, and then the user must be
+    able to buy: the purchase waits, asking again, and answers Undecided at its deadline.
     """
     sale, ledger = a_sale(stock=5), FakeLedger()
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader({"alice": str(uuid.uuid4())})) as gate:
-            async with open_user_serializer(gate, ledger) as serializer:
-                with pytest.raises(AlreadyPurchased):
-                    await serializer.purchase(sale, "alice")
-                with pytest.raises(AlreadyPurchased):
+            async with open_user_serializer(gate, ledger, config=knobs(wait_s=0.3)) as serializer:
+                with pytest.raises(Undecided):
                     await serializer.purchase(sale, "alice")
                 stats = serializer.statistics()
     assert (stats.known_buyers, stats.answered_from_memory) == (0, 0)
-    assert gate.statistics().reserved_requests == 2
+    assert gate.statistics().reserved_requests > 2, "the hold was asked about again"
     assert ledger.commits == []
 
 
-async def test_ledger_failure_rolls_back_the_reservation(settings):
-    """When the commit fails, the unit goes back to Redis and the caller gets BackendUnavailable."""
+async def test_a_holder_whose_purchase_committed_is_already_purchased_and_remembered(settings):
+    """A held user the ledger holds a purchase for is told ALREADY_PURCHASED, then from memory."""
+    sale = a_sale(stock=5)
+    standing = Purchase(uuid.uuid4(), sale.id, "alice", utc_now())
+    ledger = FakeLedger(standing={"alice": standing})
+    with trio.fail_after(10):
+        async with gate_for(settings, fixed_loader({"alice": str(standing.id)})) as gate:
+            async with open_user_serializer(gate, ledger) as serializer:
+                for _ in range(2):
+                    with pytest.raises(AlreadyPurchased):
+                        await serializer.purchase(sale, "alice")
+                stats = serializer.statistics()
+                assert serializer.known_purchase(sale.id, "alice") == standing
+    assert (stats.known_buyers, stats.answered_from_memory) == (1, 1)
+
+
+async def test_ledger_failure_rolls_back_a_reservation_the_ledger_does_not_hold(settings):
+    """A commit that fails and that the ledger says never landed: unit back, 503 to the caller."""
     sale, ledger = a_sale(stock=5), FakeLedger(error=BackendUnavailable("postgres"))
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger) as serializer:
+            async with open_user_serializer(gate, ledger, config=knobs()) as serializer:
                 for _ in range(2):  # a retry is not refused from memory
                     with pytest.raises(BackendUnavailable):
                         await serializer.purchase(sale, "alice")
                 stats = serializer.statistics()
     assert (stats.rolled_back, stats.known_buyers, stats.in_flight) == (2, 0, 0)
+    assert stats.lost_replies == 2
     assert len(ledger.commits) == 2
+    assert gate_state(settings, sale) == ("5", {})
+
+
+async def test_a_commit_whose_reply_was_lost_but_landed_is_a_success(settings):
+    """A commit that timed out but that the ledger holds is the user's purchase: never a 503."""
+    sale = a_sale(stock=5)
+    ledger = FakeLedger(error=BackendUnavailable("postgres"), lost=CommitResult.COMMITTED)
+    with trio.fail_after(10):
+        async with gate_for(settings, fixed_loader()) as gate:
+            async with open_user_serializer(gate, ledger, config=knobs()) as serializer:
+                bought = await serializer.purchase(sale, "alice")
+                with pytest.raises(AlreadyPurchased):
+                    await serializer.purchase(sale, "alice")
+    assert bought == ledger.commits[0]
+    assert gate_state(settings, sale) == ("4", {"alice": str(bought.id)})
+
+
+async def test_a_commit_outside_the_window_returns_the_unit(settings):
+    """The ledger refusing a commit after the sale's end is SALE_NOT_ACTIVE, unit back."""
+    sale, ledger = a_sale(stock=5), FakeLedger(outcome=CommitResult.ENDED)
+    with trio.fail_after(10):
+        async with gate_for(settings, fixed_loader()) as gate:
+            async with open_user_serializer(gate, ledger) as serializer:
+                with pytest.raises(SaleNotActive) as caught:
+                    await serializer.purchase(sale, "alice")
+    assert caught.value.started is True
     assert gate_state(settings, sale) == ("5", {})
 
 
@@ -192,29 +264,13 @@ async def test_no_stock_outcome_drops_the_buyer_without_restock(settings):
     assert gate_state(settings, sale) == ("4", {})
 
 
-async def test_user_refused_for_no_stock_is_not_remembered_as_a_buyer(settings):
-    """A user whose purchase the ledger refused for stock is told SoldOut again on retry."""
-    sale = a_sale(stock=1)
-    ledger = FakeLedger(outcome=CommitResult.NO_STOCK, hold=trio.Event())
-    with trio.fail_after(10):
-        async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger) as serializer:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_expect, SoldOut, serializer.purchase, sale, "alice")
-                    while gate.statistics().sold_out_sales == 0:
-                        await trio.sleep(0.01)
-                    ledger.hold.set()
-                with pytest.raises(SoldOut):
-                    await serializer.purchase(sale, "alice")
-
-
 async def test_rollback_that_cannot_reach_redis_is_logged_not_raised(settings, caplog):
     """If the gate cannot take a unit back, the caller still gets the ledger's error."""
     sale = a_sale(stock=5)
     ledger = FakeLedger(error=BackendUnavailable("postgres"), hold=trio.Event())
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger) as serializer:
+            async with open_user_serializer(gate, ledger, config=knobs()) as serializer:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_expect, BackendUnavailable, serializer.purchase, sale,
                                        "alice")
@@ -237,7 +293,7 @@ async def test_max_in_flight_answers_overloaded(settings):
     sale, ledger = a_sale(stock=5), FakeLedger(hold=trio.Event())
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger, max_in_flight=1) as serializer:
+            async with open_user_serializer(gate, ledger, config=knobs(max_in_flight=1)) as serializer:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(serializer.purchase, sale, "alice")
                     while serializer.statistics().in_flight == 0:
@@ -261,7 +317,7 @@ async def test_exit_drains_purchases_in_flight(settings):
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
             async with trio.open_nursery() as outer:
-                async with open_user_serializer(gate, ledger, drain_timeout_s=5) as serializer:
+                async with open_user_serializer(gate, ledger, config=knobs(drain_timeout_s=5)) as serializer:
                     outer.start_soon(buy)
                     while not ledger.commits:
                         await trio.sleep(0.01)
@@ -280,7 +336,8 @@ async def test_drain_deadline_fails_purchases_still_in_flight(settings):
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
             async with trio.open_nursery() as outer:
-                async with open_user_serializer(gate, ledger, drain_timeout_s=0.1) as serializer:
+                async with open_user_serializer(gate, ledger,
+                                                config=knobs(drain_timeout_s=0.1)) as serializer:
                     outer.start_soon(_expect, BackendUnavailable, serializer.purchase, sale,
                                      "alice")
                     while not ledger.commits:
@@ -298,6 +355,52 @@ async def test_unexpected_error_fails_the_caller_and_surfaces(settings):
                     with pytest.raises(BackendUnavailable):
                         await serializer.purchase(sale, "alice")
                     await trio.sleep_forever()
+
+
+@dataclass
+class FakeCatalog:
+    """A catalog holding the given sales; the current one is the first."""
+
+    sales: list[Sale]
+
+    def current(self, now: datetime) -> Sale | None:
+        return self.sales[0] if self.sales else None
+
+    def get(self, sale_id: uuid.UUID) -> Sale | None:
+        return next((s for s in self.sales if s.id == sale_id), None)
+
+
+async def test_buy_checks_the_sale_and_its_window_and_status_reads_memory(settings):
+    """buy() finds the sale, refuses outside the window; status() answers a known buyer."""
+    sale, ended = a_sale(stock=5), a_sale(stock=5, ends_in=timedelta(seconds=-1))
+    ledger = FakeLedger()
+    with trio.fail_after(10):
+        async with gate_for(settings, fixed_loader()) as gate:
+            async with open_user_serializer(gate, ledger,
+                                            catalog=FakeCatalog([sale, ended])) as serializer:
+                bought, which = await serializer.buy("alice", "127.0.0.1")
+                with pytest.raises(SaleNotActive) as caught:
+                    await serializer.buy("alice", "127.0.0.1", ended.id)
+                with pytest.raises(SaleNotFound):
+                    await serializer.buy("alice", "127.0.0.1", uuid.uuid4())
+                assert await serializer.status("alice") == (sale, bought)
+                assert await serializer.status("bob") == (sale, None)
+    assert which == sale and caught.value.started is True
+
+
+async def test_memory_of_ended_sales_is_dropped(settings):
+    """forget_ended() drops the buyers of sales over for a while, and keeps running ones."""
+    over, running = a_sale(stock=5, ends_in=timedelta(minutes=-5)), a_sale(stock=5)
+    with trio.fail_after(10):
+        async with gate_for(settings, fixed_loader()) as gate:
+            async with open_user_serializer(gate, FakeLedger()) as serializer:
+                await serializer.purchase(over, "alice")
+                await serializer.purchase(running, "alice")
+                assert serializer.forget_ended(utc_now()) == [over.id]
+                stats = serializer.statistics()
+                assert serializer.known_purchase(over.id, "alice") is None
+                assert serializer.known_purchase(running.id, "alice") is not None
+    assert (stats.remembered_sales, stats.known_buyers) == (1, 1)
 
 
 def test_utc_now_is_timezone_aware():
