@@ -7,7 +7,6 @@ import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -28,12 +27,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="PostgreSQL URL allowed to create databases (default: embedded).")
     p.add_argument("--redis-url", default=env("FLASHFLOW_REDIS_URL"),
                    help="Redis URL (default: embedded).")
-    p.add_argument("--duration-s", type=float, default=10.0)
-    p.add_argument("--warmup-s", type=float, default=2.0)
-    p.add_argument("--connections", type=int, default=200)
+    p.add_argument("--duration-s", type=float, default=10.0,
+                   help="Seconds per run (wrk counts whole seconds).")
+    p.add_argument("--warmup-s", type=float, default=2.0,
+                   help="Seconds of warm-up before each scenario's runs (0: none).")
+    p.add_argument("--runs", type=int, default=3, help="Runs per figure; the median counts.")
+    p.add_argument("--connections", type=int, action="append",
+                   help="Connection counts to measure (repeatable); default 64 and 200.")
     p.add_argument("--threads", type=int, default=2, help="wrk threads.")
     p.add_argument("--workers", type=int, action="append",
-                   help="Worker counts to measure (repeatable); default 1 and one per core.")
+                   help="Worker counts to measure (repeatable); default 1 and 2.")
+    p.add_argument("--quick", action="store_true",
+                   help="1 s runs, no warm-up, no whole sale: the harness in seconds.")
     p.add_argument("--sale-stock", type=int, default=10_000)
     p.add_argument("--sale-users", type=int, default=100_000)
     p.add_argument("--no-sale", action="store_true", help="Skip the whole-sale run.")
@@ -44,22 +49,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="The Markdown page to write.")
     p.add_argument("--no-doc", action="store_true", help="Do not write the Markdown page.")
     return p.parse_args(argv)
-
-
-def serve_has_workers() -> bool:
-    """Whether ``flashflow serve`` takes ``--workers``."""
-    done = subprocess.run([sys.executable, "-m", "flashflow.cli", "serve", "--help"],
-                          capture_output=True, text=True, check=False)
-    return "--workers" in done.stdout
-
-
-def worker_configurations(args: argparse.Namespace) -> list[int | None]:
-    """The worker counts to measure; None stands for "one process, no --workers option"."""
-    if not serve_has_workers():
-        return [None]
-    if args.workers:
-        return sorted(set(args.workers))
-    return sorted({1, os.cpu_count() or 1})
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -75,9 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         print("the benchmark needs wrk (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
     command = "python -m loadtests.bench " + shlex.join(argv if argv is not None else sys.argv[1:])
-    options = Options(args.connections, args.threads, args.duration_s, args.warmup_s,
-                      args.profile)
-    workers = worker_configurations(args)
+    if args.quick:
+        args.duration_s, args.warmup_s, args.no_sale = 1.0, 0.0, True
+    options = Options(tuple(sorted(set(args.connections or (64, 200)))), args.threads,
+                      args.duration_s, args.warmup_s, args.runs, args.profile)
+    workers = sorted(set(args.workers or (1, 2)))
     measurements: list[Measurement] = []
     sales: list[SaleRun] = []
     with ExitStack() as stack:
@@ -89,12 +80,12 @@ def main(argv: list[str] | None = None) -> int:
             postgres, redis_server = stack.enter_context(embedded_services(log_dir / "data"))
             admin_url, redis_url = admin_url or postgres.url, redis_url or redis_server.url
         for count in workers:
-            label = count or "1 (no --workers)"
-            print(f"measuring with {label} worker(s)", flush=True)
-            measurements += run_configuration(count, admin_url, redis_url, options, log_dir)
-            for m in measurements[-4:]:
-                print(f"  {m.scenario:<26} {m.per_s:>8,.0f}/s p50 {m.p50_ms:6.1f} ms "
-                      f"p99 {m.p99_ms:6.1f} ms  {m.answers}", flush=True)
+            print(f"measuring with {count} worker(s)", flush=True)
+            measured = run_configuration(count, admin_url, redis_url, options, log_dir)
+            measurements += measured
+            for m in report.ordered(measured):
+                print(f"  {m.scenario:<40} {m.connections:>4}c {m.per_s:>8,.0f}/s "
+                      f"p99 {m.p99_ms:7.1f} ms  {report.answers(m.answers)}", flush=True)
             if not args.no_sale:
                 sale = run_sale(count, admin_url, redis_url, options, log_dir,
                                 args.sale_stock, args.sale_users)
@@ -103,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"invariants {'held' if sale.held else 'BROKEN'}", flush=True)
     page = report.markdown(command, options, workers, measurements, sales)
     print(page)
+    print("\ngoals (reported, not asserted):")
+    print("\n".join(report.goal_lines(measurements)))
     if not args.no_doc:
         args.doc.parent.mkdir(parents=True, exist_ok=True)
         args.doc.write_text(page)

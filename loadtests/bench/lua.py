@@ -5,11 +5,13 @@ Every script counts answers by status and error code per thread and prints them 
 every request (thread number plus a per-thread counter), and report each 201's user and
 purchase id as a ``WON`` line. wrk arguments after ``--``: user prefix, then the number of
 purchases per thread after which a thread stops (0: never) and prints ``THREAD_DONE``.
+:data:`REPEAT` instead cycles through the users :func:`repeat_users` names.
 """
 
 from __future__ import annotations
 
-PURCHASE_PATH = "/api/v1/flash-sales/current/purchase"
+CURRENT_PATH = "/api/v1/flash-sales/current"
+PURCHASE_PATH = f"{CURRENT_PATH}/purchase"
 
 _COMMON = r"""
 threads = {}
@@ -64,27 +66,18 @@ function response(status, headers, body)
 end
 """
 
-STATUS = _COMMON + r"""
-function request()
-  sent = sent + 1
-  return wrk.format("GET", "%(path)s?userId=" .. prefix .. sent)
-end
-
-function response(status, headers, body)
-  count(status, body)
-end
-""".replace("%(path)s", PURCHASE_PATH)
-
-PURCHASE = _COMMON + r"""
-filler = nil
-filler_since = nil
-finished = false
-checked = false
-
+_PURCHASE_REQUEST = r"""
 function purchase(user)
   return wrk.format("POST", "%(path)s", {["Content-Type"] = "application/json"},
                     '{"userId": "' .. user .. '"}')
 end
+""".replace("%(path)s", PURCHASE_PATH)
+
+PURCHASE = _COMMON + _PURCHASE_REQUEST + r"""
+filler = nil
+filler_since = nil
+finished = false
+checked = false
 
 function finish()
   -- wrk's main thread sleeps for the whole -d: tell the caller, who interrupts it.
@@ -132,4 +125,27 @@ function response(status, headers, body)
     finish()
   end
 end
-""".replace("%(path)s", PURCHASE_PATH)
+"""
+
+
+def repeat_users(base: str, count: int) -> list[str]:
+    """The users :data:`REPEAT` asks for, over and over, given its arguments."""
+    return [f"{base}-{i}" for i in range(count)]
+
+
+#: Purchases by the same few users over and over; arguments: user base, number of users.
+REPEAT = _COMMON + _PURCHASE_REQUEST + r"""
+function init(args)
+  base = args[1] or "repeat"
+  users = tonumber(args[2] or "50")
+end
+
+function request()
+  sent = sent + 1
+  return purchase(base .. "-" .. (sent % users))
+end
+
+function response(status, headers, body)
+  count(status, body)
+end
+"""

@@ -119,8 +119,8 @@ def sale_checks(result: wrk.WrkResult, users: int, ledger: LedgerSnapshot,
 
 def run_sale(workers: int | None, admin_url: str, redis_url: str, options: Options,
              log_dir: Path, stock: int = 10_000, users: int = 100_000) -> SaleRun:
-    """Sell ``stock`` units to ``users`` distinct users at ``options.connections`` at once."""
-    threads = options.threads
+    """Sell ``stock`` units to ``users`` distinct users, at the most connections asked for."""
+    threads, connections = options.threads, max(options.connections)
     per_thread = -(-users // threads)
     backend = Backend(admin_url, redis_url).create(stock=stock)
     try:
@@ -132,7 +132,7 @@ def run_sale(workers: int | None, admin_url: str, redis_url: str, options: Optio
                                  backend.sale_id, stock)
             cpu_before = cpu_seconds(server.root)
             clock.start()
-            result = wrk.run(server.url, lua.PURCHASE, connections=options.connections,
+            result = wrk.run(server.url, lua.PURCHASE, connections=connections,
                              threads=threads, duration_s=900, args=("sale", str(per_thread)))
             server_cpu = cpu_seconds(server.root) - cpu_before
             time.sleep(1.0)
@@ -143,7 +143,7 @@ def run_sale(workers: int | None, admin_url: str, redis_url: str, options: Optio
             cores = os.cpu_count() or 1
             return SaleRun(
                 workers=workers or 1, stock=stock, users=per_thread * threads,
-                connections=options.connections, gate_sold_out_s=clock.gate_s,
+                connections=connections, gate_sold_out_s=clock.gate_s,
                 ledger_sold_out_s=clock.ledger_s, duration_s=result.duration_s,
                 purchases_per_s=sum(result.answers.values()) / result.duration_s,
                 p50_ms=result.p50_ms, p99_ms=result.p99_ms, answers=result.answers,

@@ -1,51 +1,82 @@
-"""The side-by-side scenarios: /healthz, purchases during the sale and after sell-out,
-and the status read, each measured with wrk against one server configuration."""
+"""The side-by-side scenarios: the two ceilings and Flash Flow's routes, each measured with
+wrk against one worker count at every connection count, as the median of a few runs."""
 
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
 
-from . import lua, wrk
+from . import ceilings, lua, wrk
 from .server import Backend, BenchServer, cpu_seconds
 
+ASGI = "bare ASGI"
+QUART = "bare quart-trio"
 HEALTHZ = "/healthz"
-SCENARIOS = ("healthz", "purchase during the sale", "purchase after sell-out", "status read")
+CURRENT = "GET /current"
+BOUGHT = "purchase, every answer 201"
+SOLD_OUT = "purchase, sold out (409)"
+REPEATS = "purchase, 50 users over and over (409)"
+CEILINGS = (ASGI, QUART)
+#: Every scenario, in the order the report lists them.
+SCENARIOS = (*CEILINGS, HEALTHZ, CURRENT, BOUGHT, SOLD_OUT, REPEATS)
+#: The users of the repeat scenario, who bought once before it is measured.
+REPEAT_BASE, REPEAT_USERS = "repeat", 50
 
 
 @dataclass(frozen=True)
 class Options:
     """How hard and how long to measure."""
 
-    connections: int = 200
+    connections: tuple[int, ...] = (64, 200)
     threads: int = 2
     duration_s: float = 10.0
     warmup_s: float = 2.0
+    runs: int = 3
     profile_dir: Path | None = None
 
 
 @dataclass(frozen=True)
-class Measurement:
-    """One scenario on one server configuration.
+class Run:
+    """One measured wrk run and the CPU it took.
 
     Attributes:
         generator_cpu: share of the whole machine's CPU that wrk used (1.0 = every core).
         server_cpu: share of the whole machine's CPU that the server's processes used.
+    """
+
+    result: wrk.WrkResult
+    generator_cpu: float
+    server_cpu: float
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One scenario on one worker count at one connection count: each figure is the median
+    of its runs' (``runs_per_s`` keeps every run's rate); answers and errors are summed.
+
+    Attributes:
         peak_rss_mb: the server's largest resident memory (all its processes) so far.
     """
 
     scenario: str
     workers: int
+    connections: int
     per_s: float
     p50_ms: float
     p99_ms: float
+    runs_per_s: tuple[float, ...]
     requests: int
     answers: dict[str, int]
     socket_errors: dict[str, int]
@@ -54,83 +85,127 @@ class Measurement:
     peak_rss_mb: float
     profile: str | None = field(default=None)
 
+    @classmethod
+    def of(cls, scenario: str, workers: int, connections: int, runs: list[Run],
+           peak_rss_mb: float, profile: str | None = None) -> Measurement:
+        """The medians of ``runs`` (at least one)."""
+        results = [r.result for r in runs]
 
-def measure(scenario: str, workers: int, server: BenchServer, target: str, script: str,
-            options: Options) -> Measurement:
-    """Warm up, then measure ``script`` against ``server`` for ``options.duration_s``."""
-    tag = uuid.uuid4().hex[:6]
-    wrk.run(server.url + target, script, connections=options.connections,
-            threads=options.threads, duration_s=options.warmup_s, args=(f"w{tag}",))
-    profiler, profile = _profile(scenario, workers, server, options)
-    cpu_before, started = cpu_seconds(server.root), time.monotonic()
-    result = wrk.run(server.url + target, script, connections=options.connections,
-                     threads=options.threads, duration_s=options.duration_s, args=(f"m{tag}",))
-    wall = time.monotonic() - started
-    server_cpu = cpu_seconds(server.root) - cpu_before
-    if profiler is not None:
-        profiler.wait(30)
+        def mid(figure: str, of: list = results) -> float:
+            return statistics.median(getattr(x, figure) for x in of)
+
+        return cls(scenario=scenario, workers=workers, connections=connections,
+                   per_s=mid("per_s"), p50_ms=mid("p50_ms"), p99_ms=mid("p99_ms"),
+                   runs_per_s=tuple(x.per_s for x in results),
+                   requests=sum(x.requests for x in results),
+                   answers=_sum(x.answers for x in results),
+                   socket_errors=_sum(x.socket_errors for x in results),
+                   generator_cpu=mid("generator_cpu", runs), server_cpu=mid("server_cpu", runs),
+                   peak_rss_mb=peak_rss_mb, profile=profile)
+
+
+def _sum(counts: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for c in counts:
+        total.update(c)
+    return dict(sorted(total.items()))
+
+
+def measure(scenario: str, workers: int, server: BenchServer, path: str, script: str,
+            options: Options, args: tuple[str, ...] | None = None) -> list[Measurement]:
+    """Warm up, then run ``script`` against ``server`` ``options.runs`` times, at each
+    connection count. ``args`` go to the script; by default a fresh user prefix per run."""
     cores = os.cpu_count() or 1
-    return Measurement(
-        scenario=scenario, workers=workers, per_s=result.per_s, p50_ms=result.p50_ms,
-        p99_ms=result.p99_ms, requests=result.requests, answers=result.answers,
-        socket_errors=result.socket_errors,
-        generator_cpu=result.cpu_s / (result.duration_s * cores),
-        server_cpu=server_cpu / (wall * cores),
-        peak_rss_mb=server.sampler.peak_rss / 2**20, profile=profile)
+    measurements = []
+    for connections in options.connections:
+        once = partial(_wrk, server.url + path, script, connections, options.threads, args)
+        if options.warmup_s > 0:
+            once(options.warmup_s, "w")
+        runs, profile = [], None
+        for i in range(options.runs):
+            profiler, path_ = (_profile(scenario, workers, connections, server, options)
+                               if i == 0 else (None, None))
+            profile = profile or path_
+            cpu_before, started = cpu_seconds(server.root), time.monotonic()
+            result = once(options.duration_s, "m")
+            wall = time.monotonic() - started
+            server_cpu = cpu_seconds(server.root) - cpu_before
+            if profiler is not None:
+                profiler.wait(30)
+            runs.append(Run(result, generator_cpu=result.cpu_s / (result.duration_s * cores),
+                            server_cpu=server_cpu / (wall * cores)))
+        measurements.append(Measurement.of(scenario, workers, connections, runs,
+                                           server.sampler.peak_rss / 2**20, profile))
+    return measurements
 
 
-def _profile(scenario: str, workers: int, server: BenchServer,
+def _wrk(url: str, script: str, connections: int, threads: int, args: tuple[str, ...] | None,
+         duration_s: float, kind: str) -> wrk.WrkResult:
+    return wrk.run(url, script, connections=connections, threads=threads,
+                   duration_s=duration_s, args=args or (f"{kind}{uuid.uuid4().hex[:6]}",))
+
+
+def _profile(scenario: str, workers: int, connections: int, server: BenchServer,
              options: Options) -> tuple[subprocess.Popen | None, str | None]:
-    """Start py-spy on the server's processes for the measured run, when asked to."""
+    """Start py-spy on the server's processes for the first measured run, when asked to."""
     if options.profile_dir is None:
         return None, None
     options.profile_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{scenario.replace(' ', '-').replace('/', '')}-w{workers}.txt"
+    name = f"{scenario.replace(' ', '-').replace('/', '')}-w{workers}-c{connections}.txt"
     path = options.profile_dir / name
     beside = Path(sys.executable).with_name("py-spy")
-    command = [str(beside) if beside.exists() else "py-spy", "record", "--pid", str(server.process.pid), "--subprocesses",
-               "--nonblocking", "--rate", "200", "--format", "raw", "--duration",
-               f"{max(int(options.duration_s) - 1, 1)}", "--output", str(path)]
+    command = [str(beside) if beside.exists() else "py-spy", "record",
+               "--pid", str(server.process.pid), "--subprocesses", "--nonblocking",
+               "--rate", "200", "--format", "raw",
+               "--duration", f"{max(int(options.duration_s) - 1, 1)}", "--output", str(path)]
     profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return profiler, str(path)
 
 
-def sell_out(url: str, stock: int) -> None:
-    """Buy the whole stock with distinct users, then hear SOLD_OUT once."""
+def buy_each(url: str, users: Iterable[str], allowed: tuple[int, ...]) -> None:
+    """One purchase per user, one after another; any answer not in ``allowed`` is fatal."""
     with httpx.Client(base_url=url, timeout=30) as client:
-        for i in range(stock + 1):
-            answer = client.post(f"{lua.PURCHASE_PATH}", json={"userId": f"sellout-{i}"})
-            if answer.status_code not in (201, 409):
-                raise RuntimeError(f"selling out: {answer.status_code} {answer.text}")
+        for user in users:
+            answer = client.post(lua.PURCHASE_PATH, json={"userId": user})
+            if answer.status_code not in allowed:
+                raise RuntimeError(f"buying for {user}: {answer.status_code} {answer.text}")
 
 
-def run_configuration(workers: int | None, admin_url: str, redis_url: str, options: Options,
+@contextmanager
+def _flashflow(admin_url: str, redis_url: str, stock: int, workers: int,
+               log_dir: Path) -> Iterator[BenchServer]:
+    backend = Backend(admin_url, redis_url).create(stock=stock)
+    try:
+        server = BenchServer.start(backend, workers, log_dir)
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        backend.drop()
+
+
+def run_configuration(workers: int, admin_url: str, redis_url: str, options: Options,
                       log_dir: Path) -> list[Measurement]:
-    """Every scenario with ``workers`` server processes (None: the server's own default)."""
-    count = workers or 1
+    """Both ceilings and every Flash Flow scenario with ``workers`` server processes."""
     results = []
-    sold_out = Backend(admin_url, redis_url).create(stock=100)
-    try:
-        server = BenchServer.start(sold_out, workers, log_dir)
+    for name, scenario in (("asgi", ASGI), ("quart", QUART)):
+        server = BenchServer.launch(ceilings.command(name, workers), dict(os.environ), log_dir,
+                                    (ceilings.PATH,))
         try:
-            results.append(measure("healthz", count, server, HEALTHZ, lua.GET, options))
-            sell_out(server.url, 100)
-            results.append(measure("purchase after sell-out", count, server, "", lua.PURCHASE,
-                                   options))
-            results.append(measure("status read", count, server, "", lua.STATUS, options))
+            results += measure(scenario, workers, server, ceilings.PATH, lua.GET, options)
         finally:
             server.stop()
-    finally:
-        sold_out.drop()
+    with _flashflow(admin_url, redis_url, 100, workers, log_dir) as server:
+        results += measure(HEALTHZ, workers, server, "/healthz", lua.GET, options)
+        results += measure(CURRENT, workers, server, lua.CURRENT_PATH, lua.GET, options)
+        # Every unit sold, then one more ask: each worker may learn of the sell-out.
+        buy_each(server.url, (f"sellout-{i}" for i in range(101)), (201, 409))
+        results += measure(SOLD_OUT, workers, server, "", lua.PURCHASE, options)
     # The largest stock a sale may hold: it cannot run out while measured.
-    on_sale = Backend(admin_url, redis_url).create(stock=10_000_000)
-    try:
-        server = BenchServer.start(on_sale, workers, log_dir)
-        try:
-            results.insert(1, measure("purchase during the sale", count, server, "",
-                                      lua.PURCHASE, options))
-        finally:
-            server.stop()
-    finally:
-        on_sale.drop()
+    with _flashflow(admin_url, redis_url, 10_000_000, workers, log_dir) as server:
+        results += measure(BOUGHT, workers, server, "", lua.PURCHASE, options)
+        buy_each(server.url, lua.repeat_users(REPEAT_BASE, REPEAT_USERS), (201,))
+        results += measure(REPEATS, workers, server, "", lua.REPEAT, options,
+                           args=(REPEAT_BASE, str(REPEAT_USERS)))
     return results

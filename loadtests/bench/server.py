@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,8 @@ from flashflow.database import execute, run_on_connection, with_database
 from flashflow.embedded import free_port
 from flashflow.migrate import apply_migrations
 from flashflow.processes import stop_process
+
+from . import lua
 
 _pg = run_on_connection
 _execute = execute
@@ -129,7 +132,8 @@ def cpu_seconds(root: psutil.Process) -> float:
 
 @dataclass
 class BenchServer:
-    """``flashflow serve`` on a free loopback port against one :class:`Backend`."""
+    """A server under benchmark in a child process on a free loopback port: ``flashflow
+    serve`` against one :class:`Backend`, or one of the ceilings."""
 
     process: subprocess.Popen
     url: str
@@ -142,41 +146,47 @@ class BenchServer:
         return psutil.Process(self.process.pid)
 
     @classmethod
-    def start(cls, backend: Backend, workers: int | None, log_dir: Path,
+    def start(cls, backend: Backend, workers: int, log_dir: Path,
               timeout_s: float = 60.0) -> BenchServer:
-        """Start the server and wait until it is ready to sell."""
-        port = free_port()
+        """Start ``flashflow serve`` and wait until it is ready to sell."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHFLOW_")}
         # One machine plays the whole crowd from one address: the per-address rate limit
         # would measure itself, not the server.
         env.update(FLASHFLOW_DATABASE_URL=backend.database_url,
                    FLASHFLOW_REDIS_URL=backend.redis_url, FLASHFLOW_KEY_PREFIX=backend.key_prefix,
                    FLASHFLOW_LOG_LEVEL="WARNING", FLASHFLOW_RATE_LIMIT_ENABLED="false")
-        command = [sys.executable, "-m", "flashflow.cli", "serve", "--port", str(port)]
-        if workers is not None:
-            command += ["--workers", str(workers)]
+        return cls.launch(
+            lambda port: [sys.executable, "-m", "flashflow.cli", "serve", "--port", str(port),
+                          "--workers", str(workers)],
+            env, log_dir, (lua.CURRENT_PATH, "/readyz"), timeout_s)
+
+    @classmethod
+    def launch(cls, command: Callable[[int], list[str]], env: dict[str, str], log_dir: Path,
+               ready_paths: tuple[str, ...], timeout_s: float = 60.0) -> BenchServer:
+        """Run ``command(port)`` and wait until every one of ``ready_paths`` answers 200."""
+        port = free_port()
         log_path = log_dir / f"server-{port}.log"
         with open(log_path, "wb") as log:
-            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(command(port), env=env, stdout=log,
+                                       stderr=subprocess.STDOUT)
         server = cls(process, f"http://127.0.0.1:{port}", log_path,
                      Sampler(psutil.Process(process.pid)))
         try:
-            server.wait_ready(timeout_s)
+            server.wait_ready(ready_paths, timeout_s)
         except BaseException:
             server.stop()
             raise
         return server
 
-    def wait_ready(self, timeout_s: float) -> None:
-        """Wait until the current sale reads and /readyz says ready."""
+    def wait_ready(self, paths: tuple[str, ...], timeout_s: float) -> None:
+        """Wait until every one of ``paths`` answers 200."""
         deadline = time.monotonic() + timeout_s
         with httpx.Client(base_url=self.url, timeout=2) as client:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
                 try:
-                    if (client.get("/api/v1/flash-sales/current").status_code == 200
-                            and client.get("/readyz").status_code == 200):
+                    if all(client.get(path).status_code == 200 for path in paths):
                         return
                 except httpx.HTTPError:
                     pass
