@@ -27,8 +27,8 @@ from .user_serializer import UserSerializer, open_user_serializer
 
 __all__ = [
     "AlreadyPurchased",
-    "Backoff",
     "BackendUnavailable",
+    "Backoff",
     "Catalog",
     "CommitResult",
     "FeedConfig",

@@ -33,12 +33,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import _aio
-from .backoff import Backoff
 from ._feed_redis import REPUBLISH, parse_stock, read_batch, subscribe_confirmed
 from ._nursery import open_actor_nursery
 from ._slot import Slot
+from .backoff import Backoff
 from .errors import BackendUnavailable, FlashFlowError
-from .stock_gate import stock_channel
+from .keys import stock_channel
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,9 @@ class StockFeed:
         self._stock_key = stock_key
         self._channel = stock_channel(config.key_prefix)
         self._sales: dict[uuid.UUID, _Sale] = {}
+        # sale id -> the stock last published, for every sale heard of while subscribed.
+        self._latest: dict[uuid.UUID, int] = {}
+        self._priming: set[uuid.UUID] = set()
         self._changed: dict[uuid.UUID, _Sale] = {}
         self._wake = trio.Event()
         self._subscribers = 0
@@ -191,6 +194,28 @@ class StockFeed:
     def min_interval_s(self) -> float:
         """The shortest time between two deliveries to one subscriber."""
         return self._config.min_interval_s
+
+    def latest(self, sale_id: uuid.UUID) -> int | None:
+        """The sale's stock as last published, while the subscription is up; None if unknown.
+
+        Every gate script publishes each change, so while connected this is the stock as
+        Redis holds it, without a round trip.
+        """
+        return self._latest.get(sale_id) if self._connected else None
+
+    async def prime(self, sale_id: uuid.UUID) -> int | None:
+        """Have Redis publish the sale's stock, so :meth:`latest` knows it; return the value.
+
+        The value is learnt from the channel, in order with every later change, never from
+        this call's reply, so a change racing it cannot be overwritten by an older value.
+        """
+        if sale_id in self._priming:
+            return None
+        self._priming.add(sale_id)
+        try:
+            return await self._reread(sale_id)
+        finally:
+            self._priming.discard(sale_id)
 
     def subscribe(self, sale_id: uuid.UUID) -> Subscription:
         """Start watching ``sale_id``; changes from now on reach the returned subscription."""
@@ -263,6 +288,7 @@ class StockFeed:
 
     async def _close(self, pubsub: Any) -> None:
         self._connected = False
+        self._latest.clear()  # changes missed while disconnected would leave it stale
         with trio.CancelScope(shield=True), suppress(BackendUnavailable):
             await self._call(pubsub.aclose)
 
@@ -307,6 +333,7 @@ class StockFeed:
                 log.debug("ignored a malformed stock message: %r", message.get("data"))
                 continue
             sale_id, stock = parsed
+            self._latest[sale_id] = stock
             state = self._sales.get(sale_id)
             if state is not None and state.value != stock:
                 state.value = stock

@@ -113,8 +113,7 @@ def create_app(runtime: Runtime) -> QuartTrio:
     async def get_current() -> Response:
         now = runtime.clock()
         sale = runtime.serializer.sale()
-        remaining = await runtime.gate.remaining(sale)
-        return envelope(sale_body(sale, remaining, now))
+        return envelope(sale_body(sale, await current_stock(runtime, sale), now))
 
     @app.post(f"{API}/purchase")
     @document_request(PurchaseRequest)
@@ -179,6 +178,16 @@ def create_app(runtime: Runtime) -> QuartTrio:
     install_sse(app, runtime)
     install_page(app)
     return app
+
+
+async def current_stock(runtime: Runtime, sale: Sale) -> int:
+    """The sale's stock from the feed's memory; Redis is read only when the feed does not know."""
+    remaining = runtime.feed.latest(sale.id)
+    if remaining is None and runtime.feed.connected:
+        remaining = await runtime.feed.prime(sale.id)
+    if remaining is None:
+        remaining = await runtime.gate.remaining(sale)
+    return remaining
 
 
 async def readiness(runtime: Runtime) -> dict[str, bool]:

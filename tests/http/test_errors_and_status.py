@@ -170,9 +170,10 @@ async def test_backend_failure_is_503_with_retry_after_and_writes_nothing(settin
 async def test_unexpected_error_is_500_without_a_traceback(settings):
     """An unexpected server error is 500 INTERNAL_ERROR with a generic message."""
     sale = await make_sale(settings.database_url, stock=5)
+    # Before the server starts, so the stock feed has never heard a good value to answer from.
+    redis_client(settings).set(gate_keys(settings, sale.id)[0], "garbage")
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            redis_client(settings).set(gate_keys(settings, sale.id)[0], "garbage")
             response = await server.client.get(CURRENT)
     error = assert_error(response, 500, "INTERNAL_ERROR")
     assert error["message"] == "An unexpected error occurred."

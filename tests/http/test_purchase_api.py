@@ -97,3 +97,20 @@ async def test_status_read_sees_purchases_made_elsewhere(settings):
     assert local.json()["data"]["purchaseId"] == mine.json()["data"]["purchaseId"]
     assert remote.json()["data"]["purchaseId"] == str(uuid.UUID(int=7))
     assert nobody.json()["data"] == {"purchased": False}
+
+
+async def test_current_is_answered_from_the_stock_feed(settings):
+    """GET /current reads the stock the feed last heard, not Redis, and follows each change."""
+    sale = await make_sale(settings.database_url, stock=5)
+    stock_key, _ = gate_keys(settings, sale.id)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            first = await server.client.get("/api/v1/flash-sales/current")
+            redis_client(settings).set(stock_key, 3)  # behind the feed's back: not published
+            unchanged = await server.client.get("/api/v1/flash-sales/current")
+            await server.client.post(PURCHASE, json={"userId": "alice"})  # published: 2
+            while (await server.client.get("/api/v1/flash-sales/current")
+                   ).json()["data"]["remainingStock"] != 2:
+                await trio.sleep(0.02)
+    assert first.json()["data"]["remainingStock"] == 5
+    assert unchanged.json()["data"]["remainingStock"] == 5

@@ -1,0 +1,142 @@
+"""A drifted gate heals: counters set wrong, holders lost, Redis restored from an old snapshot.
+
+Each drift is made on a live sale served by a real server on this test's own PostgreSQL and
+Redis; the reconciler must bring Redis back to the ledger's truth within one reconcile
+interval plus the grace period, and the sale must then sell out exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from datetime import timedelta
+
+import httpx
+import psutil
+import redis
+import trio
+
+from actors.keys import sale_keys
+from flashflow.embedded import start_redis
+
+from ..helpers import make_sale
+from .conftest import (
+    Recorder,
+    check_sale_after_faults,
+    open_clients,
+    phase_figures,
+    recover_and_sell_out,
+    wait_until_serving,
+)
+
+CURRENT = "/api/v1/flash-sales/current"
+
+
+async def remaining(client: httpx.AsyncClient) -> int:
+    """What ``GET /current`` says is left."""
+    return (await client.get(CURRENT)).json()["data"]["remainingStock"]
+
+
+async def healed(client: httpx.AsyncClient, r: redis.Redis, keys, want: int,
+                 within_s: float) -> float:
+    """Wait until Redis and ``GET /current`` both show ``want`` left; return the seconds."""
+    started = trio.current_time()
+    with trio.fail_after(within_s):
+        while True:
+            stock = r.get(keys.stock)
+            if stock is not None and int(stock) == want and await remaining(client) == want:
+                return trio.current_time() - started
+            await trio.sleep(0.05)
+
+
+async def buy_each(recorder: Recorder, client: httpx.AsyncClient, users: list[str]) -> None:
+    """Each user presses once, one after the other."""
+    for user in users:
+        await recorder.press(client, user)
+
+
+async def test_drifted_gate_heals_then_sells_out_exactly(backends, fault_settings, launch,
+                                                         figures):
+    """Stock set to 0 and to 100,000, buyers emptied, Redis restored from an old snapshot."""
+    settings = fault_settings
+    stock = 60
+    sale = await make_sale(settings.database_url, stock=stock)
+    server = await launch(settings)
+    await wait_until_serving(server.base_url)
+    keys = sale_keys(settings.key_prefix, sale.id)
+    r = redis.Redis.from_url(backends.redis.url, decode_responses=True)
+    bound = settings.reconcile_interval_s + settings.reservation_grace_s + 3  # a busy machine
+    recorder, users = Recorder(), [f"drift-{i:03d}" for i in range(120)]
+    heal: dict[str, float] = {}
+    try:
+        async with open_clients(server) as (client,):
+            await buy_each(recorder, client, users[:10])
+            assert len(recorder.winners) == 10
+
+            r.set(keys.stock, 0)  # 50 units left, the gate says none
+            heal["counter_set_to_0"] = await healed(client, r, keys, 50, bound)
+            await buy_each(recorder, client, users[10:20])
+
+            r.set(keys.stock, 100_000)  # a phantom stock
+            heal["counter_set_to_100000"] = await healed(client, r, keys, 40, bound)
+
+            r.delete(keys.buyers)  # every holder lost
+            heal["buyers_emptied"] = await healed(client, r, keys, 40, bound)
+            assert len(r.hkeys(keys.buyers)) == 20
+
+            r.save()  # the snapshot an RDB-persisted Redis would restart from
+            await buy_each(recorder, client, users[20:30])
+            assert len(recorder.winners) == 30
+            os.kill(backends.redis.pid, signal.SIGKILL)
+            backends.redis.process.wait(10)
+            backends.redis = start_redis(backends.data_dir, port=backends.redis_port)
+            r = redis.Redis.from_url(backends.redis.url, decode_responses=True)
+            assert int(r.get(keys.stock)) == 40, "Redis came back from the older snapshot"
+            heal["restored_from_old_snapshot"] = await healed(client, r, keys, 30, bound + 5)
+            for user in users[:30]:  # everyone who bought is told so, before and after
+                outcome = await recorder.press(client, user)
+                assert outcome.code == "ALREADY_PURCHASED", outcome
+            recorder.phase = "during"
+            _, sell_out_s = await recover_and_sell_out(
+                recorder, [client], users, settings, sale, stock)
+            left = await remaining(client)
+    finally:
+        r.close()
+    figures["heal_seconds"] = heal
+    figures["heal_bound_seconds"] = bound
+    figures["sell_out_seconds"] = round(sell_out_s, 2)
+    figures["after"] = phase_figures(recorder, "after")
+    figures.update(await check_sale_after_faults(settings, sale, recorder, expected_sold=stock))
+    assert left == 0
+    assert figures["sold_out_told_to_users_who_then_bought"] == 0
+    assert figures["already_purchased_told_to_users_without_a_row"] == 0
+
+
+async def test_many_short_sales_keep_memory_flat(backends, fault_settings, launch, figures):
+    """100 short sales back to back on one server: its memory of sales stays bounded."""
+    settings = fault_settings
+    server = await launch(settings)
+    await wait_until_serving(server.base_url)
+    process = psutil.Process(server.process.pid)
+    rss: list[int] = []
+    async with open_clients(server) as (client,):
+        for n in range(100):
+            sale = await make_sale(settings.database_url, stock=5,
+                                   starts_in=timedelta(seconds=-0.2),
+                                   lasts=timedelta(seconds=0.8))
+            with trio.fail_after(20):
+                while (await client.get(CURRENT)).json()["data"]["id"] != str(sale.id):
+                    await trio.sleep(0.05)
+            for i in range(10):
+                response = await client.post("/api/v1/flash-sales/current/purchase",
+                                             json={"userId": f"s{n}-u{i}"})
+                assert response.status_code in (201, 409, 503), response.text
+            if n in (0, 99):
+                rss.append(process.memory_info().rss)
+        metrics = (await client.get("/metrics")).text
+    figures["rss_first_mb"] = round(rss[0] / 2**20, 1)
+    figures["rss_last_mb"] = round(rss[1] / 2**20, 1)
+    remembered = [line for line in metrics.splitlines()
+                  if line.startswith("flashflow_serializer_known_buyers")]
+    figures["known_buyers_at_end"] = remembered
+    assert rss[1] < rss[0] * 1.5, figures
