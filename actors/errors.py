@@ -75,6 +75,17 @@ class BackendUnavailable(FlashFlowError):
         super().__init__("The service is temporarily unavailable; please retry shortly.")
 
 
+class LedgerUnreachable(BackendUnavailable):
+    """Raised when a commit never reached PostgreSQL (no connection could be had).
+
+    Nothing of it can have committed, so its reservation is undone at once, with no need
+    to ask the ledger what became of it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("postgres")
+
+
 class Undecided(FlashFlowError):
     """Raised when the answer is still in doubt after the purchase's bounded wait.
 
@@ -85,6 +96,13 @@ class Undecided(FlashFlowError):
 
     def __init__(self) -> None:
         super().__init__("Your purchase could not be decided yet; please retry shortly.")
+
+
+class ShuttingDown(FlashFlowError):
+    """Raised to end long-lived streams (the live stock feed) when the server is stopping."""
+
+    def __init__(self) -> None:
+        super().__init__("The server is shutting down; please reconnect shortly.")
 
 
 class RateLimited(FlashFlowError):
@@ -100,11 +118,13 @@ __all__ = [
     "BackendUnavailable",
     "FlashFlowError",
     "InvalidInput",
+    "LedgerUnreachable",
     "Overloaded",
     "PayloadTooLarge",
     "RateLimited",
     "SaleNotActive",
     "SaleNotFound",
+    "ShuttingDown",
     "SoldOut",
     "Undecided",
 ]

@@ -22,7 +22,7 @@ from . import _aio, ledger_sql
 from ._batching import batches
 from ._nursery import open_actor_nursery
 from ._slot import Slot
-from .errors import BackendUnavailable, Overloaded
+from .errors import BackendUnavailable, LedgerUnreachable, Overloaded
 from .model import LedgerState, Purchase, Sale
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,10 @@ class Ledger:
         for sale_id, requests in by_sale.items():
             purchases = [r.purchase for r in requests]
             try:
-                result = await self._query_pool(ledger_sql.write_batch, sale_id, purchases)
+                try:
+                    result = await self._query_pool(ledger_sql.write_batch, sale_id, purchases)
+                except ledger_sql.NotSent as exc:
+                    raise LedgerUnreachable() from exc.__cause__
             except BackendUnavailable as exc:
                 self._failed_batches += 1
                 log.warning("ledger batch of %d failed: %r", len(requests), exc.__cause__,

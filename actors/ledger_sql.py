@@ -129,6 +129,17 @@ class BatchResult:
     closed: WindowClosed | None = None
 
 
+class NotSent(Exception):
+    """No connection could be had: nothing of the batch reached PostgreSQL."""
+
+
+async def _acquire(pool: Any) -> Any:
+    try:
+        return await pool.acquire()
+    except Exception as exc:
+        raise NotSent() from exc
+
+
 def _window_error(exc: asyncpg.PostgresError) -> WindowClosed | None:
     state = getattr(exc, "sqlstate", None)
     if state in (NOT_STARTED, ENDED):
@@ -150,7 +161,8 @@ async def write_batch(pool: Any, sale_id: uuid.UUID, purchases: list[Purchase]) 
     clock, at commit time) commits nothing.
     """
     keys = sorted({advisory_key(sale_id, p.user_id) for p in purchases})
-    async with pool.acquire() as conn:
+    conn = await _acquire(pool)
+    try:
         try:
             try:
                 async with conn.transaction():
@@ -178,6 +190,8 @@ async def write_batch(pool: Any, sale_id: uuid.UUID, purchases: list[Purchase]) 
             if closed is None:
                 raise
             return BatchResult(closed=closed)
+    finally:
+        await pool.release(conn)
 
 
 async def resolve(pool: Any, sale_id: uuid.UUID, users: list[str]) -> dict[str, Purchase]:

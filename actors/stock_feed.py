@@ -37,7 +37,7 @@ from ._feed_redis import REPUBLISH, parse_stock, read_batch, subscribe_confirmed
 from ._nursery import open_actor_nursery
 from ._slot import Slot
 from .backoff import Backoff
-from .errors import BackendUnavailable, FlashFlowError
+from .errors import BackendUnavailable, FlashFlowError, ShuttingDown
 from .keys import stock_channel
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,10 @@ class _Sale:
         self.priming: Slot[int | None] | None = None
 
 
+class _Abandoned(Exception):
+    """The subscriber reading a sale's snapshot for everyone was cancelled before it could."""
+
+
 class Subscription:
     """One watcher of one sale's stock; use it as a context manager so it is freed at once."""
 
@@ -117,21 +121,29 @@ class Subscription:
             BackendUnavailable: Redis could not be asked.
         """
         state = self._state
-        if state.value is not None:
-            await trio.lowlevel.checkpoint()
-            self._seen = state.version
-            return state.value
-        if state.priming is not None:
-            return await state.priming.wait()
-        slot = state.priming = Slot()
-        try:
-            slot.set(await self._feed._reread(self._sale_id))
-        except BaseException as exc:
-            slot.fail(exc if isinstance(exc, FlashFlowError) else BackendUnavailable("redis"))
-            raise
-        finally:
-            state.priming = None
-        return await slot.wait()
+        while True:
+            if state.value is not None:
+                await trio.lowlevel.checkpoint()
+                self._seen = state.version
+                return state.value
+            if state.priming is not None:
+                try:
+                    return await state.priming.wait()
+                except _Abandoned:
+                    continue  # the watcher asking left: ask again, for everyone waiting
+            slot = state.priming = Slot()
+            try:
+                slot.set(await self._feed._reread(self._sale_id))
+            except FlashFlowError as exc:
+                slot.fail(exc)
+                raise
+            except BaseException:
+                # Cancelled (its client left): that ends this stream only, not the others.
+                slot.fail(_Abandoned())
+                raise
+            finally:
+                state.priming = None
+            return await slot.wait()
 
     async def next(self) -> int:
         """Wait for a stock value this subscriber has not seen, and return the latest one.
@@ -141,6 +153,8 @@ class Subscription:
         """
         state = self._state
         while state.version == self._seen:
+            if self._feed.closing:
+                raise ShuttingDown()
             await state.groups[self._group].wait()
         if trio.current_time() < self._next_at:
             await trio.sleep_until(self._next_at)
@@ -177,6 +191,7 @@ class StockFeed:
         # sale id -> the stock last published, for every sale heard of while subscribed.
         self._latest: dict[uuid.UUID, int] = {}
         self._priming: set[uuid.UUID] = set()
+        self.closing = False
         self._changed: dict[uuid.UUID, _Sale] = {}
         self._wake = trio.Event()
         self._subscribers = 0
@@ -194,6 +209,13 @@ class StockFeed:
     def min_interval_s(self) -> float:
         """The shortest time between two deliveries to one subscriber."""
         return self._config.min_interval_s
+
+    def close_streams(self) -> None:
+        """End every subscriber's wait with ShuttingDown, now and from now on (shutdown)."""
+        self.closing = True
+        for state in self._sales.values():
+            for event in state.groups:
+                event.set()
 
     def latest(self, sale_id: uuid.UUID) -> int | None:
         """The sale's stock as last published, while the subscription is up; None if unknown.

@@ -30,6 +30,7 @@ from .errors import (
     AlreadyPurchased,
     BackendUnavailable,
     FlashFlowError,
+    LedgerUnreachable,
     Overloaded,
     SaleNotActive,
     SaleNotFound,
@@ -211,9 +212,9 @@ class UserSerializer:
             purchase = Purchase(uuid.uuid4(), sale.id, user_id, self._clock())
             try:
                 answer = await self._gate.reserve(sale, user_id, purchase.id, deadline=deadline)
-            except BackendUnavailable:
-                # The reservation may have been made with its reply lost: undo it as soon as
-                # Redis answers, so the user's retry can buy.
+            except (BackendUnavailable, Undecided):
+                # The reservation may have been made with its reply lost (here, or by the
+                # waiting queue): undo it as soon as Redis answers, so a retry can buy.
                 self._lost_replies += 1
                 self._later(self._release_lost, purchase)
                 raise
@@ -231,7 +232,8 @@ class UserSerializer:
     async def _commit(self, sale: Sale, purchase: Purchase, deadline: float) -> Purchase:
         try:
             outcome = await self._ledger.commit(purchase)
-        except Overloaded:
+        except (Overloaded, LedgerUnreachable):
+            # Never sent: nothing can have committed, so there is nothing to ask about.
             await self._roll_back(purchase, restock=True)
             raise
         except BackendUnavailable:

@@ -61,9 +61,16 @@ async def serve(settings: Settings, *, binds: list[str] | None = None,
     """
     async with open_runtime(settings) as runtime:
         app = create_app(runtime)
+
+        async def stop_then_end_streams() -> None:
+            # Purchases in flight drain within the graceful timeout; live streams would
+            # hold it to the end, so they are ended as soon as the stop begins.
+            await (shutdown_trigger or trio.sleep_forever)()
+            runtime.feed.close_streams()
+
         await hypercorn_serve(finish_responses_shielded(app, settings.graceful_timeout_s),
                               hypercorn_config(settings, binds),
-                              shutdown_trigger=shutdown_trigger, task_status=task_status)
+                              shutdown_trigger=stop_then_end_streams, task_status=task_status)
 
 
 async def serve_until_signalled(settings: Settings,

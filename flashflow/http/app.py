@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 
@@ -184,7 +185,10 @@ async def current_stock(runtime: Runtime, sale: Sale) -> int:
     """The sale's stock from the feed's memory; Redis is read only when the feed does not know."""
     remaining = runtime.feed.latest(sale.id)
     if remaining is None and runtime.feed.connected:
-        remaining = await runtime.feed.prime(sale.id)
+        # The feed's connection may be the last to learn Redis restarted: the gate's own
+        # read, which retries a dead connection once, answers then.
+        with suppress(FlashFlowError):
+            remaining = await runtime.feed.prime(sale.id)
     if remaining is None:
         remaining = await runtime.gate.remaining(sale)
     return remaining

@@ -23,6 +23,7 @@ from actors.errors import (
     RateLimited,
     SaleNotActive,
     SaleNotFound,
+    ShuttingDown,
     SoldOut,
     Undecided,
 )
@@ -41,6 +42,7 @@ ERROR_TABLE: dict[type[FlashFlowError], tuple[int, str, bool]] = {
     Overloaded: (503, "UNAVAILABLE", True),
     BackendUnavailable: (503, "UNAVAILABLE", True),
     Undecided: (503, "UNAVAILABLE", True),
+    ShuttingDown: (503, "UNAVAILABLE", True),
 }
 
 #: HTTP errors raised by the framework itself (routing, body limits) -> wire code

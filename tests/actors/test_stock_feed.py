@@ -15,12 +15,13 @@ from actors._feed_redis import parse_stock
 from actors._nursery import single_errors
 from actors.errors import BackendUnavailable
 from actors.stock_feed import FeedConfig, StockFeed, open_stock_feed
-from actors.stock_gate import stock_channel
+from actors.errors import ShuttingDown
+from actors.keys import sale_keys, stock_channel
 
 
 def stock_key(prefix: str, sale_id: uuid.UUID) -> str:
-    """The gate's stock key layout, for the tests' own writes."""
-    return f"{prefix}sale:{sale_id}:stock"
+    """The gate's stock key, for the tests' own writes."""
+    return sale_keys(prefix, sale_id).stock
 
 
 @asynccontextmanager
@@ -243,3 +244,47 @@ async def test_a_quiet_channel_is_pinged_and_the_feed_stays_up(services, key_pre
             stats = feed.statistics()
     assert stats.connected
     assert stats.reconnects == 0
+
+
+async def test_closing_streams_ends_every_wait(services, key_prefix):
+    """close_streams() ends waiting subscribers, and later waits, with ShuttingDown."""
+    sale_id = uuid.uuid4()
+    ended: list[str] = []
+
+    async def wait(feed: StockFeed, name: str) -> None:
+        with feed.subscribe(sale_id) as sub, pytest.raises(ShuttingDown):
+            await sub.next()
+        ended.append(name)
+
+    with trio.fail_after(10):
+        async with running_feed(services.redis_url, key_prefix) as feed:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait, feed, "a")
+                nursery.start_soon(wait, feed, "b")
+                await trio.sleep(0.1)
+                feed.close_streams()
+            await wait(feed, "late")
+    assert sorted(ended) == ["a", "b", "late"]
+
+
+async def test_a_watcher_leaving_while_reading_the_snapshot_ends_no_other(services, key_prefix):
+    """The subscriber asking Redis for everyone is cancelled: the others still get a value."""
+    sale_id = uuid.uuid4()
+    redis.Redis.from_url(services.redis_url).set(stock_key(key_prefix, sale_id), 4)
+    got: list[int | None] = []
+
+    async def reader(feed: StockFeed) -> None:
+        with feed.subscribe(sale_id) as sub:
+            got.append(await sub.snapshot())
+
+    with trio.fail_after(10):
+        async with running_feed(services.redis_url, key_prefix) as feed:
+            async with trio.open_nursery() as nursery:
+                with trio.CancelScope() as leaving:
+                    first = feed.subscribe(sale_id)
+                    nursery.start_soon(reader, feed)
+                    nursery.start_soon(reader, feed)
+                    leaving.cancel()
+                    await first.snapshot()  # cancelled at once: it leaves mid-read
+                first.close()
+    assert got == [4, 4]

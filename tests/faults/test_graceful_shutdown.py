@@ -139,3 +139,91 @@ async def test_sigterm_with_an_idle_keep_alive_connection_exits_promptly(fault_s
                    graceful_timeout_s=settings.graceful_timeout_s)
     assert code == 0
     assert exit_s < 2.0
+
+
+async def test_sigterm_with_open_event_streams_ends_them_and_exits_promptly(fault_settings,
+                                                                           launch, figures):
+    """SIGTERM with 20 open SSE streams: each stream ends, exit 0 in ~1 s, not the deadline."""
+    settings = replace(fault_settings, graceful_timeout_s=8.0)
+    await make_sale(settings.database_url, stock=10)
+    server = await launch(settings)
+    ended: list[float] = []
+
+    async def watch(client: httpx.AsyncClient, started: trio.Event) -> None:
+        async with client.stream("GET", "/api/v1/flash-sales/current/events") as response:
+            assert response.status_code == 200
+            async for chunk in response.aiter_bytes():
+                if b"event: snapshot" in chunk:
+                    started.set()
+        ended.append(trio.current_time())
+
+    with trio.fail_after(settings.graceful_timeout_s + 20):
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30,
+                                     limits=httpx.Limits(max_connections=50)) as client:
+            async with trio.open_nursery() as nursery:
+                for _ in range(20):
+                    started = trio.Event()
+                    nursery.start_soon(watch, client, started)
+                    await started.wait()
+                server.process.send_signal(signal.SIGTERM)
+                signalled_at = trio.current_time()
+                code = await trio.to_thread.run_sync(
+                    partial(server.process.wait, settings.graceful_timeout_s + 10))
+                exit_s = trio.current_time() - signalled_at
+    figures.update(exit_code=code, streams=20, streams_ended=len(ended),
+                   seconds_from_sigterm_to_exit=round(exit_s, 2),
+                   graceful_timeout_s=settings.graceful_timeout_s)
+    assert code == 0
+    assert len(ended) == 20
+    assert exit_s < settings.graceful_timeout_s / 2, "streams held the graceful timeout"
+
+
+@pytest.mark.parametrize("after_s", [0.3, 0.8, 1.5, 3.0])
+async def test_sigterm_during_start_up_of_two_workers_always_ends(fault_settings, tmp_path,
+                                                                  after_s, figures):
+    """`serve --workers 2` signalled while starting: it and its workers exit, the port frees."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from flashflow.embedded import free_port
+
+    from ..helpers import server_env
+    from .conftest import fault_env
+
+    port = free_port()
+    log_path = tmp_path / "supervisor.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flashflow.cli", "serve", "--workers", "2", "--port",
+             str(port)], env={**server_env(fault_settings), **fault_env(fault_settings)},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        await trio.sleep(after_s)
+        children = [c.pid for c in psutil.Process(process.pid).children()]
+        process.send_signal(signal.SIGTERM)
+        signalled_at = trio.current_time()
+        code = await trio.to_thread.run_sync(
+            partial(process.wait, fault_settings.graceful_timeout_s + 15))
+        exit_s = trio.current_time() - signalled_at
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    left = [pid for pid in children if psutil.pid_exists(pid)
+            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    figures.update(after_s=after_s, exit_code=code, seconds_from_sigterm_to_exit=round(exit_s, 2))
+    assert code == 0, log_path.read_text()[-2000:]
+    assert left == []
+    with socket_on(port) as sock:  # the port is free again
+        assert sock is not None
+
+
+def socket_on(port: int):
+    """A socket bound to 127.0.0.1:``port`` (raises if something still holds it)."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", port))
+    return sock
