@@ -6,9 +6,10 @@ time and no driver exception escapes an actor.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -20,8 +21,31 @@ from redis.backoff import NoBackoff
 
 from .errors import BackendUnavailable
 
+log = logging.getLogger(__name__)
+
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+@asynccontextmanager
+async def open_asyncio_bridge() -> AsyncIterator[None]:
+    """Open the trio-asyncio loop the drivers run on, where a stray driver error is only logged.
+
+    trio-asyncio's default handler raises every error no asyncio task retrieved into its own
+    nursery, which ends the whole runtime. Drivers leave such errors behind in clean-up tasks
+    of their own: asyncpg's ``pool.release`` of a connection whose query was cancelled by
+    :func:`call`'s deadline resets it in a task that times out when PostgreSQL does not
+    answer. The call itself has already failed with ``BackendUnavailable``; the connection
+    is terminated and the pool replaces it.
+    """
+    async with trio_asyncio.open_loop() as loop:
+        loop.set_exception_handler(_log_stray_error)
+        yield
+
+
+def _log_stray_error(loop: Any, context: dict[str, Any]) -> None:
+    log.warning("driver clean-up failed: %s", context.get("message"),
+                exc_info=context.get("exception"))
 
 
 async def call(

@@ -13,8 +13,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-import trio_asyncio
-
 from actors import (
     Catalog,
     GateConfig,
@@ -28,6 +26,7 @@ from actors import (
     open_stock_gate,
     open_user_serializer,
 )
+from actors._aio import open_asyncio_bridge
 from actors._nursery import single_errors
 from actors.rate_limiter import LimiterConfig, RateLimiter, open_rate_limiter
 from actors.reconciler import Reconciler, open_reconciler
@@ -124,7 +123,7 @@ async def open_runtime(settings: Settings, *,
     settings.require(*SERVICE_URLS)
     with single_errors():
         async with (
-            trio_asyncio.open_loop(),
+            open_asyncio_bridge(),
             open_ledger(ledger_config(settings)) as ledger,
             open_catalog(ledger.sales, settings.catalog_refresh_s) as catalog,
             open_stock_gate(gate_config(settings), loader=ledger.state,

@@ -59,6 +59,8 @@ class Backends:
     data_dir: Path
     postgres: EmbeddedServer
     redis: EmbeddedServer
+    #: The PostgreSQL processes :meth:`pause_postgres` stopped, postmaster first.
+    paused_postgres: list[int] = field(default_factory=list)
 
     @property
     def redis_port(self) -> int:
@@ -92,8 +94,43 @@ class Backends:
         self.postgres = start_postgres(self.data_dir, port=self.postgres_port)
         return time.monotonic() - started
 
+    def pause_postgres(self) -> None:
+        """SIGSTOP PostgreSQL's postmaster and every backend, each by its pid: a hung server.
+
+        Each backend leads a session of its own (PostgreSQL calls ``setsid`` in every
+        child), so stopping the postmaster's group would leave open connections answering.
+        Connections stay open and bytes sent meanwhile wait in the kernel, unanswered.
+        """
+        os.kill(self.postgres.pid, signal.SIGSTOP)  # first, so it forks no new backend
+        self.paused_postgres = [self.postgres.pid]
+        for child in psutil.Process(self.postgres.pid).children(recursive=True):
+            with suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGSTOP)
+                self.paused_postgres.append(child.pid)
+
+    def resume_postgres(self) -> None:
+        """SIGCONT what :meth:`pause_postgres` stopped: it reads what waited and answers."""
+        paused, self.paused_postgres = self.paused_postgres, []
+        if self.postgres.process.poll() is not None:
+            return
+        for pid in reversed(paused):  # the backends first, the postmaster last
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    def pause_redis(self) -> None:
+        """SIGSTOP Redis: commands sent meanwhile wait in its socket buffers, unanswered."""
+        os.kill(self.redis.pid, signal.SIGSTOP)
+
+    def resume_redis(self) -> None:
+        """SIGCONT Redis: it runs the commands that waited (their senders may have given up)."""
+        if self.redis.process.poll() is None:
+            os.kill(self.redis.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop both servers (each ``stop`` is a no-op when that server is not running)."""
+        # A paused server ignores SIGTERM and SIGINT until it runs again.
+        self.resume_redis()
+        self.resume_postgres()
         try:
             self.redis.stop()
         finally:
@@ -269,6 +306,8 @@ class Outcome:
     purchase_id: str | None
     retry_after: str | None
     seconds: float
+    #: ``time.monotonic()`` once the answer was in (for a batch of results: once recorded).
+    answered_at: float = 0.0
 
 
 @dataclass
@@ -298,7 +337,7 @@ class Recorder:
                 else:
                     code = body["error"]["code"]
         outcome = Outcome(user, phase, status, code, purchase_id, retry_after,
-                          time.perf_counter() - started)
+                          time.perf_counter() - started, time.monotonic())
         self.outcomes.append(outcome)
         if purchase_id is not None:
             self.winners.setdefault(user, purchase_id)
@@ -306,12 +345,13 @@ class Recorder:
 
     def add(self, phase: str, results: list[tuple[str, int, dict]]) -> None:
         """Record the results of ``tests.integration.test_stampede.stampede``."""
+        recorded_at = time.monotonic()
         for user, status, body in results:
             data, error = body.get("data") or {}, body.get("error") or {}
             purchase_id = data.get("purchaseId") if status == 201 else None
             self.outcomes.append(Outcome(user, phase, status,
                                          "CONFIRMED" if status == 201 else error.get("code"),
-                                         purchase_id, None, 0.0))
+                                         purchase_id, None, 0.0, recorded_at))
             if purchase_id is not None:
                 self.winners.setdefault(user, purchase_id)
 
@@ -419,7 +459,86 @@ async def recover(recorder: Recorder, *, clean_run: int = 100, timeout_s: float 
             await trio.sleep(0.02)
 
 
+async def press_until_final(recorder: Recorder, clients: list[httpx.AsyncClient],
+                            users: list[str], *, rounds: int = 12, pause_s: float = 1.0,
+                            concurrency: int = 64) -> int:
+    """Each user presses once per round until their answer is final (201 or 409).
+
+    A user answered 503 (or nothing) presses again next round, after ``pause_s`` (the
+    servers' ``Retry-After``). Returns the rounds it took.
+
+    Raises:
+        AssertionError: some users still had no final answer after ``rounds`` rounds.
+    """
+    limiter = trio.CapacityLimiter(concurrency)
+    left = list(users)
+
+    async def one(user: str, client: httpx.AsyncClient, final: set[str]) -> None:
+        async with limiter:
+            outcome = await recorder.press(client, user)
+        if outcome.status in (201, 409):
+            final.add(user)
+
+    for done in range(1, rounds + 1):
+        final: set[str] = set()
+        async with trio.open_nursery() as nursery:
+            for user in left:
+                nursery.start_soon(one, user, random.choice(clients), final)
+        left = [u for u in left if u not in final]
+        if not left:
+            return done
+        await trio.sleep(pause_s)
+    raise AssertionError(f"{len(left)} users had no final answer after {rounds} rounds: "
+                         f"{left[:5]}")
+
+
+async def purchase_status(client: httpx.AsyncClient, user: str) -> dict[str, Any]:
+    """The status read ``GET .../current/purchase?userId=`` (its ``data``)."""
+    response = await client.get(PURCHASE, params={"userId": user})
+    assert response.status_code == 200, (response.status_code, response.text)
+    return response.json()["data"]
+
+
 # -- PostgreSQL and Redis as the tests read them ---------------------------------------------
+
+
+@dataclass
+class SoldWatch:
+    """Polls ``flash_sales.sold`` to judge whether a ``SOLD_OUT`` was true when it was told.
+
+    ``last_short_at`` is the latest ``time.monotonic()`` at which a poll *began* and then
+    found fewer units committed than the stock. Rows never go away, so a ``SOLD_OUT``
+    answered before that moment was told while units were still unsold. The check has no
+    false alarms; it may miss a lie told within one poll of the sell-out.
+    """
+
+    settings: Settings
+    sale: Sale
+    poll_s: float = 0.05
+    last_short_at: float = float("-inf")
+    sold_out_at: float | None = None
+    polls: int = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Poll until cancelled."""
+        task_status.started()
+        while True:
+            began = time.monotonic()
+            sold = await sold_counter(self.settings, self.sale)
+            self.polls += 1
+            if sold < self.sale.total_stock:
+                self.last_short_at = max(self.last_short_at, began)
+            elif self.sold_out_at is None:
+                self.sold_out_at = time.monotonic()
+            await trio.sleep(self.poll_s)
+
+    def told_too_soon(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """The ``SOLD_OUT`` answers among ``outcomes`` told while units were unsold."""
+        return [o for o in outcomes
+                if o.code == "SOLD_OUT" and o.answered_at < self.last_short_at]
+
+
 
 
 async def committed_rows(settings: Settings, sale: Sale) -> dict[str, str]:
