@@ -119,6 +119,14 @@ def verify(records: Iterable[Record], before: LedgerSnapshot, after: LedgerSnaps
     doubled = {u for u, ids in seen.won.items() if len(ids) > 1}
     checks.append(Check("one purchase per user", not doubled,
                         f"users told two purchase ids: {_sample(doubled) or 'none'}"))
+    successes = {u: sum(r.status == 201 for r in records) for u, records in seen.by_user.items()}
+    twice = {u for u, n in successes.items() if n > 1}
+    new_rows = committed - len(before.purchases)
+    checks.append(Check(
+        "exactly one 201 per user: 201s counted = units sold",
+        not twice and sum(successes.values()) == new_rows,
+        f"{sum(successes.values())} x 201 for {new_rows} new rows; "
+        f"users told 201 twice: {_sample(twice) or 'none'}"))
 
     checks.append(_repeats(seen, rows))
     mismatched = {u for u, ids in seen.won.items() if rows.get(u) not in ids}
@@ -141,7 +149,7 @@ def verify(records: Iterable[Record], before: LedgerSnapshot, after: LedgerSnaps
 
 
 def _repeats(seen: _Seen, rows: dict[str, str]) -> Check:
-    """A winner's other attempts get the same purchase or ALREADY_PURCHASED, never SOLD_OUT;
+    """A winner's other attempts get ALREADY_PURCHASED (one of them the 201), never SOLD_OUT;
     once the winner has read their 201, every later attempt gets ALREADY_PURCHASED."""
     wrong: set[str] = set()
     repeats = 0

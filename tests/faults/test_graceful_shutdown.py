@@ -214,7 +214,9 @@ async def test_sigterm_during_start_up_of_two_workers_always_ends(fault_settings
     left = [pid for pid in children if psutil.pid_exists(pid)
             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     figures.update(after_s=after_s, exit_code=code, seconds_from_sigterm_to_exit=round(exit_s, 2))
-    assert code == 0, log_path.read_text()[-2000:]
+    # Signalled before Python could install its handlers, the supervisor simply dies of
+    # the signal; once it has workers, it must stop them and exit cleanly.
+    assert code == 0 or (code == -signal.SIGTERM and not children), log_path.read_text()[-2000:]
     assert left == []
     with socket_on(port) as sock:  # the port is free again
         assert sock is not None

@@ -22,7 +22,7 @@ def broken(records: list[Record], after: LedgerSnapshot = SOLD,
     return {c.name for c in verify(records, EMPTY, after, gate) if not c.held}
 
 
-CLEAN = [buy("alice", 201, 1.0, "p1"), buy("alice", 201, 1.0, "p1"),
+CLEAN = [buy("alice", 201, 1.0, "p1"), buy("alice", 409, 1.0, code="ALREADY_PURCHASED"),
          buy("alice", 409, 2.0, code="ALREADY_PURCHASED"), buy("bob", 409, 1.5, code="SOLD_OUT"),
          Record(STATUS, "alice", 200, 3.0, 5.0, purchase_id="p1", purchased=True)]
 
@@ -30,6 +30,12 @@ CLEAN = [buy("alice", 201, 1.0, "p1"), buy("alice", 201, 1.0, "p1"),
 def test_a_clean_sale_holds_every_invariant():
     """One winner, her coalesced retries and repeats, one loser: nothing breaks."""
     assert broken(CLEAN) == set()
+
+
+def test_a_second_201_for_one_user_breaks():
+    """Coalesced presses that all hear 201 count more successes than units sold."""
+    records = [*CLEAN, buy("alice", 201, 1.0, "p1")]
+    assert broken(records) == {"exactly one 201 per user: 201s counted = units sold"}
 
 
 def test_a_row_no_client_heard_of_breaks():
