@@ -217,6 +217,11 @@ class StockFeed:
             for event in state.groups:
                 event.set()
 
+    def forget(self, sale_ids: list[uuid.UUID]) -> None:
+        """Drop the stock remembered for sales that are over."""
+        for sale_id in sale_ids:
+            self._latest.pop(sale_id, None)
+
     def latest(self, sale_id: uuid.UUID) -> int | None:
         """The sale's stock as last published, while the subscription is up; None if unknown.
 

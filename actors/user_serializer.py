@@ -46,8 +46,9 @@ log = logging.getLogger(__name__)
 
 Key = tuple[uuid.UUID, str]
 
-#: How long memory of a sale is kept after it ends.
-LINGER = timedelta(minutes=1)
+#: How long memory of a sale is kept after it ends: past the end a purchase is refused by
+#: the window and a status read asks the ledger, so this only covers clocks a little apart.
+LINGER = timedelta(seconds=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +81,10 @@ class UserSerializer:
 
     def __init__(self, nursery: trio.Nursery, background: trio.Nursery, gate: StockGate,
                  ledger: Ledger, catalog: Catalog | None, limiter: RateLimiter | None,
-                 config: SerializerConfig, clock: Callable[[], datetime]) -> None:
+                 config: SerializerConfig, clock: Callable[[], datetime],
+                 also_forget: tuple[Callable[[list[uuid.UUID]], None], ...] = ()) -> None:
         self._nursery = nursery
+        self._also_forget = also_forget
         self._background = background
         self._gate = gate
         self._ledger = ledger
@@ -318,6 +321,8 @@ class UserSerializer:
             self._sales.pop(sale_id, None)
             self._buyers.pop(sale_id, None)
         self._gate.forget(over)
+        for forget in self._also_forget:
+            forget(over)
         return over
 
     async def sweep(self) -> None:
@@ -338,17 +343,19 @@ async def open_user_serializer(gate: StockGate, ledger: Ledger, *,
                                limiter: RateLimiter | None = None,
                                config: SerializerConfig = SerializerConfig(),
                                clock: Callable[[], datetime] = utc_now,
+                               also_forget: tuple[Callable[[list[uuid.UUID]], None], ...] = (),
                                ) -> AsyncIterator[UserSerializer]:
     """Open the serializer; on exit, purchases in flight get ``drain_timeout_s`` to settle.
 
-    Background work (undoing reservations whose reply was lost, forgetting ended sales) stops
-    at once on exit: what it leaves, the reconciler finishes.
+    Background work (undoing reservations whose reply was lost, forgetting ended sales, here
+    and in each of ``also_forget``) stops at once on exit: what it leaves, the reconciler
+    finishes.
     """
     async with open_actor_nursery() as nursery:
         try:
             async with open_actor_nursery() as background:
                 serializer = UserSerializer(nursery, background, gate, ledger, catalog, limiter,
-                                            config, clock)
+                                            config, clock, also_forget)
                 background.start_soon(serializer.sweep)
                 try:
                     yield serializer

@@ -140,6 +140,7 @@ async def open_runtime(settings: Settings, *,
                 open_user_serializer(
                     gate, ledger, catalog=catalog, limiter=limiter,
                     config=serializer_config(settings), clock=clock,
+                    also_forget=(feed.forget,),
                 ) as serializer,
             ):
                 yield Runtime(settings=settings, ledger=ledger, catalog=catalog, gate=gate,
