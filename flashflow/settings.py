@@ -117,6 +117,8 @@ class Settings:
     graceful_timeout_s: float = 10.0
     access_log: bool = False
     log_level: str = "INFO"
+    #: The bearer token of the admin API; unset (or empty), the admin API is off (404).
+    admin_token: str | None = field(default=None, repr=False)
     metrics_dir: Path | None = field(default=None, metadata={"env": METRICS_DIR_VARIABLE})
 
     @classmethod
