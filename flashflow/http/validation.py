@@ -17,33 +17,28 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 def user_id(value: Any) -> str:
     """Return the trimmed user id, or raise InvalidInput saying what is wrong."""
-    if value is None:
-        raise InvalidInput("userId is required.", field="userId")
-    if not isinstance(value, str):
-        raise InvalidInput("userId must be a string.", field="userId")
-    trimmed = value.strip()
-    if not trimmed:
-        raise InvalidInput("userId must not be empty.", field="userId")
-    if _CONTROL.search(trimmed):
-        raise InvalidInput("userId must not contain control characters.", field="userId")
-    if len(trimmed) < USER_ID_MIN:
-        raise InvalidInput(f"userId must be at least {USER_ID_MIN} characters.", field="userId")
-    if len(trimmed) > USER_ID_MAX:
-        raise InvalidInput(f"userId must be at most {USER_ID_MAX} characters.", field="userId")
-    return trimmed
+    return text(value, "userId", USER_ID_MIN, USER_ID_MAX)
 
 
 def product_name(value: Any) -> str:
     """Return the trimmed product name, or raise InvalidInput saying what is wrong."""
+    return text(value, "productName", 1, PRODUCT_NAME_MAX)
+
+
+def text(value: Any, name: str, shortest: int, longest: int) -> str:
+    """Return ``value`` trimmed: a string of ``shortest`` to ``longest`` characters after
+    trimming, without control characters; else raise InvalidInput naming the field."""
+    if value is None:
+        raise InvalidInput(f"{name} is required.", field=name)
     if not isinstance(value, str):
-        raise InvalidInput("productName must be a string.", field="productName")
+        raise InvalidInput(f"{name} must be a string.", field=name)
     trimmed = value.strip()
     if not trimmed:
-        raise InvalidInput("productName must not be empty.", field="productName")
+        raise InvalidInput(f"{name} must not be empty.", field=name)
     if _CONTROL.search(trimmed):
-        raise InvalidInput("productName must not contain control characters.",
-                           field="productName")
-    if len(trimmed) > PRODUCT_NAME_MAX:
-        raise InvalidInput(f"productName must be at most {PRODUCT_NAME_MAX} characters.",
-                           field="productName")
+        raise InvalidInput(f"{name} must not contain control characters.", field=name)
+    if len(trimmed) < shortest:
+        raise InvalidInput(f"{name} must be at least {shortest} characters.", field=name)
+    if len(trimmed) > longest:
+        raise InvalidInput(f"{name} must be at most {longest} characters.", field=name)
     return trimmed
