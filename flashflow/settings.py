@@ -69,6 +69,7 @@ _CASTS: dict[str, Callable[[str], Any]] = {
     "url": _optional_url,
     "bool": _bool,
     "str": str,
+    "optional_str": lambda raw: raw.strip() or None,
     "path": lambda raw: Path(raw).expanduser(),
     "optional_path": _optional_path,
 }
@@ -184,4 +185,4 @@ def _kind(name: str, annotation: Any) -> str:
     for kind in ("bool", "int", "float"):
         if text.startswith(kind):
             return kind
-    return "str"
+    return "optional_str" if "None" in text else "str"
