@@ -15,7 +15,10 @@ from .errors import (
     RateLimited,
     SaleNotActive,
     SaleNotFound,
+    SaleStarted,
     SoldOut,
+    StockBelowSold,
+    Unauthorized,
 )
 from .ledger import CommitResult, Ledger, LedgerConfig, open_ledger
 from .model import LedgerState, Purchase, Sale, SaleStatus
@@ -48,11 +51,14 @@ __all__ = [
     "Sale",
     "SaleNotActive",
     "SaleNotFound",
+    "SaleStarted",
     "SaleStatus",
     "SoldOut",
+    "StockBelowSold",
     "StockFeed",
     "StockGate",
     "Subscription",
+    "Unauthorized",
     "UserSerializer",
     "open_catalog",
     "open_ledger",

@@ -12,15 +12,18 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import trio
 
 from ._nursery import open_actor_nursery
 from .errors import BackendUnavailable
-from .model import Sale, pick_current
+from .model import Sale, SaleStatus, pick_current
 
 log = logging.getLogger(__name__)
+
+#: How long after its end a sale is still listed and its gate still reconciled.
+RECENT = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,11 @@ class Catalog:
     def sales(self) -> list[Sale]:
         """Every scheduled sale, as last loaded."""
         return list(self._sales)
+
+    def recent(self, now: datetime) -> list[Sale]:
+        """Every sale upcoming or running at ``now``, or ended within :data:`RECENT`, by start."""
+        return [s for s in self._sales
+                if s.status(now) is not SaleStatus.ENDED or now - s.end_time < RECENT]
 
     def get(self, sale_id: uuid.UUID) -> Sale | None:
         """A sale by id, or None."""

@@ -45,6 +45,28 @@ class SaleNotActive(FlashFlowError):
         )
 
 
+class SaleStarted(FlashFlowError):
+    """Raised when an operator tries to change a sale whose window has opened (by the database clock)."""
+
+    def __init__(self, message: str = "The flash sale has started; it can no longer be changed.") -> None:
+        super().__init__(message)
+
+
+class StockBelowSold(FlashFlowError):
+    """Raised when an operator sets a sale's stock below the units already committed."""
+
+    def __init__(self, sold: int) -> None:
+        self.sold = sold
+        super().__init__(f"The stock cannot be set below the {sold} units already sold.")
+
+
+class Unauthorized(FlashFlowError):
+    """Raised when an admin request carries no valid bearer token."""
+
+    def __init__(self, message: str = "A valid admin bearer token is required.") -> None:
+        super().__init__(message)
+
+
 class SoldOut(FlashFlowError):
     """Raised when no stock is left for the sale."""
 
@@ -124,7 +146,10 @@ __all__ = [
     "RateLimited",
     "SaleNotActive",
     "SaleNotFound",
+    "SaleStarted",
     "ShuttingDown",
     "SoldOut",
+    "StockBelowSold",
+    "Unauthorized",
     "Undecided",
 ]

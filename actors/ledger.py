@@ -8,12 +8,15 @@ one trio-asyncio crossing. A caller is answered only after its transaction commi
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 import asyncpg
 import trio
@@ -124,6 +127,20 @@ class Ledger:
     async def sales(self) -> list[Sale]:
         """Every scheduled sale."""
         return await self._query(ledger_sql.fetch_sales)
+
+    async def create_sale(self, product_name: str, total_stock: int, start_time: datetime,
+                          end_time: datetime) -> Sale:
+        """Schedule a new sale and return it."""
+        return await self._query(ledger_sql.insert_sale, product_name, total_stock,
+                                 start_time, end_time)
+
+    async def update_sale(self, sale_id: uuid.UUID, **changes: Any) -> Sale:
+        """Change a sale not started yet; see :func:`ledger_sql.update_sale` for refusals."""
+        return await self._query(functools.partial(ledger_sql.update_sale, **changes), sale_id)
+
+    async def end_sale(self, sale_id: uuid.UUID) -> Sale:
+        """End a running sale now; see :func:`ledger_sql.end_sale` for refusals."""
+        return await self._query(ledger_sql.end_sale, sale_id)
 
     async def find_purchase(self, sale_id: uuid.UUID, user_id: str) -> Purchase | None:
         """The user's committed purchase in a sale, or None.

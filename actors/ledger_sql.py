@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from .errors import InvalidInput, SaleNotActive, SaleNotFound, SaleStarted, StockBelowSold
 from .model import LedgerState, Purchase, Sale
 
 SALE_COLUMNS = "id, product_name, total_stock, start_time, end_time"
@@ -57,6 +58,66 @@ async def insert_sale(conn: Any, product_name: str, total_stock: int, start_time
         product_name, total_stock, start_time, end_time,
     )
     return sale_from_row(row)
+
+
+async def update_sale(conn: Any, sale_id: uuid.UUID, *, product_name: str | None = None,
+                      total_stock: int | None = None, start_time: datetime | None = None,
+                      end_time: datetime | None = None) -> Sale:
+    """Change a sale that has not started yet (by the database clock); None leaves a field.
+
+    The row is locked for the check and the write, so no purchase commits in between.
+
+    Raises:
+        SaleNotFound: no sale has this id.
+        SaleStarted: its window has opened.
+        StockBelowSold: ``total_stock`` is below the units already committed.
+        InvalidInput: the resulting window ends at or before its start.
+    """
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            f"SELECT {SALE_COLUMNS}, sold, start_time <= clock_timestamp() AS started "
+            "FROM flash_sales WHERE id = $1 FOR UPDATE", sale_id)
+        if row is None:
+            raise SaleNotFound(f"There is no flash sale {sale_id}.")
+        if row["started"]:
+            raise SaleStarted()
+        if total_stock is not None and total_stock < row["sold"]:
+            raise StockBelowSold(row["sold"])
+        if (end_time or row["end_time"]) <= (start_time or row["start_time"]):
+            raise InvalidInput("endTime must be after startTime.", field="endTime")
+        updated = await conn.fetchrow(
+            "UPDATE flash_sales SET product_name = coalesce($2, product_name), "
+            "total_stock = coalesce($3, total_stock), start_time = coalesce($4, start_time), "
+            f"end_time = coalesce($5, end_time) WHERE id = $1 RETURNING {SALE_COLUMNS}",
+            sale_id, product_name, total_stock, start_time, end_time,
+        )
+    return sale_from_row(updated)
+
+
+async def end_sale(conn: Any, sale_id: uuid.UUID) -> Sale:
+    """End a running sale now, by the database clock; a sale already over is left as it is.
+
+    The commit-time window check reads the new end, so no purchase commits after it.
+
+    Raises:
+        SaleNotFound: no sale has this id.
+        SaleNotActive: the sale has not started (change its window instead).
+    """
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            f"SELECT {SALE_COLUMNS}, start_time > clock_timestamp() AS upcoming, "
+            "end_time <= clock_timestamp() AS ended FROM flash_sales WHERE id = $1 FOR UPDATE",
+            sale_id)
+        if row is None:
+            raise SaleNotFound(f"There is no flash sale {sale_id}.")
+        if row["upcoming"]:
+            raise SaleNotActive(started=False)
+        if row["ended"]:
+            return sale_from_row(row)
+        ended = await conn.fetchrow(
+            f"UPDATE flash_sales SET end_time = clock_timestamp() WHERE id = $1 "
+            f"RETURNING {SALE_COLUMNS}", sale_id)
+    return sale_from_row(ended)
 
 
 async def sold_count(conn: Any, sale_id: uuid.UUID) -> int:

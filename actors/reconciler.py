@@ -23,21 +23,21 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import trio
 
 from ._nursery import open_actor_nursery
-from .catalog import Catalog
+from .catalog import RECENT, Catalog
 from .errors import BackendUnavailable
 from .ledger import Ledger
-from .model import Sale, SaleStatus
+from .model import Sale
 from .stock_gate import StockGate
 
 log = logging.getLogger(__name__)
 
-#: How long after its end a sale's gate is still reconciled.
-ENDED_WINDOW = timedelta(hours=1)
+#: How long after its end a sale's gate is still reconciled: as long as it is listed.
+ENDED_WINDOW = RECENT
 #: Pending holders read per sale per pass.
 PENDING_LIMIT = 10_000
 
@@ -90,8 +90,7 @@ class Reconciler:
 
     def sales_to_check(self, now: datetime) -> list[Sale]:
         """Every sale that may have a gate: not ended, or ended within the last hour."""
-        return [s for s in self._catalog.sales()
-                if s.status(now) is not SaleStatus.ENDED or now - s.end_time < ENDED_WINDOW]
+        return self._catalog.recent(now)
 
     async def reconcile(self, sale: Sale) -> Repair:
         """Make the gate of ``sale`` agree with the ledger; return what was changed."""

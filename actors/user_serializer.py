@@ -114,7 +114,8 @@ class UserSerializer:
         found = (self._catalog.current(self._clock()) if sale_id is None
                  else self._catalog.get(sale_id))
         if found is None:
-            raise SaleNotFound()
+            raise SaleNotFound() if sale_id is None else SaleNotFound(
+                f"There is no flash sale {sale_id}.")
         return found
 
     async def buy(self, user_id: str, address: str,

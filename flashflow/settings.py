@@ -69,6 +69,7 @@ _CASTS: dict[str, Callable[[str], Any]] = {
     "url": _optional_url,
     "bool": _bool,
     "str": str,
+    "optional_str": lambda raw: raw.strip() or None,
     "path": lambda raw: Path(raw).expanduser(),
     "optional_path": _optional_path,
 }
@@ -117,6 +118,8 @@ class Settings:
     graceful_timeout_s: float = 10.0
     access_log: bool = False
     log_level: str = "INFO"
+    #: The bearer token of the admin API; unset (or empty), the admin API is off (404).
+    admin_token: str | None = field(default=None, repr=False)
     metrics_dir: Path | None = field(default=None, metadata={"env": METRICS_DIR_VARIABLE})
 
     @classmethod
@@ -182,4 +185,4 @@ def _kind(name: str, annotation: Any) -> str:
     for kind in ("bool", "int", "float"):
         if text.startswith(kind):
             return kind
-    return "str"
+    return "optional_str" if "None" in text else "str"

@@ -142,7 +142,7 @@ def test_to_env_round_trips_through_from_env():
     settings = Settings(database_url="postgresql://db/ff", host="0.0.0.0", port=0, workers=3,
                         data_dir=Path("/var/lib/ff"), redis_timeout_s=0.25,
                         rate_limit_enabled=False, access_log=True, log_level="DEBUG",
-                        metrics_dir=Path("/run/ff-metrics"))
+                        metrics_dir=Path("/run/ff-metrics"), admin_token="t0ken")
     env = settings.to_env()
     assert env["FLASHFLOW_LOG_LEVEL"] == "DEBUG" and env["FLASHFLOW_REDIS_URL"] == ""
     assert env["PROMETHEUS_MULTIPROC_DIR"] == "/run/ff-metrics"
@@ -192,3 +192,10 @@ def test_cli_log_level_travels_in_the_settings_not_the_environment(monkeypatch):
     assert result.exit_code == 0, result.output
     assert [s.log_level for s in seen] == ["WARNING"]
     assert "FLASHFLOW_LOG_LEVEL" not in os.environ
+
+
+def test_an_empty_admin_token_turns_the_admin_api_off():
+    """FLASHFLOW_ADMIN_TOKEN read as-is, and an empty or blank one is no token at all."""
+    assert Settings.from_env({"FLASHFLOW_ADMIN_TOKEN": "abc"}).admin_token == "abc"
+    assert Settings.from_env({"FLASHFLOW_ADMIN_TOKEN": "  "}).admin_token is None
+    assert "abc" not in repr(Settings(admin_token="abc")), "the token never reaches a log"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +32,7 @@ from actors import (
 from ..metrics import install_metrics
 from ..runtime import Runtime
 from . import errors
+from .admin import install_admin
 from .page import install_page
 from .schema import (
     ErrorEnvelope,
@@ -38,6 +40,7 @@ from .schema import (
     PurchaseRequest,
     PurchaseStatusEnvelope,
     SaleEnvelope,
+    SaleListEnvelope,
     StatusQuery,
     install_schema,
     validation_message,
@@ -46,7 +49,10 @@ from .sse import install_sse
 
 log = logging.getLogger("flashflow.http")
 
-API = "/api/v1/flash-sales/current"
+SALES = "/api/v1/flash-sales"
+API = f"{SALES}/current"
+#: A sale by id; werkzeug tries the fixed ``/current`` rules first.
+BY_ID = f"{SALES}/<sale_id>"
 
 
 def iso(moment: datetime) -> str:
@@ -71,6 +77,16 @@ def sale_body(sale: Sale, remaining: int, now: datetime) -> dict[str, Any]:
         "status": sale.status(now).value,
         "serverTime": iso(now),
     }
+
+
+def parse_sale_id(raw: str | None) -> uuid.UUID | None:
+    """The sale id of a path (None: the current sale), or InvalidInput (400) if not a UUID."""
+    if raw is None:
+        return None
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise InvalidInput("The sale id must be a UUID.", field="id") from None
 
 
 def purchase_body(purchase: Purchase, sale: Sale) -> dict[str, Any]:
@@ -108,19 +124,32 @@ def create_app(runtime: Runtime) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     install_schema(app)
 
-    @app.get(API)
+    @app.get(SALES)
+    @document_response(SaleListEnvelope, 200)
+    async def list_sales() -> Response:
+        now = runtime.clock()
+        return envelope([sale_body(sale, await current_stock(runtime, sale), now)
+                         for sale in runtime.catalog.recent(now)])
+
+    # Each route below answers at /current and by id: one view, two rules; /current's
+    # rule passes ``sale_id=None`` (the current sale), so the endpoint names stay as they were.
+    current = {"defaults": {"sale_id": None}}
+
+    @app.get(API, **current)
+    @app.get(BY_ID)
     @document_response(SaleEnvelope, 200)
     @document_response(ErrorEnvelope, 404)
-    async def get_current() -> Response:
+    async def get_current(sale_id: str | None) -> Response:
         now = runtime.clock()
-        sale = runtime.serializer.sale()
+        sale = runtime.serializer.sale(parse_sale_id(sale_id))
         return envelope(sale_body(sale, await current_stock(runtime, sale), now))
 
-    @app.post(f"{API}/purchase")
+    @app.post(f"{API}/purchase", **current)
+    @app.post(f"{BY_ID}/purchase")
     @document_request(PurchaseRequest)
     @document_response(PurchaseEnvelope, 201)
     @document_response(ErrorEnvelope, 409)
-    async def purchase() -> Response:
+    async def purchase(sale_id: str | None) -> Response:
         # The hot path of a stampede: the model validates the raw bytes in one pass, and
         # expected refusals are answered here rather than raised through Quart's handlers.
         try:
@@ -130,18 +159,20 @@ def create_app(runtime: Runtime) -> QuartTrio:
             return errors.error_response(400, "VALIDATION_ERROR", validation_message(exc))
         try:
             bought, sale = await runtime.serializer.buy(body.userId,
-                                                        request.remote_addr or "unknown")
+                                                        request.remote_addr or "unknown",
+                                                        parse_sale_id(sale_id))
         except FlashFlowError as exc:
             response, g.purchase_outcome = errors.for_error_with_code(exc, settings.retry_after_s)
             return response
         g.purchase_outcome = "CONFIRMED"
         return envelope(purchase_body(bought, sale), status=201)
 
-    @app.get(f"{API}/purchase")
+    @app.get(f"{API}/purchase", **current)
+    @app.get(f"{BY_ID}/purchase")
     @validate_querystring(StatusQuery)
     @document_response(PurchaseStatusEnvelope, 200)
-    async def purchase_status(query_args: StatusQuery) -> Response:
-        _, found = await runtime.serializer.status(query_args.userId)
+    async def purchase_status(sale_id: str | None, query_args: StatusQuery) -> Response:
+        _, found = await runtime.serializer.status(query_args.userId, parse_sale_id(sale_id))
         if found is None:
             return envelope({"purchased": False})
         return envelope({"purchased": True, "purchaseId": str(found.id),
@@ -177,6 +208,7 @@ def create_app(runtime: Runtime) -> QuartTrio:
 
     install_metrics(app, runtime)
     install_sse(app, runtime)
+    install_admin(app, runtime)
     install_page(app)
     return app
 

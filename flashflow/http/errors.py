@@ -23,8 +23,11 @@ from actors.errors import (
     RateLimited,
     SaleNotActive,
     SaleNotFound,
+    SaleStarted,
     ShuttingDown,
     SoldOut,
+    StockBelowSold,
+    Unauthorized,
     Undecided,
 )
 
@@ -33,10 +36,13 @@ log = logging.getLogger("flashflow.http")
 #: error class -> (HTTP status, wire code, whether to send Retry-After)
 ERROR_TABLE: dict[type[FlashFlowError], tuple[int, str, bool]] = {
     InvalidInput: (400, "VALIDATION_ERROR", False),
+    Unauthorized: (401, "UNAUTHORIZED", False),
     SaleNotFound: (404, "SALE_NOT_FOUND", False),
     SaleNotActive: (409, "SALE_NOT_ACTIVE", False),
     SoldOut: (409, "SOLD_OUT", False),
     AlreadyPurchased: (409, "ALREADY_PURCHASED", False),
+    SaleStarted: (409, "SALE_STARTED", False),
+    StockBelowSold: (409, "STOCK_BELOW_SOLD", False),
     PayloadTooLarge: (413, "PAYLOAD_TOO_LARGE", False),
     RateLimited: (429, "RATE_LIMIT_EXCEEDED", True),
     Overloaded: (503, "UNAVAILABLE", True),
@@ -44,6 +50,9 @@ ERROR_TABLE: dict[type[FlashFlowError], tuple[int, str, bool]] = {
     Undecided: (503, "UNAVAILABLE", True),
     ShuttingDown: (503, "UNAVAILABLE", True),
 }
+
+#: status -> the challenge a client is sent with it (RFC 6750 for the admin API's tokens)
+CHALLENGES: dict[int, str] = {401: 'Bearer realm="flashflow-admin"'}
 
 #: HTTP errors raised by the framework itself (routing, body limits) -> wire code
 HTTP_CODES: dict[int, str] = {
@@ -71,6 +80,8 @@ def error_response(status: int, code: str, message: str, *,
     log.log(level, "%s %s: %s", status, code, message,
             extra={"correlation_id": correlation_id, "error_code": code})
     headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else {}
+    if status in CHALLENGES:
+        headers["WWW-Authenticate"] = CHALLENGES[status]
     return Response(json.dumps(body), status=status, headers=headers,
                     content_type="application/json")
 

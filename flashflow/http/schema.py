@@ -6,9 +6,18 @@ Requests are validated by quart-schema from these pydantic models; the rules for
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 from quart_schema import QuartSchema
 from quart_trio import QuartTrio
 
@@ -17,16 +26,19 @@ from actors.errors import InvalidInput
 from . import validation
 
 
-def _checked_user_id(value: Any) -> str:
-    try:
-        return validation.user_id(value)
-    except InvalidInput as exc:
-        raise ValueError(exc.message) from None
+def _checked(rule):
+    """A pydantic validator from a rule of :mod:`validation` (its InvalidInput a ValueError)."""
+    def check(value: Any) -> str:
+        try:
+            return rule(value)
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None
+    return check
 
 
 UserId = Annotated[
     str,
-    BeforeValidator(_checked_user_id),
+    BeforeValidator(_checked(validation.user_id)),
     WithJsonSchema({
         "type": "string",
         "minLength": validation.USER_ID_MIN,
@@ -35,6 +47,56 @@ UserId = Annotated[
         "description": "3 to 255 characters after trimming, no control characters.",
     }),
 ]
+
+
+ProductName = Annotated[
+    str,
+    BeforeValidator(_checked(validation.product_name)),
+    WithJsonSchema({
+        "type": "string", "minLength": 1, "maxLength": validation.PRODUCT_NAME_MAX,
+        "description": "1 to 200 characters after trimming, no control characters.",
+    }),
+]
+Stock = Annotated[int, Field(strict=True, ge=0, le=validation.STOCK_MAX)]
+#: ISO 8601 with a zone offset or ``Z``: a time without one would be a guess.
+Moment = Annotated[AwareDatetime, Field(description="ISO 8601 with an offset, e.g. 2030-01-01T10:00:00Z")]
+
+
+def _check_window(start: datetime | None, end: datetime | None) -> None:
+    if start is not None and end is not None and end <= start:
+        raise ValueError("endTime must be after startTime.")
+
+
+class SaleCreate(BaseModel):
+    """The body of ``POST /admin/flash-sales``: the sale's own wire names."""
+
+    model_config = ConfigDict(extra="forbid")
+    productName: ProductName
+    totalStock: Stock
+    startTime: Moment
+    endTime: Moment
+
+    @model_validator(mode="after")
+    def window_in_order(self) -> Self:
+        _check_window(self.startTime, self.endTime)
+        return self
+
+
+class SaleUpdate(BaseModel):
+    """The body of ``PATCH /admin/flash-sales/{id}``: the fields to change, at least one."""
+
+    model_config = ConfigDict(extra="forbid")
+    productName: ProductName | None = None
+    totalStock: Stock | None = None
+    startTime: Moment | None = None
+    endTime: Moment | None = None
+
+    @model_validator(mode="after")
+    def something_to_change(self) -> Self:
+        if all(value is None for _, value in self):
+            raise ValueError("Give at least one of productName, totalStock, startTime, endTime.")
+        _check_window(self.startTime, self.endTime)
+        return self
 
 
 class PurchaseRequest(BaseModel):
@@ -68,6 +130,12 @@ class SaleEnvelope(BaseModel):
     """``{"data": sale}``."""
 
     data: SaleOut
+
+
+class SaleListEnvelope(BaseModel):
+    """``{"data": [sale, ...]}``: upcoming, running and recently ended sales, by start time."""
+
+    data: list[SaleOut]
 
 
 class PurchaseOut(BaseModel):

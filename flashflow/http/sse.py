@@ -1,10 +1,12 @@
-"""Server-Sent Events: the current sale's stock and status, live.
+"""Server-Sent Events: a sale's stock and status, live.
 
 ``GET /api/v1/flash-sales/current/events`` opens with a ``snapshot`` (the body of
 ``GET /current``), then sends ``stock`` when the remaining stock changes and ``status`` on
 every transition: upcoming -> active at ``startTime``, sold out at 0 (and back, should stock
 return), -> ended at ``endTime``. When the catalog's current sale changes, a new
-``snapshot`` follows. A comment line goes out after ``heartbeat_s`` of silence so proxies
+``snapshot`` follows. ``GET /api/v1/flash-sales/{id}/events`` sends the same events for one
+sale for as long as the client stays; for either, a sale an operator changed (its window,
+its stock, its name) gets a new ``snapshot`` at the stream's next wake. A comment line goes out after ``heartbeat_s`` of silence so proxies
 keep the connection. Every connection, a reconnect with ``Last-Event-ID`` included, starts
 with a fresh snapshot; event ids carry on from the client's last one.
 """
@@ -23,7 +25,7 @@ import trio
 from quart import Response, make_response, request
 from quart_trio import QuartTrio
 
-from actors import FlashFlowError, Sale, SaleNotFound, SaleStatus
+from actors import FlashFlowError, Sale, SaleStatus
 
 from ..runtime import Runtime
 
@@ -64,11 +66,18 @@ def wake_at(sale: Sale, now: datetime) -> float:
 
 
 class EventStream:
-    """One client's stream of events, over as many sales as become current in its lifetime."""
+    """One client's stream of events, over each sale ``follow`` names in its lifetime.
+
+    ``follow`` returns the sale the stream should show now (the current one, or one sale by
+    id, as the catalog last loaded it); when that differs from the sale shown, a new snapshot
+    starts.
+    """
 
     def __init__(self, runtime: Runtime, sale_body: SaleBody, iso: Iso, *, first_id: int,
-                 heartbeat_s: float, retry_ms: int) -> None:
+                 heartbeat_s: float, retry_ms: int,
+                 follow: Callable[[], Sale | None]) -> None:
         self._runtime = runtime
+        self._follow = follow
         self._sale_body = sale_body
         self._iso = iso
         self._ids: Iterator[int] = count(first_id)
@@ -90,10 +99,10 @@ class EventStream:
             except FlashFlowError:
                 # Redis went away mid-stream: end it; the client reconnects after ``retry``.
                 return
-            sale = self._runtime.catalog.current(self._runtime.clock())
+            sale = self._follow()
 
     async def _sale_frames(self, sale: Sale) -> AsyncIterator[bytes]:
-        """Events for one sale, until the catalog's current sale is another one."""
+        """Events for one sale, until the stream follows another one (or a changed one)."""
         runtime = self._runtime
         with runtime.feed.subscribe(sale.id) as sub:
             remaining = await sub.snapshot()
@@ -126,14 +135,14 @@ class EventStream:
                 if out:
                     yield b"".join(out)  # one write, however many events
                     beat_at = trio.current_time() + self._heartbeat_s
-                current = runtime.catalog.current(now)
-                if current is not None and current.id != sale.id:
+                followed = self._follow()
+                if followed is not None and followed != sale:
                     return
 
 
 def install_sse(app: QuartTrio, runtime: Runtime, *, heartbeat_s: float = 15.0,
                 retry_ms: int = 3000) -> None:
-    """Add the live event stream of the current sale to ``app``.
+    """Add the live event streams (of the current sale, of a sale by id) to ``app``.
 
     Args:
         app: the application to add the route to.
@@ -141,14 +150,17 @@ def install_sse(app: QuartTrio, runtime: Runtime, *, heartbeat_s: float = 15.0,
         heartbeat_s: seconds of silence after which a comment line is sent.
         retry_ms: the reconnect delay suggested to clients.
     """
-    from .app import API, iso, sale_body  # app.py imports this module, so import it late
+    from .app import API, BY_ID, iso, parse_sale_id, sale_body  # app.py imports this module
 
-    @app.get(f"{API}/events")
-    async def events() -> Response:
-        sale = runtime.catalog.current(runtime.clock())
-        if sale is None:
-            raise SaleNotFound()
-        stream = EventStream(runtime, sale_body, iso, heartbeat_s=heartbeat_s, retry_ms=retry_ms,
+    @app.get(f"{API}/events", defaults={"sale_id": None})
+    @app.get(f"{BY_ID}/events")
+    async def events(sale_id: str | None) -> Response:
+        sale = runtime.serializer.sale(parse_sale_id(sale_id))
+        catalog = runtime.catalog
+        follow = ((lambda: catalog.current(runtime.clock())) if sale_id is None
+                  else (lambda: catalog.get(sale.id)))
+        stream = EventStream(runtime, sale_body, iso, heartbeat_s=heartbeat_s,
+                             retry_ms=retry_ms, follow=follow,
                              first_id=first_event_id(request.headers.get("Last-Event-ID")))
         response = await make_response(stream.frames(sale), 200, HEADERS)
         response.timeout = None  # a stream lives as long as its client

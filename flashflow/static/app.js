@@ -1,9 +1,12 @@
 // Flash Flow buyer page: live stock over EventSource, a countdown against the server's
-// clock, and one purchase button. Plain JavaScript, no build step.
+// clock, and one purchase button; with several sales open or upcoming, a list to choose
+// from (until a shopper chooses, the page follows the current sale). Plain JavaScript, no
+// build step.
 "use strict";
 
 (() => {
-  const API = "/api/v1/flash-sales/current";
+  const SALES = "/api/v1/flash-sales";
+  const API = `${SALES}/current`;
   const USER_KEY = "flashflow.userId";
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -11,7 +14,7 @@
     stock: $("stock"), total: $("total"), bar: $("stock-bar"), fill: $("stock-fill"),
     form: $("buy-form"), user: $("user-id"), userError: $("user-id-error"), buy: $("buy"),
     result: $("result"), modal: $("modal"), modalTitle: $("modal-title"),
-    modalMessage: $("modal-message"),
+    modalMessage: $("modal-message"), sales: $("sales"), saleList: $("sale-list"),
   };
 
   const MODALS = {
@@ -25,6 +28,11 @@
   let inFlight = false;
   let confirmedFor = null;  // the user whose purchase this page has just confirmed
   let returnFocusTo = null;
+  let chosen = null;        // the sale id the shopper picked; null: follow the current sale
+  let source = null;        // the open EventSource
+
+  // The routes of the sale on show: by id once known, so a purchase buys what is shown.
+  function saleUrl() { return sale ? `${SALES}/${sale.id}` : API; }
 
   // -- rendering -------------------------------------------------------------------
 
@@ -54,6 +62,7 @@
     const share = sale.totalStock > 0 ? sale.remainingStock / sale.totalStock : 0;
     el.fill.style.width = `${Math.round(share * 100)}%`;
     renderStatus();
+    renderChoice();
   }
 
   function renderStatus() {
@@ -79,6 +88,55 @@
     const pad = (n) => String(n).padStart(2, "0");
     const clock = h > 0 ? `${h}:${pad(m)}:${pad(s)}` : `${pad(m)}:${pad(s)}`;
     return status === "upcoming" ? `Starts in ${clock}` : `Ends in ${clock}`;
+  }
+
+  // -- the list of sales -------------------------------------------------------------
+
+  let listed = [];
+
+  function renderSales(sales) {
+    listed = sales.filter((s) => statusOf(s) !== "ended");
+    el.sales.hidden = listed.length < 2;
+    el.saleList.replaceChildren(...listed.map((s) => {
+      const item = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "sale-choice";
+      button.dataset.saleId = s.id;
+      const open = statusOf(s) === "active";
+      button.textContent = `${s.productName} · ${open ? "on sale now" : "coming soon"}`;
+      button.addEventListener("click", () => choose(s.id));
+      item.append(button);
+      return item;
+    }));
+    renderChoice();
+  }
+
+  function renderChoice() {
+    for (const button of el.saleList.querySelectorAll("button")) {
+      button.setAttribute("aria-pressed", String(!!sale && button.dataset.saleId === sale.id));
+    }
+  }
+
+  async function loadSales() {
+    try {
+      const response = await fetch(SALES, { headers: { Accept: "application/json" } });
+      if (!response.ok) return;
+      const body = await response.json();
+      renderSales(body.data);
+    } catch (_) {
+      // The list is a convenience; the current sale still shows.
+    }
+  }
+
+  function choose(id) {
+    if (sale && sale.id === id && chosen === id) return;
+    chosen = id;
+    const picked = listed.find((s) => s.id === id);
+    if (picked) applySnapshot(picked);
+    el.result.hidden = true;
+    connect();
+    checkPurchase(el.user.value.trim());
   }
 
   function showResult(text) {
@@ -113,7 +171,8 @@
 
   async function loadSale() {
     try {
-      const response = await fetch(API, { headers: { Accept: "application/json" } });
+      const response = await fetch(chosen ? `${SALES}/${chosen}` : API,
+        { headers: { Accept: "application/json" } });
       if (response.status === 404) {
         el.product.textContent = "No flash sale is scheduled";
         el.badge.dataset.status = "ended";
@@ -135,28 +194,31 @@
   }
 
   function connect() {
-    const source = new EventSource(`${API}/events`);
-    source.addEventListener("open", () => setLive("live", "Live"));
-    source.addEventListener("snapshot", (e) => applySnapshot(JSON.parse(e.data)));
-    source.addEventListener("stock", (e) => {
+    if (source) source.close();
+    const stream = new EventSource(chosen ? `${SALES}/${chosen}/events` : `${API}/events`);
+    source = stream;
+    stream.addEventListener("open", () => setLive("live", "Live"));
+    stream.addEventListener("snapshot", (e) => applySnapshot(JSON.parse(e.data)));
+    stream.addEventListener("stock", (e) => {
       const data = JSON.parse(e.data);
       if (!sale || data.saleId !== sale.id) return;
       syncClock(data.serverTime);
       sale.remainingStock = data.remainingStock;
       render();
     });
-    source.addEventListener("status", (e) => {
+    stream.addEventListener("status", (e) => {
       const data = JSON.parse(e.data);
       if (!sale || data.saleId !== sale.id) return;
       syncClock(data.serverTime);
       sale.remainingStock = data.remainingStock;
       render();
     });
-    source.addEventListener("error", () => {
-      if (source.readyState === EventSource.CLOSED) {
+    stream.addEventListener("error", () => {
+      if (stream !== source) return;  // a stream the shopper has since left
+      if (stream.readyState === EventSource.CLOSED) {
         // The server refused the stream (no sale, or unavailable): try again later.
         setLive("offline", "Offline");
-        setTimeout(connect, 5000);
+        setTimeout(() => { if (stream === source) connect(); }, 5000);
       } else {
         setLive("connecting", "Reconnecting…");
       }
@@ -166,7 +228,7 @@
   async function checkPurchase(userId) {
     if (userId.length < 3) return;
     try {
-      const response = await fetch(`${API}/purchase?userId=${encodeURIComponent(userId)}`);
+      const response = await fetch(`${saleUrl()}/purchase?userId=${encodeURIComponent(userId)}`);
       if (!response.ok) return;
       const { data } = await response.json();
       if (data.purchased && el.user.value.trim() === userId && confirmedFor !== userId) {
@@ -185,7 +247,7 @@
   async function buy(userId) {
     let response;
     try {
-      response = await fetch(`${API}/purchase`, {
+      response = await fetch(`${saleUrl()}/purchase`, {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "application/json" },
         body: JSON.stringify({ userId }),
@@ -263,6 +325,7 @@
   el.user.value = remembered;
 
   setInterval(renderStatus, 250);
-  loadSale().then(() => checkPurchase(remembered.trim()));
+  setInterval(loadSales, 15000);
+  loadSale().then(() => { checkPurchase(remembered.trim()); loadSales(); });
   connect();
 })();

@@ -10,6 +10,7 @@ import asyncio
 import importlib.util
 import re
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import httpx
 import pytest
 import trio
 
-from ..helpers import live_server, make_sale
+from ..helpers import fetch, live_server, make_sale, pg
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -149,3 +150,30 @@ async def test_a_sold_out_sale_shows_an_accessible_modal(settings):
     with trio.fail_after(60):
         async with live_server(settings) as server:
             await run_in_browser(scenario, server.base_url)
+
+
+async def test_a_shopper_picks_one_of_two_open_sales_and_buys_from_it(settings):
+    """With two sales open the page lists both; buying after a pick buys in the picked one."""
+    await make_sale(settings.database_url, stock=5, product="Red pair",
+                    lasts=timedelta(minutes=30))
+    blue = await make_sale(settings.database_url, stock=4, product="Blue pair")
+
+    def scenario(page, base_url):
+        from playwright.sync_api import expect
+
+        page.goto(base_url + "/")
+        expect(page.locator("#product")).to_have_text("Red pair")
+        expect(page.locator("#sales")).to_be_visible()
+        page.get_by_role("button", name=re.compile("Blue pair")).click()
+        expect(page.locator("#product")).to_have_text("Blue pair")
+        expect(page.locator("#stock")).to_have_text("4")
+        page.get_by_label("Your user id").fill("picker")
+        page.get_by_role("button", name="Buy now").click()
+        expect(page.locator("#result")).to_contain_text(re.compile("Purchase confirmed.*" + UUID))
+        expect(page.locator("#stock")).to_have_text("3")
+
+    with trio.fail_after(60):
+        async with live_server(settings) as server:
+            await run_in_browser(scenario, server.base_url)
+    rows = await pg(settings.database_url, fetch, "SELECT sale_id, user_id FROM purchases")
+    assert [(r["sale_id"], r["user_id"]) for r in rows] == [(blue.id, "picker")]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
+from dataclasses import replace
+from datetime import timedelta
 
 import httpx
 import trio
@@ -13,31 +16,37 @@ from actors.keys import sale_keys
 
 from ..helpers import fetch, live_server, make_sale, pg, redis_client, spawn_server
 
-PURCHASE = "/api/v1/flash-sales/current/purchase"
+SALES = "/api/v1/flash-sales"
+PURCHASE = f"{SALES}/current/purchase"
+
+
+def purchase_path(sale) -> str:
+    """The purchase route of one sale by id."""
+    return f"{SALES}/{sale.id}/purchase"
 
 
 async def stampede(clients, users: list[str], clicks: int | tuple[int, int],
-                   concurrency: int = 200):
+                   concurrency: int = 200, paths: Sequence[str] = (PURCHASE,)):
     """Every user presses Buy ``clicks`` times (or a random count in a range) concurrently,
-    spread over ``clients``.
+    spread over ``clients`` and over the purchase routes in ``paths`` (of one sale).
 
     Returns a list of (user, status, body) for every response.
     """
     results: list[tuple[str, int, dict]] = []
     limiter = trio.CapacityLimiter(concurrency)
     low, high = (clicks, clicks) if isinstance(clicks, int) else clicks
-    attempts = [(u, random.choice(clients)) for u in users
+    attempts = [(u, random.choice(clients), random.choice(paths)) for u in users
                 for _ in range(random.randint(low, high))]
     random.shuffle(attempts)
 
-    async def press(user: str, client) -> None:
+    async def press(user: str, client, path: str) -> None:
         async with limiter:
-            response = await client.post(PURCHASE, json={"userId": user})
+            response = await client.post(path, json={"userId": user})
         results.append((user, response.status_code, response.json()))
 
     async with trio.open_nursery() as nursery:
-        for user, client in attempts:
-            nursery.start_soon(press, user, client)
+        for user, client, path in attempts:
+            nursery.start_soon(press, user, client, path)
     return results
 
 
@@ -116,3 +125,35 @@ async def test_two_servers_one_with_two_workers_stay_exact(settings, tmp_path):
         codes = [server.stop() for server in servers]
     assert codes == [0, 0], "a server did not shut down cleanly on SIGTERM"
     await check_invariants(settings, sale, results, expected_sold=30)
+
+
+async def test_two_overlapping_sales_stampeded_at_once_each_sell_exactly(settings):
+    """Two sales open together, each stampeded at once (one through /current and its id, the
+    other by id): each sells its stock, one 201 per user per sale, and each gate is reconciled."""
+    settings = replace(settings, reconcile_interval_s=0.5)
+    first = await make_sale(settings.database_url, stock=25, lasts=timedelta(minutes=30))
+    second = await make_sale(settings.database_url, stock=35)
+    users = [f"shopper-{i:04d}" for i in range(150)]  # the same crowd wants both
+    runs: dict = {}
+    with trio.fail_after(120):
+        async with live_server(settings) as server:
+            assert server.runtime.serializer.sale().id == first.id
+
+            async def run(sale, paths) -> None:
+                # Half the usual crowd each: together they fill the one server's backlog.
+                runs[sale.id] = await stampede([server.client], users, clicks=(2, 3),
+                                               concurrency=100, paths=paths)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, first, (PURCHASE, purchase_path(first)))
+                nursery.start_soon(run, second, (purchase_path(second),))
+            # Drift both counters; the reconciler of every sale with a gate heals them.
+            r = redis_client(settings)
+            for sale in (first, second):
+                r.set(sale_keys(settings.key_prefix, sale.id).stock, 500)
+            with trio.move_on_after(20):
+                while any(int(r.get(sale_keys(settings.key_prefix, s.id).stock)) != 0
+                          for s in (first, second)):
+                    await trio.sleep(0.1)
+    for sale in (first, second):
+        await check_invariants(settings, sale, runs[sale.id], expected_sold=sale.total_stock)

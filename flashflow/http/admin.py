@@ -1,0 +1,91 @@
+"""The operators' admin API: create a sale, change one not started yet, end one early.
+
+Every route is behind :func:`require_admin`, checked before the body is read. With no admin
+token configured the API is off and answers as an unknown path does (404). Each change is
+written by the ledger in one transaction, then this process's catalog is reloaded at once
+(other processes see it within ``FLASHFLOW_CATALOG_REFRESH_S``).
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from quart import Blueprint, Request, Response, request
+from quart_schema import document_response, validate_request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import NotFound
+
+from actors import Sale, Unauthorized
+
+from ..runtime import Runtime
+from ..settings import Settings
+from .schema import ErrorEnvelope, SaleCreate, SaleEnvelope, SaleUpdate
+
+ADMIN = "/api/v1/admin/flash-sales"
+
+
+def require_admin(request: Request, settings: Settings) -> None:
+    """Let the request through only when it carries the admin bearer token.
+
+    Raises:
+        NotFound: no admin token is configured: the admin API is off.
+        Unauthorized: the ``Authorization: Bearer`` token is missing or wrong.
+    """
+    expected = settings.admin_token
+    if not expected:
+        raise NotFound()
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                             expected.encode()):
+        raise Unauthorized()
+
+
+def install_admin(app: QuartTrio, runtime: Runtime) -> None:
+    """Add the admin routes to ``app``; they answer 404 unless an admin token is set."""
+    from .app import current_stock, envelope, parse_sale_id, sale_body  # app.py imports us
+
+    admin = Blueprint("admin", __name__, url_prefix=ADMIN)
+
+    @admin.before_request
+    async def authorise() -> None:
+        require_admin(request, runtime.settings)
+
+    async def answer(sale: Sale, status: int = 200) -> Response:
+        # This process serves the change at once; the others within their refresh.
+        await runtime.catalog.refresh()
+        return envelope(sale_body(sale, await current_stock(runtime, sale), runtime.clock()),
+                        status=status)
+
+    @admin.post("")
+    @validate_request(SaleCreate)
+    @document_response(SaleEnvelope, 201)
+    @document_response(ErrorEnvelope, 400)
+    async def create_sale(data: SaleCreate) -> Response:
+        sale = await runtime.ledger.create_sale(data.productName, data.totalStock,
+                                                data.startTime, data.endTime)
+        await runtime.gate.ensure_loaded(sale)
+        return await answer(sale, status=201)
+
+    @admin.patch("/<sale_id>")
+    @validate_request(SaleUpdate)
+    @document_response(SaleEnvelope, 200)
+    @document_response(ErrorEnvelope, 409)
+    async def update_sale(sale_id: str, data: SaleUpdate) -> Response:
+        sale = await runtime.ledger.update_sale(
+            parse_sale_id(sale_id), product_name=data.productName,
+            total_stock=data.totalStock, start_time=data.startTime, end_time=data.endTime)
+        # A gate loaded with the old stock is set to the new one now, not at the next pass.
+        await runtime.reconciler.reconcile(sale)
+        return await answer(sale)
+
+    @admin.post("/<sale_id>/end")
+    @document_response(SaleEnvelope, 200)
+    @document_response(ErrorEnvelope, 409)
+    async def end_sale(sale_id: str) -> Response:
+        # The gate stays: the reconciler covers an ended sale for an hour.
+        return await answer(await runtime.ledger.end_sale(parse_sale_id(sale_id)))
+
+    app.register_blueprint(admin)
+
+
+__all__ = ["ADMIN", "install_admin", "require_admin"]
