@@ -9,22 +9,27 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 import asyncpg
 import redis.asyncio as aioredis
 import redis.exceptions
 import trio
 import trio_asyncio
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from .errors import BackendUnavailable
+from .redis_url import parse_redis_url
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
+#: What :func:`redis_client` builds: one server's (or a Sentinel master's) client, or a cluster's.
+RedisClient: TypeAlias = aioredis.Redis | RedisCluster
 
 
 @asynccontextmanager
@@ -88,24 +93,98 @@ async def postgres_call(timeout_s: float, fn: Callable[P, Awaitable[T]], *args: 
         raise BackendUnavailable("postgres") from exc
 
 
-@asynccontextmanager
-async def open_redis(url: str, timeout_s: float) -> AsyncIterator[aioredis.Redis]:
-    """A redis-py asyncio client whose every socket operation is bounded by ``timeout_s``.
+def redis_client(url: str, timeout_s: float, *, pool_size: int | None = 64,
+                 retries: int = 1, client_name: str | None = None) -> RedisClient:
+    """A redis-py asyncio client for the URL's shape, every socket operation bounded.
 
-    Its pool waits (up to ``timeout_s``) for a free connection rather than failing, so a
-    storm of reads queues instead of answering 503 at the 65th concurrent call.
+    One server and a Sentinel-watched master get a pool that waits (up to ``timeout_s``)
+    for a free connection when ``pool_size`` is given, rather than failing, so a storm of
+    reads queues instead of answering 503 at the 65th concurrent call. A cluster client
+    keeps a pool per node and follows the slots itself.
+
+    Args:
+        retries: immediate retries on a connection error (not a timeout: a stuck Redis must
+            answer 503 within the deadline). A connection left idle in the pool across a
+            Redis restart or a failover is dead, and its first command fails. Every script
+            the actors send is idempotent (a reservation names its purchase id), so a retry
+            is safe.
     """
-    # One immediate retry on a connection error (not a timeout: a stuck Redis must answer
-    # 503 within the deadline): a connection left idle in the pool across
-    # a Redis restart is dead, and its first command fails. Every script the actors send
-    # is idempotent (a reservation names its purchase id), so a retry is safe.
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=64, timeout=timeout_s, socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s, health_check_interval=0,
-        retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)))
-    client = aioredis.Redis.from_pool(pool)
+    target = parse_redis_url(url)
+    options: dict[str, Any] = dict(
+        socket_timeout=timeout_s, socket_connect_timeout=timeout_s, client_name=client_name,
+        retry=Retry(NoBackoff(), retries, supported_errors=(redis.exceptions.ConnectionError,)))
+    if target.kind == "cluster":
+        return RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
+            max_connections=4 * (pool_size or 64), **target.credentials, **options)
+    options["health_check_interval"] = 0
+    blocking = {} if pool_size is None else {"max_connections": pool_size, "timeout": timeout_s}
+    if target.kind == "sentinel":
+        sentinel = Sentinel(list(target.nodes), sentinel_kwargs={
+            "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s})
+        return sentinel.master_for(
+            target.master, db=target.db,
+            connection_pool_class=_BlockingSentinelPool if blocking else SentinelConnectionPool,
+            **blocking, **target.credentials, **options)
+    if not blocking:
+        return aioredis.Redis.from_url(url, **options)
+    return aioredis.Redis.from_pool(
+        aioredis.BlockingConnectionPool.from_url(url, **blocking, **options))
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel's pool (it asks the Sentinels where the master is) that waits for a free
+    connection like :class:`redis.asyncio.BlockingConnectionPool`."""
+
+
+async def close_redis(client: RedisClient, timeout_s: float) -> None:
+    """Close ``client``, shielded and bounded; a Redis that is gone is no error here."""
+    with trio.CancelScope(shield=True), suppress(BackendUnavailable):
+        await redis_call(timeout_s, client.aclose)
+
+
+@asynccontextmanager
+async def open_redis(url: str, timeout_s: float) -> AsyncIterator[RedisClient]:
+    """A pooled :func:`redis_client` for the gate and the limiter, closed on exit."""
+    client = redis_client(url, timeout_s)
     try:
         yield client
     finally:
-        with trio.CancelScope(shield=True), suppress(BackendUnavailable):
-            await redis_call(timeout_s, client.aclose)
+        await close_redis(client, timeout_s)
+
+
+class PubSubSource:
+    """Opens the stock feed's pub/sub subscriptions for any shape of Redis.
+
+    One server or a Sentinel master: a subscription on the client itself (after a failover
+    Sentinel names the new master). A cluster: plain pub/sub on one node, since a cluster
+    forwards every PUBLISH to every node; each new subscription takes the next node of the
+    cluster, so one that died is left behind.
+    """
+
+    def __init__(self, client: RedisClient, url: str, timeout_s: float) -> None:
+        self._client = client
+        self._target = parse_redis_url(url)
+        self._timeout_s = timeout_s
+        self._turn = 0
+        self._nodes: dict[tuple[str, int], aioredis.Redis] = {}
+
+    def pubsub(self) -> Any:
+        """A new, unsubscribed pub/sub object."""
+        if not isinstance(self._client, RedisCluster):
+            return self._client.pubsub()
+        known = [(n.host, n.port) for n in self._client.get_nodes()]
+        nodes = known or list(self._target.nodes)
+        address = nodes[self._turn % len(nodes)]
+        self._turn += 1
+        if address not in self._nodes:
+            self._nodes[address] = aioredis.Redis(
+                host=address[0], port=address[1], socket_timeout=self._timeout_s,
+                socket_connect_timeout=self._timeout_s, health_check_interval=0,
+                retry=Retry(NoBackoff(), 0), **self._target.credentials)
+        return self._nodes[address].pubsub()
+
+    async def aclose(self) -> None:
+        """Close the per-node clients of a cluster's subscriptions."""
+        for client in self._nodes.values():
+            await close_redis(client, self._timeout_s)

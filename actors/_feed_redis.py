@@ -11,11 +11,12 @@ from typing import Any
 
 import redis.exceptions
 
-# KEYS: stock, channel. ARGV: sale id. Publishes the current stock through the channel, so
-# it reaches every feed in order with the changes the gate's scripts publish.
+# KEYS: stock. ARGV: channel, sale id. Publishes the current stock through the channel, so
+# it reaches every feed in order with the changes the gate's scripts publish. The channel
+# is no key (as in the gate's scripts), so on a cluster the script runs in the sale's slot.
 REPUBLISH = """
 local stock = redis.call('GET', KEYS[1])
-if stock then redis.call('PUBLISH', KEYS[2], ARGV[1] .. ' ' .. stock) end
+if stock then redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. stock) end
 return stock
 """
 

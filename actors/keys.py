@@ -13,6 +13,8 @@ them stays within one Redis Cluster slot):
   Redis time (ms) of their reservation. What is in doubt lives here, apart from what is
   settled, so the reconciler touches only it.
 
+The rate limiter's buckets share one tag of their own (:func:`rate_keys`).
+
 The law that every script keeps, and the reconciler repairs: the committed buyers are among
 the holders, and ``stock = total - holders``, never below 0.
 """
@@ -42,6 +44,17 @@ def sale_keys(key_prefix: str, sale_id: uuid.UUID | str) -> SaleKeys:
     return SaleKeys(f"{base}:stock", f"{base}:buyers", f"{base}:pending")
 
 
+def rate_keys(key_prefix: str, user_id: str, address: str) -> tuple[str, str]:
+    """The rate limiter's (user, address) token buckets.
+
+    Every bucket shares one hash tag, so a batch of checks, each spending a user's and an
+    address's token together or not at all, stays one script call in one Redis Cluster slot
+    (the limiter's buckets live on one shard; the sales' gates spread over the others).
+    """
+    base = f"{key_prefix}{{rl}}"
+    return f"{base}:user:{user_id}", f"{base}:addr:{address}"
+
+
 def stock_channel(key_prefix: str) -> str:
     """The pub/sub channel on which every stock change is published as "<sale id> <stock>"."""
     return f"{key_prefix}stock"
@@ -63,6 +76,7 @@ __all__ = [
     "SaleKeys",
     "holder_value",
     "parse_holder",
+    "rate_keys",
     "sale_keys",
     "stock_channel",
 ]

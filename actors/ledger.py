@@ -93,6 +93,7 @@ class LedgerConfig:
     inbox_size: int = 4096
     batch_max: int = 256
     timeout_s: float = 5.0
+    statement_cache_size: int = 100
 
 
 class Ledger:
@@ -290,6 +291,9 @@ async def open_ledger(config: LedgerConfig) -> AsyncIterator[Ledger]:
     pool = await _aio.postgres_call(
         config.timeout_s, asyncpg.create_pool, config.database_url,
         min_size=1, max_size=config.pool_size, command_timeout=config.timeout_s,
+        # 0 behind PgBouncer in transaction pooling mode: a named prepared statement lives on
+        # one server connection, and the next transaction may run on another.
+        statement_cache_size=config.statement_cache_size,
     )
     try:
         ledger = Ledger(config, pool)

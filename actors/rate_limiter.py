@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
 import trio
 
 from . import _aio
@@ -21,6 +20,7 @@ from ._nursery import open_actor_nursery
 from ._redis_scripts import TAKE_TOKENS
 from ._slot import Slot
 from .errors import BackendUnavailable, Overloaded, RateLimited
+from .keys import rate_keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +60,7 @@ class LimiterStatistics:
 class RateLimiter:
     """Handle to the running limiter; see :func:`open_rate_limiter`."""
 
-    def __init__(self, config: LimiterConfig, client: aioredis.Redis) -> None:
+    def __init__(self, config: LimiterConfig, client: _aio.RedisClient) -> None:
         self._config = config
         self._take = client.register_script(TAKE_TOKENS)
         self._send, self._inbox = trio.open_memory_channel[Take](config.inbox_size)
@@ -100,8 +100,7 @@ class RateLimiter:
             keys: list[str] = []
             args: list[float | int] = []
             for request in batch:
-                keys += [f"{c.key_prefix}rl:user:{request.user_id}",
-                         f"{c.key_prefix}rl:addr:{request.address}"]
+                keys += rate_keys(c.key_prefix, request.user_id, request.address)
                 args += [c.user_per_s, c.user_burst, c.address_per_s, c.address_burst]
             try:
                 waits = await _aio.redis_call(c.timeout_s, self._take, keys=keys, args=args)

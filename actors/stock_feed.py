@@ -1,6 +1,7 @@
 """The stock-feed actor: every stock change in Redis, fanned out to many watchers.
 
-One task holds a Redis pub/sub subscription to the gate's stock channel and crosses into
+One task holds a Redis pub/sub subscription to the gate's stock channel (on a cluster, on
+one node: a cluster forwards every PUBLISH to every node) and crosses into
 asyncio once per batch of messages. Each watched sale keeps one value and a version; a
 subscriber's state is the version it last saw and when it may next be told, so a slow
 subscriber only ever skips to the latest value. It never queues changes and never holds up
@@ -26,11 +27,8 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Self
 
-import redis.asyncio as aioredis
 import redis.exceptions
 import trio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from . import _aio
 from ._feed_redis import REPUBLISH, parse_stock, read_batch, subscribe_confirmed
@@ -181,9 +179,12 @@ class Subscription:
 class StockFeed:
     """Handle to a running stock-feed actor; see :func:`open_stock_feed`."""
 
-    def __init__(self, config: FeedConfig, client: aioredis.Redis, stock_key: StockKey) -> None:
+    def __init__(self, config: FeedConfig, client: _aio.RedisClient, source: _aio.PubSubSource,
+                 stock_key: StockKey) -> None:
         self._config = config
-        self._client = client
+        self._source = source
+        # register_script works on a cluster client too: EVALSHA goes to the node of the
+        # script's key, and a NOSCRIPT reply (a promoted replica) loads it on every primary.
         self._republish = client.register_script(REPUBLISH)
         self._stock_key = stock_key
         self._channel = stock_channel(config.key_prefix)
@@ -302,7 +303,7 @@ class StockFeed:
 
     async def _subscribe(self) -> Any:
         """A subscription to the stock channel, with every watched sale's stock republished."""
-        pubsub = self._client.pubsub()
+        pubsub = self._source.pubsub()
         try:
             await self._call(subscribe_confirmed, pubsub, self._channel, self._config.timeout_s)
             self._connected = True
@@ -370,8 +371,8 @@ class StockFeed:
 
     async def _reread(self, sale_id: uuid.UUID) -> int | None:
         """Have Redis publish the current stock of ``sale_id`` again; return it."""
-        value = await self._call(self._republish, keys=[self._stock_key(sale_id), self._channel],
-                                 args=[str(sale_id)])
+        value = await self._call(self._republish, keys=[self._stock_key(sale_id)],
+                                 args=[self._channel, str(sale_id)])
         return None if value is None else max(int(value), 0)
 
     async def _call(self, fn, *args, extra_s: float = 0.0, **kwargs):
@@ -393,17 +394,12 @@ async def open_stock_feed(config: FeedConfig, stock_key: StockKey) -> AsyncItera
     Raises:
         BackendUnavailable: Redis could not be subscribed to at start-up.
     """
-    client = aioredis.Redis.from_url(
-        config.redis_url,
-        socket_timeout=config.timeout_s,
-        socket_connect_timeout=config.timeout_s,
-        health_check_interval=0,
-        client_name=f"{config.key_prefix}stock-feed",
-        # The feed reconnects by itself, so it knows to publish fresh values after a drop.
-        retry=Retry(NoBackoff(), 0),
-    )
+    # The feed reconnects by itself, so it knows to publish fresh values after a drop.
+    client = _aio.redis_client(config.redis_url, config.timeout_s, pool_size=None, retries=0,
+                               client_name=f"{config.key_prefix}stock-feed")
+    source = _aio.PubSubSource(client, config.redis_url, config.timeout_s)
     try:
-        feed = StockFeed(config, client, stock_key)
+        feed = StockFeed(config, client, source, stock_key)
         async with open_actor_nursery() as nursery:
             nursery.start_soon(feed.wake_subscribers)
             await nursery.start(feed.run)
@@ -412,5 +408,5 @@ async def open_stock_feed(config: FeedConfig, stock_key: StockKey) -> AsyncItera
             finally:
                 nursery.cancel_scope.cancel()
     finally:
-        with trio.CancelScope(shield=True), suppress(BackendUnavailable):
-            await _aio.call("redis", config.timeout_s, client.aclose)
+        await source.aclose()
+        await _aio.close_redis(client, config.timeout_s)

@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
 import trio
 
 from . import _aio
@@ -131,7 +130,7 @@ class _Queue:
 class StockGate:
     """Handle to a running stock-gate actor; see :func:`open_stock_gate`."""
 
-    def __init__(self, config: GateConfig, client: aioredis.Redis, loader: Loader,
+    def __init__(self, config: GateConfig, client: _aio.RedisClient, loader: Loader,
                  counter: Counter, nursery: trio.Nursery) -> None:
         self._config = config
         self._redis = client

@@ -94,6 +94,7 @@ def ledger_config(settings: Settings) -> LedgerConfig:
     return LedgerConfig(
         database_url=settings.database_url,
         pool_size=settings.pg_pool_size,
+        statement_cache_size=settings.pg_statement_cache_size,
         inbox_size=settings.ledger_inbox_size,
         batch_max=settings.ledger_batch_max,
         timeout_s=settings.postgres_timeout_s,

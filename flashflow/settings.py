@@ -8,6 +8,8 @@ from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Self
 
+from actors.redis_url import parse_redis_url
+
 PREFIX = "FLASHFLOW_"
 #: The variable prometheus-client itself reads when first imported; its name is not ours.
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
@@ -23,6 +25,13 @@ def _positive_int(raw: str) -> int:
     value = int(raw)
     if value <= 0:
         raise ValueError("must be a positive integer")
+    return value
+
+
+def _count(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be 0 or a positive integer")
     return value
 
 
@@ -49,6 +58,13 @@ def _optional_url(raw: str) -> str | None:
     return raw
 
 
+def _optional_redis_url(raw: str) -> str | None:
+    url = _optional_url(raw)
+    if url is not None:
+        parse_redis_url(url)
+    return url
+
+
 def _optional_path(raw: str) -> Path | None:
     return Path(raw).expanduser() if raw.strip() else None
 
@@ -64,9 +80,11 @@ def _bool(raw: str) -> bool:
 
 _CASTS: dict[str, Callable[[str], Any]] = {
     "int": _positive_int,
+    "count": _count,
     "float": _positive_float,
     "port": _port,
     "url": _optional_url,
+    "redis_url": _optional_redis_url,
     "bool": _bool,
     "str": str,
     "optional_str": lambda raw: raw.strip() or None,
@@ -101,6 +119,8 @@ class Settings:
     ledger_batch_max: int = 256
     max_in_flight: int = 8192
     pg_pool_size: int = 4
+    #: asyncpg's prepared-statement cache; 0 behind PgBouncer in transaction pooling mode.
+    pg_statement_cache_size: int = field(default=100, metadata={"kind": "count"})
     redis_timeout_s: float = 2.0
     postgres_timeout_s: float = 5.0
     catalog_refresh_s: float = 1.0
@@ -134,7 +154,7 @@ class Settings:
         for f in fields(cls):
             name = env_name(f)
             if name in environ:
-                cast = _CASTS[_kind(f.name, f.type)]
+                cast = _CASTS[f.metadata.get("kind") or _kind(f.name, f.type)]
                 try:
                     values[f.name] = cast(environ[name])
                 except ValueError as exc:
@@ -176,6 +196,8 @@ def _render(value: Any) -> str:
 
 def _kind(name: str, annotation: Any) -> str:
     text = str(annotation)
+    if name == "redis_url":
+        return "redis_url"
     if name.endswith("_url"):
         return "url"
     if name == "port":

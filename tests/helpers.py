@@ -22,6 +22,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from actors import Sale, ledger_sql
 from actors.keys import sale_keys
+from actors.redis_url import sync_client
 from flashflow.database import run_on_connection
 from flashflow.http import create_app
 from flashflow.processes import stop_process
@@ -51,9 +52,10 @@ async def make_sale(url: str, *, stock: int = 10, product: str = "Test Widget",
     return await pg(url, ledger_sql.insert_sale, product, stock, start, start + lasts)
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    """A synchronous Redis client on the test server."""
-    return redis.Redis.from_url(settings.redis_url, decode_responses=True)
+def redis_client(settings: Settings) -> redis.Redis | redis.RedisCluster:
+    """A synchronous Redis client on the test's Redis, whatever its shape (single, Sentinel,
+    cluster)."""
+    return sync_client(settings.redis_url, decode_responses=True, socket_timeout=5)
 
 
 def gate_keys(settings: Settings, sale_id: uuid.UUID) -> tuple[str, str]:

@@ -808,3 +808,24 @@ def figures(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     path = figures_dir() / f"{name}.json"
     path.write_text(json.dumps(collected, indent=2, sort_keys=True, default=str) + "\n")
     print(f"\nFIGURES {name} {text}\n  (written to {path})")
+
+
+async def check_exact_end(figures: dict[str, Any], settings: Settings, sale: Sale,
+                          recorder: Recorder, servers: list[ServerProcess], *,
+                          recovery: tuple[float, float]) -> None:
+    """Record the figures of the recovery and after it, then hold the sale to
+    :func:`check_sale_after_faults` (every unit sold), adding its figures.
+
+    Args:
+        recovery: what :func:`recover_and_sell_out` returned.
+    """
+    figures.update(
+        recovering=phase_figures(recorder, "recovering"),
+        seconds_to_recover=round(recovery[0], 2),
+        seconds_to_sell_out_after_recovery=round(recovery[1], 2),
+        after=phase_figures(recorder, "after"),
+    )
+    figures.update(await check_sale_after_faults(
+        settings, sale, recorder, expected_sold=sale.total_stock,
+        settle_s=settings.reservation_grace_s + settings.reconcile_interval_s + 3))
+    figures["reconciler_returned"] = reconciler_returns(*servers)

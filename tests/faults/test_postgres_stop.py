@@ -12,14 +12,13 @@ import trio
 from ..helpers import make_sale
 from .conftest import (
     Recorder,
-    check_sale_after_faults,
+    check_exact_end,
     committed_rows,
     fault_under_load,
     gate_state,
     lines_in_logs,
     open_clients,
     phase_figures,
-    reconciler_returns,
     recover_and_sell_out,
     sale_row_locked,
     sold_counter,
@@ -74,15 +73,9 @@ async def test_postgres_stopped_mid_sale(backends, fault_settings, launch, figur
         redis_reservations_without_row_at_end_of_outage=held_without_row,
         seconds_until_redis_agreed_with_ledger=round(returned_s, 2),
         ledger_failed_batches=lines_in_logs("ledger batch of", *servers),
-        recovering=phase_figures(recorder, "recovering"),
-        seconds_to_recover=round(recovery_s, 2),
-        seconds_to_sell_out_after_recovery=round(sell_out_s, 2),
-        after=phase_figures(recorder, "after"),
     )
-    figures.update(await check_sale_after_faults(
-        settings, sale, recorder, expected_sold=STOCK,
-        settle_s=settings.reservation_grace_s + settings.reconcile_interval_s + 3))
-    figures["reconciler_returned"] = reconciler_returns(*servers)
+    await check_exact_end(figures, settings, sale, recorder, servers,
+                          recovery=(recovery_s, sell_out_s))
     figures["workers_died"] = lines_in_logs("exited with", *servers)
     assert figures["fault"]["503"] > 0, "no purchase was refused while PostgreSQL was down"
 

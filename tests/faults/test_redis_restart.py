@@ -11,14 +11,13 @@ import trio
 from ..helpers import make_sale
 from .conftest import (
     Recorder,
-    check_sale_after_faults,
+    check_exact_end,
     committed_rows,
     fault_under_load,
     gate_state,
     latency_figures,
     open_clients,
     phase_figures,
-    reconciler_returns,
     recover_and_sell_out,
     wait_until_serving,
 )
@@ -104,15 +103,9 @@ async def test_redis_killed_and_restarted_empty_mid_sale(backends, fault_setting
         committed_when_gate_rebuilt=committed_at_rebuild,
         remaining_after_rebuild=remaining[0],
         reads_refused_after_redis_back_stale_connections=sum(refused_reads.values()),
-        recovering=phase_figures(recorder, "recovering"),
-        seconds_to_recover=round(recovery_s, 2),
-        seconds_to_sell_out_after_recovery=round(sell_out_s, 2),
-        after=phase_figures(recorder, "after"),
     )
-    figures.update(await check_sale_after_faults(
-        settings, sale, recorder, expected_sold=STOCK,
-        settle_s=settings.reservation_grace_s + settings.reconcile_interval_s + 3))
-    figures["reconciler_returned"] = reconciler_returns(*servers)
+    await check_exact_end(figures, settings, sale, recorder, servers,
+                          recovery=(recovery_s, sell_out_s))
     failed = [o for o in fault if o.status == 503]
     assert failed, "no purchase was refused while Redis was down"
     # Fail fast: a refused connection is answered at once, a lost one within the timeout.

@@ -16,13 +16,12 @@ import trio
 from ..helpers import make_sale
 from .conftest import (
     Recorder,
-    check_sale_after_faults,
+    check_exact_end,
     committed_rows,
     established,
     gate_state,
     open_clients,
     phase_figures,
-    reconciler_returns,
     recover_and_sell_out,
     sale_row_locked,
     spam,
@@ -103,15 +102,9 @@ async def test_worker_killed_mid_batch_reservations_come_back(fault_settings, la
         orphaned_reservations=len(orphaned),
         seconds_from_kill_to_all_returned=round(since_kill_s, 2),
         seconds_from_kill_to_worker_replaced=round(replaced_s, 2),
-        recovering=phase_figures(recorder, "recovering"),
-        seconds_to_recover=round(recovery_s, 2),
-        seconds_to_sell_out_after_recovery=round(sell_out_s, 2),
-        after=phase_figures(recorder, "after"),
     )
-    figures.update(await check_sale_after_faults(
-        settings, sale, recorder, expected_sold=STOCK,
-        settle_s=settings.reservation_grace_s + settings.reconcile_interval_s + 3))
-    figures["reconciler_returned"] = reconciler_returns(server)
+    await check_exact_end(figures, settings, sale, recorder, [server],
+                          recovery=(recovery_s, sell_out_s))
     # Exactly the victim's reservations came back: none twice, none that was alive.
     assert figures["reconciler_returned"] == len(orphaned)
 

@@ -112,9 +112,16 @@ async def test_demand_below_stock_sells_to_every_user_once(settings):
 async def test_two_servers_one_with_two_workers_stay_exact(settings, tmp_path):
     """A 2-worker server and a second server, every user pressing 3-4 times: 201s = stock."""
     sale = await make_sale(settings.database_url, stock=30)
-    users = [f"both-{i:04d}" for i in range(200)]
-    servers = [await trio.to_thread.run_sync(spawn_server, settings, tmp_path, *args)
-               for args in (("--workers", "2"), ())]
+    results = await stampede_two_servers(settings, tmp_path, [f"both-{i:04d}" for i in range(200)])
+    await check_invariants(settings, sale, results, expected_sold=30)
+
+
+async def stampede_two_servers(settings, tmp_path, users: list[str], **env: str):
+    """A 2-worker ``flashflow serve`` and a second one (with ``env``), every user pressing
+    3-4 times across both; both must then stop cleanly on SIGTERM. Returns the results."""
+    servers = [await trio.to_thread.run_sync(
+        lambda a=args: spawn_server(settings, tmp_path, *a, **env))
+        for args in (("--workers", "2"), ())]
     try:
         with trio.fail_after(120):
             async with AsyncExitStack() as stack:
@@ -124,7 +131,7 @@ async def test_two_servers_one_with_two_workers_stay_exact(settings, tmp_path):
     finally:
         codes = [server.stop() for server in servers]
     assert codes == [0, 0], "a server did not shut down cleanly on SIGTERM"
-    await check_invariants(settings, sale, results, expected_sold=30)
+    return results
 
 
 async def test_two_overlapping_sales_stampeded_at_once_each_sell_exactly(settings):

@@ -1,0 +1,294 @@
+"""Redis Sentinel, Redis Cluster and PgBouncer, started by a test on loopback ports.
+
+Every server is Debian's binary (``redis-server``, ``redis-cli``, ``pgbouncer``), runs under a
+directory of the test's own, is waited for within a deadline and is stopped by its process
+id only. A test that needs a binary the machine lacks is skipped, saying which package
+brings it (``.ci/run`` installs them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.cluster import key_slot
+
+from flashflow.embedded import free_port
+from flashflow.processes import stop_process
+
+MASTER = "ffmaster"
+
+
+def binary(name: str, package: str) -> str:
+    """The path of ``name``, or skip the test naming the Debian package that brings it."""
+    found = shutil.which(name) or next(
+        (p for p in (f"/usr/bin/{name}", f"/usr/sbin/{name}") if os.access(p, os.X_OK)), None)
+    if found is None:
+        pytest.skip(f"{name} is not installed (Debian's {package} package; .ci/run installs it)")
+    return found
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Poll ``check`` until it returns something true; fail naming ``what`` after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with suppress(redis.RedisError, OSError):
+            value = check()
+            if value:
+                return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {timeout_s}s")
+        time.sleep(0.05)
+
+
+@dataclass
+class RedisProcess:
+    """One ``redis-server`` (a data node or a Sentinel) on 127.0.0.1."""
+
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A synchronous client on this server alone."""
+        return redis.Redis(port=self.port, socket_timeout=2, decode_responses=True, **kwargs)
+
+    def kill(self) -> None:
+        """SIGKILL the server by its pid (nothing is kept on disk)."""
+        with suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL, by pid."""
+        if self.process.poll() is None:
+            stop_process(self.process, signal.SIGTERM, 5)
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (10000 above it) is a free port too."""
+    while True:
+        port = free_port()
+        if port + 10000 <= 65535:
+            with suppress(OSError), socket.socket() as bus:
+                bus.bind(("127.0.0.1", port + 10000))
+                return port
+
+
+def start_redis_process(directory: Path, *args: str, config: str | None = None,
+                        sentinel: bool = False, cluster: bool = False) -> RedisProcess:
+    """Start ``redis-server`` on a free port with ``args``; wait until it answers PING."""
+    server = binary("redis-server", "redis-server")
+    port = _cluster_port() if cluster else free_port()
+    directory = directory / str(port)
+    directory.mkdir(parents=True)
+    command = [server]
+    if config is not None:
+        conf = directory / "redis.conf"
+        conf.write_text(config)
+        command.append(str(conf))
+    command += ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
+    if sentinel:
+        command.append("--sentinel")
+    else:
+        command += ["--save", "", "--appendonly", "no"]
+    log_path = directory / "redis.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([*command, *args], stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    node = RedisProcess(port, process, log_path)
+    try:
+        wait_for(lambda: node.client().ping(), 10, f"redis-server on port {port}")
+    except BaseException:
+        node.stop()
+        raise
+    return node
+
+
+@dataclass
+class SentinelSet:
+    """A master, its replica and the Sentinels that watch them."""
+
+    master: RedisProcess
+    replica: RedisProcess
+    sentinels: list[RedisProcess]
+
+    @property
+    def url(self) -> str:
+        """``FLASHFLOW_REDIS_URL`` for this set."""
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{MASTER}/0"
+
+    def master_port(self) -> int:
+        """The port the first Sentinel names as the master now."""
+        _, port = self.sentinels[0].client().sentinel_get_master_addr_by_name(MASTER)
+        return int(port)
+
+
+@contextmanager
+def sentinel_set(directory: Path, *, sentinels: int = 1,
+                 down_after_ms: int = 1000) -> Iterator[SentinelSet]:
+    """Start a master, a replica in sync with it, and ``sentinels`` Sentinels that know both."""
+    with ExitStack() as stack:
+        master = start_redis_process(directory)
+        stack.callback(master.stop)
+        replica = start_redis_process(directory, "--replicaof", "127.0.0.1", str(master.port))
+        stack.callback(replica.stop)
+        wait_for(lambda: replica.client().info("replication").get("master_link_status") == "up",
+                 15, "replica in sync")
+        quorum = sentinels // 2 + 1
+        config = (f"sentinel monitor {MASTER} 127.0.0.1 {master.port} {quorum}\n"
+                  f"sentinel down-after-milliseconds {MASTER} {down_after_ms}\n"
+                  f"sentinel failover-timeout {MASTER} 10000\n"
+                  f"sentinel parallel-syncs {MASTER} 1\n")
+        watchers = []
+        for _ in range(sentinels):
+            watcher = start_redis_process(directory, config=config, sentinel=True)
+            stack.callback(watcher.stop)
+            watchers.append(watcher)
+        for watcher in watchers:
+            wait_for(lambda w=watcher: w.client().sentinel_slaves(MASTER), 20,
+                     "a Sentinel knows the replica")
+            wait_for(lambda w=watcher: len(w.client().sentinel_sentinels(MASTER))
+                     >= sentinels - 1, 20, "the Sentinels know each other")
+        yield SentinelSet(master, replica, watchers)
+
+
+@dataclass
+class Cluster:
+    """A Redis Cluster of masters, each with ``replicas`` replicas."""
+
+    nodes: list[RedisProcess]
+    masters: int
+    killed: set[int] = field(default_factory=set)
+
+    @property
+    def url(self) -> str:
+        """``FLASHFLOW_REDIS_URL`` for this cluster (every node listed)."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def live(self) -> list[RedisProcess]:
+        """The nodes not killed by the test."""
+        return [n for n in self.nodes if n.port not in self.killed]
+
+    def owner(self, key: str) -> RedisProcess:
+        """The master node that serves ``key``'s slot now."""
+        slot = key_slot(key.encode())
+        for start, end, master, *_ in self.live()[0].client().execute_command("CLUSTER SLOTS"):
+            if start <= slot <= end:
+                return next(n for n in self.nodes if n.port == int(master[1]))
+        raise AssertionError(f"no node serves slot {slot}")
+
+    def kill(self, node: RedisProcess) -> None:
+        """SIGKILL one node by its pid."""
+        self.killed.add(node.port)
+        node.kill()
+
+    def wait_healthy(self, timeout_s: float = 30) -> None:
+        """Wait until every live node says the cluster is ok and every slot has a master."""
+        def ok() -> bool:
+            return all(n.client().cluster("INFO")["cluster_state"] == "ok" for n in self.live())
+        wait_for(ok, timeout_s, "cluster_state:ok on every node")
+
+
+@contextmanager
+def redis_cluster(directory: Path, *, masters: int = 3, replicas: int = 1,
+                  node_timeout_ms: int = 2000) -> Iterator[Cluster]:
+    """Start ``masters * (1 + replicas)`` cluster nodes and join them with ``redis-cli``."""
+    cli = binary("redis-cli", "redis-tools")
+    with ExitStack() as stack:
+        nodes = []
+        for _ in range(masters * (1 + replicas)):
+            node = start_redis_process(
+                directory, "--cluster-enabled", "yes", "--cluster-node-timeout",
+                str(node_timeout_ms), "--cluster-config-file", "nodes.conf", cluster=True)
+            stack.callback(node.stop)
+            nodes.append(node)
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
+             "--cluster-replicas", str(replicas), "--cluster-yes"],
+            check=True, capture_output=True, timeout=60)
+        cluster = Cluster(nodes, masters)
+        cluster.wait_healthy()
+        if replicas:
+            def in_sync() -> bool:
+                states = [n.client().info("replication") for n in nodes]
+                return all(s.get("master_link_status") == "up"
+                           for s in states if s["role"] == "slave")
+            wait_for(in_sync, 30, "every replica in sync")
+        yield cluster
+
+
+@dataclass
+class PgBouncer:
+    """A PgBouncer in transaction pooling mode in front of one PostgreSQL."""
+
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+
+    def url(self, database_url: str) -> str:
+        """``database_url`` (user and database kept) pointed at this PgBouncer."""
+        scheme, rest = database_url.split("://", 1)
+        userinfo, _, tail = rest.rpartition("@")
+        path = tail.partition("/")[2]
+        return f"{scheme}://{userinfo + '@' if userinfo else ''}127.0.0.1:{self.port}/{path}"
+
+
+@contextmanager
+def pgbouncer(directory: Path, database_url: str, *, pool_size: int = 2) -> Iterator[PgBouncer]:
+    """Start PgBouncer (``pool_mode = transaction``) for every database of ``database_url``'s
+    server, logging in as its user; at most ``pool_size`` server connections per database."""
+    program = binary("pgbouncer", "pgbouncer")
+    rest = database_url.split("://", 1)[1]
+    userinfo, _, tail = rest.rpartition("@")
+    user = userinfo.partition(":")[0] or "postgres"
+    hostport = tail.partition("/")[0]
+    host, _, port = hostport.partition(":")
+    listen = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    log_path = directory / "pgbouncer.log"
+    ini = directory / "pgbouncer.ini"
+    ini.write_text(
+        "[databases]\n"
+        f"* = host={host or '127.0.0.1'} port={port or 5432} user={user}\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {listen}\n"
+        f"unix_socket_dir =\nauth_type = any\npool_mode = transaction\n"
+        f"default_pool_size = {pool_size}\nmax_client_conn = 500\n"
+        f"logfile = {log_path}\npidfile = {directory / 'pgbouncer.pid'}\n"
+        # PgBouncer will not run as root; as root it switches to this user.
+        + ("user = postgres\n" if os.geteuid() == 0 else ""))
+    if os.geteuid() == 0:
+        shutil.chown(directory, "postgres")
+        for path in (ini,):
+            shutil.chown(path, "postgres")
+    process = subprocess.Popen([program, str(ini)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    bouncer = PgBouncer(listen, process, log_path)
+    try:
+        def listening() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"pgbouncer exited: {_tail(log_path)}")
+            with socket.create_connection(("127.0.0.1", listen), timeout=1):
+                return True
+        wait_for(listening, 10, "pgbouncer listening")
+        yield bouncer
+    finally:
+        if process.poll() is None:
+            stop_process(process, signal.SIGTERM, 5)
+
+
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-2000:] if path.exists() else "(no log)"
