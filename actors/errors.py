@@ -28,6 +28,32 @@ class PayloadTooLarge(FlashFlowError):
     """Raised when a request body is larger than the configured limit."""
 
 
+class UnsupportedMediaType(FlashFlowError):
+    """Raised when a request body is not ``application/json``; nothing is read or written."""
+
+    def __init__(self, message: str = "The request body must be application/json.") -> None:
+        super().__init__(message)
+
+
+class Unauthorized(FlashFlowError):
+    """Raised when authentication is on and a request carries no valid bearer token.
+
+    ``challenge`` is the ``WWW-Authenticate`` value to answer with (RFC 6750).
+    """
+
+    challenge = 'Bearer error="invalid_token"'
+
+    def __init__(self, message: str = "A valid bearer token is required.") -> None:
+        super().__init__(message)
+
+
+class Forbidden(FlashFlowError):
+    """Raised when an authenticated buyer names another user than the token's subject."""
+
+    def __init__(self, message: str = "The userId does not match the signed-in user.") -> None:
+        super().__init__(message)
+
+
 class SaleNotFound(FlashFlowError):
     """Raised when there is no current sale (none scheduled, or an unknown id)."""
 
@@ -75,9 +101,6 @@ class BackendUnavailable(FlashFlowError):
         super().__init__("The service is temporarily unavailable; please retry shortly.")
 
 
-
-
-
 class RateLimited(FlashFlowError):
     """Raised when a user id or a client address spends its tokens faster than allowed."""
 
@@ -90,6 +113,7 @@ __all__ = [
     "AlreadyPurchased",
     "BackendUnavailable",
     "FlashFlowError",
+    "Forbidden",
     "InvalidInput",
     "Overloaded",
     "PayloadTooLarge",
@@ -97,4 +121,6 @@ __all__ = [
     "SaleNotActive",
     "SaleNotFound",
     "SoldOut",
+    "Unauthorized",
+    "UnsupportedMediaType",
 ]

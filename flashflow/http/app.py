@@ -28,10 +28,13 @@ from actors import (
     SaleNotFound,
     SaleStatus,
 )
+from actors.errors import UnsupportedMediaType
 
 from ..metrics import install_metrics
 from ..runtime import Runtime
 from . import errors
+from .auth import Auth
+from .cors import install_cors
 from .page import install_page
 from .schema import (
     ErrorEnvelope,
@@ -101,8 +104,13 @@ class JsonRequest(TrioRequest):
 
 
 def create_app(runtime: Runtime) -> QuartTrio:
-    """Build the HTTP application around a running actor tree."""
+    """Build the HTTP application around a running actor tree.
+
+    Raises:
+        SettingsError: the token key named by the settings cannot be used.
+    """
     settings = runtime.settings
+    auth = Auth.from_settings(settings)
     app = QuartTrio(__name__, static_folder=None)
     app.request_class = JsonRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -137,7 +145,7 @@ def create_app(runtime: Runtime) -> QuartTrio:
             g.purchase_outcome = "VALIDATION_ERROR"
             return errors.error_response(400, "VALIDATION_ERROR", validation_message(exc))
         try:
-            bought, sale = await buy(body.userId)
+            bought, sale = await buy(auth.identify(request, body.userId))
         except FlashFlowError as exc:
             response, g.purchase_outcome = errors.for_error_with_code(exc, settings.retry_after_s)
             return response
@@ -154,18 +162,21 @@ def create_app(runtime: Runtime) -> QuartTrio:
         # never reach Redis or PostgreSQL, which is what the limits protect.
         runtime.serializer.answer_from_memory(sale, user_id)
         if runtime.limiter is not None:
-            await runtime.limiter.check(user_id, request.remote_addr or "unknown")
+            await runtime.limiter.check(user_id, auth.client_address(request))
         return await runtime.serializer.purchase(sale, user_id), sale
 
     @app.get(f"{API}/purchase")
     @validate_querystring(StatusQuery)
     @document_response(PurchaseStatusEnvelope, 200)
     async def purchase_status(query_args: StatusQuery) -> Response:
+        user_id = auth.identify(request, query_args.userId)
         sale = current_sale(runtime.clock())
         # A purchase this process committed is answered from memory; anything else is
-        # read from the ledger, the source of truth.
-        found = (runtime.serializer.known_purchase(sale.id, query_args.userId)
-                 or await runtime.ledger.find_purchase(sale.id, query_args.userId))
+        # read from the ledger, the source of truth, and spends tokens like a purchase.
+        found = runtime.serializer.known_purchase(sale.id, user_id)
+        if found is None and runtime.limiter is not None:
+            await runtime.limiter.check(user_id, auth.client_address(request))
+        found = found or await runtime.ledger.find_purchase(sale.id, user_id)
         if found is None:
             return envelope({"purchased": False})
         return envelope({"purchased": True, "purchaseId": str(found.id),
@@ -180,6 +191,14 @@ def create_app(runtime: Runtime) -> QuartTrio:
         checks = await readiness(runtime)
         status = 200 if all(checks.values()) else 503
         return envelope({"ready": status == 200, "checks": checks}, status=status)
+
+    @app.before_request
+    async def require_json_bodies() -> None:
+        # A form or text/plain POST needs no CORS preflight, so a cross-site page could
+        # send one: only application/json (any charset) is read.
+        if (request.method == "POST" and request.url_rule is not None
+                and request.mimetype != "application/json"):
+            raise UnsupportedMediaType()
 
     @app.errorhandler(FlashFlowError)
     async def on_flashflow_error(error: FlashFlowError) -> Response:
@@ -199,7 +218,8 @@ def create_app(runtime: Runtime) -> QuartTrio:
         log.exception("unexpected error", exc_info=error)
         return errors.internal_error()
 
-    install_metrics(app, runtime)
+    install_metrics(app, runtime, auth.check_metrics)
+    install_cors(app, settings.cors_origins)
     install_sse(app, runtime)
     install_page(app)
     return app

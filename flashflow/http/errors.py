@@ -17,6 +17,7 @@ from actors.errors import (
     AlreadyPurchased,
     BackendUnavailable,
     FlashFlowError,
+    Forbidden,
     InvalidInput,
     Overloaded,
     PayloadTooLarge,
@@ -24,6 +25,8 @@ from actors.errors import (
     SaleNotActive,
     SaleNotFound,
     SoldOut,
+    Unauthorized,
+    UnsupportedMediaType,
 )
 
 log = logging.getLogger("flashflow.http")
@@ -31,11 +34,14 @@ log = logging.getLogger("flashflow.http")
 #: error class -> (HTTP status, wire code, whether to send Retry-After)
 ERROR_TABLE: dict[type[FlashFlowError], tuple[int, str, bool]] = {
     InvalidInput: (400, "VALIDATION_ERROR", False),
+    Unauthorized: (401, "UNAUTHORIZED", False),
+    Forbidden: (403, "FORBIDDEN", False),
     SaleNotFound: (404, "SALE_NOT_FOUND", False),
     SaleNotActive: (409, "SALE_NOT_ACTIVE", False),
     SoldOut: (409, "SOLD_OUT", False),
     AlreadyPurchased: (409, "ALREADY_PURCHASED", False),
     PayloadTooLarge: (413, "PAYLOAD_TOO_LARGE", False),
+    UnsupportedMediaType: (415, "UNSUPPORTED_MEDIA_TYPE", False),
     RateLimited: (429, "RATE_LIMIT_EXCEEDED", True),
     Overloaded: (503, "UNAVAILABLE", True),
     BackendUnavailable: (503, "UNAVAILABLE", True),
@@ -47,13 +53,13 @@ HTTP_CODES: dict[int, str] = {
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     413: "PAYLOAD_TOO_LARGE",
-    415: "VALIDATION_ERROR",
+    415: "UNSUPPORTED_MEDIA_TYPE",
     431: "BAD_REQUEST",
 }
 
 
 def error_response(status: int, code: str, message: str, *,
-                   retry_after_s: int | None = None) -> Response:
+                   retry_after_s: int | None = None, challenge: str | None = None) -> Response:
     """Build the error envelope with a fresh correlation id, and log it with that id."""
     correlation_id = str(uuid.uuid4())
     body = {
@@ -67,6 +73,8 @@ def error_response(status: int, code: str, message: str, *,
     log.log(level, "%s %s: %s", status, code, message,
             extra={"correlation_id": correlation_id, "error_code": code})
     headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else {}
+    if challenge is not None:
+        headers["WWW-Authenticate"] = challenge
     return Response(json.dumps(body), status=status, headers=headers,
                     content_type="application/json")
 
@@ -83,7 +91,8 @@ def for_error_with_code(error: FlashFlowError, retry_after_s: int) -> tuple[Resp
             status, code, retry = ERROR_TABLE[cls]
             wait_s = getattr(error, "retry_after_s", retry_after_s)
             return error_response(status, code, error.message,
-                                  retry_after_s=wait_s if retry else None), code
+                                  retry_after_s=wait_s if retry else None,
+                                  challenge=getattr(error, "challenge", None)), code
     return internal_error(), "INTERNAL_ERROR"
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic.json_schema import SkipJsonSchema
 from quart_schema import QuartSchema
 from quart_trio import QuartTrio
 
@@ -24,31 +25,36 @@ def _checked_user_id(value: Any) -> str:
         raise ValueError(exc.message) from None
 
 
-UserId = Annotated[
-    str,
-    BeforeValidator(_checked_user_id),
-    WithJsonSchema({
-        "type": "string",
-        "minLength": validation.USER_ID_MIN,
-        "maxLength": validation.USER_ID_MAX,
-        "pattern": r"^\S(.*\S)?$",
-        "description": "3 to 255 characters after trimming, no control characters.",
-    }),
-]
+class _UserIdSchema:
+    """The user id's JSON schema, built when the OpenAPI document is first asked for."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        return {
+            "type": "string",
+            "minLength": validation.USER_ID_MIN,
+            "maxLength": validation.USER_ID_MAX,
+            "pattern": validation.user_id_pattern(),
+            "description": "3 to 255 characters after trimming and NFC normalisation; no "
+                           "character of Unicode categories "
+                           f"{', '.join(validation.REFUSED_CATEGORIES)}.",
+        }
+
+
+UserId = Annotated[str, BeforeValidator(_checked_user_id), _UserIdSchema()]
 
 
 class PurchaseRequest(BaseModel):
-    """The body of ``POST /purchase``."""
+    """The body of ``POST /purchase``; ``userId`` may be left out when a token names the buyer."""
 
     model_config = ConfigDict(extra="ignore")
-    userId: UserId
+    userId: UserId | SkipJsonSchema[None] = None
 
 
 class StatusQuery(BaseModel):
-    """The query string of ``GET /purchase``."""
+    """The query string of ``GET /purchase``; ``userId`` may be left out with a token."""
 
     model_config = ConfigDict(extra="ignore")
-    userId: UserId
+    userId: UserId | SkipJsonSchema[None] = None
 
 
 class SaleOut(BaseModel):
