@@ -13,6 +13,7 @@ from quart_schema import (
     RequestSchemaValidationError,
     document_request,
     document_response,
+    security_scheme,
     validate_querystring,
 )
 from quart_trio import QuartTrio
@@ -37,11 +38,14 @@ from .auth import Auth
 from .cors import install_cors
 from .page import install_page
 from .schema import (
+    BEARER,
     ErrorEnvelope,
     PurchaseEnvelope,
     PurchaseRequest,
     PurchaseStatusEnvelope,
     SaleEnvelope,
+    SignedInPurchaseRequest,
+    SignedInStatusQuery,
     StatusQuery,
     install_schema,
     validation_message,
@@ -115,7 +119,12 @@ def create_app(runtime: Runtime) -> QuartTrio:
     app.request_class = JsonRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
-    install_schema(app)
+    signed_in = auth.verifier is not None
+    install_schema(app, signed_in)
+    # With a token key, a body or query may leave userId out: the token names the buyer.
+    body_model = SignedInPurchaseRequest if signed_in else PurchaseRequest
+    query_model = SignedInStatusQuery if signed_in else StatusQuery
+    requires = security_scheme(BEARER) if signed_in else (lambda route: route)
 
     def current_sale(now: datetime) -> Sale:
         sale = runtime.catalog.current(now)
@@ -133,14 +142,15 @@ def create_app(runtime: Runtime) -> QuartTrio:
         return envelope(sale_body(sale, remaining, now))
 
     @app.post(f"{API}/purchase")
-    @document_request(PurchaseRequest)
+    @requires
+    @document_request(body_model)
     @document_response(PurchaseEnvelope, 201)
     @document_response(ErrorEnvelope, 409)
     async def purchase() -> Response:
         # The hot path of a stampede: the model validates the raw bytes in one pass, and
         # expected refusals are answered here rather than raised through Quart's handlers.
         try:
-            body = PurchaseRequest.model_validate_json(await request.get_data(cache=False))
+            body = body_model.model_validate_json(await request.get_data(cache=False))
         except ValidationError as exc:
             g.purchase_outcome = "VALIDATION_ERROR"
             return errors.error_response(400, "VALIDATION_ERROR", validation_message(exc))
@@ -166,9 +176,10 @@ def create_app(runtime: Runtime) -> QuartTrio:
         return await runtime.serializer.purchase(sale, user_id), sale
 
     @app.get(f"{API}/purchase")
-    @validate_querystring(StatusQuery)
+    @requires
+    @validate_querystring(query_model)
     @document_response(PurchaseStatusEnvelope, 200)
-    async def purchase_status(query_args: StatusQuery) -> Response:
+    async def purchase_status(query_args: StatusQuery | SignedInStatusQuery) -> Response:
         user_id = auth.identify(request, query_args.userId)
         sale = current_sale(runtime.clock())
         # A purchase this process committed is answered from memory; anything else is

@@ -44,17 +44,36 @@ UserId = Annotated[str, BeforeValidator(_checked_user_id), _UserIdSchema()]
 
 
 class PurchaseRequest(BaseModel):
-    """The body of ``POST /purchase``; ``userId`` may be left out when a token names the buyer."""
+    """The body of ``POST /purchase`` without authentication: it names the buyer."""
+
+    model_config = ConfigDict(extra="ignore")
+    userId: UserId
+
+
+class SignedInPurchaseRequest(BaseModel):
+    """The body of ``POST /purchase`` with a bearer token: ``userId``, if sent, is its ``sub``."""
 
     model_config = ConfigDict(extra="ignore")
     userId: UserId | SkipJsonSchema[None] = None
 
 
 class StatusQuery(BaseModel):
-    """The query string of ``GET /purchase``; ``userId`` may be left out with a token."""
+    """The query string of ``GET /purchase`` without authentication."""
+
+    model_config = ConfigDict(extra="ignore")
+    userId: UserId
+
+
+class SignedInStatusQuery(BaseModel):
+    """The query string of ``GET /purchase`` with a bearer token: ``userId`` is optional."""
 
     model_config = ConfigDict(extra="ignore")
     userId: UserId | SkipJsonSchema[None] = None
+
+
+#: The OpenAPI security scheme of the bearer token, and a route's requirement of it.
+BEARER_SCHEME = {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+BEARER = [{"bearer": []}]
 
 
 class SaleOut(BaseModel):
@@ -122,12 +141,13 @@ class ErrorEnvelope(BaseModel):
     error: ErrorDetail
 
 
-def install_schema(app: QuartTrio) -> None:
+def install_schema(app: QuartTrio, signed_in: bool) -> None:
     """Serve the OpenAPI document at ``/openapi.json`` (no UI pages: they load from CDNs)."""
     QuartSchema(
         app,
         info={"title": "Flash Flow", "version": "1"},
         swagger_ui_path=None, redoc_ui_path=None, scalar_ui_path=None,
+        security_schemes=BEARER_SCHEME if signed_in else None,
     )
 
 
