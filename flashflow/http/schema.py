@@ -72,7 +72,7 @@ class SignedInStatusQuery(BaseModel):
 
 
 #: The OpenAPI security scheme of the bearer token, and a route's requirement of it.
-BEARER_SCHEME = {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+BEARER_SCHEME = {"bearer": {"type": "http", "scheme": "bearer", "bearer_format": "JWT"}}
 BEARER = [{"bearer": []}]
 
 
