@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -39,6 +40,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-sale", action="store_true", help="Skip the whole-sale run.")
     p.add_argument("--profile", type=Path, help="Record py-spy profiles (raw) here; they "
                    "slow the server, so the figures of such a run are not the real ones.")
+    p.add_argument("--auth", action="store_true",
+                   help="Run the servers with bearer-token auth (a fresh HS256 secret): every "
+                        "purchase and status read carries a minted token.")
+    p.add_argument("--auth-pool", type=int, default=20_000,
+                   help="Tokens minted per wrk thread for a timed scenario.")
     p.add_argument("--json", type=Path, help="Write the results as JSON here.")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "performance.md",
                    help="The Markdown page to write.")
@@ -76,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = "python -m loadtests.bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     options = Options(args.connections, args.threads, args.duration_s, args.warmup_s,
-                      args.profile)
+                      args.profile, secrets.token_urlsafe(32) if args.auth else None,
+                      args.auth_pool)
     workers = worker_configurations(args)
     measurements: list[Measurement] = []
     sales: list[SaleRun] = []

@@ -4,7 +4,10 @@ Every script counts answers by status and error code per thread and prints them 
 ``done()`` as one ``WRK_JSON`` line; the purchase scripts send a distinct user id with
 every request (thread number plus a per-thread counter), and report each 201's user and
 purchase id as a ``WON`` line. wrk arguments after ``--``: user prefix, then the number of
-purchases per thread after which a thread stops (0: never) and prints ``THREAD_DONE``.
+purchases per thread after which a thread stops (0: never) and prints ``THREAD_DONE``, then
+(with auth on) a path holding ``{id}``: thread N reads its tokens from that path with N for
+``{id}``, one a line, the token of user number i on line i. Users are then drawn from that
+pool, cycling through it when a run asks more often than it holds tokens.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ sent = 0
 answered = 0
 prefix = "u"
 quota = 0
+tokens = nil
 
 function setup(thread)
   thread:set("id", #threads + 1)
@@ -28,6 +32,23 @@ end
 function init(args)
   prefix = (args[1] or "u") .. "-" .. id .. "-"
   quota = tonumber(args[2] or "0")
+  if args[3] and args[3] ~= "" then
+    tokens = {}
+    for line in io.lines((string.gsub(args[3], "{id}", tostring(id)))) do
+      table.insert(tokens, line)
+    end
+  end
+end
+
+function user(n)
+  if tokens then n = (n - 1) % #tokens + 1 end
+  return prefix .. n, n
+end
+
+function headers_for(n, extra)
+  local headers = extra or {}
+  if tokens then headers["Authorization"] = "Bearer " .. tokens[n] end
+  return headers
 end
 
 function count(status, body)
@@ -67,7 +88,8 @@ end
 STATUS = _COMMON + r"""
 function request()
   sent = sent + 1
-  return wrk.format("GET", "%(path)s?userId=" .. prefix .. sent)
+  local name, n = user(sent)
+  return wrk.format("GET", "%(path)s?userId=" .. name, headers_for(n))
 end
 
 function response(status, headers, body)
@@ -81,9 +103,10 @@ filler_since = nil
 finished = false
 checked = false
 
-function purchase(user)
-  return wrk.format("POST", "%(path)s", {["Content-Type"] = "application/json"},
-                    '{"userId": "' .. user .. '"}')
+function purchase(n)
+  local name, i = user(n)
+  return wrk.format("POST", "%(path)s", headers_for(i, {["Content-Type"] = "application/json"}),
+                    '{"userId": "' .. name .. '"}')
 end
 
 function finish()
@@ -100,7 +123,7 @@ function request()
   if id == 1 and not checked then
     -- wrk calls the first thread's request() once to check it, and never sends that one.
     checked = true
-    return purchase(prefix .. "check")
+    return purchase(0)
   end
   if quota > 0 and sent >= quota then
     -- Every distinct user of this thread has asked: keep the connections busy with a
@@ -114,7 +137,7 @@ function request()
     return filler
   end
   sent = sent + 1
-  return purchase(prefix .. sent)
+  return purchase(sent)
 end
 
 function response(status, headers, body)

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import httpx
 
+from flashflow.settings import Settings
+from flashflow.tokens import mint
+
 from . import lua, wrk
 from .server import Backend, BenchServer, cpu_seconds
 
@@ -29,6 +32,10 @@ class Options:
     duration_s: float = 10.0
     warmup_s: float = 2.0
     profile_dir: Path | None = None
+    #: With a secret the server authenticates buyers and the scripts send minted tokens.
+    auth_secret: str | None = field(default=None, repr=False)
+    #: Tokens minted per wrk thread for a timed run; past them, users repeat.
+    auth_pool: int = 20_000
 
 
 @dataclass(frozen=True)
@@ -60,11 +67,13 @@ def measure(scenario: str, workers: int, server: BenchServer, target: str, scrip
     """Warm up, then measure ``script`` against ``server`` for ``options.duration_s``."""
     tag = uuid.uuid4().hex[:6]
     wrk.run(server.url + target, script, connections=options.connections,
-            threads=options.threads, duration_s=options.warmup_s, args=(f"w{tag}",))
+            threads=options.threads, duration_s=options.warmup_s,
+            args=script_args(f"w{tag}", 0, options, server.log_path.parent))
     profiler, profile = _profile(scenario, workers, server, options)
     cpu_before, started = cpu_seconds(server.root), time.monotonic()
     result = wrk.run(server.url + target, script, connections=options.connections,
-                     threads=options.threads, duration_s=options.duration_s, args=(f"m{tag}",))
+                     threads=options.threads, duration_s=options.duration_s,
+                     args=script_args(f"m{tag}", 0, options, server.log_path.parent))
     wall = time.monotonic() - started
     server_cpu = cpu_seconds(server.root) - cpu_before
     if profiler is not None:
@@ -77,6 +86,16 @@ def measure(scenario: str, workers: int, server: BenchServer, target: str, scrip
         generator_cpu=result.cpu_s / (result.duration_s * cores),
         server_cpu=server_cpu / (wall * cores),
         peak_rss_mb=server.sampler.peak_rss / 2**20, profile=profile)
+
+
+def script_args(prefix: str, quota: int, options: Options, directory: Path,
+                count: int | None = None) -> tuple[str, ...]:
+    """The wrk script arguments: user prefix, quota, and with auth on the tokens' path."""
+    if options.auth_secret is None:
+        return (prefix, str(quota))
+    template = wrk.token_files(directory, options.auth_secret, prefix, options.threads,
+                               count or options.auth_pool)
+    return (prefix, str(quota), template)
 
 
 def _profile(scenario: str, workers: int, server: BenchServer,
@@ -95,11 +114,14 @@ def _profile(scenario: str, workers: int, server: BenchServer,
     return profiler, str(path)
 
 
-def sell_out(url: str, stock: int) -> None:
+def sell_out(url: str, stock: int, auth_secret: str | None = None) -> None:
     """Buy the whole stock with distinct users, then hear SOLD_OUT once."""
+    settings = Settings(auth_jwt_secret=auth_secret)
     with httpx.Client(base_url=url, timeout=30) as client:
         for i in range(stock + 1):
-            answer = client.post(f"{lua.PURCHASE_PATH}", json={"userId": f"sellout-{i}"})
+            user = f"sellout-{i}"
+            headers = {"Authorization": f"Bearer {mint(settings, user)}"} if auth_secret else {}
+            answer = client.post(f"{lua.PURCHASE_PATH}", json={"userId": user}, headers=headers)
             if answer.status_code not in (201, 409):
                 raise RuntimeError(f"selling out: {answer.status_code} {answer.text}")
 
@@ -111,10 +133,10 @@ def run_configuration(workers: int | None, admin_url: str, redis_url: str, optio
     results = []
     sold_out = Backend(admin_url, redis_url).create(stock=100)
     try:
-        server = BenchServer.start(sold_out, workers, log_dir)
+        server = BenchServer.start(sold_out, workers, log_dir, options.auth_secret)
         try:
             results.append(measure("healthz", count, server, HEALTHZ, lua.GET, options))
-            sell_out(server.url, 100)
+            sell_out(server.url, 100, options.auth_secret)
             results.append(measure("purchase after sell-out", count, server, "", lua.PURCHASE,
                                    options))
             results.append(measure("status read", count, server, "", lua.STATUS, options))
@@ -125,7 +147,7 @@ def run_configuration(workers: int | None, admin_url: str, redis_url: str, optio
     # The largest stock a sale may hold: it cannot run out while measured.
     on_sale = Backend(admin_url, redis_url).create(stock=10_000_000)
     try:
-        server = BenchServer.start(on_sale, workers, log_dir)
+        server = BenchServer.start(on_sale, workers, log_dir, options.auth_secret)
         try:
             results.insert(1, measure("purchase during the sale", count, server, "",
                                       lua.PURCHASE, options))

@@ -143,8 +143,8 @@ class BenchServer:
 
     @classmethod
     def start(cls, backend: Backend, workers: int | None, log_dir: Path,
-              timeout_s: float = 60.0) -> BenchServer:
-        """Start the server and wait until it is ready to sell."""
+              auth_secret: str | None = None, timeout_s: float = 60.0) -> BenchServer:
+        """Start the server and wait until it is ready to sell (authenticating with a secret)."""
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHFLOW_")}
         # One machine plays the whole crowd from one address: the per-address rate limit
@@ -152,6 +152,8 @@ class BenchServer:
         env.update(FLASHFLOW_DATABASE_URL=backend.database_url,
                    FLASHFLOW_REDIS_URL=backend.redis_url, FLASHFLOW_KEY_PREFIX=backend.key_prefix,
                    FLASHFLOW_LOG_LEVEL="WARNING", FLASHFLOW_RATE_LIMIT_ENABLED="false")
+        if auth_secret is not None:
+            env["FLASHFLOW_AUTH_JWT_SECRET"] = auth_secret
         command = [sys.executable, "-m", "flashflow.cli", "serve", "--port", str(port)]
         if workers is not None:
             command += ["--workers", str(workers)]
