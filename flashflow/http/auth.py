@@ -18,7 +18,7 @@ from actors.errors import Forbidden, InvalidInput, Unauthorized
 from ..settings import Settings
 from ..tokens import TokenVerifier, load_verifier
 from . import validation
-from .proxies import client_address_from
+from .proxies import Network, client_address_from
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,7 @@ class Auth:
     """What the HTTP front checks about who is asking, built once from the settings."""
 
     verifier: TokenVerifier | None
-    trusted_proxies: tuple
+    trusted_proxies: tuple[Network, ...]
     metrics_token: str | None
 
     @classmethod

@@ -46,7 +46,7 @@ async def test_json_with_any_charset_is_read(settings):
 
 @pytest.mark.parametrize("size", [100 * 1024, DRAIN_MAX_BYTES - 1024], ids=["100KB", "1MB"])
 async def test_an_oversized_body_gets_its_413_and_the_connection_carries_on(settings, size):
-    """A body over the limit is a complete 413 envelope; the next request on the connection works."""
+    """A body over the limit gets a complete 413; the next request on its connection works."""
     await make_sale(settings.database_url, stock=5)
 
     def two_requests(base_url: str) -> tuple[httpx.Response, httpx.Response]:

@@ -46,8 +46,8 @@ def fuzz_target(request, services, template_database, tmp_path_factory):
     asyncio.run(_sale(url))
     env = {"FLASHFLOW_AUTH_JWT_SECRET": SECRET} if request.param else {}
     server = spawn_server(settings, tmp_path_factory.mktemp("fuzz"), **env)
-    headers = ({"Authorization": f"Bearer {mint(replace(settings, auth_jwt_secret=SECRET), 'fuzzer')}"}
-               if request.param else {})
+    token = mint(replace(settings, auth_jwt_secret=SECRET), "fuzzer") if request.param else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         yield server, headers
     finally:

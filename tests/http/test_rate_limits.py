@@ -88,7 +88,7 @@ async def test_a_request_the_address_refuses_spends_no_user_token(settings):
 
 
 async def test_status_reads_are_limited_and_a_user_refusal_spends_no_address_token(settings):
-    """Status reads spend tokens like purchases; one the user bucket refuses spends no address token."""
+    """Status reads spend tokens; one refused by the user's bucket spends no address token."""
     settings = replace(settings, rate_address_per_s=0.01, rate_address_burst=2,
                        rate_user_per_s=0.01, rate_user_burst=1)
     await make_sale(settings.database_url, stock=10)
