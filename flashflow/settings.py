@@ -160,6 +160,10 @@ class Settings:
             raise SettingsError(f"FLASHFLOW_AUTH_JWT_SECRET must be at least "
                                 f"{MIN_SECRET_BYTES} bytes")
 
+    def to_env(self) -> dict[str, str]:
+        """Every field as the ``FLASHFLOW_*`` variable that :meth:`from_env` reads back."""
+        return {PREFIX + f.name.upper(): _env_text(getattr(self, f.name)) for f in fields(self)}
+
     @property
     def auth_enabled(self) -> bool:
         """Whether buyers must present a bearer token."""
@@ -184,6 +188,16 @@ class Settings:
                     raise SettingsError(f"{name}={environ[name]!r}: {exc}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _env_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
+    return str(value)
 
 
 def _kind(name: str, annotation: Any) -> str:

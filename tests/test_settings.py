@@ -148,3 +148,15 @@ def test_malformed_auth_settings_name_the_variable(env, needle):
     """A bad proxy list, origin, leeway or secret, or two keys at once, is a SettingsError."""
     with pytest.raises(SettingsError, match=needle):
         Settings.from_env(env)
+
+
+def test_to_env_round_trips_through_from_env(tmp_path):
+    """Settings written out as FLASHFLOW_* variables read back equal, unset and tuples too."""
+    import ipaddress
+
+    settings = Settings(database_url="postgresql://u@db/ff", data_dir=tmp_path,
+                        auth_jwt_secret="s" * 32, auth_jwt_leeway_s=0.0,
+                        trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),),
+                        cors_origins=("https://a.example", "https://b.example"))
+    assert Settings.from_env(settings.to_env()) == settings
+    assert Settings.from_env(Settings().to_env()) == Settings()
