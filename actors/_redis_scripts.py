@@ -174,28 +174,36 @@ out[4] = redis.call('ZCARD', KEYS[3])
 return out
 """
 
-# Token buckets. KEYS: one bucket per key. ARGV: rate per second, burst, for each key.
-# Returns, per key, 0 when a token was taken, else the milliseconds until one is due.
+# Token buckets, taken two by two: KEYS are (user, address) buckets in pairs; ARGV: rate per
+# second, burst, for each key. A pair's tokens are taken together or not at all, so a request
+# that one bucket refuses spends nothing from the other.
+# Returns, per key, 0 when its bucket had a token, else the milliseconds until one is due.
 TAKE_TOKENS = """
 redis.replicate_commands()
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local out = {}
-for i = 1, #KEYS do
-  local rate = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
-  local bucket = redis.call('HMGET', KEYS[i], 'tokens', 'ts')
-  local tokens = tonumber(bucket[1]) or burst
-  local ts = tonumber(bucket[2]) or now
-  tokens = math.min(burst, tokens + math.max(now - ts, 0) * rate / 1000)
-  if tokens >= 1 then
-    tokens = tokens - 1
-    out[i] = 0
-  else
-    out[i] = math.ceil((1 - tokens) * 1000 / rate)
+for i = 1, #KEYS, 2 do
+  local tokens, granted = {}, true
+  for j = i, i + 1 do
+    local rate, burst = tonumber(ARGV[2 * j - 1]), tonumber(ARGV[2 * j])
+    local bucket = redis.call('HMGET', KEYS[j], 'tokens', 'ts')
+    local level = tonumber(bucket[1]) or burst
+    local ts = tonumber(bucket[2]) or now
+    tokens[j] = math.min(burst, level + math.max(now - ts, 0) * rate / 1000)
+    if tokens[j] < 1 then granted = false end
   end
-  redis.call('HSET', KEYS[i], 'tokens', tostring(tokens), 'ts', now)
-  redis.call('PEXPIRE', KEYS[i], math.ceil(burst * 1000 / rate) + 1000)
+  for j = i, i + 1 do
+    local rate, burst = tonumber(ARGV[2 * j - 1]), tonumber(ARGV[2 * j])
+    if tokens[j] < 1 then
+      out[j] = math.ceil((1 - tokens[j]) * 1000 / rate)
+    else
+      out[j] = 0
+      if granted then tokens[j] = tokens[j] - 1 end
+    end
+    redis.call('HSET', KEYS[j], 'tokens', tostring(tokens[j]), 'ts', now)
+    redis.call('PEXPIRE', KEYS[j], math.ceil(burst * 1000 / rate) + 1000)
+  end
 end
 return out
 """

@@ -28,6 +28,33 @@ class PayloadTooLarge(FlashFlowError):
     """Raised when a request body is larger than the configured limit."""
 
 
+class UnsupportedMediaType(FlashFlowError):
+    """Raised when a request body is not ``application/json``; nothing is read or written."""
+
+    def __init__(self, message: str = "The request body must be application/json.") -> None:
+        super().__init__(message)
+
+
+class Unauthorized(FlashFlowError):
+    """Raised when a request needs a valid bearer token and carries none (a buyer's token
+    when authentication is on, the operators' token on the admin API).
+
+    ``challenge`` is the ``WWW-Authenticate`` value to answer with (RFC 6750).
+    """
+
+    def __init__(self, message: str = "A valid bearer token is required.", *,
+                 challenge: str = 'Bearer error="invalid_token"') -> None:
+        super().__init__(message)
+        self.challenge = challenge
+
+
+class Forbidden(FlashFlowError):
+    """Raised when an authenticated buyer names another user than the token's subject."""
+
+    def __init__(self, message: str = "The userId does not match the signed-in user.") -> None:
+        super().__init__(message)
+
+
 class SaleNotFound(FlashFlowError):
     """Raised when there is no current sale (none scheduled, or an unknown id)."""
 
@@ -58,13 +85,6 @@ class StockBelowSold(FlashFlowError):
     def __init__(self, sold: int) -> None:
         self.sold = sold
         super().__init__(f"The stock cannot be set below the {sold} units already sold.")
-
-
-class Unauthorized(FlashFlowError):
-    """Raised when an admin request carries no valid bearer token."""
-
-    def __init__(self, message: str = "A valid admin bearer token is required.") -> None:
-        super().__init__(message)
 
 
 class SoldOut(FlashFlowError):
@@ -139,6 +159,7 @@ __all__ = [
     "AlreadyPurchased",
     "BackendUnavailable",
     "FlashFlowError",
+    "Forbidden",
     "InvalidInput",
     "LedgerUnreachable",
     "Overloaded",
@@ -152,4 +173,5 @@ __all__ = [
     "StockBelowSold",
     "Unauthorized",
     "Undecided",
+    "UnsupportedMediaType",
 ]

@@ -1,8 +1,9 @@
 """The rate-limiter actor: token buckets in Redis, shared by every worker and host.
 
-Each purchase attempt that would reach Redis or PostgreSQL takes a token from its user's
-bucket and from its client address's bucket. Checks are batched like the gate's: a burst
-of N attempts costs one Lua call and one trio-asyncio crossing.
+Each purchase attempt or status read that would reach Redis or PostgreSQL takes a token
+from its user's bucket and one from its client address's bucket, both or neither: a request
+refused by one bucket spends nothing from the other. Checks are batched like the gate's: a
+burst of N attempts costs one Lua call and one trio-asyncio crossing.
 """
 
 from __future__ import annotations
@@ -69,10 +70,11 @@ class RateLimiter:
         self._limited = 0
 
     async def check(self, user_id: str, address: str) -> None:
-        """Spend a token for ``user_id`` and one for ``address``.
+        """Spend a token for ``user_id`` and one for ``address``, or neither.
 
         Raises:
-            RateLimited: either bucket is empty; carries the seconds until a token is due.
+            RateLimited: either bucket is empty (then neither is spent); carries the seconds
+                until both have a token.
             Overloaded, BackendUnavailable.
         """
         request = Take(user_id, address, Slot())

@@ -137,13 +137,22 @@ class UserSerializer:
             await self._limiter.check(user_id, address)
         return await self.purchase(sale, user_id), sale
 
-    async def status(self, user_id: str,
-                     sale_id: uuid.UUID | None = None) -> tuple[Sale, Purchase | None]:
-        """The user's committed purchase in a sale (the current one by default), or None."""
+    async def status(self, user_id: str, sale_id: uuid.UUID | None = None, *,
+                     address: str | None = None) -> tuple[Sale, Purchase | None]:
+        """The user's committed purchase in a sale (the current one by default), or None.
+
+        A purchase this process committed is answered from memory; anything else is read
+        from the ledger, and spends rate-limit tokens (for ``address``) like a purchase.
+
+        Raises:
+            SaleNotFound, RateLimited, Overloaded, BackendUnavailable.
+        """
         sale = self.sale(sale_id)
         known = self.known_purchase(sale.id, user_id)
         if known is not None:
             return sale, known
+        if self._limiter is not None and address is not None:
+            await self._limiter.check(user_id, address)
         return sale, await self._ledger.find_purchase(sale.id, user_id)
 
     # -- the purchase -----------------------------------------------------------------

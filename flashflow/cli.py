@@ -200,6 +200,26 @@ def sale_watch(url: str, max_events: int | None, timeout_s: float | None) -> Non
 
 
 @main.command()
+@click.argument("user")
+@click.option("--ttl", "ttl_s", type=click.IntRange(min=1), default=3600, show_default=True,
+              help="Seconds until the token expires.")
+def token(user: str, ttl_s: int) -> None:
+    """Print a bearer token for USER, signed with FLASHFLOW_AUTH_JWT_SECRET (HS256)."""
+    from actors.errors import InvalidInput
+
+    from .http.validation import user_id
+    from .tokens import mint
+
+    settings = _settings()
+    try:
+        click.echo(mint(settings, user_id(user), ttl_s))
+    except InvalidInput as exc:
+        raise click.BadParameter(exc.message, param_hint="USER") from None
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@main.command()
 @server_options
 @click.pass_obj
 def serve(settings: Settings, host: str | None, port: int | None, database_url: str | None,
@@ -247,7 +267,21 @@ def _announce(binds: list[str]) -> None:
     click.echo("press Ctrl-C to stop")
 
 
+def _check_auth(settings: Settings) -> None:
+    """Fail early on an unusable token key; warn once when buyers are not authenticated."""
+    from .tokens import load_verifier
+
+    try:
+        verifier = load_verifier(settings)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    if verifier is None:
+        log.warning("buyers are not authenticated: any request may buy in any userId's name "
+                    "(set FLASHFLOW_AUTH_JWT_SECRET or FLASHFLOW_AUTH_JWT_PUBLIC_KEY_FILE)")
+
+
 def _serve(settings: Settings) -> None:
+    _check_auth(settings)
     if settings.workers > 1:
         from .supervisor import supervise
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
-from quart import Response, g, request
+from quart import Request, Response, g, request
 from quart_trio import QuartTrio
 
 from .actor_metrics import ACTOR_METRICS, SALE_METRICS, ActorCollector, read_sale
@@ -106,8 +106,12 @@ async def purchase_outcome(response: Response) -> str:
         return f"HTTP_{response.status_code}"
 
 
-def install_metrics(app: QuartTrio, runtime: Runtime) -> None:
-    """Register ``GET /metrics`` and the request hooks that count and time every request."""
+def install_metrics(app: QuartTrio, runtime: Runtime,
+                    check: Callable[[Request], None] = lambda request: None) -> None:
+    """Register ``GET /metrics`` and the request hooks that count and time every request.
+
+    ``check`` runs before each scrape and raises to refuse it (the metrics token).
+    """
     directory = runtime.settings.metrics_dir  # PROMETHEUS_MULTIPROC_DIR, or one process
     if directory is not None:
         os.makedirs(directory, exist_ok=True)
@@ -136,6 +140,7 @@ def install_metrics(app: QuartTrio, runtime: Runtime) -> None:
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
+        check(request)
         actors.sale = await read_sale(runtime)
         # No await between setting the sale and rendering: no other task can interleave.
         return Response(generate_latest(registry), content_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -52,6 +52,63 @@ def finish_responses_shielded(app: Any, timeout_s: float) -> Any:
     return shielded
 
 
+#: An answer given before its request's body arrived waits for the rest, up to this many
+#: bytes and seconds, so the client reads it and can reuse the connection; past either
+#: bound the answer says ``Connection: close``.
+DRAIN_MAX_BYTES = 1 << 20
+DRAIN_TIMEOUT_S = 5.0
+
+
+def drain_unread_bodies(app: Any, max_bytes: int = DRAIN_MAX_BYTES,
+                        timeout_s: float = DRAIN_TIMEOUT_S) -> Any:
+    """Wrap an ASGI app so that an early answer (a 413, say) is sent after the request body.
+
+    Hypercorn closes a connection whose request body was not read to its end once the answer
+    is sent. A client still sending its body then gets a reset instead of the answer
+    ("Server disconnected without sending a response"). Quart keeps receiving (and
+    discarding) the body while the answer is pending, so holding the answer's start until
+    the body is in lets both ends finish the exchange cleanly.
+    """
+
+    async def drained(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        complete, settled = trio.Event(), trio.Event()
+        received = 0
+
+        async def counting_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    complete.set()
+            else:
+                complete.set()
+            if complete.is_set() or received > max_bytes:
+                settled.set()
+            return message
+
+        async def send_after_body(message: dict) -> None:
+            if message["type"] == "http.response.start" and not complete.is_set():
+                with trio.move_on_after(timeout_s):
+                    await settled.wait()
+                if not complete.is_set():
+                    message = {**message,
+                               "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await app(scope, counting_receive, send_after_body)
+
+    return drained
+
+
+def asgi_app(app: Any, settings: Settings) -> Any:
+    """The application as Hypercorn serves it, with the wrappers above."""
+    return finish_responses_shielded(drain_unread_bodies(app), settings.graceful_timeout_s)
+
+
 async def serve(settings: Settings, *, binds: list[str] | None = None,
                 shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -68,8 +125,7 @@ async def serve(settings: Settings, *, binds: list[str] | None = None,
             await (shutdown_trigger or trio.sleep_forever)()
             runtime.feed.close_streams()
 
-        await hypercorn_serve(finish_responses_shielded(app, settings.graceful_timeout_s),
-                              hypercorn_config(settings, binds),
+        await hypercorn_serve(asgi_app(app, settings), hypercorn_config(settings, binds),
                               shutdown_trigger=stop_then_end_streams, task_status=task_status)
 
 

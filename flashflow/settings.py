@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields, replace
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, Self
 
@@ -78,6 +80,43 @@ def _bool(raw: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def _optional_str(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _optional_path(raw: str) -> Path | None:
+    return Path(raw.strip()).expanduser() if raw.strip() else None
+
+
+def _seconds(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0:
+        raise ValueError("must be a number of seconds, 0 or more")
+    return value
+
+
+def _items(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _networks(raw: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(item, strict=False) for item in _items(raw))
+    except ValueError as exc:
+        raise ValueError(f"must be comma-separated addresses or CIDRs ({exc})") from None
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(item.rstrip("/") for item in _items(raw))
+    for origin in origins:
+        if "://" not in origin or origin.count("/") != 2:
+            raise ValueError(f"{origin!r} is not an origin such as https://shop.example")
+    return origins
+
+
+#: Shortest HS256 secret accepted: the size of the hash output (RFC 7518, section 3.2).
+MIN_SECRET_BYTES = 32
+
 _CASTS: dict[str, Callable[[str], Any]] = {
     "int": _positive_int,
     "count": _count,
@@ -87,9 +126,12 @@ _CASTS: dict[str, Callable[[str], Any]] = {
     "redis_url": _optional_redis_url,
     "bool": _bool,
     "str": str,
-    "optional_str": lambda raw: raw.strip() or None,
+    "optional_str": _optional_str,
     "path": lambda raw: Path(raw).expanduser(),
     "optional_path": _optional_path,
+    "seconds": _seconds,
+    "networks": _networks,
+    "origins": _origins,
 }
 
 
@@ -141,6 +183,28 @@ class Settings:
     #: The bearer token of the admin API; unset (or empty), the admin API is off (404).
     admin_token: str | None = field(default=None, repr=False)
     metrics_dir: Path | None = field(default=None, metadata={"env": METRICS_DIR_VARIABLE})
+    auth_jwt_secret: str | None = field(default=None, repr=False)
+    auth_jwt_public_key_file: Path | None = None
+    auth_jwt_issuer: str | None = None
+    auth_jwt_audience: str | None = None
+    auth_jwt_leeway_s: float = 30.0
+    metrics_token: str | None = field(default=None, repr=False)
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.auth_jwt_secret is not None and self.auth_jwt_public_key_file is not None:
+            raise SettingsError("set FLASHFLOW_AUTH_JWT_SECRET or "
+                                "FLASHFLOW_AUTH_JWT_PUBLIC_KEY_FILE, not both")
+        if (self.auth_jwt_secret is not None
+                and len(self.auth_jwt_secret.encode()) < MIN_SECRET_BYTES):
+            raise SettingsError(f"FLASHFLOW_AUTH_JWT_SECRET must be at least "
+                                f"{MIN_SECRET_BYTES} bytes")
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether buyers must present a bearer token."""
+        return self.auth_jwt_secret is not None or self.auth_jwt_public_key_file is not None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -191,6 +255,8 @@ def _render(value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
     return str(value)
 
 
@@ -202,6 +268,12 @@ def _kind(name: str, annotation: Any) -> str:
         return "url"
     if name == "port":
         return "port"
+    if name == "trusted_proxies":
+        return "networks"
+    if name == "cors_origins":
+        return "origins"
+    if name.endswith("_leeway_s"):
+        return "seconds"
     if text.startswith("Path"):
         return "optional_path" if "None" in text else "path"
     for kind in ("bool", "int", "float"):

@@ -8,11 +8,13 @@ web UI to watch it::
 Buyers take user ids at random from a pool larger than the stock, press Buy several times
 at once (like a double-clicking crowd on flaky mobile networks), then read their purchase
 status. Watchers only refresh the sale. Every response is recorded for the verifier when
-``--record-dir`` is set.
+``--record-dir`` is set. With ``FLASHFLOW_AUTH_JWT_SECRET`` in the environment (and the
+server holding the same secret), buyers send a token minted for their user id.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
@@ -22,8 +24,13 @@ from typing import Any
 import gevent.pool
 from locust import FastHttpUser, LoadTestShape, between, events, task
 
+from flashflow.settings import Settings
+from flashflow.tokens import mint
 from loadtests.records import PURCHASE, STATUS, WATCH, Record, RecordWriter
 from loadtests.shape import Stages
+
+#: The server's token settings, read from the same FLASHFLOW_* variables it reads.
+AUTH = Settings.from_env()
 
 CURRENT = "/api/v1/flash-sales/current"
 BUY = f"{CURRENT}/purchase"
@@ -78,6 +85,14 @@ def flush_records(environment: Any, **_: Any) -> None:
         writer.flush()
 
 
+@functools.lru_cache(maxsize=100_000)
+def auth_headers(user: str) -> dict[str, str]:
+    """The Authorization header for ``user`` when auth is on, else none."""
+    if AUTH.auth_jwt_secret is None:
+        return {}
+    return {"Authorization": f"Bearer {mint(AUTH, user, ttl_s=4 * 3600)}"}
+
+
 def _body(response: Any) -> dict[str, Any]:
     try:
         body = json.loads(response.content or b"{}")
@@ -127,9 +142,10 @@ class Buyer(_Recording):
         attempts = gevent.pool.Group()
         for _ in range(max(options.attempts, 1)):
             attempts.spawn(self._call, PURCHASE, "POST", BUY, user, {201, 409, 429},
-                           json={"userId": user})
+                           json={"userId": user}, headers=auth_headers(user))
         attempts.join()
-        self._call(STATUS, "GET", f"{BUY}?userId={user}", user, {200})
+        self._call(STATUS, "GET", f"{BUY}?userId={user}", user, {200, 429},
+                   headers=auth_headers(user))
 
 
 class Watcher(_Recording):

@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--records", type=Path, help="Where clients record responses (default: temp).")
     p.add_argument("--json", type=Path, help="Also write the summary as JSON here.")
     p.add_argument("--web", action="store_true", help="Show locust's web UI while it runs.")
+    p.add_argument("--auth-secret", default=env("FLASHFLOW_AUTH_JWT_SECRET"),
+                   help="The server's HS256 secret: buyers send tokens minted with it (an "
+                        "embedded server is started with it) [FLASHFLOW_AUTH_JWT_SECRET].")
     p.add_argument("--settle-s", type=float, default=1.0,
                    help="Pause between the last response and reading the backends.")
     return p.parse_args(argv)
@@ -158,6 +161,9 @@ def _interrupt(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run, verify, print the summary; return the exit status."""
     args = parse_args(argv)
+    if args.auth_secret:
+        # The embedded server and the locust processes read it from their environment.
+        os.environ["FLASHFLOW_AUTH_JWT_SECRET"] = args.auth_secret
     # SIGTERM unwinds like Ctrl-C, so the children below are stopped on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
     with ExitStack() as stack:

@@ -62,7 +62,9 @@ def start_embedded(data_dir: Path, key_prefix: str, timeout_s: float = 90.0) -> 
     # it away with 429, unless the caller asks for it explicitly.
     env.update(FLASHFLOW_KEY_PREFIX=key_prefix, FLASHFLOW_LOG_LEVEL="WARNING",
                FLASHFLOW_RATE_LIMIT_ENABLED="false")
-    for name in ("FLASHFLOW_DATABASE_URL", "FLASHFLOW_REDIS_URL", "FLASHFLOW_RATE_LIMIT_ENABLED"):
+    for name in ("FLASHFLOW_DATABASE_URL", "FLASHFLOW_REDIS_URL", "FLASHFLOW_RATE_LIMIT_ENABLED",
+                 "FLASHFLOW_AUTH_JWT_SECRET", "FLASHFLOW_AUTH_JWT_ISSUER",
+                 "FLASHFLOW_AUTH_JWT_AUDIENCE"):
         if os.environ.get(name):
             env[name] = os.environ[name]
     process = subprocess.Popen(

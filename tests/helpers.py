@@ -27,7 +27,7 @@ from flashflow.database import run_on_connection
 from flashflow.http import create_app
 from flashflow.processes import stop_process
 from flashflow.runtime import Runtime, open_runtime
-from flashflow.server import finish_responses_shielded, hypercorn_config
+from flashflow.server import asgi_app, hypercorn_config
 from flashflow.settings import Settings
 
 run_pg = run_on_connection
@@ -94,8 +94,7 @@ async def live_server(settings: Settings, **runtime_kwargs: Any) -> AsyncIterato
         app = create_app(runtime)
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(
-                hypercorn_serve, finish_responses_shielded(app, settings.graceful_timeout_s),
-                hypercorn_config(settings))
+                hypercorn_serve, asgi_app(app, settings), hypercorn_config(settings))
             base_url = binds[0]
             limits = httpx.Limits(max_connections=500, max_keepalive_connections=500)
             async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:

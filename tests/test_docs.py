@@ -40,6 +40,8 @@ def default_text(f: Field) -> str:
     value = f.default
     if value is None:
         return "unset"
+    if value == ():
+        return "none"
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)

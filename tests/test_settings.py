@@ -199,3 +199,45 @@ def test_an_empty_admin_token_turns_the_admin_api_off():
     assert Settings.from_env({"FLASHFLOW_ADMIN_TOKEN": "abc"}).admin_token == "abc"
     assert Settings.from_env({"FLASHFLOW_ADMIN_TOKEN": "  "}).admin_token is None
     assert "abc" not in repr(Settings(admin_token="abc")), "the token never reaches a log"
+def test_auth_and_proxy_settings_are_parsed():
+    """Token keys, trusted proxies (addresses and CIDRs) and CORS origins are read and typed."""
+    import ipaddress
+
+    settings = Settings.from_env({
+        "FLASHFLOW_AUTH_JWT_SECRET": "s" * 32, "FLASHFLOW_AUTH_JWT_ISSUER": " ",
+        "FLASHFLOW_AUTH_JWT_AUDIENCE": "shop", "FLASHFLOW_AUTH_JWT_LEEWAY_S": "0",
+        "FLASHFLOW_TRUSTED_PROXIES": "10.0.0.1, 172.16.0.0/12,2001:db8::/32",
+        "FLASHFLOW_CORS_ORIGINS": "https://shop.example/, http://localhost:3000",
+    })
+    assert settings.auth_enabled and settings.auth_jwt_issuer is None
+    assert settings.auth_jwt_audience == "shop" and settings.auth_jwt_leeway_s == 0
+    assert settings.trusted_proxies == tuple(ipaddress.ip_network(n) for n in (
+        "10.0.0.1/32", "172.16.0.0/12", "2001:db8::/32"))
+    assert settings.cors_origins == ("https://shop.example", "http://localhost:3000")
+    assert "s" * 32 not in repr(settings)
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"FLASHFLOW_TRUSTED_PROXIES": "10.0.0.0/8, proxy.internal"}, "FLASHFLOW_TRUSTED_PROXIES"),
+    ({"FLASHFLOW_CORS_ORIGINS": "shop.example"}, "FLASHFLOW_CORS_ORIGINS"),
+    ({"FLASHFLOW_AUTH_JWT_LEEWAY_S": "-1"}, "FLASHFLOW_AUTH_JWT_LEEWAY_S"),
+    ({"FLASHFLOW_AUTH_JWT_SECRET": "short"}, "at least 32 bytes"),
+    ({"FLASHFLOW_AUTH_JWT_SECRET": "s" * 32, "FLASHFLOW_AUTH_JWT_PUBLIC_KEY_FILE": "/k.pem"},
+     "not both"),
+])
+def test_malformed_auth_settings_name_the_variable(env, needle):
+    """A bad proxy list, origin, leeway or secret, or two keys at once, is a SettingsError."""
+    with pytest.raises(SettingsError, match=needle):
+        Settings.from_env(env)
+
+
+def test_to_env_round_trips_auth_and_proxy_settings(tmp_path):
+    """Settings written out as FLASHFLOW_* variables read back equal, unset and tuples too."""
+    import ipaddress
+
+    settings = Settings(database_url="postgresql://u@db/ff", data_dir=tmp_path,
+                        auth_jwt_secret="s" * 32, auth_jwt_leeway_s=0.0,
+                        trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),),
+                        cors_origins=("https://a.example", "https://b.example"))
+    assert Settings.from_env(settings.to_env()) == settings
+    assert Settings.from_env(Settings().to_env()) == Settings()

@@ -37,7 +37,8 @@ def require_admin(request: Request, settings: Settings) -> None:
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
                                                              expected.encode()):
-        raise Unauthorized()
+        raise Unauthorized("A valid admin bearer token is required.",
+                           challenge='Bearer realm="flashflow-admin"')
 
 
 def install_admin(app: QuartTrio, runtime: Runtime) -> None:

@@ -15,6 +15,7 @@ from quart_schema import (
     RequestSchemaValidationError,
     document_request,
     document_response,
+    security_scheme,
     validate_querystring,
 )
 from quart_trio import QuartTrio
@@ -28,19 +29,25 @@ from actors import (
     Sale,
     SaleStatus,
 )
+from actors.errors import UnsupportedMediaType
 
 from ..metrics import install_metrics
 from ..runtime import Runtime
 from . import errors
 from .admin import install_admin
+from .auth import Auth
+from .cors import install_cors
 from .page import install_page
 from .schema import (
+    BEARER,
     ErrorEnvelope,
     PurchaseEnvelope,
     PurchaseRequest,
     PurchaseStatusEnvelope,
     SaleEnvelope,
     SaleListEnvelope,
+    SignedInPurchaseRequest,
+    SignedInStatusQuery,
     StatusQuery,
     install_schema,
     validation_message,
@@ -116,13 +123,23 @@ class JsonRequest(TrioRequest):
 
 
 def create_app(runtime: Runtime) -> QuartTrio:
-    """Build the HTTP application around a running actor tree."""
+    """Build the HTTP application around a running actor tree.
+
+    Raises:
+        SettingsError: the token key named by the settings cannot be used.
+    """
     settings = runtime.settings
+    auth = Auth.from_settings(settings)
     app = QuartTrio(__name__, static_folder=None)
     app.request_class = JsonRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
-    install_schema(app)
+    signed_in = auth.verifier is not None
+    install_schema(app, signed_in)
+    # With a token key, a body or query may leave userId out: the token names the buyer.
+    body_model = SignedInPurchaseRequest if signed_in else PurchaseRequest
+    query_model = SignedInStatusQuery if signed_in else StatusQuery
+    requires = security_scheme(BEARER) if signed_in else (lambda route: route)
 
     @app.get(SALES)
     @document_response(SaleListEnvelope, 200)
@@ -146,20 +163,21 @@ def create_app(runtime: Runtime) -> QuartTrio:
 
     @app.post(f"{API}/purchase", **current)
     @app.post(f"{BY_ID}/purchase")
-    @document_request(PurchaseRequest)
+    @requires
+    @document_request(body_model)
     @document_response(PurchaseEnvelope, 201)
     @document_response(ErrorEnvelope, 409)
     async def purchase(sale_id: str | None) -> Response:
         # The hot path of a stampede: the model validates the raw bytes in one pass, and
         # expected refusals are answered here rather than raised through Quart's handlers.
         try:
-            body = PurchaseRequest.model_validate_json(await request.get_data(cache=False))
+            body = body_model.model_validate_json(await request.get_data(cache=False))
         except ValidationError as exc:
             g.purchase_outcome = "VALIDATION_ERROR"
             return errors.error_response(400, "VALIDATION_ERROR", validation_message(exc))
         try:
-            bought, sale = await runtime.serializer.buy(body.userId,
-                                                        request.remote_addr or "unknown",
+            bought, sale = await runtime.serializer.buy(auth.identify(request, body.userId),
+                                                        auth.client_address(request),
                                                         parse_sale_id(sale_id))
         except FlashFlowError as exc:
             response, g.purchase_outcome = errors.for_error_with_code(exc, settings.retry_after_s)
@@ -169,10 +187,14 @@ def create_app(runtime: Runtime) -> QuartTrio:
 
     @app.get(f"{API}/purchase", **current)
     @app.get(f"{BY_ID}/purchase")
-    @validate_querystring(StatusQuery)
+    @requires
+    @validate_querystring(query_model)
     @document_response(PurchaseStatusEnvelope, 200)
-    async def purchase_status(sale_id: str | None, query_args: StatusQuery) -> Response:
-        _, found = await runtime.serializer.status(query_args.userId, parse_sale_id(sale_id))
+    async def purchase_status(sale_id: str | None,
+                              query_args: StatusQuery | SignedInStatusQuery) -> Response:
+        _, found = await runtime.serializer.status(auth.identify(request, query_args.userId),
+                                                   parse_sale_id(sale_id),
+                                                   address=auth.client_address(request))
         if found is None:
             return envelope({"purchased": False})
         return envelope({"purchased": True, "purchaseId": str(found.id),
@@ -187,6 +209,14 @@ def create_app(runtime: Runtime) -> QuartTrio:
         checks = await readiness(runtime)
         status = 200 if all(checks.values()) else 503
         return envelope({"ready": status == 200, "checks": checks}, status=status)
+
+    @app.before_request
+    async def require_json_bodies() -> None:
+        # A form or text/plain POST needs no CORS preflight, so a cross-site page could
+        # send one: only application/json (any charset) is read.
+        if (request.method == "POST" and request.url_rule is not None
+                and request.mimetype != "application/json"):
+            raise UnsupportedMediaType()
 
     @app.errorhandler(FlashFlowError)
     async def on_flashflow_error(error: FlashFlowError) -> Response:
@@ -206,7 +236,8 @@ def create_app(runtime: Runtime) -> QuartTrio:
         log.exception("unexpected error", exc_info=error)
         return errors.internal_error()
 
-    install_metrics(app, runtime)
+    install_metrics(app, runtime, auth.check_metrics)
+    install_cors(app, settings.cors_origins)
     install_sse(app, runtime)
     install_admin(app, runtime)
     install_page(app)

@@ -17,6 +17,7 @@ from actors.errors import (
     AlreadyPurchased,
     BackendUnavailable,
     FlashFlowError,
+    Forbidden,
     InvalidInput,
     Overloaded,
     PayloadTooLarge,
@@ -29,6 +30,7 @@ from actors.errors import (
     StockBelowSold,
     Unauthorized,
     Undecided,
+    UnsupportedMediaType,
 )
 
 log = logging.getLogger("flashflow.http")
@@ -37,6 +39,7 @@ log = logging.getLogger("flashflow.http")
 ERROR_TABLE: dict[type[FlashFlowError], tuple[int, str, bool]] = {
     InvalidInput: (400, "VALIDATION_ERROR", False),
     Unauthorized: (401, "UNAUTHORIZED", False),
+    Forbidden: (403, "FORBIDDEN", False),
     SaleNotFound: (404, "SALE_NOT_FOUND", False),
     SaleNotActive: (409, "SALE_NOT_ACTIVE", False),
     SoldOut: (409, "SOLD_OUT", False),
@@ -44,6 +47,7 @@ ERROR_TABLE: dict[type[FlashFlowError], tuple[int, str, bool]] = {
     SaleStarted: (409, "SALE_STARTED", False),
     StockBelowSold: (409, "STOCK_BELOW_SOLD", False),
     PayloadTooLarge: (413, "PAYLOAD_TOO_LARGE", False),
+    UnsupportedMediaType: (415, "UNSUPPORTED_MEDIA_TYPE", False),
     RateLimited: (429, "RATE_LIMIT_EXCEEDED", True),
     Overloaded: (503, "UNAVAILABLE", True),
     BackendUnavailable: (503, "UNAVAILABLE", True),
@@ -51,22 +55,19 @@ ERROR_TABLE: dict[type[FlashFlowError], tuple[int, str, bool]] = {
     ShuttingDown: (503, "UNAVAILABLE", True),
 }
 
-#: status -> the challenge a client is sent with it (RFC 6750 for the admin API's tokens)
-CHALLENGES: dict[int, str] = {401: 'Bearer realm="flashflow-admin"'}
-
 #: HTTP errors raised by the framework itself (routing, body limits) -> wire code
 HTTP_CODES: dict[int, str] = {
     400: "VALIDATION_ERROR",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     413: "PAYLOAD_TOO_LARGE",
-    415: "VALIDATION_ERROR",
+    415: "UNSUPPORTED_MEDIA_TYPE",
     431: "BAD_REQUEST",
 }
 
 
 def error_response(status: int, code: str, message: str, *,
-                   retry_after_s: int | None = None) -> Response:
+                   retry_after_s: int | None = None, challenge: str | None = None) -> Response:
     """Build the error envelope with a fresh correlation id, and log it with that id."""
     correlation_id = str(uuid.uuid4())
     body = {
@@ -80,8 +81,8 @@ def error_response(status: int, code: str, message: str, *,
     log.log(level, "%s %s: %s", status, code, message,
             extra={"correlation_id": correlation_id, "error_code": code})
     headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else {}
-    if status in CHALLENGES:
-        headers["WWW-Authenticate"] = CHALLENGES[status]
+    if challenge is not None:
+        headers["WWW-Authenticate"] = challenge
     return Response(json.dumps(body), status=status, headers=headers,
                     content_type="application/json")
 
@@ -98,7 +99,8 @@ def for_error_with_code(error: FlashFlowError, retry_after_s: int) -> tuple[Resp
             status, code, retry = ERROR_TABLE[cls]
             wait_s = getattr(error, "retry_after_s", retry_after_s)
             return error_response(status, code, error.message,
-                                  retry_after_s=wait_s if retry else None), code
+                                  retry_after_s=wait_s if retry else None,
+                                  challenge=getattr(error, "challenge", None)), code
     return internal_error(), "INTERNAL_ERROR"
 
 

@@ -18,6 +18,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from quart_schema import QuartSchema
 from quart_trio import QuartTrio
 
@@ -36,17 +37,22 @@ def _checked(rule):
     return check
 
 
-UserId = Annotated[
-    str,
-    BeforeValidator(_checked(validation.user_id)),
-    WithJsonSchema({
-        "type": "string",
-        "minLength": validation.USER_ID_MIN,
-        "maxLength": validation.USER_ID_MAX,
-        "pattern": r"^\S(.*\S)?$",
-        "description": "3 to 255 characters after trimming, no control characters.",
-    }),
-]
+class _UserIdSchema:
+    """The user id's JSON schema, built when the OpenAPI document is first asked for."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        return {
+            "type": "string",
+            "minLength": validation.USER_ID_MIN,
+            "maxLength": validation.USER_ID_MAX,
+            "pattern": validation.user_id_pattern(),
+            "description": "3 to 255 characters after trimming and NFC normalisation; no "
+                           "character of Unicode categories "
+                           f"{', '.join(validation.REFUSED_CATEGORIES)}.",
+        }
+
+
+UserId = Annotated[str, BeforeValidator(_checked(validation.user_id)), _UserIdSchema()]
 
 
 ProductName = Annotated[
@@ -100,17 +106,36 @@ class SaleUpdate(BaseModel):
 
 
 class PurchaseRequest(BaseModel):
-    """The body of ``POST /purchase``."""
+    """The body of ``POST /purchase`` without authentication: it names the buyer."""
 
     model_config = ConfigDict(extra="ignore")
     userId: UserId
+
+
+class SignedInPurchaseRequest(BaseModel):
+    """The body of ``POST /purchase`` with a bearer token: ``userId``, if sent, is its ``sub``."""
+
+    model_config = ConfigDict(extra="ignore")
+    userId: UserId | SkipJsonSchema[None] = None
 
 
 class StatusQuery(BaseModel):
-    """The query string of ``GET /purchase``."""
+    """The query string of ``GET /purchase`` without authentication."""
 
     model_config = ConfigDict(extra="ignore")
     userId: UserId
+
+
+class SignedInStatusQuery(BaseModel):
+    """The query string of ``GET /purchase`` with a bearer token: ``userId`` is optional."""
+
+    model_config = ConfigDict(extra="ignore")
+    userId: UserId | SkipJsonSchema[None] = None
+
+
+#: The OpenAPI security scheme of the bearer token, and a route's requirement of it.
+BEARER_SCHEME = {"bearer": {"type": "http", "scheme": "bearer", "bearer_format": "JWT"}}
+BEARER = [{"bearer": []}]
 
 
 class SaleOut(BaseModel):
@@ -184,12 +209,13 @@ class ErrorEnvelope(BaseModel):
     error: ErrorDetail
 
 
-def install_schema(app: QuartTrio) -> None:
+def install_schema(app: QuartTrio, signed_in: bool) -> None:
     """Serve the OpenAPI document at ``/openapi.json`` (no UI pages: they load from CDNs)."""
     QuartSchema(
         app,
         info={"title": "Flash Flow", "version": "1"},
         swagger_ui_path=None, redoc_ui_path=None, scalar_ui_path=None,
+        security_schemes=BEARER_SCHEME if signed_in else None,
     )
 
 

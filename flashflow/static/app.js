@@ -8,6 +8,7 @@
   const SALES = "/api/v1/flash-sales";
   const API = `${SALES}/current`;
   const USER_KEY = "flashflow.userId";
+  const TOKEN_KEY = "flashflow.token";
   const $ = (id) => document.getElementById(id);
   const el = {
     live: $("live"), badge: $("badge"), product: $("product"), countdown: $("countdown"),
@@ -15,6 +16,8 @@
     form: $("buy-form"), user: $("user-id"), userError: $("user-id-error"), buy: $("buy"),
     result: $("result"), modal: $("modal"), modalTitle: $("modal-title"),
     modalMessage: $("modal-message"), sales: $("sales"), saleList: $("sale-list"),
+    modalMessage: $("modal-message"), signedIn: $("signed-in"),
+    signedInUser: $("signed-in-user"), signOut: $("sign-out"), userField: $("user-id-field"),
   };
 
   const MODALS = {
@@ -33,6 +36,57 @@
 
   // The routes of the sale on show: by id once known, so a purchase buys what is shown.
   function saleUrl() { return sale ? `${SALES}/${sale.id}` : API; }
+  let token = null;         // the bearer token, when the buyer is signed in
+  let signedInAs = null;    // the token's sub, shown to the buyer (the server checks it)
+
+  // -- signing in ------------------------------------------------------------------
+
+  // The token's payload, unverified: only to show who is signed in. The server verifies.
+  function subjectOf(jwt) {
+    try {
+      const part = jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      const bytes = Uint8Array.from(atob(part), (c) => c.charCodeAt(0));
+      const sub = JSON.parse(new TextDecoder().decode(bytes)).sub;
+      return typeof sub === "string" && sub.trim() ? sub.trim() : null;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  function storeToken(value) {
+    try {
+      if (value) localStorage.setItem(TOKEN_KEY, value); else localStorage.removeItem(TOKEN_KEY);
+    } catch (_) { /* storage may be off */ }
+  }
+
+  // A link ending in #token=... signs the buyer in; the fragment never reaches a server
+  // log, and is taken off the address bar at once.
+  function readToken() {
+    const match = /(?:^#|&)token=([^&]+)/.exec(window.location.hash);
+    if (match) {
+      storeToken(decodeURIComponent(match[1]));
+      history.replaceState(null, "", window.location.pathname + window.location.search);
+    }
+    try { return localStorage.getItem(TOKEN_KEY); } catch (_) { return null; }
+  }
+
+  function signIn(value) {
+    const sub = value ? subjectOf(value) : null;
+    token = sub ? value : null;
+    signedInAs = sub;
+    el.signedIn.hidden = !sub;
+    el.userField.hidden = Boolean(sub);
+    el.signedInUser.textContent = sub || "";
+    if (!sub) storeToken(null);
+  }
+
+  function authHeaders(headers) {
+    return token ? { ...headers, Authorization: `Bearer ${token}` } : headers;
+  }
+
+  function currentUser() {
+    return signedInAs || el.user.value.trim();
+  }
 
   // -- rendering -------------------------------------------------------------------
 
@@ -228,10 +282,11 @@
   async function checkPurchase(userId) {
     if (userId.length < 3) return;
     try {
-      const response = await fetch(`${saleUrl()}/purchase?userId=${encodeURIComponent(userId)}`);
+      const response = await fetch(`${saleUrl()}/purchase?userId=${encodeURIComponent(userId)}`,
+                                   { headers: authHeaders({}) });
       if (!response.ok) return;
       const { data } = await response.json();
-      if (data.purchased && el.user.value.trim() === userId && confirmedFor !== userId) {
+      if (data.purchased && currentUser() === userId && confirmedFor !== userId) {
         showResult(`You bought this. Your purchase id is ${data.purchaseId}.`);
       }
     } catch (_) {
@@ -249,7 +304,7 @@
     try {
       response = await fetch(`${saleUrl()}/purchase`, {
         method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        headers: authHeaders({ "Content-Type": "application/json", Accept: "application/json" }),
         body: JSON.stringify({ userId }),
       });
     } catch (_) {
@@ -264,7 +319,15 @@
       return;
     }
     const error = (body && body.error) || {};
-    if (response.status === 400) {
+    if (response.status === 401) {
+      const wasSignedIn = token !== null;
+      signIn(null);
+      openModal("Please sign in", wasSignedIn
+        ? "Your sign-in is not valid any more; please sign in again."
+        : "This shop sells to signed-in customers: open the sign-in link you were given.");
+    } else if (response.status === 403) {
+      openModal("Not allowed", error.message || "You may only buy for yourself.");
+    } else if (response.status === 400) {
       showUserError(error.message || "Please check your user id.");
     } else if (response.status === 409) {
       openModal(MODALS[error.code] || "Not possible", error.message || "");
@@ -290,7 +353,7 @@
   el.form.addEventListener("submit", async (event) => {
     event.preventDefault();
     if (inFlight) return;
-    const userId = el.user.value.trim();
+    const userId = currentUser();
     if (userId.length < 3) {
       showUserError("Your user id must be at least 3 characters.");
       return;
@@ -320,12 +383,19 @@
     checkTimer = setTimeout(() => checkPurchase(userId), 400);
   });
 
+  el.signOut.addEventListener("click", () => {
+    signIn(null);
+    el.result.hidden = true;
+    el.user.focus();
+  });
+
   let remembered = "";
   try { remembered = localStorage.getItem(USER_KEY) || ""; } catch (_) { remembered = ""; }
   el.user.value = remembered;
+  signIn(readToken());
 
   setInterval(renderStatus, 250);
   setInterval(loadSales, 15000);
-  loadSale().then(() => { checkPurchase(remembered.trim()); loadSales(); });
+  loadSale().then(() => { checkPurchase(currentUser()); loadSales(); });
   connect();
 })();

@@ -50,6 +50,24 @@ class WrkResult:
         return self.requests / self.duration_s if self.duration_s else 0.0
 
 
+def token_files(directory: Path, secret: str, prefix: str, threads: int, count: int) -> str:
+    """Mint the tokens the purchase and status scripts send, as their third argument wants.
+
+    Thread i gets ``count`` tokens, for users ``<prefix>-<i>-1`` to ``<prefix>-<i>-<count>``,
+    in ``tokens-<prefix>-<i>.txt``; returns the path with ``{id}`` in place of i.
+    """
+    from flashflow.settings import Settings
+    from flashflow.tokens import mint
+
+    settings = Settings(auth_jwt_secret=secret)
+    template = str(directory / f"tokens-{prefix}-{{id}}.txt")
+    for thread in range(1, threads + 1):
+        lines = (mint(settings, f"{prefix}-{thread}-{n}", ttl_s=4 * 3600)
+                 for n in range(1, count + 1))
+        Path(template.replace("{id}", str(thread))).write_text("\n".join(lines) + "\n")
+    return template
+
+
 def available() -> str | None:
     """The path of wrk, or None when it is not installed."""
     return shutil.which(WRK)

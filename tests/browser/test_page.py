@@ -177,3 +177,35 @@ async def test_a_shopper_picks_one_of_two_open_sales_and_buys_from_it(settings):
             await run_in_browser(scenario, server.base_url)
     rows = await pg(settings.database_url, fetch, "SELECT sale_id, user_id FROM purchases")
     assert [(r["sale_id"], r["user_id"]) for r in rows] == [(blue.id, "picker")]
+
+
+async def test_a_signed_in_shopper_buys_with_the_token_from_the_link(settings):
+    """Opened with #token=..., the page shows who is signed in, buys as them, and remembers it."""
+    from dataclasses import replace
+
+    from flashflow.tokens import mint
+
+    settings = replace(settings, auth_jwt_secret="browser-secret-for-hs256-0123456789")
+    await make_sale(settings.database_url, stock=5, product="Headphones")
+    token = mint(settings, "alice")
+
+    def scenario(page, base_url):
+        from playwright.sync_api import expect
+
+        page.goto(f"{base_url}/#token={token}")
+        expect(page.locator("#signed-in")).to_contain_text("Signed in as alice")
+        expect(page.get_by_label("Your user id")).to_be_hidden()
+        assert "token" not in page.url
+        page.get_by_role("button", name="Buy now").click()
+        expect(page.locator("#result")).to_contain_text(re.compile("Purchase confirmed.*" + UUID))
+        page.reload()
+        expect(page.locator("#signed-in")).to_contain_text("Signed in as alice")
+        expect(page.locator("#result")).to_contain_text(re.compile("You bought this.*" + UUID))
+        page.get_by_role("button", name="Sign out").click()
+        page.get_by_label("Your user id").fill("mallory")
+        page.get_by_role("button", name="Buy now").click()
+        expect(page.get_by_role("dialog")).to_contain_text("Please sign in")
+
+    with trio.fail_after(60):
+        async with live_server(settings) as server:
+            await run_in_browser(scenario, server.base_url)

@@ -22,7 +22,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -192,14 +192,8 @@ _PASSED_BY_HELPERS = {"database_url", "redis_url", "key_prefix", "log_level", "r
 
 def fault_env(settings: Settings) -> dict[str, str]:
     """Every other setting as a ``FLASHFLOW_*`` variable, so the subprocess runs with it."""
-    env: dict[str, str] = {}
-    for f in fields(Settings):
-        if f.name in _PASSED_BY_HELPERS:
-            continue
-        value = getattr(settings, f.name)
-        env[f"FLASHFLOW_{f.name.upper()}"] = (
-            ("true" if value else "false") if isinstance(value, bool) else str(value))
-    return env
+    passed = {f"FLASHFLOW_{name.upper()}" for name in _PASSED_BY_HELPERS}
+    return {name: text for name, text in settings.to_env().items() if name not in passed}
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ stays up.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import httpx
 import pytest
 import redis
@@ -15,14 +17,19 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis.errors import Unsatisfiable
 
+from flashflow.tokens import mint
+
 from ..helpers import run_pg, spawn_server
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def fuzz_target(services, template_database, tmp_path_factory):
-    """A real server process with an active sale, on a database of its own."""
+SECRET = "fuzz-secret-for-hs256-0123456789abcdef"
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["open", "signed-in"])
+def fuzz_target(request, services, template_database, tmp_path_factory):
+    """A real server process with an active sale, on a database of its own, with auth or not."""
     import asyncio
     import uuid
 
@@ -37,9 +44,12 @@ def fuzz_target(services, template_database, tmp_path_factory):
                         key_prefix=f"fftest:fuzz:{name}:", workers=1,
                         rate_address_per_s=1e6, rate_address_burst=10**6)
     asyncio.run(_sale(url))
-    server = spawn_server(settings, tmp_path_factory.mktemp("fuzz"))
+    env = {"FLASHFLOW_AUTH_JWT_SECRET": SECRET} if request.param else {}
+    server = spawn_server(settings, tmp_path_factory.mktemp("fuzz"), **env)
+    token = mint(replace(settings, auth_jwt_secret=SECRET), "fuzzer") if request.param else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        yield server
+        yield server, headers
     finally:
         server.stop()
         run_pg(services.database_url, _execute, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -72,6 +82,7 @@ async def _sale(url: str) -> None:
                                   schemathesis.GenerationMode.NEGATIVE])
 def test_no_input_makes_the_server_fail(fuzz_target, mode):
     """No generated request, valid or not, gets a 5xx other than 503, and the server stays up."""
+    fuzz_target, headers = fuzz_target
     api = schemathesis.openapi.from_url(f"{fuzz_target.base_url}/openapi.json")
     operations = [result.ok() for result in api.get_all_operations()]
     assert len(operations) >= 5
@@ -82,7 +93,7 @@ def test_no_input_makes_the_server_fail(fuzz_target, mode):
         @hypothesis_settings(max_examples=25, deadline=None, database=None,
                              suppress_health_check=list(HealthCheck))
         def check(case) -> None:
-            response = case.call(timeout=10)
+            response = case.call(timeout=10, headers={**headers, **(case.headers or {})})
             assert response.status_code < 500 or response.status_code == 503, (
                 case.as_curl_command(), response.status_code, response.text[:500])
             if response.status_code >= 400:

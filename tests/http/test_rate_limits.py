@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import replace
 
 import trio
@@ -62,3 +63,41 @@ async def test_address_limit_applies_across_users(settings):
     rows = await pg(settings.database_url, fetch,
                     "SELECT user_id FROM purchases WHERE sale_id = $1", sale.id)
     assert len(rows) == 3
+
+
+def from_address(i: int) -> dict[str, str]:
+    """Headers making the (trusted) loopback proxy forward for client ``i``."""
+    return {"X-Forwarded-For": f"198.51.100.{i}"}
+
+
+async def test_a_request_the_address_refuses_spends_no_user_token(settings):
+    """Refused by its address's bucket, a user keeps its token for a request from elsewhere."""
+    settings = replace(settings, rate_address_per_s=0.01, rate_address_burst=1,
+                       rate_user_per_s=0.01, rate_user_burst=1,
+                       trusted_proxies=(ipaddress.ip_network("127.0.0.1/32"),))
+    await make_sale(settings.database_url, stock=10)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            first = await server.client.post(PURCHASE, json={"userId": "first"},
+                                             headers=from_address(1))
+            refused = await server.client.post(PURCHASE, json={"userId": "second"},
+                                               headers=from_address(1))
+            elsewhere = await server.client.post(PURCHASE, json={"userId": "second"},
+                                                 headers=from_address(2))
+    assert [first.status_code, refused.status_code, elsewhere.status_code] == [201, 429, 201]
+
+
+async def test_status_reads_are_limited_and_a_user_refusal_spends_no_address_token(settings):
+    """Status reads spend tokens; one refused by the user's bucket spends no address token."""
+    settings = replace(settings, rate_address_per_s=0.01, rate_address_burst=2,
+                       rate_user_per_s=0.01, rate_user_burst=1)
+    await make_sale(settings.database_url, stock=10)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            read = await server.client.get(PURCHASE, params={"userId": "reader"})
+            again = await server.client.get(PURCHASE, params={"userId": "reader"})
+            buy = await server.client.post(PURCHASE, json={"userId": "buyer"})
+            over = await server.client.post(PURCHASE, json={"userId": "late"})
+    assert [read.status_code, again.status_code, buy.status_code, over.status_code] == [
+        200, 429, 201, 429]
+    assert again.json()["error"]["code"] == "RATE_LIMIT_EXCEEDED"

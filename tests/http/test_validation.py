@@ -66,7 +66,16 @@ BAD_BODIES = [
     ("escape", body({"userId": "ali\x1bce"}), "control"),
     ("delete", body({"userId": "ali\x7fce"}), "control"),
     ("next-line-u0085", body({"userId": "ali\u0085ce"}), "control"),
-    ("line-separator", body({"userId": "ali\u2028ce"}), "control"),
+    ("line-separator-Zl", body({"userId": "ali\u2028ce"}), "line separator"),
+    ("paragraph-separator-Zp", body({"userId": "ali\u2029ce"}), "paragraph separator"),
+    ("bidi-override-Cf", body({"userId": "\u202eadmin"}), "invisible formatting"),
+    ("zero-width-only-Cf", body({"userId": "\u200b\u200c\u200d"}), "invisible formatting"),
+    ("zero-width-inside-Cf", body({"userId": "ad\u200bmin"}), "invisible formatting"),
+    ("bom-Cf", body({"userId": "\ufeffadmin"}), "invisible formatting"),
+    ("private-use-Co", body({"userId": "adm\ue000in"}), "private-use"),
+    ("unassigned-Cn", body({"userId": "adm\u0378in"}), "unassigned"),
+    ("noncharacter-Cn", body({"userId": "adm\uffffin"}), "unassigned"),
+    ("lone-surrogate-Cs", b'{"userId": "adm\\ud800in"}', "valid JSON"),
 ]
 
 
@@ -98,6 +107,32 @@ async def test_user_id_length_boundaries_are_accepted(settings):
     assert sorted(r["user_id"] for r in rows) == sorted(["abc", "xyz", "b" * 255, "ünï"])
 
 
+async def test_user_ids_are_nfc_normalised(settings):
+    """A decomposed id is stored composed, so its composed twin is the same buyer."""
+    await make_sale(settings.database_url, stock=5)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            first = await server.client.post(PURCHASE, json={"userId": "jose\u0301"})
+            twin = await server.client.post(PURCHASE, json={"userId": "jos\u00e9"})
+            read = await server.client.get(PURCHASE, params={"userId": "jose\u0301"})
+    assert first.status_code == 201 and first.json()["data"]["userId"] == "jos\u00e9"
+    assert twin.json()["error"]["code"] == "ALREADY_PURCHASED"
+    assert read.json()["data"]["purchaseId"] == first.json()["data"]["purchaseId"]
+
+
+def test_the_openapi_pattern_refuses_what_the_server_refuses():
+    """The OpenAPI pattern is built from the same rule: it refuses each class the server does."""
+    import re
+
+    from flashflow.http.validation import user_id_pattern
+
+    pattern = re.compile(user_id_pattern())
+    refused = ["\u202eadmin", "ad\u200bmin", "adm\ue000in", "adm\u0378in", "ali\u2028ce",
+               "ali\u2029ce", "ali\x00ce", "adm\ud800in", " admin"]
+    assert [bool(pattern.match(u)) for u in refused] == [False] * len(refused)
+    assert all(pattern.match(u) for u in ["alice", "jos\u00e9", "b\U0001F600b", "a b"])
+
+
 @pytest.mark.parametrize(("query", "needle"), [
     ("", "required"),
     ("?userId=", "empty"),
@@ -105,7 +140,13 @@ async def test_user_id_length_boundaries_are_accepted(settings):
     ("?userId=ab", "at least 3"),
     ("?userId=" + "a" * 256, "at most 255"),
     ("?userId=ali%00ce", "control"),
-], ids=["missing", "empty", "blank", "two-chars", "256-chars", "nul"])
+    ("?userId=%E2%80%AEadmin", "invisible formatting"),
+    ("?userId=%E2%80%8B%E2%80%8C%E2%80%8D", "invisible formatting"),
+    ("?userId=adm%EE%80%80in", "private-use"),
+    ("?userId=adm%CD%B8in", "unassigned"),
+    ("?userId=ali%E2%80%A8ce", "line separator"),
+], ids=["missing", "empty", "blank", "two-chars", "256-chars", "nul", "bidi-Cf", "zero-width-Cf",
+        "private-use-Co", "unassigned-Cn", "line-separator-Zl"])
 async def test_bad_status_query_is_400(settings, query, needle):
     """GET .../purchase with a missing or malformed userId is 400 VALIDATION_ERROR."""
     sale = await make_sale(settings.database_url, stock=5)

@@ -13,10 +13,16 @@ from ..helpers import make_sale, spawn_server
 pytestmark = pytest.mark.slow
 
 
-async def test_short_locust_stampede_keeps_every_invariant(settings, tmp_path):
-    """Stock 15, up to 30 locust users spamming 3 attempts each: every invariant holds."""
+SECRET = "loadtest-secret-for-hs256-0123456789"
+
+
+@pytest.mark.parametrize("auth", [False, True], ids=["open", "signed-in"])
+async def test_short_locust_stampede_keeps_every_invariant(settings, tmp_path, auth):
+    """Stock 15, 30 locust users spamming 3 attempts, with or without tokens: invariants hold."""
     await make_sale(settings.database_url, stock=15)
-    server = await trio.to_thread.run_sync(spawn_server, settings, tmp_path)
+    env = {"FLASHFLOW_AUTH_JWT_SECRET": SECRET} if auth else {}
+    server = await trio.to_thread.run_sync(lambda: spawn_server(settings, tmp_path, **env))
+    signed_in = ["--auth-secret", SECRET] if auth else []
     report = tmp_path / "loadtest.json"
     try:
         with trio.fail_after(120):
@@ -26,7 +32,7 @@ async def test_short_locust_stampede_keeps_every_invariant(settings, tmp_path):
                  "--key-prefix", settings.key_prefix, "--ramp-s", "1", "--peak-s", "3",
                  "--cool-s", "1", "--ramp-users", "10", "--peak-users", "30",
                  "--user-pool", "60", "--think-s", "0.05", "--records", str(tmp_path / "records"),
-                 "--json", str(report)],
+                 "--json", str(report), *signed_in],
                 capture_stdout=True, capture_stderr=True, check=False)
     finally:
         code = await trio.to_thread.run_sync(server.stop)
