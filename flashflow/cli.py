@@ -203,14 +203,14 @@ def sale_watch(url: str, max_events: int | None, timeout_s: float | None) -> Non
 @click.argument("user")
 @click.option("--ttl", "ttl_s", type=click.IntRange(min=1), default=3600, show_default=True,
               help="Seconds until the token expires.")
-def token(user: str, ttl_s: int) -> None:
+@click.pass_obj
+def token(settings: Settings, user: str, ttl_s: int) -> None:
     """Print a bearer token for USER, signed with FLASHFLOW_AUTH_JWT_SECRET (HS256)."""
     from actors.errors import InvalidInput
 
     from .http.validation import user_id
     from .tokens import mint
 
-    settings = _settings()
     try:
         click.echo(mint(settings, user_id(user), ttl_s))
     except InvalidInput as exc:

@@ -89,7 +89,7 @@ def test_leeway_lets_a_just_expired_token_through():
 
 def test_serve_warns_once_that_buyers_are_not_authenticated(caplog):
     """Without a key, ``serve`` logs one warning before it starts serving."""
-    import flashflow.cli as cli
+    from flashflow import cli
 
     with caplog.at_level("WARNING", logger="flashflow"):
         cli._check_auth(Settings())

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 import trio
+import trio.lowlevel
 import trio_asyncio
 
 from actors import (
@@ -36,7 +37,7 @@ async def test_slot_gives_every_waiter_the_first_answer():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(wait)
             nursery.start_soon(wait)
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             assert not slot.done
             slot.set(1)
             slot.set(2)
@@ -60,17 +61,15 @@ async def test_slot_error_is_raised_to_every_waiter_and_cannot_be_overwritten():
 def test_single_errors_unwraps_a_group_of_one():
     """A group holding a single error, however nested, is raised as that error."""
     error = SoldOut()
-    with pytest.raises(SoldOut) as caught:
-        with single_errors():
-            raise ExceptionGroup("outer", [ExceptionGroup("inner", [error])])
+    with pytest.raises(SoldOut) as caught, single_errors():
+        raise ExceptionGroup("outer", [ExceptionGroup("inner", [error])])
     assert caught.value is error
 
 
 def test_single_errors_keeps_a_group_of_several():
     """A group holding two errors is raised as the group."""
-    with pytest.raises(ExceptionGroup) as caught:
-        with single_errors():
-            raise ExceptionGroup("two", [SoldOut(), Overloaded("x")])
+    with pytest.raises(ExceptionGroup) as caught, single_errors():
+        raise ExceptionGroup("two", [SoldOut(), Overloaded("x")])
     assert len(caught.value.exceptions) == 2
 
 
@@ -91,7 +90,7 @@ async def test_actor_nursery_runs_children_to_completion():
     done: list[int] = []
 
     async def work() -> None:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         done.append(1)
 
     with trio.fail_after(5):
@@ -106,7 +105,7 @@ async def _raise(error: BaseException) -> None:
 
 @pytest.mark.parametrize("error", [
     ConnectionRefusedError("refused"),
-    asyncio.TimeoutError(),
+    TimeoutError(),
     ConnectionResetError("reset"),
 ], ids=["refused", "asyncio-timeout", "reset"])
 async def test_call_translates_connection_errors(error):

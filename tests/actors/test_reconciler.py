@@ -7,9 +7,8 @@ from dataclasses import replace
 
 import trio
 
-from flashflow.runtime import open_runtime
-
 from actors.keys import sale_keys
+from flashflow.runtime import open_runtime
 
 from ..helpers import gate_keys, make_sale, redis_client
 

@@ -13,10 +13,9 @@ import trio_asyncio
 
 from actors._feed_redis import parse_stock
 from actors._nursery import single_errors
-from actors.errors import BackendUnavailable
-from actors.stock_feed import FeedConfig, StockFeed, open_stock_feed
-from actors.errors import ShuttingDown
+from actors.errors import BackendUnavailable, ShuttingDown
 from actors.keys import sale_keys, stock_channel
+from actors.stock_feed import FeedConfig, StockFeed, open_stock_feed
 
 
 def stock_key(prefix: str, sale_id: uuid.UUID) -> str:

@@ -124,18 +124,17 @@ async def test_concurrent_purchases_of_one_user_get_one_success(settings):
             refused.append(exc)
 
     with trio.fail_after(20):
-        async with trio_asyncio.open_loop():
-            async with (
-                open_ledger(LedgerConfig(database_url=url)) as ledger,
-                open_stock_gate(GateConfig(redis_url=settings.redis_url,
-                                           key_prefix=settings.key_prefix),
-                                loader=ledger.state, counter=ledger.sold) as gate,
-                open_user_serializer(gate, ledger) as serializer,
-            ):
-                async with trio.open_nursery() as nursery:
-                    for _ in range(20):
-                        nursery.start_soon(buy)
-                stats = serializer.statistics()
+        async with (
+            trio_asyncio.open_loop(), open_ledger(LedgerConfig(database_url=url)) as ledger,
+            open_stock_gate(GateConfig(redis_url=settings.redis_url,
+                                       key_prefix=settings.key_prefix),
+                            loader=ledger.state, counter=ledger.sold) as gate,
+            open_user_serializer(gate, ledger) as serializer,
+        ):
+            async with trio.open_nursery() as nursery:
+                for _ in range(20):
+                    nursery.start_soon(buy)
+            stats = serializer.statistics()
     assert len(bought) == 1 and len(refused) == 19
     assert stats.coalesced == 19
     assert stats.in_flight == 0 and stats.known_buyers == 1
@@ -334,14 +333,13 @@ async def test_drain_deadline_fails_purchases_still_in_flight(settings):
     """A purchase still in flight when the drain deadline passes is answered BackendUnavailable."""
     sale, ledger = a_sale(stock=5), FakeLedger(hold=trio.Event())
     with trio.fail_after(10):
-        async with gate_for(settings, fixed_loader()) as gate:
-            async with trio.open_nursery() as outer:
-                async with open_user_serializer(gate, ledger,
-                                                config=knobs(drain_timeout_s=0.1)) as serializer:
-                    outer.start_soon(_expect, BackendUnavailable, serializer.purchase, sale,
-                                     "alice")
-                    while not ledger.commits:
-                        await trio.sleep(0.01)
+        async with gate_for(settings, fixed_loader()) as gate, trio.open_nursery() as outer:
+            async with open_user_serializer(gate, ledger,
+                                            config=knobs(drain_timeout_s=0.1)) as serializer:
+                outer.start_soon(_expect, BackendUnavailable, serializer.purchase, sale,
+                                 "alice")
+                while not ledger.commits:
+                    await trio.sleep(0.01)
     assert serializer.statistics().in_flight == 0
 
 

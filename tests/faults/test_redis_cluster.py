@@ -65,12 +65,11 @@ async def test_two_sales_on_two_shards_sell_exactly_at_once(fault_settings, clus
             results[sale.id].append((user, 201, {"data": {"purchaseId": str(purchase.id)}}))
 
     with trio.fail_after(90):
-        async with open_runtime(settings) as runtime:
-            async with trio.open_nursery() as nursery:
-                for user in users:
-                    for sale in sales:
-                        for _ in range(2 + hash(user) % 2):
-                            nursery.start_soon(press, runtime, sale, user)
+        async with open_runtime(settings) as runtime, trio.open_nursery() as nursery:
+            for user in users:
+                for sale in sales:
+                    for _ in range(2 + hash(user) % 2):
+                        nursery.start_soon(press, runtime, sale, user)
     for sale in sales:
         await check_invariants(settings, sale, results[sale.id], expected_sold=40)
 
