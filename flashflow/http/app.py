@@ -214,7 +214,8 @@ def create_app(runtime: Runtime) -> QuartTrio:
     async def require_json_bodies() -> None:
         # A form or text/plain POST needs no CORS preflight, so a cross-site page could
         # send one: only application/json (any charset) is read.
-        if (request.method == "POST" and request.url_rule is not None
+        has_body = bool(request.content_length) or "Transfer-Encoding" in request.headers
+        if (request.method == "POST" and request.url_rule is not None and has_body
                 and request.mimetype != "application/json"):
             raise UnsupportedMediaType()
 

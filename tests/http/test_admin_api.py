@@ -54,7 +54,8 @@ async def test_a_missing_or_wrong_token_is_401_before_the_body_is_read(settings)
                 await client.post(ADMIN, json=new_sale()),
                 await client.post(ADMIN, json=new_sale(), headers={"Authorization": "Bearer x"}),
                 await client.post(ADMIN, content=b"{not json",
-                                  headers={"Authorization": f"Bearer {TOKEN}x"}),
+                                  headers={"Authorization": f"Bearer {TOKEN}x",
+                                           "Content-Type": "application/json"}),
                 await client.post(ADMIN, json=new_sale(), headers={"Authorization": TOKEN}),
                 await client.post(ADMIN, json=new_sale(),
                                   headers={"Authorization": f"Basic {TOKEN}"}),
@@ -84,7 +85,8 @@ async def test_bad_bodies_are_400_and_write_nothing(settings):
     with trio.fail_after(30):
         async with live_server(settings) as server:
             answers = [await server.client.post(ADMIN, json=b, headers=AUTH) for b in bodies]
-            not_json = await server.client.post(ADMIN, content=b"{", headers=AUTH)
+            not_json = await server.client.post(
+                ADMIN, content=b"{", headers={**AUTH, "Content-Type": "application/json"})
     for answer in [*answers, not_json]:
         assert_error(answer, 400, "VALIDATION_ERROR")
     assert answers[6].json()["error"]["message"] == "endTime must be after startTime."
