@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shlex
 import signal
 import sys
@@ -44,6 +45,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-sale", action="store_true", help="Skip the whole-sale run.")
     p.add_argument("--profile", type=Path, help="Record py-spy profiles (raw) here; they "
                    "slow the server, so the figures of such a run are not the real ones.")
+    p.add_argument("--auth", action="store_true",
+                   help="Run Flash Flow with buyer authentication on (a fresh HS256 secret): "
+                        "every purchase carries a minted bearer token.")
+    p.add_argument("--auth-pool", type=int, default=20_000,
+                   help="With --auth, tokens minted per wrk thread for each timed purchase "
+                        "run; past them its users repeat (409 ALREADY_PURCHASED).")
     p.add_argument("--json", type=Path, help="Write the results as JSON here.")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "performance.md",
                    help="The Markdown page to write.")
@@ -67,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.duration_s, args.warmup_s, args.no_sale = 1.0, 0.0, True
     options = Options(tuple(sorted(set(args.connections or (64, 200)))), args.threads,
-                      args.duration_s, args.warmup_s, args.runs, args.profile)
+                      args.duration_s, args.warmup_s, args.runs, args.profile,
+                      secrets.token_urlsafe(32) if args.auth else None, args.auth_pool)
     workers = sorted(set(args.workers or (1, 2)))
     measurements: list[Measurement] = []
     sales: list[SaleRun] = []

@@ -4,14 +4,23 @@ Every script counts answers by status and error code per thread and prints them 
 ``done()`` as one ``WRK_JSON`` line; the purchase scripts send a distinct user id with
 every request (thread number plus a per-thread counter), and report each 201's user and
 purchase id as a ``WON`` line. wrk arguments after ``--``: user prefix, then the number of
-purchases per thread after which a thread stops (0: never) and prints ``THREAD_DONE``.
-:data:`REPEAT` instead cycles through the users :func:`repeat_users` names.
+purchases per thread after which a thread stops (0: never) and prints ``THREAD_DONE``,
+then, with auth on, the path :func:`purchase_tokens` returns: thread N reads its tokens from
+that path with N for ``{id}``, one a line, and sends ``Authorization: Bearer`` with each
+purchase; its users are then drawn from that pool, cycling through it when a run asks more
+often than it holds tokens. :data:`REPEAT` instead cycles through the users
+:func:`repeat_users` names (with auth on, their tokens from :func:`repeat_tokens`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
 CURRENT_PATH = "/api/v1/flash-sales/current"
 PURCHASE_PATH = f"{CURRENT_PATH}/purchase"
+#: How long a benchmark's tokens stay valid: longer than any run, a whole sale included.
+TOKEN_TTL_S = 4 * 3600
 
 _COMMON = r"""
 threads = {}
@@ -21,6 +30,7 @@ sent = 0
 answered = 0
 prefix = "u"
 quota = 0
+tokens = nil
 
 function setup(thread)
   thread:set("id", #threads + 1)
@@ -30,6 +40,22 @@ end
 function init(args)
   prefix = (args[1] or "u") .. "-" .. id .. "-"
   quota = tonumber(args[2] or "0")
+  load_tokens(args[3])
+end
+
+function load_tokens(path)
+  if path and path ~= "" then
+    tokens = {}
+    for line in io.lines((string.gsub(path, "{id}", tostring(id)))) do
+      table.insert(tokens, line)
+    end
+  end
+end
+
+function user(n)
+  -- The n-th user of this thread and the line of its token (the pool cycles).
+  if tokens then n = (n - 1) % #tokens + 1 end
+  return prefix .. n, n
 end
 
 function count(status, body)
@@ -67,9 +93,10 @@ end
 """
 
 _PURCHASE_REQUEST = r"""
-function purchase(user)
-  return wrk.format("POST", "%(path)s", {["Content-Type"] = "application/json"},
-                    '{"userId": "' .. user .. '"}')
+function purchase(user, token)
+  local headers = {["Content-Type"] = "application/json"}
+  if tokens then headers["Authorization"] = "Bearer " .. tokens[token] end
+  return wrk.format("POST", "%(path)s", headers, '{"userId": "' .. user .. '"}')
 end
 """.replace("%(path)s", PURCHASE_PATH)
 
@@ -93,7 +120,7 @@ function request()
   if id == 1 and not checked then
     -- wrk calls the first thread's request() once to check it, and never sends that one.
     checked = true
-    return purchase(prefix .. "check")
+    return purchase(user(1))
   end
   if quota > 0 and sent >= quota then
     -- Every distinct user of this thread has asked: keep the connections busy with a
@@ -107,7 +134,7 @@ function request()
     return filler
   end
   sent = sent + 1
-  return purchase(prefix .. sent)
+  return purchase(user(sent))
 end
 
 function response(status, headers, body)
@@ -133,19 +160,56 @@ def repeat_users(base: str, count: int) -> list[str]:
     return [f"{base}-{i}" for i in range(count)]
 
 
-#: Purchases by the same few users over and over; arguments: user base, number of users.
+#: Purchases by the same few users over and over; arguments: user base, number of users,
+#: then with auth on the path :func:`repeat_tokens` returns.
 REPEAT = _COMMON + _PURCHASE_REQUEST + r"""
 function init(args)
   base = args[1] or "repeat"
   users = tonumber(args[2] or "50")
+  load_tokens(args[3])
 end
 
 function request()
   sent = sent + 1
-  return purchase(base .. "-" .. (sent % users))
+  local n = sent % users
+  return purchase(base .. "-" .. n, n + 1)
 end
 
 function response(status, headers, body)
   count(status, body)
 end
 """
+
+
+def thread_users(prefix: str, thread: int, count: int) -> list[str]:
+    """The first ``count`` users thread ``thread`` (from 1) of a purchase script names."""
+    return [f"{prefix}-{thread}-{n}" for n in range(1, count + 1)]
+
+
+def purchase_tokens(directory: Path, secret: str, prefix: str, threads: int,
+                    count: int) -> str:
+    """Mint ``count`` tokens per thread for :data:`PURCHASE`'s users; its third argument."""
+    return _token_files(directory, secret, f"{prefix}-", threads,
+                        lambda thread: thread_users(prefix, thread, count))
+
+
+def repeat_tokens(directory: Path, secret: str, base: str, count: int, threads: int) -> str:
+    """Mint the tokens of :data:`REPEAT`'s users for every thread; its third argument."""
+    users = repeat_users(base, count)
+    return _token_files(directory, secret, f"{base}-", threads, lambda thread: users)
+
+
+def _token_files(directory: Path, secret: str, name: str, threads: int,
+                 users: Callable[[int], Iterable[str]]) -> str:
+    """Thread N's tokens, for ``users(N)`` in order, one a line in a file of its own; the
+    path with ``{id}`` in place of N."""
+    from flashflow.settings import Settings
+    from flashflow.tokens import mint
+
+    settings = Settings(auth_jwt_secret=secret)
+    template = str(directory / f"tokens-{name}{{id}}.txt")
+    for thread in range(1, threads + 1):
+        lines = (mint(settings, user, ttl_s=TOKEN_TTL_S) for user in users(thread))
+        Path(template.replace("{id}", str(thread))).write_text("\n".join(lines) + "\n")
+    return template
+

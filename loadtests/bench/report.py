@@ -34,7 +34,8 @@ def as_json(command: str, options: Options, workers: list[int],
     return {
         "command": command, "machine": machine(),
         "options": {k: (str(v) if v is not None and k == "profile_dir" else v)
-                    for k, v in asdict(options).items()},
+                    for k, v in asdict(options).items() if k != "auth_secret"}
+                   | {"auth": options.auth_secret is not None},
         "worker_configurations": workers,
         "measurements": [asdict(m) | {"vs_asgi": ratio(m, ASGI, measurements),
                                       "vs_quart": ratio(m, QUART, measurements)}
@@ -97,6 +98,10 @@ SALE_INTRO = ("Distinct users, each asking once, until every one has an answer. 
 SALE_HEADER = ("| Workers | Stock | Users | Connections | Gate sold out s | All committed s "
                "| Run s | Answers/s | p50 ms | p99 ms | Answers | wrk CPU | Server CPU "
                "| RSS start → peak MB | Invariants |")
+AUTH_INTRO = (" Buyer authentication is on: every purchase carries a bearer token minted "
+              "for its user beforehand, and its users cycle through the tokens minted per "
+              "wrk thread.")
+
 GOALS_INTRO = ("Issue 13's goals, decided by this run's figures (reported, never asserted). "
                "\"next\" marks the goal past what Quart's request machinery allows.")
 
@@ -105,7 +110,8 @@ def markdown(command: str, options: Options, workers: list[int],
              measurements: list[Measurement], sales: list[SaleRun]) -> str:
     """The page written to ``docs/performance.md``."""
     m = machine()
-    out = ["# Performance", "", INTRO.format(m=m, o=options), "", "## Side by side", "",
+    intro = INTRO.format(m=m, o=options) + (AUTH_INTRO if options.auth_secret else "")
+    out = ["# Performance", "", intro, "", "## Side by side", "",
            SIDE_HEADER, "| --- |" + " ---: |" * 8 + " --- | ---: | ---: | ---: |"]
     for x in ordered(measurements):
         errors = sum(x.socket_errors.values())

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from ..backends import gate_keys, gate_snapshot, ledger_snapshot
 from ..verify import Check, GateSnapshot, LedgerSnapshot
 from . import lua, wrk
-from .scenarios import Options
+from .scenarios import Options, purchase_args
 from .server import Backend, BenchServer, cpu_seconds
 
 
@@ -124,16 +124,17 @@ def run_sale(workers: int | None, admin_url: str, redis_url: str, options: Optio
     per_thread = -(-users // threads)
     backend = Backend(admin_url, redis_url).create(stock=stock)
     try:
-        server = BenchServer.start(backend, workers, log_dir)
+        server = BenchServer.start(backend, workers, log_dir, options.auth_secret)
         try:
             rss_start = server.sampler.sample()
             clock = SellOutClock(backend.database_url, redis_url,
                                  gate_keys(backend.key_prefix, backend.sale_id)[0],
                                  backend.sale_id, stock)
+            args = purchase_args("sale", per_thread, options, log_dir, per_thread)
             cpu_before = cpu_seconds(server.root)
             clock.start()
             result = wrk.run(server.url, lua.PURCHASE, connections=connections,
-                             threads=threads, duration_s=900, args=("sale", str(per_thread)))
+                             threads=threads, duration_s=900, args=args)
             server_cpu = cpu_seconds(server.root) - cpu_before
             time.sleep(1.0)
             clock.stop()

@@ -7,6 +7,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -17,6 +18,9 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+
+from flashflow.settings import Settings
+from flashflow.tokens import mint
 
 from . import ceilings, lua, wrk
 from .server import Backend, BenchServer, cpu_seconds
@@ -45,6 +49,10 @@ class Options:
     warmup_s: float = 2.0
     runs: int = 3
     profile_dir: Path | None = None
+    #: With a secret the server authenticates buyers and every purchase carries a token.
+    auth_secret: str | None = field(default=None, repr=False)
+    #: Tokens minted per wrk thread for a timed purchase run; past them, its users repeat.
+    auth_pool: int = 20_000
 
 
 @dataclass(frozen=True)
@@ -114,35 +122,58 @@ def _sum(counts: Iterable[dict[str, int]]) -> dict[str, int]:
 def measure(scenario: str, workers: int, server: BenchServer, path: str, script: str,
             options: Options, args: tuple[str, ...] | None = None) -> list[Measurement]:
     """Warm up, then run ``script`` against ``server`` ``options.runs`` times, at each
-    connection count. ``args`` go to the script; by default a fresh user prefix per run."""
+    connection count. ``args`` go to the script; by default a fresh user prefix per run
+    (and, for :data:`lua.PURCHASE` with auth on, tokens minted for its users before the
+    run's clock starts)."""
     cores = os.cpu_count() or 1
     measurements = []
-    for connections in options.connections:
-        once = partial(_wrk, server.url + path, script, connections, options.threads, args)
-        if options.warmup_s > 0:
-            once(options.warmup_s, "w")
-        runs, profile = [], None
-        for i in range(options.runs):
-            profiler, path_ = (_profile(scenario, workers, connections, server, options)
-                               if i == 0 else (None, None))
-            profile = profile or path_
-            cpu_before, started = cpu_seconds(server.root), time.monotonic()
-            result = once(options.duration_s, "m")
-            wall = time.monotonic() - started
-            server_cpu = cpu_seconds(server.root) - cpu_before
-            if profiler is not None:
-                profiler.wait(30)
-            runs.append(Run(result, generator_cpu=result.cpu_s / (result.duration_s * cores),
-                            server_cpu=server_cpu / (wall * cores)))
-        measurements.append(Measurement.of(scenario, workers, connections, runs,
-                                           server.sampler.peak_rss / 2**20, profile))
+    with tempfile.TemporaryDirectory(prefix="ffbench-tokens-") as tmp:
+
+        def args_for(kind: str) -> tuple[str, ...]:
+            if args is not None:
+                return args
+            prefix = f"{kind}{uuid.uuid4().hex[:6]}"
+            if script != lua.PURCHASE:
+                return (prefix,)
+            return purchase_args(prefix, 0, options, Path(tmp), options.auth_pool)
+
+        for connections in options.connections:
+            once = partial(_wrk, server.url + path, script, connections, options.threads)
+            if options.warmup_s > 0:
+                once(options.warmup_s, args_for("w"))
+            runs, profile = [], None
+            for i in range(options.runs):
+                run_args = args_for("m")
+                profiler, path_ = (_profile(scenario, workers, connections, server, options)
+                                   if i == 0 else (None, None))
+                profile = profile or path_
+                cpu_before, started = cpu_seconds(server.root), time.monotonic()
+                result = once(options.duration_s, run_args)
+                wall = time.monotonic() - started
+                server_cpu = cpu_seconds(server.root) - cpu_before
+                if profiler is not None:
+                    profiler.wait(30)
+                runs.append(Run(result, generator_cpu=result.cpu_s / (result.duration_s * cores),
+                                server_cpu=server_cpu / (wall * cores)))
+            measurements.append(Measurement.of(scenario, workers, connections, runs,
+                                               server.sampler.peak_rss / 2**20, profile))
     return measurements
 
 
-def _wrk(url: str, script: str, connections: int, threads: int, args: tuple[str, ...] | None,
-         duration_s: float, kind: str) -> wrk.WrkResult:
+def _wrk(url: str, script: str, connections: int, threads: int, duration_s: float,
+         args: tuple[str, ...]) -> wrk.WrkResult:
     return wrk.run(url, script, connections=connections, threads=threads,
-                   duration_s=duration_s, args=args or (f"{kind}{uuid.uuid4().hex[:6]}",))
+                   duration_s=duration_s, args=args)
+
+
+def purchase_args(prefix: str, quota: int, options: Options, directory: Path,
+                  users: int) -> tuple[str, ...]:
+    """:data:`lua.PURCHASE`'s arguments; with auth on, ``users`` tokens per thread are
+    minted into ``directory``."""
+    if options.auth_secret is None:
+        return (prefix, str(quota))
+    return (prefix, str(quota), lua.purchase_tokens(directory, options.auth_secret, prefix,
+                                                    options.threads, users))
 
 
 def _profile(scenario: str, workers: int, connections: int, server: BenchServer,
@@ -162,21 +193,26 @@ def _profile(scenario: str, workers: int, connections: int, server: BenchServer,
     return profiler, str(path)
 
 
-def buy_each(url: str, users: Iterable[str], allowed: tuple[int, ...]) -> None:
-    """One purchase per user, one after another; any answer not in ``allowed`` is fatal."""
+def buy_each(url: str, users: Iterable[str], allowed: tuple[int, ...],
+             auth_secret: str | None = None) -> None:
+    """One purchase per user, one after another (with a token each when the server
+    authenticates with ``auth_secret``); any answer not in ``allowed`` is fatal."""
+    settings = Settings(auth_jwt_secret=auth_secret)
     with httpx.Client(base_url=url, timeout=30) as client:
         for user in users:
-            answer = client.post(lua.PURCHASE_PATH, json={"userId": user})
+            headers = ({"Authorization": f"Bearer {mint(settings, user)}"}
+                       if auth_secret is not None else {})
+            answer = client.post(lua.PURCHASE_PATH, json={"userId": user}, headers=headers)
             if answer.status_code not in allowed:
                 raise RuntimeError(f"buying for {user}: {answer.status_code} {answer.text}")
 
 
 @contextmanager
-def _flashflow(admin_url: str, redis_url: str, stock: int, workers: int,
-               log_dir: Path) -> Iterator[BenchServer]:
+def _flashflow(admin_url: str, redis_url: str, stock: int, workers: int, log_dir: Path,
+               auth_secret: str | None) -> Iterator[BenchServer]:
     backend = Backend(admin_url, redis_url).create(stock=stock)
     try:
-        server = BenchServer.start(backend, workers, log_dir)
+        server = BenchServer.start(backend, workers, log_dir, auth_secret)
         try:
             yield server
         finally:
@@ -196,16 +232,20 @@ def run_configuration(workers: int, admin_url: str, redis_url: str, options: Opt
             results += measure(scenario, workers, server, ceilings.PATH, lua.GET, options)
         finally:
             server.stop()
-    with _flashflow(admin_url, redis_url, 100, workers, log_dir) as server:
+    secret = options.auth_secret
+    with _flashflow(admin_url, redis_url, 100, workers, log_dir, secret) as server:
         results += measure(HEALTHZ, workers, server, "/healthz", lua.GET, options)
         results += measure(CURRENT, workers, server, lua.CURRENT_PATH, lua.GET, options)
         # Every unit sold, then one more ask: each worker may learn of the sell-out.
-        buy_each(server.url, (f"sellout-{i}" for i in range(101)), (201, 409))
+        buy_each(server.url, (f"sellout-{i}" for i in range(101)), (201, 409), secret)
         results += measure(SOLD_OUT, workers, server, "", lua.PURCHASE, options)
     # The largest stock a sale may hold: it cannot run out while measured.
-    with _flashflow(admin_url, redis_url, 10_000_000, workers, log_dir) as server:
+    with _flashflow(admin_url, redis_url, 10_000_000, workers, log_dir, secret) as server:
         results += measure(BOUGHT, workers, server, "", lua.PURCHASE, options)
-        buy_each(server.url, lua.repeat_users(REPEAT_BASE, REPEAT_USERS), (201,))
-        results += measure(REPEATS, workers, server, "", lua.REPEAT, options,
-                           args=(REPEAT_BASE, str(REPEAT_USERS)))
+        buy_each(server.url, lua.repeat_users(REPEAT_BASE, REPEAT_USERS), (201,), secret)
+        args: tuple[str, ...] = (REPEAT_BASE, str(REPEAT_USERS))
+        if secret is not None:
+            args += (lua.repeat_tokens(log_dir, secret, REPEAT_BASE, REPEAT_USERS,
+                                       options.threads),)
+        results += measure(REPEATS, workers, server, "", lua.REPEAT, options, args=args)
     return results

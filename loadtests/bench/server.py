@@ -147,14 +147,17 @@ class BenchServer:
 
     @classmethod
     def start(cls, backend: Backend, workers: int, log_dir: Path,
-              timeout_s: float = 60.0) -> BenchServer:
-        """Start ``flashflow serve`` and wait until it is ready to sell."""
+              auth_secret: str | None = None, timeout_s: float = 60.0) -> BenchServer:
+        """Start ``flashflow serve`` and wait until it is ready to sell; with
+        ``auth_secret``, buyers must carry tokens signed with it."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHFLOW_")}
         # One machine plays the whole crowd from one address: the per-address rate limit
         # would measure itself, not the server.
         env.update(FLASHFLOW_DATABASE_URL=backend.database_url,
                    FLASHFLOW_REDIS_URL=backend.redis_url, FLASHFLOW_KEY_PREFIX=backend.key_prefix,
                    FLASHFLOW_LOG_LEVEL="WARNING", FLASHFLOW_RATE_LIMIT_ENABLED="false")
+        if auth_secret is not None:
+            env["FLASHFLOW_AUTH_JWT_SECRET"] = auth_secret
         return cls.launch(
             lambda port: [sys.executable, "-m", "flashflow.cli", "serve", "--port", str(port),
                           "--workers", str(workers)],

@@ -157,3 +157,28 @@ async def test_a_quick_run_reports_every_row_from_its_measured_figures(services,
     for name, m in rows.items():
         assert f"| {name} | 1 | 16 | {m['per_s']:,.0f} |" in page
     assert "## Goals" in page and "## A whole sale" not in page
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk")
+async def test_a_quick_run_with_auth_sends_a_token_with_every_purchase(services, tmp_path):
+    """``--quick --auth``: the server authenticates buyers, and every purchase scenario is
+    answered as it is without auth (201 or 409), never 401."""
+    out = tmp_path / "bench.json"
+    with trio.fail_after(180):
+        done = await trio.run_process(
+            [sys.executable, "-m", "loadtests.bench", "--quick", "--auth", "--auth-pool", "2000",
+             "--workers", "1", "--connections", "16", "--runs", "1",
+             "--database-url", services.database_url, "--redis-url", services.redis_url,
+             "--json", str(out), "--no-doc"],
+            cwd=ROOT, capture_stdout=True, capture_stderr=True, check=False)
+    output = (done.stdout + done.stderr).decode()
+    assert done.returncode == 0, output
+    data = json.loads(out.read_text())
+    assert data["options"]["auth"] is True and "auth_secret" not in data["options"]
+    rows = {m["scenario"]: m for m in data["measurements"]}
+    assert list(rows) == list(SCENARIOS), output
+    for name in (BOUGHT, SOLD_OUT, REPEATS):
+        answers = rows[name]["answers"]
+        assert answers and {key.split()[0] for key in answers} <= {"201", "409"}, (name, answers)
+    assert "201" in rows[BOUGHT]["answers"], rows[BOUGHT]["answers"]
