@@ -10,8 +10,8 @@ purchases per thread after which a thread stops (0: never) and prints ``THREAD_D
 
 from __future__ import annotations
 
-CURRENT_PATH = "/api/v1/flash-sales/current"
-PURCHASE_PATH = f"{CURRENT_PATH}/purchase"
+from flashflow.http.wire import API as CURRENT_PATH
+from flashflow.http.wire import CURRENT_PURCHASE as PURCHASE_PATH
 
 _COMMON = r"""
 threads = {}
