@@ -58,8 +58,13 @@ from .wire import (
 log = logging.getLogger("flashflow.http")
 
 
-class JsonRequest(TrioRequest):
-    """A request whose unparseable JSON body is a VALIDATION_ERROR, said plainly."""
+class InvalidJsonIs400Request(TrioRequest):
+    """A request whose unparseable JSON body is a VALIDATION_ERROR, said plainly.
+
+    The purchase route reads raw bytes; the admin routes' ``validate_request`` reads the body
+    through ``get_json``, where bad JSON would otherwise be Quart's own 400 message and
+    undecodable bytes a 500.
+    """
 
     def on_json_loading_failed(self, error: Exception) -> Any:
         raise InvalidInput("The request body must be valid JSON.")
@@ -82,7 +87,7 @@ def create_app(runtime: Runtime) -> QuartTrio:
     settings = runtime.settings
     auth = Auth.from_settings(settings)
     app = QuartTrio(__name__, static_folder=None)
-    app.request_class = JsonRequest
+    app.request_class = InvalidJsonIs400Request
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     signed_in = auth.verifier is not None
