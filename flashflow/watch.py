@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
-EVENTS_PATH = "/api/v1/flash-sales/current/events"
+from .http.wire import CURRENT_EVENTS as EVENTS_PATH
+
 BAR_WIDTH = 30
 
 

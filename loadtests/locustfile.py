@@ -24,6 +24,8 @@ from typing import Any
 import gevent.pool
 from locust import FastHttpUser, LoadTestShape, between, events, task
 
+from flashflow.http.wire import API as CURRENT
+from flashflow.http.wire import CURRENT_PURCHASE as BUY
 from flashflow.settings import Settings
 from flashflow.tokens import mint
 from loadtests.records import PURCHASE, STATUS, WATCH, Record, RecordWriter
@@ -32,8 +34,6 @@ from loadtests.shape import Stages
 #: The server's token settings, read from the same FLASHFLOW_* variables it reads.
 AUTH = Settings.from_env()
 
-CURRENT = "/api/v1/flash-sales/current"
-BUY = f"{CURRENT}/purchase"
 
 
 @events.init_command_line_parser.add_listener

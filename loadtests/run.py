@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 
+from flashflow.http.wire import API as CURRENT
+
 from . import backends
 from .records import PURCHASE, read_records
 from .server import ServerStartError, start_embedded
@@ -32,7 +34,6 @@ from .verify import Check, verify
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-CURRENT = "/api/v1/flash-sales/current"
 
 
 class RunError(RuntimeError):

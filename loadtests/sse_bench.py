@@ -37,8 +37,9 @@ import httpx
 import redis
 import trio
 
-EVENTS = "/api/v1/flash-sales/current/events"
-PURCHASE = "/api/v1/flash-sales/current/purchase"
+from flashflow.http.wire import CURRENT_EVENTS as EVENTS
+from flashflow.http.wire import CURRENT_PURCHASE as PURCHASE
+
 STOCK = re.compile(rb'"remainingStock":(\d+)')
 
 

@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from flashflow.cli import main
-from flashflow.metrics import ACTOR_METRICS, REQUEST_METRICS, SALE_METRICS
+from flashflow.http.metrics import ACTOR_METRICS, REQUEST_METRICS, SALE_METRICS
 from flashflow.settings import PREFIX, Settings, env_name
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"

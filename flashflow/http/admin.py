@@ -19,9 +19,10 @@ from actors import Sale, Unauthorized
 
 from ..runtime import Runtime
 from ..settings import Settings
+from . import validation
 from .schema import ErrorEnvelope, SaleCreate, SaleEnvelope, SaleUpdate
-
-ADMIN = "/api/v1/admin/flash-sales"
+from .stock import current_stock
+from .wire import ADMIN, envelope, sale_body
 
 
 def require_admin(request: Request, settings: Settings) -> None:
@@ -43,8 +44,6 @@ def require_admin(request: Request, settings: Settings) -> None:
 
 def install_admin(app: QuartTrio, runtime: Runtime) -> None:
     """Add the admin routes to ``app``; they answer 404 unless an admin token is set."""
-    from .app import current_stock, envelope, parse_sale_id, sale_body  # app.py imports us
-
     admin = Blueprint("admin", __name__, url_prefix=ADMIN)
 
     @admin.before_request
@@ -73,7 +72,7 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
     @document_response(ErrorEnvelope, 409)
     async def update_sale(sale_id: str, data: SaleUpdate) -> Response:
         sale = await runtime.ledger.update_sale(
-            parse_sale_id(sale_id), product_name=data.productName,
+            validation.sale_id(sale_id), product_name=data.productName,
             total_stock=data.totalStock, start_time=data.startTime, end_time=data.endTime)
         # A gate loaded with the old stock is set to the new one now, not at the next pass.
         await runtime.reconciler.reconcile(sale)
@@ -84,7 +83,7 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
     @document_response(ErrorEnvelope, 409)
     async def end_sale(sale_id: str) -> Response:
         # The gate stays: the reconciler covers an ended sale for an hour.
-        return await answer(await runtime.ledger.end_sale(parse_sale_id(sale_id)))
+        return await answer(await runtime.ledger.end_sale(validation.sale_id(sale_id)))
 
     app.register_blueprint(admin)
 

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import uuid
-from contextlib import suppress
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
-from quart import Response, g, request
+from quart import Response, request
 from quart_schema import (
     RequestSchemaValidationError,
     document_request,
@@ -22,21 +18,15 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException
 
-from actors import (
-    FlashFlowError,
-    InvalidInput,
-    Purchase,
-    Sale,
-    SaleStatus,
-)
+from actors import FlashFlowError, InvalidInput, SaleStatus
 from actors.errors import UnsupportedMediaType
 
-from ..metrics import install_metrics
 from ..runtime import Runtime
-from . import errors
+from . import errors, validation
 from .admin import install_admin
 from .auth import Auth
 from .cors import install_cors
+from .metrics import install_metrics
 from .page import install_page
 from .schema import (
     BEARER,
@@ -53,62 +43,28 @@ from .schema import (
     validation_message,
 )
 from .sse import install_sse
+from .stock import current_stock
+from .wire import (
+    API,
+    BY_ID,
+    CURRENT_PURCHASE,
+    SALES,
+    envelope,
+    purchase_body,
+    purchase_status_body,
+    sale_body,
+)
 
 log = logging.getLogger("flashflow.http")
 
-SALES = "/api/v1/flash-sales"
-API = f"{SALES}/current"
-#: A sale by id; werkzeug tries the fixed ``/current`` rules first.
-BY_ID = f"{SALES}/<sale_id>"
 
+class InvalidJsonIs400Request(TrioRequest):
+    """A request whose unparseable JSON body is a VALIDATION_ERROR, said plainly.
 
-def iso(moment: datetime) -> str:
-    """ISO 8601 in UTC with milliseconds and a ``Z``, as JavaScript's ``toISOString``."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def envelope(payload: Any, status: int = 200) -> Response:
-    """A success response in the ``{"data": ...}`` envelope."""
-    return Response(json.dumps({"data": payload}), status=status, content_type="application/json")
-
-
-def sale_body(sale: Sale, remaining: int, now: datetime) -> dict[str, Any]:
-    """The wire form of a sale, as ``GET /current`` returns it."""
-    return {
-        "id": str(sale.id),
-        "productName": sale.product_name,
-        "totalStock": sale.total_stock,
-        "remainingStock": remaining,
-        "startTime": iso(sale.start_time),
-        "endTime": iso(sale.end_time),
-        "status": sale.status(now).value,
-        "serverTime": iso(now),
-    }
-
-
-def parse_sale_id(raw: str | None) -> uuid.UUID | None:
-    """The sale id of a path (None: the current sale), or InvalidInput (400) if not a UUID."""
-    if raw is None:
-        return None
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise InvalidInput("The sale id must be a UUID.", field="id") from None
-
-
-def purchase_body(purchase: Purchase, sale: Sale) -> dict[str, Any]:
-    """The wire form of a confirmed purchase."""
-    return {
-        "purchaseId": str(purchase.id),
-        "userId": purchase.user_id,
-        "productName": sale.product_name,
-        "status": "confirmed",
-        "purchasedAt": iso(purchase.purchased_at),
-    }
-
-
-class JsonRequest(TrioRequest):
-    """A request whose unparseable JSON body is a VALIDATION_ERROR, said plainly."""
+    The purchase route reads raw bytes; the admin routes' ``validate_request`` reads the body
+    through ``get_json``, where bad JSON would otherwise be Quart's own 400 message and
+    undecodable bytes a 500.
+    """
 
     def on_json_loading_failed(self, error: Exception) -> Any:
         raise InvalidInput("The request body must be valid JSON.")
@@ -131,7 +87,7 @@ def create_app(runtime: Runtime) -> QuartTrio:
     settings = runtime.settings
     auth = Auth.from_settings(settings)
     app = QuartTrio(__name__, static_folder=None)
-    app.request_class = JsonRequest
+    app.request_class = InvalidJsonIs400Request
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     signed_in = auth.verifier is not None
@@ -158,10 +114,10 @@ def create_app(runtime: Runtime) -> QuartTrio:
     @document_response(ErrorEnvelope, 404)
     async def get_current(sale_id: str | None) -> Response:
         now = runtime.clock()
-        sale = runtime.serializer.sale(parse_sale_id(sale_id))
+        sale = runtime.serializer.sale(validation.sale_id(sale_id))
         return envelope(sale_body(sale, await current_stock(runtime, sale), now))
 
-    @app.post(f"{API}/purchase", **current)
+    @app.post(CURRENT_PURCHASE, **current)
     @app.post(f"{BY_ID}/purchase")
     @requires
     @document_request(body_model)
@@ -173,19 +129,16 @@ def create_app(runtime: Runtime) -> QuartTrio:
         try:
             body = body_model.model_validate_json(await request.get_data(cache=False))
         except ValidationError as exc:
-            g.purchase_outcome = "VALIDATION_ERROR"
-            return errors.error_response(400, "VALIDATION_ERROR", validation_message(exc))
+            return errors.for_error(InvalidInput(validation_message(exc)), settings.retry_after_s)
         try:
             bought, sale = await runtime.serializer.buy(auth.identify(request, body.userId),
                                                         auth.client_address(request),
-                                                        parse_sale_id(sale_id))
+                                                        validation.sale_id(sale_id))
         except FlashFlowError as exc:
-            response, g.purchase_outcome = errors.for_error_with_code(exc, settings.retry_after_s)
-            return response
-        g.purchase_outcome = "CONFIRMED"
+            return errors.for_error(exc, settings.retry_after_s)
         return envelope(purchase_body(bought, sale), status=201)
 
-    @app.get(f"{API}/purchase", **current)
+    @app.get(CURRENT_PURCHASE, **current)
     @app.get(f"{BY_ID}/purchase")
     @requires
     @validate_querystring(query_model)
@@ -193,12 +146,9 @@ def create_app(runtime: Runtime) -> QuartTrio:
     async def purchase_status(sale_id: str | None,
                               query_args: StatusQuery | SignedInStatusQuery) -> Response:
         _, found = await runtime.serializer.status(auth.identify(request, query_args.userId),
-                                                   parse_sale_id(sale_id),
+                                                   validation.sale_id(sale_id),
                                                    address=auth.client_address(request))
-        if found is None:
-            return envelope({"purchased": False})
-        return envelope({"purchased": True, "purchaseId": str(found.id),
-                         "purchasedAt": iso(found.purchased_at)})
+        return envelope(purchase_status_body(found))
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -225,8 +175,8 @@ def create_app(runtime: Runtime) -> QuartTrio:
 
     @app.errorhandler(RequestSchemaValidationError)
     async def on_invalid_request(error: RequestSchemaValidationError) -> Response:
-        return errors.error_response(400, "VALIDATION_ERROR",
-                                     validation_message(error.validation_error))
+        return errors.for_error(InvalidInput(validation_message(error.validation_error)),
+                                settings.retry_after_s)
 
     @app.errorhandler(HTTPException)
     async def on_http_error(error: HTTPException) -> Response:
@@ -243,19 +193,6 @@ def create_app(runtime: Runtime) -> QuartTrio:
     install_admin(app, runtime)
     install_page(app)
     return app
-
-
-async def current_stock(runtime: Runtime, sale: Sale) -> int:
-    """The sale's stock from the feed's memory; Redis is read only when the feed does not know."""
-    remaining = runtime.feed.latest(sale.id)
-    if remaining is None and runtime.feed.connected:
-        # The feed's connection may be the last to learn Redis restarted: the gate's own
-        # read, which retries a dead connection once, answers then.
-        with suppress(FlashFlowError):
-            remaining = await runtime.feed.prime(sale.id)
-    if remaining is None:
-        remaining = await runtime.gate.remaining(sale)
-    return remaining
 
 
 async def readiness(runtime: Runtime) -> dict[str, bool]:

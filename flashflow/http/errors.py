@@ -1,12 +1,11 @@
-"""The one table that maps Flash Flow errors to HTTP statuses and the wire envelope.
+"""The one table that maps Flash Flow errors to HTTP statuses and wire codes.
 
-Error bodies keep the original product's format exactly:
-``{"status": "error", "code": <http status>, "error": {"code", "message", "correlationId"}}``.
+Every error answer is an :class:`ErrorResponse`: the body is :func:`wire.error_body`, and the
+response carries its wire code so the metrics need not read the body back.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 
@@ -32,6 +31,8 @@ from actors.errors import (
     Undecided,
     UnsupportedMediaType,
 )
+
+from .wire import JSON, error_body
 
 log = logging.getLogger("flashflow.http")
 
@@ -66,15 +67,17 @@ HTTP_CODES: dict[int, str] = {
 }
 
 
+class ErrorResponse(Response):
+    """An error answer in the wire envelope; ``error_code`` is the code its body names."""
+
+    error_code: str
+
+
 def error_response(status: int, code: str, message: str, *,
-                   retry_after_s: int | None = None, challenge: str | None = None) -> Response:
+                   retry_after_s: int | None = None, challenge: str | None = None
+                   ) -> ErrorResponse:
     """Build the error envelope with a fresh correlation id, and log it with that id."""
     correlation_id = str(uuid.uuid4())
-    body = {
-        "status": "error",
-        "code": status,
-        "error": {"code": code, "message": message, "correlationId": correlation_id},
-    }
     # A sale's losers are many and expected: client errors are logged at DEBUG so a
     # stampede does not pay for a log line per 409; server errors always show.
     level = logging.WARNING if status >= 500 else logging.DEBUG
@@ -83,28 +86,25 @@ def error_response(status: int, code: str, message: str, *,
     headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else {}
     if challenge is not None:
         headers["WWW-Authenticate"] = challenge
-    return Response(json.dumps(body), status=status, headers=headers,
-                    content_type="application/json")
+    response = ErrorResponse(error_body(status, code, message, correlation_id), status=status,
+                             headers=headers, content_type=JSON)
+    response.error_code = code
+    return response
 
 
-def for_error(error: FlashFlowError, retry_after_s: int) -> Response:
+def for_error(error: FlashFlowError, retry_after_s: int) -> ErrorResponse:
     """The response for a Flash Flow error, by the table above."""
-    return for_error_with_code(error, retry_after_s)[0]
-
-
-def for_error_with_code(error: FlashFlowError, retry_after_s: int) -> tuple[Response, str]:
-    """The response for a Flash Flow error and its wire code, by the table above."""
     for cls in type(error).__mro__:
         if cls in ERROR_TABLE:
             status, code, retry = ERROR_TABLE[cls]
             wait_s = getattr(error, "retry_after_s", retry_after_s)
             return error_response(status, code, error.message,
                                   retry_after_s=wait_s if retry else None,
-                                  challenge=getattr(error, "challenge", None)), code
-    return internal_error(), "INTERNAL_ERROR"
+                                  challenge=getattr(error, "challenge", None))
+    return internal_error()
 
 
-def for_http(error: HTTPException) -> Response:
+def for_http(error: HTTPException) -> ErrorResponse:
     """The response for an HTTP error raised by the framework."""
     status = error.code or 500
     if status >= 500:
@@ -113,6 +113,6 @@ def for_http(error: HTTPException) -> Response:
     return error_response(status, code, error.description or error.name)
 
 
-def internal_error() -> Response:
+def internal_error() -> ErrorResponse:
     """The response for anything unexpected: no stack trace leaves the server."""
     return error_response(500, "INTERNAL_ERROR", "An unexpected error occurred.")

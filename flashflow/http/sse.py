@@ -28,9 +28,14 @@ from quart_trio import QuartTrio
 from actors import FlashFlowError, Sale, SaleStatus
 
 from ..runtime import Runtime
-
-SaleBody = Callable[[Sale, int, datetime], dict[str, Any]]
-Iso = Callable[[datetime], str]
+from . import validation
+from .wire import (
+    BY_ID,
+    CURRENT_EVENTS,
+    sale_body,
+    status_event_body,
+    stock_event_body,
+)
 
 HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -73,13 +78,10 @@ class EventStream:
     starts.
     """
 
-    def __init__(self, runtime: Runtime, sale_body: SaleBody, iso: Iso, *, first_id: int,
-                 heartbeat_s: float, retry_ms: int,
+    def __init__(self, runtime: Runtime, *, first_id: int, heartbeat_s: float, retry_ms: int,
                  follow: Callable[[], Sale | None]) -> None:
         self._runtime = runtime
         self._follow = follow
-        self._sale_body = sale_body
-        self._iso = iso
         self._ids: Iterator[int] = count(first_id)
         self._heartbeat_s = heartbeat_s
         self._retry_ms: int | None = retry_ms
@@ -109,7 +111,7 @@ class EventStream:
             if remaining is None:  # the gate is not in Redis yet: load it from the ledger
                 remaining = await runtime.gate.remaining(sale)
             now = runtime.clock()
-            yield self._frame("snapshot", self._sale_body(sale, remaining, now))
+            yield self._frame("snapshot", sale_body(sale, remaining, now))
             state = (sale.status(now), remaining == 0)
             beat_at = trio.current_time() + self._heartbeat_s
             while True:
@@ -120,16 +122,10 @@ class EventStream:
                 out: list[bytes] = []
                 if value is not None and value != remaining:
                     remaining = value
-                    out.append(self._frame("stock", {
-                        "saleId": str(sale.id), "remainingStock": remaining,
-                        "serverTime": self._iso(now),
-                    }))
+                    out.append(self._frame("stock", stock_event_body(sale, remaining, now)))
                 if (status := (sale.status(now), remaining == 0)) != state:
                     state = status
-                    out.append(self._frame("status", {
-                        "saleId": str(sale.id), "status": state[0].value, "soldOut": state[1],
-                        "remainingStock": remaining, "serverTime": self._iso(now),
-                    }))
+                    out.append(self._frame("status", status_event_body(sale, remaining, now)))
                 if not out and trio.current_time() >= beat_at:
                     out.append(HEARTBEAT)
                 if out:
@@ -150,17 +146,14 @@ def install_sse(app: QuartTrio, runtime: Runtime, *, heartbeat_s: float = 15.0,
         heartbeat_s: seconds of silence after which a comment line is sent.
         retry_ms: the reconnect delay suggested to clients.
     """
-    from .app import API, BY_ID, iso, parse_sale_id, sale_body  # app.py imports this module
-
-    @app.get(f"{API}/events", defaults={"sale_id": None})
+    @app.get(CURRENT_EVENTS, defaults={"sale_id": None})
     @app.get(f"{BY_ID}/events")
     async def events(sale_id: str | None) -> Response:
-        sale = runtime.serializer.sale(parse_sale_id(sale_id))
+        sale = runtime.serializer.sale(validation.sale_id(sale_id))
         catalog = runtime.catalog
         follow = ((lambda: catalog.current(runtime.clock())) if sale_id is None
                   else (lambda: catalog.get(sale.id)))
-        stream = EventStream(runtime, sale_body, iso, heartbeat_s=heartbeat_s,
-                             retry_ms=retry_ms, follow=follow,
+        stream = EventStream(runtime, heartbeat_s=heartbeat_s, retry_ms=retry_ms, follow=follow,
                              first_id=first_event_id(request.headers.get("Last-Event-ID")))
         response = await make_response(stream.frames(sale), 200, HEADERS)
         response.timeout = None  # a stream lives as long as its client

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import unicodedata
+import uuid
 from functools import cache
 from typing import Any
 
@@ -90,3 +91,13 @@ def user_id_pattern() -> str:
     """The OpenAPI ``pattern`` of a user id: no refused character, no blank at either end."""
     refused = refused_class()
     return rf"^[^\s{refused}]([^{refused}]*[^\s{refused}])?$"
+
+
+def sale_id(raw: str | None) -> uuid.UUID | None:
+    """The sale id of a path (None: the current sale), or InvalidInput (400) if not a UUID."""
+    if raw is None:
+        return None
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise InvalidInput("The sale id must be a UUID.", field="id") from None

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-CURRENT_PATH = "/api/v1/flash-sales/current"
-PURCHASE_PATH = f"{CURRENT_PATH}/purchase"
+from flashflow.http.wire import CURRENT_PURCHASE as PURCHASE_PATH
+
 #: How long a benchmark's tokens stay valid: longer than any run, a whole sale included.
 TOKEN_TTL_S = 4 * 3600
 

@@ -135,14 +135,14 @@ async def test_open_event_streams_count_as_feed_subscribers(settings):
 def test_multiprocess_mode_reads_the_shared_directory(tmp_path: Path):
     """With PROMETHEUS_MULTIPROC_DIR set, a scrape sums what worker processes wrote there."""
     worker = textwrap.dedent("""
-        from flashflow.metrics import RequestMetrics
+        from flashflow.http.metrics import RequestMetrics
         recorder = RequestMetrics(None)
         recorder.observe("/r", "POST", 201, 0.01)
         recorder.purchase("CONFIRMED")
     """)
     scraper = textwrap.dedent("""
         from prometheus_client import generate_latest
-        from flashflow.metrics import scrape_registry
+        from flashflow.http.metrics import scrape_registry
         print(generate_latest(scrape_registry([], None)).decode())
     """)
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from actors import FlashFlowError
 
-from .runtime import Runtime
+from ..runtime import Runtime
 
 GAUGE, COUNTER = "gauge", "counter"
 

@@ -2,8 +2,9 @@
 
 The hot path pays for two dictionary look-ups and two increments per request: requests are
 counted by route rule (never the raw path, so labels stay bounded), and the purchase
-outcome is read from the response only on ``POST .../purchase``. The actors' numbers cost
-nothing until a scrape: ``actor_metrics.ActorCollector`` reads their ``statistics()`` then.
+outcome is read from the response (its status, or the wire code an error answer carries)
+only on ``POST .../purchase``. The actors' numbers cost nothing until a scrape:
+``actor_metrics.ActorCollector`` reads their ``statistics()`` then.
 
 With several worker processes, set ``PROMETHEUS_MULTIPROC_DIR`` to an empty, writable
 directory before the processes start: prometheus-client chooses its storage when it is
@@ -15,7 +16,6 @@ label. Without the variable, one in-process registry per app is used.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -27,8 +27,8 @@ from prometheus_client.registry import Collector
 from quart import Request, Response, g, request
 from quart_trio import QuartTrio
 
+from ..runtime import Runtime
 from .actor_metrics import ACTOR_METRICS, SALE_METRICS, ActorCollector, read_sale
-from .runtime import Runtime
 
 __all__ = ["ACTOR_METRICS", "REQUEST_METRICS", "SALE_METRICS", "RequestMetrics",
            "install_metrics", "scrape_registry"]
@@ -96,14 +96,12 @@ def scrape_registry(collectors: Iterable[Collector],
     return own
 
 
-async def purchase_outcome(response: Response) -> str:
+def purchase_outcome(response: Response) -> str:
     """The wire code of a purchase answer: CONFIRMED for a 201, else the error's code."""
     if response.status_code == 201:
         return CONFIRMED
-    try:
-        return str(json.loads(await response.get_data())["error"]["code"])
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP_{response.status_code}"
+    code = getattr(response, "error_code", None)  # set by errors.error_response
+    return code if code is not None else f"HTTP_{response.status_code}"
 
 
 def install_metrics(app: QuartTrio, runtime: Runtime,
@@ -132,10 +130,7 @@ def install_metrics(app: QuartTrio, runtime: Runtime,
         route = rule.rule if rule is not None else UNMATCHED
         recorder.observe(route, request.method, response.status_code, elapsed)
         if request.endpoint == PURCHASE_ENDPOINT and request.method == "POST":
-            # The purchase route names its outcome; only answers it did not give (a body
-            # too large, say) are read back from the response.
-            outcome = g.get("purchase_outcome")
-            recorder.purchase(outcome or await purchase_outcome(response))
+            recorder.purchase(purchase_outcome(response))
         return response
 
     @app.get("/metrics")
