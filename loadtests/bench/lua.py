@@ -17,7 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from flashflow.http.wire import API as CURRENT_PATH
 from flashflow.http.wire import CURRENT_PURCHASE as PURCHASE_PATH
+
+__all__ = ["CURRENT_PATH", "PURCHASE_PATH"]  # re-exported for the scenarios and the server
 
 #: How long a benchmark's tokens stay valid: longer than any run, a whole sale included.
 TOKEN_TTL_S = 4 * 3600
