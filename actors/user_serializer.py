@@ -100,6 +100,9 @@ class UserSerializer:
         self._from_memory = 0
         self._rolled_back = 0
         self._lost_replies = 0
+        # purchase id -> (a reservation whose reply was lost, when to leave it to the reconciler)
+        self._lost: dict[uuid.UUID, tuple[Purchase, float]] = {}
+        self._lost_wake = trio.Event()
 
     # -- the routes' calls ------------------------------------------------------------
 
@@ -229,7 +232,7 @@ class UserSerializer:
                 # The reservation may have been made with its reply lost (here, or by the
                 # waiting queue): undo it as soon as Redis answers, so a retry can buy.
                 self._lost_replies += 1
-                self._later(self._release_lost, purchase)
+                self._release_later(purchase)
                 raise
             if answer.seat is Seat.RESERVED:
                 return await self._commit(sale, purchase, deadline)
@@ -288,21 +291,31 @@ class UserSerializer:
                     raise
             await trio.sleep(self._config.poll_s)
 
-    async def _release_lost(self, purchase: Purchase) -> None:
+    def _release_later(self, purchase: Purchase) -> None:
         """Undo a reservation whose reply was lost, as soon as Redis answers again."""
-        with trio.move_on_after(self._config.release_retry_s):
-            while True:
+        self._lost[purchase.id] = (purchase, trio.current_time() + self._config.release_retry_s)
+        self._lost_wake.set()
+
+    async def release_lost(self) -> None:
+        """Undo the reservations whose reply was lost, one at a time, until cancelled.
+
+        One task for all of them, so a Redis that is down meets one retry at a time, not
+        one per purchase; what is still unreleased after ``release_retry_s`` is left to the
+        reconciler.
+        """
+        while True:
+            await self._lost_wake.wait()
+            self._lost_wake = trio.Event()
+            while self._lost:
+                purchase_id, (purchase, give_up_at) = next(iter(self._lost.items()))
                 try:
                     await self._gate.release(purchase.sale_id, purchase.user_id, purchase.id,
                                              restock=True)
-                    return
                 except BackendUnavailable:
-                    await trio.sleep(0.25)
-
-    def _later(self, fn, *args) -> None:
-        """Run clean-up in the background; once shutting down, the reconciler does it."""
-        with suppress(RuntimeError):  # the background nursery is closed
-            self._background.start_soon(fn, *args)
+                    if trio.current_time() < give_up_at:
+                        await trio.sleep(0.25)
+                        continue
+                del self._lost[purchase_id]
 
     def _remember(self, purchase: Purchase) -> None:
         self._buyers[purchase.sale_id][purchase.user_id] = purchase
@@ -318,7 +331,7 @@ class UserSerializer:
                 log.error("could not return a reservation to the gate: %r", exc.__cause__,
                           extra={"sale_id": str(purchase.sale_id), "purchase_id": str(purchase.id)})
                 if restock:
-                    self._later(self._release_lost, purchase)
+                    self._release_later(purchase)
 
     # -- memory -----------------------------------------------------------------------
 
@@ -367,6 +380,7 @@ async def open_user_serializer(gate: StockGate, ledger: Ledger, *,
                 serializer = UserSerializer(nursery, background, gate, ledger, catalog, limiter,
                                             config, clock, also_forget)
                 background.start_soon(serializer.sweep)
+                background.start_soon(serializer.release_lost)
                 try:
                     yield serializer
                 finally:
