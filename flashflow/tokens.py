@@ -41,6 +41,23 @@ class TokenVerifier:
             Unauthorized: the token is malformed, forged, expired, not yet valid, for
                 another issuer or audience, or lacks ``exp`` or ``sub``.
         """
+        return self.claims(token)["sub"]
+
+    def has_scope(self, token: str, scope: str) -> bool:
+        """Whether a valid token's ``scope`` claim (space-separated, RFC 8693) holds ``scope``.
+
+        Raises:
+            Unauthorized: as :meth:`subject`.
+        """
+        granted = self.claims(token).get("scope", "")
+        return isinstance(granted, str) and scope in granted.split()
+
+    def claims(self, token: str) -> dict[str, Any]:
+        """Every claim of a valid token.
+
+        Raises:
+            Unauthorized: as :meth:`subject`.
+        """
         try:
             claims = jwt.decode(token, self.key, algorithms=list(self.algorithms),
                                 issuer=self.issuer, audience=self.audience,
@@ -53,7 +70,7 @@ class TokenVerifier:
             raise Unauthorized("The token was not issued for this service.") from None
         except jwt.PyJWTError:
             raise Unauthorized("The token is not valid.") from None
-        return claims["sub"]
+        return claims
 
 
 def load_verifier(settings: Settings) -> TokenVerifier | None:
@@ -93,7 +110,7 @@ def _public_key(settings: Settings) -> tuple[Any, tuple[str, ...]]:
 
 
 def mint(settings: Settings, user_id: str, ttl_s: float = 3600.0,
-         now: float | None = None) -> str:
+         now: float | None = None, scope: str | None = None) -> str:
     """A token for ``user_id`` signed with the HS256 secret, with the configured iss and aud.
 
     Raises:
@@ -108,4 +125,6 @@ def mint(settings: Settings, user_id: str, ttl_s: float = 3600.0,
         claims["iss"] = settings.auth_jwt_issuer
     if settings.auth_jwt_audience is not None:
         claims["aud"] = settings.auth_jwt_audience
+    if scope is not None:
+        claims["scope"] = scope
     return jwt.encode(claims, settings.auth_jwt_secret, algorithm="HS256")

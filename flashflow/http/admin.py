@@ -19,36 +19,55 @@ from actors import Sale, Unauthorized
 
 from ..runtime import Runtime
 from ..settings import Settings
+from ..tokens import TokenVerifier, load_verifier
 from . import validation
 from .schema import ErrorEnvelope, SaleCreate, SaleEnvelope, SaleUpdate
 from .stock import current_stock
 from .wire import ADMIN, envelope, sale_body
 
+#: The scope a buyer-style JWT must hold to use the admin API.
+ADMIN_SCOPE = "flashflow:admin"
+ADMIN_CHALLENGE = f'Bearer realm="flashflow-admin", scope="{ADMIN_SCOPE}"'
 
-def require_admin(request: Request, settings: Settings) -> None:
-    """Let the request through only when it carries the admin bearer token.
+
+def require_admin(request: Request, settings: Settings,
+                  verifier: TokenVerifier | None = None) -> None:
+    """Let the request through only with the admin bearer token, or a JWT of ``ADMIN_SCOPE``.
+
+    The JWT is checked by the buyers' ``verifier`` (the auth settings' key, issuer and
+    audience); ``FLASHFLOW_ADMIN_TOKEN`` is compared in constant time.
 
     Raises:
-        NotFound: no admin token is configured: the admin API is off.
-        Unauthorized: the ``Authorization: Bearer`` token is missing or wrong.
+        NotFound: neither an admin token nor a token key is configured: the API is off.
+        Unauthorized: the ``Authorization: Bearer`` token is missing, wrong, or a valid
+            JWT without the admin scope.
     """
     expected = settings.admin_token
-    if not expected:
+    if not expected and verifier is None:
         raise NotFound()
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                             expected.encode()):
-        raise Unauthorized("A valid admin bearer token is required.",
-                           challenge='Bearer realm="flashflow-admin"')
+    given = given.strip()
+    if scheme.lower() == "bearer" and given:
+        if expected and hmac.compare_digest(given.encode(), expected.encode()):
+            return
+        if verifier is not None and given.count(".") == 2:
+            try:
+                if verifier.has_scope(given, ADMIN_SCOPE):
+                    return
+            except Unauthorized:
+                pass
+    raise Unauthorized("A valid admin bearer token is required.", challenge=ADMIN_CHALLENGE)
 
 
 def install_admin(app: QuartTrio, runtime: Runtime) -> None:
-    """Add the admin routes to ``app``; they answer 404 unless an admin token is set."""
+    """Add the admin routes to ``app``; they answer 404 unless an admin token or a token key
+    is set."""
     admin = Blueprint("admin", __name__, url_prefix=ADMIN)
+    verifier = load_verifier(runtime.settings)
 
     @admin.before_request
     async def authorise() -> None:
-        require_admin(request, runtime.settings)
+        require_admin(request, runtime.settings, verifier)
 
     async def answer(sale: Sale, status: int = 200) -> Response:
         # This process serves the change at once; the others within their refresh.

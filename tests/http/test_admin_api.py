@@ -236,3 +236,27 @@ async def test_the_openapi_document_lists_the_admin_and_id_routes(settings):
     if "$ref" in schema:
         schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
     assert set(schema["required"]) == {"productName", "totalStock", "startTime", "endTime"}
+
+
+async def test_a_jwt_with_the_admin_scope_authorises_without_an_admin_token(settings):
+    """With buyers' token keys set, a JWT whose scope holds flashflow:admin is an operator;
+    a buyer's JWT without that scope, or one signed with another key, is 401."""
+    from flashflow.tokens import mint
+
+    settings = replace(settings, auth_jwt_secret="admin-scope-secret-0123456789abcdef")
+    forger = replace(settings, auth_jwt_secret="another-secret-0123456789abcdefghij")
+    operator = {"Authorization": "Bearer " + mint(settings, "ops", scope="flashflow:admin")}
+    refused = [{"Authorization": "Bearer " + mint(settings, "buyer")},
+               {"Authorization": "Bearer " + mint(settings, "buyer", scope="flashflow:shop")},
+               {"Authorization": "Bearer " + mint(forger, "ops", scope="flashflow:admin")}]
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            created = await server.client.post(ADMIN, json=new_sale(), headers=operator)
+            answers = [await server.client.post(ADMIN, json=new_sale(), headers=h)
+                       for h in refused]
+    assert created.status_code == 201, created.text
+    for answer in answers:
+        assert_error(answer, 401, "UNAUTHORIZED")
+        assert 'scope="flashflow:admin"' in answer.headers["WWW-Authenticate"]
+    rows = await pg(settings.database_url, fetch, "SELECT product_name FROM flash_sales")
+    assert len(rows) == 1
