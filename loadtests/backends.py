@@ -42,15 +42,20 @@ def gate_keys(key_prefix: str, sale_id: uuid.UUID) -> tuple[str, str]:
     return keys.stock, keys.buyers
 
 
+def read_gate(client: Any, key_prefix: str, sale_id: uuid.UUID) -> GateSnapshot:
+    """:func:`gate_snapshot` through a synchronous client of any shape (single, Sentinel,
+    cluster) opened with ``decode_responses=True``; the client stays open."""
+    stock_key, buyers_key = gate_keys(key_prefix, sale_id)
+    stock = client.get(stock_key)
+    buyers = {user: parse_holder(value)[0] for user, value in client.hgetall(buyers_key).items()}
+    return GateSnapshot(None if stock is None else int(stock), buyers)
+
+
 def gate_snapshot(redis_url: str, key_prefix: str, sale_id: uuid.UUID) -> GateSnapshot:
     """The remaining stock and the buyers (user -> purchase id) the gate keeps in Redis."""
-    stock_key, buyers_key = gate_keys(key_prefix, sale_id)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        stock = client.get(stock_key)
-        buyers = {user: parse_holder(value)[0]
-                  for user, value in client.hgetall(buyers_key).items()}
-        return GateSnapshot(None if stock is None else int(stock), buyers)
+        return read_gate(client, key_prefix, sale_id)
     finally:
         client.close()
 

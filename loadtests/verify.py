@@ -6,16 +6,22 @@ Pure functions: :mod:`loadtests.backends` reads PostgreSQL and Redis, this modul
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from .records import PURCHASE, STATUS, Record
 
 THROTTLED = 429  # a polite "slow down" to a spamming user: never wrong, so never a break
+UNAVAILABLE = 503  # what a server says while a backend is down (with Retry-After)
+NO_ANSWER = 0  # the connection failed or the reply was cut
 
 
 def _throttled(record: Record) -> bool:
     return record.status == THROTTLED
+
+
+def _failed(record: Record) -> bool:
+    return record.status == NO_ANSWER or record.status >= 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +65,24 @@ class _Seen:
     first_win: dict[str, float] = field(default_factory=dict)
     by_user: dict[str, list[Record]] = field(default_factory=lambda: defaultdict(list))
     sold_out_told: int = 0
+    #: Users one of whose attempts a fault cut short (503 or no answer): their commit may
+    #: have happened with the reply lost.
+    cut_short: set[str] = field(default_factory=set)
+    #: The records a fault excuses, as given to :func:`verify`.
+    excused: Collection[Record] = ()
+
+    def excuses(self, record: Record) -> bool:
+        """Whether ``record`` is a 503 or no answer sent while a fault lasted."""
+        return record.status in (UNAVAILABLE, NO_ANSWER) and record in self.excused
 
 
-def _gather(records: Iterable[Record]) -> tuple[_Seen, list[Record], list[Record]]:
-    seen, statuses, failures = _Seen(), [], []
+def _gather(records: Iterable[Record], faulted: Collection[Record]
+            ) -> tuple[_Seen, list[Record], list[Record]]:
+    seen, statuses, failures = _Seen(excused=faulted), [], []
     for record in records:
-        if record.status == 0 or record.status >= 500:
+        if seen.excuses(record):
+            seen.cut_short.add(record.user)
+        elif _failed(record):
             failures.append(record)
         if record.kind == STATUS:
             statuses.append(record)
@@ -89,7 +107,7 @@ def _sample(items: Iterable[str], limit: int = 3) -> str:
 
 
 def verify(records: Iterable[Record], before: LedgerSnapshot, after: LedgerSnapshot,
-           gate: GateSnapshot) -> list[Check]:
+           gate: GateSnapshot, *, faulted: Collection[Record] = ()) -> list[Check]:
     """Judge one run.
 
     Args:
@@ -97,11 +115,17 @@ def verify(records: Iterable[Record], before: LedgerSnapshot, after: LedgerSnaps
         before: the ledger before the run (purchases there were not made by this run).
         after: the ledger after the run.
         gate: Redis after the run.
+        faulted: those of ``records`` sent while a fault lasted (a backend down, a worker
+            killed), until the servers had recovered. Among them, and only among them, a 503
+            or no answer is no break; such an attempt may also have committed with its reply
+            lost, so its user may hold a row that no 201 announced. Every other answer, and
+            every answer after recovery, is held to the same rules as in a healthy run.
 
     Returns:
         One :class:`Check` per invariant, in a stable order.
     """
-    seen, statuses, failures = _gather(records)
+    records = list(records)
+    seen, statuses, failures = _gather(records, set(faulted))
     rows, total = after.purchases, after.total_stock
     committed = len(rows)
     demand = len(seen.users | set(before.purchases))
@@ -122,21 +146,21 @@ def verify(records: Iterable[Record], before: LedgerSnapshot, after: LedgerSnaps
     successes = {u: sum(r.status == 201 for r in records) for u, records in seen.by_user.items()}
     twice = {u for u, n in successes.items() if n > 1}
     new_rows = committed - len(before.purchases)
+    lost = {u for u in _untold(seen, before, rows) if u in seen.cut_short}
     checks.append(Check(
         "exactly one 201 per user: 201s counted = units sold",
-        not twice and sum(successes.values()) == new_rows,
-        f"{sum(successes.values())} x 201 for {new_rows} new rows; "
-        f"users told 201 twice: {_sample(twice) or 'none'}"))
+        not twice and sum(successes.values()) == new_rows - len(lost),
+        f"{sum(successes.values())} x 201 for {new_rows} new rows, {len(lost)} of them "
+        f"with the reply lost in a fault; users told 201 twice: {_sample(twice) or 'none'}"))
 
     checks.append(_repeats(seen, rows))
     mismatched = {u for u, ids in seen.won.items() if rows.get(u) not in ids}
     checks.append(Check("every 201 is a row with its purchaseId", not mismatched,
                         f"{sum(map(len, seen.won.values()))} purchase ids told; "
                         f"not in PostgreSQL: {_sample(mismatched) or 'none'}"))
-    untold = {u for u, pid in rows.items()
-              if before.purchases.get(u) != pid and pid not in seen.won.get(u, ())}
+    untold = _untold(seen, before, rows) - lost
     checks.append(Check("no row that no client was told about", not untold,
-                        f"{committed - len(before.purchases)} new rows; "
+                        f"{new_rows} new rows, {len(lost)} told a fault's 503 or nothing; "
                         f"untold: {_sample(untold) or 'none'}"))
     checks.append(Check(
         "gate agrees with ledger",
@@ -146,6 +170,12 @@ def verify(records: Iterable[Record], before: LedgerSnapshot, after: LedgerSnaps
     checks.append(_losers(seen, rows, failures))
     checks.append(_status_reads(statuses, seen, rows))
     return checks
+
+
+def _untold(seen: _Seen, before: LedgerSnapshot, rows: dict[str, str]) -> set[str]:
+    """Users holding a new row whose purchase id no 201 told them."""
+    return {u for u, pid in rows.items()
+            if before.purchases.get(u) != pid and pid not in seen.won.get(u, ())}
 
 
 def _repeats(seen: _Seen, rows: dict[str, str]) -> Check:
@@ -158,7 +188,7 @@ def _repeats(seen: _Seen, rows: dict[str, str]) -> Check:
         for record in seen.by_user.get(user, ()):
             same = record.status == 201 and record.purchase_id == pid
             told = record.status == 409 and record.code == "ALREADY_PURCHASED"
-            if _throttled(record):
+            if _throttled(record) or seen.excuses(record):
                 continue
             if first is not None and record.started > first:
                 repeats += 1
@@ -172,14 +202,17 @@ def _repeats(seen: _Seen, rows: dict[str, str]) -> Check:
 
 def _losers(seen: _Seen, rows: dict[str, str], failures: list[Record]) -> Check:
     """Users without a purchase hear 409 SOLD_OUT (or 429 when they spam), nothing else;
-    nobody sees a 5xx or a cut connection."""
+    nobody sees a 5xx or a cut connection, but for a fault's 503s and cut connections."""
     wrong = {u for u, records in seen.by_user.items() if u not in rows
-             for r in records if not (r.status == 409 and r.code == "SOLD_OUT" or _throttled(r))}
+             for r in records if not (r.status == 409 and r.code == "SOLD_OUT"
+                                      or _throttled(r) or seen.excuses(r))}
     throttled = sum(_throttled(r) for records in seen.by_user.values() for r in records)
     odd = {f"{r.kind} {r.status} {r.code}" for r in failures}
+    excused = sum(seen.excuses(r) for records in seen.by_user.values() for r in records)
     return Check("losers get 409 SOLD_OUT, never a 5xx or a dropped connection",
                  not wrong and not failures,
-                 f"{len(failures)} 5xx/dropped ({_sample(odd) or 'none'}); "
+                 f"{len(failures)} 5xx/dropped ({_sample(odd) or 'none'}), {excused} excused "
+                 f"by a fault; "
                  f"losers told otherwise: {_sample(wrong) or 'none'}; {throttled} attempts 429")
 
 

@@ -18,8 +18,9 @@ def buy(user: str, status: int, at: float, pid: str | None = None,
 
 
 def broken(records: list[Record], after: LedgerSnapshot = SOLD,
-           gate: GateSnapshot = GATE) -> set[str]:
-    return {c.name for c in verify(records, EMPTY, after, gate) if not c.held}
+           gate: GateSnapshot = GATE, faulted: list[Record] | None = None) -> set[str]:
+    return {c.name for c in verify(records, EMPTY, after, gate, faulted=faulted or ())
+            if not c.held}
 
 
 CLEAN = [buy("alice", 201, 1.0, "p1"), buy("alice", 409, 1.0, code="ALREADY_PURCHASED"),
@@ -51,6 +52,36 @@ def test_a_winner_told_sold_out_and_a_5xx_break():
                                                                     code="UNAVAILABLE")]
     assert broken(records) == {"repeats get ALREADY_PURCHASED",
                                "losers get 409 SOLD_OUT, never a 5xx or a dropped connection"}
+
+
+def test_a_faults_503s_and_cut_connections_are_excused_only_while_it_lasted():
+    """During a fault a 503 or no answer is no break, nor is the row of a user whose commit
+    reply it lost; the same answers after recovery still break."""
+    after = LedgerSnapshot(total_stock=2, sold=2, purchases={"alice": "p1", "carol": "p9"})
+    gate = GateSnapshot(stock=0, buyers=after.purchases)
+    during = [buy("bob", 503, 1.2, code="UNAVAILABLE"), buy("carol", 0, 1.3, code="reset"),
+              buy("alice", 503, 1.4, code="UNAVAILABLE")]
+    later = [buy("carol", 409, 4.0, code="ALREADY_PURCHASED")]
+    records = [*CLEAN, *during, *later]
+    assert broken(records, after, gate, faulted=during) == set()
+    assert broken(records, after, gate) == {
+        "exactly one 201 per user: 201s counted = units sold", "repeats get ALREADY_PURCHASED",
+        "no row that no client was told about",
+        "losers get 409 SOLD_OUT, never a 5xx or a dropped connection"}
+    assert broken([*records, buy("bob", 503, 5.0, code="UNAVAILABLE")], after, gate,
+                  faulted=during) == {
+        "losers get 409 SOLD_OUT, never a 5xx or a dropped connection"}
+
+
+def test_a_fault_excuses_no_other_5xx_nor_an_untold_row_of_a_user_it_spared():
+    """A 500 during a fault breaks; a row for a user who never saw a fault's 503 breaks."""
+    after = LedgerSnapshot(total_stock=2, sold=2, purchases={"alice": "p1", "carol": "p9"})
+    gate = GateSnapshot(stock=0, buyers=after.purchases)
+    during = [buy("bob", 500, 1.2, code="INTERNAL")]
+    assert broken([*CLEAN, *during], after, gate, faulted=during) == {
+        "exactly one 201 per user: 201s counted = units sold",
+        "no row that no client was told about",
+        "losers get 409 SOLD_OUT, never a 5xx or a dropped connection"}
 
 
 def test_gate_disagreeing_with_ledger_and_overselling_break():
