@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -29,6 +29,9 @@ from flashflow.processes import stop_process
 from flashflow.runtime import Runtime, open_runtime
 from flashflow.server import asgi_app, hypercorn_config
 from flashflow.settings import Settings
+from loadtests.backends import ledger_snapshot, read_gate
+from loadtests.records import Record
+from loadtests.verify import GateSnapshot, LedgerSnapshot, verify
 
 run_pg = run_on_connection
 
@@ -62,6 +65,23 @@ def gate_keys(settings: Settings, sale_id: uuid.UUID) -> tuple[str, str]:
     """The gate's (stock, buyers) Redis keys for a sale under the test's key prefix."""
     keys = sale_keys(settings.key_prefix, sale_id)
     return keys.stock, keys.buyers
+
+
+
+async def judge(settings: Settings, sale: Any, records: list[Record], *,
+                faulted: Collection[Record] = ()) -> tuple[LedgerSnapshot, GateSnapshot]:
+    """Hold a run on a fresh ``sale`` to :func:`loadtests.verify.verify`, the one invariant
+    check, against what PostgreSQL and Redis hold now; return the snapshots it judged."""
+    after = await trio.to_thread.run_sync(ledger_snapshot, settings.database_url, sale.id)
+    client = redis_client(settings)
+    try:
+        gate = await trio.to_thread.run_sync(read_gate, client, settings.key_prefix, sale.id)
+    finally:
+        client.close()
+    before = LedgerSnapshot(sale.total_stock, 0, {})
+    broken = [c for c in verify(records, before, after, gate, faulted=faulted) if not c.held]
+    assert not broken, "\n".join(f"{c.name}: {c.detail}" for c in broken)
+    return after, gate
 
 
 @dataclass
