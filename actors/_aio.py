@@ -153,6 +153,25 @@ async def open_redis(url: str, timeout_s: float) -> AsyncIterator[RedisClient]:
         await close_redis(client, timeout_s)
 
 
+@asynccontextmanager
+async def open_postgres(url: str, timeout_s: float, pool_size: int,
+                        statement_cache_size: int) -> AsyncIterator[asyncpg.Pool]:
+    """An asyncpg pool of up to ``pool_size`` connections for the ledger, closed on exit.
+
+    ``statement_cache_size`` is 0 behind PgBouncer in transaction pooling mode: a named
+    prepared statement lives on one server connection, and the next transaction may run on
+    another.
+    """
+    pool = await postgres_call(timeout_s, asyncpg.create_pool, url, min_size=1,
+                               max_size=pool_size, command_timeout=timeout_s,
+                               statement_cache_size=statement_cache_size)
+    try:
+        yield pool
+    finally:
+        with trio.CancelScope(shield=True), suppress(BackendUnavailable):
+            await call("postgres", timeout_s, pool.close)
+
+
 class PubSubSource:
     """Opens the stock feed's pub/sub subscriptions for any shape of Redis.
 

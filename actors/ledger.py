@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -288,14 +288,8 @@ async def _select_one(conn) -> bool:
 @asynccontextmanager
 async def open_ledger(config: LedgerConfig) -> AsyncIterator[Ledger]:
     """Open the ledger actor; yields once PostgreSQL answers, stops its loop on exit."""
-    pool = await _aio.postgres_call(
-        config.timeout_s, asyncpg.create_pool, config.database_url,
-        min_size=1, max_size=config.pool_size, command_timeout=config.timeout_s,
-        # 0 behind PgBouncer in transaction pooling mode: a named prepared statement lives on
-        # one server connection, and the next transaction may run on another.
-        statement_cache_size=config.statement_cache_size,
-    )
-    try:
+    async with _aio.open_postgres(config.database_url, config.timeout_s, config.pool_size,
+                                  config.statement_cache_size) as pool:
         ledger = Ledger(config, pool)
         async with open_actor_nursery() as nursery:
             await nursery.start(ledger.run)
@@ -304,6 +298,3 @@ async def open_ledger(config: LedgerConfig) -> AsyncIterator[Ledger]:
                 yield ledger
             finally:
                 nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True), suppress(BackendUnavailable):
-            await _aio.call("postgres", config.timeout_s, pool.close)
