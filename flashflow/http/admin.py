@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 
 from quart import Blueprint, Request, Response, request
-from quart_schema import document_response, validate_request
+from quart_schema import validate_request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import NotFound
 
@@ -21,7 +21,15 @@ from ..runtime import Runtime
 from ..settings import Settings
 from ..tokens import TokenVerifier, load_verifier
 from . import validation
-from .schema import ErrorEnvelope, SaleCreate, SaleEnvelope, SaleUpdate
+from .schema import (
+    UNAVAILABLE,
+    Answer,
+    SaleCreate,
+    SaleEnvelope,
+    SaleUpdate,
+    answers,
+    ok,
+)
 from .stock import current_stock
 from .wire import ADMIN, envelope, sale_body
 
@@ -59,6 +67,19 @@ def require_admin(request: Request, settings: Settings,
     raise Unauthorized("A valid admin bearer token is required.", challenge=ADMIN_CHALLENGE)
 
 
+BAD_BODY = Answer(400, "VALIDATION_ERROR: the sale id or the body is not valid.")
+ADMIN_UNAUTHORIZED = Answer(401, "UNAUTHORIZED: no admin bearer token (or a JWT without the "
+                                 f"{ADMIN_SCOPE} scope).",
+                            headers={"WWW-Authenticate": {"required": True,
+                                                          "schema": {"type": "string"}}})
+ADMIN_NOT_FOUND = Answer(404, "NOT_FOUND when the admin API is off (no admin token, no token "
+                              "key); SALE_NOT_FOUND for an unknown sale.")
+TOO_LARGE = Answer(413, "PAYLOAD_TOO_LARGE: the body is over the size limit.")
+UNSUPPORTED = Answer(415, "UNSUPPORTED_MEDIA_TYPE: a body that is not application/json.")
+#: Every admin route's refusals before its own.
+REFUSALS = (BAD_BODY, ADMIN_UNAUTHORIZED, ADMIN_NOT_FOUND, UNAVAILABLE)
+
+
 def install_admin(app: QuartTrio, runtime: Runtime) -> None:
     """Add the admin routes to ``app``; they answer 404 unless an admin token or a token key
     is set."""
@@ -77,8 +98,7 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
 
     @admin.post("")
     @validate_request(SaleCreate)
-    @document_response(SaleEnvelope, 201)
-    @document_response(ErrorEnvelope, 400)
+    @answers(ok(201, SaleEnvelope, "The sale, created."), *REFUSALS, TOO_LARGE, UNSUPPORTED)
     async def create_sale(data: SaleCreate) -> Response:
         sale = await runtime.ledger.create_sale(data.productName, data.totalStock,
                                                 data.startTime, data.endTime)
@@ -87,8 +107,9 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
 
     @admin.patch("/<sale_id>")
     @validate_request(SaleUpdate)
-    @document_response(SaleEnvelope, 200)
-    @document_response(ErrorEnvelope, 409)
+    @answers(ok(200, SaleEnvelope, "The sale, changed."), *REFUSALS, TOO_LARGE, UNSUPPORTED,
+             Answer(409, "The sale cannot be changed; error.code says why: SALE_STARTED (it "
+                         "has started) or STOCK_BELOW_SOLD (totalStock under the units sold)."))
     async def update_sale(sale_id: str, data: SaleUpdate) -> Response:
         sale = await runtime.ledger.update_sale(
             validation.sale_id(sale_id), product_name=data.productName,
@@ -98,8 +119,9 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
         return await answer(sale)
 
     @admin.post("/<sale_id>/end")
-    @document_response(SaleEnvelope, 200)
-    @document_response(ErrorEnvelope, 409)
+    @answers(ok(200, SaleEnvelope, "The sale, ended."), *REFUSALS, TOO_LARGE, UNSUPPORTED,
+             Answer(409, "SALE_NOT_ACTIVE: the sale has not started yet (change its "
+                         "window instead)."))
     async def end_sale(sale_id: str) -> Response:
         # The gate stays: the reconciler covers an ended sale for an hour.
         return await answer(await runtime.ledger.end_sale(validation.sale_id(sale_id)))

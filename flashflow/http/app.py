@@ -10,7 +10,6 @@ from quart import Response, request
 from quart_schema import (
     RequestSchemaValidationError,
     document_request,
-    document_response,
     security_scheme,
     validate_querystring,
 )
@@ -29,17 +28,30 @@ from .cors import install_cors
 from .metrics import install_metrics
 from .page import install_page
 from .schema import (
+    BAD_REQUEST,
+    BAD_SALE_ID,
     BEARER,
-    ErrorEnvelope,
+    FORBIDDEN,
+    NOT_FOUND,
+    PURCHASE_CONFLICT,
+    RATE_LIMITED,
+    TOO_LARGE,
+    UNAUTHORIZED,
+    UNAVAILABLE,
+    UNSUPPORTED,
+    HealthEnvelope,
     PurchaseEnvelope,
     PurchaseRequest,
     PurchaseStatusEnvelope,
+    ReadinessEnvelope,
     SaleEnvelope,
     SaleListEnvelope,
     SignedInPurchaseRequest,
     SignedInStatusQuery,
     StatusQuery,
+    answers,
     install_schema,
+    ok,
     validation_message,
 )
 from .sse import install_sse
@@ -96,9 +108,11 @@ def create_app(runtime: Runtime) -> QuartTrio:
     body_model = SignedInPurchaseRequest if signed_in else PurchaseRequest
     query_model = SignedInStatusQuery if signed_in else StatusQuery
     requires = security_scheme(BEARER) if signed_in else (lambda route: route)
+    # Without a token key no request is refused for its credentials.
+    signed_in_refusals = (UNAUTHORIZED, FORBIDDEN) if signed_in else ()
 
     @app.get(SALES)
-    @document_response(SaleListEnvelope, 200)
+    @answers(ok(200, SaleListEnvelope), UNAVAILABLE)
     async def list_sales() -> Response:
         now = runtime.clock()
         return envelope([sale_body(sale, await current_stock(runtime, sale), now)
@@ -110,8 +124,7 @@ def create_app(runtime: Runtime) -> QuartTrio:
 
     @app.get(API, **current)
     @app.get(BY_ID)
-    @document_response(SaleEnvelope, 200)
-    @document_response(ErrorEnvelope, 404)
+    @answers(ok(200, SaleEnvelope), BAD_SALE_ID, NOT_FOUND, UNAVAILABLE)
     async def get_current(sale_id: str | None) -> Response:
         now = runtime.clock()
         sale = runtime.serializer.sale(validation.sale_id(sale_id))
@@ -121,8 +134,8 @@ def create_app(runtime: Runtime) -> QuartTrio:
     @app.post(f"{BY_ID}/purchase")
     @requires
     @document_request(body_model)
-    @document_response(PurchaseEnvelope, 201)
-    @document_response(ErrorEnvelope, 409)
+    @answers(ok(201, PurchaseEnvelope), BAD_REQUEST, *signed_in_refusals, NOT_FOUND,
+             PURCHASE_CONFLICT, TOO_LARGE, UNSUPPORTED, RATE_LIMITED, UNAVAILABLE)
     async def purchase(sale_id: str | None) -> Response:
         # The hot path of a stampede: the model validates the raw bytes in one pass, and
         # expected refusals are answered here rather than raised through Quart's handlers.
@@ -142,7 +155,8 @@ def create_app(runtime: Runtime) -> QuartTrio:
     @app.get(f"{BY_ID}/purchase")
     @requires
     @validate_querystring(query_model)
-    @document_response(PurchaseStatusEnvelope, 200)
+    @answers(ok(200, PurchaseStatusEnvelope), BAD_REQUEST, *signed_in_refusals, NOT_FOUND,
+             RATE_LIMITED, UNAVAILABLE)
     async def purchase_status(sale_id: str | None,
                               query_args: StatusQuery | SignedInStatusQuery) -> Response:
         _, found = await runtime.serializer.status(auth.identify(request, query_args.userId),
@@ -151,10 +165,13 @@ def create_app(runtime: Runtime) -> QuartTrio:
         return envelope(purchase_status_body(found))
 
     @app.get("/healthz")
+    @answers(ok(200, HealthEnvelope))
     async def healthz() -> Response:
         return envelope({"status": "ok"})
 
     @app.get("/readyz")
+    @answers(ok(200, ReadinessEnvelope),
+             ok(503, ReadinessEnvelope, "Not ready: a check failed (no Retry-After)."))
     async def readyz() -> Response:
         checks = await readiness(runtime)
         status = 200 if all(checks.values()) else 503

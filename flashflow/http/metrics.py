@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 from quart import Request, Response, g, request
+from quart_schema import hide
 from quart_trio import QuartTrio
 
 from ..runtime import Runtime
@@ -134,6 +135,7 @@ def install_metrics(app: QuartTrio, runtime: Runtime,
         return response
 
     @app.get("/metrics")
+    @hide  # for the operators' scraper, not for API clients
     async def prometheus_metrics() -> Response:
         check(request)
         actors.sale = await read_sale(runtime)

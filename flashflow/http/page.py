@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from quart import Response
+from quart_schema import hide
 from quart_trio import QuartTrio
 from werkzeug.exceptions import NotFound
 
@@ -46,10 +47,12 @@ def install_page(app: QuartTrio) -> None:
         return Response(files[name], status=200, content_type=FILES[name], headers=HEADERS)
 
     @app.get("/")
+    @hide  # the page and its assets are not part of the API
     async def index() -> Response:
         return serve("index.html")
 
     @app.get("/static/<name>")
+    @hide
     async def static_file(name: str) -> Response:
         if name not in files:
             raise NotFound()

@@ -6,8 +6,10 @@ Requests are validated by quart-schema from these pydantic models; the rules for
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import (
     AwareDatetime,
@@ -19,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
-from quart_schema import QuartSchema
+from quart_schema import OpenAPIProvider, QuartSchema
 from quart_trio import QuartTrio
 
 from actors.errors import InvalidInput
@@ -209,6 +211,126 @@ class ErrorEnvelope(BaseModel):
     error: ErrorDetail
 
 
+class HealthOut(BaseModel):
+    """The process is up."""
+
+    status: Literal["ok"]
+
+
+class HealthEnvelope(BaseModel):
+    """``{"data": {"status": "ok"}}``."""
+
+    data: HealthOut
+
+
+class ReadinessOut(BaseModel):
+    """Whether each backend answers (``redis``, ``postgres``) and the current sale's gate is
+    loaded (``gate``)."""
+
+    ready: bool
+    checks: dict[str, bool]
+
+
+class ReadinessEnvelope(BaseModel):
+    """``{"data": {"ready": ..., "checks": {...}}}``: 200 when ready, 503 when not."""
+
+    data: ReadinessOut
+
+
+#: Where the answers a route documents are kept on its view function.
+ANSWERS_ATTRIBUTE = "_flashflow_answers"
+#: The media type of the live event streams.
+EVENT_STREAM = "text/event-stream"
+
+RETRY_AFTER = {"Retry-After": {
+    "description": "Whole seconds to wait before trying again.",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0},
+}}
+WWW_AUTHENTICATE = {"WWW-Authenticate": {
+    "description": "The bearer challenge (RFC 6750).",
+    "required": True,
+    "schema": {"type": "string"},
+}}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One response a route can give, as the OpenAPI document lists it.
+
+    ``model`` is the JSON body's model; ``None`` with ``media_type`` set documents a body of
+    that media type as a string (the event stream).
+    """
+
+    status: int
+    description: str
+    model: type[BaseModel] | None = ErrorEnvelope
+    media_type: str = "application/json"
+    headers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def ok(status: int, model: type[BaseModel], description: str | None = None) -> Answer:
+    """A success answer; its description is the model's docstring unless given."""
+    return Answer(status, description or (model.__doc__ or "").strip(), model)
+
+
+BAD_REQUEST = Answer(400, "VALIDATION_ERROR: the sale id, the query string or the body is "
+                          "not valid.")
+BAD_SALE_ID = Answer(400, "VALIDATION_ERROR: the sale id is not valid.")
+UNAUTHORIZED = Answer(401, "UNAUTHORIZED: no single valid bearer token.",
+                      headers=WWW_AUTHENTICATE)
+FORBIDDEN = Answer(403, "FORBIDDEN: userId names another user than the token's subject.")
+NOT_FOUND = Answer(404, "SALE_NOT_FOUND: no such sale (or, for /current, no current sale).")
+PURCHASE_CONFLICT = Answer(409, "The purchase is refused; error.code says why: "
+                                "SALE_NOT_ACTIVE (not started yet, or ended), SOLD_OUT, or "
+                                "ALREADY_PURCHASED (this user already holds one).")
+TOO_LARGE = Answer(413, "PAYLOAD_TOO_LARGE: the body is over the size limit.")
+UNSUPPORTED = Answer(415, "UNSUPPORTED_MEDIA_TYPE: a body that is not application/json.")
+RATE_LIMITED = Answer(429, "RATE_LIMIT_EXCEEDED: this user or client address is over its "
+                           "rate; retry after Retry-After seconds.", headers=RETRY_AFTER)
+UNAVAILABLE = Answer(503, "UNAVAILABLE: overloaded, shutting down, or a backend (Redis, "
+                          "PostgreSQL) does not answer; retry after Retry-After seconds.",
+                     headers=RETRY_AFTER)
+
+T = TypeVar("T", bound=Callable[..., Any])
+
+
+def answers(*items: Answer) -> Callable[[T], T]:
+    """Document the responses a route gives (each status once)."""
+    def decorator(func: T) -> T:
+        listed = dict(getattr(func, ANSWERS_ATTRIBUTE, {}))
+        listed.update({item.status: item for item in items})
+        setattr(func, ANSWERS_ATTRIBUTE, listed)
+        return func
+    return decorator
+
+
+class Document(OpenAPIProvider):
+    """quart-schema's document, with each route's :func:`answers`: per-status descriptions,
+    response headers where OpenAPI puts them, and non-JSON media types."""
+
+    def build_paths(self, rule: Any) -> tuple[dict, dict]:
+        paths, components = super().build_paths(rule)
+        listed: dict[int, Answer] = getattr(self._app.view_functions[rule.endpoint],
+                                            ANSWERS_ATTRIBUTE, {})
+        responses: dict[int, dict[str, Any]] = {}
+        for status, item in sorted(listed.items()):
+            if item.model is None:
+                response: dict[str, Any] = {
+                    "content": {item.media_type: {"schema": {"type": "string"}}}}
+            else:
+                response, definitions = self.build_response_object(item.model, None)
+                components.update(definitions)
+            response["description"] = item.description
+            if item.headers:
+                response["headers"] = dict(item.headers)
+            responses[status] = response
+        for operations in paths.values():
+            for operation in operations.values():
+                operation["responses"] = {**operation["responses"], **responses}
+        return paths, components
+
+
 def install_schema(app: QuartTrio, signed_in: bool) -> None:
     """Serve the OpenAPI document at ``/openapi.json`` (no UI pages: they load from CDNs)."""
     QuartSchema(
@@ -216,6 +338,7 @@ def install_schema(app: QuartTrio, signed_in: bool) -> None:
         info={"title": "Flash Flow", "version": "1"},
         swagger_ui_path=None, redoc_ui_path=None, scalar_ui_path=None,
         security_schemes=BEARER_SCHEME if signed_in else None,
+        openapi_provider_class=Document,
     )
 
 

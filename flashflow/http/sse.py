@@ -29,6 +29,7 @@ from actors import FlashFlowError, Sale, SaleStatus
 
 from ..runtime import Runtime
 from . import validation
+from .schema import BAD_SALE_ID, EVENT_STREAM, NOT_FOUND, UNAVAILABLE, Answer, answers
 from .wire import (
     BY_ID,
     CURRENT_EVENTS,
@@ -148,6 +149,9 @@ def install_sse(app: QuartTrio, runtime: Runtime, *, heartbeat_s: float = 15.0,
     """
     @app.get(CURRENT_EVENTS, defaults={"sale_id": None})
     @app.get(f"{BY_ID}/events")
+    @answers(Answer(200, "The live stream: a snapshot event, then stock and status events "
+                         "and heartbeat comments.", model=None, media_type=EVENT_STREAM),
+             BAD_SALE_ID, NOT_FOUND, UNAVAILABLE)
     async def events(sale_id: str | None) -> Response:
         sale = runtime.serializer.sale(validation.sale_id(sale_id))
         catalog = runtime.catalog
