@@ -247,7 +247,10 @@ class Settings:
         The supervisor hands them to each worker process, so a worker runs on exactly the
         settings the command was given, options included.
         """
-        return {env_name(f): _render(getattr(self, f.name)) for f in fields(self)}
+        # An unset field is left out rather than written empty: prometheus-client takes an
+        # empty PROMETHEUS_MULTIPROC_DIR for the current directory.
+        return {env_name(f): _render(getattr(self, f.name)) for f in fields(self)
+                if getattr(self, f.name) is not None}
 
 
 def _render(value: Any) -> str:
