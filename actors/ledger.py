@@ -160,10 +160,6 @@ class Ledger:
             raise Overloaded("ledger") from None
         return await request.reply.wait()
 
-    async def committed_users(self, sale_id: uuid.UUID, users: list[str]) -> set[str]:
-        """Which of ``users`` hold a committed purchase in a sale."""
-        return await self._query(ledger_sql.committed_users, sale_id, users)
-
     async def purchases(self, sale_id: uuid.UUID, users: list[str]) -> dict[str, Purchase]:
         """The committed purchases of ``users`` in a sale, by user id (absent: none)."""
         if not users:

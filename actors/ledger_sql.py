@@ -136,15 +136,6 @@ async def find_purchases(conn: Any, sale_id: uuid.UUID, users: list[str]) -> dic
             for r in rows}
 
 
-async def committed_users(conn: Any, sale_id: uuid.UUID, users: list[str]) -> set[str]:
-    """Which of ``users`` hold a committed purchase in a sale."""
-    rows = await conn.fetch(
-        "SELECT user_id FROM purchases WHERE sale_id = $1 AND user_id = ANY($2::text[])",
-        sale_id, users,
-    )
-    return {r["user_id"] for r in rows}
-
-
 async def ledger_state(conn: Any, sale: Sale) -> LedgerState:
     """What is committed for a sale, read in one snapshot: the state the gate is rebuilt from."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):

@@ -210,10 +210,6 @@ class StockGate:
             self._local_sold_out += 1
             raise AlreadyPurchased() if user_id in buyers else SoldOut()
 
-    def is_sold_out(self, sale_id: uuid.UUID) -> bool:
-        """Whether this process knows every unit of the sale is committed."""
-        return sale_id in self._sold_out
-
     def poke(self, sale_id: uuid.UUID) -> None:
         """Have the sale's waiting queue look again now (a commit or release just landed)."""
         queue = self._queues.get(sale_id)

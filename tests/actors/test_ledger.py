@@ -180,12 +180,12 @@ async def test_reads_state_purchases_and_sales(settings):
             missing = await ledger.find_purchase(sale.id, "carol")
             elsewhere = await ledger.find_purchase(later.id, "alice")
             sales = await ledger.sales()
-            users = await ledger.committed_users(sale.id, ["alice", "carol", "bob"])
+            users = await ledger.purchases(sale.id, ["alice", "carol", "bob"])
             assert await ledger.ping() is True
     assert state == LedgerState(4, 2, {p.user_id: str(p.id) for p in bought})
     assert found == bought[0]
     assert missing is None and elsewhere is None
-    assert users == {"alice", "bob"}
+    assert users == {p.user_id: p for p in bought} and set(users) == {"alice", "bob"}
     assert sales == [sale, later]
     assert await pg(url, ledger_sql.fetch_sale, later.id) == later
     assert await pg(url, ledger_sql.fetch_sale, uuid.uuid4()) is None
