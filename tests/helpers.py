@@ -21,7 +21,6 @@ import trio
 from hypercorn.trio import serve as hypercorn_serve
 
 from actors import Sale, ledger_sql
-from actors.keys import sale_keys
 from actors.redis_url import sync_client
 from flashflow.database import run_on_connection
 from flashflow.http import create_app
@@ -29,6 +28,7 @@ from flashflow.processes import stop_process
 from flashflow.runtime import Runtime, open_runtime
 from flashflow.server import asgi_app, hypercorn_config
 from flashflow.settings import Settings
+from loadtests import backends
 from loadtests.backends import ledger_snapshot, read_gate
 from loadtests.records import Record
 from loadtests.verify import GateSnapshot, LedgerSnapshot, verify
@@ -63,8 +63,27 @@ def redis_client(settings: Settings) -> redis.Redis | redis.RedisCluster:
 
 def gate_keys(settings: Settings, sale_id: uuid.UUID) -> tuple[str, str]:
     """The gate's (stock, buyers) Redis keys for a sale under the test's key prefix."""
-    keys = sale_keys(settings.key_prefix, sale_id)
-    return keys.stock, keys.buyers
+    return backends.gate_keys(settings.key_prefix, sale_id)
+
+
+def gate_of(settings: Settings, sale_id: uuid.UUID) -> GateSnapshot:
+    """What the test's Redis holds for a sale, read as the load test reads it."""
+    client = redis_client(settings)
+    try:
+        return read_gate(client, settings.key_prefix, sale_id)
+    finally:
+        client.close()
+
+
+def gate_state(settings: Settings, sale: Sale) -> tuple[int | None, dict[str, str]]:
+    """Redis's stock for ``sale`` (None when the gate is not loaded) and its holders."""
+    gate = gate_of(settings, sale.id)
+    return gate.stock, gate.buyers
+
+
+async def ledger_of(settings: Settings, sale_id: uuid.UUID) -> LedgerSnapshot:
+    """What the test's PostgreSQL holds for a sale, read as the load test reads it."""
+    return await trio.to_thread.run_sync(ledger_snapshot, settings.database_url, sale_id)
 
 
 
@@ -72,12 +91,8 @@ async def judge(settings: Settings, sale: Any, records: list[Record], *,
                 faulted: Collection[Record] = ()) -> tuple[LedgerSnapshot, GateSnapshot]:
     """Hold a run on a fresh ``sale`` to :func:`loadtests.verify.verify`, the one invariant
     check, against what PostgreSQL and Redis hold now; return the snapshots it judged."""
-    after = await trio.to_thread.run_sync(ledger_snapshot, settings.database_url, sale.id)
-    client = redis_client(settings)
-    try:
-        gate = await trio.to_thread.run_sync(read_gate, client, settings.key_prefix, sale.id)
-    finally:
-        client.close()
+    after = await ledger_of(settings, sale.id)
+    gate = await trio.to_thread.run_sync(gate_of, settings, sale.id)
     before = LedgerSnapshot(sale.total_stock, 0, {})
     broken = [c for c in verify(records, before, after, gate, faulted=faulted) if not c.held]
     assert not broken, "\n".join(f"{c.name}: {c.detail}" for c in broken)

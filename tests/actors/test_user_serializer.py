@@ -29,7 +29,7 @@ from actors.ledger import CommitOutcome, LedgerConfig, open_ledger
 from actors.stock_gate import GateConfig, StockGate, open_stock_gate
 from actors.user_serializer import SerializerConfig, open_user_serializer, utc_now
 
-from ..helpers import fetch, gate_keys, make_sale, pg, redis_client
+from ..helpers import fetch, gate_keys, gate_state, make_sale, pg, redis_client
 
 
 def a_sale(stock: int = 5, *, ends_in: timedelta = timedelta(hours=1)) -> Sale:
@@ -101,15 +101,6 @@ def knobs(**overrides) -> SerializerConfig:
     return SerializerConfig(**{"wait_s": 0.5, "poll_s": 0.02, **overrides})
 
 
-def gate_state(settings, sale: Sale) -> tuple[str | None, dict[str, str]]:
-    """What Redis holds for a sale's gate: (stock, buyer -> purchase id)."""
-    stock_key, buyers_key = gate_keys(settings, sale.id)
-    r = redis_client(settings)
-    # a buyer's value may carry a ":<reservation time>" suffix after the purchase id
-    held = {user: value.partition(":")[0] for user, value in r.hgetall(buyers_key).items()}
-    return r.get(stock_key), held
-
-
 async def test_concurrent_purchases_of_one_user_get_one_success(settings):
     """20 concurrent presses by one user: one gets the purchase, 19 ALREADY_PURCHASED; one row."""
     url = settings.database_url
@@ -140,7 +131,7 @@ async def test_concurrent_purchases_of_one_user_get_one_success(settings):
     assert stats.in_flight == 0 and stats.known_buyers == 1
     rows = await pg(url, fetch, "SELECT id FROM purchases WHERE sale_id = $1", sale.id)
     assert [r["id"] for r in rows] == [bought[0].id]
-    assert gate_state(settings, sale) == ("4", {"alice": str(bought[0].id)})
+    assert gate_state(settings, sale) == (4, {"alice": str(bought[0].id)})
 
 
 async def test_a_buyer_is_answered_from_memory(settings):
@@ -156,7 +147,7 @@ async def test_a_buyer_is_answered_from_memory(settings):
                 stats = serializer.statistics()
     assert stats.answered_from_memory == 2
     assert ledger.commits == [first]
-    assert gate_state(settings, sale) == ("4", {"alice": str(first.id)})
+    assert gate_state(settings, sale) == (4, {"alice": str(first.id)})
 
 
 async def test_a_holder_without_a_committed_purchase_is_undecided_not_refused(settings):
@@ -206,7 +197,7 @@ async def test_ledger_failure_rolls_back_a_reservation_the_ledger_does_not_hold(
     assert (stats.rolled_back, stats.known_buyers, stats.in_flight) == (2, 0, 0)
     assert stats.lost_replies == 2
     assert len(ledger.commits) == 2
-    assert gate_state(settings, sale) == ("5", {})
+    assert gate_state(settings, sale) == (5, {})
 
 
 async def test_a_commit_whose_reply_was_lost_but_landed_is_a_success(settings):
@@ -220,7 +211,7 @@ async def test_a_commit_whose_reply_was_lost_but_landed_is_a_success(settings):
                 with pytest.raises(AlreadyPurchased):
                     await serializer.purchase(sale, "alice")
     assert bought == ledger.commits[0]
-    assert gate_state(settings, sale) == ("4", {"alice": str(bought.id)})
+    assert gate_state(settings, sale) == (4, {"alice": str(bought.id)})
 
 
 async def test_a_commit_outside_the_window_returns_the_unit(settings):
@@ -232,7 +223,7 @@ async def test_a_commit_outside_the_window_returns_the_unit(settings):
                 with pytest.raises(SaleNotActive) as caught:
                     await serializer.purchase(sale, "alice")
     assert caught.value.started is True
-    assert gate_state(settings, sale) == ("5", {})
+    assert gate_state(settings, sale) == (5, {})
 
 
 async def test_duplicate_outcome_rolls_back_with_restock(settings):
@@ -247,7 +238,7 @@ async def test_duplicate_outcome_rolls_back_with_restock(settings):
                     await serializer.purchase(sale, "alice")
                 stats = serializer.statistics()
     assert (stats.rolled_back, stats.answered_from_memory) == (1, 1)
-    assert gate_state(settings, sale) == ("5", {})
+    assert gate_state(settings, sale) == (5, {})
 
 
 async def test_no_stock_outcome_drops_the_buyer_without_restock(settings):
@@ -260,7 +251,7 @@ async def test_no_stock_outcome_drops_the_buyer_without_restock(settings):
                     await serializer.purchase(sale, "alice")
                 stats = serializer.statistics()
     assert (stats.rolled_back, stats.known_buyers) == (1, 0)
-    assert gate_state(settings, sale) == ("4", {})
+    assert gate_state(settings, sale) == (4, {})
 
 
 async def test_rollback_that_cannot_reach_redis_is_logged_not_raised(settings, caplog):

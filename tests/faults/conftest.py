@@ -40,8 +40,7 @@ from flashflow.settings import Settings
 from loadtests.records import PURCHASE as PURCHASE_KIND
 from loadtests.records import Record
 
-from ..helpers import (ServerProcess, fetch, gate_keys, judge, pg, redis_client, run_pg,
-                       spawn_server)
+from ..helpers import ServerProcess, gate_state, judge, ledger_of, run_pg, spawn_server
 
 PURCHASE = "/api/v1/flash-sales/current/purchase"
 RETURNED_LOG_LINE = "returned a reservation that never committed"
@@ -570,28 +569,12 @@ class SoldWatch:
 
 async def committed_rows(settings: Settings, sale: Sale) -> dict[str, str]:
     """user -> purchase id of every committed purchase of ``sale``."""
-    rows = await pg(settings.database_url, fetch,
-                    "SELECT id::text, user_id FROM purchases WHERE sale_id = $1", sale.id)
-    return {r["user_id"]: r["id"] for r in rows}
+    return (await ledger_of(settings, sale.id)).purchases
 
 
 async def sold_counter(settings: Settings, sale: Sale) -> int:
     """``flash_sales.sold`` of ``sale``."""
-    rows = await pg(settings.database_url, fetch, "SELECT sold FROM flash_sales WHERE id = $1",
-                    sale.id)
-    return rows[0]["sold"]
-
-
-def gate_state(settings: Settings, sale: Sale) -> tuple[int | None, dict[str, str]]:
-    """Redis's stock for ``sale`` (None when the gate is not loaded) and its holders."""
-    stock_key, buyers_key = gate_keys(settings, sale.id)
-    client = redis_client(settings)
-    try:
-        stock = client.get(stock_key)
-        held = {user: value.split(":")[0] for user, value in client.hgetall(buyers_key).items()}
-    finally:
-        client.close()
-    return (None if stock is None else int(stock)), held
+    return (await ledger_of(settings, sale.id)).sold
 
 
 async def wait_for_sold(settings: Settings, sale: Sale, count: int, timeout_s: float) -> float:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import trio
 
-from ..helpers import fetch, live_server, make_sale, pg
+from ..helpers import fetch, ledger_of, live_server, make_sale, pg
 from .test_purchase_api import assert_error
 
 ADMIN = "/api/v1/admin/flash-sales"
@@ -217,9 +217,7 @@ async def test_ending_a_sale_early_stops_its_purchases(settings):
     assert_error(not_started, 409, "SALE_NOT_ACTIVE")
     assert_error(unknown, 404, "SALE_NOT_FOUND")
     assert sale.id in {s.id for s in checked}, "an ended sale's gate is still reconciled"
-    rows = await pg(settings.database_url, fetch,
-                    "SELECT user_id FROM purchases WHERE sale_id = $1", sale.id)
-    assert [r["user_id"] for r in rows] == ["early"]
+    assert list((await ledger_of(settings, sale.id)).purchases) == ["early"]
 
 
 async def test_the_openapi_document_lists_the_admin_and_id_routes(settings):

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import trio
 
-from ..helpers import fetch, gate_keys, live_server, make_sale, pg, redis_client
+from ..helpers import fetch, gate_keys, ledger_of, live_server, make_sale, pg, redis_client
 
 PURCHASE = "/api/v1/flash-sales/current/purchase"
 
@@ -36,9 +36,7 @@ async def test_first_purchase_is_201_with_the_confirmed_body(settings):
     assert body["productName"] == "Phone"
     assert body["status"] == "confirmed"
     assert body["purchasedAt"].endswith("Z")
-    rows = await pg(settings.database_url, fetch,
-                    "SELECT id::text, user_id FROM purchases WHERE sale_id = $1", sale.id)
-    assert [(r["id"], r["user_id"]) for r in rows] == [(body["purchaseId"], "alice")]
+    assert (await ledger_of(settings, sale.id)).purchases == {"alice": body["purchaseId"]}
 
 
 async def test_second_purchase_is_409_already_purchased(settings):
@@ -50,9 +48,7 @@ async def test_second_purchase_is_409_already_purchased(settings):
             again = await server.client.post(PURCHASE, json={"userId": "bob123"})
     assert first.status_code == 201
     assert_error(again, 409, "ALREADY_PURCHASED")
-    rows = await pg(settings.database_url, fetch,
-                    "SELECT 1 FROM purchases WHERE sale_id = $1", sale.id)
-    assert len(rows) == 1
+    assert len((await ledger_of(settings, sale.id)).purchases) == 1
 
 
 async def test_sold_out_is_409_and_stock_stays_exact(settings):

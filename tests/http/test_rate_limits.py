@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import trio
 
-from ..helpers import fetch, live_server, make_sale, pg
+from ..helpers import ledger_of, live_server, make_sale
 
 PURCHASE = "/api/v1/flash-sales/current/purchase"
 
@@ -46,9 +46,7 @@ async def test_user_over_its_burst_gets_429_with_retry_after(settings):
     for answer in limited:
         assert answer.json()["error"]["code"] == "RATE_LIMIT_EXCEEDED"
         assert int(answer.headers["Retry-After"]) >= 1
-    rows = await pg(settings.database_url, fetch,
-                    "SELECT user_id FROM purchases WHERE sale_id = $1", sale.id)
-    assert [r["user_id"] for r in rows] == ["racer"]
+    assert list((await ledger_of(settings, sale.id)).purchases) == ["racer"]
 
 
 async def test_address_limit_applies_across_users(settings):
@@ -60,9 +58,7 @@ async def test_address_limit_applies_across_users(settings):
             answers = [await server.client.post(PURCHASE, json={"userId": f"crowd-{i}"})
                        for i in range(6)]
     assert [a.status_code for a in answers] == [201, 201, 201, 429, 429, 429]
-    rows = await pg(settings.database_url, fetch,
-                    "SELECT user_id FROM purchases WHERE sale_id = $1", sale.id)
-    assert len(rows) == 3
+    assert len((await ledger_of(settings, sale.id)).purchases) == 3
 
 
 def from_address(i: int) -> dict[str, str]:

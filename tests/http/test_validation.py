@@ -8,7 +8,7 @@ import uuid
 import pytest
 import trio
 
-from ..helpers import fetch, gate_keys, live_server, make_sale, pg, redis_client
+from ..helpers import gate_keys, ledger_of, live_server, make_sale, redis_client
 
 PURCHASE = "/api/v1/flash-sales/current/purchase"
 
@@ -28,9 +28,7 @@ def assert_error(response, status: int, code: str) -> dict:
 
 async def assert_nothing_written(settings, sale, stock: int) -> None:
     """No purchase row, no buyer in Redis, and the gate's stock untouched."""
-    rows = await pg(settings.database_url, fetch,
-                    "SELECT user_id FROM purchases WHERE sale_id = $1", sale.id)
-    assert rows == []
+    assert (await ledger_of(settings, sale.id)).purchases == {}
     stock_key, buyers_key = gate_keys(settings, sale.id)
     r = redis_client(settings)
     assert r.hlen(buyers_key) == 0
@@ -102,9 +100,8 @@ async def test_user_id_length_boundaries_are_accepted(settings):
             answers = [await server.client.post(PURCHASE, json={"userId": u}) for u in ids]
     assert [a.status_code for a in answers] == [201] * 4, [a.text for a in answers]
     assert [a.json()["data"]["userId"] for a in answers] == ["abc", "xyz", "b" * 255, "ünï"]
-    rows = await pg(settings.database_url, fetch,
-                    "SELECT user_id FROM purchases WHERE sale_id = $1", sale.id)
-    assert sorted(r["user_id"] for r in rows) == sorted(["abc", "xyz", "b" * 255, "ünï"])
+    rows = (await ledger_of(settings, sale.id)).purchases
+    assert sorted(rows) == sorted(["abc", "xyz", "b" * 255, "ünï"])
 
 
 async def test_user_ids_are_nfc_normalised(settings):
