@@ -55,6 +55,20 @@ async def make_sale(url: str, *, stock: int = 10, product: str = "Test Widget",
     return await pg(url, ledger_sql.insert_sale, product, stock, start, start + lasts)
 
 
+def assert_error(response: httpx.Response, status: int, code: str) -> dict:
+    """Check the error envelope of the original product and return its ``error`` object."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"status", "code", "error"}
+    assert (body["status"], body["code"]) == ("error", status)
+    assert set(body["error"]) == {"code", "message", "correlationId"}
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    uuid.UUID(body["error"]["correlationId"])
+    return body["error"]
+
+
 def redis_client(settings: Settings) -> redis.Redis | redis.RedisCluster:
     """A synchronous Redis client on the test's Redis, whatever its shape (single, Sentinel,
     cluster)."""

@@ -8,8 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import trio
 
-from ..helpers import fetch, ledger_of, live_server, make_sale, pg
-from .test_purchase_api import assert_error
+from ..helpers import assert_error, fetch, ledger_of, live_server, make_sale, pg
 
 ADMIN = "/api/v1/admin/flash-sales"
 SALES = "/api/v1/flash-sales"

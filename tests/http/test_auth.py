@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from flashflow.tokens import mint
 
-from ..helpers import gate_keys, live_server, make_sale, redis_client
-from .test_errors_and_status import assert_error, purchase_rows
+from ..helpers import assert_error, gate_keys, live_server, make_sale, redis_client
+from .test_errors_and_status import purchase_rows
 
 PURCHASE = "/api/v1/flash-sales/current/purchase"
 SECRET = "test-secret-for-hs256-0123456789abcdef"

@@ -10,8 +10,8 @@ import trio
 
 from flashflow.server import DRAIN_MAX_BYTES
 
-from ..helpers import gate_keys, live_server, make_sale, redis_client
-from .test_errors_and_status import assert_error, purchase_rows
+from ..helpers import assert_error, gate_keys, live_server, make_sale, redis_client
+from .test_errors_and_status import purchase_rows
 
 PURCHASE = "/api/v1/flash-sales/current/purchase"
 

@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import trio
 
-from ..helpers import FakeClock, fetch, gate_keys, live_server, make_sale, pg, redis_client
+from ..helpers import (FakeClock, assert_error, fetch, gate_keys, live_server, make_sale, pg,
+                       redis_client)
 
 CURRENT = "/api/v1/flash-sales/current"
 PURCHASE = f"{CURRENT}/purchase"
-
-
-def assert_error(response, status: int, code: str) -> dict:
-    """Check the error envelope and return its ``error`` object."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"status", "code", "error"}
-    assert (body["status"], body["code"]) == ("error", status)
-    assert set(body["error"]) == {"code", "message", "correlationId"}
-    assert body["error"]["code"] == code
-    assert body["error"]["message"]
-    uuid.UUID(body["error"]["correlationId"])
-    return body["error"]
 
 
 async def purchase_rows(settings) -> list:

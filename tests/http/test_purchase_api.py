@@ -7,21 +7,10 @@ from datetime import timedelta
 
 import trio
 
-from ..helpers import fetch, gate_keys, ledger_of, live_server, make_sale, pg, redis_client
+from ..helpers import (assert_error, fetch, gate_keys, ledger_of, live_server, make_sale, pg,
+                       redis_client)
 
 PURCHASE = "/api/v1/flash-sales/current/purchase"
-
-
-def assert_error(response, status: int, code: str) -> dict:
-    """Check the error envelope of the original product and return its ``error`` object."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["status"] == "error"
-    assert body["code"] == status
-    assert body["error"]["code"] == code
-    assert body["error"]["message"]
-    uuid.UUID(body["error"]["correlationId"])
-    return body["error"]
 
 
 async def test_first_purchase_is_201_with_the_confirmed_body(settings):

@@ -7,8 +7,7 @@ from datetime import timedelta
 
 import trio
 
-from ..helpers import fetch, live_server, make_sale, pg
-from .test_purchase_api import assert_error
+from ..helpers import assert_error, fetch, live_server, make_sale, pg
 from .test_sse import EventReader
 
 SALES = "/api/v1/flash-sales"

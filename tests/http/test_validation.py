@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 import trio
 
-from ..helpers import gate_keys, ledger_of, live_server, make_sale, redis_client
+from ..helpers import assert_error, gate_keys, ledger_of, live_server, make_sale, redis_client
 
 PURCHASE = "/api/v1/flash-sales/current/purchase"
-
-
-def assert_error(response, status: int, code: str) -> dict:
-    """Check the error envelope and return its ``error`` object."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"status", "code", "error"}
-    assert (body["status"], body["code"]) == ("error", status)
-    assert set(body["error"]) == {"code", "message", "correlationId"}
-    assert body["error"]["code"] == code
-    assert body["error"]["message"]
-    uuid.UUID(body["error"]["correlationId"])
-    return body["error"]
 
 
 async def assert_nothing_written(settings, sale, stock: int) -> None:
