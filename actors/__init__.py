@@ -3,6 +3,8 @@
 ``actors`` never imports the HTTP front; ``flashflow`` wires these together.
 """
 
+from ._aio import open_asyncio_bridge
+from ._nursery import single_errors
 from .backoff import Backoff
 from .catalog import Catalog, open_catalog
 from .errors import (
@@ -21,12 +23,12 @@ from .errors import (
     Unauthorized,
 )
 from .ledger import CommitResult, Ledger, LedgerConfig, open_ledger
-from .model import LedgerState, Purchase, Sale, SaleStatus
+from .model import LedgerState, Purchase, Sale, SaleStatus, utc_now
 from .rate_limiter import LimiterConfig, RateLimiter, open_rate_limiter
 from .reconciler import Reconciler, open_reconciler
 from .stock_feed import FeedConfig, StockFeed, Subscription, open_stock_feed
 from .stock_gate import GateConfig, StockGate, open_stock_gate
-from .user_serializer import UserSerializer, open_user_serializer
+from .user_serializer import SerializerConfig, UserSerializer, open_user_serializer
 
 __all__ = [
     "AlreadyPurchased",
@@ -53,6 +55,7 @@ __all__ = [
     "SaleNotFound",
     "SaleStarted",
     "SaleStatus",
+    "SerializerConfig",
     "SoldOut",
     "StockBelowSold",
     "StockFeed",
@@ -60,6 +63,7 @@ __all__ = [
     "Subscription",
     "Unauthorized",
     "UserSerializer",
+    "open_asyncio_bridge",
     "open_catalog",
     "open_ledger",
     "open_rate_limiter",
@@ -67,4 +71,6 @@ __all__ = [
     "open_stock_feed",
     "open_stock_gate",
     "open_user_serializer",
+    "single_errors",
+    "utc_now",
 ]

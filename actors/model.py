@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 
 class SaleStatus(enum.StrEnum):
@@ -68,3 +68,8 @@ def pick_current(sales: list[Sale], now: datetime) -> Sale | None:
 
 
 __all__ = ["LedgerState", "Purchase", "Sale", "SaleStatus", "pick_current"]
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware UTC: the clock of the whole tree by default."""
+    return datetime.now(UTC)

@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import trio
 
@@ -38,7 +38,7 @@ from .errors import (
     Undecided,
 )
 from .ledger import CommitOutcome, CommitResult, Ledger
-from .model import Purchase, Sale, SaleStatus
+from .model import Purchase, Sale, SaleStatus, utc_now
 from .rate_limiter import RateLimiter
 from .stock_gate import Seat, StockGate
 
@@ -353,11 +353,6 @@ class UserSerializer:
         while True:
             await trio.sleep(self._config.sweep_s)
             self.forget_ended(self._clock())
-
-
-def utc_now() -> datetime:
-    """The current time, timezone-aware UTC."""
-    return datetime.now(UTC)
 
 
 @asynccontextmanager

@@ -15,23 +15,29 @@ from datetime import datetime
 
 from actors import (
     Catalog,
+    FeedConfig,
     GateConfig,
     Ledger,
     LedgerConfig,
+    LimiterConfig,
+    RateLimiter,
+    Reconciler,
     SaleStatus,
+    SerializerConfig,
+    StockFeed,
     StockGate,
     UserSerializer,
+    open_asyncio_bridge,
     open_catalog,
     open_ledger,
+    open_rate_limiter,
+    open_reconciler,
+    open_stock_feed,
     open_stock_gate,
     open_user_serializer,
+    single_errors,
+    utc_now,
 )
-from actors._aio import open_asyncio_bridge
-from actors._nursery import single_errors
-from actors.rate_limiter import LimiterConfig, RateLimiter, open_rate_limiter
-from actors.reconciler import Reconciler, open_reconciler
-from actors.stock_feed import FeedConfig, StockFeed, open_stock_feed
-from actors.user_serializer import SerializerConfig, utc_now
 
 from .settings import SERVICE_URLS, Settings
 

@@ -27,7 +27,7 @@ class ServerStartError(RuntimeError):
 
 
 @dataclass
-class EmbeddedServer:
+class UpServer:
     """A ``flashflow up`` child and what it announced.
 
     Attributes:
@@ -51,7 +51,7 @@ class EmbeddedServer:
         return stop_process(self.process, signal.SIGINT, timeout_s)
 
 
-def start_embedded(data_dir: Path, key_prefix: str, timeout_s: float = 90.0) -> EmbeddedServer:
+def start_embedded(data_dir: Path, key_prefix: str, timeout_s: float = 90.0) -> UpServer:
     """Run ``flashflow up --port 0 --data-dir data_dir`` and wait for it to listen.
 
     Raises:
@@ -89,7 +89,7 @@ def start_embedded(data_dir: Path, key_prefix: str, timeout_s: float = 90.0) -> 
     threading.Thread(target=read, daemon=True).start()
     deadline = time.monotonic() + timeout_s
     listening.wait(timeout_s)
-    server = EmbeddedServer(process, found.get("API", ""), found["PostgreSQL"], found["Redis"],
+    server = UpServer(process, found.get("API", ""), found["PostgreSQL"], found["Redis"],
                             key_prefix, output)
     if not server.url or time.monotonic() > deadline:
         server.stop()

@@ -1,7 +1,7 @@
 """Measure the live stock feed over loopback: capacity, memory and delivery delay.
 
-It makes a fresh database and Redis key prefix, serves Flash Flow in a child process on
-127.0.0.1, and from this process:
+It makes a fresh database and Redis key prefix and serves Flash Flow in a child process on
+127.0.0.1, as the benchmark does (:mod:`loadtests.bench.server`); then, from this process:
 
 1. opens ``--subscribers`` SSE connections, reads each one's snapshot, and reports the
    server's resident memory per subscriber and the time for one purchase to reach them all;
@@ -12,35 +12,36 @@ It makes a fresh database and Redis key prefix, serves Flash Flow in a child pro
 
 Everything is bounded by ``--timeout-s``; the child and the database are removed at the end.
 
-    python loadtests/sse_bench.py --database-url postgresql://postgres@127.0.0.1:5432/postgres \\
+    python -m loadtests.sse_bench --database-url postgresql://postgres@127.0.0.1:5432/postgres \\
         --redis-url redis://127.0.0.1:6379/0
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import functools
 import json
 import os
 import re
 import resource
 import statistics
-import subprocess
-import sys
-import uuid
+import tempfile
+from contextlib import suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-import asyncpg
 import httpx
-import redis
+import psutil
 import trio
 
 from flashflow.http.wire import CURRENT_EVENTS as EVENTS
 from flashflow.http.wire import CURRENT_PURCHASE as PURCHASE
 
+from . import summary
+from .bench.server import Backend, BenchServer, cpu_seconds, tree
+
 STOCK = re.compile(rb'"remainingStock":(\d+)')
+#: The sale's stock: far more than the bench buys, so it never sells out under it.
+STOCK_AT_START = 1_000_000
 
 
 def raise_fd_limit() -> None:
@@ -49,73 +50,13 @@ def raise_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-# -- the server, in a child process ------------------------------------------------------
-
-def serve(database_url: str, redis_url: str, key_prefix: str) -> None:
-    """Child: serve Flash Flow on 127.0.0.1 and print the bound URL; stop on SIGTERM."""
-    from flashflow.server import serve_until_signalled
-    from flashflow.settings import Settings
-
-    raise_fd_limit()
-    settings = Settings(database_url=database_url, redis_url=redis_url, key_prefix=key_prefix,
-                        host="127.0.0.1", port=0, graceful_timeout_s=1.0)
-
-    trio.run(functools.partial(serve_until_signalled, settings,
-                               on_ready=lambda binds: print(binds[0], flush=True)))
-
-
-# -- set-up ------------------------------------------------------------------------------
-
-def with_database(url: str, name: str) -> str:
-    """``url`` pointed at database ``name``."""
-    base = url.split("?", 1)[0].rsplit("/", 1)[0]
-    return f"{base}/{name}"
-
-
-async def prepare_database(admin_url: str, name: str, stock: int) -> str:
-    """Create and migrate a database holding one sale running now; return its URL."""
-    from actors import ledger_sql
-    from flashflow.migrate import apply_migrations
-
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = with_database(admin_url, name)
-    conn = await asyncpg.connect(url)
-    try:
-        await apply_migrations(conn)
-        start = datetime.now(UTC) - timedelta(minutes=1)
-        await ledger_sql.insert_sale(conn, "Bench Widget", stock, start, start + timedelta(hours=1))
-    finally:
-        await conn.close()
-    return url
-
-
-async def drop_database(admin_url: str, name: str) -> None:
-    """Drop the bench database."""
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
-def cpu_s(pid: int) -> float:
-    """A process's CPU time so far (user + system), in seconds."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_kib(pid: int) -> int:
-    """A process's resident memory in KiB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+def rss_kib(root: psutil.Process) -> int:
+    """The server's resident memory (every process of it) in KiB."""
+    total = 0
+    for process in tree(root):
+        with suppress(psutil.Error):
+            total += process.memory_info().rss
+    return total // 1024
 
 
 # -- subscribers -------------------------------------------------------------------------
@@ -175,14 +116,13 @@ async def open_subscribers(nursery: trio.Nursery, host: str, port: int, n: int) 
 
 
 def percentile(values: list[float], p: float) -> float:
-    """The ``p``-th percentile, nearest rank."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+    """The ``p``-th percentile (0-100), nearest rank."""
+    return summary.percentile(sorted(values), p / 100)
 
 
 # -- the measurements --------------------------------------------------------------------
 
-async def measure(base_url: str, server_pid: int, args: argparse.Namespace,
+async def measure(base_url: str, server: psutil.Process, args: argparse.Namespace,
                   stock: int) -> dict[str, object]:
     """Run both phases against the server at ``base_url``."""
     host, port = base_url.removeprefix("http://").split(":")
@@ -191,18 +131,18 @@ async def measure(base_url: str, server_pid: int, args: argparse.Namespace,
         async with trio.open_nursery() as nursery:
             warm = await open_subscribers(nursery, host, int(port), 1)
             await trio.sleep(0.5)
-            base_kib = rss_kib(server_pid)
+            base_kib = rss_kib(server)
             started = trio.current_time()
             subs = await open_subscribers(nursery, host, int(port), args.subscribers)
             opened_s = trio.current_time() - started
             await trio.sleep(3.0)
-            full_kib = rss_kib(server_pid)
+            full_kib = rss_kib(server)
             report["subscribers_held"] = len(subs) + len(warm)
             report["connect_all_s"] = round(opened_s, 2)
             report["server_rss_mib"] = round(full_kib / 1024, 1)
             report["kib_per_subscriber"] = round((full_kib - base_kib) / len(subs), 1)
             reached: list[float] = []
-            cpu_before = cpu_s(server_pid)
+            cpu_before = cpu_seconds(server)
             for i in range(3):
                 stock -= 1
                 sent = trio.current_time()
@@ -214,7 +154,7 @@ async def measure(base_url: str, server_pid: int, args: argparse.Namespace,
                 reached += [t - sent for s in subs
                             if (t := s.first_at_most(stock, sent)) is not None]
                 await trio.sleep(1.0)
-            cpu_used = cpu_s(server_pid) - cpu_before
+            cpu_used = cpu_seconds(server) - cpu_before
             report["fanout_reached"] = f"{len(reached)}/{3 * len(subs)}"
             report["fanout_send_to_seen_p50_ms"] = round(percentile(reached, 50) * 1000, 1)
             report["fanout_send_to_seen_p99_ms"] = round(percentile(reached, 99) * 1000, 1)
@@ -222,13 +162,13 @@ async def measure(base_url: str, server_pid: int, args: argparse.Namespace,
             report["server_cpu_us_per_update"] = round(cpu_used / len(reached) * 1e6, 1)
             nursery.cancel_scope.cancel()
         await trio.sleep(2.0)
-        report.update(await latency_phase(client, host, int(port), args, stock, server_pid))
+        report.update(await latency_phase(client, host, int(port), args, stock, server))
     return report
 
 
 async def latency_phase(client: httpx.AsyncClient, host: str, port: int,
                         args: argparse.Namespace, stock: int,
-                        server_pid: int) -> dict[str, object]:
+                        server: psutil.Process) -> dict[str, object]:
     """Spaced purchases, then a burst, with ``--latency-subscribers`` watching."""
     out: dict[str, object] = {}
     async with trio.open_nursery() as nursery:
@@ -236,7 +176,7 @@ async def latency_phase(client: httpx.AsyncClient, host: str, port: int,
         await trio.sleep(0.5)
         from_commit: list[float] = []
         from_send: list[float] = []
-        cpu_before = cpu_s(server_pid)
+        cpu_before = cpu_seconds(server)
         for i in range(args.purchases):
             sent = trio.current_time()
             response = await client.post(PURCHASE, json={"userId": f"spaced-{i}"})
@@ -254,7 +194,7 @@ async def latency_phase(client: httpx.AsyncClient, host: str, port: int,
                     from_commit.append(t - committed)
                     from_send.append(t - sent)
         expected = args.purchases * len(subs)
-        cpu_used = cpu_s(server_pid) - cpu_before
+        cpu_used = cpu_seconds(server) - cpu_before
         out["spaced_server_cpu_us_per_update"] = round(cpu_used / max(len(from_send), 1) * 1e6, 1)
         out["spaced_deliveries"] = f"{len(from_commit)}/{expected}"
         out["commit_to_seen_p50_ms"] = round(percentile(from_commit, 50) * 1000, 1)
@@ -289,44 +229,24 @@ async def latency_phase(client: httpx.AsyncClient, host: str, port: int,
 
 
 async def bench(args: argparse.Namespace) -> None:
-    """Set up, run the child server, measure, and clean up."""
-    name = f"ffbench_{uuid.uuid4().hex[:10]}"
-    key_prefix = f"ffbench:{uuid.uuid4().hex[:10]}:"
-    stock = 1_000_000
-    db_url = await trio.to_thread.run_sync(
-        lambda: asyncio.run(prepare_database(args.database_url, name, stock)))
-    child = await trio.lowlevel.open_process(
-        [sys.executable, __file__, "serve", db_url, args.redis_url, key_prefix],
-        stdout=subprocess.PIPE)
+    """Set up, run the server, measure, and clean up."""
+    backend = await trio.to_thread.run_sync(
+        Backend(args.database_url, args.redis_url).create, STOCK_AT_START)
     try:
-        with trio.fail_after(args.timeout_s):
-            first_line = b""
-            while not first_line.endswith(b"\n"):
-                chunk = await child.stdout.receive_some(1)
-                if not chunk:
-                    raise RuntimeError("the server did not start")
-                first_line += chunk
-            report = await measure(first_line.decode().strip(), child.pid, args, stock)
-        print(json.dumps(report, indent=2))
+        with tempfile.TemporaryDirectory(prefix="ff-sse-bench-") as logs:
+            server = await trio.to_thread.run_sync(BenchServer.start, backend, 1, Path(logs))
+            try:
+                with trio.fail_after(args.timeout_s):
+                    report = await measure(server.url, server.root, args, STOCK_AT_START)
+                print(json.dumps(report, indent=2))
+            finally:
+                await trio.to_thread.run_sync(server.stop)
     finally:
-        child.terminate()
-        with trio.CancelScope(shield=True), trio.move_on_after(15) as waiting:
-            await child.wait()
-        if waiting.cancelled_caught:
-            child.kill()
-        await trio.to_thread.run_sync(lambda: asyncio.run(drop_database(args.database_url, name)))
-        client = redis.Redis.from_url(args.redis_url)
-        keys = list(client.scan_iter(match=f"{key_prefix}*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
+        await trio.to_thread.run_sync(backend.drop)
 
 
 def main() -> None:
-    """Parse the command line and run the bench (or, as ``serve``, the child server)."""
-    if len(sys.argv) == 5 and sys.argv[1] == "serve":
-        serve(*sys.argv[2:])
-        return
+    """Parse the command line and run the bench."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", default=os.environ.get(
         "FLASHFLOW_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),

@@ -23,11 +23,12 @@ from actors import (
     SaleNotActive,
     SaleNotFound,
     SoldOut,
+    utc_now,
 )
 from actors.errors import Undecided
 from actors.ledger import CommitOutcome, LedgerConfig, open_ledger
 from actors.stock_gate import GateConfig, StockGate, open_stock_gate
-from actors.user_serializer import SerializerConfig, open_user_serializer, utc_now
+from actors.user_serializer import SerializerConfig, open_user_serializer
 
 from ..helpers import fetch, gate_keys, gate_state, make_sale, pg, redis_client
 
