@@ -30,6 +30,9 @@ from .model import LedgerState, Purchase, Sale
 
 log = logging.getLogger(__name__)
 
+#: Buyers read per query when the buyers of a sold-out sale are read in pages.
+BUYERS_PAGE = 50_000
+
 
 class CommitResult(enum.Enum):
     """How the ledger settled one purchase."""
@@ -192,6 +195,22 @@ class Ledger:
     async def state(self, sale: Sale) -> LedgerState:
         """The committed state of a sale, read in one snapshot."""
         return await self._query(ledger_sql.ledger_state, sale)
+
+    async def buyers(self, sale_id: uuid.UUID, page: int = BUYERS_PAGE) -> frozenset[str]:
+        """Every committed buyer of a sale, read ``page`` at a time, each page its own query.
+
+        Only for a sale whose every unit is committed: its buyers can no longer change, so
+        pages read one after another add up to one consistent set, and no single query of
+        a very large sale runs into the timeout.
+        """
+        found: list[str] = []
+        after = ""
+        while True:
+            rows = await self._query(ledger_sql.buyers_page, sale_id, after, page)
+            found += rows
+            if len(rows) < page:
+                return frozenset(found)
+            after = rows[-1]
 
     async def ping(self) -> bool:
         """Whether PostgreSQL answers a query."""

@@ -144,6 +144,13 @@ async def ledger_state(conn: Any, sale: Sale) -> LedgerState:
     return LedgerState(sale.total_stock, sold, {r["user_id"]: str(r["id"]) for r in rows})
 
 
+async def buyers_page(conn: Any, sale_id: uuid.UUID, after: str, limit: int) -> list[str]:
+    """Up to ``limit`` buyers of a sale, in user id order, after ``after`` (keyset paging)."""
+    rows = await conn.fetch("SELECT user_id FROM purchases WHERE sale_id = $1 AND user_id > $2 "
+                            "ORDER BY user_id LIMIT $3", sale_id, after, limit)
+    return [r["user_id"] for r in rows]
+
+
 async def on_connection(pool: Any, fn: Any, *args: Any) -> Any:
     """Run ``fn(conn, *args)`` on a connection taken from ``pool``."""
     async with pool.acquire() as conn:

@@ -165,6 +165,20 @@ async def test_overflowing_batch_still_reports_duplicates(settings):
     assert sold == 2
 
 
+async def test_the_buyers_of_a_sold_out_sale_are_read_in_pages(settings):
+    """Seven buyers read three at a time (pages of 3, 3 and 1), ids that sort oddly included:
+    exactly the committed buyers, each once."""
+    url = settings.database_url
+    sale = await make_sale(url, stock=7)
+    users = ["b", "a", "ünï", "A", "a-1", "zz", "Ω"]
+    with trio.fail_after(20):
+        async with ledger_for(url) as ledger:
+            await commit_all(ledger, [purchase_of(sale, u) for u in users])
+            assert await ledger.buyers(sale.id, page=3) == frozenset(users)
+            assert await ledger.buyers(sale.id, page=7) == frozenset(users)
+            assert await ledger.buyers(sale.id) == frozenset(users)
+
+
 async def test_reads_state_purchases_and_sales(settings):
     """state(), find_purchase(), sales() and ping() read what is committed."""
     url = settings.database_url
