@@ -89,6 +89,8 @@ async def test_drifted_counters_and_an_emptied_buyers_hash_heal(settings):
             r.delete(keys.buyers)
             await until_reconciled(runtime, lambda: r.hlen(keys.buyers) == 3)
             await until_reconciled(runtime, lambda: r.get(keys.stock) == "7")
+            # A pass counts what it repaired once it ends, after its writes are seen.
+            await until_reconciled(runtime, lambda: runtime.reconciler.statistics().claimed)
             stats = runtime.reconciler.statistics()
     assert set(r.hkeys(keys.buyers)) == {"a", "b", "c"}
     assert stats.claimed == 3
