@@ -30,8 +30,8 @@ from ..migrate import apply_migrations
 
 #: Redis Cluster's slots, dealt out in equal ranges to the shards.
 SLOTS = 16384
-#: The HTTP tier's purchases per second per core (docs/performance.md: one worker on one
-#: core answers about 300 purchases/s at 200 connections and 600 at 64, on 2 workers).
+#: Purchases per second one HTTP core sends: about 300 today (docs/performance.md, one
+#: worker on one core: 232-327/s), and 600 for an HTTP tier twice as fast.
 HTTP_PER_CORE = (300, 600)
 
 

@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import trio
+from redis.cluster import RedisCluster
 
 from actors import FlashFlowError, Sale, ledger_sql
 from actors.redis_url import sync_client
@@ -180,8 +181,10 @@ def _memory(url: str, keys: list[str]) -> tuple[int, int]:
     client = sync_client(url, socket_timeout=120)
     try:
         usage = sum(client.memory_usage(k, samples=0) or 0 for k in keys)
-        info = client.info("memory", target_nodes=client.get_node_from_key(keys[0])) \
-            if hasattr(client, "get_node_from_key") else client.info("memory")
+        if isinstance(client, RedisCluster):
+            info = client.info("memory", target_nodes=client.get_node_from_key(keys[0]))
+        else:
+            info = client.info("memory")
         return usage, int(info["used_memory"])
     finally:
         client.close()
