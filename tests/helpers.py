@@ -24,14 +24,13 @@ from actors import Sale, ledger_sql
 from actors.redis_url import sync_client
 from flashflow.database import run_on_connection
 from flashflow.http import create_app
+from flashflow.invariants import GateSnapshot, LedgerSnapshot, ledger_snapshot, read_gate, verify
 from flashflow.processes import stop_process
 from flashflow.runtime import Runtime, open_runtime
 from flashflow.server import asgi_app, hypercorn_config
 from flashflow.settings import Settings
 from loadtests import backends
-from loadtests.backends import ledger_snapshot, read_gate
 from loadtests.records import Record
-from loadtests.verify import GateSnapshot, LedgerSnapshot, verify
 
 run_pg = run_on_connection
 
@@ -103,7 +102,7 @@ async def ledger_of(settings: Settings, sale_id: uuid.UUID) -> LedgerSnapshot:
 
 async def judge(settings: Settings, sale: Any, records: list[Record], *,
                 faulted: Collection[Record] = ()) -> tuple[LedgerSnapshot, GateSnapshot]:
-    """Hold a run on a fresh ``sale`` to :func:`loadtests.verify.verify`, the one invariant
+    """Hold a run on a fresh ``sale`` to :func:`flashflow.invariants.verify`, the one invariant
     check, against what PostgreSQL and Redis hold now; return the snapshots it judged."""
     after = await ledger_of(settings, sale.id)
     gate = await trio.to_thread.run_sync(gate_of, settings, sale.id)

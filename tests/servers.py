@@ -24,7 +24,7 @@ import pytest
 import redis
 from redis.cluster import key_slot
 
-from flashflow.embedded import free_port
+from flashflow.embedded import cluster_port, free_port
 from flashflow.processes import stop_process
 
 MASTER = "ffmaster"
@@ -76,21 +76,11 @@ class RedisProcess:
             stop_process(self.process, signal.SIGTERM, 5)
 
 
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (10000 above it) is a free port too."""
-    while True:
-        port = free_port()
-        if port + 10000 <= 65535:
-            with suppress(OSError), socket.socket() as bus:
-                bus.bind(("127.0.0.1", port + 10000))
-                return port
-
-
 def start_redis_process(directory: Path, *args: str, config: str | None = None,
                         sentinel: bool = False, cluster: bool = False) -> RedisProcess:
     """Start ``redis-server`` on a free port with ``args``; wait until it answers PING."""
     server = binary("redis-server", "redis-server")
-    port = _cluster_port() if cluster else free_port()
+    port = cluster_port() if cluster else free_port()
     directory = directory / str(port)
     directory.mkdir(parents=True)
     command = [server]

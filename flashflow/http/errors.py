@@ -92,16 +92,23 @@ def error_response(status: int, code: str, message: str, *,
     return response
 
 
-def for_error(error: FlashFlowError, retry_after_s: int) -> ErrorResponse:
-    """The response for a Flash Flow error, by the table above."""
+def table_entry(error: FlashFlowError) -> tuple[int, str, bool] | None:
+    """The (status, wire code, Retry-After) the table above gives ``error``, or None."""
     for cls in type(error).__mro__:
         if cls in ERROR_TABLE:
-            status, code, retry = ERROR_TABLE[cls]
-            wait_s = getattr(error, "retry_after_s", retry_after_s)
-            return error_response(status, code, error.message,
-                                  retry_after_s=wait_s if retry else None,
-                                  challenge=getattr(error, "challenge", None))
-    return internal_error()
+            return ERROR_TABLE[cls]
+    return None
+
+
+def for_error(error: FlashFlowError, retry_after_s: int) -> ErrorResponse:
+    """The response for a Flash Flow error, by the table above."""
+    entry = table_entry(error)
+    if entry is None:
+        return internal_error()
+    status, code, retry = entry
+    wait_s = getattr(error, "retry_after_s", retry_after_s)
+    return error_response(status, code, error.message, retry_after_s=wait_s if retry else None,
+                          challenge=getattr(error, "challenge", None))
 
 
 def for_http(error: HTTPException) -> ErrorResponse:

@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(report.goal_lines(measurements)))
     if not args.no_doc:
         args.doc.parent.mkdir(parents=True, exist_ok=True)
-        args.doc.write_text(page)
+        existing = args.doc.read_text() if args.doc.exists() else ""
+        args.doc.write_text(report.keep_other_sections(page, existing))
     if args.json:
         data = report.as_json(command, options, workers, measurements, sales)
         args.json.write_text(json.dumps(data, indent=2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -139,6 +140,19 @@ def markdown(command: str, options: Options, workers: list[int],
         out += [f"| {t} | {f} | {_met(ok)} |" for t, f, ok in sale_checks(sales)]
     out += ["", "## Command", "", "```sh", command, "```", "", HOW_TO]
     return "\n".join(out)
+
+
+def keep_other_sections(page: str, existing: str) -> str:
+    """``page`` followed by the sections of ``existing`` that it does not write itself.
+
+    docs/performance.md also holds the figures of the capacity benchmarks
+    (``python -m flashflow.capacity``); a run of this benchmark rewrites its own sections
+    and leaves theirs as they were.
+    """
+    ours = set(re.findall(r"^## (.+)$", page, flags=re.MULTILINE))
+    kept = [s.rstrip("\n") for s in re.split(r"(?m)^(?=## )", existing)
+            if s.startswith("## ") and s.split("\n", 1)[0][3:] not in ours]
+    return "\n\n".join([page.rstrip("\n"), *kept]) + "\n"
 
 
 def goal_lines(measurements: list[Measurement]) -> list[str]:

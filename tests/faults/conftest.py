@@ -329,7 +329,7 @@ class Outcome:
 
     def as_record(self) -> Record:
         """This attempt as the load test's record (a hung request is one without an answer;
-        times on the monotonic clock, which is all :func:`loadtests.verify.verify` compares)."""
+        times on the monotonic clock, which is all :func:`flashflow.invariants.verify` compares)."""
         status = NO_ANSWER if self.status == HUNG else self.status
         return Record(PURCHASE_KIND, self.user, status, self.answered_at - self.seconds,
                       self.seconds * 1000, purchase_id=self.purchase_id,
@@ -725,7 +725,7 @@ async def check_sale_after_faults(settings: Settings, sale: Sale, recorder: Reco
                                   expected_sold: int, settle_s: float) -> dict[str, Any]:
     """The exact invariants of a sale that lived through faults; returns the figures.
 
-    Every attempt is held to :func:`loadtests.verify.verify`, those sent before recovery
+    Every attempt is held to :func:`flashflow.invariants.verify`, those sent before recovery
     (any phase but "after") as sent while the fault lasted: a 503 or no answer there is no
     break, and a row without a 201 may be a commit whose reply it lost. On top of that:
     every 503 carries Retry-After, nothing hung, after recovery only 201 and 409, exactly

@@ -65,7 +65,7 @@ def as_records(results: list[tuple[str, int, dict]]) -> list[Record]:
 
 async def check_invariants(settings, sale, results, *, expected_sold: int) -> None:
     """Exactly ``expected_sold`` 201s, only 201s and 409s, nothing left in doubt in the gate,
-    and every invariant of :func:`loadtests.verify.verify`."""
+    and every invariant of :func:`flashflow.invariants.verify`."""
     statuses = Counter(status for _, status, _ in results)
     assert set(statuses) <= {201, 409}, statuses
     assert statuses[201] == expected_sold, f"{statuses[201]} x 201 for {expected_sold} units"

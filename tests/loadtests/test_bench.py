@@ -15,7 +15,7 @@ import trio
 
 from loadtests.bench import ceilings
 from loadtests.bench.goals import GOAL_CONNECTIONS, GOAL_WORKERS, P99_CONNECTIONS, goals, ratio
-from loadtests.bench.report import markdown
+from loadtests.bench.report import keep_other_sections, markdown
 from loadtests.bench.scenarios import (
     ASGI,
     BOUGHT,
@@ -124,6 +124,14 @@ def test_the_page_has_a_row_per_measurement_and_every_goal():
     assert f"| {HEALTHZ} | 2 | 64 | 102 | 1.0 | 10.0 | 1.02x | 1.01x | 102 |" in page
     assert sum(line.startswith("| ") and line.endswith(" |") for line in
                page.split("## Goals")[1].splitlines()) == 2 + len(goals(ms))
+
+
+def test_a_new_page_keeps_the_sections_it_does_not_write():
+    """Rewriting docs/performance.md replaces the benchmark's sections and keeps the others."""
+    old = "# Performance\n\nold\n\n## Side by side\n\nold rows\n\n## Other\n\nkept\n"
+    new = "# Performance\n\nnew\n\n## Side by side\n\nnew rows\n"
+    assert keep_other_sections(new, old) == new + "\n## Other\n\nkept\n"
+    assert keep_other_sections(new, "") == new
 
 
 @pytest.mark.slow
