@@ -30,7 +30,7 @@ from .model import LedgerState, Purchase, Sale
 
 log = logging.getLogger(__name__)
 
-#: Buyers read per query when the buyers of a sold-out sale are read in pages.
+#: Buyers read per query when a sale's committed state is read in pages.
 BUYERS_PAGE = 50_000
 
 
@@ -193,24 +193,15 @@ class Ledger:
         return await self._query(ledger_sql.sold_count, sale_id)
 
     async def state(self, sale: Sale) -> LedgerState:
-        """The committed state of a sale, read in one snapshot."""
-        return await self._query(ledger_sql.ledger_state, sale)
+        """The committed state of a sale, read in one snapshot.
 
-    async def buyers(self, sale_id: uuid.UUID, page: int = BUYERS_PAGE) -> frozenset[str]:
-        """Every committed buyer of a sale, read ``page`` at a time, each page its own query.
-
-        Only for a sale whose every unit is committed: its buyers can no longer change, so
-        pages read one after another add up to one consistent set, and no single query of
-        a very large sale runs into the timeout.
+        Each page of buyers is bounded by the timeout, and the whole read by the timeout
+        once for every page a sale of its stock can fill.
         """
-        found: list[str] = []
-        after = ""
-        while True:
-            rows = await self._query(ledger_sql.buyers_page, sale_id, after, page)
-            found += rows
-            if len(rows) < page:
-                return frozenset(found)
-            after = rows[-1]
+        pages = 1 + sale.total_stock // BUYERS_PAGE
+        return await _aio.postgres_call(
+            self._config.timeout_s * (pages + 1), ledger_sql.on_connection, self._pool,
+            ledger_sql.ledger_state, sale, BUYERS_PAGE, self._config.timeout_s)
 
     async def ping(self) -> bool:
         """Whether PostgreSQL answers a query."""

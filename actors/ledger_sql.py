@@ -136,19 +136,26 @@ async def find_purchases(conn: Any, sale_id: uuid.UUID, users: list[str]) -> dic
             for r in rows}
 
 
-async def ledger_state(conn: Any, sale: Sale) -> LedgerState:
-    """What is committed for a sale, read in one snapshot: the state the gate is rebuilt from."""
+async def ledger_state(conn: Any, sale: Sale, page: int = 50_000,
+                       page_timeout_s: float | None = None) -> LedgerState:
+    """What is committed for a sale, read in one snapshot: the state the gate is rebuilt from.
+
+    The purchases are read ``page`` at a time inside the snapshot, each page within
+    ``page_timeout_s``, so a sale of a million buyers is no single query against the timeout.
+    """
+    buyers: dict[str, str] = {}
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         sold = await sold_count(conn, sale.id)
-        rows = await conn.fetch("SELECT user_id, id FROM purchases WHERE sale_id = $1", sale.id)
-    return LedgerState(sale.total_stock, sold, {r["user_id"]: str(r["id"]) for r in rows})
-
-
-async def buyers_page(conn: Any, sale_id: uuid.UUID, after: str, limit: int) -> list[str]:
-    """Up to ``limit`` buyers of a sale, in user id order, after ``after`` (keyset paging)."""
-    rows = await conn.fetch("SELECT user_id FROM purchases WHERE sale_id = $1 AND user_id > $2 "
-                            "ORDER BY user_id LIMIT $3", sale_id, after, limit)
-    return [r["user_id"] for r in rows]
+        after = ""
+        while True:
+            rows = await conn.fetch(
+                "SELECT user_id, id FROM purchases WHERE sale_id = $1 AND user_id > $2 "
+                "ORDER BY user_id LIMIT $3", sale.id, after, page, timeout=page_timeout_s)
+            buyers.update((r["user_id"], str(r["id"])) for r in rows)
+            if len(rows) < page:
+                break
+            after = rows[-1]["user_id"]
+    return LedgerState(sale.total_stock, sold, buyers)
 
 
 async def on_connection(pool: Any, fn: Any, *args: Any) -> Any:

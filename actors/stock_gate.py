@@ -49,8 +49,6 @@ Loader = Callable[[Sale], Awaitable[LedgerState]]
 Counter = Callable[[uuid.UUID], Awaitable[int]]
 #: The user's committed purchase in a sale, or None (the ledger's batched lookup).
 Finder = Callable[[uuid.UUID, str], Awaitable[object | None]]
-#: Every committed buyer of a sale whose every unit is committed (read in pages).
-BuyerReader = Callable[[uuid.UUID], Awaitable[frozenset[str]]]
 
 #: How long a reservation waits for a unit to come back when its caller names no deadline.
 DEFAULT_WAIT_S = 6.0
@@ -138,14 +136,12 @@ class StockGate:
     """Handle to a running stock-gate actor; see :func:`open_stock_gate`."""
 
     def __init__(self, config: GateConfig, client: _aio.RedisClient, loader: Loader,
-                 counter: Counter, nursery: trio.Nursery, finder: Finder | None = None,
-                 buyers: BuyerReader | None = None) -> None:
+                 counter: Counter, nursery: trio.Nursery, finder: Finder | None = None) -> None:
         self._config = config
         self._redis = client
         self._loader = loader
         self._counter = counter
         self._finder = finder
-        self._buyers = buyers
         self._nursery = nursery
         self._channel = stock_channel(config.key_prefix)
         self._send, self._inbox = trio.open_memory_channel[Reserve](config.inbox_size)
@@ -481,12 +477,12 @@ class StockGate:
             return True
         if await self._counter(sale.id) < sale.total_stock:
             return False
-        if self._finder is not None and self._buyers is not None:
+        if self._finder is not None:
             # Final already: the CHECK admits no further commit. The buyers, which can no
             # longer change, are read in the background; until then each waiter is
             # answered by its own lookup, so no one waits on a read of every buyer.
             self._final.add(sale.id)
-            self._nursery.start_soon(self._remember_buyers, sale.id)
+            self._nursery.start_soon(self._remember_buyers, sale)
             return True
         state = await self._loader(sale)
         if state.sold < sale.total_stock:
@@ -501,15 +497,14 @@ class StockGate:
             self.poke(sale.id)
         return sold_out
 
-    async def _remember_buyers(self, sale_id: uuid.UUID) -> None:
+    async def _remember_buyers(self, sale: Sale) -> None:
         """Keep the buyers of a sale sold out for good, so later answers come from memory."""
-        assert self._buyers is not None
         async for attempt in self._config.remember_retry.forever(BackendUnavailable):
             with attempt:
-                buyers = await self._buyers(sale_id)
-        if sale_id in self._final:  # not forgotten meanwhile
-            self._sold_out[sale_id] = buyers
-            self._final.discard(sale_id)
+                state = await self._loader(sale)
+        if sale.id in self._final:  # not forgotten meanwhile
+            self._sold_out[sale.id] = frozenset(state.buyers)
+            self._final.discard(sale.id)
 
     def _answer_final(self, sale_id: uuid.UUID, request: Reserve) -> None:
         buyers = self._sold_out.get(sale_id)
@@ -537,24 +532,22 @@ class StockGate:
 
 @asynccontextmanager
 async def open_stock_gate(config: GateConfig, loader: Loader, counter: Counter, *,
-                          finder: Finder | None = None,
-                          buyers: BuyerReader | None = None) -> AsyncIterator[StockGate]:
+                          finder: Finder | None = None) -> AsyncIterator[StockGate]:
     """Open the stock-gate actor; yields once Redis answers, stops its loop on exit.
 
     Args:
         config: connection and batching settings.
         loader: reads a sale's committed state from the ledger, to (re)build the gate.
         counter: reads how many units of a sale the ledger holds committed.
-        finder: looks up one user's committed purchase; with ``buyers``, a sale found sold
-            out for good answers its waiters one lookup each while ``buyers`` reads every
-            buyer into memory, instead of making them wait for that read (``loader``).
-        buyers: reads every buyer of a sale sold out for good.
+        finder: looks up one user's committed purchase. With it, a sale found sold out for
+            good answers its waiters one lookup each while ``loader`` reads every buyer into
+            memory in the background, instead of making them wait for that read.
     """
     async with (
         _aio.open_redis(config.redis_url, config.timeout_s) as client,
         open_actor_nursery() as nursery,
     ):
-        gate = StockGate(config, client, loader, counter, nursery, finder, buyers)
+        gate = StockGate(config, client, loader, counter, nursery, finder)
         await nursery.start(gate.run)
         try:
             yield gate

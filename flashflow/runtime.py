@@ -134,7 +134,7 @@ async def open_runtime(settings: Settings, *,
             open_ledger(ledger_config(settings)) as ledger,
             open_catalog(ledger.sales, settings.catalog_refresh_s) as catalog,
             open_stock_gate(gate_config(settings), loader=ledger.state, counter=ledger.sold,
-                            finder=ledger.find_purchase, buyers=ledger.buyers) as gate,
+                            finder=ledger.find_purchase) as gate,
             open_stock_feed(feed_config(settings),
                             stock_key=lambda sale_id: gate.keys(sale_id).stock) as feed,
         ):

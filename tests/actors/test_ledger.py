@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio_asyncio
 
+import actors.ledger
 from actors import (
     BackendUnavailable,
     CommitResult,
@@ -165,18 +166,18 @@ async def test_overflowing_batch_still_reports_duplicates(settings):
     assert sold == 2
 
 
-async def test_the_buyers_of_a_sold_out_sale_are_read_in_pages(settings):
+async def test_the_committed_state_is_read_in_pages_of_one_snapshot(settings, monkeypatch):
     """Seven buyers read three at a time (pages of 3, 3 and 1), ids that sort oddly included:
-    exactly the committed buyers, each once."""
+    exactly the committed buyers, each with its purchase, and the sold count."""
+    monkeypatch.setattr(actors.ledger, "BUYERS_PAGE", 3)
     url = settings.database_url
     sale = await make_sale(url, stock=7)
-    users = ["b", "a", "ünï", "A", "a-1", "zz", "Ω"]
+    purchases = [purchase_of(sale, u) for u in ["b", "a", "ünï", "A", "a-1", "zz", "Ω"]]
     with trio.fail_after(20):
         async with ledger_for(url) as ledger:
-            await commit_all(ledger, [purchase_of(sale, u) for u in users])
-            assert await ledger.buyers(sale.id, page=3) == frozenset(users)
-            assert await ledger.buyers(sale.id, page=7) == frozenset(users)
-            assert await ledger.buyers(sale.id) == frozenset(users)
+            await commit_all(ledger, purchases)
+            state = await ledger.state(sale)
+    assert state == LedgerState(7, 7, {p.user_id: str(p.id) for p in purchases})
 
 
 async def test_reads_state_purchases_and_sales(settings):
