@@ -514,13 +514,19 @@ class StockGate:
         request.reply.fail(AlreadyPurchased() if request.user_id in buyers else SoldOut())
 
     async def _answer_by_lookup(self, sale_id: uuid.UUID, request: Reserve) -> None:
-        """The final answer for one user of a sale sold out for good, from the ledger."""
+        """The final answer for one user of a sale sold out for good, from the ledger, asked
+        again while it cannot say, until the request's deadline."""
         assert self._finder is not None
         try:
-            found = await self._finder(sale_id, request.user_id)
-        except (BackendUnavailable, Overloaded):
-            request.reply.fail(Undecided())
-            return
+            while True:
+                try:
+                    found = await self._finder(sale_id, request.user_id)
+                    break
+                except (BackendUnavailable, Overloaded):
+                    if trio.current_time() >= request.deadline:
+                        request.reply.fail(Undecided())
+                        return
+                await trio.sleep(self._config.doubt_poll_s)
         except BaseException:  # the gate is closing: the caller must not wait for ever
             request.reply.fail(Undecided())
             raise
