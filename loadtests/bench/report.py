@@ -106,9 +106,54 @@ GOALS_INTRO = ("Issue 13's goals, decided by this run's figures (reported, never
                "\"next\" marks the goal past what Quart's request machinery allows.")
 
 
+BEFORE_INTRO = ("The same scenarios in an earlier run ({date}, `{command}`), each beside this "
+                "run's figure; ratios are to the ceilings of the run they come from.")
+BEFORE_HEADER = ("| Scenario | Workers | Connections | Requests/s before | Requests/s now "
+                 "| vs bare quart-trio before | now | vs bare ASGI before | now | p99 ms before "
+                 "| now |")
+#: Sections a rewrite of the page keeps from the page it replaces (written by hand).
+KEPT = ("Profile",)
+
+
+def before_and_after(before: dict[str, Any], measurements: list[Measurement]) -> list[str]:
+    """The section comparing ``measurements`` with an earlier run's JSON (``--before``)."""
+    earlier = {(b["scenario"], b["workers"], b["connections"]): b for b in before["measurements"]}
+    out = ["## Before and after", "",
+           BEFORE_INTRO.format(date=before["machine"]["date"], command=before["command"]), "",
+           BEFORE_HEADER, "| --- |" + " ---: |" * 10]
+    for x in ordered(measurements):
+        b = earlier.get((x.scenario, x.workers, x.connections))
+        if b is None or x.scenario in (ASGI, QUART):
+            continue
+        out.append(f"| {x.scenario} | {x.workers} | {x.connections} | {b['per_s']:,.0f} | "
+                   f"{x.per_s:,.0f} | {_times(b['vs_quart'])} | "
+                   f"{_times(ratio(x, QUART, measurements))} | {_times(b['vs_asgi'])} | "
+                   f"{_times(ratio(x, ASGI, measurements))} | {b['p99_ms']:.1f} | "
+                   f"{x.p99_ms:.1f} |")
+    return [*out, ""]
+
+
+def kept_sections(page: str) -> list[str]:
+    """The sections of :data:`KEPT` found in ``page``, as lines, each up to the next heading."""
+    out: list[str] = []
+    for title in KEPT:
+        lines = page.splitlines()
+        if f"## {title}" not in lines:
+            continue
+        start = lines.index(f"## {title}")
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+                   len(lines))
+        out += [*lines[start:end]]
+        if out[-1] != "":
+            out.append("")
+    return out
+
+
 def markdown(command: str, options: Options, workers: list[int],
-             measurements: list[Measurement], sales: list[SaleRun]) -> str:
-    """The page written to ``docs/performance.md``."""
+             measurements: list[Measurement], sales: list[SaleRun],
+             before: dict[str, Any] | None = None, kept: list[str] = ()) -> str:
+    """The page written to ``docs/performance.md``; ``before`` is an earlier run's JSON to
+    set beside this one, ``kept`` the lines of :func:`kept_sections` of the page replaced."""
     m = machine()
     intro = INTRO.format(m=m, o=options) + (AUTH_INTRO if options.auth_secret else "")
     out = ["# Performance", "", intro, "", "## Side by side", "",
@@ -137,7 +182,10 @@ def markdown(command: str, options: Options, workers: list[int],
                        f"{held} |")
         out += ["", "| Check | Figure | Met |", "| --- | --- | --- |"]
         out += [f"| {t} | {f} | {_met(ok)} |" for t, f, ok in sale_checks(sales)]
-    out += ["", "## Command", "", "```sh", command, "```", "", HOW_TO]
+    out.append("")
+    if before is not None:
+        out += before_and_after(before, measurements)
+    out += [*kept, "## Command", "", "```sh", command, "```", "", HOW_TO]
     return "\n".join(out)
 
 
