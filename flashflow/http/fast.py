@@ -51,6 +51,8 @@ CURRENT = "current"
 
 ASGIApp = Callable[[dict, Any, Any], Awaitable[None]]
 
+_HEALTHY = answer({"status": "ok"})
+
 
 @dataclass(frozen=True, slots=True)
 class HotRoutes:
@@ -65,7 +67,7 @@ class HotRoutes:
 
     def health(self) -> Answer:
         """``GET /healthz``."""
-        return answer({"status": "ok"})
+        return _HEALTHY
 
     async def sale(self, raw_id: str | None) -> Answer:
         """``GET`` a sale: ``raw_id`` is the path's id, None for the current sale."""
@@ -108,6 +110,8 @@ class _Route:
 
 
 _HEALTH_ROUTE = _Route(HEALTH, None, purchase=False)
+_CURRENT_ROUTE = _Route(API, None, purchase=False)
+_CURRENT_PURCHASE_ROUTE = _Route(CURRENT_PURCHASE, None, purchase=True)
 _SALES_PREFIX = f"{SALES}/"
 _JSON = JSON.encode()
 
@@ -125,11 +129,10 @@ def route_of(method: str, path: str) -> _Route | None:
     if not slash:
         if method != "GET":
             return None
-        return _Route(API, None, False) if current else _Route(BY_ID, segment, False)
+        return _CURRENT_ROUTE if current else _Route(BY_ID, segment, purchase=False)
     if rest != "purchase" or method != "POST":
         return None
-    return (_Route(CURRENT_PURCHASE, None, True) if current
-            else _Route(BY_ID_PURCHASE, segment, True))
+    return _CURRENT_PURCHASE_ROUTE if current else _Route(BY_ID_PURCHASE, segment, purchase=True)
 
 
 def fast_path(app: ASGIApp, hot: HotRoutes, max_body_bytes: int) -> ASGIApp:
