@@ -40,7 +40,7 @@ from .wire import (
     sale_body,
 )
 
-__all__ = ["EXTENSION", "HEALTH", "HotRoutes", "fast_path"]
+__all__ = ["EXTENSION", "HEALTH", "HotRoutes", "fast_path", "route_of", "takes"]
 
 log = logging.getLogger("flashflow.http")
 
@@ -135,6 +135,25 @@ def route_of(method: str, path: str) -> _Route | None:
     return _CURRENT_PURCHASE_ROUTE if current else _Route(BY_ID_PURCHASE, segment, purchase=True)
 
 
+def takes(headers: list[tuple[bytes, bytes]], purchase: bool, max_body_bytes: int,
+          cors: bool) -> bool:
+    """Whether the fast path answers a hot route's request with these headers exactly as
+    Quart would: a purchase's body must be JSON of a known length within the limit (Quart
+    answers the others: 415, 413, a missing body), a GET has no body (Quart drains it), and
+    an ``Origin`` is Quart's to answer while CORS is on."""
+    length = mimetype = None
+    for name, value in headers:
+        if name == b"content-length":
+            length = int(value) if length is None else -1
+        elif name == b"content-type":
+            mimetype = value.partition(b";")[0].strip().lower() if mimetype is None else b""
+        elif name == b"transfer-encoding" or (name == b"origin" and cors):
+            return False
+    if purchase:
+        return length is not None and 0 <= length <= max_body_bytes and mimetype == _JSON
+    return not length
+
+
 def fast_path(app: ASGIApp, hot: HotRoutes, max_body_bytes: int) -> ASGIApp:
     """Wrap ``app`` (the Quart app as served) so the hot routes are answered in front of it."""
     base_headers = [(b"content-type", _JSON)]
@@ -147,30 +166,9 @@ def fast_path(app: ASGIApp, hot: HotRoutes, max_body_bytes: int) -> ASGIApp:
             return
         method = scope["method"]
         route = route_of(method, scope["path"])
-        if route is None:
+        if route is None or not takes(scope["headers"], route.purchase, max_body_bytes,
+                                      hot.vary_origin):
             await app(scope, receive, send)
-            return
-        length = mimetype = None
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if length is not None:
-                    length = -1
-                else:
-                    length = int(value)
-            elif name == b"content-type":
-                mimetype = value.partition(b";")[0].strip().lower() if mimetype is None else b""
-            elif name == b"transfer-encoding" or (name == b"origin" and hot.vary_origin):
-                # A chunked body, or an origin CORS must answer: Quart's to handle.
-                await app(scope, receive, send)
-                return
-        if route.purchase:
-            # Only a JSON body of a known length within the limit is read here; Quart
-            # answers the others (415, 413, a missing body), as it always has.
-            if length is None or not 0 <= length <= max_body_bytes or mimetype != _JSON:
-                await app(scope, receive, send)
-                return
-        elif length:
-            await app(scope, receive, send)  # a GET with a body: Quart drains it
             return
         started = time.perf_counter()
         try:

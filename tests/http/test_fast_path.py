@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import trio
 
-from flashflow.http.fast import route_of
+from flashflow.http.fast import route_of, takes
 from flashflow.tokens import mint
 
 from ..helpers import live_fronts, make_sale
@@ -170,3 +170,31 @@ def test_the_fast_path_takes_only_the_hot_routes(method, path, rule):
     """Only the hot routes' methods and paths are taken, by the rule Quart counts them under."""
     route = route_of(method, path)
     assert (route.rule if route is not None else None) == rule
+
+
+@pytest.mark.parametrize(("headers", "purchase", "taken"), [
+    ([(b"content-type", b"application/json"), (b"content-length", b"20")], True, True),
+    ([(b"content-type", b"Application/JSON; charset=utf-8"), (b"content-length", b"2")], True,
+     True),
+    ([(b"content-type", b"application/json"), (b"content-length", b"0")], True, True),
+    ([(b"content-type", b"application/json"), (b"content-length", b"4097")], True, False),
+    ([(b"content-type", b"application/json")], True, False),
+    ([(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")], True, False),
+    ([(b"content-type", b"text/plain"), (b"content-length", b"20")], True, False),
+    ([(b"content-type", b"application/json"), (b"content-type", b"application/json"),
+      (b"content-length", b"20")], True, False),
+    ([(b"content-type", b"application/json"), (b"content-length", b"20"), (b"origin", b"x")],
+     True, True),
+    ([], False, True),
+    ([(b"content-length", b"0")], False, True),
+    ([(b"content-length", b"3")], False, False),
+])
+def test_the_fast_path_leaves_odd_bodies_to_quart(headers, purchase, taken):
+    """Chunked, oversized, missing, doubled or non-JSON bodies (and a GET's body) go to Quart."""
+    assert takes(headers, purchase, 4096, cors=False) is taken
+
+
+def test_with_cors_on_a_request_with_an_origin_goes_to_quart():
+    """While CORS is on, any Origin is Quart's to answer; without one, the fast path's."""
+    assert takes([(b"origin", b"https://shop.example")], False, 4096, cors=True) is False
+    assert takes([(b"host", b"x")], False, 4096, cors=True) is True
