@@ -203,7 +203,9 @@ this page (`--doc`, `--no-doc`) and, with `--json PATH`, every figure for compar
 workers, 64 and 200 connections), `--runs`, `--duration-s` and `--warmup-s` how long;
 `--quick` is 1 s runs, no warm-up and no whole sale, to try the harness in seconds, not for
 figures. `--profile DIR` records py-spy profiles of each first run (which slow the server:
-use them to find hot spots, not for figures).
+use them to find hot spots, not for figures). `--before PATH` sets the figures of an earlier
+run's `--json` beside this run's ("Before and after"); a "Profile" section written by hand
+is kept when the page is rewritten.
 
 `python -m loadtests` runs the locust stampede headless and then checks, from every response
 the clients recorded and from PostgreSQL and Redis directly: no overselling, one purchase per
