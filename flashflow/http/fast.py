@@ -60,7 +60,7 @@ class HotRoutes:
 
     runtime: Runtime
     auth: Auth
-    body_model: type[PurchaseRequest] | type[SignedInPurchaseRequest]
+    body_model: type[PurchaseRequest | SignedInPurchaseRequest]
     recorder: RequestMetrics
     #: Whether CORS is on: every answer then says ``Vary: Origin``.
     vary_origin: bool
