@@ -2,11 +2,14 @@
 
 The purchase path asks the catalog which sale is current without touching PostgreSQL;
 the clock decides the status, so transitions happen exactly at ``startTime`` and
-``endTime`` however stale the list is.
+``endTime`` however stale the list is. Which sale is current changes only at one of those
+instants, so the answer is kept for the span between the two around ``now``, and every
+request between them pays a comparison rather than a scan of the list.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,12 +45,26 @@ class Catalog:
         self._fetch = fetch
         self._refresh_s = refresh_s
         self._sales: list[Sale] = []
+        self._by_id: dict[uuid.UUID, Sale] = {}
+        # Every start and end, sorted; and the current sale with the span it holds for.
+        self._instants: list[datetime] = []
+        self._current: tuple[datetime | None, datetime | None, Sale | None] | None = None
         self._refreshes = 0
         self._failed = 0
 
     def current(self, now: datetime) -> Sale | None:
         """The sale whose window holds ``now``, else the next upcoming, else the last ended."""
-        return pick_current(self._sales, now)
+        kept = self._current
+        if kept is not None:
+            since, until, sale = kept
+            if (since is None or since <= now) and (until is None or now < until):
+                return sale
+        sale = pick_current(self._sales, now)
+        # Statuses, and so the pick, hold from the last instant at or before now to the next.
+        at = bisect.bisect_right(self._instants, now)
+        self._current = (self._instants[at - 1] if at else None,
+                         self._instants[at] if at < len(self._instants) else None, sale)
+        return sale
 
     def sales(self) -> list[Sale]:
         """Every scheduled sale, as last loaded."""
@@ -60,12 +77,18 @@ class Catalog:
 
     def get(self, sale_id: uuid.UUID) -> Sale | None:
         """A sale by id, or None."""
-        return next((s for s in self._sales if s.id == sale_id), None)
+        return self._by_id.get(sale_id)
 
     async def refresh(self) -> None:
         """Reload the list of sales from the ledger now."""
-        self._sales = await self._fetch()
+        self._hold(await self._fetch())
         self._refreshes += 1
+
+    def _hold(self, sales: list[Sale]) -> None:
+        self._sales = sales
+        self._by_id = {sale.id: sale for sale in sales}
+        self._instants = sorted({t for sale in sales for t in (sale.start_time, sale.end_time)})
+        self._current = None
 
     def statistics(self) -> CatalogStatistics:
         """Return a snapshot of the catalog's counters."""

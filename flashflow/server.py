@@ -12,6 +12,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from .http import create_app
+from .http.fast import EXTENSION, fast_path
 from .runtime import open_runtime
 from .settings import Settings
 
@@ -105,8 +106,15 @@ def drain_unread_bodies(app: Any, max_bytes: int = DRAIN_MAX_BYTES,
 
 
 def asgi_app(app: Any, settings: Settings) -> Any:
-    """The application as Hypercorn serves it, with the wrappers above."""
-    return finish_responses_shielded(drain_unread_bodies(app), settings.graceful_timeout_s)
+    """The application as Hypercorn serves it, with the wrappers above.
+
+    With ``settings.fast_path`` (the default), the fast path answers the hot routes in front
+    of them all: it reads every body it answers, and cancels nothing.
+    """
+    served = finish_responses_shielded(drain_unread_bodies(app), settings.graceful_timeout_s)
+    if not settings.fast_path:
+        return served
+    return fast_path(served, app.extensions[EXTENSION], settings.max_body_bytes)
 
 
 async def serve(settings: Settings, *, binds: list[str] | None = None,

@@ -179,6 +179,8 @@ class Settings:
     max_body_bytes: int = 4096
     graceful_timeout_s: float = 10.0
     access_log: bool = False
+    #: Answer the hot routes in a thin ASGI layer in front of Quart (flashflow/http/fast.py).
+    fast_path: bool = True
     log_level: str = "INFO"
     #: The bearer token of the admin API; unset (or empty), the admin API is off (404).
     admin_token: str | None = field(default=None, repr=False)

@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Collection
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -137,16 +137,29 @@ class LiveServer:
 @asynccontextmanager
 async def live_server(settings: Settings, **runtime_kwargs: Any) -> AsyncIterator[LiveServer]:
     """Serve the real app on 127.0.0.1 and an ephemeral port for the test's duration."""
+    async with live_fronts(settings, (settings,), **runtime_kwargs) as (server,):
+        yield server
+
+
+@asynccontextmanager
+async def live_fronts(settings: Settings, fronts: tuple[Settings, ...],
+                      **runtime_kwargs: Any) -> AsyncIterator[tuple[LiveServer, ...]]:
+    """Serve one app, on one running runtime, once per settings of ``fronts`` (each on a port
+    of its own, served as those settings say: with the fast path or without it, say)."""
     settings = replace(settings, host="127.0.0.1", port=0)
     async with open_runtime(settings, **runtime_kwargs) as runtime:
         app = create_app(runtime)
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(
-                hypercorn_serve, asgi_app(app, settings), hypercorn_config(settings))
-            base_url = binds[0]
-            limits = httpx.Limits(max_connections=500, max_keepalive_connections=500)
-            async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
-                yield LiveServer(runtime, client, base_url)
+        async with trio.open_nursery() as nursery, AsyncExitStack() as clients:
+            servers = []
+            for front in fronts:
+                front = replace(front, host="127.0.0.1", port=0)
+                binds = await nursery.start(
+                    hypercorn_serve, asgi_app(app, front), hypercorn_config(front))
+                limits = httpx.Limits(max_connections=500, max_keepalive_connections=500)
+                client = await clients.enter_async_context(
+                    httpx.AsyncClient(base_url=binds[0], limits=limits, timeout=30))
+                servers.append(LiveServer(runtime, client, binds[0]))
+            yield tuple(servers)
             nursery.cancel_scope.cancel()
 
 

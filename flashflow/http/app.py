@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pydantic import ValidationError
 from quart import Response, request
 from quart_schema import (
     RequestSchemaValidationError,
@@ -23,8 +22,9 @@ from actors.errors import UnsupportedMediaType
 from ..runtime import Runtime
 from . import errors, validation
 from .admin import install_admin
-from .auth import Auth
+from .auth import Asking, Auth
 from .cors import install_cors
+from .fast import EXTENSION, HotRoutes
 from .metrics import install_metrics
 from .page import install_page
 from .schema import (
@@ -59,11 +59,12 @@ from .stock import current_stock
 from .wire import (
     API,
     BY_ID,
+    BY_ID_PURCHASE,
     CURRENT_PURCHASE,
     SALES,
     envelope,
-    purchase_body,
     purchase_status_body,
+    response,
     sale_body,
 )
 
@@ -110,6 +111,8 @@ def create_app(runtime: Runtime) -> QuartTrio:
     requires = security_scheme(BEARER) if signed_in else (lambda route: route)
     # Without a token key no request is refused for its credentials.
     signed_in_refusals = (UNAUTHORIZED, FORBIDDEN) if signed_in else ()
+    # Filled in below, once the metrics' recorder exists; the routes run only after that.
+    hot: HotRoutes
 
     @app.get(SALES)
     @answers(ok(200, SaleListEnvelope), UNAVAILABLE)
@@ -126,48 +129,36 @@ def create_app(runtime: Runtime) -> QuartTrio:
     @app.get(BY_ID)
     @answers(ok(200, SaleEnvelope), BAD_SALE_ID, NOT_FOUND, UNAVAILABLE)
     async def get_current(sale_id: str | None) -> Response:
-        now = runtime.clock()
-        sale = runtime.serializer.sale(validation.sale_id(sale_id))
-        return envelope(sale_body(sale, await current_stock(runtime, sale), now))
+        return response(await hot.sale(sale_id))
 
     @app.post(CURRENT_PURCHASE, **current)
-    @app.post(f"{BY_ID}/purchase")
+    @app.post(BY_ID_PURCHASE)
     @requires
     @document_request(body_model)
     @answers(ok(201, PurchaseEnvelope), BAD_REQUEST, *signed_in_refusals, NOT_FOUND,
              PURCHASE_CONFLICT, TOO_LARGE, UNSUPPORTED, RATE_LIMITED, UNAVAILABLE)
     async def purchase(sale_id: str | None) -> Response:
-        # The hot path of a stampede: the model validates the raw bytes in one pass, and
-        # expected refusals are answered here rather than raised through Quart's handlers.
-        try:
-            body = body_model.model_validate_json(await request.get_data(cache=False))
-        except ValidationError as exc:
-            return errors.for_error(InvalidInput(validation_message(exc)), settings.retry_after_s)
-        try:
-            bought, sale = await runtime.serializer.buy(auth.identify(request, body.userId),
-                                                        auth.client_address(request),
-                                                        validation.sale_id(sale_id))
-        except FlashFlowError as exc:
-            return errors.for_error(exc, settings.retry_after_s)
-        return envelope(purchase_body(bought, sale), status=201)
+        return response(await hot.purchase(await request.get_data(cache=False),
+                                           Asking.of(request), sale_id))
 
     @app.get(CURRENT_PURCHASE, **current)
-    @app.get(f"{BY_ID}/purchase")
+    @app.get(BY_ID_PURCHASE)
     @requires
     @validate_querystring(query_model)
     @answers(ok(200, PurchaseStatusEnvelope), BAD_REQUEST, *signed_in_refusals, NOT_FOUND,
              RATE_LIMITED, UNAVAILABLE)
     async def purchase_status(sale_id: str | None,
                               query_args: StatusQuery | SignedInStatusQuery) -> Response:
-        _, found = await runtime.serializer.status(auth.identify(request, query_args.userId),
+        asking = Asking.of(request)
+        _, found = await runtime.serializer.status(auth.identify(asking, query_args.userId),
                                                    validation.sale_id(sale_id),
-                                                   address=auth.client_address(request))
+                                                   address=auth.client_address(asking))
         return envelope(purchase_status_body(found))
 
     @app.get("/healthz")
     @answers(ok(200, HealthEnvelope))
     async def healthz() -> Response:
-        return envelope({"status": "ok"})
+        return response(hot.health())
 
     @app.get("/readyz")
     @answers(ok(200, ReadinessEnvelope),
@@ -204,7 +195,10 @@ def create_app(runtime: Runtime) -> QuartTrio:
         log.exception("unexpected error", exc_info=error)
         return errors.internal_error()
 
-    install_metrics(app, runtime, auth.check_metrics)
+    recorder = install_metrics(app, runtime, auth.check_metrics)
+    hot = HotRoutes(runtime, auth, body_model, recorder, vary_origin=bool(settings.cors_origins))
+    # server.asgi_app puts the fast path in front of the app with these, unless it is off.
+    app.extensions[EXTENSION] = hot
     install_cors(app, settings.cors_origins)
     install_sse(app, runtime)
     install_admin(app, runtime)

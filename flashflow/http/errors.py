@@ -1,7 +1,9 @@
 """The one table that maps Flash Flow errors to HTTP statuses and wire codes.
 
-Every error answer is an :class:`ErrorResponse`: the body is :func:`wire.error_body`, and the
-response carries its wire code so the metrics need not read the body back.
+Every error answer is a :class:`wire.Answer` (status, headers, bytes), free of any framework,
+so the fast path sends the very answer Quart would; Quart's routes send it as an
+:class:`ErrorResponse`. The body is :func:`wire.error_body`, and the answer carries its wire
+code so the metrics need not read the body back.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import logging
 import uuid
 
-from quart import Response
 from werkzeug.exceptions import HTTPException
 
 from actors.errors import (
@@ -32,7 +33,7 @@ from actors.errors import (
     UnsupportedMediaType,
 )
 
-from .wire import JSON, error_body
+from .wire import Answer, ErrorResponse, error_body, response
 
 log = logging.getLogger("flashflow.http")
 
@@ -67,15 +68,8 @@ HTTP_CODES: dict[int, str] = {
 }
 
 
-class ErrorResponse(Response):
-    """An error answer in the wire envelope; ``error_code`` is the code its body names."""
-
-    error_code: str
-
-
-def error_response(status: int, code: str, message: str, *,
-                   retry_after_s: int | None = None, challenge: str | None = None
-                   ) -> ErrorResponse:
+def error_answer(status: int, code: str, message: str, *,
+                 retry_after_s: int | None = None, challenge: str | None = None) -> Answer:
     """Build the error envelope with a fresh correlation id, and log it with that id."""
     correlation_id = str(uuid.uuid4())
     # A sale's losers are many and expected: client errors are logged at DEBUG so a
@@ -83,13 +77,13 @@ def error_response(status: int, code: str, message: str, *,
     level = logging.WARNING if status >= 500 else logging.DEBUG
     log.log(level, "%s %s: %s", status, code, message,
             extra={"correlation_id": correlation_id, "error_code": code})
-    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else {}
+    headers: tuple[tuple[str, str], ...] = ()
+    if retry_after_s is not None:
+        headers += (("Retry-After", str(retry_after_s)),)
     if challenge is not None:
-        headers["WWW-Authenticate"] = challenge
-    response = ErrorResponse(error_body(status, code, message, correlation_id), status=status,
-                             headers=headers, content_type=JSON)
-    response.error_code = code
-    return response
+        headers += (("WWW-Authenticate", challenge),)
+    return Answer(status, error_body(status, code, message, correlation_id).encode(), headers,
+                  code)
 
 
 def table_entry(error: FlashFlowError) -> tuple[int, str, bool] | None:
@@ -100,15 +94,33 @@ def table_entry(error: FlashFlowError) -> tuple[int, str, bool] | None:
     return None
 
 
-def for_error(error: FlashFlowError, retry_after_s: int) -> ErrorResponse:
-    """The response for a Flash Flow error, by the table above."""
+def answer_for(error: FlashFlowError, retry_after_s: int) -> Answer:
+    """The answer to a Flash Flow error, by the table above."""
     entry = table_entry(error)
     if entry is None:
-        return internal_error()
+        return internal_answer()
     status, code, retry = entry
     wait_s = getattr(error, "retry_after_s", retry_after_s)
-    return error_response(status, code, error.message, retry_after_s=wait_s if retry else None,
-                          challenge=getattr(error, "challenge", None))
+    return error_answer(status, code, error.message, retry_after_s=wait_s if retry else None,
+                        challenge=getattr(error, "challenge", None))
+
+
+def internal_answer() -> Answer:
+    """The answer to anything unexpected: no stack trace leaves the server."""
+    return error_answer(500, "INTERNAL_ERROR", "An unexpected error occurred.")
+
+
+def error_response(status: int, code: str, message: str, *,
+                   retry_after_s: int | None = None, challenge: str | None = None
+                   ) -> ErrorResponse:
+    """:func:`error_answer` as a Quart response."""
+    return response(error_answer(status, code, message, retry_after_s=retry_after_s,
+                                 challenge=challenge))
+
+
+def for_error(error: FlashFlowError, retry_after_s: int) -> ErrorResponse:
+    """The Quart response for a Flash Flow error, by the table above."""
+    return response(answer_for(error, retry_after_s))
 
 
 def for_http(error: HTTPException) -> ErrorResponse:
@@ -121,5 +133,5 @@ def for_http(error: HTTPException) -> ErrorResponse:
 
 
 def internal_error() -> ErrorResponse:
-    """The response for anything unexpected: no stack trace leaves the server."""
-    return error_response(500, "INTERNAL_ERROR", "An unexpected error occurred.")
+    """The Quart response for anything unexpected."""
+    return response(internal_answer())

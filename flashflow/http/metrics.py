@@ -24,12 +24,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
-from quart import Request, Response, g, request
+from quart import Response, g, request
 from quart_schema import hide
 from quart_trio import QuartTrio
 
 from ..runtime import Runtime
 from .actor_metrics import ACTOR_METRICS, SALE_METRICS, ActorCollector, read_sale
+from .auth import Asking
 
 __all__ = ["ACTOR_METRICS", "REQUEST_METRICS", "SALE_METRICS", "RequestMetrics",
            "install_metrics", "scrape_registry"]
@@ -61,27 +62,28 @@ class RequestMetrics:
                                  ["route", "method"], buckets=LATENCY_BUCKETS, registry=registry)
         self.purchases = Counter("flashflow_purchases_total", names["flashflow_purchases_total"],
                                  ["outcome"], registry=registry)
-        self._requests: dict[tuple[str, str, int], Any] = {}
-        self._latency: dict[tuple[str, str], Any] = {}
+        # label values -> child: a request pays a dictionary look-up, not labels()'s checks
+        self._requests: dict[tuple[str, ...], Any] = {}
+        self._latency: dict[tuple[str, ...], Any] = {}
+        self._purchases: dict[tuple[str, ...], Any] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float | None) -> None:
         """Count one request and, when its start is known, its latency."""
         method = method if method in METHODS else "OTHER"
-        key = (route, method, status)
-        child = self._requests.get(key)
-        if child is None:
-            child = self._requests[key] = self.requests.labels(route, method, str(status))
-        child.inc()
+        _child(self._requests, self.requests, (route, method, str(status))).inc()
         if seconds is not None:
-            timer = self._latency.get(key[:2])
-            if timer is None:
-                timer = self._latency[key[:2]] = self.latency.labels(route, method)
-            timer.observe(seconds)
+            _child(self._latency, self.latency, (route, method)).observe(seconds)
 
     def purchase(self, outcome: str) -> None:
         """Count one purchase answer."""
-        self.purchases.labels(outcome).inc()
+        _child(self._purchases, self.purchases, (outcome,)).inc()
 
+
+def _child(children: dict[tuple[str, ...], Any], metric: Any, labels: tuple[str, ...]) -> Any:
+    child = children.get(labels)
+    if child is None:
+        child = children[labels] = metric.labels(*labels)
+    return child
 
 
 def scrape_registry(collectors: Iterable[Collector],
@@ -97,19 +99,19 @@ def scrape_registry(collectors: Iterable[Collector],
     return own
 
 
-def purchase_outcome(response: Response) -> str:
+def purchase_outcome(status: int, error_code: str | None) -> str:
     """The wire code of a purchase answer: CONFIRMED for a 201, else the error's code."""
-    if response.status_code == 201:
+    if status == 201:
         return CONFIRMED
-    code = getattr(response, "error_code", None)  # set by errors.error_response
-    return code if code is not None else f"HTTP_{response.status_code}"
+    return error_code if error_code is not None else f"HTTP_{status}"
 
 
 def install_metrics(app: QuartTrio, runtime: Runtime,
-                    check: Callable[[Request], None] = lambda request: None) -> None:
+                    check: Callable[[Asking], None] = lambda asking: None) -> RequestMetrics:
     """Register ``GET /metrics`` and the request hooks that count and time every request.
 
-    ``check`` runs before each scrape and raises to refuse it (the metrics token).
+    ``check`` runs before each scrape and raises to refuse it (the metrics token). Returns
+    the recorder, which the fast path feeds the same way for the requests it answers.
     """
     directory = runtime.settings.metrics_dir  # PROMETHEUS_MULTIPROC_DIR, or one process
     if directory is not None:
@@ -131,13 +133,17 @@ def install_metrics(app: QuartTrio, runtime: Runtime,
         route = rule.rule if rule is not None else UNMATCHED
         recorder.observe(route, request.method, response.status_code, elapsed)
         if request.endpoint == PURCHASE_ENDPOINT and request.method == "POST":
-            recorder.purchase(purchase_outcome(response))
+            # error_code is set on the error answers of wire.response
+            recorder.purchase(purchase_outcome(response.status_code,
+                                               getattr(response, "error_code", None)))
         return response
 
     @app.get("/metrics")
     @hide  # for the operators' scraper, not for API clients
     async def prometheus_metrics() -> Response:
-        check(request)
+        check(Asking.of(request))
         actors.sale = await read_sale(runtime)
         # No await between setting the sale and rendering: no other task can interleave.
         return Response(generate_latest(registry), content_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+    return recorder

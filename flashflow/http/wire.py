@@ -12,6 +12,7 @@ format exactly: ``{"status": "error", "code": <http status>, "error": {"code", "
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,15 +25,20 @@ __all__ = [
     "ADMIN",
     "API",
     "BY_ID",
+    "BY_ID_PURCHASE",
     "CURRENT_EVENTS",
     "CURRENT_PURCHASE",
     "JSON",
     "SALES",
+    "Answer",
+    "ErrorResponse",
+    "answer",
     "envelope",
     "error_body",
     "iso",
     "purchase_body",
     "purchase_status_body",
+    "response",
     "sale_body",
     "status_event_body",
     "stock_event_body",
@@ -43,6 +49,7 @@ API = f"{SALES}/current"
 #: A sale by id; werkzeug tries the fixed ``/current`` rules first.
 BY_ID = f"{SALES}/<sale_id>"
 CURRENT_PURCHASE = f"{API}/purchase"
+BY_ID_PURCHASE = f"{BY_ID}/purchase"
 CURRENT_EVENTS = f"{API}/events"
 ADMIN = "/api/v1/admin/flash-sales"
 
@@ -54,9 +61,45 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A JSON answer as bytes, free of any framework: Quart's routes and the fast path send it.
+
+    ``headers`` come before ``Content-Type`` and ``Content-Length``, in the order Quart sends
+    them; ``error_code`` is the wire code an error answer's body names (None on success).
+    """
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+    error_code: str | None = None
+
+
+class ErrorResponse(Response):
+    """An error answer in the wire envelope; ``error_code`` is the code its body names."""
+
+    error_code: str
+
+
+def answer(payload: Any, status: int = 200) -> Answer:
+    """A success answer in the ``{"data": ...}`` envelope."""
+    return Answer(status, json.dumps({"data": payload}).encode())
+
+
 def envelope(payload: Any, status: int = 200) -> Response:
     """A success response in the ``{"data": ...}`` envelope."""
-    return Response(json.dumps({"data": payload}), status=status, content_type=JSON)
+    return response(answer(payload, status))
+
+
+def response(sent: Answer) -> Response:
+    """The Quart response of an answer (an :class:`ErrorResponse` when it is an error's)."""
+    if sent.error_code is None:
+        return Response(sent.body, status=sent.status, headers=list(sent.headers),
+                        content_type=JSON)
+    built = ErrorResponse(sent.body, status=sent.status, headers=list(sent.headers),
+                          content_type=JSON)
+    built.error_code = sent.error_code
+    return built
 
 
 def sale_body(sale: Sale, remaining: int, now: datetime) -> dict[str, Any]:

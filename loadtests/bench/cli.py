@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "performance.md",
                    help="The Markdown page to write.")
     p.add_argument("--no-doc", action="store_true", help="Do not write the Markdown page.")
+    p.add_argument("--before", type=Path,
+                   help="The JSON of an earlier run (--json) to set beside this one's figures.")
     return p.parse_args(argv)
 
 
@@ -100,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                 sales.append(sale)
                 print(f"  whole sale: sold out in {sale.ledger_sold_out_s} s, "
                       f"invariants {'held' if sale.held else 'BROKEN'}", flush=True)
-    page = report.markdown(command, options, workers, measurements, sales)
+    before = json.loads(args.before.read_text()) if args.before else None
+    page = report.markdown(command, options, workers, measurements, sales, before)
     print(page)
     print("\ngoals (reported, not asserted):")
     print("\n".join(report.goal_lines(measurements)))

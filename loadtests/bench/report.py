@@ -107,9 +107,36 @@ GOALS_INTRO = ("Issue 13's goals, decided by this run's figures (reported, never
                "\"next\" marks the goal past what Quart's request machinery allows.")
 
 
+BEFORE_INTRO = ("The same scenarios in an earlier run ({date}, `{command}`), each beside this "
+                "run's figure; ratios are to the ceilings of the run they come from.")
+BEFORE_HEADER = ("| Scenario | Workers | Connections | Requests/s before | Requests/s now "
+                 "| vs bare quart-trio before | now | vs bare ASGI before | now | p99 ms before "
+                 "| now |")
+
+
+def before_and_after(before: dict[str, Any], measurements: list[Measurement]) -> list[str]:
+    """The section comparing ``measurements`` with an earlier run's JSON (``--before``)."""
+    earlier = {(b["scenario"], b["workers"], b["connections"]): b for b in before["measurements"]}
+    out = ["## Before and after", "",
+           BEFORE_INTRO.format(date=before["machine"]["date"], command=before["command"]), "",
+           BEFORE_HEADER, "| --- |" + " ---: |" * 10]
+    for x in ordered(measurements):
+        b = earlier.get((x.scenario, x.workers, x.connections))
+        if b is None or x.scenario in (ASGI, QUART):
+            continue
+        out.append(f"| {x.scenario} | {x.workers} | {x.connections} | {b['per_s']:,.0f} | "
+                   f"{x.per_s:,.0f} | {_times(b['vs_quart'])} | "
+                   f"{_times(ratio(x, QUART, measurements))} | {_times(b['vs_asgi'])} | "
+                   f"{_times(ratio(x, ASGI, measurements))} | {b['p99_ms']:.1f} | "
+                   f"{x.p99_ms:.1f} |")
+    return [*out, ""]
+
+
 def markdown(command: str, options: Options, workers: list[int],
-             measurements: list[Measurement], sales: list[SaleRun]) -> str:
-    """The page written to ``docs/performance.md``."""
+             measurements: list[Measurement], sales: list[SaleRun],
+             before: dict[str, Any] | None = None) -> str:
+    """The page written to ``docs/performance.md``; ``before`` is an earlier run's JSON to
+    set beside this one."""
     m = machine()
     intro = INTRO.format(m=m, o=options) + (AUTH_INTRO if options.auth_secret else "")
     out = ["# Performance", "", intro, "", "## Side by side", "",
@@ -138,16 +165,19 @@ def markdown(command: str, options: Options, workers: list[int],
                        f"{held} |")
         out += ["", "| Check | Figure | Met |", "| --- | --- | --- |"]
         out += [f"| {t} | {f} | {_met(ok)} |" for t, f, ok in sale_checks(sales)]
-    out += ["", "## Command", "", "```sh", command, "```", "", HOW_TO]
+    out.append("")
+    if before is not None:
+        out += before_and_after(before, measurements)
+    out += ["## Command", "", "```sh", command, "```", "", HOW_TO]
     return "\n".join(out)
 
 
 def keep_other_sections(page: str, existing: str) -> str:
     """``page`` followed by the sections of ``existing`` that it does not write itself.
 
-    docs/performance.md also holds the figures of the capacity benchmarks
-    (``python -m flashflow.capacity``); a run of this benchmark rewrites its own sections
-    and leaves theirs as they were.
+    docs/performance.md also holds sections this benchmark does not write (the figures of
+    the capacity benchmarks, ``python -m flashflow.capacity``, and a profile written by
+    hand); a run rewrites its own sections and leaves those as they were.
     """
     ours = set(re.findall(r"^## (.+)$", page, flags=re.MULTILINE))
     kept = [s.rstrip("\n") for s in re.split(r"(?m)^(?=## )", existing)
@@ -169,7 +199,9 @@ this page (`--doc`, `--no-doc`) and, with `--json PATH`, every figure for compar
 workers, 64 and 200 connections), `--runs`, `--duration-s` and `--warmup-s` how long;
 `--quick` is 1 s runs, no warm-up and no whole sale, to try the harness in seconds, not for
 figures. `--profile DIR` records py-spy profiles of each first run (which slow the server:
-use them to find hot spots, not for figures).
+use them to find hot spots, not for figures). `--before PATH` sets the figures of an earlier
+run's `--json` beside this run's ("Before and after"); a "Profile" section written by hand
+is kept when the page is rewritten.
 
 `python -m loadtests` runs the locust stampede headless and then checks, from every response
 the clients recorded and from PostgreSQL and Redis directly: no overselling, one purchase per

@@ -118,3 +118,23 @@ async def test_first_load_failure_is_raised_from_open(autojump_clock):
         with pytest.raises(BackendUnavailable):
             async with open_catalog(fetch):
                 pytest.fail("the catalog opened without a list")  # pragma: no cover
+
+
+async def test_the_kept_current_sale_is_the_pick_at_every_instant(autojump_clock):
+    """Asked at instants in any order, at and around every start and end, current() answers
+    what pick_current does, also after a refresh brings other sales."""
+    lists = [[sale("a", -3, -1), sale("b", -1, 1), sale("c", -2, 2), sale("d", 1, 3)],
+             [sale("e", -1, 0.5), sale("f", 0.5, 4)]]
+    loads = iter(lists)
+
+    async def fetch() -> list[Sale]:
+        return next(loads)
+
+    async with open_catalog(fetch, refresh_s=3600) as catalog:
+        for sales in lists:
+            if sales is not lists[0]:
+                await catalog.refresh()
+            edges = sorted({t for s in sales for t in (s.start_time, s.end_time)})
+            moments = [t + timedelta(seconds=d) for t in edges for d in (-1, 0, 1)]
+            for now in [*moments, *reversed(moments), NOW, *moments[::3]]:
+                assert catalog.current(now) is pick_current(sales, now), now

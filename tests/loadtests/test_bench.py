@@ -15,7 +15,7 @@ import trio
 
 from loadtests.bench import ceilings
 from loadtests.bench.goals import GOAL_CONNECTIONS, GOAL_WORKERS, P99_CONNECTIONS, goals, ratio
-from loadtests.bench.report import keep_other_sections, markdown
+from loadtests.bench.report import as_json, keep_other_sections, markdown
 from loadtests.bench.scenarios import (
     ASGI,
     BOUGHT,
@@ -132,6 +132,23 @@ def test_a_new_page_keeps_the_sections_it_does_not_write():
     new = "# Performance\n\nnew\n\n## Side by side\n\nnew rows\n"
     assert keep_other_sections(new, old) == new + "\n## Other\n\nkept\n"
     assert keep_other_sections(new, "") == new
+
+
+def test_an_earlier_run_is_set_beside_this_one_and_a_profile_section_is_kept():
+    """With ``before``, each scenario's row shows both runs' rates, ratios and p99s; a
+    hand-written Profile section of the page replaced stays."""
+    earlier = [measured(s, 100.0, p99_ms=50.0) for s in SCENARIOS]
+    before = as_json("python -m loadtests.bench --runs 1", Options(), [2], earlier, [])
+    now = [measured(s, 200.0 if s in (ASGI, QUART) else 180.0) for s in SCENARIOS]
+    old_page = "# Performance\n\n## Profile\n\npy-spy said so.\n\n## Command\n\nx\n"
+    page = keep_other_sections(markdown("python -m loadtests.bench", Options(), [2], now, [],
+                                        before), old_page)
+    assert f"| {CURRENT} | 2 | 64 | 100 | 180 | 1.00x | 0.90x | 1.00x | 0.90x | 50.0 | 10.0 |" \
+        in page
+    section = page.split("## Before and after")[1].split("## ")[0]
+    assert f"| {ASGI} |" not in section and "--runs 1" in section
+    assert "## Profile\n\npy-spy said so." in page
+    assert page.count("## Command") == 1
 
 
 @pytest.mark.slow
