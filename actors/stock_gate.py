@@ -38,7 +38,6 @@ from ._redis_scripts import (
     SETTLE,
 )
 from ._slot import Slot
-from .backoff import Backoff
 from .errors import AlreadyPurchased, BackendUnavailable, Overloaded, SoldOut, Undecided
 from .keys import SaleKeys, holder_value, parse_holder, sale_keys, stock_channel
 from .model import LedgerState, Sale
@@ -47,8 +46,6 @@ log = logging.getLogger(__name__)
 
 Loader = Callable[[Sale], Awaitable[LedgerState]]
 Counter = Callable[[uuid.UUID], Awaitable[int]]
-#: The user's committed purchase in a sale, or None (the ledger's batched lookup).
-Finder = Callable[[uuid.UUID, str], Awaitable[object | None]]
 
 #: How long a reservation waits for a unit to come back when its caller names no deadline.
 DEFAULT_WAIT_S = 6.0
@@ -117,8 +114,6 @@ class GateConfig:
     batch_max: int = 512
     timeout_s: float = 2.0
     doubt_poll_s: float = 0.05
-    #: Between attempts at reading the buyers of a sale sold out for good.
-    remember_retry: Backoff = Backoff(initial_s=0.5, max_s=5.0, jitter_s=0.5)
 
 
 class _Queue:
@@ -136,12 +131,11 @@ class StockGate:
     """Handle to a running stock-gate actor; see :func:`open_stock_gate`."""
 
     def __init__(self, config: GateConfig, client: _aio.RedisClient, loader: Loader,
-                 counter: Counter, nursery: trio.Nursery, finder: Finder | None = None) -> None:
+                 counter: Counter, nursery: trio.Nursery) -> None:
         self._config = config
         self._redis = client
         self._loader = loader
         self._counter = counter
-        self._finder = finder
         self._nursery = nursery
         self._channel = stock_channel(config.key_prefix)
         self._send, self._inbox = trio.open_memory_channel[Reserve](config.inbox_size)
@@ -149,8 +143,6 @@ class StockGate:
             tuple[uuid.UUID, str, str]](config.inbox_size)
         # sale id -> the committed buyers of a sale whose every unit is committed: final.
         self._sold_out: dict[uuid.UUID, frozenset[str]] = {}
-        # Sales sold out for good whose buyers are still being read: answered per user.
-        self._final: set[uuid.UUID] = set()
         self._queues: dict[uuid.UUID, _Queue] = {}
         self._reserve = client.register_script(RESERVE)
         self._settle = client.register_script(SETTLE)
@@ -335,7 +327,6 @@ class StockGate:
         """Drop what this process remembers of sales that are over."""
         for sale_id in sale_ids:
             self._sold_out.pop(sale_id, None)
-            self._final.discard(sale_id)
 
     def statistics(self) -> GateStatistics:
         """Return a snapshot of the gate's counters."""
@@ -473,17 +464,10 @@ class StockGate:
 
     async def _sold_out_for_good(self, sale: Sale) -> bool:
         """Whether the ledger holds every unit; if so, remember the sale's buyers for good."""
-        if sale.id in self._sold_out or sale.id in self._final:
+        if sale.id in self._sold_out:
             return True
         if await self._counter(sale.id) < sale.total_stock:
             return False
-        if self._finder is not None:
-            # Final already: the CHECK admits no further commit. The buyers, which can no
-            # longer change, are read in the background; until then each waiter is
-            # answered by its own lookup, so no one waits on a read of every buyer.
-            self._final.add(sale.id)
-            self._nursery.start_soon(self._remember_buyers, sale)
-            return True
         state = await self._loader(sale)
         if state.sold < sale.total_stock:
             return False
@@ -497,63 +481,29 @@ class StockGate:
             self.poke(sale.id)
         return sold_out
 
-    async def _remember_buyers(self, sale: Sale) -> None:
-        """Keep the buyers of a sale sold out for good, so later answers come from memory."""
-        async for attempt in self._config.remember_retry.forever(BackendUnavailable):
-            with attempt:
-                state = await self._loader(sale)
-        if sale.id in self._final:  # not forgotten meanwhile
-            self._sold_out[sale.id] = frozenset(state.buyers)
-            self._final.discard(sale.id)
-
     def _answer_final(self, sale_id: uuid.UUID, request: Reserve) -> None:
-        buyers = self._sold_out.get(sale_id)
-        if buyers is None:
-            self._nursery.start_soon(self._answer_by_lookup, sale_id, request)
-            return
+        buyers = self._sold_out[sale_id]
         request.reply.fail(AlreadyPurchased() if request.user_id in buyers else SoldOut())
-
-    async def _answer_by_lookup(self, sale_id: uuid.UUID, request: Reserve) -> None:
-        """The final answer for one user of a sale sold out for good, from the ledger, asked
-        again while it cannot say, until the request's deadline."""
-        assert self._finder is not None
-        try:
-            while True:
-                try:
-                    found = await self._finder(sale_id, request.user_id)
-                    break
-                except (BackendUnavailable, Overloaded):
-                    if trio.current_time() >= request.deadline:
-                        request.reply.fail(Undecided())
-                        return
-                await trio.sleep(self._config.doubt_poll_s)
-        except BaseException:  # the gate is closing: the caller must not wait for ever
-            request.reply.fail(Undecided())
-            raise
-        request.reply.fail(AlreadyPurchased() if found is not None else SoldOut())
 
     async def _redis_call(self, fn, *args, **kwargs):
         return await _aio.redis_call(self._config.timeout_s, fn, *args, **kwargs)
 
 
 @asynccontextmanager
-async def open_stock_gate(config: GateConfig, loader: Loader, counter: Counter, *,
-                          finder: Finder | None = None) -> AsyncIterator[StockGate]:
+async def open_stock_gate(config: GateConfig, loader: Loader,
+                          counter: Counter) -> AsyncIterator[StockGate]:
     """Open the stock-gate actor; yields once Redis answers, stops its loop on exit.
 
     Args:
         config: connection and batching settings.
         loader: reads a sale's committed state from the ledger, to (re)build the gate.
         counter: reads how many units of a sale the ledger holds committed.
-        finder: looks up one user's committed purchase. With it, a sale found sold out for
-            good answers its waiters one lookup each while ``loader`` reads every buyer into
-            memory in the background, instead of making them wait for that read.
     """
     async with (
         _aio.open_redis(config.redis_url, config.timeout_s) as client,
         open_actor_nursery() as nursery,
     ):
-        gate = StockGate(config, client, loader, counter, nursery, finder)
+        gate = StockGate(config, client, loader, counter, nursery)
         await nursery.start(gate.run)
         try:
             yield gate

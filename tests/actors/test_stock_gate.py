@@ -45,26 +45,15 @@ class Loader:
         return self.sold
 
 
-@dataclass
-class SlowLoader(Loader):
-    """A ledger stand-in whose reads of the committed state end when ``read_may_end`` is set."""
-
-    read_may_end: trio.Event = field(default_factory=trio.Event)
-
-    async def __call__(self, sale: Sale) -> LedgerState:
-        await self.read_may_end.wait()
-        return await super().__call__(sale)
-
-
 @asynccontextmanager
-async def gate_for(settings, loader=None, *, finder=None, **knobs) -> AsyncIterator[StockGate]:
+async def gate_for(settings, loader=None, **knobs) -> AsyncIterator[StockGate]:
     """A stock gate on the test's Redis prefix, inside an asyncio bridge."""
     loader = loader or Loader()
     counter = getattr(loader, "count", None) or Loader().count
     config = GateConfig(redis_url=settings.redis_url, key_prefix=settings.key_prefix, **knobs)
     async with (
         trio_asyncio.open_loop(),
-        open_stock_gate(config, loader=loader, counter=counter, finder=finder) as gate,
+        open_stock_gate(config, loader=loader, counter=counter) as gate,
     ):
         yield gate
 
@@ -258,54 +247,6 @@ async def test_ensure_loaded_does_not_clobber_a_loaded_gate(settings):
             assert await gate.reserve(sale, "alice", uuid.uuid4()) == reserved(1)
     assert r.get(keys.stock) == "1"
     assert sorted(r.hkeys(keys.buyers)) == ["alice", "other-process-user"]
-
-
-async def test_waiters_of_a_sale_sold_out_for_good_are_answered_before_its_buyers_are_read(
-        settings):
-    """Every unit committed: each waiter is answered by a lookup of its own, while the read of
-    every buyer (slow for a big sale) runs; once it is in, answers come from memory."""
-    sale = a_sale(stock=2)
-    loader, looked_up = SlowLoader(), []
-
-    async def finder(sale_id: uuid.UUID, user: str) -> object | None:
-        looked_up.append(user)
-        return object() if user in {"a", "b"} else None
-
-    with trio.fail_after(10):
-        async with gate_for(settings, loader, finder=finder) as gate:
-            loader.read_may_end.set()  # the gate is built from an empty ledger at once
-            assert sorted((await reserve_all(gate, sale, ["a", "b"])).values()) == [0, 1]
-            loader.read_may_end = trio.Event()
-            loader.sold, loader.buyers = 2, {"a": "pa", "b": "pb"}  # both commit
-            answers = await reserve_all(gate, sale, ["c", "d"], wait_s=5)
-            assert all(isinstance(v, SoldOut) for v in answers.values()), answers
-            assert sorted(looked_up) == ["c", "d"]
-            gate.answer_from_memory(sale, "c")  # not in memory yet: no answer, no error
-            read_may_end = loader.read_may_end
-            read_may_end.set()
-            await until(lambda: gate.statistics().sold_out_sales == 1)
-            with pytest.raises(SoldOut):
-                gate.answer_from_memory(sale, "c")
-            with pytest.raises(AlreadyPurchased):
-                gate.answer_from_memory(sale, "a")
-            assert sorted(looked_up) == ["c", "d"]
-
-
-async def test_a_failed_lookup_of_a_waiter_is_undecided_never_a_guess(settings):
-    """Sold out for good, but the ledger cannot say whether this user bought: 503, not 409."""
-    sale, loader = a_sale(stock=1), SlowLoader()
-
-    async def finder(sale_id: uuid.UUID, user: str) -> object | None:
-        raise BackendUnavailable("postgres")
-
-    with trio.fail_after(10):
-        async with gate_for(settings, loader, finder=finder) as gate:
-            loader.read_may_end.set()
-            await reserve_all(gate, sale, ["a"])
-            loader.read_may_end = trio.Event()  # the read of every buyer never ends
-            loader.sold = 1
-            answers = await reserve_all(gate, sale, ["late"], wait_s=5)
-    assert isinstance(answers["late"], Undecided), answers
 
 
 async def test_full_inbox_answers_overloaded(settings):

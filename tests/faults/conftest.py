@@ -281,11 +281,12 @@ def redis_fault_bound_s(settings: Settings) -> float:
 
     Each Redis call is cut at ``redis_timeout_s``, but a request queues behind the gate's
     batch and the limiter's batch already waiting on Redis before its own is sent, so the
-    bound is a few timeouts, not one, with slack for a shared, busy machine. A request
+    bound is a few timeouts, not one, with slack for a shared, busy machine (CI has seen
+    7.9 s on 2 cores with a timeout of 1 s). A request
     that waited for Redis to come back would take the whole outage: tests keep the outage
     longer than this bound.
     """
-    return 3 * settings.redis_timeout_s + 2.5
+    return 3 * settings.redis_timeout_s + 6.5
 
 
 @asynccontextmanager

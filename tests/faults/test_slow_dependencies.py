@@ -30,7 +30,7 @@ from .conftest import (
 pytestmark = pytest.mark.slow
 
 STOCK = 300
-STUCK_S = 10.0
+STUCK_S = 15.0
 
 
 async def test_stuck_redis_answers_503_within_the_timeout(backends, fault_settings, launch,
