@@ -136,8 +136,8 @@ async def find_purchases(conn: Any, sale_id: uuid.UUID, users: list[str]) -> dic
             for r in rows}
 
 
-async def ledger_state(conn: Any, sale: Sale, page: int = 50_000,
-                       page_timeout_s: float | None = None) -> LedgerState:
+async def ledger_state(conn: Any, sale: Sale, page: int,
+                       page_timeout_s: float | None) -> LedgerState:
     """What is committed for a sale, read in one snapshot: the state the gate is rebuilt from.
 
     The purchases are read ``page`` at a time inside the snapshot, each page within

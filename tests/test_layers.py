@@ -20,7 +20,7 @@ def imports(package: str) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for path in sorted((ROOT / package).rglob("*.py")):
         parts = path.relative_to(ROOT).with_suffix("").parts
-        here = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+        here = parts[:-1]  # the package of a module, and of an __init__ alike
         names: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
