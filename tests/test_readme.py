@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
@@ -66,9 +67,8 @@ async def test_curl_examples_answer_as_documented(settings, tmp_path):
         assert len(curls) >= 2
         for command in curls:
             argv = [a.replace(DEFAULT_URL, server.base_url) for a in shlex.split(command)]
-            done = await trio.to_thread.run_sync(
-                lambda: subprocess.run(argv, capture_output=True, text=True, timeout=30,
-                                       check=True))
+            done = await trio.to_thread.run_sync(functools.partial(
+                subprocess.run, argv, capture_output=True, text=True, timeout=30, check=True))
             body = json.loads(done.stdout)
             assert "data" in body, (command, body)
         assert body["data"]["status"] == "confirmed"
