@@ -121,8 +121,8 @@ async def test_sigterm_drains_in_flight_purchases(fault_settings, launch, figure
 
 async def test_sigterm_with_an_idle_keep_alive_connection_exits_promptly(fault_settings, launch,
                                                                          figures):
-    """SIGTERM with only an idle keep-alive connection open: exit 0 within 2 s, not the deadline."""
-    settings = replace(fault_settings, graceful_timeout_s=4.0)
+    """SIGTERM with only an idle keep-alive connection open: exit 0 well before the deadline."""
+    settings = replace(fault_settings, graceful_timeout_s=8.0)
     await make_sale(settings.database_url, stock=10)
     server = await launch(settings)
     with trio.fail_after(settings.graceful_timeout_s + 20):
@@ -138,7 +138,7 @@ async def test_sigterm_with_an_idle_keep_alive_connection_exits_promptly(fault_s
     figures.update(exit_code=code, seconds_from_sigterm_to_exit=round(exit_s, 2),
                    graceful_timeout_s=settings.graceful_timeout_s)
     assert code == 0
-    assert exit_s < 2.0
+    assert exit_s < settings.graceful_timeout_s / 2, "an idle connection held the graceful timeout"
 
 
 async def test_sigterm_with_open_event_streams_ends_them_and_exits_promptly(fault_settings,
