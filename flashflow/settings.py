@@ -67,10 +67,6 @@ def _optional_redis_url(raw: str) -> str | None:
     return url
 
 
-def _optional_path(raw: str) -> Path | None:
-    return Path(raw).expanduser() if raw.strip() else None
-
-
 def _bool(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:

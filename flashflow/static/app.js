@@ -218,6 +218,11 @@
       document.contains(returnFocusTo);
     const target = usable ? returnFocusTo : el.buy;
     returnFocusTo = null;
+    // The close event comes after the dialog has closed: the browser may have put focus
+    // back already, and a quick keyboard user may have moved on. Only a focus left on the
+    // page itself or in the closed dialog is moved.
+    const active = document.activeElement;
+    if (active && active !== document.body && !el.modal.contains(active)) return;
     target.focus();
   });
 
