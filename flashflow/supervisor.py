@@ -4,7 +4,8 @@ The supervisor binds the socket once and hands it to each worker (``fd://``), so
 worker accepts on the same port. Correctness across workers rests on Redis and
 PostgreSQL, not on process memory. A worker that dies is started again under the declared
 ``RESTART`` policy; SIGINT or SIGTERM is passed on to every worker, which then drains within
-the graceful timeout.
+the graceful timeout. A second signal while they drain stops at once: every worker is
+killed, and the supervisor exits 1.
 """
 
 from __future__ import annotations
@@ -39,6 +40,14 @@ class WorkerExited(Exception):
     def __init__(self, index: int, pid: int, code: int) -> None:
         super().__init__(f"worker {index} (pid {pid}) exited with {code}")
         self.index, self.pid, self.code = index, pid, code
+
+
+class ForcedStop(Exception):
+    """A second SIGINT or SIGTERM arrived while the workers were draining."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"received {signal.Signals(signum).name} while stopping")
+        self.signum = signum
 
 
 class Restarts:
@@ -91,6 +100,8 @@ class Supervisor:
         self.sock = sock
         self.workers: list[Worker] = []
         self.stopping = False
+        #: True while :meth:`stop` waits for the workers to drain.
+        self.draining = False
 
     def spawn(self, index: int) -> subprocess.Popen:
         """Start worker ``index`` on the shared socket."""
@@ -125,20 +136,31 @@ class Supervisor:
 
     def stop(self) -> list[int]:
         """SIGTERM every worker, wait for them to drain, SIGKILL the stragglers."""
-        self.stopping = True
+        self.stopping = self.draining = True
+        try:
+            for worker in self.workers:
+                if worker.process.poll() is None:
+                    worker.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.settings.graceful_timeout_s + 5
+            codes = []
+            for worker in self.workers:
+                try:
+                    codes.append(worker.process.wait(max(deadline - time.monotonic(), 0.1)))
+                except subprocess.TimeoutExpired:
+                    log.error("worker pid %d did not stop in time; killing it",
+                              worker.process.pid)
+                    worker.process.kill()
+                    codes.append(worker.process.wait())
+            return codes
+        finally:
+            self.draining = False
+
+    def kill(self) -> list[int]:
+        """SIGKILL every worker still running and reap them all."""
         for worker in self.workers:
             if worker.process.poll() is None:
-                worker.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.settings.graceful_timeout_s + 5
-        codes = []
-        for worker in self.workers:
-            try:
-                codes.append(worker.process.wait(max(deadline - time.monotonic(), 0.1)))
-            except subprocess.TimeoutExpired:
-                log.error("worker pid %d did not stop in time; killing it", worker.process.pid)
                 worker.process.kill()
-                codes.append(worker.process.wait())
-        return codes
+        return [worker.process.wait() for worker in self.workers]
 
 
 def supervise(settings: Settings, announce: Callable[[str], None]) -> int:
@@ -153,6 +175,9 @@ def supervise(settings: Settings, announce: Callable[[str], None]) -> int:
 
     def on_signal(signum: int, _frame: object) -> None:
         received.append(signum)
+        if supervisor.draining:
+            # Raised in the main thread, out of whatever the stop is waiting on.
+            raise ForcedStop(signum)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -162,7 +187,12 @@ def supervise(settings: Settings, announce: Callable[[str], None]) -> int:
             supervisor.watch_once()
             time.sleep(0.2)
         log.info("received %s; stopping workers", signal.Signals(received[0]).name)
-        codes = supervisor.stop()
+        try:
+            codes = supervisor.stop()
+        except ForcedStop as again:
+            log.warning("%s; killing the workers", again)
+            supervisor.kill()
+            return 1
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

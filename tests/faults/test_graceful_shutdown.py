@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import signal
+import socket
 from dataclasses import replace
 from functools import partial
 
 import httpx
+import psutil
 import pytest
 import trio
 
@@ -185,8 +187,6 @@ async def test_sigterm_during_start_up_of_two_workers_always_ends(fault_settings
     import subprocess
     import sys
 
-    import psutil
-
     from flashflow.embedded import free_port
 
     from ..helpers import server_env
@@ -222,10 +222,58 @@ async def test_sigterm_during_start_up_of_two_workers_always_ends(fault_settings
         assert sock is not None
 
 
+async def test_a_second_sigterm_while_draining_kills_the_workers_at_once(fault_settings, launch,
+                                                                         figures):
+    """SIGTERM while a purchase is held in flight, then SIGTERM again: the supervisor kills its
+    workers and exits 1 at once instead of waiting for the drain; nothing is left running and
+    the port is free."""
+    # The held commit could drain for 20 s: only the second signal ends the stop sooner.
+    settings = replace(fault_settings, postgres_timeout_s=20.0, purchase_wait_s=25.0,
+                       graceful_timeout_s=30.0)
+    sale = await make_sale(settings.database_url, stock=10)
+    server = await launch(settings, "--workers", "2")
+    await wait_until_serving(server.base_url)
+    workers = worker_pids(server)
+    assert len(workers) == 2
+    port = int(server.base_url.rsplit(":", 1)[1])
+    answers: list[object] = []
+
+    async def press(client: httpx.AsyncClient) -> None:
+        try:
+            answers.append((await client.post("/api/v1/flash-sales/current/purchase",
+                                              json={"userId": "held-buyer"})).status_code)
+        except httpx.HTTPError as exc:  # its worker was killed under it
+            answers.append(type(exc).__name__)
+
+    with trio.fail_after(60):
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=40) as client:
+            async with sale_row_locked(settings.database_url, sale.id):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(press, client)
+                    while "held-buyer" not in gate_state(settings, sale)[1]:
+                        await trio.sleep(0.05)
+                    server.process.send_signal(signal.SIGTERM)
+                    await trio.sleep(1.0)
+                    draining = server.process.poll() is None
+                    server.process.send_signal(signal.SIGTERM)
+                    signalled_at = trio.current_time()
+                    code = await trio.to_thread.run_sync(partial(server.process.wait, 20))
+                    exit_s = trio.current_time() - signalled_at
+    left = [pid for pid in workers if psutil.pid_exists(pid)
+            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    figures.update(exit_code=code, seconds_from_second_sigterm_to_exit=round(exit_s, 2),
+                   held_purchase_answer=answers)
+    assert draining, "the stop did not wait for the held purchase"
+    assert code == 1
+    assert exit_s < settings.graceful_timeout_s / 4, "the second signal did not cut the drain"
+    assert left == []
+    assert answers and answers[0] != 201, "a purchase held by the lock cannot have committed"
+    with pytest.raises(ConnectionRefusedError):  # nothing listens on the port any more
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
 def socket_on(port: int):
     """A socket bound to 127.0.0.1:``port`` (raises if something still holds it)."""
-    import socket
-
     sock = socket.socket()
     sock.bind(("127.0.0.1", port))
     return sock
