@@ -93,8 +93,11 @@ class UserSerializer:
         self._config = config
         self._clock = clock
         self._in_flight: dict[Key, Slot[Purchase]] = {}
-        # sale id -> user -> their committed purchase, as the ledger confirmed it.
-        self._buyers: dict[uuid.UUID, dict[str, Purchase]] = defaultdict(dict)
+        # sale id -> user -> (purchase id as an int, purchased at) of their committed
+        # purchase, as the ledger confirmed it. Plain values, which the garbage collector
+        # does not walk: kept as objects, a million buyers made every full collection
+        # slower as the sale filled (docs/performance.md, "A big sale").
+        self._buyers: dict[uuid.UUID, dict[str, tuple[int, datetime]]] = defaultdict(dict)
         self._sales: dict[uuid.UUID, Sale] = {}
         self._coalesced = 0
         self._from_memory = 0
@@ -196,7 +199,10 @@ class UserSerializer:
 
     def known_purchase(self, sale_id: uuid.UUID, user_id: str) -> Purchase | None:
         """The user's purchase when this process knows it committed, else None (ask the ledger)."""
-        return self._buyers.get(sale_id, {}).get(user_id)
+        known = self._buyers.get(sale_id, {}).get(user_id)
+        if known is None:
+            return None
+        return Purchase(uuid.UUID(int=known[0]), sale_id, user_id, known[1])
 
     def statistics(self) -> SerializerStatistics:
         """Return a snapshot of the serializer's counters."""
@@ -318,7 +324,8 @@ class UserSerializer:
                 del self._lost[purchase_id]
 
     def _remember(self, purchase: Purchase) -> None:
-        self._buyers[purchase.sale_id][purchase.user_id] = purchase
+        self._buyers[purchase.sale_id][purchase.user_id] = (purchase.id.int,
+                                                             purchase.purchased_at)
 
     async def _roll_back(self, purchase: Purchase, *, restock: bool) -> None:
         """Undo a reservation the ledger did not take; shielded so it is never half done."""

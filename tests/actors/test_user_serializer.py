@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -149,6 +150,27 @@ async def test_a_buyer_is_answered_from_memory(settings):
     assert stats.answered_from_memory == 2
     assert ledger.commits == [first]
     assert gate_state(settings, sale) == (4, {"alice": str(first.id)})
+
+
+async def test_known_buyers_are_kept_as_values_the_garbage_collector_does_not_walk(settings):
+    """200 buyers remembered: each is known with its purchase, and none is kept as an object
+    that every full collection walks (a big sale's collections would slow as it fills)."""
+    sale, ledger = a_sale(stock=200), FakeLedger()
+    bought: dict[str, tuple[uuid.UUID, datetime]] = {}
+    with trio.fail_after(20):
+        async with gate_for(settings, fixed_loader()) as gate:
+            async with open_user_serializer(gate, ledger) as serializer:
+                for i in range(200):
+                    purchase = await serializer.purchase(sale, f"buyer-{i:03d}")
+                    bought[purchase.user_id] = (purchase.id, purchase.purchased_at)
+                del purchase
+                ledger.commits.clear()
+                gc.collect()
+                kept = [o for o in gc.get_objects() if isinstance(o, Purchase)
+                        and o.sale_id == sale.id]
+                known = {user: serializer.known_purchase(sale.id, user) for user in bought}
+    assert kept == []
+    assert {user: (p.id, p.purchased_at) for user, p in known.items() if p} == bought
 
 
 async def test_a_holder_without_a_committed_purchase_is_undecided_not_refused(settings):
