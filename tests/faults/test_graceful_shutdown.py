@@ -211,8 +211,7 @@ async def test_sigterm_during_start_up_of_two_workers_always_ends(fault_settings
         if process.poll() is None:
             process.kill()
             process.wait(10)
-    left = [pid for pid in children if psutil.pid_exists(pid)
-            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    left = still_running(children)
     figures.update(after_s=after_s, exit_code=code, seconds_from_sigterm_to_exit=round(exit_s, 2))
     # Signalled before Python could install its handlers, the supervisor simply dies of
     # the signal; once it has workers, it must stop them and exit cleanly.
@@ -259,8 +258,7 @@ async def test_a_second_sigterm_while_draining_kills_the_workers_at_once(fault_s
                     signalled_at = trio.current_time()
                     code = await trio.to_thread.run_sync(partial(server.process.wait, 20))
                     exit_s = trio.current_time() - signalled_at
-    left = [pid for pid in workers if psutil.pid_exists(pid)
-            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    left = still_running(workers)
     figures.update(exit_code=code, seconds_from_second_sigterm_to_exit=round(exit_s, 2),
                    held_purchase_answer=answers)
     assert draining, "the stop did not wait for the held purchase"
@@ -270,6 +268,18 @@ async def test_a_second_sigterm_while_draining_kills_the_workers_at_once(fault_s
     assert answers and answers[0] != 201, "a purchase held by the lock cannot have committed"
     with pytest.raises(ConnectionRefusedError):  # nothing listens on the port any more
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def still_running(pids: list[int]) -> list[int]:
+    """Those of ``pids`` whose process has not ended (a zombie has)."""
+    running = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                running.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return running
 
 
 def socket_on(port: int):
