@@ -23,7 +23,7 @@ from .errors import (
     Unauthorized,
 )
 from .ledger import CommitResult, Ledger, LedgerConfig, open_ledger
-from .model import LedgerState, Purchase, Sale, SaleStatus, utc_now
+from .model import LedgerState, Purchase, Sale, SaleStatus, Tally, utc_now
 from .rate_limiter import LimiterConfig, RateLimiter, open_rate_limiter
 from .reconciler import Reconciler, open_reconciler
 from .stock_feed import FeedConfig, StockFeed, Subscription, open_stock_feed
@@ -61,6 +61,7 @@ __all__ = [
     "StockFeed",
     "StockGate",
     "Subscription",
+    "Tally",
     "Unauthorized",
     "UserSerializer",
     "open_asyncio_bridge",

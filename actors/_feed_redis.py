@@ -11,6 +11,8 @@ from typing import Any
 
 import redis.exceptions
 
+from .keys import CHANGED
+
 # KEYS: stock. ARGV: channel, sale id. Publishes the current stock through the channel, so
 # it reaches every feed in order with the changes the gate's scripts publish. The channel
 # is no key (as in the gate's scripts), so on a cluster the script runs in the sale's slot.
@@ -46,12 +48,15 @@ async def read_batch(pubsub: Any, wait_s: float, limit: int) -> list[dict[str, A
     return batch
 
 
-def parse_stock(data: Any) -> tuple[uuid.UUID, int] | None:
-    """Parse a stock message, "<sale id> <stock>", or return None if it is malformed."""
+def parse_stock(data: Any) -> tuple[uuid.UUID, int | None] | None:
+    """Parse a stock message, "<sale id> <stock>", or a change notice, "<sale id> changed"
+    (stock None); return None if it is malformed."""
     try:
         sale_text, stock_text = data.split()
         if isinstance(sale_text, bytes):
-            sale_text = sale_text.decode()
+            sale_text, stock_text = sale_text.decode(), stock_text.decode()
+        if stock_text == CHANGED:
+            return uuid.UUID(sale_text), None
         return uuid.UUID(sale_text), max(int(stock_text), 0)
     except (ValueError, AttributeError, UnicodeDecodeError):
         return None

@@ -113,7 +113,9 @@ return 1
 
 # ARGV: channel, sale id, then user, purchase id, ... of committed purchases the gate may not hold.
 # Each one missing is recorded and takes a unit (never below 0); one the gate holds in
-# pending under the same purchase id is settled. Returns how many were missing.
+# pending under the same purchase id is settled; one held under another purchase id (a
+# reservation that can never commit, since the user's purchase is this one) is replaced by it,
+# settled, with the stock unchanged. Returns how many were missing.
 CLAIM = """
 local stock = redis.call('GET', KEYS[1])
 if not stock then return 0 end
@@ -125,7 +127,10 @@ for i = 3, #ARGV, 2 do
     redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1] .. ':0')
     claimed = claimed + 1
     if stock > 0 then stock = stock - 1 end
-  elseif string.sub(held, 1, #ARGV[i + 1] + 1) == ARGV[i + 1] .. ':' then
+  else
+    if string.sub(held, 1, #ARGV[i + 1] + 1) ~= ARGV[i + 1] .. ':' then
+      redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1] .. ':0')
+    end
     redis.call('ZREM', KEYS[3], ARGV[i])
   end
 end

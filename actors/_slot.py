@@ -13,14 +13,19 @@ class Slot(Generic[T]):
     """Carries exactly one value or one error from an actor back to its caller.
 
     Any number of tasks may wait on the same slot; all of them get the same outcome.
+
+    A caller that stops waiting may withdraw its request, and an actor takes a request up
+    before acting on it; the two are decided in one step each, so exactly one of them wins:
+    a withdrawn request is never acted on, and a request taken up is never withdrawn.
     """
 
-    __slots__ = ("_error", "_event", "_value")
+    __slots__ = ("_error", "_event", "_taken", "_value")
 
     def __init__(self) -> None:
         self._event = trio.Event()
         self._value: T | None = None
         self._error: BaseException | None = None
+        self._taken = False
 
     @property
     def done(self) -> bool:
@@ -38,6 +43,20 @@ class Slot(Generic[T]):
         if not self._event.is_set():
             self._error = error
             self._event.set()
+
+    def take(self) -> bool:
+        """Take the request up (the actor is about to act on it); False if it was withdrawn."""
+        if self._event.is_set():
+            return False
+        self._taken = True
+        return True
+
+    def withdraw(self, error: BaseException) -> bool:
+        """Fail the slot with ``error`` unless the actor took it up; True when withdrawn."""
+        if self._taken or self._event.is_set():
+            return False
+        self.fail(error)
+        return True
 
     async def wait(self) -> T:
         """Wait for the answer and return it, or raise the error it carries."""

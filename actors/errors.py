@@ -118,7 +118,8 @@ class BackendUnavailable(FlashFlowError):
 
 
 class LedgerUnreachable(BackendUnavailable):
-    """Raised when a commit never reached PostgreSQL (no connection could be had).
+    """Raised when a commit never reached PostgreSQL (no connection could be had, or it was
+    withdrawn unsent when its purchase wait ran out while it queued).
 
     Nothing of it can have committed, so its reservation is undone at once, with no need
     to ask the ledger what became of it.

@@ -56,8 +56,21 @@ def rate_keys(key_prefix: str, user_id: str, address: str) -> tuple[str, str]:
 
 
 def stock_channel(key_prefix: str) -> str:
-    """The pub/sub channel on which every stock change is published as "<sale id> <stock>"."""
+    """The pub/sub channel on which every stock change is published as "<sale id> <stock>".
+
+    A change to a sale's definition (its stock or window, by an operator) is announced on the
+    same channel as :func:`change_notice`, so every process that watches stock hears of it.
+    """
     return f"{key_prefix}stock"
+
+
+#: What a change notice carries where a stock message carries the stock.
+CHANGED = "changed"
+
+
+def change_notice(sale_id: uuid.UUID | str) -> str:
+    """The message announcing that a sale's definition changed: "<sale id> changed"."""
+    return f"{sale_id} {CHANGED}"
 
 
 def holder_value(purchase_id: uuid.UUID | str, reserved_ms: int = 0) -> str:
@@ -73,7 +86,9 @@ def parse_holder(value: str | bytes) -> tuple[str, int]:
 
 
 __all__ = [
+    "CHANGED",
     "SaleKeys",
+    "change_notice",
     "holder_value",
     "parse_holder",
     "rate_keys",

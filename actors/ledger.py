@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import functools
 import logging
+import math
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -26,7 +27,7 @@ from ._batching import batches
 from ._nursery import open_actor_nursery
 from ._slot import Slot
 from .errors import BackendUnavailable, LedgerUnreachable, Overloaded
-from .model import LedgerState, Purchase, Sale
+from .model import LedgerState, Purchase, Sale, Tally
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +60,16 @@ class CommitOutcome:
 
 @dataclass(frozen=True, slots=True)
 class Commit:
-    """Ask the ledger to make one reserved purchase durable."""
+    """Ask the ledger to make one reserved purchase durable, if it can be sent by ``deadline``."""
 
     purchase: Purchase
+    deadline: float
     reply: Slot[CommitOutcome] = field(compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
-    """Ask the ledger for one user's committed purchase."""
+    """Ask the ledger for one user's committed purchase (a withdrawn one is skipped)."""
 
     sale_id: uuid.UUID
     user_id: str
@@ -85,6 +87,7 @@ class LedgerStatistics:
     failed_batches: int
     lookups: int
     lookup_batches: int
+    withdrawn: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,19 +116,33 @@ class Ledger:
         self._failed_batches = 0
         self._lookups_served = 0
         self._lookup_batches = 0
+        self._withdrawn = 0
 
-    async def commit(self, purchase: Purchase) -> CommitOutcome:
+    async def commit(self, purchase: Purchase, deadline: float = math.inf) -> CommitOutcome:
         """Make ``purchase`` durable; returns once its transaction committed.
+
+        The caller waits until ``deadline`` (trio time) at most. A commit still queued then
+        is withdrawn, never sent: ``LedgerUnreachable``, and nothing can have committed. A
+        commit already sent whose reply has not come is in doubt: ``BackendUnavailable``,
+        for the caller to settle by asking the ledger, as for a lost reply. So no caller
+        waits behind batches queued ahead of its own, however long PostgreSQL stalls.
 
         Raises:
             Overloaded: the inbox is full.
+            LedgerUnreachable: nothing was sent (no connection, or withdrawn at ``deadline``).
             BackendUnavailable: PostgreSQL is down, too slow, or refused the batch.
         """
-        request = Commit(purchase, Slot())
+        request = Commit(purchase, deadline, Slot())
         try:
             self._send.send_nowait(request)
         except trio.WouldBlock:
             raise Overloaded("ledger") from None
+        with trio.move_on_at(deadline):
+            return await request.reply.wait()
+        if request.reply.withdraw(LedgerUnreachable()):
+            self._withdrawn += 1
+        elif not request.reply.done:
+            request.reply.fail(BackendUnavailable("postgres"))
         return await request.reply.wait()
 
     async def sales(self) -> list[Sale]:
@@ -146,21 +163,26 @@ class Ledger:
         """End a running sale now; see :func:`ledger_sql.end_sale` for refusals."""
         return await self._query(ledger_sql.end_sale, sale_id)
 
-    async def find_purchase(self, sale_id: uuid.UUID, user_id: str) -> Purchase | None:
+    async def find_purchase(self, sale_id: uuid.UUID, user_id: str,
+                            deadline: float = math.inf) -> Purchase | None:
         """The user's committed purchase in a sale, or None.
 
         Reads are batched like writes: lookups that gather while one query is out go
-        together in the next, one round trip and one crossing for all of them.
+        together in the next, one round trip and one crossing for all of them. The caller
+        waits until ``deadline`` (trio time) at most.
 
         Raises:
             Overloaded: the lookup inbox is full.
-            BackendUnavailable: PostgreSQL is down or too slow.
+            BackendUnavailable: PostgreSQL is down or too slow, or ``deadline`` passed.
         """
         request = Lookup(sale_id, user_id, Slot())
         try:
             self._lookup_send.send_nowait(request)
         except trio.WouldBlock:
             raise Overloaded("ledger") from None
+        with trio.move_on_at(deadline):
+            return await request.reply.wait()
+        request.reply.fail(BackendUnavailable("postgres"))
         return await request.reply.wait()
 
     async def purchases(self, sale_id: uuid.UUID, users: list[str]) -> dict[str, Purchase]:
@@ -188,9 +210,9 @@ class Ledger:
             return CommitOutcome(CommitResult.COMMITTED, found)
         return CommitOutcome(CommitResult.DUPLICATE, found)
 
-    async def sold(self, sale_id: uuid.UUID) -> int:
-        """How many units of a sale are committed."""
-        return await self._query(ledger_sql.sold_count, sale_id)
+    async def tally(self, sale_id: uuid.UUID) -> Tally:
+        """A sale's stock and its committed units, as PostgreSQL holds them now."""
+        return await self._query(ledger_sql.tally, sale_id)
 
     async def state(self, sale: Sale) -> LedgerState:
         """The committed state of a sale, read in one snapshot.
@@ -202,6 +224,10 @@ class Ledger:
         return await _aio.postgres_call(
             self._config.timeout_s * (pages + 1), ledger_sql.on_connection, self._pool,
             ledger_sql.ledger_state, sale, BUYERS_PAGE, self._config.timeout_s)
+
+    async def database_time(self) -> datetime:
+        """PostgreSQL's clock now: the clock the sale's window is judged by at commit."""
+        return await self._query(ledger_sql.database_time)
 
     async def ping(self) -> bool:
         """Whether PostgreSQL answers a query."""
@@ -217,6 +243,7 @@ class Ledger:
             failed_batches=self._failed_batches,
             lookups=self._lookups_served,
             lookup_batches=self._lookup_batches,
+            withdrawn=self._withdrawn,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -235,6 +262,9 @@ class Ledger:
             for request in batch:
                 by_sale[request.sale_id].append(request)
             for sale_id, requests in by_sale.items():
+                requests = [r for r in requests if not r.reply.done]
+                if not requests:
+                    continue
                 users = sorted({r.user_id for r in requests})
                 try:
                     found = await self._query(ledger_sql.find_purchases, sale_id, users)
@@ -245,17 +275,38 @@ class Ledger:
                 for request in requests:
                     request.reply.set(found.get(request.user_id))
 
+    def _take_up(self, requests: list[Commit]) -> list[Commit]:
+        """The requests still to send: each taken up, unless withdrawn or past its deadline."""
+        now = trio.current_time()
+        taken = []
+        for request in requests:
+            if request.deadline <= now:
+                if request.reply.withdraw(LedgerUnreachable()):
+                    self._withdrawn += 1
+            elif request.reply.take():
+                taken.append(request)
+        return taken
+
     async def _write(self, batch: list[Commit]) -> None:
         self._batches += 1
         self._largest_batch = max(self._largest_batch, len(batch))
         by_sale: dict[uuid.UUID, list[Commit]] = defaultdict(list)
         for request in batch:
             by_sale[request.purchase.sale_id].append(request)
-        for sale_id, requests in by_sale.items():
+        for sale_id, queued in by_sale.items():
+            # Taken up sale by sale, just before sending: time spent on the sales before
+            # this one counts against these requests' deadlines too.
+            requests = self._take_up(queued)
+            if not requests:
+                continue
             purchases = [r.purchase for r in requests]
+            # No one waits past the last deadline: the batch is not held to longer either.
+            timeout_s = min(self._config.timeout_s,
+                            max(r.deadline for r in requests) - trio.current_time())
             try:
                 try:
-                    result = await self._query_pool(ledger_sql.write_batch, sale_id, purchases)
+                    result = await _aio.postgres_call(timeout_s, ledger_sql.write_batch,
+                                                      self._pool, sale_id, purchases)
                 except ledger_sql.NotSent as exc:
                     raise LedgerUnreachable() from exc.__cause__
             except BackendUnavailable as exc:

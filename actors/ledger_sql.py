@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from .errors import InvalidInput, SaleNotActive, SaleNotFound, SaleStarted, StockBelowSold
-from .model import LedgerState, Purchase, Sale
+from .model import LedgerState, Purchase, Sale, Tally
 
 SALE_COLUMNS = "id, product_name, total_stock, start_time, end_time"
 
@@ -120,9 +120,20 @@ async def end_sale(conn: Any, sale_id: uuid.UUID) -> Sale:
     return sale_from_row(ended)
 
 
+async def database_time(conn: Any) -> datetime:
+    """PostgreSQL's clock now (``clock_timestamp()``, which the commit-time window check reads)."""
+    return await conn.fetchval("SELECT clock_timestamp()")
+
+
 async def sold_count(conn: Any, sale_id: uuid.UUID) -> int:
     """How many units of a sale are committed."""
-    return await conn.fetchval("SELECT sold FROM flash_sales WHERE id = $1", sale_id) or 0
+    return (await tally(conn, sale_id)).sold
+
+
+async def tally(conn: Any, sale_id: uuid.UUID) -> Tally:
+    """A sale's stock and its committed units, read together (0 of 0 for an unknown sale)."""
+    row = await conn.fetchrow("SELECT total_stock, sold FROM flash_sales WHERE id = $1", sale_id)
+    return Tally(row["total_stock"], row["sold"]) if row else Tally(0, 0)
 
 
 async def find_purchases(conn: Any, sale_id: uuid.UUID, users: list[str]) -> dict[str, Purchase]:
@@ -140,12 +151,15 @@ async def ledger_state(conn: Any, sale: Sale, page: int,
                        page_timeout_s: float | None) -> LedgerState:
     """What is committed for a sale, read in one snapshot: the state the gate is rebuilt from.
 
+    The stock comes from the same snapshot as the count, never from ``sale``, a copy that
+    an operator's change may have made stale.
+
     The purchases are read ``page`` at a time inside the snapshot, each page within
     ``page_timeout_s``, so a sale of a million buyers is no single query against the timeout.
     """
     buyers: dict[str, str] = {}
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        sold = await sold_count(conn, sale.id)
+        counted = await tally(conn, sale.id)
         after = ""
         while True:
             rows = await conn.fetch(
@@ -155,7 +169,7 @@ async def ledger_state(conn: Any, sale: Sale, page: int,
             if len(rows) < page:
                 break
             after = rows[-1]["user_id"]
-    return LedgerState(sale.total_stock, sold, buyers)
+    return LedgerState(counted.total_stock, counted.sold, buyers)
 
 
 async def on_connection(pool: Any, fn: Any, *args: Any) -> Any:

@@ -46,6 +46,23 @@ class Purchase:
 
 
 @dataclass(frozen=True, slots=True)
+class Tally:
+    """A sale's stock and the units committed of it, as PostgreSQL holds them in one snapshot.
+
+    Every decision that compares what is sold with what there is to sell reads both here,
+    never the stock from a process's copy of the sale, which an operator may have changed.
+    """
+
+    total_stock: int
+    sold: int
+
+    @property
+    def sold_out(self) -> bool:
+        """Whether every unit is committed: final."""
+        return self.sold >= self.total_stock
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerState:
     """What the ledger holds for a sale: the source the gate is rebuilt from."""
 
@@ -67,7 +84,7 @@ def pick_current(sales: list[Sale], now: datetime) -> Sale | None:
     return None
 
 
-__all__ = ["LedgerState", "Purchase", "Sale", "SaleStatus", "pick_current"]
+__all__ = ["LedgerState", "Purchase", "Sale", "SaleStatus", "Tally", "pick_current"]
 
 
 def utc_now() -> datetime:

@@ -31,7 +31,7 @@ from ._nursery import open_actor_nursery
 from .catalog import RECENT, Catalog
 from .errors import BackendUnavailable
 from .ledger import Ledger
-from .model import Sale
+from .model import Sale, Tally
 from .stock_gate import StockGate
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,9 @@ class Reconciler:
         sale_id = sale.id
         # The committed count is read first: commits landing after it only raise what the
         # gate shows as settled, so a shortfall below it is a committed buyer truly missing.
-        sold = await self._ledger.sold(sale_id)
+        # The stock is read with it: this process's copy of the sale may be stale.
+        tally = await self._ledger.tally(sale_id)
+        sold = tally.sold
         view = await self._gate.in_doubt(sale_id, PENDING_LIMIT)
         if view.stock is None:
             return Repair()
@@ -105,11 +107,19 @@ class Reconciler:
         committed = {u: pid for u, (pid, _) in view.oldest.items()
                      if u in found and str(found[u].id) == pid}
         settled = await self._gate.settle(sale_id, committed)
+        # A pending holder whose user committed another purchase (a Redis restored from a
+        # snapshot older than that reservation's undoing) can never commit: the committed
+        # purchase takes its place now, so it is no longer counted as in doubt.
+        replaced = {u: str(found[u].id) for u, (pid, _) in view.oldest.items()
+                    if u in found and str(found[u].id) != pid}
+        if replaced:
+            await self._gate.claim(sale_id, replaced)
+            settled += len(replaced)
         claimed = 0
         complete = view.pending <= len(view.oldest)
-        if complete and sold > view.holders - view.pending + len(committed):
-            claimed, sold = await self._claim_missing(sale)
-        counts = await self._gate.recount(sale, sold)
+        if complete and sold > view.holders - view.pending + len(committed) + len(replaced):
+            claimed, tally = await self._claim_missing(sale)
+        counts = await self._gate.recount(sale_id, tally)
         returned = await self._return_stale(sale_id, view.now_ms, {
             u: pid for u, (pid, at_ms) in view.oldest.items()
             if u not in found and view.now_ms - at_ms >= self._grace_ms})
@@ -117,11 +127,12 @@ class Reconciler:
         self._record(sale_id, repair)
         return repair
 
-    async def _claim_missing(self, sale: Sale) -> tuple[int, int]:
+    async def _claim_missing(self, sale: Sale) -> tuple[int, Tally]:
         state = await self._ledger.state(sale)
         held = await self._gate.holders(sale.id)
         missing = {u: pid for u, pid in state.buyers.items() if u not in held}
-        return await self._gate.claim(sale.id, missing), state.sold
+        return (await self._gate.claim(sale.id, missing),
+                Tally(state.total_stock, state.sold))
 
     async def _return_stale(self, sale_id: uuid.UUID, now_ms: int, stale: dict[str, str]) -> int:
         """Release stale holders that never committed, as the ledger says under their locks."""

@@ -15,6 +15,10 @@ If the subscription drops, the feed subscribes again at once, then under its dec
 ``reconnect`` policy while Redis refuses, and has Redis publish the current stock of every
 watched sale again, through the same channel, so the fresh value
 arrives in order with every other change and no subscriber is left on a stale figure.
+
+The channel also carries change notices (an operator changed a sale's stock or window):
+each is handed to ``on_notice``, and so is a subscription taken up again, since notices
+may have been missed while it was down.
 """
 
 from __future__ import annotations
@@ -180,8 +184,9 @@ class StockFeed:
     """Handle to a running stock-feed actor; see :func:`open_stock_feed`."""
 
     def __init__(self, config: FeedConfig, client: _aio.RedisClient, source: _aio.PubSubSource,
-                 stock_key: StockKey) -> None:
+                 stock_key: StockKey, on_notice: Callable[[], None] = lambda: None) -> None:
         self._config = config
+        self._on_notice = on_notice
         self._source = source
         # register_script works on a cluster client too: EVALSHA goes to the node of the
         # script's key, and a NOSCRIPT reply (a promoted replica) loads it on every primary.
@@ -298,7 +303,9 @@ class StockFeed:
         async for attempt in self._config.reconnect.forever(BackendUnavailable):
             with attempt:
                 self._reconnects += 1
-                return await self._subscribe()
+                pubsub = await self._subscribe()
+                self._on_notice()
+                return pubsub
         raise AssertionError("a policy that retries forever ended")  # pragma: no cover
 
     async def _subscribe(self) -> Any:
@@ -361,6 +368,9 @@ class StockFeed:
                 log.debug("ignored a malformed stock message: %r", message.get("data"))
                 continue
             sale_id, stock = parsed
+            if stock is None:
+                self._on_notice()
+                continue
             self._latest[sale_id] = stock
             state = self._sales.get(sale_id)
             if state is not None and state.value != stock:
@@ -384,12 +394,15 @@ class StockFeed:
 
 
 @asynccontextmanager
-async def open_stock_feed(config: FeedConfig, stock_key: StockKey) -> AsyncIterator[StockFeed]:
+async def open_stock_feed(config: FeedConfig, stock_key: StockKey,
+                          on_notice: Callable[[], None] = lambda: None
+                          ) -> AsyncIterator[StockFeed]:
     """Open the stock-feed actor; yields once the subscription works, stops it on exit.
 
     Args:
         config: connection, pacing and fan-out settings.
         stock_key: the Redis key holding a sale's stock (the gate owns the key layout).
+        on_notice: called on a change notice, and when a lost subscription is taken up again.
 
     Raises:
         BackendUnavailable: Redis could not be subscribed to at start-up.
@@ -399,7 +412,7 @@ async def open_stock_feed(config: FeedConfig, stock_key: StockKey) -> AsyncItera
                                client_name=f"{config.key_prefix}stock-feed")
     source = _aio.PubSubSource(client, config.redis_url, config.timeout_s)
     try:
-        feed = StockFeed(config, client, source, stock_key)
+        feed = StockFeed(config, client, source, stock_key, on_notice)
         async with open_actor_nursery() as nursery:
             nursery.start_soon(feed.wake_subscribers)
             await nursery.start(feed.run)

@@ -39,13 +39,13 @@ from ._redis_scripts import (
 )
 from ._slot import Slot
 from .errors import AlreadyPurchased, BackendUnavailable, Overloaded, SoldOut, Undecided
-from .keys import SaleKeys, holder_value, parse_holder, sale_keys, stock_channel
-from .model import LedgerState, Sale
+from .keys import SaleKeys, change_notice, holder_value, parse_holder, sale_keys, stock_channel
+from .model import LedgerState, Sale, Tally
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[Sale], Awaitable[LedgerState]]
-Counter = Callable[[uuid.UUID], Awaitable[int]]
+Counter = Callable[[uuid.UUID], Awaitable[Tally]]
 
 #: How long a reservation waits for a unit to come back when its caller names no deadline.
 DEFAULT_WAIT_S = 6.0
@@ -201,6 +201,11 @@ class StockGate:
             self._send.send_nowait(request)
         except trio.WouldBlock:
             raise Overloaded("stock_gate") from None
+        # The wait ends at the deadline even while batches ahead of this one are stuck in
+        # Redis; a request still queued then is skipped, never sent.
+        with trio.move_on_at(deadline):
+            return await request.reply.wait()
+        request.reply.fail(Undecided())
         return await request.reply.wait()
 
     def answer_from_memory(self, sale: Sale, user_id: str) -> None:
@@ -215,6 +220,16 @@ class StockGate:
         queue = self._queues.get(sale_id)
         if queue is not None:
             queue.poke()
+
+    def redefine(self, sale_ids: Iterable[uuid.UUID]) -> None:
+        """An operator changed these sales' stock or window: drop what was concluded from it.
+
+        Whether a sale is sold out is asked of the ledger again, and its waiters look again
+        now, so the next answers follow the new definition.
+        """
+        for sale_id in sale_ids:
+            self._sold_out.pop(sale_id, None)
+            self.poke(sale_id)
 
     def settle_soon(self, sale_id: uuid.UUID, user_id: str, purchase_id: uuid.UUID) -> None:
         """Mark a committed purchase as settled, batched with others, without waiting.
@@ -309,15 +324,22 @@ class StockGate:
         args = [item for pair in purchases.items() for item in pair]
         return int(await self._script(self._claim, sale_id, args))
 
-    async def recount(self, sale: Sale, sold: int) -> tuple[int, int] | None:
-        """Set the stock to ``total - max(holders, sold)``; return (before, after), None if unloaded."""
-        reply = await self._script(self._recount, sale.id, [sale.total_stock, sold])
+    async def recount(self, sale_id: uuid.UUID, tally: Tally) -> tuple[int, int] | None:
+        """Set the stock to ``total - max(holders, sold)`` by the ledger's ``tally``.
+
+        Returns (before, after), None if the gate is not loaded.
+        """
+        reply = await self._script(self._recount, sale_id, [tally.total_stock, tally.sold])
         if int(reply[0]) < 0:
             return None
         before, after = int(reply[0]), int(reply[1])
         if after > before:
-            self.poke(sale.id)
+            self.poke(sale_id)
         return before, after
+
+    async def announce(self, sale_id: uuid.UUID) -> None:
+        """Tell every process that the definition of ``sale_id`` changed (a change notice)."""
+        await self._redis_call(self._redis.publish, self._channel, change_notice(sale_id))
 
     async def ping(self) -> bool:
         """Whether Redis answers."""
@@ -366,7 +388,9 @@ class StockGate:
         self._reserved_requests += len(batch)
         by_sale: dict[uuid.UUID, list[Reserve]] = defaultdict(list)
         for request in batch:
-            by_sale[request.sale.id].append(request)
+            # A request whose caller stopped waiting is not sent.
+            if not request.reply.done:
+                by_sale[request.sale.id].append(request)
         for sale_id, requests in by_sale.items():
             queue = self._queues.get(sale_id)
             if queue is not None:
@@ -443,7 +467,7 @@ class StockGate:
 
     def _expire(self, queue: _Queue) -> None:
         now = trio.current_time()
-        kept = deque(r for r in queue.waiting if r.deadline > now)
+        kept = deque(r for r in queue.waiting if r.deadline > now and not r.reply.done)
         for request in queue.waiting:
             if request.deadline <= now:
                 request.reply.fail(Undecided())
@@ -463,13 +487,17 @@ class StockGate:
         return answered > 0
 
     async def _sold_out_for_good(self, sale: Sale) -> bool:
-        """Whether the ledger holds every unit; if so, remember the sale's buyers for good."""
+        """Whether the ledger holds every unit; if so, remember the sale's buyers for good.
+
+        The stock is the one PostgreSQL holds beside the count, never ``sale.total_stock``:
+        this process's copy of the sale may predate an operator's change.
+        """
         if sale.id in self._sold_out:
             return True
-        if await self._counter(sale.id) < sale.total_stock:
+        if not (await self._counter(sale.id)).sold_out:
             return False
         state = await self._loader(sale)
-        if state.sold < sale.total_stock:
+        if state.sold < state.total_stock:
             return False
         self._sold_out[sale.id] = frozenset(state.buyers)
         return True

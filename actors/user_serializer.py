@@ -132,6 +132,8 @@ class UserSerializer:
             SaleNotFound, SaleNotActive, AlreadyPurchased, SoldOut, RateLimited, Overloaded,
             Undecided, BackendUnavailable.
         """
+        # The purchase wait counts from here: a stalled limiter spends it too.
+        deadline = trio.current_time() + self._config.wait_s
         sale = self.sale(sale_id)
         status = sale.status(self._clock())
         if status is not SaleStatus.ACTIVE:
@@ -140,8 +142,11 @@ class UserSerializer:
         # PostgreSQL, which is what the limits protect.
         self.answer_from_memory(sale, user_id)
         if self._limiter is not None:
-            await self._limiter.check(user_id, address)
-        return await self.purchase(sale, user_id), sale
+            with trio.move_on_at(deadline) as waited:
+                await self._limiter.check(user_id, address)
+            if waited.cancelled_caught:
+                raise Undecided()
+        return await self.purchase(sale, user_id, deadline), sale
 
     async def status(self, user_id: str, sale_id: uuid.UUID | None = None, *,
                      address: str | None = None) -> tuple[Sale, Purchase | None]:
@@ -163,8 +168,10 @@ class UserSerializer:
 
     # -- the purchase -----------------------------------------------------------------
 
-    async def purchase(self, sale: Sale, user_id: str) -> Purchase:
+    async def purchase(self, sale: Sale, user_id: str, deadline: float | None = None) -> Purchase:
         """Buy one unit of ``sale`` for ``user_id`` and return the committed purchase.
+
+        The answer comes by ``deadline`` (trio time; by default the purchase wait from now).
 
         Raises:
             AlreadyPurchased, SoldOut, SaleNotActive, Overloaded, Undecided,
@@ -184,7 +191,9 @@ class UserSerializer:
         slot = Slot()
         self._in_flight[key] = slot
         self._sales[sale.id] = sale
-        self._nursery.start_soon(self._settle, sale, user_id, slot)
+        if deadline is None:
+            deadline = trio.current_time() + self._config.wait_s
+        self._nursery.start_soon(self._settle, sale, user_id, slot, deadline)
         return await slot.wait()
 
     def answer_from_memory(self, sale: Sale, user_id: str) -> None:
@@ -216,10 +225,11 @@ class UserSerializer:
             remembered_sales=len(self._buyers),
         )
 
-    async def _settle(self, sale: Sale, user_id: str, slot: Slot[Purchase]) -> None:
+    async def _settle(self, sale: Sale, user_id: str, slot: Slot[Purchase],
+                      deadline: float) -> None:
         key = (sale.id, user_id)
         try:
-            slot.set(await self._reserve_and_commit(sale, user_id))
+            slot.set(await self._reserve_and_commit(sale, user_id, deadline))
         except FlashFlowError as exc:
             slot.fail(exc)
         except BaseException:
@@ -228,8 +238,7 @@ class UserSerializer:
         finally:
             del self._in_flight[key]
 
-    async def _reserve_and_commit(self, sale: Sale, user_id: str) -> Purchase:
-        deadline = trio.current_time() + self._config.wait_s
+    async def _reserve_and_commit(self, sale: Sale, user_id: str, deadline: float) -> Purchase:
         while True:
             purchase = Purchase(uuid.uuid4(), sale.id, user_id, self._clock())
             try:
@@ -243,7 +252,7 @@ class UserSerializer:
             if answer.seat is Seat.RESERVED:
                 return await self._commit(sale, purchase, deadline)
             # The user holds a unit already: final only once the ledger has it.
-            found = await self._ledger.find_purchase(sale.id, user_id)
+            found = await self._ledger.find_purchase(sale.id, user_id, deadline)
             if found is not None:
                 self._remember(found)
                 raise AlreadyPurchased()
@@ -253,7 +262,7 @@ class UserSerializer:
 
     async def _commit(self, sale: Sale, purchase: Purchase, deadline: float) -> Purchase:
         try:
-            outcome = await self._ledger.commit(purchase)
+            outcome = await self._ledger.commit(purchase, deadline)
         except (Overloaded, LedgerUnreachable):
             # Never sent: nothing can have committed, so there is nothing to ask about.
             await self._roll_back(purchase, restock=True)
@@ -274,7 +283,7 @@ class UserSerializer:
         if result is CommitResult.NO_STOCK:
             # The stock constraint refused it: every unit is committed, for good.
             await self._roll_back(purchase, restock=False)
-            with suppress(BackendUnavailable):
+            with suppress(BackendUnavailable), trio.move_on_at(deadline):
                 await self._gate.learn_sold_out(sale)
             raise SoldOut()
         await self._roll_back(purchase, restock=True)
@@ -286,16 +295,15 @@ class UserSerializer:
         """Ask the ledger what became of a commit whose reply was lost, until ``deadline``.
 
         Raises:
-            BackendUnavailable: the ledger could not say; the reservation stays in doubt for
-                the reconciler, which resolves it the same way.
+            BackendUnavailable: the ledger could not say by ``deadline``; the reservation
+                stays in doubt for the reconciler, which resolves it the same way.
         """
-        while True:
-            try:
-                return await self._ledger.settle_lost_reply(purchase)
-            except BackendUnavailable:
-                if trio.current_time() >= deadline:
-                    raise
-            await trio.sleep(self._config.poll_s)
+        with trio.move_on_at(deadline):
+            while True:
+                with suppress(BackendUnavailable):
+                    return await self._ledger.settle_lost_reply(purchase)
+                await trio.sleep(self._config.poll_s)
+        raise BackendUnavailable("postgres")
 
     def _release_later(self, purchase: Purchase) -> None:
         """Undo a reservation whose reply was lost, as soon as Redis answers again."""

@@ -1,8 +1,12 @@
 """The one place that wires the actor tree together.
 
-Start order is ledger, catalog, gate, stock feed, serializer; the HTTP front runs inside,
+Start order is ledger, gate, catalog, stock feed, serializer; the HTTP front runs inside,
 so on the way out HTTP stops first, purchases in flight drain, and the actors close after
 them.
+
+A change to a sale travels: the writer announces it on the stock channel, every process's
+feed hears the notice and nudges its catalog, the catalog reloads and tells the gate which
+sales changed, and the gate drops what it had concluded from their old definition.
 """
 
 from __future__ import annotations
@@ -132,12 +136,17 @@ async def open_runtime(settings: Settings, *,
         async with (
             open_asyncio_bridge(),
             open_ledger(ledger_config(settings)) as ledger,
-            open_catalog(ledger.sales, settings.catalog_refresh_s) as catalog,
             open_stock_gate(gate_config(settings), loader=ledger.state,
-                            counter=ledger.sold) as gate,
+                            counter=ledger.tally) as gate,
+            # An injected clock is taken as it is; the real one follows PostgreSQL's.
+            open_catalog(ledger.sales, settings.catalog_refresh_s, on_change=(gate.redefine,),
+                         database_time=ledger.database_time if clock is utc_now else None,
+                         clock=clock) as catalog,
             open_stock_feed(feed_config(settings),
-                            stock_key=lambda sale_id: gate.keys(sale_id).stock) as feed,
+                            stock_key=lambda sale_id: gate.keys(sale_id).stock,
+                            on_notice=catalog.nudge) as feed,
         ):
+            clock = catalog.now
             await load_current_gate(catalog, gate, clock())
             async with (
                 _maybe(settings.rate_limit_enabled, open_rate_limiter,

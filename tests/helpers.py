@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Collection
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Collection
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import redis
 import trio
@@ -211,3 +214,43 @@ def spawn_server(settings: Settings, log_dir: Path, *args: str,
             time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"server did not answer in {timeout_s}s: {log_path.read_text()[-2000:]}")
+
+
+@asynccontextmanager
+async def sale_row_locked(database_url: str, sale_id: uuid.UUID
+                          ) -> AsyncIterator[Callable[[], None]]:
+    """Hold ``FOR UPDATE`` on the sale's row, so every commit of it waits in PostgreSQL.
+
+    Purchases then stay in flight between the gate and the ledger for as long as the test
+    likes. Yields a function that releases the lock early; it is released on exit anyway.
+    """
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        async def go() -> None:
+            conn = await asyncpg.connect(database_url)
+            try:
+                transaction = conn.transaction()
+                await transaction.start()
+                await conn.execute("SELECT 1 FROM flash_sales WHERE id = $1 FOR UPDATE", sale_id)
+                locked.set()
+                while not release.wait(0):
+                    await asyncio.sleep(0.01)
+                # The test may have stopped PostgreSQL meanwhile: the lock is gone with it.
+                with suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    await transaction.rollback()
+            finally:
+                with suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    await conn.close()
+
+        asyncio.run(go())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, hold)
+        try:
+            with trio.fail_after(10):
+                while not locked.is_set():
+                    await trio.sleep(0.01)
+            yield release.set
+        finally:
+            release.set()

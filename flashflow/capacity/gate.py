@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 import trio
 
-from actors import GateConfig, LedgerState, Sale, open_stock_gate
+from actors import GateConfig, LedgerState, Sale, Tally, open_stock_gate
 from actors._aio import open_asyncio_bridge
 from actors.stock_gate import Seat
 
@@ -95,8 +95,8 @@ async def _no_sales(sale: Sale) -> LedgerState:
     return LedgerState(sale.total_stock, 0, {})
 
 
-async def _none_sold(sale_id: uuid.UUID) -> int:
-    return 0
+async def _none_sold(sale_id: uuid.UUID) -> Tally:
+    return Tally(STOCK, 0)
 
 
 async def measure(target: RedisTarget, key_prefix: str, sales: int, *, concurrency: int,

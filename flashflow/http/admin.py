@@ -3,19 +3,21 @@
 Every route is behind :func:`require_admin`, checked before the body is read. With no admin
 token configured the API is off and answers as an unknown path does (404). Each change is
 written by the ledger in one transaction, then this process's catalog is reloaded at once
-(other processes see it within ``FLASHFLOW_CATALOG_REFRESH_S``).
+and the change is announced on Redis, so every other process and host reloads its own at
+once too (``FLASHFLOW_CATALOG_REFRESH_S`` is only the backstop for a lost notice).
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 
 from quart import Blueprint, Request, Response, request
 from quart_schema import validate_request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import NotFound
 
-from actors import Sale, Unauthorized
+from actors import BackendUnavailable, Sale, Unauthorized
 
 from ..runtime import Runtime
 from ..settings import Settings
@@ -32,6 +34,8 @@ from .schema import (
 )
 from .stock import current_stock
 from .wire import ADMIN, envelope, sale_body
+
+log = logging.getLogger(__name__)
 
 #: The scope a buyer-style JWT must hold to use the admin API.
 ADMIN_SCOPE = "flashflow:admin"
@@ -91,8 +95,13 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
         require_admin(request, runtime.settings, verifier)
 
     async def answer(sale: Sale, status: int = 200) -> Response:
-        # This process serves the change at once; the others within their refresh.
+        # This process serves the change at once, and tells the others to.
         await runtime.catalog.refresh()
+        try:
+            await runtime.gate.announce(sale.id)
+        except BackendUnavailable:
+            log.warning("could not announce a change to sale %s; other processes will see "
+                        "it at their next refresh", sale.id)
         return envelope(sale_body(sale, await current_stock(runtime, sale), runtime.clock()),
                         status=status)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,11 +20,13 @@ from actors import (
     Overloaded,
     Purchase,
     Sale,
+    Tally,
     ledger_sql,
 )
+from actors.errors import LedgerUnreachable
 from actors.ledger import CommitOutcome, Ledger, LedgerConfig, open_ledger
 
-from ..helpers import fetch, make_sale, pg
+from ..helpers import fetch, make_sale, pg, sale_row_locked
 
 
 @asynccontextmanager
@@ -340,3 +343,48 @@ async def test_a_lost_reply_is_settled_by_the_ledger(settings):
     assert absent.result is CommitResult.ABSENT
     assert (same.result, same.purchase.id) == (CommitResult.COMMITTED, mine.id)
     assert (dup.result, dup.purchase.id) == (CommitResult.DUPLICATE, mine.id)
+
+
+async def test_a_commit_still_queued_at_its_deadline_is_withdrawn_unsent(settings):
+    """Behind a batch stuck on a row lock, a queued commit is withdrawn at its deadline (never
+    sent, LedgerUnreachable), the stuck one is in doubt (BackendUnavailable), neither waits
+    for the other's timeout, and the withdrawn one never commits."""
+    url = settings.database_url
+    sale = await make_sale(url, stock=5)
+    stuck, queued = purchase_of(sale, "stuck"), purchase_of(sale, "queued")
+    answers: dict[str, tuple[type, float]] = {}
+    with trio.fail_after(30):
+        async with ledger_for(url, timeout_s=20.0) as ledger, \
+                sale_row_locked(url, sale.id):
+
+            async def one(purchase: Purchase, wait_s: float) -> None:
+                started = trio.current_time()
+                with pytest.raises(BackendUnavailable) as raised:
+                    await ledger.commit(purchase, started + wait_s)
+                answers[purchase.user_id] = (type(raised.value),
+                                             trio.current_time() - started)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(one, stuck, 1.0)
+                await trio.sleep(0.2)  # the first batch is out, holding the actor
+                nursery.start_soon(one, queued, 0.5)
+            withdrawn = ledger.statistics().withdrawn
+    assert answers["queued"][0] is LedgerUnreachable
+    assert answers["stuck"][0] is BackendUnavailable
+    # Each answered at its own deadline, not after the 20 s PostgreSQL timeout.
+    assert answers["queued"][1] < 5 and answers["stuck"][1] < 5, answers
+    assert withdrawn == 1
+    rows, _ = await rows_and_sold(url, sale)
+    assert "queued" not in rows
+
+
+async def test_tally_reads_the_stock_and_the_count_together(settings):
+    """tally() is PostgreSQL's stock and committed count, whatever a copy of the sale says."""
+    url = settings.database_url
+    sale = await make_sale(url, stock=4)
+    with trio.fail_after(20):
+        async with ledger_for(url) as ledger:
+            await ledger.commit(purchase_of(sale, "a"))
+            assert await ledger.tally(sale.id) == Tally(4, 1)
+            state = await ledger.state(replace(sale, total_stock=999))
+    assert (state.total_stock, state.sold) == (4, 1)

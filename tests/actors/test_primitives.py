@@ -151,3 +151,20 @@ def test_every_error_is_a_flashflow_error_carrying_a_message():
     assert "not started" in errors[3].message and errors[3].started is False
     assert "ended" in errors[4].message and errors[4].started is True
     assert (errors[7].actor, errors[8].backend) == ("ledger", "redis")
+
+
+async def test_a_slot_is_either_withdrawn_or_taken_up_never_both():
+    """withdraw() wins only before take(), and take() only before withdraw() or an answer."""
+    withdrawn: Slot[int] = Slot()
+    assert withdrawn.withdraw(ValueError("gone"))
+    assert not withdrawn.take()
+    with pytest.raises(ValueError):
+        await withdrawn.wait()
+    taken: Slot[int] = Slot()
+    assert taken.take()
+    assert not taken.withdraw(ValueError("too late"))
+    taken.set(7)
+    assert await taken.wait() == 7
+    answered: Slot[int] = Slot()
+    answered.set(1)
+    assert not answered.take() and not answered.withdraw(ValueError("done"))

@@ -14,7 +14,7 @@ import trio_asyncio
 from actors._feed_redis import parse_stock
 from actors._nursery import single_errors
 from actors.errors import BackendUnavailable, ShuttingDown
-from actors.keys import sale_keys, stock_channel
+from actors.keys import change_notice, sale_keys, stock_channel
 from actors.stock_feed import FeedConfig, StockFeed, open_stock_feed
 
 
@@ -209,6 +209,7 @@ def test_stock_messages_parse_strictly():
     sale_id = uuid.uuid4()
     assert parse_stock(f"{sale_id} 5".encode()) == (sale_id, 5)
     assert parse_stock(f"{sale_id} -1") == (sale_id, 0)
+    assert parse_stock(change_notice(sale_id).encode()) == (sale_id, None)
     for bad in [b"", b"nonsense", f"{sale_id}".encode(), b"not-a-uuid 5",
                 f"{sale_id} five".encode(), f"{sale_id} 1 2".encode(), None, b"\xff 1"]:
         assert parse_stock(bad) is None, bad

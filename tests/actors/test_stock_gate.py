@@ -12,7 +12,15 @@ import pytest
 import trio
 import trio_asyncio
 
-from actors import AlreadyPurchased, BackendUnavailable, LedgerState, Overloaded, Sale, SoldOut
+from actors import (
+    AlreadyPurchased,
+    BackendUnavailable,
+    LedgerState,
+    Overloaded,
+    Sale,
+    SoldOut,
+    Tally,
+)
 from actors.errors import Undecided
 from actors.keys import parse_holder, sale_keys
 from actors.stock_gate import GateAnswer, GateConfig, Seat, StockGate, open_stock_gate
@@ -30,19 +38,23 @@ def a_sale(stock: int = 10) -> Sale:
 class Loader:
     """A ledger stand-in that reports a fixed committed state and counts its calls.
 
-    Called with a sale it is the gate's loader; its ``count`` is the gate's counter.
+    Called with a sale it is the gate's loader; its ``count`` is the gate's counter. The
+    stock it reports is the one of the sale it last loaded, unless ``totals`` says otherwise
+    (an operator's change the gate's copy of the sale does not know of).
     """
 
     sold: int = 0
     buyers: dict[str, str] = field(default_factory=dict)
     calls: int = 0
+    totals: dict[uuid.UUID, int] = field(default_factory=dict)
 
     async def __call__(self, sale: Sale) -> LedgerState:
         self.calls += 1
-        return LedgerState(sale.total_stock, self.sold, dict(self.buyers))
+        total = self.totals.setdefault(sale.id, sale.total_stock)
+        return LedgerState(total, self.sold, dict(self.buyers))
 
-    async def count(self, sale_id: uuid.UUID) -> int:
-        return self.sold
+    async def count(self, sale_id: uuid.UUID) -> Tally:
+        return Tally(self.totals.get(sale_id, 0), self.sold)
 
 
 @asynccontextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from actors import (
     SaleNotActive,
     SaleNotFound,
     SoldOut,
+    Tally,
     utc_now,
 )
 from actors.errors import Undecided
@@ -55,7 +57,7 @@ class FakeLedger:
     standing: dict[str, Purchase] = field(default_factory=dict)
     lost: CommitResult = CommitResult.ABSENT
 
-    async def commit(self, purchase: Purchase) -> CommitOutcome:
+    async def commit(self, purchase: Purchase, deadline: float = math.inf) -> CommitOutcome:
         self.commits.append(purchase)
         if self.hold is not None:
             await self.hold.wait()
@@ -67,7 +69,8 @@ class FakeLedger:
         return CommitOutcome(self.outcome, purchase if self.outcome is CommitResult.COMMITTED
                              else None)
 
-    async def find_purchase(self, sale_id: uuid.UUID, user_id: str) -> Purchase | None:
+    async def find_purchase(self, sale_id: uuid.UUID, user_id: str,
+                            deadline: float = math.inf) -> Purchase | None:
         return self.standing.get(user_id)
 
     async def settle_lost_reply(self, purchase: Purchase) -> CommitOutcome:
@@ -82,9 +85,9 @@ def fixed_loader(buyers: dict[str, str] | None = None):
     return load
 
 
-async def nothing_sold(sale_id: uuid.UUID) -> int:
-    """A gate counter for a ledger that holds no purchase."""
-    return 0
+async def nothing_sold(sale_id: uuid.UUID) -> Tally:
+    """A gate counter for a ledger that holds no purchase (of a stock it does not say)."""
+    return Tally(1, 0)
 
 
 @asynccontextmanager
@@ -121,7 +124,7 @@ async def test_concurrent_purchases_of_one_user_get_one_success(settings):
             trio_asyncio.open_loop(), open_ledger(LedgerConfig(database_url=url)) as ledger,
             open_stock_gate(GateConfig(redis_url=settings.redis_url,
                                        key_prefix=settings.key_prefix),
-                            loader=ledger.state, counter=ledger.sold) as gate,
+                            loader=ledger.state, counter=ledger.tally) as gate,
             open_user_serializer(gate, ledger) as serializer,
         ):
             async with trio.open_nursery() as nursery:

@@ -8,7 +8,6 @@ The helpers below are imported by the fault tests (``from .conftest import ...``
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
@@ -16,7 +15,6 @@ import shutil
 import signal
 import statistics
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
@@ -27,7 +25,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import psutil
 import pytest
@@ -40,7 +37,15 @@ from flashflow.settings import Settings
 from loadtests.records import PURCHASE as PURCHASE_KIND
 from loadtests.records import Record
 
-from ..helpers import ServerProcess, gate_state, judge, ledger_of, run_pg, spawn_server
+from ..helpers import (  # noqa: F401  (sale_row_locked: imported by the fault tests)
+    ServerProcess,
+    gate_state,
+    judge,
+    ledger_of,
+    run_pg,
+    sale_row_locked,
+    spawn_server,
+)
 
 PURCHASE = "/api/v1/flash-sales/current/purchase"
 RETURNED_LOG_LINE = "returned a reservation that never committed"
@@ -606,46 +611,6 @@ async def wait_for_gate_to_agree(settings: Settings, sale: Sale, timeout_s: floa
                 f"after {timeout_s}s Redis stock={stock}, total={sale.total_stock}, "
                 f"committed={len(rows)}; held without a row: {extra}; rows not held: {missing}")
         await trio.sleep(0.1)
-
-
-@asynccontextmanager
-async def sale_row_locked(database_url: str, sale_id: uuid.UUID
-                          ) -> AsyncIterator[Callable[[], None]]:
-    """Hold ``FOR UPDATE`` on the sale's row, so every commit of it waits in PostgreSQL.
-
-    Purchases then stay in flight between the gate and the ledger for as long as the test
-    likes. Yields a function that releases the lock early; it is released on exit anyway.
-    """
-    locked, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        async def go() -> None:
-            conn = await asyncpg.connect(database_url)
-            try:
-                transaction = conn.transaction()
-                await transaction.start()
-                await conn.execute("SELECT 1 FROM flash_sales WHERE id = $1 FOR UPDATE", sale_id)
-                locked.set()
-                while not release.wait(0):
-                    await asyncio.sleep(0.01)
-                # The test may have stopped PostgreSQL meanwhile: the lock is gone with it.
-                with suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                    await transaction.rollback()
-            finally:
-                with suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                    await conn.close()
-
-        asyncio.run(go())
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.to_thread.run_sync, hold)
-        try:
-            with trio.fail_after(10):
-                while not locked.is_set():
-                    await trio.sleep(0.01)
-            yield release.set
-        finally:
-            release.set()
 
 
 # -- a Redis that stops answering ------------------------------------------------------------
