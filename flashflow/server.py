@@ -14,7 +14,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from .http import create_app
 from .http.fast import EXTENSION, fast_path
 from .runtime import open_runtime
-from .settings import Settings
+from .settings import LISTEN_BACKLOG, Settings
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,8 @@ def hypercorn_config(settings: Settings, binds: list[str] | None = None) -> Conf
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = settings.graceful_timeout_s
     config.keep_alive_timeout = 75
+    # Hypercorn listens again on the socket it is handed, with its own backlog (100).
+    config.backlog = LISTEN_BACKLOG
     return config
 
 

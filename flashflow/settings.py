@@ -17,6 +17,9 @@ PREFIX = "FLASHFLOW_"
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 #: The fields a running server cannot do without: ``serve`` and each worker require them.
 SERVICE_URLS = ("database_url", "redis_url")
+#: Connections the kernel queues for the server before it accepts them. A stampede connects
+#: all at once; past this queue a client's SYN is dropped and retried 1, 3, 7, 15 s later.
+LISTEN_BACKLOG = 2048
 
 
 class SettingsError(ValueError):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from actors import Backoff
 
-from .settings import Settings
+from .settings import LISTEN_BACKLOG, Settings
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class Restarts:
         self._attempt.__enter__()
 
 
-def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
+def listening_socket(host: str, port: int, backlog: int = LISTEN_BACKLOG) -> socket.socket:
     """A bound, listening TCP socket that child processes can inherit."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
