@@ -35,7 +35,7 @@ from actors import FlashFlowError, Sale, ledger_sql
 from actors.redis_url import sync_client
 
 from ..database import run_on_connection
-from ..http.errors import table_entry
+from ..http.errors import INTERNAL_ERROR, table_entry
 from ..invariants import PURCHASE, Check, LedgerSnapshot, Record, ledger_snapshot, read_gate, verify
 from ..runtime import Runtime, open_runtime
 from ..settings import Settings
@@ -124,7 +124,7 @@ def answer_record(user: str, started: float, outcome: object) -> Answer:
     """What an HTTP client would have been told: the serializer's answer in wire terms."""
     elapsed_ms = (time.time() - started) * 1000
     if isinstance(outcome, FlashFlowError):
-        status, code, _ = table_entry(outcome) or (500, "INTERNAL_ERROR", False)
+        status, code, _ = table_entry(outcome) or (500, INTERNAL_ERROR, False)
         return (PURCHASE, user, status, started, elapsed_ms, None, code)
     return (PURCHASE, user, 201, started, elapsed_ms, str(outcome.id), None)
 

@@ -13,7 +13,7 @@ import hmac
 import logging
 
 from quart import Blueprint, Request, Response, request
-from quart_schema import validate_request
+from quart_schema import security_scheme_blueprint, validate_request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import NotFound
 
@@ -23,15 +23,17 @@ from ..runtime import Runtime
 from ..settings import Settings
 from ..tokens import TokenVerifier, load_verifier
 from . import validation
-from .schema import (
+from .openapi import (
+    TOO_LARGE,
     UNAVAILABLE,
+    UNSUPPORTED,
+    WWW_AUTHENTICATE,
     Answer,
-    SaleCreate,
-    SaleEnvelope,
-    SaleUpdate,
+    Bearer,
     answers,
     ok,
 )
+from .schema import SaleCreate, SaleEnvelope, SaleUpdate
 from .stock import current_stock
 from .wire import ADMIN, envelope, sale_body
 
@@ -40,6 +42,10 @@ log = logging.getLogger(__name__)
 #: The scope a buyer-style JWT must hold to use the admin API.
 ADMIN_SCOPE = "flashflow:admin"
 ADMIN_CHALLENGE = f'Bearer realm="flashflow-admin", scope="{ADMIN_SCOPE}"'
+#: The admin API's OpenAPI security scheme.
+ADMIN_SCHEME = {"admin": Bearer(scheme="bearer", description=(
+    f"FLASHFLOW_ADMIN_TOKEN, or a JWT whose scope holds {ADMIN_SCOPE} (signed with the buyers' "
+    "token key)."))}
 
 
 def require_admin(request: Request, settings: Settings,
@@ -71,15 +77,14 @@ def require_admin(request: Request, settings: Settings,
     raise Unauthorized("A valid admin bearer token is required.", challenge=ADMIN_CHALLENGE)
 
 
-BAD_BODY = Answer(400, "VALIDATION_ERROR: the sale id or the body is not valid.")
+BAD_BODY = Answer(400, "VALIDATION_ERROR: the sale id or the body is not valid.",
+                  name="AdminBadRequest")
 ADMIN_UNAUTHORIZED = Answer(401, "UNAUTHORIZED: no admin bearer token (or a JWT without the "
                                  f"{ADMIN_SCOPE} scope).",
-                            headers={"WWW-Authenticate": {"required": True,
-                                                          "schema": {"type": "string"}}})
+                            headers=WWW_AUTHENTICATE, name="AdminUnauthorized")
 ADMIN_NOT_FOUND = Answer(404, "NOT_FOUND when the admin API is off (no admin token, no token "
-                              "key); SALE_NOT_FOUND for an unknown sale.")
-TOO_LARGE = Answer(413, "PAYLOAD_TOO_LARGE: the body is over the size limit.")
-UNSUPPORTED = Answer(415, "UNSUPPORTED_MEDIA_TYPE: a body that is not application/json.")
+                              "key); SALE_NOT_FOUND for an unknown sale.",
+                        name="AdminNotFound")
 #: Every admin route's refusals before its own.
 REFUSALS = (BAD_BODY, ADMIN_UNAUTHORIZED, ADMIN_NOT_FOUND, UNAVAILABLE)
 
@@ -88,6 +93,7 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
     """Add the admin routes to ``app``; they answer 404 unless an admin token or a token key
     is set."""
     admin = Blueprint("admin", __name__, url_prefix=ADMIN)
+    security_scheme_blueprint(admin, [{name: []} for name in ADMIN_SCHEME])
     verifier = load_verifier(runtime.settings)
 
     @admin.before_request
@@ -138,4 +144,4 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
     app.register_blueprint(admin)
 
 
-__all__ = ["ADMIN", "install_admin", "require_admin"]
+__all__ = ["ADMIN", "ADMIN_SCHEME", "install_admin", "require_admin"]

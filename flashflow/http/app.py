@@ -9,6 +9,7 @@ from quart import Response, request
 from quart_schema import (
     RequestSchemaValidationError,
     document_request,
+    operation_id,
     security_scheme,
     validate_querystring,
 )
@@ -21,16 +22,16 @@ from actors.errors import UnsupportedMediaType
 
 from ..runtime import Runtime
 from . import errors, validation
-from .admin import install_admin
+from .admin import ADMIN_SCHEME, install_admin
 from .auth import Asking, Auth
 from .cors import install_cors
 from .fast import EXTENSION, HotRoutes
 from .metrics import install_metrics
-from .page import install_page
-from .schema import (
+from .openapi import (
     BAD_REQUEST,
     BAD_SALE_ID,
     BEARER,
+    BEARER_SCHEME,
     FORBIDDEN,
     NOT_FOUND,
     PURCHASE_CONFLICT,
@@ -39,6 +40,12 @@ from .schema import (
     UNAUTHORIZED,
     UNAVAILABLE,
     UNSUPPORTED,
+    answers,
+    install_schema,
+    ok,
+)
+from .page import install_page
+from .schema import (
     HealthEnvelope,
     PurchaseEnvelope,
     PurchaseRequest,
@@ -49,9 +56,6 @@ from .schema import (
     SignedInPurchaseRequest,
     SignedInStatusQuery,
     StatusQuery,
-    answers,
-    install_schema,
-    ok,
     validation_message,
 )
 from .sse import install_sse
@@ -104,7 +108,7 @@ def create_app(runtime: Runtime) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     signed_in = auth.verifier is not None
-    install_schema(app, signed_in)
+    install_schema(app, {**ADMIN_SCHEME, **(BEARER_SCHEME if signed_in else {})})
     # With a token key, a body or query may leave userId out: the token names the buyer.
     body_model = SignedInPurchaseRequest if signed_in else PurchaseRequest
     query_model = SignedInStatusQuery if signed_in else StatusQuery
@@ -127,6 +131,7 @@ def create_app(runtime: Runtime) -> QuartTrio:
 
     @app.get(API, **current)
     @app.get(BY_ID)
+    @operation_id("sale")
     @answers(ok(200, SaleEnvelope), BAD_SALE_ID, NOT_FOUND, UNAVAILABLE)
     async def get_current(sale_id: str | None) -> Response:
         return response(await hot.sale(sale_id))

@@ -57,6 +57,9 @@ ERROR_TABLE: dict[type[FlashFlowError], tuple[int, str, bool]] = {
     ShuttingDown: (503, "UNAVAILABLE", True),
 }
 
+#: The wire code of anything unexpected (500).
+INTERNAL_ERROR = "INTERNAL_ERROR"
+
 #: HTTP errors raised by the framework itself (routing, body limits) -> wire code
 HTTP_CODES: dict[int, str] = {
     400: "VALIDATION_ERROR",
@@ -107,7 +110,7 @@ def answer_for(error: FlashFlowError, retry_after_s: int) -> Answer:
 
 def internal_answer() -> Answer:
     """The answer to anything unexpected: no stack trace leaves the server."""
-    return error_answer(500, "INTERNAL_ERROR", "An unexpected error occurred.")
+    return error_answer(500, INTERNAL_ERROR, "An unexpected error occurred.")
 
 
 def error_response(status: int, code: str, message: str, *,

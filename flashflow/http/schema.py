@@ -1,15 +1,14 @@
-"""The API's models: they validate requests and they are the OpenAPI document.
+"""The API's models: they validate requests and they are the bodies of the OpenAPI document.
 
 Requests are validated by quart-schema from these pydantic models; the rules for a
-``userId`` live once, in :mod:`flashflow.http.validation`, and are reused here.
+``userId`` live once, in :mod:`flashflow.http.validation`, and are reused here. What each
+route answers, and the document built from it, is :mod:`flashflow.http.openapi`'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AwareDatetime,
@@ -21,8 +20,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
-from quart_schema import OpenAPIProvider, QuartSchema
-from quart_trio import QuartTrio
 
 from actors.errors import InvalidInput
 
@@ -39,22 +36,24 @@ def _checked(rule):
     return check
 
 
-class _UserIdSchema:
-    """The user id's JSON schema, built when the OpenAPI document is first asked for."""
-
-    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
-        return {
-            "type": "string",
-            "minLength": validation.USER_ID_MIN,
-            "maxLength": validation.USER_ID_MAX,
-            "pattern": validation.user_id_pattern(),
-            "description": "3 to 255 characters after trimming and NFC normalisation; no "
-                           "character of Unicode categories "
-                           f"{', '.join(validation.REFUSED_CATEGORIES)}.",
-        }
+UserId = Annotated[
+    str,
+    BeforeValidator(_checked(validation.user_id)),
+    WithJsonSchema({
+        "type": "string", "minLength": validation.USER_ID_MIN,
+        "maxLength": validation.USER_ID_MAX, "pattern": validation.user_id_pattern(),
+        "description": validation.user_id_rule(),
+    }),
+]
 
 
-UserId = Annotated[str, BeforeValidator(_checked(validation.user_id)), _UserIdSchema()]
+def _no_default(schema: dict[str, Any]) -> None:
+    # An optional userId is left out, not sent as null: its schema holds no null default.
+    schema.pop("default", None)
+
+
+#: A userId that a bearer token's subject may stand in for.
+OPTIONAL = Field(None, json_schema_extra=_no_default)
 
 
 ProductName = Annotated[
@@ -118,7 +117,7 @@ class SignedInPurchaseRequest(BaseModel):
     """The body of ``POST /purchase`` with a bearer token: ``userId``, if sent, is its ``sub``."""
 
     model_config = ConfigDict(extra="ignore")
-    userId: UserId | SkipJsonSchema[None] = None
+    userId: UserId | SkipJsonSchema[None] = OPTIONAL
 
 
 class StatusQuery(BaseModel):
@@ -132,12 +131,7 @@ class SignedInStatusQuery(BaseModel):
     """The query string of ``GET /purchase`` with a bearer token: ``userId`` is optional."""
 
     model_config = ConfigDict(extra="ignore")
-    userId: UserId | SkipJsonSchema[None] = None
-
-
-#: The OpenAPI security scheme of the bearer token, and a route's requirement of it.
-BEARER_SCHEME = {"bearer": {"type": "http", "scheme": "bearer", "bearer_format": "JWT"}}
-BEARER = [{"bearer": []}]
+    userId: UserId | SkipJsonSchema[None] = OPTIONAL
 
 
 class SaleOut(BaseModel):
@@ -235,111 +229,6 @@ class ReadinessEnvelope(BaseModel):
     """``{"data": {"ready": ..., "checks": {...}}}``: 200 when ready, 503 when not."""
 
     data: ReadinessOut
-
-
-#: Where the answers a route documents are kept on its view function.
-ANSWERS_ATTRIBUTE = "_flashflow_answers"
-#: The media type of the live event streams.
-EVENT_STREAM = "text/event-stream"
-
-RETRY_AFTER = {"Retry-After": {
-    "description": "Whole seconds to wait before trying again.",
-    "required": True,
-    "schema": {"type": "integer", "minimum": 0},
-}}
-WWW_AUTHENTICATE = {"WWW-Authenticate": {
-    "description": "The bearer challenge (RFC 6750).",
-    "required": True,
-    "schema": {"type": "string"},
-}}
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One response a route can give, as the OpenAPI document lists it.
-
-    ``model`` is the JSON body's model; ``None`` with ``media_type`` set documents a body of
-    that media type as a string (the event stream).
-    """
-
-    status: int
-    description: str
-    model: type[BaseModel] | None = ErrorEnvelope
-    media_type: str = "application/json"
-    headers: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def ok(status: int, model: type[BaseModel], description: str | None = None) -> Answer:
-    """A success answer; its description is the model's docstring unless given."""
-    return Answer(status, description or (model.__doc__ or "").strip(), model)
-
-
-BAD_REQUEST = Answer(400, "VALIDATION_ERROR: the sale id, the query string or the body is "
-                          "not valid.")
-BAD_SALE_ID = Answer(400, "VALIDATION_ERROR: the sale id is not valid.")
-UNAUTHORIZED = Answer(401, "UNAUTHORIZED: no single valid bearer token.",
-                      headers=WWW_AUTHENTICATE)
-FORBIDDEN = Answer(403, "FORBIDDEN: userId names another user than the token's subject.")
-NOT_FOUND = Answer(404, "SALE_NOT_FOUND: no such sale (or, for /current, no current sale).")
-PURCHASE_CONFLICT = Answer(409, "The purchase is refused; error.code says why: "
-                                "SALE_NOT_ACTIVE (not started yet, or ended), SOLD_OUT, or "
-                                "ALREADY_PURCHASED (this user already holds one).")
-TOO_LARGE = Answer(413, "PAYLOAD_TOO_LARGE: the body is over the size limit.")
-UNSUPPORTED = Answer(415, "UNSUPPORTED_MEDIA_TYPE: a body that is not application/json.")
-RATE_LIMITED = Answer(429, "RATE_LIMIT_EXCEEDED: this user or client address is over its "
-                           "rate; retry after Retry-After seconds.", headers=RETRY_AFTER)
-UNAVAILABLE = Answer(503, "UNAVAILABLE: overloaded, shutting down, or a backend (Redis, "
-                          "PostgreSQL) does not answer; retry after Retry-After seconds.",
-                     headers=RETRY_AFTER)
-
-T = TypeVar("T", bound=Callable[..., Any])
-
-
-def answers(*items: Answer) -> Callable[[T], T]:
-    """Document the responses a route gives (each status once)."""
-    def decorator(func: T) -> T:
-        listed = dict(getattr(func, ANSWERS_ATTRIBUTE, {}))
-        listed.update({item.status: item for item in items})
-        setattr(func, ANSWERS_ATTRIBUTE, listed)
-        return func
-    return decorator
-
-
-class Document(OpenAPIProvider):
-    """quart-schema's document, with each route's :func:`answers`: per-status descriptions,
-    response headers where OpenAPI puts them, and non-JSON media types."""
-
-    def build_paths(self, rule: Any) -> tuple[dict, dict]:
-        paths, components = super().build_paths(rule)
-        listed: dict[int, Answer] = getattr(self._app.view_functions[rule.endpoint],
-                                            ANSWERS_ATTRIBUTE, {})
-        responses: dict[int, dict[str, Any]] = {}
-        for status, item in sorted(listed.items()):
-            if item.model is None:
-                response: dict[str, Any] = {
-                    "content": {item.media_type: {"schema": {"type": "string"}}}}
-            else:
-                response, definitions = self.build_response_object(item.model, None)
-                components.update(definitions)
-            response["description"] = item.description
-            if item.headers:
-                response["headers"] = dict(item.headers)
-            responses[status] = response
-        for operations in paths.values():
-            for operation in operations.values():
-                operation["responses"] = {**operation["responses"], **responses}
-        return paths, components
-
-
-def install_schema(app: QuartTrio, signed_in: bool) -> None:
-    """Serve the OpenAPI document at ``/openapi.json`` (no UI pages: they load from CDNs)."""
-    QuartSchema(
-        app,
-        info={"title": "Flash Flow", "version": "1"},
-        swagger_ui_path=None, redoc_ui_path=None, scalar_ui_path=None,
-        security_schemes=BEARER_SCHEME if signed_in else None,
-        openapi_provider_class=Document,
-    )
 
 
 def validation_message(cause: Exception | None) -> str:

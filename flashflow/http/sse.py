@@ -29,7 +29,7 @@ from actors import FlashFlowError, Sale, SaleStatus
 
 from ..runtime import Runtime
 from . import validation
-from .schema import BAD_SALE_ID, EVENT_STREAM, NOT_FOUND, UNAVAILABLE, Answer, answers
+from .openapi import BAD_SALE_ID, EVENT_STREAM, NOT_FOUND, UNAVAILABLE, Answer, answers
 from .wire import (
     BY_ID,
     CURRENT_EVENTS,

@@ -7,10 +7,8 @@ character that could hide or disguise what it says (:data:`REFUSED_CATEGORIES`).
 
 from __future__ import annotations
 
-import sys
 import unicodedata
 import uuid
-from functools import cache
 from typing import Any
 
 from actors.errors import InvalidInput
@@ -67,30 +65,39 @@ def text(value: Any, name: str, shortest: int, longest: int) -> str:
     return trimmed
 
 
-def _escaped(code: int) -> str:
-    # \\uXXXX reads the same in Python's re and ECMA-262; astral characters go in literally
-    # (one code point each in Python and in an ECMA-262 pattern with the ``u`` flag).
-    return f"\\u{code:04x}" if code <= 0xFFFF else chr(code)
+#: The refused characters the OpenAPI pattern names, as code point ranges: every control
+#: character (Cc), the line and paragraph separators (Zl, Zp), the surrogates (Cs) and the
+#: Basic Multilingual Plane's private-use area (Co), and the invisible formatting characters
+#: (Cf) that hide or reorder text: the soft hyphen, the Arabic letter mark, the Mongolian
+#: vowel separator, zero-width characters and direction marks, bidi embeddings, overrides and
+#: isolates, word joiners, the byte order mark and the interlinear annotation characters.
+#: The other Cf and Co characters and the unassigned code points (Cn) would take a pattern of
+#: some 35,000 characters: the document says them in words, and :func:`text` refuses them.
+PATTERN_RANGES: tuple[tuple[int, int], ...] = (
+    (0x00, 0x1F), (0x7F, 0x9F), (0xAD, 0xAD), (0x61C, 0x61C), (0x180E, 0x180E),
+    (0x200B, 0x200F), (0x2028, 0x202E), (0x2060, 0x2064), (0x2066, 0x206F),
+    (0xD800, 0xF8FF), (0xFEFF, 0xFEFF), (0xFFF9, 0xFFFB),
+)
 
 
-@cache
-def refused_class() -> str:
-    """A regex character class body matching every refused character, built from unicodedata."""
-    ranges: list[tuple[int, int]] = []
-    for code in range(sys.maxunicode + 1):
-        if unicodedata.category(chr(code)) in REFUSED_CATEGORIES:
-            if ranges and ranges[-1][1] == code - 1:
-                ranges[-1] = (ranges[-1][0], code)
-            else:
-                ranges.append((code, code))
-    return "".join(_escaped(a) if a == b else f"{_escaped(a)}-{_escaped(b)}" for a, b in ranges)
+def _range(first: int, last: int) -> str:
+    # \uXXXX reads the same in Python's re and ECMA-262.
+    return f"\\u{first:04x}" if first == last else f"\\u{first:04x}-\\u{last:04x}"
 
 
-@cache
 def user_id_pattern() -> str:
-    """The OpenAPI ``pattern`` of a user id: no refused character, no blank at either end."""
-    refused = refused_class()
+    """The OpenAPI ``pattern`` of a user id: none of :data:`PATTERN_RANGES`, no blank at either
+    end. Every string it refuses the server refuses too (or trims); the server refuses more."""
+    refused = "".join(_range(first, last) for first, last in PATTERN_RANGES)
     return rf"^[^\s{refused}]([^{refused}]*[^\s{refused}])?$"
+
+
+def user_id_rule() -> str:
+    """The user id's rule in words, for the OpenAPI document."""
+    categories = ", ".join(f"{name} ({kind})" for name, kind in REFUSED_CATEGORIES.items())
+    return (f"{USER_ID_MIN} to {USER_ID_MAX} characters after trimming and NFC normalisation; "
+            f"no character of the Unicode categories {categories}. The pattern names only the "
+            "commonest of these characters; the server refuses them all.")
 
 
 def sale_id(raw: str | None) -> uuid.UUID | None:
