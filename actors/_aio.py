@@ -6,12 +6,15 @@ time and no driver exception escapes an actor.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 import asyncpg
+import redis
 import redis.asyncio as aioredis
 import redis.exceptions
 import trio
@@ -74,12 +77,35 @@ async def call(
         raise BackendUnavailable(backend) from exc
 
 
+#: Where redis-py's and asyncio's own code lives (see :func:`redis_call`).
+_DRIVER_DIRS = tuple(str(Path(module.__file__).parent) + "/" for module in (redis, asyncio))
+
+
+def _raised_in_driver(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by redis-py's or asyncio's own code, not by ours."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename.startswith(_DRIVER_DIRS)
+
+
 async def redis_call(timeout_s: float, fn: Callable[P, Awaitable[T]], *args: P.args,
                      **kwargs: P.kwargs) -> T:
-    """:func:`call` for redis-py, with every Redis error read as BackendUnavailable."""
+    """:func:`call` for redis-py, with every Redis error read as BackendUnavailable.
+
+    So is an ``AttributeError`` or ``TypeError`` raised inside redis-py or asyncio: a
+    connection torn down under a call (by the cluster client's refresh of its nodes during
+    a failover, ``'NoneType' object has no attribute 'writelines'``; by a peer's reset,
+    redis-py issue #4287) fails that way instead of with ``ConnectionError``. redis-py has
+    dropped the connection by then, and the pool opens a new one.
+    """
     try:
         return await call("redis", timeout_s, fn, *args, **kwargs)
     except redis.exceptions.RedisError as exc:
+        raise BackendUnavailable("redis") from exc
+    except (AttributeError, TypeError) as exc:
+        if not _raised_in_driver(exc):
+            raise
         raise BackendUnavailable("redis") from exc
 
 

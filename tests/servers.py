@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pytest
 import redis
@@ -28,6 +28,8 @@ from flashflow.embedded import cluster_port, free_port
 from flashflow.processes import stop_process
 
 MASTER = "ffmaster"
+
+T = TypeVar("T")
 
 
 def binary(name: str, package: str) -> str:
@@ -70,8 +72,19 @@ class RedisProcess:
             os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
 
+    def pause(self) -> None:
+        """SIGSTOP the server by its pid: it reads, answers and replicates nothing."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT the server by its pid (a no-op once it has exited)."""
+        if self.process.poll() is None:
+            with suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGCONT)
+
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL, by pid."""
+        """SIGTERM, then SIGKILL, by pid (a paused server is resumed first, to hear SIGTERM)."""
+        self.resume()
         if self.process.poll() is None:
             stop_process(self.process, signal.SIGTERM, 5)
 
@@ -104,6 +117,78 @@ def start_redis_process(directory: Path, *args: str, config: str | None = None,
         node.stop()
         raise
     return node
+
+
+@dataclass(frozen=True)
+class Lag(Generic[T]):
+    """A replica left behind by :func:`leave_replica_behind`, as read from each process."""
+
+    #: The master's ``master_repl_offset`` just before it was killed.
+    master_offset: int
+    #: The replica's offset once it had applied all it was sent, before any promotion.
+    replica_offset: int
+    #: What ``read`` found on the master once ``lag`` writes were past the cut.
+    on_master: T
+    #: What ``read`` found on the replica, before any promotion.
+    on_replica: T
+    #: How long the replica was stopped.
+    seconds_stopped: float
+    #: ``time.monotonic()`` of the master's SIGKILL.
+    killed_at: float
+
+
+def leave_replica_behind(master: RedisProcess, replica: RedisProcess,
+                         read: Callable[[redis.Redis], T], writes: Callable[[T], int], *,
+                         lag: int, kill: Callable[[], None] | None = None,
+                         timeout_s: float = 20.0) -> Lag[T]:
+    """Make ``replica`` miss the master's last ``lag`` writes, then kill the master.
+
+    A replica SIGSTOPped alone does not lag on loopback (the kernel buffers the stream for
+    it), so its link is also cut (``CLIENT KILL TYPE replica``) while it is stopped: it
+    gets what was sent until then and nothing after. The master goes on acknowledging
+    writes until ``writes(read(master))`` has grown by ``lag`` since the cut (``read``
+    should read in one step, a script, so each reading is consistent), and is SIGKILLed (by
+    ``kill``, default :meth:`RedisProcess.kill`) while the replica is still stopped, so the
+    replica can never resync. The replica is then resumed; once it has applied what the
+    kernel kept for it (its link reads down), it is read, before anyone can promote it.
+
+    Raises:
+        AssertionError: the writes did not grow in ``timeout_s``, or the replica was no
+            longer a replica when it was read.
+    """
+    on_master_client = master.client()
+    on_replica_client = replica.client(single_connection_client=True)
+    try:
+        replica.pause()
+        stopped_at = time.monotonic()
+        try:
+            on_master_client.client_kill_filter(_type="replica")
+            at_cut = writes(read(on_master_client))
+
+            def grown() -> T | None:
+                now = read(on_master_client)
+                return now if writes(now) >= at_cut + lag else None
+
+            on_master = wait_for(grown, timeout_s, f"{lag} writes acknowledged by the master "
+                                                   "after the replica's link was cut")
+            master_offset = on_master_client.info("replication")["master_repl_offset"]
+            (kill or master.kill)()
+            killed_at = time.monotonic()
+        finally:
+            replica.resume()
+        seconds_stopped = time.monotonic() - stopped_at
+        wait_for(lambda: on_replica_client.info("replication")["master_link_status"] == "down",
+                 10, "the replica has applied what it was sent and lost its master")
+        with suppress(redis.ResponseError):  # a cluster's replica serves reads once READONLY
+            on_replica_client.execute_command("READONLY")
+        on_replica = read(on_replica_client)
+        state = on_replica_client.info("replication")
+        assert state["role"] == "slave", f"read after the promotion: {state}"
+        return Lag(master_offset, state["master_repl_offset"], on_master, on_replica,
+                   seconds_stopped, killed_at)
+    finally:
+        on_master_client.close()
+        on_replica_client.close()
 
 
 @dataclass
@@ -179,6 +264,14 @@ class Cluster:
             if start <= slot <= end:
                 return next(n for n in self.nodes if n.port == int(master[1]))
         raise AssertionError(f"no node serves slot {slot}")
+
+    def replica_of(self, master: RedisProcess) -> RedisProcess:
+        """The live node that replicates ``master``."""
+        for node in self.live():
+            with node.client() as client:
+                if client.info("replication").get("master_port") == master.port:
+                    return node
+        raise AssertionError(f"no node replicates port {master.port}")
 
     def kill(self, node: RedisProcess) -> None:
         """SIGKILL one node by its pid."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import redis.asyncio
 import trio
 import trio.lowlevel
 import trio_asyncio
@@ -138,6 +139,20 @@ async def test_call_returns_the_value_and_lets_other_errors_through():
             assert await _aio.call("redis", 1.0, add, 2, b=3) == 5
             with pytest.raises(KeyError):
                 await _aio.call("redis", 1.0, _raise, KeyError("k"))
+
+
+async def test_redis_call_reads_a_connection_torn_down_under_it_as_unavailable():
+    """redis-py writing on a connection dropped under it (writer None) is BackendUnavailable;
+    the same error raised by our own code passes unchanged."""
+    dropped = redis.asyncio.Connection()  # never connected: no writer, as once disconnected
+    with trio.fail_after(5):
+        async with trio_asyncio.open_loop():
+            with pytest.raises(BackendUnavailable) as caught:
+                await _aio.redis_call(1.0, dropped._send_packed_command, [b"PING\r\n"])
+            with pytest.raises(AttributeError):
+                await _aio.redis_call(1.0, _raise, AttributeError("ours"))
+    assert caught.value.backend == "redis"
+    assert isinstance(caught.value.__cause__, AttributeError)
 
 
 def test_every_error_is_a_flashflow_error_carrying_a_message():

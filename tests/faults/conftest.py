@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -28,10 +29,13 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+import redis
 import trio
 
 from actors import Sale
+from actors.keys import parse_holder, sale_keys
 from flashflow.embedded import EmbeddedServer, start_postgres, start_redis
+from flashflow.invariants import GateSnapshot, ledger_snapshot
 from flashflow.migrate import apply_migrations
 from flashflow.settings import Settings
 from loadtests.records import PURCHASE as PURCHASE_KIND
@@ -42,13 +46,16 @@ from ..helpers import (  # noqa: F401  (sale_row_locked: imported by the fault t
     gate_state,
     judge,
     ledger_of,
+    redis_client,
     run_pg,
     sale_row_locked,
     spawn_server,
 )
+from ..servers import Cluster, redis_cluster
 
 PURCHASE = "/api/v1/flash-sales/current/purchase"
 RETURNED_LOG_LINE = "returned a reservation that never committed"
+CLAIMED_LOG_LINE = r"recorded (\d+) committed purchases the gate did not hold"
 
 #: Outcome.status for a request that got no HTTP answer (refused, reset, closed).
 NO_ANSWER = 0
@@ -166,6 +173,13 @@ def backends() -> Iterator[Backends]:
 
 
 @pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A Redis Cluster of three masters with a replica each, stopped by pid afterwards."""
+    with redis_cluster(tmp_path / "redis", masters=3, replicas=1) as started:
+        yield started
+
+
+@pytest.fixture
 def fault_settings(backends: Backends, tmp_path: Path) -> Settings:
     """Settings on this test's own servers, with short timeouts and a short reservation grace."""
     return Settings(
@@ -258,8 +272,13 @@ def stop_server_tree(server: ServerProcess) -> None:
             process.wait(10)
 
 
-async def wait_until_serving(base_url: str, timeout_s: float = 30.0) -> float:
+async def wait_until_serving(base_url: str, timeout_s: float = 30.0, *,
+                             checks: tuple[str, ...] = ("redis", "postgres")) -> float:
     """Wait until /readyz says Redis and PostgreSQL answer; return the seconds it took.
+
+    Args:
+        checks: the /readyz checks that must hold; add "gate" to wait until the current
+            sale's gate is read through the Redis node that serves it.
 
     Raises:
         AssertionError: not ready within ``timeout_s``; names the last answer (or error).
@@ -272,8 +291,8 @@ async def wait_until_serving(base_url: str, timeout_s: float = 30.0) -> float:
                 try:
                     response = await client.get("/readyz")
                     last = response.status_code, response.text
-                    checks = response.json()["data"]["checks"]
-                    if checks["redis"] and checks["postgres"]:
+                    held = response.json()["data"]["checks"]
+                    if all(held[name] for name in checks):
                         return trio.current_time() - started
                 except (httpx.HTTPError, ValueError, KeyError) as exc:
                     last = exc
@@ -311,6 +330,12 @@ async def open_clients(*servers: ServerProcess, timeout_s: float = 15.0
 def reconciler_returns(*servers: ServerProcess) -> int:
     """Reservations the reconcilers of these servers logged as put back on sale."""
     return sum(s.log_path.read_text(errors="replace").count(RETURNED_LOG_LINE) for s in servers)
+
+
+def reconciler_claims(*servers: ServerProcess) -> int:
+    """Committed purchases the reconcilers of these servers logged as claimed back."""
+    return sum(int(m) for s in servers
+               for m in re.findall(CLAIMED_LOG_LINE, s.log_path.read_text(errors="replace")))
 
 
 def lines_in_logs(text: str, *servers: ServerProcess) -> int:
@@ -651,6 +676,77 @@ async def wait_for_gate_to_agree(settings: Settings, sale: Sale, timeout_s: floa
                 f"after {timeout_s}s Redis stock={stock}, total={sale.total_stock}, "
                 f"committed={len(rows)}; held without a row: {extra}; rows not held: {missing}")
         await trio.sleep(0.1)
+
+
+#: A sale's gate read in one step: its stock, its holders and the holders still in doubt.
+GATE_AT_ONCE = """
+return {redis.call('GET', KEYS[1]), redis.call('HGETALL', KEYS[2]),
+        redis.call('ZRANGE', KEYS[3], 0, -1)}
+"""
+
+
+def gate_at_once(client: Any, settings: Settings, sale: Sale) -> tuple[GateSnapshot, set[str]]:
+    """The gate of ``sale`` read in one script: its stock and holders, and the holders still
+    pending. Read-only (``EVAL_RO``), so a replica answers it too (a cluster's once
+    ``READONLY``)."""
+    keys = sale_keys(settings.key_prefix, sale.id)
+    stock, flat, pending = client.eval_ro(GATE_AT_ONCE, 3, keys.stock, keys.buyers,
+                                          keys.pending)
+    held = {flat[i]: parse_holder(flat[i + 1])[0] for i in range(0, len(flat), 2)}
+    return GateSnapshot(None if stock is None else int(stock), held), set(pending)
+
+
+def gate_law_breaks(client: Any, settings: Settings, sale: Sale) -> list[str]:
+    """What keeps the gate of ``sale`` from the ledger's truth now, purchases flowing or not.
+
+    The truth: every committed buyer is a holder under their purchase id; every other
+    holder is a reservation still in doubt (pending); stock = total - holders. With nothing
+    pending that is exactly: the holders are the committed buyers, stock = total -
+    committed. The gate is read in one script, the rows before it (for the first rule) and
+    after it (for the second), so a commit landing meanwhile breaks neither.
+
+    Args:
+        client: a synchronous client on the test's Redis (:func:`tests.helpers.redis_client`).
+    """
+    before = ledger_snapshot(settings.database_url, sale.id).purchases
+    gate, pending = gate_at_once(client, settings, sale)
+    after = ledger_snapshot(settings.database_url, sale.id).purchases
+    held = gate.buyers
+    breaks = []
+    missing = sorted(u for u, pid in before.items() if held.get(u) != pid)
+    if missing:
+        breaks.append(f"{len(missing)} committed buyers not held: {missing[:3]}")
+    unbacked = sorted(u for u, pid in held.items() if u not in pending and after.get(u) != pid)
+    if unbacked:
+        breaks.append(f"{len(unbacked)} holders neither committed nor pending: {unbacked[:3]}")
+    if gate.stock != sale.total_stock - len(held):
+        breaks.append(f"stock {gate.stock} for total {sale.total_stock} and {len(held)} holders")
+    return breaks
+
+
+async def wait_for_gate_law(settings: Settings, sale: Sale, timeout_s: float) -> float:
+    """Wait until :func:`gate_law_breaks` finds nothing; return ``time.monotonic()`` then.
+
+    Redis errors (a failover under way) count as not yet.
+
+    Raises:
+        AssertionError: still broken after ``timeout_s``; says how.
+    """
+    client = redis_client(settings)
+    last: object = None
+    try:
+        with trio.move_on_after(timeout_s):
+            while True:
+                try:
+                    last = await trio.to_thread.run_sync(gate_law_breaks, client, settings, sale)
+                except redis.RedisError as exc:
+                    last = exc
+                if last == []:
+                    return time.monotonic()
+                await trio.sleep(0.05)
+    finally:
+        client.close()
+    raise AssertionError(f"the gate was not the ledger's truth after {timeout_s} s: {last}")
 
 
 # -- a Redis that stops answering ------------------------------------------------------------

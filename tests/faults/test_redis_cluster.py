@@ -3,7 +3,6 @@ master SIGKILLed mid-sale with its replica promoted."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -16,7 +15,7 @@ from flashflow.runtime import open_runtime
 
 from ..helpers import make_sale
 from ..integration.test_stampede import check_invariants
-from ..servers import Cluster, redis_cluster, wait_for
+from ..servers import Cluster, wait_for
 from .conftest import (
     Recorder,
     check_exact_end,
@@ -28,13 +27,6 @@ from .conftest import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def cluster(tmp_path) -> Iterator[Cluster]:
-    """Three masters, a replica each, stopped by pid afterwards."""
-    with redis_cluster(tmp_path / "redis", masters=3, replicas=1) as started:
-        yield started
 
 
 async def sales_on_two_shards(settings, cluster: Cluster, stock: int):
