@@ -132,6 +132,11 @@ async def open_runtime(settings: Settings, *,
             variable. The config builders above take settings that passed this check.
     """
     settings.require(*SERVICE_URLS)
+    if settings.reservation_grace_s <= settings.purchase_wait_s:
+        log.warning("FLASHFLOW_RESERVATION_GRACE_S (%s) is not longer than "
+                    "FLASHFLOW_PURCHASE_WAIT_S (%s): a reconciler may put a unit back on sale "
+                    "while its commit still waits to be sent", settings.reservation_grace_s,
+                    settings.purchase_wait_s)
     with single_errors():
         async with (
             open_asyncio_bridge(),

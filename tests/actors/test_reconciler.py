@@ -128,3 +128,22 @@ async def test_every_sale_with_a_gate_is_reconciled(settings):
             await until_reconciled(runtime, lambda: [
                 r.get(sale_keys(settings.key_prefix, s.id).stock) for s in (running, upcoming)
             ] == ["4", "6"])
+
+
+async def test_a_pending_holder_of_another_purchase_takes_the_committed_one(settings):
+    """A restored snapshot holds the user pending under a reservation that was rolled back,
+    while the ledger has their purchase: the committed one takes its place within a pass,
+    long before the grace, and the stock is left as it is."""
+    settings = replace(settings, reservation_grace_s=60, reconcile_interval_s=0.1)
+    sale = await make_sale(settings.database_url, stock=3)
+    keys, r = sale_keys(settings.key_prefix, sale.id), redis_client(settings)
+    with trio.fail_after(30):
+        async with open_runtime(settings) as runtime:
+            bought = await runtime.serializer.purchase(sale, "alice")
+            await until_reconciled(runtime, lambda: r.zcard(keys.pending) == 0)
+            now_ms = int(r.time()[0]) * 1000
+            r.hset(keys.buyers, "alice", f"{uuid.uuid4()}:{now_ms}")
+            r.zadd(keys.pending, {"alice": now_ms})
+            await until_reconciled(runtime, lambda: r.zcard(keys.pending) == 0)
+    assert r.hget(keys.buyers, "alice") == f"{bought.id}:0"
+    assert r.get(keys.stock) == "2"
