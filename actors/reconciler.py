@@ -109,12 +109,11 @@ class Reconciler:
         settled = await self._gate.settle(sale_id, committed)
         # A pending holder whose user committed another purchase (a Redis restored from a
         # snapshot older than that reservation's undoing) can never commit: the committed
-        # purchase takes its place now, so it is no longer counted as in doubt.
+        # purchase, which the gate did not hold, takes its place now.
         replaced = {u: str(found[u].id) for u, (pid, _) in view.oldest.items()
                     if u in found and str(found[u].id) != pid}
         if replaced:
             await self._gate.claim(sale_id, replaced)
-            settled += len(replaced)
         claimed = 0
         complete = view.pending <= len(view.oldest)
         if complete and sold > view.holders - view.pending + len(committed) + len(replaced):
@@ -123,7 +122,7 @@ class Reconciler:
         returned = await self._return_stale(sale_id, view.now_ms, {
             u: pid for u, (pid, at_ms) in view.oldest.items()
             if u not in found and view.now_ms - at_ms >= self._grace_ms})
-        repair = Repair(settled, claimed, *(counts or (None, None)), returned)
+        repair = Repair(settled, claimed + len(replaced), *(counts or (None, None)), returned)
         self._record(sale_id, repair)
         return repair
 
