@@ -122,6 +122,15 @@ class Backends:
                 os.kill(child.pid, signal.SIGSTOP)
                 self.paused_postgres.append(child.pid)
 
+    @asynccontextmanager
+    async def postgres_paused(self) -> AsyncIterator[None]:
+        """PostgreSQL stopped (:meth:`pause_postgres`) for as long as the block runs."""
+        self.pause_postgres()
+        try:
+            yield
+        finally:
+            self.resume_postgres()
+
     def resume_postgres(self) -> None:
         """SIGCONT what :meth:`pause_postgres` stopped: it reads what waited and answers."""
         paused, self.paused_postgres = self.paused_postgres, []
@@ -815,12 +824,13 @@ class StuckableProxy:
 
 
 def latency_figures(outcomes: list[Outcome]) -> dict[str, float | None]:
-    """Median and maximum client-side latency of ``outcomes``, in milliseconds."""
-    seconds = [o.seconds for o in outcomes]
+    """Median, 99th percentile and maximum client-side latency of ``outcomes``, in ms."""
+    seconds = sorted(o.seconds for o in outcomes)
     if not seconds:
-        return {"p50_ms": None, "max_ms": None}
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
     return {"p50_ms": round(statistics.median(seconds) * 1000, 1),
-            "max_ms": round(max(seconds) * 1000, 1)}
+            "p99_ms": round(seconds[int(len(seconds) * 0.99)] * 1000, 1),
+            "max_ms": round(seconds[-1] * 1000, 1)}
 
 
 async def check_sale_after_faults(settings: Settings, sale: Sale, recorder: Recorder, *,

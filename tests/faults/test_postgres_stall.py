@@ -11,8 +11,9 @@ a committed row, every 201 a row, no 5xx but 503.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from functools import partial
 from typing import Any
 
 import pytest
@@ -120,12 +121,7 @@ async def test_sale_row_locked_past_the_timeout(fault_settings, launch, figures)
     settings = fault_settings
     sale = await make_sale(settings.database_url, stock=STOCK)
     servers = [await launch(settings, "--workers", "2")]
-
-    @asynccontextmanager
-    async def stall() -> AsyncIterator[None]:
-        async with sale_row_locked(settings.database_url, sale.id):
-            yield
-
+    stall = partial(sale_row_locked, settings.database_url, sale.id)
     await buy_through_a_stall(settings, sale, servers, stall, figures)
 
 
@@ -134,13 +130,4 @@ async def test_postgres_sigstopped_past_the_timeout(backends, fault_settings, la
     settings = fault_settings
     sale = await make_sale(settings.database_url, stock=STOCK)
     servers = [await launch(settings, "--workers", "2")]
-
-    @asynccontextmanager
-    async def stall() -> AsyncIterator[None]:
-        backends.pause_postgres()
-        try:
-            yield
-        finally:
-            backends.resume_postgres()
-
-    await buy_through_a_stall(settings, sale, servers, stall, figures)
+    await buy_through_a_stall(settings, sale, servers, backends.postgres_paused, figures)
