@@ -121,6 +121,8 @@ def settings(database_url: str, key_prefix: str, services: Services, tmp_path: P
         rate_address_per_s=1_000_000.0,
         rate_address_burst=1_000_000,
         postgres_timeout_s=30.0,
-        # A purchase in doubt waits a little longer than one commit may take, as by default.
+        # A purchase in doubt waits a little longer than one commit may take, as by default,
+        # and a reservation is returned only after a purchase's wait, as by default.
         purchase_wait_s=35.0,
+        reservation_grace_s=40.0,
     )
