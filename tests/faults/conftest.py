@@ -20,12 +20,16 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+try:
+    import coverage
+except ImportError:  # pragma: no cover - coverage is a test dependency
+    coverage = None
 import httpx
 import psutil
 import pytest
@@ -354,6 +358,25 @@ def lines_in_logs(text: str, *servers: ServerProcess) -> int:
 
 
 # -- load ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def client_untraced() -> Iterator[None]:
+    """The test process's own code not traced for coverage while the block runs.
+
+    Under ``make test`` the whole test process is traced, and a crowd of hundreds of
+    connections in one trio loop then reads its answers seconds late: what a latency bound
+    measured there would hold is the tracer, not the server (whose workers stay traced).
+    """
+    current = coverage.Coverage.current() if coverage is not None else None
+    if current is None:
+        yield
+        return
+    current.stop()
+    try:
+        yield
+    finally:
+        current.start()
 
 
 @dataclass(frozen=True, slots=True)
