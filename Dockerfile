@@ -8,8 +8,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin flashflow
 
-# Only what `pip install .` reads: the project file, its readme and the three packages.
-COPY pyproject.toml README.md /src/
+# Only what `pip install .` reads: the project file, its readme and licence, the three packages.
+COPY pyproject.toml README.md LICENSE /src/
 COPY actors /src/actors
 COPY flashflow /src/flashflow
 COPY migrations /src/migrations

@@ -2,20 +2,31 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# What is installed, each marked by a file of its own: `up` needs the runtime alone, the
+# tests (and `make install`, for working on Flash Flow) its test extra as well.
+RUNTIME := $(VENV)/.installed-runtime
+TESTING := $(VENV)/.installed-test
 
 .PHONY: up test install
 
-$(BIN)/flashflow: pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
 	touch $@
 
-install: $(BIN)/flashflow
+# The test extra comes with the runtime, so it marks both as installed.
+$(TESTING): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(RUNTIME)
 
-up: install
+install: $(TESTING)
+
+up: $(RUNTIME)
 	$(BIN)/flashflow up
 
-test: install
+test: $(TESTING)
 	$(BIN)/pytest --cov=actors --cov=flashflow --cov-report=term-missing $(PYTEST_ARGS)
 	$(BIN)/coverage report --include='actors/*' --fail-under=95

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +22,8 @@ from actors.model import Sale
 from .database import run_on_connection
 from .logs import configure_logging
 from .migrate import apply_migrations
-from .settings import SERVICE_URLS, Settings, SettingsError
+from .redaction import redact
+from .settings import SERVICE_URLS, Settings, SettingsError, unknown_variables
 
 log = logging.getLogger("flashflow")
 
@@ -55,7 +57,7 @@ def _run_pg(url: str, fn: Callable, *args: Any) -> Any:
     try:
         return run_on_connection(url, fn, *args)
     except (OSError, asyncpg.PostgresError) as exc:
-        raise click.ClickException(f"PostgreSQL at {url}: {exc}") from None
+        raise click.ClickException(redact(f"PostgreSQL at {url}: {exc}")) from None
 
 
 def _sale_json(sale: Sale, sold: int | None = None) -> str:
@@ -76,6 +78,7 @@ def _when(text: str) -> datetime:
 
 
 @click.group()
+@click.version_option(package_name="flashflow", prog_name="flashflow")
 @click.option("--log-level", default=None, help="Logging level [FLASHFLOW_LOG_LEVEL].")
 @click.pass_context
 def main(ctx: click.Context, log_level: str | None) -> None:
@@ -86,6 +89,16 @@ def main(ctx: click.Context, log_level: str | None) -> None:
         configure_logging(ctx.obj)
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
+    # The supervisor's workers run on its environment: it has warned already.
+    if ctx.invoked_subcommand != worker.name:
+        warn_unknown_variables(os.environ)
+
+
+def warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """Log a warning for each ``FLASHFLOW_*`` variable no setting reads (a typo, say)."""
+    for name, meant in unknown_variables(environ):
+        hint = f"; did you mean {meant}?" if meant else ""
+        log.warning("%s is not a Flash Flow setting and is ignored%s", name, hint)
 
 
 @main.command()
@@ -112,13 +125,16 @@ def _seed(url: str, product: str, stock: int, starts_in_s: float, duration_s: fl
 
 @main.command()
 @click.option("--database-url", help="PostgreSQL URL [FLASHFLOW_DATABASE_URL].")
-@click.option("--product", default=DEMO_PRODUCT, show_default=True)
-@click.option("--stock", type=click.IntRange(0, 10_000_000), default=100, show_default=True)
+@click.option("--product", default=DEMO_PRODUCT, show_default=True,
+              help="Name of the product on sale.")
+@click.option("--stock", type=click.IntRange(0, 10_000_000), default=100, show_default=True,
+              help="Units for sale.")
 @click.option("--starts-in", "starts_in_s", type=float, default=0, show_default=True,
               help="Seconds from now until the sale starts.")
 @click.option("--duration", "duration_s", type=click.FloatRange(min=1), default=3600,
               show_default=True, help="Seconds the sale lasts.")
-@click.option("--if-empty", is_flag=True, help="Only seed when no sale exists.")
+@click.option("--if-empty", is_flag=True,
+              help="Only seed when no sale exists (what `flashflow up` does).")
 @click.pass_obj
 def seed(settings: Settings, database_url: str | None, product: str, stock: int, starts_in_s: float,
          duration_s: float, if_empty: bool) -> None:
@@ -130,7 +146,11 @@ def seed(settings: Settings, database_url: str | None, product: str, stock: int,
 
 @main.group()
 def sale() -> None:
-    """Schedule and inspect sales (operators only: not reachable over HTTP)."""
+    """Schedule and inspect sales from the command line.
+
+    The admin API (/api/v1/admin/flash-sales, with FLASHFLOW_ADMIN_TOKEN) schedules and
+    changes sales over HTTP as well.
+    """
 
 
 @sale.command("create")
@@ -194,7 +214,7 @@ def sale_watch(url: str, max_events: int | None, timeout_s: float | None) -> Non
     try:
         watch(url, click.echo, max_events=max_events, timeout_s=timeout_s)
     except (httpx.HTTPError, RuntimeError) as exc:
-        raise click.ClickException(f"{url}: {exc}") from None
+        raise click.ClickException(redact(f"{url}: {exc}")) from None
     except KeyboardInterrupt:
         pass
 
@@ -245,12 +265,14 @@ def up(settings: Settings, host: str | None, port: int | None, database_url: str
         if not settings.database_url:
             postgres = start_postgres(settings.data_dir)
             stack.callback(postgres.stop)
-            click.echo(f"started embedded PostgreSQL (pid {postgres.pid}) at {postgres.url}")
+            click.echo(f"started embedded PostgreSQL (pid {postgres.pid}) at "
+                       f"{redact(postgres.url)}")
             settings = settings.override(database_url=postgres.url)
         if not settings.redis_url:
             redis_server = start_redis(settings.data_dir)
             stack.callback(redis_server.stop)
-            click.echo(f"started embedded Redis (pid {redis_server.pid}) at {redis_server.url}")
+            click.echo(f"started embedded Redis (pid {redis_server.pid}) at "
+                       f"{redact(redis_server.url)}")
             settings = settings.override(redis_url=redis_server.url)
         applied = _run_pg(settings.database_url, apply_migrations)
         click.echo(f"applied {len(applied)} migration(s)")

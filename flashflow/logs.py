@@ -2,6 +2,7 @@
 
 Every field passed through ``extra=`` (``correlation_id``, ``sale_id``, ``purchase_id``,
 ...) becomes a key of the JSON object, or a ``key=value`` pair in the readable format.
+Both formats mask the password of any URL a line holds (:func:`flashflow.redaction.redact`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from .redaction import redact
 from .settings import Settings, SettingsError
 
 #: Attributes every LogRecord has; anything else on a record came in through ``extra=``.
@@ -41,14 +43,14 @@ class JsonFormatter(logging.Formatter):
             "time": timestamp(record),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         for key, value in extras(record).items():
-            event.setdefault(key, value)
+            event.setdefault(key, redact(value) if isinstance(value, str) else value)
         if record.exc_info:
-            event["exception"] = self.formatException(record.exc_info)
+            event["exception"] = redact(self.formatException(record.exc_info))
         if record.stack_info:
-            event["stack"] = self.formatStack(record.stack_info)
+            event["stack"] = redact(self.formatStack(record.stack_info))
         return json.dumps(event, default=str, separators=(",", ":"))
 
 
@@ -62,11 +64,11 @@ class ReadableFormatter(logging.Formatter):
         """Return the classic line followed by the record's extras."""
         line = super().format(record)
         fields = extras(record)
-        if not fields:
-            return line
-        pairs = " ".join(f"{k}={v}" for k, v in fields.items())
-        head, sep, rest = line.partition("\n")
-        return f"{head} [{pairs}]{sep}{rest}"
+        if fields:
+            pairs = " ".join(f"{k}={v}" for k, v in fields.items())
+            head, sep, rest = line.partition("\n")
+            line = f"{head} [{pairs}]{sep}{rest}"
+        return redact(line)
 
 
 def _is_tty(stream: TextIO) -> bool:

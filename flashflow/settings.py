@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
@@ -12,7 +13,17 @@ from typing import Any, Self
 
 from actors.redis_url import parse_redis_url
 
+from .redaction import redact
+
 PREFIX = "FLASHFLOW_"
+#: ``FLASHFLOW_*`` variables that are no setting, read on purpose by the test suite (the
+#: servers it runs against) and the fault tests (where their figures go). The one list:
+#: the start-up warning about unknown variables and the docs' test pass them over.
+NOT_SETTINGS = frozenset({
+    "FLASHFLOW_TEST_DATABASE_URL",
+    "FLASHFLOW_TEST_REDIS_URL",
+    "FLASHFLOW_FAULT_FIGURES_DIR",
+})
 #: The variable prometheus-client itself reads when first imported; its name is not ours.
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 #: The fields a running server cannot do without: ``serve`` and each worker require them.
@@ -134,6 +145,11 @@ _CASTS: dict[str, Callable[[str], Any]] = {
 }
 
 
+def _secret() -> Any:
+    """A token's field: never shown, neither in ``repr`` nor in an error about its value."""
+    return field(default=None, repr=False, metadata={"secret": True})
+
+
 def env_name(f: Field) -> str:
     """The environment variable a settings field is read from."""
     return f.metadata.get("env", PREFIX + f.name.upper())
@@ -182,14 +198,14 @@ class Settings:
     fast_path: bool = True
     log_level: str = "INFO"
     #: The bearer token of the admin API; unset (or empty), the admin API is off (404).
-    admin_token: str | None = field(default=None, repr=False)
+    admin_token: str | None = _secret()
     metrics_dir: Path | None = field(default=None, metadata={"env": METRICS_DIR_VARIABLE})
-    auth_jwt_secret: str | None = field(default=None, repr=False)
+    auth_jwt_secret: str | None = _secret()
     auth_jwt_public_key_file: Path | None = None
     auth_jwt_issuer: str | None = None
     auth_jwt_audience: str | None = None
     auth_jwt_leeway_s: float = 30.0
-    metrics_token: str | None = field(default=None, repr=False)
+    metrics_token: str | None = _secret()
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     cors_origins: tuple[str, ...] = ()
 
@@ -201,6 +217,12 @@ class Settings:
                 and len(self.auth_jwt_secret.encode()) < MIN_SECRET_BYTES):
             raise SettingsError(f"FLASHFLOW_AUTH_JWT_SECRET must be at least "
                                 f"{MIN_SECRET_BYTES} bytes")
+
+    def __repr__(self) -> str:
+        # URLs are shown with their passwords masked, the tokens not at all.
+        shown = ", ".join(f"{f.name}={redact(repr(getattr(self, f.name)))}"
+                          for f in fields(self) if f.repr)
+        return f"{type(self).__name__}({shown})"
 
     @property
     def auth_enabled(self) -> bool:
@@ -223,7 +245,8 @@ class Settings:
                 try:
                     values[f.name] = cast(environ[name])
                 except ValueError as exc:
-                    raise SettingsError(f"{name}={environ[name]!r}: {exc}") from None
+                    given = "" if f.metadata.get("secret") else f"={redact(repr(environ[name]))}"
+                    raise SettingsError(f"{name}{given}: {exc}") from None
         return cls(**values).override(**overrides)
 
     def override(self, **overrides: Any) -> Self:
@@ -252,6 +275,22 @@ class Settings:
         # empty PROMETHEUS_MULTIPROC_DIR for the current directory.
         return {env_name(f): _render(getattr(self, f.name)) for f in fields(self)
                 if getattr(self, f.name) is not None}
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """The ``FLASHFLOW_*`` variables of ``environ`` that no setting reads (nor the tests, see
+    :data:`NOT_SETTINGS`), each with the variable it most likely meant, or None."""
+    # Matched on the part after the prefix, which every name shares: FLASHFLOW_WORKER is
+    # close to WORKERS, and FLASHFLOW_METRICS_DIR to metrics_dir, whose variable is
+    # prometheus-client's own.
+    meant = {f.name.upper(): env_name(f) for f in fields(Settings)}
+    known = set(meant.values()) | NOT_SETTINGS
+    unknown = []
+    for name in sorted(environ):
+        if name.startswith(PREFIX) and name not in known:
+            close = difflib.get_close_matches(name.removeprefix(PREFIX), meant, n=1)
+            unknown.append((name, meant[close[0]] if close else None))
+    return unknown
 
 
 def _render(value: Any) -> str:

@@ -7,6 +7,7 @@ as wheels, started once for the session and stopped by process id at its end.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -126,3 +127,14 @@ def settings(database_url: str, key_prefix: str, services: Services, tmp_path: P
         purchase_wait_s=35.0,
         reservation_grace_s=40.0,
     )
+
+
+@pytest.fixture
+def restore_root_logger() -> Iterator[None]:
+    """Put the root logger's handlers and level back after the test (``configure_logging``,
+    which every ``flashflow`` command calls, replaces them)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import subprocess
@@ -254,3 +255,10 @@ async def sale_row_locked(database_url: str, sale_id: uuid.UUID
             yield release.set
         finally:
             release.set()
+
+
+class TtyStream(io.StringIO):
+    """A text stream that says it is a terminal (so logs take their readable format)."""
+
+    def isatty(self) -> bool:
+        return True

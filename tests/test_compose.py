@@ -141,11 +141,13 @@ def test_dockerfile_builds_a_slim_non_root_image(dockerfile):
 
 
 def test_dockerfile_copies_what_pip_install_reads(dockerfile):
-    """The image gets pyproject.toml, its readme and every package setuptools installs."""
+    """The image gets pyproject.toml, its readme and licence, and every package setuptools
+    installs."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     copied = " ".join(a for i, a in dockerfile if i == "COPY").split()
     assert "pyproject.toml" in copied
     assert project["project"]["readme"] in copied
+    assert "LICENSE" in copied
     for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]:
         package = pattern.rstrip("*")
         assert package in copied, package

@@ -6,29 +6,15 @@ import io
 import json
 import logging
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from flashflow.logs import configure_logging
 from flashflow.settings import Settings, SettingsError
 
+from .helpers import TtyStream
 
-class TtyStream(io.StringIO):
-    """A text stream that says it is a terminal."""
-
-    def isatty(self) -> bool:
-        return True
-
-
-@pytest.fixture(autouse=True)
-def restore_root_logger() -> Iterator[None]:
-    """Put the root logger's handlers and level back after each test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_root_logger")
 
 
 def test_json_lines_parse_and_carry_extras():

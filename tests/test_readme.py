@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import shlex
 import shutil
@@ -43,6 +44,30 @@ def test_the_two_commands_are_make_targets():
     assert "make test" in ci
     # CI runs the newcomer's path: no service URLs, so the embedded servers are used.
     assert "export FLASHFLOW_" not in ci and "unset" in ci
+
+
+def make_dry_run(target: str, venv: Path) -> list[str]:
+    """The commands ``make TARGET`` would run for a fresh virtual environment at ``venv``."""
+    # Run from `make test`, make would pass its flags down and announce the directory.
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}}
+    done = subprocess.run(["make", "-n", "--no-print-directory", target, f"VENV={venv}"],
+                          cwd=README.parent, env=env, capture_output=True, text=True,
+                          timeout=30, check=True)
+    return done.stdout.splitlines()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_up_installs_only_what_running_needs(tmp_path):
+    """`make up` installs Flash Flow without its test extra; `make test` (and `make install`)
+    install the test tools as well."""
+    venv = tmp_path / "venv"
+    installs = {target: [line for line in make_dry_run(target, venv) if " install " in line
+                         and "--upgrade pip" not in line]
+                for target in ("up", "test", "install")}
+    assert installs["up"] == [f"{venv}/bin/pip install --quiet -e ."]
+    assert make_dry_run("up", venv)[-1] == f"{venv}/bin/flashflow up"
+    for target in ("test", "install"):
+        assert installs[target] == [f"{venv}/bin/pip install --quiet -e '.[test]'"], target
 
 
 def test_every_flashflow_command_in_the_readme_exists():

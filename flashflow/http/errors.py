@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from actors.errors import (
     AlreadyPurchased,
@@ -72,8 +72,13 @@ HTTP_CODES: dict[int, str] = {
 
 
 def error_answer(status: int, code: str, message: str, *,
-                 retry_after_s: int | None = None, challenge: str | None = None) -> Answer:
-    """Build the error envelope with a fresh correlation id, and log it with that id."""
+                 retry_after_s: int | None = None, challenge: str | None = None,
+                 allow: tuple[str, ...] = ()) -> Answer:
+    """Build the error envelope with a fresh correlation id, and log it with that id.
+
+    ``allow``, the methods the path accepts, makes the ``Allow`` header a 405 must carry
+    (RFC 9110, section 15.5.6).
+    """
     correlation_id = str(uuid.uuid4())
     # A sale's losers are many and expected: client errors are logged at DEBUG so a
     # stampede does not pay for a log line per 409; server errors always show.
@@ -85,6 +90,8 @@ def error_answer(status: int, code: str, message: str, *,
         headers += (("Retry-After", str(retry_after_s)),)
     if challenge is not None:
         headers += (("WWW-Authenticate", challenge),)
+    if allow:
+        headers += (("Allow", ", ".join(allow)),)
     return Answer(status, error_body(status, code, message, correlation_id).encode(), headers,
                   code)
 
@@ -114,11 +121,11 @@ def internal_answer() -> Answer:
 
 
 def error_response(status: int, code: str, message: str, *,
-                   retry_after_s: int | None = None, challenge: str | None = None
-                   ) -> ErrorResponse:
+                   retry_after_s: int | None = None, challenge: str | None = None,
+                   allow: tuple[str, ...] = ()) -> ErrorResponse:
     """:func:`error_answer` as a Quart response."""
     return response(error_answer(status, code, message, retry_after_s=retry_after_s,
-                                 challenge=challenge))
+                                 challenge=challenge, allow=allow))
 
 
 def for_error(error: FlashFlowError, retry_after_s: int) -> ErrorResponse:
@@ -132,7 +139,10 @@ def for_http(error: HTTPException) -> ErrorResponse:
     if status >= 500:
         return internal_error()
     code = HTTP_CODES.get(status, "BAD_REQUEST")
-    return error_response(status, code, error.description or error.name)
+    # The router names the methods the path accepts (in no set order) on its 405.
+    allow = (tuple(sorted(error.valid_methods or ()))
+             if isinstance(error, MethodNotAllowed) else ())
+    return error_response(status, code, error.description or error.name, allow=allow)
 
 
 def internal_error() -> ErrorResponse:

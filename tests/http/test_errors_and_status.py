@@ -43,16 +43,22 @@ async def test_no_sale_is_404_sale_not_found(settings):
 
 
 async def test_unknown_path_and_wrong_method_use_the_envelope(settings):
-    """An unknown path is 404 NOT_FOUND and PUT on purchase is 405, both in the envelope."""
+    """An unknown path is 404 NOT_FOUND; a wrong method is 405 in the envelope, with an
+    ``Allow`` header naming the methods the path accepts (hot routes and Quart's alike)."""
     await make_sale(settings.database_url, stock=5)
     with trio.fail_after(30):
         async with live_server(settings) as server:
             missing = await server.client.get("/api/v1/no-such-thing")
             put = await server.client.put(PURCHASE, json={"userId": "alice"})
             delete = await server.client.delete(CURRENT)
+            post_health = await server.client.post("/healthz")
+            put_sales = await server.client.put("/api/v1/flash-sales")
     assert_error(missing, 404, "NOT_FOUND")
-    assert_error(put, 405, "METHOD_NOT_ALLOWED")
-    assert_error(delete, 405, "METHOD_NOT_ALLOWED")
+    assert "allow" not in missing.headers
+    for response, allowed in [(put, "GET, HEAD, POST"), (delete, "GET, HEAD"),
+                              (post_health, "GET, HEAD"), (put_sales, "GET, HEAD")]:
+        assert_error(response, 405, "METHOD_NOT_ALLOWED")
+        assert response.headers.get_list("allow") == [allowed], response.request
     assert await purchase_rows(settings) == []
 
 

@@ -1,0 +1,110 @@
+"""The edges of the ``flashflow`` command an operator touches: version, help, stray variables."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import fields
+from importlib.metadata import version
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+
+from flashflow.cli import main
+from flashflow.settings import NOT_SETTINGS, PREFIX, Settings, env_name
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "s" * 32
+
+
+@pytest.fixture(autouse=True)
+def no_flashflow_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run each command with only the FLASHFLOW_* variables its test gives it."""
+    for name in [n for n in os.environ if n.startswith(PREFIX)]:
+        monkeypatch.delenv(name)
+
+
+pytestmark = pytest.mark.usefixtures("restore_root_logger")
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+    """Run ``flashflow ARGS`` with ``env`` added to the environment."""
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def warnings_of(result: Result) -> list[str]:
+    """The messages of the warnings the command logged (as JSON lines, to stderr)."""
+    return [json.loads(line)["message"] for line in result.stderr.splitlines()
+            if line.startswith("{") and json.loads(line)["level"] == "WARNING"]
+
+
+def test_version_comes_from_the_installed_package():
+    """`flashflow --version` prints the version the package metadata holds."""
+    result = invoke("--version")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"flashflow, version {version('flashflow')}\n"
+
+
+def test_sale_help_points_at_the_admin_api():
+    """`flashflow sale --help` no longer claims sales are out of HTTP's reach."""
+    text = " ".join(invoke("sale", "--help").output.split())
+    assert "not reachable over HTTP" not in text
+    assert "/api/v1/admin/flash-sales" in text
+
+
+@pytest.mark.parametrize("name", ["seed", "migrate", "serve", "up", "token"])
+def test_every_option_has_help(name):
+    """Each option of the operators' commands says what it does in --help."""
+    command = main.commands[name]
+    missing = [p.name for p in command.params
+               if isinstance(p, click.Option) and not p.help]
+    assert missing == [], f"flashflow {name}: options without help: {missing}"
+    assert invoke(name, "--help").exit_code == 0
+
+
+def test_an_unknown_variable_is_warned_about_once_with_its_likely_name(monkeypatch):
+    """A typo'd FLASHFLOW_* variable is named once at start, with the setting it resembles."""
+    for name in NOT_SETTINGS:
+        monkeypatch.setenv(name, "set on purpose")
+    result = invoke("token", "alice", env={
+        "FLASHFLOW_AUTH_JWT_SECRET": SECRET, "FLASHFLOW_WORKER": "4",
+        "FLASHFLOW_SOMETHING_ELSE": "1", "FLASHFLOW_METRICS_DIR": "/run/m"})
+    assert result.exit_code == 0, result.output
+    ignored = "is not a Flash Flow setting and is ignored"
+    assert warnings_of(result) == [
+        f"FLASHFLOW_METRICS_DIR {ignored}; did you mean PROMETHEUS_MULTIPROC_DIR?",
+        f"FLASHFLOW_SOMETHING_ELSE {ignored}",
+        f"FLASHFLOW_WORKER {ignored}; did you mean FLASHFLOW_WORKERS?",
+    ]
+
+
+def test_settings_and_the_tests_own_variables_are_not_warned_about(monkeypatch):
+    """Real settings and the allow-listed variables pass silently, and so does a worker."""
+    for name in NOT_SETTINGS:
+        monkeypatch.setenv(name, "set on purpose")
+    result = invoke("token", "alice", env={"FLASHFLOW_AUTH_JWT_SECRET": SECRET,
+                                           "FLASHFLOW_WORKERS": "2"})
+    assert result.exit_code == 0, result.output
+    assert warnings_of(result) == []
+    # A worker runs on the supervisor's environment, about which the supervisor warned.
+    monkeypatch.setattr("flashflow.cli.trio.run", lambda *args: None)
+    result = invoke("worker", "--fd", "3", env={"FLASHFLOW_WORKER": "4"})
+    assert result.exit_code == 0, result.output
+    assert warnings_of(result) == []
+
+
+def test_every_variable_the_repository_reads_is_a_setting_or_allow_listed():
+    """A FLASHFLOW_* name read from the environment anywhere in the repository is either a
+    setting or in NOT_SETTINGS, so no tool of ours sets off the start-up warning."""
+    settings = {env_name(f) for f in fields(Settings)}
+    read = set()
+    for path in ROOT.glob("**/*.py"):
+        if ".venv" in path.parts:
+            continue
+        read |= set(re.findall(r"""environ(?:\.get\(|\[)\s*["'](FLASHFLOW_\w+)["']""",
+                               path.read_text(encoding="utf-8")))
+    assert "FLASHFLOW_FAULT_FIGURES_DIR" in read
+    assert read <= settings | NOT_SETTINGS, sorted(read - settings - NOT_SETTINGS)
