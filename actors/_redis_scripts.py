@@ -1,9 +1,9 @@
 """The Lua scripts that make the stock gate atomic in Redis.
 
 User ids travel only as script arguments (ARGV), never inside the script text. The key
-layout and value formats are :mod:`actors.keys`'s; every gate script takes the keys of one
-sale (stock, buyers, pending) in that order, so it touches one
-Redis Cluster slot.
+layout and value formats are :mod:`actors.keys`'s, and :mod:`actors.gate_store` is the one
+caller of the gate scripts; every gate script takes the keys of one sale (stock, buyers,
+pending) in that order, so it touches one Redis Cluster slot.
 
 The stock channel and the sale id travel as the first two arguments (a channel is not a key).
 Every script keeps the law ``stock = total - holders`` (never below 0), and every one that

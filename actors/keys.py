@@ -1,7 +1,8 @@
 """The Redis layout of Flash Flow: every key, channel and stored value format, in one place.
 
 The actors, the load tests and the tests all build keys and read values through this
-module; nobody formats a key by hand elsewhere.
+module; nobody formats a key by hand elsewhere. The calls of the gate's scripts, with a
+sale's keys in the order the scripts take them, are :mod:`actors.gate_store`'s.
 
 Per sale (every key of one sale carries the sale id as a hash tag, so a script that touches
 them stays within one Redis Cluster slot):

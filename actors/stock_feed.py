@@ -1,6 +1,6 @@
 """The stock-feed actor: every stock change in Redis, fanned out to many watchers.
 
-One task holds a Redis pub/sub subscription to the gate's stock channel (on a cluster, on
+One task holds a Redis pub/sub subscription to the stock channel (on a cluster, on
 one node: a cluster forwards every PUBLISH to every node) and crosses into
 asyncio once per batch of messages. Each watched sale keeps one value and a version; a
 subscriber's state is the version it last saw and when it may next be told, so a slow
@@ -40,11 +40,9 @@ from ._nursery import open_actor_nursery
 from ._slot import Slot
 from .backoff import Backoff
 from .errors import BackendUnavailable, FlashFlowError, ShuttingDown
-from .keys import stock_channel
+from .keys import sale_keys, stock_channel
 
 log = logging.getLogger(__name__)
-
-StockKey = Callable[[uuid.UUID], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,14 +182,13 @@ class StockFeed:
     """Handle to a running stock-feed actor; see :func:`open_stock_feed`."""
 
     def __init__(self, config: FeedConfig, client: _aio.RedisClient, source: _aio.PubSubSource,
-                 stock_key: StockKey, on_notice: Callable[[], None] = lambda: None) -> None:
+                 on_notice: Callable[[], None] = lambda: None) -> None:
         self._config = config
         self._on_notice = on_notice
         self._source = source
         # register_script works on a cluster client too: EVALSHA goes to the node of the
         # script's key, and a NOSCRIPT reply (a promoted replica) loads it on every primary.
         self._republish = client.register_script(REPUBLISH)
-        self._stock_key = stock_key
         self._channel = stock_channel(config.key_prefix)
         self._sales: dict[uuid.UUID, _Sale] = {}
         # sale id -> the stock last published, for every sale heard of while subscribed.
@@ -381,7 +378,8 @@ class StockFeed:
 
     async def _reread(self, sale_id: uuid.UUID) -> int | None:
         """Have Redis publish the current stock of ``sale_id`` again; return it."""
-        value = await self._call(self._republish, keys=[self._stock_key(sale_id)],
+        stock_key = sale_keys(self._config.key_prefix, sale_id).stock
+        value = await self._call(self._republish, keys=[stock_key],
                                  args=[self._channel, str(sale_id)])
         return None if value is None else max(int(value), 0)
 
@@ -394,14 +392,13 @@ class StockFeed:
 
 
 @asynccontextmanager
-async def open_stock_feed(config: FeedConfig, stock_key: StockKey,
+async def open_stock_feed(config: FeedConfig,
                           on_notice: Callable[[], None] = lambda: None
                           ) -> AsyncIterator[StockFeed]:
     """Open the stock-feed actor; yields once the subscription works, stops it on exit.
 
     Args:
         config: connection, pacing and fan-out settings.
-        stock_key: the Redis key holding a sale's stock (the gate owns the key layout).
         on_notice: called on a change notice, and when a lost subscription is taken up again.
 
     Raises:
@@ -412,7 +409,7 @@ async def open_stock_feed(config: FeedConfig, stock_key: StockKey,
                                client_name=f"{config.key_prefix}stock-feed")
     source = _aio.PubSubSource(client, config.redis_url, config.timeout_s)
     try:
-        feed = StockFeed(config, client, source, stock_key, on_notice)
+        feed = StockFeed(config, client, source, on_notice)
         async with open_actor_nursery() as nursery:
             nursery.start_soon(feed.wake_subscribers)
             await nursery.start(feed.run)

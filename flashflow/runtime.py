@@ -147,9 +147,7 @@ async def open_runtime(settings: Settings, *,
             open_catalog(ledger.sales, settings.catalog_refresh_s, on_change=(gate.redefine,),
                          database_time=ledger.database_time if clock is utc_now else None,
                          clock=clock) as catalog,
-            open_stock_feed(feed_config(settings),
-                            stock_key=lambda sale_id: gate.keys(sale_id).stock,
-                            on_notice=catalog.nudge) as feed,
+            open_stock_feed(feed_config(settings), on_notice=catalog.nudge) as feed,
         ):
             clock = catalog.now
             await load_current_gate(catalog, gate, clock())

@@ -32,6 +32,7 @@ import trio
 from redis.cluster import RedisCluster
 
 from actors import FlashFlowError, Sale, ledger_sql
+from actors.keys import sale_keys
 from actors.redis_url import sync_client
 
 from ..database import run_on_connection
@@ -221,7 +222,7 @@ async def run_big_sale(database_url: str, target: RedisTarget, key_prefix: str, 
                             rate_limit_enabled=False, log_level="WARNING")
         async with open_runtime(settings) as runtime:
             await runtime.gate.ensure_loaded(sale)
-            keys = runtime.gate.keys(sale.id)
+            keys = sale_keys(settings.key_prefix, sale.id)
             key_list = [keys.stock, keys.buyers, keys.pending]
             _, memory_before = await trio.to_thread.run_sync(_memory, target.url, key_list)
             cpu_before, process_before = target.cpu_seconds(), time.process_time()

@@ -29,7 +29,7 @@ async def running_feed(redis_url: str, prefix: str, **knobs) -> AsyncIterator[St
     config = FeedConfig(redis_url=redis_url, key_prefix=prefix, **knobs)
     async with (
         trio_asyncio.open_loop(),
-        open_stock_feed(config, lambda sale_id: stock_key(prefix, sale_id)) as feed,
+        open_stock_feed(config) as feed,
     ):
         yield feed
 

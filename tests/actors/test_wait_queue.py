@@ -13,7 +13,7 @@ import trio
 
 from actors import AlreadyPurchased, SoldOut
 from actors.errors import Undecided
-from actors.stock_gate import Seat
+from actors.gate_messages import Seat
 
 from ..helpers import redis_client
 from .test_stock_gate import Loader, a_sale, gate_for, keys_of, reserved
