@@ -110,6 +110,8 @@ async def crowd_through_a_long_stall(settings, sale, servers, stall, figures) ->
     figures["returned_yet_committed"] = len(returned & committed_ids)
 
     late = [o for o in fault if o.seconds > bound_s]
+    figures["late_sent_at_s"] = sorted({round(o.answered_at - o.seconds - stalled_at)
+                                        for o in late})
     assert not late, (f"{len(late)} answers past {bound_s} s", latency_figures(late))
     assert figures["five_xx_other_than_503"] == 0
     assert figures["fault"]["503"] > 0, "the stall held nothing in doubt"
