@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prometheus_client import multiprocess
+
 from actors import Backoff
 
 from .settings import LISTEN_BACKLOG, Settings
@@ -130,9 +132,15 @@ class Supervisor:
             if time.monotonic() - worker.started_at > STABLE_AFTER_S:
                 worker.restarts = Restarts()
             log.warning("%s; restarting it", exited)
+            self.forget_metrics(worker.process.pid)
             worker.restarts.failed(exited)
             worker.process = self.spawn(worker.index)
             worker.started_at = time.monotonic()
+
+    def forget_metrics(self, pid: int) -> None:
+        """Drop an exited worker's live gauges; its counters stay, so totals never go back."""
+        if self.settings.metrics_dir is not None:
+            multiprocess.mark_process_dead(pid, str(self.settings.metrics_dir))
 
     def stop(self) -> list[int]:
         """SIGTERM every worker, wait for them to drain, SIGKILL the stragglers."""
@@ -166,7 +174,7 @@ class Supervisor:
 def supervise(settings: Settings, announce: Callable[[str], None]) -> int:
     """Run ``settings.workers`` workers until SIGINT or SIGTERM; return an exit code."""
     sock = listening_socket(settings.host, settings.port)
-    # Every worker writes its counters here, so /metrics sums all of them whichever answers.
+    # Every worker writes its metrics here, so /metrics adds them up whichever answers.
     metrics_dir = tempfile.TemporaryDirectory(prefix="flashflow-metrics-")
     if settings.metrics_dir is None:
         settings = settings.override(metrics_dir=Path(metrics_dir.name))

@@ -12,12 +12,14 @@ import yaml
 from click.testing import CliRunner
 
 from flashflow.cli import main
-from flashflow.http.metrics import ACTOR_METRICS, REQUEST_METRICS, SALE_METRICS
+from flashflow.http.metrics import (ACTOR_METRICS, BUILD_METRICS, PROCESS_METRICS, REQUEST_METRICS,
+                                    SALE_METRICS)
 from flashflow.settings import NOT_SETTINGS, PREFIX, Settings, env_name
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PAGES = ["fsd.md", "operations.md", "testing.md"]
-METRICS = {m[0] for m in (*REQUEST_METRICS, *ACTOR_METRICS, *SALE_METRICS)}
+METRICS = {m[0] for m in (*REQUEST_METRICS, *ACTOR_METRICS, *SALE_METRICS, *BUILD_METRICS,
+                          *PROCESS_METRICS)}
 #: Defaults computed on the machine that runs, as operations.md words them.
 FACTORY_DEFAULTS = {"workers": "number of CPUs"}
 

@@ -1,8 +1,10 @@
-"""Scrape-time metrics: the actors' ``statistics()`` and the current sale's stock.
+"""The actors' ``statistics()`` as metrics, and the current sale's stock.
 
-Nothing here runs on the request path. :class:`ActorCollector` turns each entry of
-:data:`ACTOR_METRICS` into one Prometheus family when ``/metrics`` is scraped; the
-``/metrics`` route reads the current sale's stock from the gate just before.
+Nothing here runs on the request path. :func:`actor_mirror` copies each entry of
+:data:`ACTOR_METRICS` into a prometheus-client metric when ``/metrics`` is scraped and, with
+several workers, every second, so a scrape of any worker sums them over all (see
+:mod:`.mirror` for how each kind adds up). :class:`SaleCollector` reads the current sale's
+stock, which lives in the shared catalog and gate, so every worker gives the same values.
 """
 
 from __future__ import annotations
@@ -11,43 +13,44 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from actors import FlashFlowError
 
 from ..runtime import Runtime
+from .mirror import COMBINED, COUNTER, LARGEST, LARGEST_LIVE, SMALLEST_LIVE, SUMMED, Mirror
 
-GAUGE, COUNTER = "gauge", "counter"
-
-#: Metrics read at scrape time: (exposed name, kind, help, source, field of the source).
-#: The sources are the actors' ``statistics()`` records and, for capacities, the settings;
-#: an actor that the settings switch off (the rate limiter) exports nothing.
+#: Metrics of the actors: (exposed name, kind, help, source, field of the source). The kind
+#: is ``COUNTER`` or how the workers' gauges combine (:mod:`.mirror`). The sources are the
+#: actors' ``statistics()`` records and, for capacities, the settings; an actor that the
+#: settings switch off (the rate limiter) exports nothing.
 ACTOR_METRICS: tuple[tuple[str, str, str, str, str], ...] = (
-    ("flashflow_gate_inbox_depth", GAUGE,
+    ("flashflow_gate_inbox_depth", SUMMED,
      "Reserve requests waiting in the stock gate's inbox.", "gate", "inbox_depth"),
-    ("flashflow_gate_inbox_capacity", GAUGE,
+    ("flashflow_gate_inbox_capacity", SUMMED,
      "Size of the stock gate's inbox.", "settings", "gate_inbox_size"),
     ("flashflow_gate_batches_total", COUNTER,
      "Batches the stock gate sent to Redis.", "gate", "batches"),
     ("flashflow_gate_requests_total", COUNTER,
      "Reserve requests the stock gate took from its inbox.", "gate", "reserved_requests"),
-    ("flashflow_gate_largest_batch", GAUGE,
+    ("flashflow_gate_largest_batch", LARGEST,
      "Largest batch the stock gate has sent.", "gate", "largest_batch"),
     ("flashflow_gate_local_sold_out_answers_total", COUNTER,
      "Answers given from the gate's sold-out memory, without Redis.", "gate",
      "local_sold_out_answers"),
-    ("flashflow_gate_sold_out_sales", GAUGE,
+    ("flashflow_gate_sold_out_sales", LARGEST_LIVE,
      "Sales the stock gate currently holds as sold out.", "gate", "sold_out_sales"),
-    ("flashflow_ledger_inbox_depth", GAUGE,
+    ("flashflow_ledger_inbox_depth", SUMMED,
      "Commits waiting in the ledger's inbox.", "ledger", "inbox_depth"),
-    ("flashflow_ledger_inbox_capacity", GAUGE,
+    ("flashflow_ledger_inbox_capacity", SUMMED,
      "Size of the ledger's inbox.", "settings", "ledger_inbox_size"),
     ("flashflow_ledger_batches_total", COUNTER,
      "Group commits the ledger wrote.", "ledger", "batches"),
     ("flashflow_ledger_committed_total", COUNTER,
      "Purchases the ledger committed.", "ledger", "committed"),
-    ("flashflow_ledger_largest_batch", GAUGE,
+    ("flashflow_ledger_largest_batch", LARGEST,
      "Largest batch the ledger has written.", "ledger", "largest_batch"),
     ("flashflow_ledger_failed_batches_total", COUNTER,
      "Per-sale batches PostgreSQL did not take.", "ledger", "failed_batches"),
@@ -58,22 +61,22 @@ ACTOR_METRICS: tuple[tuple[str, str, str, str, str], ...] = (
     ("flashflow_ledger_withdrawn_total", COUNTER,
      "Commits withdrawn unsent: their purchase wait ran out while they queued.",
      "ledger", "withdrawn"),
-    ("flashflow_serializer_in_flight", GAUGE,
+    ("flashflow_serializer_in_flight", SUMMED,
      "Purchases in flight in the user serializer.", "serializer", "in_flight"),
-    ("flashflow_serializer_max_in_flight", GAUGE,
+    ("flashflow_serializer_max_in_flight", SUMMED,
      "Purchases the user serializer admits at once.", "settings", "max_in_flight"),
     ("flashflow_serializer_coalesced_total", COUNTER,
      "Requests that joined a purchase already in flight.", "serializer", "coalesced"),
-    ("flashflow_serializer_known_buyers", GAUGE,
-     "Buyers this process remembers.", "serializer", "known_buyers"),
+    ("flashflow_serializer_known_buyers", SUMMED,
+     "Buyers each worker remembers.", "serializer", "known_buyers"),
     ("flashflow_serializer_answered_from_memory_total", COUNTER,
      "ALREADY_PURCHASED answers given from memory.", "serializer", "answered_from_memory"),
     ("flashflow_serializer_rolled_back_total", COUNTER,
      "Reservations returned to the gate after the ledger refused them.",
      "serializer", "rolled_back"),
-    ("flashflow_feed_subscribers", GAUGE,
+    ("flashflow_feed_subscribers", SUMMED,
      "Open stock-feed subscriptions (one per SSE client).", "feed", "subscribers"),
-    ("flashflow_feed_watched_sales", GAUGE,
+    ("flashflow_feed_watched_sales", LARGEST_LIVE,
      "Sales the stock feed is watching.", "feed", "watched_sales"),
     ("flashflow_feed_messages_received_total", COUNTER,
      "Stock messages the feed received from Redis.", "feed", "messages_received"),
@@ -81,7 +84,7 @@ ACTOR_METRICS: tuple[tuple[str, str, str, str, str], ...] = (
      "Stock values handed to subscribers.", "feed", "updates_delivered"),
     ("flashflow_feed_reconnects_total", COUNTER,
      "Times the feed lost its Redis subscription.", "feed", "reconnects"),
-    ("flashflow_feed_connected", GAUGE,
+    ("flashflow_feed_connected", SMALLEST_LIVE,
      "1 while the feed holds its Redis subscription.", "feed", "connected"),
     ("flashflow_reconciler_runs_total", COUNTER,
      "Reconciler passes over a sale with a gate.", "reconciler", "runs"),
@@ -98,13 +101,13 @@ ACTOR_METRICS: tuple[tuple[str, str, str, str, str], ...] = (
     ("flashflow_reconciler_settled_total", COUNTER,
      "Committed purchases the reconciler took out of a gate's pending set.",
      "reconciler", "settled"),
-    ("flashflow_gate_waiting", GAUGE,
+    ("flashflow_gate_waiting", SUMMED,
      "Purchases waiting for a unit to come back or for the sale to be sold out for good.",
      "gate", "waiting"),
     ("flashflow_serializer_lost_replies_total", COUNTER,
      "Reservations or commits whose reply was lost, then settled or undone.",
      "serializer", "lost_replies"),
-    ("flashflow_limiter_inbox_depth", GAUGE,
+    ("flashflow_limiter_inbox_depth", SUMMED,
      "Token requests waiting in the rate limiter's inbox.", "limiter", "inbox_depth"),
     ("flashflow_limiter_batches_total", COUNTER,
      "Batches of token requests the rate limiter sent to Redis.", "limiter", "batches"),
@@ -112,7 +115,7 @@ ACTOR_METRICS: tuple[tuple[str, str, str, str, str], ...] = (
      "Purchase attempts the rate limiter checked.", "limiter", "checked"),
     ("flashflow_limiter_limited_total", COUNTER,
      "Purchase attempts refused with 429.", "limiter", "limited"),
-    ("flashflow_catalog_sales", GAUGE,
+    ("flashflow_catalog_sales", LARGEST_LIVE,
      "Sales held by the catalog.", "catalog", "sales"),
     ("flashflow_catalog_refreshes_total", COUNTER,
      "Times the catalog reloaded the sales.", "catalog", "refreshes"),
@@ -138,12 +141,39 @@ class SaleStock:
     remaining: int | None
 
 
-class ActorCollector(Collector):
-    """Reads the actors' ``statistics()`` and the current sale's stock at scrape time."""
+def actor_mirror(runtime: Runtime, registry: CollectorRegistry | None) -> Mirror:
+    """The metrics of :data:`ACTOR_METRICS`, copied from the actors at each ``sync()``."""
+    sources: dict[str, Any] = {
+        "gate": runtime.gate.statistics,
+        "ledger": runtime.ledger.statistics,
+        "serializer": runtime.serializer.statistics,
+        "catalog": runtime.catalog.statistics,
+        "feed": runtime.feed.statistics,
+        "reconciler": runtime.reconciler.statistics,
+        "settings": lambda: runtime.settings,
+    }
+    if runtime.limiter is not None:  # switched off by the settings: no limiter metric
+        sources["limiter"] = runtime.limiter.statistics
+    rows = [row for row in ACTOR_METRICS if row[3] in sources]
 
-    def __init__(self, runtime: Runtime, *, pid: int | None = None) -> None:
-        self._runtime = runtime
-        self._labels = {"pid": str(pid)} if pid is not None else {}
+    def read() -> dict[str, float]:
+        records = {source: statistics() for source, statistics in sources.items()}
+        return {name: float(getattr(records[source], field))
+                for name, _, _, source, field in rows}
+
+    return Mirror([(name, kind, describe(kind, help_text)) for name, kind, help_text, _, _ in rows],
+                  read, registry)
+
+
+def describe(kind: str, help_text: str) -> str:
+    """A metric's help, saying how a gauge's workers combine."""
+    return help_text if kind == COUNTER else f"{help_text[:-1]}: {COMBINED[kind]}."
+
+
+class SaleCollector(Collector):
+    """Reads the current sale's stock at scrape time, as the ``/metrics`` route left it."""
+
+    def __init__(self) -> None:
         self.sale: SaleStock | None = None
 
     def describe(self) -> Iterable[Metric]:
@@ -151,26 +181,7 @@ class ActorCollector(Collector):
         return ()
 
     def collect(self) -> Iterator[Metric]:
-        """Yield one family per entry of :data:`ACTOR_METRICS`, then the sale's stock."""
-        runtime = self._runtime
-        sources: dict[str, Any] = {
-            "gate": runtime.gate.statistics(),
-            "ledger": runtime.ledger.statistics(),
-            "serializer": runtime.serializer.statistics(),
-            "catalog": runtime.catalog.statistics(),
-            "feed": runtime.feed.statistics(),
-            "reconciler": runtime.reconciler.statistics(),
-            "limiter": runtime.limiter.statistics() if runtime.limiter is not None else None,
-            "settings": runtime.settings,
-        }
-        names, values = list(self._labels), list(self._labels.values())
-        for name, kind, help_text, source, field in ACTOR_METRICS:
-            if sources[source] is None:  # an actor switched off by the settings
-                continue
-            family_type = CounterMetricFamily if kind == COUNTER else GaugeMetricFamily
-            family = family_type(name, help_text, labels=names)
-            family.add_metric(values, float(getattr(sources[source], field)))
-            yield family
+        """Yield the current sale's stock, status and total."""
         yield from self._sale_families()
 
     def _sale_families(self) -> Iterator[Metric]:

@@ -3,15 +3,16 @@
 The hot path pays for two dictionary look-ups and two increments per request: requests are
 counted by route rule (never the raw path, so labels stay bounded), and the purchase
 outcome is read from the response (its status, or the wire code an error answer carries)
-only on ``POST .../purchase``. The actors' numbers cost nothing until a scrape:
-``actor_metrics.ActorCollector`` reads their ``statistics()`` then.
+only on ``POST .../purchase``. The actors' numbers cost nothing on that path: their
+``statistics()`` are copied into metrics at each scrape (``actor_metrics.actor_mirror``).
 
 With several worker processes, set ``PROMETHEUS_MULTIPROC_DIR`` to an empty, writable
 directory before the processes start: prometheus-client chooses its storage when it is
-first imported. The directory is created if missing, never emptied. Counters and
-histograms are then written to files there and every scrape sums them over all workers;
-the actor gauges describe the worker that answered the scrape and carry its ``pid``
-label. Without the variable, one in-process registry per app is used.
+first imported. The directory is created if missing, never emptied. Every metric is then
+written to files there, and every scrape combines them over all workers, whichever
+answers: each worker also copies its actors' numbers and its ``process_*`` figures there
+every :data:`SYNC_INTERVAL_S`. Without the variable, one in-process registry per app is
+used, with prometheus-client's own ``ProcessCollector``.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable
+from importlib.metadata import version
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import trio
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+                               generate_latest)
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 from quart import Response, g, request
@@ -29,11 +33,12 @@ from quart_schema import hide
 from quart_trio import QuartTrio
 
 from ..runtime import Runtime
-from .actor_metrics import ACTOR_METRICS, SALE_METRICS, ActorCollector, read_sale
+from .actor_metrics import ACTOR_METRICS, SALE_METRICS, SaleCollector, actor_mirror, read_sale
 from .auth import Asking
+from .mirror import LARGEST_LIVE, PROCESS_METRICS, Mirror, process_values
 
-__all__ = ["ACTOR_METRICS", "REQUEST_METRICS", "SALE_METRICS", "RequestMetrics",
-           "install_metrics", "scrape_registry"]
+__all__ = ["ACTOR_METRICS", "BUILD_METRICS", "PROCESS_METRICS", "REQUEST_METRICS",
+           "SALE_METRICS", "RequestMetrics", "install_metrics", "scrape_registry"]
 
 UNMATCHED = "<unmatched>"
 PURCHASE_ENDPOINT = "purchase"
@@ -47,6 +52,14 @@ REQUEST_METRICS: tuple[tuple[str, str], ...] = (
     ("flashflow_http_request_duration_seconds", "HTTP request latency by route rule and method."),
     ("flashflow_purchases_total", "Purchase answers by wire code (CONFIRMED for a 201)."),
 )
+
+#: Metrics of the build: (exposed name, help).
+BUILD_METRICS: tuple[tuple[str, str], ...] = (
+    ("flashflow_build_info", "Always 1; the version label is the flashflow package's."),
+)
+
+#: How often each worker copies its actors' numbers into the multiprocess files.
+SYNC_INTERVAL_S = 1.0
 
 
 class RequestMetrics:
@@ -99,6 +112,13 @@ def scrape_registry(collectors: Iterable[Collector],
     return own
 
 
+def build_info(registry: CollectorRegistry | None) -> None:
+    """Set ``flashflow_build_info{version=...}`` to 1."""
+    name, help_text = BUILD_METRICS[0]
+    gauge = Gauge(name, help_text, ["version"], registry=registry, multiprocess_mode=LARGEST_LIVE)
+    gauge.labels(version("flashflow")).set(1)
+
+
 def purchase_outcome(status: int, error_code: str | None) -> str:
     """The wire code of a purchase answer: CONFIRMED for a 201, else the error's code."""
     if status == 201:
@@ -118,8 +138,40 @@ def install_metrics(app: QuartTrio, runtime: Runtime,
         os.makedirs(directory, exist_ok=True)
     own = None if directory is not None else CollectorRegistry()
     recorder = RequestMetrics(own)
-    actors = ActorCollector(runtime, pid=os.getpid() if directory is not None else None)
-    registry = scrape_registry([actors], own)
+    build_info(own)
+    mirrors = [actor_mirror(runtime, own)]
+    if directory is None:
+        ProcessCollector(registry=own)
+    else:
+        # ProcessCollector would describe the worker that answers: copy each worker's
+        # figures into the files instead, combined as PROCESS_METRICS says.
+        process = ProcessCollector(registry=None)
+        mirrors.append(Mirror(PROCESS_METRICS, lambda: process_values(process), None))
+    stock = SaleCollector()
+    registry = scrape_registry([stock], own)
+
+    def sync() -> None:
+        for mirror in mirrors:
+            mirror.sync()
+
+    if directory is not None:
+        # The other workers' numbers reach a scrape through the files: each copies its own.
+        copying = trio.CancelScope()
+
+        async def copy_every_interval() -> None:
+            with copying:
+                while True:
+                    sync()
+                    await trio.sleep(SYNC_INTERVAL_S)
+
+        @app.before_serving
+        async def start_copying() -> None:
+            app.nursery.start_soon(copy_every_interval)
+
+        @app.after_serving
+        async def copy_last() -> None:
+            copying.cancel()
+            sync()
 
     @app.before_request
     async def start_timer() -> None:
@@ -142,7 +194,8 @@ def install_metrics(app: QuartTrio, runtime: Runtime,
     @hide  # for the operators' scraper, not for API clients
     async def prometheus_metrics() -> Response:
         check(Asking.of(request))
-        actors.sale = await read_sale(runtime)
+        stock.sale = await read_sale(runtime)
+        sync()
         # No await between setting the sale and rendering: no other task can interleave.
         return Response(generate_latest(registry), content_type=CONTENT_TYPE_PLAIN_0_0_4)
 

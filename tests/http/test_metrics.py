@@ -7,12 +7,17 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import replace
+from importlib.metadata import version
 from pathlib import Path
 
+import httpx
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..helpers import live_server, make_sale
+from flashflow.http.metrics import ACTOR_METRICS
+from flashflow.http.mirror import COUNTER
+
+from ..helpers import live_server, make_sale, spawn_server
 
 API = "/api/v1/flash-sales/current"
 PURCHASE = f"{API}/purchase"
@@ -76,6 +81,9 @@ async def test_metrics_after_a_purchase_hold_exact_values(settings):
     assert value(scrape, "flashflow_sale_total_stock", sale_id=str(sale.id)) == 5
     assert value(scrape, "flashflow_sale_remaining_stock", sale_id=str(sale.id)) == 4
     assert value(scrape, "flashflow_sale_status", sale_id=str(sale.id), status="active") == 1
+    assert value(scrape, "flashflow_build_info", version=version("flashflow")) == 1
+    assert value(scrape, "process_cpu_seconds_total") > 0
+    assert value(scrape, "process_resident_memory_bytes") > 0
 
 
 async def test_unknown_paths_share_one_route_label(settings):
@@ -156,3 +164,41 @@ def test_multiprocess_mode_reads_the_shared_directory(tmp_path: Path):
                  route="/r", method="POST", status="201") == 2
     assert value(scrape, "flashflow_http_request_duration_seconds_count",
                  route="/r", method="POST") == 2
+
+
+async def test_every_worker_of_a_server_scrapes_the_same_totals(settings, tmp_path):
+    """Purchases spread over 2 workers: each scrape, whichever worker answers, holds the totals
+    of both, with no pid label on a counter."""
+    sale = await make_sale(settings.database_url, stock=50)
+    front = {"FLASHFLOW_FAST_PATH": str(settings.fast_path).lower()}
+    server = await trio.to_thread.run_sync(
+        lambda: spawn_server(settings, tmp_path, "--workers", "2", **front))
+    # A connection per request, so the kernel hands them to both workers.
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    buyers = [f"spread-{i:02d}" for i in range(20)]
+    try:
+        with trio.fail_after(60):
+            async with httpx.AsyncClient(base_url=server.base_url, limits=fresh,
+                                         timeout=30) as client:
+                for user in buyers:
+                    response = await client.post(PURCHASE, json={"userId": user})
+                    assert response.status_code == 201, response.text
+                # Every worker copies its numbers into the shared files within a second.
+                scrape = samples((await client.get("/metrics")).text)
+                while value(scrape, "flashflow_ledger_committed_total") < len(buyers):
+                    await trio.sleep(0.2)
+                    scrape = samples((await client.get("/metrics")).text)
+                scrapes = [samples((await client.get("/metrics")).text) for _ in range(8)]
+    finally:
+        assert server.stop() == 0
+    counters = {name for name, kind, *_ in ACTOR_METRICS if kind == COUNTER}
+    for each in (scrape, *scrapes):
+        assert not [key for key in each if key[0] in counters and key[1]], "a counter has labels"
+        assert value(each, "flashflow_ledger_committed_total") == len(buyers)
+        assert value(each, "flashflow_gate_requests_total") == len(buyers)
+        assert value(each, "flashflow_limiter_checked_total") == len(buyers)
+        assert value(each, "flashflow_purchases_total", outcome="CONFIRMED") == len(buyers)
+        assert value(each, "flashflow_sale_remaining_stock", sale_id=str(sale.id)) == 30
+        assert value(each, "flashflow_build_info", version=version("flashflow")) == 1
+        assert value(each, "process_cpu_seconds_total") > 0
+        assert not [key for key in each if any(label == "pid" for label, _ in key[1])]
