@@ -2,7 +2,10 @@
 
 Every field passed through ``extra=`` (``correlation_id``, ``sale_id``, ``purchase_id``,
 ...) becomes a key of the JSON object, or a ``key=value`` pair in the readable format.
-Both formats mask the password of any URL a line holds (:func:`flashflow.redaction.redact`).
+Every line names the process that wrote it (``pid``), so the lines of several workers
+sharing one stderr can be told apart. Both formats mask the password of any URL a line
+holds (:func:`flashflow.redaction.redact`). :class:`LineBudget` is the token bucket that
+keeps a flood of requests from writing a line each.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -38,11 +43,12 @@ class JsonFormatter(logging.Formatter):
     """Formats a record as one JSON object on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        """Return ``{"time", "level", "logger", "message", ...extras}`` as compact JSON."""
+        """Return ``{"time", "level", "logger", "pid", "message", ...extras}`` as compact JSON."""
         event: dict[str, Any] = {
             "time": timestamp(record),
             "level": record.levelname,
             "logger": record.name,
+            "pid": record.process,
             "message": redact(record.getMessage()),
         }
         for key, value in extras(record).items():
@@ -58,7 +64,7 @@ class ReadableFormatter(logging.Formatter):
     """Formats a record for a person at a terminal, extras as ``key=value`` pairs."""
 
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s[%(process)d]: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         """Return the classic line followed by the record's extras."""
@@ -69,6 +75,52 @@ class ReadableFormatter(logging.Formatter):
             head, sep, rest = line.partition("\n")
             line = f"{head} [{pairs}]{sep}{rest}"
         return redact(line)
+
+
+class LineBudget:
+    """A token bucket of log lines, one per process: ``per_s`` lines a second, ``burst`` at once.
+
+    A line that finds the bucket empty is not written but counted; the next line that finds
+    a token again is preceded by one line saying how many were suppressed meanwhile. The
+    caller runs on one thread (the process's trio loop), so there is no lock.
+    """
+
+    def __init__(self, per_s: float, burst: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_s = per_s
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._last = clock()
+        self._suppressed = 0
+
+    def take(self) -> int | None:
+        """Spend a token: None when the bucket is empty (the line is suppressed and counted),
+        else the number of lines suppressed since the last one written (then reset)."""
+        now = self._clock()
+        refill = max(0.0, now - self._last) * self.per_s  
+        self._tokens = min(float(self.burst), self._tokens + refill)
+        self._last = now
+        if self._tokens < 1.0:
+            self._suppressed += 1
+            return None
+        self._tokens -= 1.0
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
+
+    def log(self, logger: logging.Logger, level: int, msg: str, *args: Any,
+            **kwargs: Any) -> None:
+        """``logger.log(level, msg, *args, **kwargs)`` within the budget; a line the level
+        would drop anyway spends nothing."""
+        if not logger.isEnabledFor(level):
+            return
+        suppressed = self.take()
+        if suppressed is None:
+            return
+        if suppressed:
+            logger.log(level, "%d lines suppressed over the budget of %g a second",
+                       suppressed, self.per_s, extra={"suppressed": suppressed})
+        logger.log(level, msg, *args, **kwargs)
 
 
 def _is_tty(stream: TextIO) -> bool:

@@ -69,6 +69,7 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict:
     assert body["error"]["code"] == code
     assert body["error"]["message"]
     uuid.UUID(body["error"]["correlationId"])
+    assert response.headers.get_list("x-correlation-id") == [body["error"]["correlationId"]]
     return body["error"]
 
 

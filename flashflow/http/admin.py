@@ -5,24 +5,31 @@ token configured the API is off and answers as an unknown path does (404). Each 
 written by the ledger in one transaction, then this process's catalog is reloaded at once
 and the change is announced on Redis, so every other process and host reloads its own at
 once too (``FLASHFLOW_CATALOG_REFRESH_S`` is only the backstop for a lost notice).
+
+Every action is logged at INFO (:mod:`flashflow.http.admin_log`): done, with the sale id and
+each changed field old -> new, or refused, with its status and code; the line's correlation
+id is the one the answer's ``X-Correlation-Id`` header carries.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import uuid
+from collections.abc import Iterable
 
 from quart import Blueprint, Request, Response, request
 from quart_schema import security_scheme_blueprint, validate_request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import NotFound
 
-from actors import BackendUnavailable, Sale, Unauthorized
+from actors import BackendUnavailable, FlashFlowError, Sale, Unauthorized
 
 from ..runtime import Runtime
 from ..settings import Settings
 from ..tokens import TokenVerifier, load_verifier
-from . import validation
+from . import errors, validation
+from .admin_log import log_done, log_refused
 from .openapi import (
     TOO_LARGE,
     UNAVAILABLE,
@@ -100,7 +107,21 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
     async def authorise() -> None:
         require_admin(request, runtime.settings, verifier)
 
-    async def answer(sale: Sale, status: int = 200) -> Response:
+    @admin.errorhandler(FlashFlowError)
+    async def refused(error: FlashFlowError) -> Response:
+        sent = errors.for_error(error, runtime.settings.retry_after_s)
+        # The others (a 400, a 401, a 503) are logged at INFO or above by errors.report.
+        if sent.status_code < 500 and sent.status_code not in errors.CLIENT_FAULTS:
+            log_refused(request.endpoint, request.view_args, sent.status_code,
+                        sent.error_code, sent.headers[errors.CORRELATION_HEADER])
+        return sent
+
+    async def answer(sale: Sale, before: Sale | None, changed: Iterable[str],
+                     status: int = 200) -> Response:
+        """The answer to a change written: ``before`` is the sale as the catalog last held it
+        (None for a new one), ``changed`` the wire names of the fields the request set."""
+        correlation_id = str(uuid.uuid4())
+        log_done(request.endpoint, sale, before, changed, correlation_id)
         # This process serves the change at once, and tells the others to.
         await runtime.catalog.refresh()
         try:
@@ -108,8 +129,10 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
         except BackendUnavailable:
             log.warning("could not announce a change to sale %s; other processes will see "
                         "it at their next refresh", sale.id)
-        return envelope(sale_body(sale, await current_stock(runtime, sale), runtime.clock()),
+        sent = envelope(sale_body(sale, await current_stock(runtime, sale), runtime.clock()),
                         status=status)
+        sent.headers[errors.CORRELATION_HEADER] = correlation_id
+        return sent
 
     @admin.post("")
     @validate_request(SaleCreate)
@@ -118,7 +141,7 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
         sale = await runtime.ledger.create_sale(data.productName, data.totalStock,
                                                 data.startTime, data.endTime)
         await runtime.gate.ensure_loaded(sale)
-        return await answer(sale, status=201)
+        return await answer(sale, None, SaleCreate.model_fields, status=201)
 
     @admin.patch("/<sale_id>")
     @validate_request(SaleUpdate)
@@ -126,12 +149,14 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
              Answer(409, "The sale cannot be changed; error.code says why: SALE_STARTED (it "
                          "has started) or STOCK_BELOW_SOLD (totalStock under the units sold)."))
     async def update_sale(sale_id: str, data: SaleUpdate) -> Response:
+        wanted = validation.sale_id(sale_id)
+        before = runtime.catalog.get(wanted)
         sale = await runtime.ledger.update_sale(
-            validation.sale_id(sale_id), product_name=data.productName,
+            wanted, product_name=data.productName,
             total_stock=data.totalStock, start_time=data.startTime, end_time=data.endTime)
         # A gate loaded with the old stock is set to the new one now, not at the next pass.
         await runtime.reconciler.reconcile(sale)
-        return await answer(sale)
+        return await answer(sale, before, data.model_dump(exclude_none=True))
 
     @admin.post("/<sale_id>/end")
     @answers(ok(200, SaleEnvelope, "The sale, ended."), *REFUSALS, TOO_LARGE, UNSUPPORTED,
@@ -139,7 +164,9 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
                          "window instead)."))
     async def end_sale(sale_id: str) -> Response:
         # The gate stays: the reconciler covers an ended sale for an hour.
-        return await answer(await runtime.ledger.end_sale(validation.sale_id(sale_id)))
+        wanted = validation.sale_id(sale_id)
+        before = runtime.catalog.get(wanted)
+        return await answer(await runtime.ledger.end_sale(wanted), before, ("endTime",))
 
     app.register_blueprint(admin)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from quart import Response, request
@@ -71,8 +70,6 @@ from .wire import (
     response,
     sale_body,
 )
-
-log = logging.getLogger("flashflow.http")
 
 
 class InvalidJsonIs400Request(TrioRequest):
@@ -197,8 +194,7 @@ def create_app(runtime: Runtime) -> QuartTrio:
 
     @app.errorhandler(Exception)
     async def on_unexpected(error: Exception) -> Response:
-        log.exception("unexpected error", exc_info=error)
-        return errors.internal_error()
+        return errors.internal_error(error)
 
     recorder = install_metrics(app, runtime, auth.check_metrics)
     hot = HotRoutes(runtime, auth, body_model, recorder, vary_origin=bool(settings.cors_origins))

@@ -3,7 +3,13 @@
 Every error answer is a :class:`wire.Answer` (status, headers, bytes), free of any framework,
 so the fast path sends the very answer Quart would; Quart's routes send it as an
 :class:`ErrorResponse`. The body is :func:`wire.error_body`, and the answer carries its wire
-code so the metrics need not read the body back.
+code so the metrics need not read the body back, and its correlation id in the
+``X-Correlation-Id`` header as well as in the body.
+
+Whether and how an error answer is logged is decided here too (:func:`report`), for the
+fast path and Quart alike: the expected outcomes of a sale stay out of the default log (they
+are counted in ``/metrics`` by code), the refusals that point at a broken client or an
+attack are logged at INFO within :data:`CLIENT_FAULT_LINES`, and server errors always.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from actors.errors import (
     UnsupportedMediaType,
 )
 
+from ..logs import LineBudget
 from .wire import Answer, ErrorResponse, error_body, response
 
 log = logging.getLogger("flashflow.http")
@@ -71,20 +78,49 @@ HTTP_CODES: dict[int, str] = {
 }
 
 
+#: The response header that carries an error answer's correlation id (and an admin action's).
+CORRELATION_HEADER = "X-Correlation-Id"
+
+#: Client errors that point at a broken client or an attack: logged at INFO (within
+#: :data:`CLIENT_FAULT_LINES`). Every other 4xx is an expected outcome of a sale (409 lost,
+#: 429 too fast, 404 no sale now): logged at DEBUG only, so a stampede does not pay for a
+#: line per loser, and counted by code in ``flashflow_http_errors_total``.
+CLIENT_FAULTS = frozenset({400, 401, 403, 405, 413, 415, 431})
+
+#: At most 10 client-fault lines a second per process, 20 at once: a flood cannot fill a disk.
+CLIENT_FAULT_LINES = LineBudget(per_s=10.0, burst=20)
+
+
+def report(status: int, code: str, message: str, correlation_id: str,
+           error: BaseException | None = None) -> None:
+    """Log an error answer by its status, with its correlation id.
+
+    A 500 is logged at ERROR with ``error``'s traceback; any other 5xx at WARNING; a client
+    fault (:data:`CLIENT_FAULTS`) at INFO within its line budget; any other 4xx at DEBUG.
+    """
+    extra = {"correlation_id": correlation_id, "error_code": code}
+    if status >= 500:
+        level = logging.ERROR if status == 500 else logging.WARNING
+        log.log(level, "%s %s: %s", status, code, message, extra=extra,
+                exc_info=error if error is not None else None)
+    elif status in CLIENT_FAULTS:
+        CLIENT_FAULT_LINES.log(log, logging.INFO, "%s %s: %s", status, code, message,
+                               extra=extra)
+    else:
+        log.debug("%s %s: %s", status, code, message, extra=extra)
+
+
 def error_answer(status: int, code: str, message: str, *,
                  retry_after_s: int | None = None, challenge: str | None = None,
-                 allow: tuple[str, ...] = ()) -> Answer:
-    """Build the error envelope with a fresh correlation id, and log it with that id.
+                 allow: tuple[str, ...] = (), error: BaseException | None = None) -> Answer:
+    """Build the error envelope with a fresh correlation id, and :func:`report` it with that id.
 
     ``allow``, the methods the path accepts, makes the ``Allow`` header a 405 must carry
-    (RFC 9110, section 15.5.6).
+    (RFC 9110, section 15.5.6); ``error``, the exception behind a 500, puts its traceback on
+    the log line.
     """
     correlation_id = str(uuid.uuid4())
-    # A sale's losers are many and expected: client errors are logged at DEBUG so a
-    # stampede does not pay for a log line per 409; server errors always show.
-    level = logging.WARNING if status >= 500 else logging.DEBUG
-    log.log(level, "%s %s: %s", status, code, message,
-            extra={"correlation_id": correlation_id, "error_code": code})
+    report(status, code, message, correlation_id, error)
     headers: tuple[tuple[str, str], ...] = ()
     if retry_after_s is not None:
         headers += (("Retry-After", str(retry_after_s)),)
@@ -92,6 +128,7 @@ def error_answer(status: int, code: str, message: str, *,
         headers += (("WWW-Authenticate", challenge),)
     if allow:
         headers += (("Allow", ", ".join(allow)),)
+    headers += ((CORRELATION_HEADER, correlation_id),)
     return Answer(status, error_body(status, code, message, correlation_id).encode(), headers,
                   code)
 
@@ -108,16 +145,17 @@ def answer_for(error: FlashFlowError, retry_after_s: int) -> Answer:
     """The answer to a Flash Flow error, by the table above."""
     entry = table_entry(error)
     if entry is None:
-        return internal_answer()
+        return internal_answer(error)
     status, code, retry = entry
     wait_s = getattr(error, "retry_after_s", retry_after_s)
     return error_answer(status, code, error.message, retry_after_s=wait_s if retry else None,
                         challenge=getattr(error, "challenge", None))
 
 
-def internal_answer() -> Answer:
-    """The answer to anything unexpected: no stack trace leaves the server."""
-    return error_answer(500, INTERNAL_ERROR, "An unexpected error occurred.")
+def internal_answer(error: BaseException | None = None) -> Answer:
+    """The answer to anything unexpected (``error``): no stack trace leaves the server, but
+    the log line holds it, with the correlation id the answer carries."""
+    return error_answer(500, INTERNAL_ERROR, "An unexpected error occurred.", error=error)
 
 
 def error_response(status: int, code: str, message: str, *,
@@ -137,7 +175,7 @@ def for_http(error: HTTPException) -> ErrorResponse:
     """The response for an HTTP error raised by the framework."""
     status = error.code or 500
     if status >= 500:
-        return internal_error()
+        return internal_error(error)
     code = HTTP_CODES.get(status, "BAD_REQUEST")
     # The router names the methods the path accepts (in no set order) on its 405.
     allow = (tuple(sorted(error.valid_methods or ()))
@@ -145,6 +183,6 @@ def for_http(error: HTTPException) -> ErrorResponse:
     return error_response(status, code, error.description or error.name, allow=allow)
 
 
-def internal_error() -> ErrorResponse:
-    """The Quart response for anything unexpected."""
-    return response(internal_answer())
+def internal_error(error: BaseException | None = None) -> ErrorResponse:
+    """The Quart response for anything unexpected (``error``)."""
+    return response(internal_answer(error))

@@ -11,7 +11,6 @@ Its answers are counted by the same recorder under the same route rules.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -41,8 +40,6 @@ from .wire import (
 )
 
 __all__ = ["EXTENSION", "HEALTH", "HotRoutes", "fast_path", "route_of", "takes"]
-
-log = logging.getLogger("flashflow.http")
 
 #: The key of ``app.extensions`` under which ``create_app`` leaves its :class:`HotRoutes`.
 EXTENSION = "flashflow.hot_routes"
@@ -184,9 +181,9 @@ def fast_path(app: ASGIApp, hot: HotRoutes, max_body_bytes: int) -> ASGIApp:
             else:
                 sent = await hot.sale(route.sale_id)
         except Exception as exc:
-            log.exception("unexpected error", exc_info=exc)
-            sent = errors.internal_answer()
-        recorder.observe(route.rule, method, sent.status, time.perf_counter() - started)
+            sent = errors.internal_answer(exc)
+        recorder.observe(route.rule, method, sent.status, time.perf_counter() - started,
+                         sent.error_code)
         if route.purchase:
             recorder.purchase(purchase_outcome(sent.status, sent.error_code))
         headers = [(name.lower().encode(), value.encode()) for name, value in sent.headers]

@@ -51,6 +51,7 @@ REQUEST_METRICS: tuple[tuple[str, str], ...] = (
     ("flashflow_http_requests_total", "HTTP requests by route rule, method and status."),
     ("flashflow_http_request_duration_seconds", "HTTP request latency by route rule and method."),
     ("flashflow_purchases_total", "Purchase answers by wire code (CONFIRMED for a 201)."),
+    ("flashflow_http_errors_total", "Error answers by status and wire code."),
 )
 
 #: Metrics of the build: (exposed name, help).
@@ -75,15 +76,23 @@ class RequestMetrics:
                                  ["route", "method"], buckets=LATENCY_BUCKETS, registry=registry)
         self.purchases = Counter("flashflow_purchases_total", names["flashflow_purchases_total"],
                                  ["outcome"], registry=registry)
+        self.errors = Counter("flashflow_http_errors_total",
+                              names["flashflow_http_errors_total"], ["status", "code"],
+                              registry=registry)
         # label values -> child: a request pays a dictionary look-up, not labels()'s checks
         self._requests: dict[tuple[str, ...], Any] = {}
         self._latency: dict[tuple[str, ...], Any] = {}
         self._purchases: dict[tuple[str, ...], Any] = {}
+        self._errors: dict[tuple[str, ...], Any] = {}
 
-    def observe(self, route: str, method: str, status: int, seconds: float | None) -> None:
-        """Count one request and, when its start is known, its latency."""
+    def observe(self, route: str, method: str, status: int, seconds: float | None,
+                error_code: str | None = None) -> None:
+        """Count one request, its error answer's wire code (``error_code``, None for a
+        success) and, when its start is known, its latency."""
         method = method if method in METHODS else "OTHER"
         _child(self._requests, self.requests, (route, method, str(status))).inc()
+        if error_code is not None:
+            _child(self._errors, self.errors, (str(status), error_code)).inc()
         if seconds is not None:
             _child(self._latency, self.latency, (route, method)).observe(seconds)
 
@@ -183,11 +192,11 @@ def install_metrics(app: QuartTrio, runtime: Runtime,
         elapsed = time.perf_counter() - started if started is not None else None
         rule = request.url_rule
         route = rule.rule if rule is not None else UNMATCHED
-        recorder.observe(route, request.method, response.status_code, elapsed)
+        # error_code is set on the error answers of wire.response
+        error_code = getattr(response, "error_code", None)
+        recorder.observe(route, request.method, response.status_code, elapsed, error_code)
         if request.endpoint == PURCHASE_ENDPOINT and request.method == "POST":
-            # error_code is set on the error answers of wire.response
-            recorder.purchase(purchase_outcome(response.status_code,
-                                               getattr(response, "error_code", None)))
+            recorder.purchase(purchase_outcome(response.status_code, error_code))
         return response
 
     @app.get("/metrics")

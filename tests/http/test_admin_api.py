@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import trio
+
+from flashflow.http.wire import iso
 
 from ..helpers import assert_error, fetch, ledger_of, live_server, make_sale, pg
 
@@ -257,3 +260,54 @@ async def test_a_jwt_with_the_admin_scope_authorises_without_an_admin_token(sett
         assert 'scope="flashflow:admin"' in answer.headers["WWW-Authenticate"]
     rows = await pg(settings.database_url, fetch, "SELECT product_name FROM flash_sales")
     assert len(rows) == 1
+
+
+def admin_lines(caplog) -> list:
+    """The admin API's log lines, in order."""
+    return [r for r in caplog.records if r.name == "flashflow.http.admin"]
+
+
+async def test_every_admin_action_is_logged_with_its_changes(settings, caplog):
+    """Create, patch and end are INFO lines naming the sale, each change old -> new and the
+    correlation id of the answer's X-Correlation-Id."""
+    settings = replace(settings, admin_token=TOKEN)
+    running = await make_sale(settings.database_url, stock=5)
+    with trio.fail_after(30), caplog.at_level(logging.INFO, logger="flashflow.http.admin"):
+        async with live_server(settings) as server:
+            client = server.client
+            created = await client.post(ADMIN, json=new_sale(totalStock=100), headers=AUTH)
+            sale_id = created.json()["data"]["id"]
+            patched = await client.patch(f"{ADMIN}/{sale_id}", headers=AUTH,
+                                         json={"totalStock": 80})
+            ended = await client.post(f"{ADMIN}/{running.id}/end", headers=AUTH)
+    assert [a.status_code for a in (created, patched, ended)] == [201, 200, 200]
+    create, patch, end = admin_lines(caplog)
+    for line, answer, action, sale in [(create, created, "create", sale_id),
+                                       (patch, patched, "update", sale_id),
+                                       (end, ended, "end", str(running.id))]:
+        assert line.levelno == logging.INFO
+        assert (line.admin_action, line.sale_id) == (action, sale)
+        assert line.correlation_id == answer.headers["x-correlation-id"]
+        uuid.UUID(line.correlation_id)
+    assert create.changes["totalStock"] == {"old": None, "new": 100}
+    assert set(create.changes) == {"productName", "totalStock", "startTime", "endTime"}
+    assert patch.changes == {"totalStock": {"old": 100, "new": 80}}
+    assert "totalStock 100 -> 80" in patch.getMessage()
+    assert end.changes == {"endTime": {"old": iso(running.end_time),
+                                       "new": ended.json()["data"]["endTime"]}}
+
+
+async def test_a_refused_admin_action_is_logged_with_its_code(settings, caplog):
+    """A 409 refusal of an admin change is an INFO line with the answer's correlation id."""
+    settings = replace(settings, admin_token=TOKEN)
+    sale = await make_sale(settings.database_url, stock=5)
+    with trio.fail_after(30), caplog.at_level(logging.INFO, logger="flashflow.http.admin"):
+        async with live_server(settings) as server:
+            refused = await server.client.patch(f"{ADMIN}/{sale.id}", headers=AUTH,
+                                                json={"totalStock": 50})
+    error = assert_error(refused, 409, "SALE_STARTED")
+    (line,) = admin_lines(caplog)
+    assert line.levelno == logging.INFO
+    assert (line.admin_action, line.sale_id, line.error_code) == (
+        "update", str(sale.id), "SALE_STARTED")
+    assert line.correlation_id == error["correlationId"]

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import trio
+
+from flashflow.http import errors
+from flashflow.logs import LineBudget
 
 from ..helpers import (FakeClock, assert_error, fetch, gate_keys, live_server, make_sale, pg,
                        redis_client)
@@ -170,3 +175,76 @@ async def test_unexpected_error_is_500_without_a_traceback(settings):
     error = assert_error(response, 500, "INTERNAL_ERROR")
     assert error["message"] == "An unexpected error occurred."
     assert "Traceback" not in response.text and "garbage" not in response.text
+
+
+async def test_a_500_is_logged_once_with_its_traceback_and_correlation_id(settings, caplog):
+    """The log line of a 500 carries the traceback and the correlation id the client got."""
+    sale = await make_sale(settings.database_url, stock=5)
+    redis_client(settings).set(gate_keys(settings, sale.id)[0], "garbage")
+    with trio.fail_after(30), caplog.at_level(logging.DEBUG, logger="flashflow.http"):
+        async with live_server(settings) as server:
+            response = await server.client.get(CURRENT)
+    error = assert_error(response, 500, "INTERNAL_ERROR")
+    (line,) = [r for r in caplog.records if r.name == "flashflow.http" and r.levelno >= 30]
+    assert line.levelno == logging.ERROR
+    assert line.correlation_id == error["correlationId"]
+    assert line.exc_info is not None and line.exc_info[1] is not None
+
+
+@pytest.fixture
+def fresh_budget(monkeypatch) -> LineBudget:
+    """A full line budget for client faults, as a process starts with."""
+    budget = LineBudget(per_s=10.0, burst=20)
+    monkeypatch.setattr(errors, "CLIENT_FAULT_LINES", budget)
+    return budget
+
+
+async def test_client_faults_are_logged_at_info_and_lost_sales_at_debug(settings, caplog,
+                                                                        fresh_budget):
+    """400, 405, 413 and 415 are INFO lines with the client's correlation id; a 409 is DEBUG."""
+    await make_sale(settings.database_url, stock=5)
+    json = {"Content-Type": "application/json"}
+    with trio.fail_after(30), caplog.at_level(logging.DEBUG, logger="flashflow.http"):
+        async with live_server(settings) as server:
+            client = server.client
+            assert (await client.post(PURCHASE, json={"userId": "alice"})).status_code == 201
+            answers = {
+                409: await client.post(PURCHASE, json={"userId": "alice"}),
+                400: await client.post(PURCHASE, content=b'{"userId": ', headers=json),
+                405: await client.put(PURCHASE, json={"userId": "alice"}),
+                413: await client.post(PURCHASE, json={"userId": "a", "pad": "x" * 10240}),
+                415: await client.post(PURCHASE, content=b'{"userId": "alice"}',
+                                       headers={"Content-Type": "text/plain"}),
+            }
+    lines = {r.correlation_id: r for r in caplog.records if hasattr(r, "correlation_id")}
+    for status, response in answers.items():
+        line = lines[response.headers["x-correlation-id"]]
+        assert line.getMessage().startswith(f"{status} "), line.getMessage()
+        assert line.levelno == (logging.DEBUG if status == 409 else logging.INFO), status
+
+
+@pytest.mark.parametrize(("status", "level"), [
+    (400, logging.INFO), (401, logging.INFO), (403, logging.INFO), (413, logging.INFO),
+    (415, logging.INFO), (404, logging.DEBUG), (409, logging.DEBUG), (429, logging.DEBUG),
+    (503, logging.WARNING), (500, logging.ERROR)])
+def test_each_status_is_logged_at_its_level(status, level, caplog, fresh_budget):
+    """The one table of levels: sale outcomes DEBUG, client faults INFO, server errors above."""
+    with caplog.at_level(logging.DEBUG, logger="flashflow.http"):
+        errors.report(status, "CODE", "message", "c-1")
+    (line,) = caplog.records
+    assert (line.levelno, line.correlation_id, line.error_code) == (level, "c-1", "CODE")
+
+
+def test_a_flood_of_client_faults_is_held_to_the_budget(caplog, monkeypatch):
+    """1,000 bad requests at once write the burst, then one line counting the rest."""
+    now = [0.0]
+    fresh_budget = LineBudget(per_s=10.0, burst=20, clock=lambda: now[0])
+    monkeypatch.setattr(errors, "CLIENT_FAULT_LINES", fresh_budget)
+    with caplog.at_level(logging.INFO, logger="flashflow.http"):
+        for _ in range(1000):
+            errors.report(400, "VALIDATION_ERROR", "bad", "c-1")
+        assert len(caplog.records) == fresh_budget.burst
+        now[0] = 1.0
+        errors.report(400, "VALIDATION_ERROR", "bad", "c-2")
+    assert caplog.records[-2].suppressed == 1000 - fresh_budget.burst
+    assert caplog.records[-1].correlation_id == "c-2"

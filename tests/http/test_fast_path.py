@@ -20,13 +20,16 @@ PURCHASE = f"{CURRENT}/purchase"
 JSON = {"Content-Type": "application/json"}
 #: Headers that differ between any two answers: when, and by whom.
 VOLATILE_HEADERS = {"date", "server"}
+#: Headers present on both answers, with values that differ between any two.
+FRESH_HEADERS = {"x-correlation-id"}
 #: Body fields that differ between any two answers of the same kind.
 VOLATILE = re.compile(r'"(correlationId|purchaseId|purchasedAt|serverTime)": "[^"]*"')
 
 
 def seen(response) -> tuple[int, list[tuple[str, str]], str]:
     """What a client sees of an answer, less what differs between any two answers."""
-    headers = sorted((name.lower(), value) for name, value in response.headers.multi_items()
+    headers = sorted((name.lower(), "-" if name.lower() in FRESH_HEADERS else value)
+                     for name, value in response.headers.multi_items()
                      if name.lower() not in VOLATILE_HEADERS)
     return response.status_code, headers, VOLATILE.sub(r'"\1": "-"', response.text)
 

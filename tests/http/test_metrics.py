@@ -53,6 +53,10 @@ async def test_metrics_after_a_purchase_hold_exact_values(settings):
     scrape = samples(response.text)
     assert value(scrape, "flashflow_purchases_total", outcome="CONFIRMED") == 1
     assert value(scrape, "flashflow_purchases_total", outcome="ALREADY_PURCHASED") == 1
+    assert value(scrape, "flashflow_http_errors_total", status="409",
+                 code="ALREADY_PURCHASED") == 1
+    assert not [k for k in scrape if k[0] == "flashflow_http_errors_total"
+                and dict(k[1])["code"] != "ALREADY_PURCHASED"]
     assert value(scrape, "flashflow_http_requests_total",
                  route=PURCHASE, method="POST", status="201") == 1
     assert value(scrape, "flashflow_http_requests_total",
