@@ -73,9 +73,14 @@ class SaleNotActive(FlashFlowError):
 
 
 class SaleStarted(FlashFlowError):
-    """Raised when an operator tries to change a sale whose window has opened (by the database clock)."""
+    """Raised when an operator tries to change a sale whose window has opened.
 
-    def __init__(self, message: str = "The flash sale has started; it can no longer be changed.") -> None:
+    Whether it has opened is judged by the database clock.
+    """
+
+    def __init__(
+        self, message: str = "The flash sale has started; it can no longer be changed."
+    ) -> None:
         super().__init__(message)
 
 

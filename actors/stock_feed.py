@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Self
@@ -383,7 +383,8 @@ class StockFeed:
                                  args=[self._channel, str(sale_id)])
         return None if value is None else max(int(value), 0)
 
-    async def _call(self, fn, *args, extra_s: float = 0.0, **kwargs):
+    async def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any, extra_s: float = 0.0,
+                    **kwargs: Any) -> Any:
         try:
             return await _aio.call("redis", self._config.timeout_s + extra_s, fn, *args,
                                    **kwargs)

@@ -94,7 +94,8 @@ def test_links_point_at_files_and_headings_that_exist(page):
         file = (DOCS / path).resolve() if path else DOCS / page
         assert file.is_file(), f"{page}: broken link {target}"
         if anchor:
-            headings = re.findall(r"^#+ (.+)$", file.read_text(encoding="utf-8"), flags=re.MULTILINE)
+            text = file.read_text(encoding="utf-8")
+            headings = re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE)
             assert anchor in {slug(h) for h in headings}, f"{page}: no heading #{anchor}"
 
 

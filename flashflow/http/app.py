@@ -197,7 +197,7 @@ def create_app(runtime: Runtime) -> QuartTrio:
 
     @app.errorhandler(Exception)
     async def on_unexpected(error: Exception) -> Response:
-        log.exception("unexpected error", exc_info=error)
+        log.error("unexpected error", exc_info=error)
         return errors.internal_error()
 
     recorder = install_metrics(app, runtime, auth.check_metrics)

@@ -6,8 +6,16 @@ from datetime import UTC, datetime, timedelta
 
 import trio
 
-from ..helpers import (FakeClock, assert_error, fetch, gate_keys, live_server, make_sale, pg,
-                       redis_client)
+from ..helpers import (
+    FakeClock,
+    assert_error,
+    fetch,
+    gate_keys,
+    live_server,
+    make_sale,
+    pg,
+    redis_client,
+)
 
 CURRENT = "/api/v1/flash-sales/current"
 PURCHASE = f"{CURRENT}/purchase"
