@@ -24,10 +24,6 @@ class InvalidInput(FlashFlowError):
         self.field = field
 
 
-class PayloadTooLarge(FlashFlowError):
-    """Raised when a request body is larger than the configured limit."""
-
-
 class UnsupportedMediaType(FlashFlowError):
     """Raised when a request body is not ``application/json``; nothing is read or written."""
 
@@ -169,7 +165,6 @@ __all__ = [
     "InvalidInput",
     "LedgerUnreachable",
     "Overloaded",
-    "PayloadTooLarge",
     "RateLimited",
     "SaleNotActive",
     "SaleNotFound",

@@ -104,11 +104,6 @@ class Subscription:
         self._next_at = -math.inf
         self._closed = False
 
-    @property
-    def latest(self) -> int | None:
-        """The latest stock the feed knows for this sale, or None before the first change."""
-        return self._state.value
-
     async def snapshot(self) -> int | None:
         """The stock to start from: every change after it is sure to reach :meth:`next`.
 
