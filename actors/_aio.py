@@ -7,6 +7,7 @@ time and no driver exception escapes an actor.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -78,7 +79,8 @@ async def call(
 
 
 #: Where redis-py's and asyncio's own code lives (see :func:`redis_call`).
-_DRIVER_DIRS = tuple(str(Path(module.__file__).parent) + "/" for module in (redis, asyncio))
+_DRIVER_DIRS = tuple(str(Path(inspect.getfile(module)).parent) + "/"
+                     for module in (redis, asyncio))
 
 
 def _raised_in_driver(exc: BaseException) -> bool:
@@ -136,16 +138,20 @@ def redis_client(url: str, timeout_s: float, *, pool_size: int | None = 64,
             is safe.
     """
     target = parse_redis_url(url)
-    options: dict[str, Any] = dict(
-        socket_timeout=timeout_s, socket_connect_timeout=timeout_s, client_name=client_name,
-        retry=Retry(NoBackoff(), retries, supported_errors=(redis.exceptions.ConnectionError,)))
+    options: dict[str, Any] = {
+        "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
+        "client_name": client_name,
+        "retry": Retry(NoBackoff(), retries, supported_errors=(redis.exceptions.ConnectionError,)),
+    }
     if target.kind == "cluster":
         return RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
             max_connections=4 * (pool_size or 64), **target.credentials, **options)
     options["health_check_interval"] = 0
-    blocking = {} if pool_size is None else {"max_connections": pool_size, "timeout": timeout_s}
+    blocking: dict[str, Any] = (
+        {} if pool_size is None else {"max_connections": pool_size, "timeout": timeout_s})
     if target.kind == "sentinel":
+        assert target.master is not None  # parse_redis_url requires it of a sentinel URL
         sentinel = Sentinel(list(target.nodes), sentinel_kwargs={
             "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s})
         return sentinel.master_for(
@@ -218,7 +224,7 @@ class PubSubSource:
         """A new, unsubscribed pub/sub object."""
         if not isinstance(self._client, RedisCluster):
             return self._client.pubsub()
-        known = [(n.host, n.port) for n in self._client.get_nodes()]
+        known = [(n.host, int(n.port)) for n in self._client.get_nodes()]
         nodes = known or list(self._target.nodes)
         address = nodes[self._turn % len(nodes)]
         self._turn += 1

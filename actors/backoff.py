@@ -8,11 +8,21 @@ made, so a test can drive a policy to its end at once.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import stamina
 
-__all__ = ["Backoff"]
+__all__ = ["Attempts", "Backoff"]
+
+
+class Attempts(Protocol):
+    """What :meth:`Backoff.forever` returns: stamina's attempts, for ``for`` or ``async for``."""
+
+    def __iter__(self) -> Iterator[stamina.Attempt]: ...
+
+    def __aiter__(self) -> AsyncIterator[stamina.Attempt]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +33,7 @@ class Backoff:
     max_s: float
     jitter_s: float = 0.0
 
-    def forever(self, on: type[Exception] | tuple[type[Exception], ...]):
+    def forever(self, on: type[Exception] | tuple[type[Exception], ...]) -> Attempts:
         """Attempts at a block that go on until one succeeds, waiting as declared.
 
         Use as ``for attempt in policy.forever(Error): with attempt: ...`` (or

@@ -24,10 +24,6 @@ class InvalidInput(FlashFlowError):
         self.field = field
 
 
-class PayloadTooLarge(FlashFlowError):
-    """Raised when a request body is larger than the configured limit."""
-
-
 class UnsupportedMediaType(FlashFlowError):
     """Raised when a request body is not ``application/json``; nothing is read or written."""
 
@@ -73,9 +69,14 @@ class SaleNotActive(FlashFlowError):
 
 
 class SaleStarted(FlashFlowError):
-    """Raised when an operator tries to change a sale whose window has opened (by the database clock)."""
+    """Raised when an operator tries to change a sale whose window has opened.
 
-    def __init__(self, message: str = "The flash sale has started; it can no longer be changed.") -> None:
+    Whether it has opened is judged by the database clock.
+    """
+
+    def __init__(
+        self, message: str = "The flash sale has started; it can no longer be changed."
+    ) -> None:
         super().__init__(message)
 
 
@@ -164,7 +165,6 @@ __all__ = [
     "InvalidInput",
     "LedgerUnreachable",
     "Overloaded",
-    "PayloadTooLarge",
     "RateLimited",
     "SaleNotActive",
     "SaleNotFound",

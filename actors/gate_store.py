@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -248,12 +249,13 @@ class GateStore:
         k = sale_keys(self._key_prefix, sale_id)
         return [k.stock, k.buyers, k.pending]
 
-    def _script(self, script, sale_id: uuid.UUID, args: Iterable[object] = ()):
+    def _script(self, script: Callable[..., Awaitable[Any]], sale_id: uuid.UUID,
+                args: Iterable[object] = ()) -> Awaitable[Any]:
         """Call a gate script that publishes stock changes: channel and sale id go first."""
         return self._call(script, keys=self._keys(sale_id),
                           args=[self._channel, str(sale_id), *args])
 
-    async def _call(self, fn, *args, **kwargs):
+    async def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
         return await _aio.redis_call(self._timeout_s, fn, *args, **kwargs)
 
 

@@ -75,7 +75,10 @@ def change_notice(sale_id: uuid.UUID | str) -> str:
 
 
 def holder_value(purchase_id: uuid.UUID | str, reserved_ms: int = 0) -> str:
-    """A ``buyers`` value: ``"<purchase id>:<Redis ms of the reservation>"`` (0: from the ledger)."""
+    """A ``buyers`` value: ``"<purchase id>:<Redis ms of the reservation>"``.
+
+    ``reserved_ms`` is 0 for a value rebuilt from the ledger.
+    """
     return f"{purchase_id}:{reserved_ms}"
 
 

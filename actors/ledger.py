@@ -13,7 +13,7 @@ import logging
 import math
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -320,10 +320,10 @@ class Ledger:
             for request in requests:
                 request.reply.set(_outcome(request.purchase, result))
 
-    async def _query(self, fn, *args):
+    async def _query(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         return await self._query_pool(ledger_sql.on_connection, fn, *args)
 
-    async def _query_pool(self, fn, *args):
+    async def _query_pool(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         return await _aio.postgres_call(self._config.timeout_s, fn, self._pool, *args)
 
 
@@ -338,7 +338,7 @@ def _outcome(purchase: Purchase, result: ledger_sql.BatchResult) -> CommitOutcom
     return CommitOutcome(CommitResult.DUPLICATE, result.existing.get(purchase.user_id))
 
 
-async def _select_one(conn) -> bool:
+async def _select_one(conn: Any) -> bool:
     return await conn.fetchval("SELECT 1") == 1
 
 

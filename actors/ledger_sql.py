@@ -228,7 +228,8 @@ def _window_error(exc: asyncpg.PostgresError) -> WindowClosed | None:
 
 
 async def _lock(conn: Any, keys: list[int]) -> None:
-    await conn.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k", keys)
+    await conn.execute(
+        "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k", keys)
 
 
 async def write_batch(pool: Any, sale_id: uuid.UUID, purchases: list[Purchase]) -> BatchResult:

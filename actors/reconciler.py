@@ -122,7 +122,8 @@ class Reconciler:
         returned = await self._return_stale(sale_id, view.now_ms, {
             u: pid for u, (pid, at_ms) in view.oldest.items()
             if u not in found and view.now_ms - at_ms >= self._grace_ms})
-        repair = Repair(settled, claimed + len(replaced), *(counts or (None, None)), returned)
+        before, after = counts or (None, None)
+        repair = Repair(settled, claimed + len(replaced), before, after, returned)
         self._record(sale_id, repair)
         return repair
 

@@ -51,7 +51,7 @@ class RedisTarget:
     password: str | None = None
 
     @property
-    def credentials(self) -> dict[str, str]:
+    def credentials(self) -> dict[str, Any]:
         """``username`` and ``password`` as redis-py connection keyword arguments."""
         given = {"username": self.username, "password": self.password}
         return {k: v for k, v in given.items() if v is not None}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Self
@@ -103,11 +103,6 @@ class Subscription:
         self._seen = state.version
         self._next_at = -math.inf
         self._closed = False
-
-    @property
-    def latest(self) -> int | None:
-        """The latest stock the feed knows for this sale, or None before the first change."""
-        return self._state.value
 
     async def snapshot(self) -> int | None:
         """The stock to start from: every change after it is sure to reach :meth:`next`.
@@ -383,7 +378,8 @@ class StockFeed:
                                  args=[self._channel, str(sale_id)])
         return None if value is None else max(int(value), 0)
 
-    async def _call(self, fn, *args, extra_s: float = 0.0, **kwargs):
+    async def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any, extra_s: float = 0.0,
+                    **kwargs: Any) -> Any:
         try:
             return await _aio.call("redis", self._config.timeout_s + extra_s, fn, *args,
                                    **kwargs)

@@ -25,6 +25,7 @@ import trio
 
 from ._nursery import open_actor_nursery
 from ._slot import Slot
+from .backoff import Backoff
 from .catalog import Catalog
 from .errors import (
     AlreadyPurchased,
@@ -49,6 +50,8 @@ Key = tuple[uuid.UUID, str]
 #: How long memory of a sale is kept after it ends: past the end a purchase is refused by
 #: the window and a status read asks the ledger, so this only covers clocks a little apart.
 LINGER = timedelta(seconds=5)
+#: Waits between attempts to undo a reservation whose reply was lost: a steady 0.25 s.
+LOST_RELEASE = Backoff(initial_s=0.25, max_s=0.25)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,8 @@ class UserSerializer:
         self._catalog = catalog
         self._limiter = limiter
         self._config = config
+        #: Waits between questions about a lost commit reply: a steady ``poll_s``.
+        self._ask_again = Backoff(initial_s=config.poll_s, max_s=config.poll_s)
         self._clock = clock
         self._in_flight: dict[Key, Slot[Purchase]] = {}
         # sale id -> user -> (purchase id as an int, purchased at) of their committed
@@ -299,10 +304,9 @@ class UserSerializer:
                 stays in doubt for the reconciler, which resolves it the same way.
         """
         with trio.move_on_at(deadline):
-            while True:
-                with suppress(BackendUnavailable):
+            async for attempt in self._ask_again.forever(BackendUnavailable):
+                with attempt:
                     return await self._ledger.settle_lost_reply(purchase)
-                await trio.sleep(self._config.poll_s)
         raise BackendUnavailable("postgres")
 
     def _release_later(self, purchase: Purchase) -> None:
@@ -322,13 +326,15 @@ class UserSerializer:
             self._lost_wake = trio.Event()
             while self._lost:
                 purchase_id, (purchase, give_up_at) = next(iter(self._lost.items()))
-                try:
-                    await self._gate.release(purchase.sale_id, purchase.user_id, purchase.id,
-                                             restock=True)
-                except BackendUnavailable:
-                    if trio.current_time() < give_up_at:
-                        await trio.sleep(0.25)
-                        continue
+                async for attempt in LOST_RELEASE.forever(BackendUnavailable):
+                    with attempt:
+                        try:
+                            await self._gate.release(purchase.sale_id, purchase.user_id,
+                                                     purchase.id, restock=True)
+                        except BackendUnavailable:
+                            if trio.current_time() >= give_up_at:
+                                break  # left to the reconciler
+                            raise
                 del self._lost[purchase_id]
 
     def _remember(self, purchase: Purchase) -> None:

@@ -47,10 +47,9 @@ def server_options(fn: Callable) -> Callable:
                       help="Port to listen on; 0 picks a free one [FLASHFLOW_PORT].")(fn)
     fn = click.option("--database-url", help="PostgreSQL URL [FLASHFLOW_DATABASE_URL].")(fn)
     fn = click.option("--redis-url", help="Redis URL [FLASHFLOW_REDIS_URL].")(fn)
-    fn = click.option("--workers", type=click.IntRange(1, 64),
-                      help="Server processes on the one port; default one per core "
-                           "[FLASHFLOW_WORKERS].")(fn)
-    return fn
+    return click.option("--workers", type=click.IntRange(1, 64),
+                        help="Server processes on the one port; default one per core "
+                             "[FLASHFLOW_WORKERS].")(fn)
 
 
 def _run_pg(url: str, fn: Callable, *args: Any) -> Any:
@@ -108,7 +107,8 @@ def migrate(settings: Settings, database_url: str | None) -> None:
     """Apply the SQL migrations not applied yet (re-running is a no-op)."""
     url = _ready(settings, DATABASE, database_url=database_url).database_url
     applied = _run_pg(url, apply_migrations)
-    click.echo(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+    click.echo(f"applied {len(applied)} migration(s)"
+               + (f": {', '.join(applied)}" if applied else ""))
 
 
 def _seed(url: str, product: str, stock: int, starts_in_s: float, duration_s: float,
@@ -160,7 +160,8 @@ def sale() -> None:
 @click.option("--start", "start", required=True, help="ISO 8601 start time (UTC if no zone).")
 @click.option("--end", "end", required=True, help="ISO 8601 end time (UTC if no zone).")
 @click.pass_obj
-def sale_create(settings: Settings, database_url: str | None, product: str, stock: int, start: str, end: str) -> None:
+def sale_create(settings: Settings, database_url: str | None, product: str, stock: int,
+                start: str, end: str) -> None:
     """Schedule a sale."""
     starts, ends = _when(start), _when(end)
     if ends <= starts:
@@ -191,7 +192,8 @@ def sale_show(settings: Settings, database_url: str | None, sale_id: uuid.UUID) 
     url = _ready(settings, DATABASE, database_url=database_url).database_url
 
     async def go(conn: Any) -> tuple[Sale | None, int]:
-        return await ledger_sql.fetch_sale(conn, sale_id), await ledger_sql.sold_count(conn, sale_id)
+        return (await ledger_sql.fetch_sale(conn, sale_id),
+                await ledger_sql.sold_count(conn, sale_id))
 
     found, sold = _run_pg(url, go)
     if found is None:
@@ -254,8 +256,8 @@ def serve(settings: Settings, host: str | None, port: int | None, database_url: 
 @click.option("--data-dir", type=click.Path(path_type=Path),
               help="Where the embedded servers keep their data [FLASHFLOW_DATA_DIR].")
 @click.pass_obj
-def up(settings: Settings, host: str | None, port: int | None, database_url: str | None, redis_url: str | None,
-       workers: int | None, data_dir: Path | None) -> None:
+def up(settings: Settings, host: str | None, port: int | None, database_url: str | None,
+       redis_url: str | None, workers: int | None, data_dir: Path | None) -> None:
     """Start everything: embedded PostgreSQL and Redis unless URLs are set, migrate, seed, serve."""
     from .embedded import start_postgres, start_redis
 

@@ -246,7 +246,7 @@ def _losers(seen: _Seen, rows: dict[str, str], failures: list[Record]) -> Check:
     """Users without a purchase hear 409 SOLD_OUT (or 429 when they spam), nothing else;
     nobody sees a 5xx or a cut connection, but for a fault's 503s and cut connections."""
     wrong = {u for u, records in seen.by_user.items() if u not in rows
-             for r in records if not (r.status == 409 and r.code == "SOLD_OUT"
+             for r in records if not ((r.status == 409 and r.code == "SOLD_OUT")
                                       or _throttled(r) or seen.excuses(r))}
     throttled = sum(_throttled(r) for records in seen.by_user.values() for r in records)
     odd = {f"{r.kind} {r.status} {r.code}" for r in failures}

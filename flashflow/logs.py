@@ -98,7 +98,7 @@ class LineBudget:
         """Spend a token: None when the bucket is empty (the line is suppressed and counted),
         else the number of lines suppressed since the last one written (then reset)."""
         now = self._clock()
-        refill = max(0.0, now - self._last) * self.per_s  
+        refill = max(0.0, now - self._last) * self.per_s
         self._tokens = min(float(self.burst), self._tokens + refill)
         self._last = now
         if self._tokens < 1.0:

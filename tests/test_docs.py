@@ -12,8 +12,13 @@ import yaml
 from click.testing import CliRunner
 
 from flashflow.cli import main
-from flashflow.http.metrics import (ACTOR_METRICS, BUILD_METRICS, PROCESS_METRICS, REQUEST_METRICS,
-                                    SALE_METRICS)
+from flashflow.http.metrics import (
+    ACTOR_METRICS,
+    BUILD_METRICS,
+    PROCESS_METRICS,
+    REQUEST_METRICS,
+    SALE_METRICS,
+)
 from flashflow.settings import NOT_SETTINGS, PREFIX, Settings, env_name
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -96,7 +101,8 @@ def test_links_point_at_files_and_headings_that_exist(page):
         file = (DOCS / path).resolve() if path else DOCS / page
         assert file.is_file(), f"{page}: broken link {target}"
         if anchor:
-            headings = re.findall(r"^#+ (.+)$", file.read_text(encoding="utf-8"), flags=re.MULTILINE)
+            text = file.read_text(encoding="utf-8")
+            headings = re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE)
             assert anchor in {slug(h) for h in headings}, f"{page}: no heading #{anchor}"
 
 

@@ -150,7 +150,7 @@ def assert_start_fails_on(port: int, data_dir: Path) -> None:
         server = None
         started = time.monotonic()
         try:
-            with pytest.raises(EmbeddedServerError, match="(?i)address already in use"):
+            with pytest.raises(EmbeddedServerError, match=r"(?i)address already in use"):
                 server = start(data_dir, port=port, timeout_s=60)
         finally:
             if server is not None:

@@ -39,7 +39,8 @@ def test_the_two_commands_are_make_targets():
     commands = shell_commands()
     assert "make up" in commands and "make test" in commands
     makefile = (README.parent / "Makefile").read_text()
-    assert re.search(r"^up:", makefile, re.MULTILINE) and re.search(r"^test:", makefile, re.MULTILINE)
+    assert re.search(r"^up:", makefile, re.MULTILINE)
+    assert re.search(r"^test:", makefile, re.MULTILINE)
     ci = (README.parent / ".ci" / "run").read_text()
     assert "make test" in ci
     # CI runs the newcomer's path: no service URLs, so the embedded servers are used.

@@ -122,9 +122,9 @@ def test_require_names_the_first_unset_variable():
     """require() returns the settings when the URLs are set, else names the missing variable."""
     ready = Settings(database_url="postgresql://db/ff", redis_url="redis://cache/0")
     assert ready.require("database_url", "redis_url") is ready
-    with pytest.raises(SettingsError, match="^FLASHFLOW_REDIS_URL is not set$"):
+    with pytest.raises(SettingsError, match=r"^FLASHFLOW_REDIS_URL is not set$"):
         Settings(database_url="postgresql://db/ff").require("database_url", "redis_url")
-    with pytest.raises(SettingsError, match="^FLASHFLOW_DATABASE_URL is not set$"):
+    with pytest.raises(SettingsError, match=r"^FLASHFLOW_DATABASE_URL is not set$"):
         Settings().require("database_url")
 
 

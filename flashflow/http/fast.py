@@ -180,7 +180,7 @@ def fast_path(app: ASGIApp, hot: HotRoutes, max_body_bytes: int) -> ASGIApp:
                 sent = hot.health()
             else:
                 sent = await hot.sale(route.sale_id)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - internal_answer logs it, with its traceback
             sent = errors.internal_answer(exc)
         recorder.observe(route.rule, method, sent.status, time.perf_counter() - started,
                          sent.error_code)

@@ -66,7 +66,8 @@ ProductName = Annotated[
 ]
 Stock = Annotated[int, Field(strict=True, ge=0, le=validation.STOCK_MAX)]
 #: ISO 8601 with a zone offset or ``Z``: a time without one would be a guess.
-Moment = Annotated[AwareDatetime, Field(description="ISO 8601 with an offset, e.g. 2030-01-01T10:00:00Z")]
+Moment = Annotated[
+    AwareDatetime, Field(description="ISO 8601 with an offset, e.g. 2030-01-01T10:00:00Z")]
 
 
 def _check_window(start: datetime | None, end: datetime | None) -> None:

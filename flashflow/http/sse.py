@@ -6,9 +6,10 @@ every transition: upcoming -> active at ``startTime``, sold out at 0 (and back, 
 return), -> ended at ``endTime``. When the catalog's current sale changes, a new
 ``snapshot`` follows. ``GET /api/v1/flash-sales/{id}/events`` sends the same events for one
 sale for as long as the client stays; for either, a sale an operator changed (its window,
-its stock, its name) gets a new ``snapshot`` at the stream's next wake. A comment line goes out after ``heartbeat_s`` of silence so proxies
-keep the connection. Every connection, a reconnect with ``Last-Event-ID`` included, starts
-with a fresh snapshot; event ids carry on from the client's last one.
+its stock, its name) gets a new ``snapshot`` at the stream's next wake. A comment line goes
+out after ``heartbeat_s`` of silence so proxies keep the connection. Every connection, a
+reconnect with ``Last-Event-ID`` included, starts with a fresh snapshot; event ids carry on
+from the client's last one.
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ def as_json(command: str, options: Options, workers: list[int],
                          for m in ordered(measurements)],
         "sales": [asdict(s) | {"held": s.held} for s in sales],
         "goals": [asdict(g) for g in goals(measurements)],
-        "sale_checks": [dict(zip(("check", "figure", "met"), t)) for t in sale_checks(sales)],
+        "sale_checks": [dict(zip(("check", "figure", "met"), t, strict=True))
+                        for t in sale_checks(sales)],
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -24,7 +25,7 @@ async def test_waits_double_up_to_the_cap_and_go_on_until_success(autojump_clock
             tried_at.append(trio.current_time())
             if len(tried_at) < 6:
                 raise Refused
-    waits = [round(b - a, 6) for a, b in zip(tried_at, tried_at[1:], strict=False)]
+    waits = [round(b - a, 6) for a, b in itertools.pairwise(tried_at)]
     assert waits == [1.0, 2.0, 4.0, 4.0, 4.0]
 
 

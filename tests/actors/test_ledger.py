@@ -235,7 +235,8 @@ async def test_full_inbox_answers_overloaded(settings):
         async with ledger_for(url, inbox_size=1) as ledger:
             outcomes = await commit_all(ledger, purchases)
     refused = [o for o in outcomes if isinstance(o, Overloaded)]
-    committed = {p.user_id for p, o in zip(purchases, outcomes) if isinstance(o, CommitOutcome)}
+    committed = {p.user_id for p, o in zip(purchases, outcomes, strict=True)
+                 if isinstance(o, CommitOutcome)}
     assert refused and committed
     assert len(refused) + len(committed) == len(purchases)
     assert all(o.actor == "ledger" for o in refused)
@@ -311,7 +312,8 @@ async def test_a_commit_racing_the_end_of_the_sale_is_never_after_it(settings):
     results = {o.result for o in outcomes}
     assert results == {CommitResult.COMMITTED, CommitResult.ENDED}, results
     rows = await pg(url, fetch,
-                    "SELECT count(*) AS late FROM purchases p JOIN flash_sales f ON f.id = p.sale_id"
+                    "SELECT count(*) AS late FROM purchases p"
+                    " JOIN flash_sales f ON f.id = p.sale_id"
                     " WHERE p.sale_id = $1 AND p.committed_at >= f.end_time", sale.id)
     assert rows[0]["late"] == 0
 

@@ -16,7 +16,6 @@ from actors import (
     FlashFlowError,
     InvalidInput,
     Overloaded,
-    PayloadTooLarge,
     SaleNotActive,
     SaleNotFound,
     SoldOut,
@@ -157,15 +156,15 @@ async def test_redis_call_reads_a_connection_torn_down_under_it_as_unavailable()
 
 def test_every_error_is_a_flashflow_error_carrying_a_message():
     """Each public error derives from FlashFlowError and carries its data and a message."""
-    errors = [InvalidInput("bad", field="userId"), PayloadTooLarge("big"), SaleNotFound(),
+    errors = [InvalidInput("bad", field="userId"), SaleNotFound(),
               SaleNotActive(started=False), SaleNotActive(started=True), SoldOut(),
               AlreadyPurchased(), Overloaded("ledger"), BackendUnavailable("redis")]
     assert all(isinstance(e, FlashFlowError) and e.message == str(e) and e.message
                for e in errors)
     assert errors[0].field == "userId"
-    assert "not started" in errors[3].message and errors[3].started is False
-    assert "ended" in errors[4].message and errors[4].started is True
-    assert (errors[7].actor, errors[8].backend) == ("ledger", "redis")
+    assert "not started" in errors[2].message and errors[2].started is False
+    assert "ended" in errors[3].message and errors[3].started is True
+    assert (errors[6].actor, errors[7].backend) == ("ledger", "redis")
 
 
 async def test_a_slot_is_either_withdrawn_or_taken_up_never_both():

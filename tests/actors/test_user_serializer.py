@@ -309,7 +309,8 @@ async def test_max_in_flight_answers_overloaded(settings):
     sale, ledger = a_sale(stock=5), FakeLedger(hold=trio.Event())
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger, config=knobs(max_in_flight=1)) as serializer:
+            async with open_user_serializer(gate, ledger,
+                                            config=knobs(max_in_flight=1)) as serializer:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(serializer.purchase, sale, "alice")
                     while serializer.statistics().in_flight == 0:
@@ -333,7 +334,8 @@ async def test_exit_drains_purchases_in_flight(settings):
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
             async with trio.open_nursery() as outer:
-                async with open_user_serializer(gate, ledger, config=knobs(drain_timeout_s=5)) as serializer:
+                async with open_user_serializer(gate, ledger,
+                                                config=knobs(drain_timeout_s=5)) as serializer:
                     outer.start_soon(buy)
                     while not ledger.commits:
                         await trio.sleep(0.01)

@@ -84,7 +84,7 @@ async def test_sigterm_drains_in_flight_purchases(fault_settings, launch, figure
 
             # A new server finishes the sale.
             successor = await launch(settings)
-            clients = clients + [httpx.AsyncClient(base_url=successor.base_url, timeout=15)]
+            clients = [*clients, httpx.AsyncClient(base_url=successor.base_url, timeout=15)]
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(partial(spam, recorder, clients[-1:], users, stop=stop,

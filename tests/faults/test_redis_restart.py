@@ -38,12 +38,12 @@ async def refresh_gate_connections(client: httpx.AsyncClient, refused: Counter) 
     for _ in range(10):
         statuses: Counter = Counter()
 
-        async def read() -> None:
+        async def read(statuses: Counter) -> None:
             statuses[(await client.get(CURRENT)).status_code] += 1
 
         async with trio.open_nursery() as nursery:
             for _ in range(64):
-                nursery.start_soon(read)
+                nursery.start_soon(read, statuses)
         refused.update({k: v for k, v in statuses.items() if k != 200})
         if set(statuses) == {200}:
             return

@@ -150,7 +150,8 @@ async def test_an_upcoming_sale_can_be_changed_and_its_gate_follows(settings):
     assert_error(empty, 400, "VALIDATION_ERROR")
     assert_error(unknown, 404, "SALE_NOT_FOUND")
     assert_error(malformed, 400, "VALIDATION_ERROR")
-    rows = await pg(settings.database_url, fetch, "SELECT total_stock, product_name FROM flash_sales")
+    rows = await pg(settings.database_url, fetch,
+                    "SELECT total_stock, product_name FROM flash_sales")
     assert [(r["total_stock"], r["product_name"]) for r in rows] == [(9, "Renamed")]
 
 

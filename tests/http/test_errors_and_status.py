@@ -11,8 +11,16 @@ import trio
 from flashflow.http import errors
 from flashflow.logs import LineBudget
 
-from ..helpers import (FakeClock, assert_error, fetch, gate_keys, live_server, make_sale, pg,
-                       redis_client)
+from ..helpers import (
+    FakeClock,
+    assert_error,
+    fetch,
+    gate_keys,
+    live_server,
+    make_sale,
+    pg,
+    redis_client,
+)
 
 CURRENT = "/api/v1/flash-sales/current"
 PURCHASE = f"{CURRENT}/purchase"

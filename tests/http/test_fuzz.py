@@ -48,7 +48,8 @@ def fuzz_target(request, services, template_database, tmp_path_factory):
     from flashflow.settings import Settings
 
     name = f"ff_fuzz_{uuid.uuid4().hex[:8]}"
-    run_pg(services.database_url, _execute, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    run_pg(services.database_url, _execute,
+           f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
     url = with_database(services.database_url, name)
     settings = Settings(database_url=url, redis_url=services.redis_url,
                         key_prefix=f"fftest:fuzz:{name}:", workers=1,

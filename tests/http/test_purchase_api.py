@@ -7,8 +7,16 @@ from datetime import timedelta
 
 import trio
 
-from ..helpers import (assert_error, fetch, gate_keys, ledger_of, live_server, make_sale, pg,
-                       redis_client)
+from ..helpers import (
+    assert_error,
+    fetch,
+    gate_keys,
+    ledger_of,
+    live_server,
+    make_sale,
+    pg,
+    redis_client,
+)
 
 PURCHASE = "/api/v1/flash-sales/current/purchase"
 
