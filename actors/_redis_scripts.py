@@ -115,26 +115,29 @@ return 1
 # Each one missing is recorded and takes a unit (never below 0); one the gate holds in
 # pending under the same purchase id is settled; one held under another purchase id (a
 # reservation that can never commit, since the user's purchase is this one) is replaced by it,
-# settled, with the stock unchanged. Returns how many were missing.
+# settled, with the stock unchanged. Returns how many the gate did not hold: missing or
+# replaced.
 CLAIM = """
 local stock = redis.call('GET', KEYS[1])
 if not stock then return 0 end
 stock = tonumber(stock)
-local claimed = 0
+local claimed, taken = 0, 0
 for i = 3, #ARGV, 2 do
   local held = redis.call('HGET', KEYS[2], ARGV[i])
   if not held then
     redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1] .. ':0')
     claimed = claimed + 1
+    taken = taken + 1
     if stock > 0 then stock = stock - 1 end
   else
     if string.sub(held, 1, #ARGV[i + 1] + 1) ~= ARGV[i + 1] .. ':' then
       redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1] .. ':0')
+      claimed = claimed + 1
     end
     redis.call('ZREM', KEYS[3], ARGV[i])
   end
 end
-if claimed > 0 then
+if taken > 0 then
   redis.call('SET', KEYS[1], stock)
   redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. stock)
 end

@@ -185,7 +185,9 @@ class GateStore:
     async def claim(self, sale_id: uuid.UUID, purchases: dict[str, str]) -> int:
         """Record committed purchases (user -> purchase id) the gate does not hold.
 
-        Each one takes a unit (never below 0); returns how many were missing.
+        Each one missing takes a unit (never below 0); one held under another purchase id
+        (a reservation that can never commit) is replaced, the stock unchanged. Returns how
+        many were recorded, missing or replaced.
         """
         if not purchases:
             return 0

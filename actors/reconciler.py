@@ -112,18 +112,17 @@ class Reconciler:
         # purchase, which the gate did not hold, takes its place now.
         replaced = {u: str(found[u].id) for u, (pid, _) in view.oldest.items()
                     if u in found and str(found[u].id) != pid}
-        if replaced:
-            await self._gate.claim(sale_id, replaced)
+        replaced_n = await self._gate.claim(sale_id, replaced) if replaced else 0
         claimed = 0
         complete = view.pending <= len(view.oldest)
         if complete and sold > view.holders - view.pending + len(committed) + len(replaced):
             claimed, tally = await self._claim_missing(sale)
         counts = await self._gate.recount(sale_id, tally)
-        returned = await self._return_stale(sale_id, view.now_ms, {
+        returned, reclaimed = await self._return_stale(sale_id, view.now_ms, {
             u: pid for u, (pid, at_ms) in view.oldest.items()
             if u not in found and view.now_ms - at_ms >= self._grace_ms})
         before, after = counts or (None, None)
-        repair = Repair(settled, claimed + len(replaced), before, after, returned)
+        repair = Repair(settled, claimed + replaced_n + reclaimed, before, after, returned)
         self._record(sale_id, repair)
         return repair
 
@@ -134,12 +133,16 @@ class Reconciler:
         return (await self._gate.claim(sale.id, missing),
                 Tally(state.total_stock, state.sold))
 
-    async def _return_stale(self, sale_id: uuid.UUID, now_ms: int, stale: dict[str, str]) -> int:
-        """Release stale holders that never committed, as the ledger says under their locks."""
+    async def _return_stale(self, sale_id: uuid.UUID, now_ms: int,
+                            stale: dict[str, str]) -> tuple[int, int]:
+        """Release stale holders that never committed, as the ledger says under their locks.
+
+        Returns (reservations returned, committed purchases recorded in their place).
+        """
         if not stale:
-            return 0
+            return 0, 0
         resolved = await self._ledger.resolve(sale_id, list(stale))
-        returned = 0
+        returned = claimed = 0
         for user, purchase_id in stale.items():
             standing = resolved.get(user)
             if standing is not None and str(standing.id) == purchase_id:
@@ -151,8 +154,8 @@ class Reconciler:
                             extra={"sale_id": str(sale_id), "purchase_id": purchase_id})
             if standing is not None:
                 # The user's purchase is another one: the gate holds that one instead.
-                self._claimed += await self._gate.claim(sale_id, {user: str(standing.id)})
-        return returned
+                claimed += await self._gate.claim(sale_id, {user: str(standing.id)})
+        return returned, claimed
 
     def _record(self, sale_id: uuid.UUID, repair: Repair) -> None:
         self._settled += repair.settled
