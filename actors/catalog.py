@@ -105,11 +105,6 @@ class Catalog:
         """The time by PostgreSQL's clock, as last measured (the local clock without one)."""
         return self._clock() + self._offset
 
-    @property
-    def offset(self) -> timedelta:
-        """How far PostgreSQL's clock is ahead of the local one, as last measured."""
-        return self._offset
-
     def nudge(self) -> None:
         """A sale changed: reload the list now, not at the next periodic refresh."""
         self._nudged.set()
