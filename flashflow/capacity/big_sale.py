@@ -140,6 +140,7 @@ class _Progress:
         self.reconcile_ms: list[tuple[float, float]] = []
         self._nursery, self._runtime, self._sale = nursery, runtime, sale
         self._next_check = 0
+        self._one_pass = trio.Lock()  # fair: passes run one at a time, in the order they began
 
     def sold_one(self) -> None:
         self.sold += 1
@@ -151,9 +152,10 @@ class _Progress:
             self._next_check += 1
 
     async def time_reconcile(self, share: float) -> None:
-        started = trio.current_time()
-        await self._runtime.reconciler.reconcile(self._sale)
-        self.reconcile_ms.append((share, (trio.current_time() - started) * 1000))
+        async with self._one_pass:
+            started = trio.current_time()
+            await self._runtime.reconciler.reconcile(self._sale)
+            self.reconcile_ms.append((share, (trio.current_time() - started) * 1000))
 
     def part_rates(self) -> list[float]:
         step = self.units / PARTS
