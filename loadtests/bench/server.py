@@ -4,7 +4,6 @@ of its CPU time and memory."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from flashflow.embedded import free_port
 from flashflow.harness import Scratch, create_sale, open_scratch
 from flashflow.processes import stop_process
 
+from ..server import server_env
 from . import lua
 
 #: What the scratch databases and key prefixes of the benchmarks are named after.
@@ -116,12 +116,9 @@ class BenchServer:
               auth_secret: str | None = None, timeout_s: float = 60.0) -> BenchServer:
         """Start ``flashflow serve`` and wait until it is ready to sell; with
         ``auth_secret``, buyers must carry tokens signed with it."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHFLOW_")}
-        # One machine plays the whole crowd from one address: the per-address rate limit
-        # would measure itself, not the server.
-        env.update(FLASHFLOW_DATABASE_URL=scratch.database_url,
-                   FLASHFLOW_REDIS_URL=scratch.redis_url, FLASHFLOW_KEY_PREFIX=scratch.key_prefix,
-                   FLASHFLOW_LOG_LEVEL="WARNING", FLASHFLOW_RATE_LIMIT_ENABLED="false")
+        env = server_env(FLASHFLOW_DATABASE_URL=scratch.database_url,
+                         FLASHFLOW_REDIS_URL=scratch.redis_url,
+                         FLASHFLOW_KEY_PREFIX=scratch.key_prefix)
         if auth_secret is not None:
             env["FLASHFLOW_AUTH_JWT_SECRET"] = auth_secret
         return cls.launch(
