@@ -3,7 +3,8 @@ stores hold: the one check that the stampede tests, the locust run, the benchmar
 fault tests all call.
 
 :func:`verify` is a pure function of the answers (:class:`Record`) and two snapshots;
-:func:`ledger_snapshot` and :func:`read_gate` read those snapshots from PostgreSQL and Redis.
+:func:`ledger_snapshot` and :func:`gate_snapshot` (or :func:`read_gate`, on a client of the
+caller's) read those snapshots from PostgreSQL and Redis.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.keys import parse_holder, sale_keys
+from actors.redis_url import sync_client
 
 from .database import run_on_connection
 
@@ -300,5 +302,16 @@ def read_gate(client: Any, key_prefix: str, sale_id: uuid.UUID) -> GateSnapshot:
     return GateSnapshot(None if stock is None else int(stock), buyers)
 
 
+def gate_snapshot(redis_url: str, key_prefix: str, sale_id: uuid.UUID) -> GateSnapshot:
+    """:func:`read_gate` on a client of its own (generous timeout: a big sale's buyers hash
+    holds millions of entries)."""
+    client = sync_client(redis_url, decode_responses=True, socket_timeout=120)
+    try:
+        return read_gate(client, key_prefix, sale_id)
+    finally:
+        client.close()
+
+
 __all__ = ["NO_ANSWER", "PURCHASE", "STATUS", "THROTTLED", "UNAVAILABLE", "WATCH", "Check",
-           "GateSnapshot", "LedgerSnapshot", "Record", "ledger_snapshot", "read_gate", "verify"]
+           "GateSnapshot", "LedgerSnapshot", "Record", "gate_snapshot", "ledger_snapshot",
+           "read_gate", "verify"]

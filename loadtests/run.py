@@ -3,6 +3,8 @@
 Against ``--host URL`` it needs the server's PostgreSQL and Redis (``--database-url``,
 ``--redis-url``, ``--key-prefix``, or the matching ``FLASHFLOW_*`` variables); without a
 URL it starts ``flashflow up`` on embedded servers in a temporary directory and uses theirs.
+The fresh sale (``--stock``) and the judgement are the load harness's
+(:mod:`flashflow.harness`).
 Exit status: 0 when every invariant held, 1 when one broke, 2 when the run could not happen.
 """
 
@@ -23,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from flashflow.harness import create_sale, judge, new_key_prefix
 from flashflow.http.wire import API as CURRENT
 
 from . import backends
@@ -30,7 +33,7 @@ from .records import PURCHASE, read_records
 from .server import ServerStartError, start_embedded
 from .shape import Stages
 from .summary import render, summarise
-from .verify import Check, verify
+from .verify import Check
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -132,7 +135,8 @@ def load_and_verify(args: argparse.Namespace, host: str, database_url: str, redi
     stages = Stages(args.ramp_s, args.peak_s, args.cool_s, args.ramp_users, args.peak_users)
     sale_id = None
     if args.stock is not None:
-        sale_id = str(backends.create_sale(database_url, args.stock, stages.total_s + 60))
+        sale_id = str(create_sale(database_url, "Load Test Sneakers", args.stock,
+                                  stages.total_s + 60, current=True).id)
     sale = wait_for_sale(host, sale_id)
     if sale["status"] != "active":
         raise RunError(f"the current sale is {sale['status']}, not active")
@@ -146,8 +150,7 @@ def load_and_verify(args: argparse.Namespace, host: str, database_url: str, redi
                stages.total_s + 120)
     time.sleep(args.settle_s)
     seen = list(read_records(records))
-    checks = verify(seen, before, backends.ledger_snapshot(database_url, sale_uuid),
-                    backends.gate_snapshot(redis_url, key_prefix, sale_uuid))
+    checks = judge(seen, before, database_url, redis_url, key_prefix, sale_uuid)
     if not any(r.kind == PURCHASE for r in seen):
         checks.append(Check("the load reached the server", False, "no purchase was recorded"))
     summary = summarise(seen, checks)
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             if not host:
                 data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(
                     prefix="flashflow-loadtest-")))
-                prefix = f"loadtest:{uuid.uuid4().hex[:8]}:"
+                prefix = new_key_prefix("loadtest")
                 server = start_embedded(data_dir / "data", prefix)
                 stack.callback(server.stop)
                 host, db, rd = server.url, server.database_url, server.redis_url

@@ -1,4 +1,5 @@
-"""Start ``flashflow up`` on the embedded default for a load test, and stop it again.
+"""Start ``flashflow up`` on the embedded default for a load test, and stop it again; and
+the environment every Flash Flow server a load tool starts runs with (:func:`server_env`).
 
 The child prints where its embedded PostgreSQL and Redis run and where it listens; those
 lines are all the load test needs to drive and verify it.
@@ -51,17 +52,24 @@ class UpServer:
         return stop_process(self.process, signal.SIGINT, timeout_s)
 
 
+def server_env(**settings: str) -> dict[str, str]:
+    """The environment of a server a load tool starts: this process's without its
+    ``FLASHFLOW_*`` variables, then ``settings``, warnings only, and no per-address rate
+    limit (the whole crowd comes from one address here: the limit would turn most of it
+    away with 429, and measure itself rather than the server)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHFLOW_")}
+    env.update(FLASHFLOW_LOG_LEVEL="WARNING", FLASHFLOW_RATE_LIMIT_ENABLED="false", **settings)
+    return env
+
+
 def start_embedded(data_dir: Path, key_prefix: str, timeout_s: float = 90.0) -> UpServer:
     """Run ``flashflow up --port 0 --data-dir data_dir`` and wait for it to listen.
 
     Raises:
         ServerStartError: it exited first, or said nothing about listening in time.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHFLOW_")}
-    # The whole crowd comes from one address here: the per-address limit would turn most of
-    # it away with 429, unless the caller asks for it explicitly.
-    env.update(FLASHFLOW_KEY_PREFIX=key_prefix, FLASHFLOW_LOG_LEVEL="WARNING",
-               FLASHFLOW_RATE_LIMIT_ENABLED="false")
+    env = server_env(FLASHFLOW_KEY_PREFIX=key_prefix)
+    # The per-address limit stays off unless the caller asks for it explicitly.
     for name in ("FLASHFLOW_DATABASE_URL", "FLASHFLOW_REDIS_URL", "FLASHFLOW_RATE_LIMIT_ENABLED",
                  "FLASHFLOW_AUTH_JWT_SECRET", "FLASHFLOW_AUTH_JWT_ISSUER",
                  "FLASHFLOW_AUTH_JWT_AUDIENCE"):

@@ -1,7 +1,8 @@
 """Measure the live stock feed over loopback: capacity, memory and delivery delay.
 
-It makes a fresh database and Redis key prefix and serves Flash Flow in a child process on
-127.0.0.1, as the benchmark does (:mod:`loadtests.bench.server`); then, from this process:
+It makes a scratch database and Redis key prefix holding one sale (the load harness's,
+:mod:`flashflow.harness`) and serves Flash Flow in a child process on 127.0.0.1, as the
+benchmark does (:mod:`loadtests.bench.server`); then, from this process:
 
 1. opens ``--subscribers`` SSE connections, reads each one's snapshot, and reports the
    server's resident memory per subscriber and the time for one purchase to reach them all;
@@ -33,11 +34,12 @@ import httpx
 import psutil
 import trio
 
+from flashflow.harness import Scratch
 from flashflow.http.wire import CURRENT_EVENTS as EVENTS
 from flashflow.http.wire import CURRENT_PURCHASE as PURCHASE
 
 from . import summary
-from .bench.server import Backend, BenchServer, cpu_seconds, tree
+from .bench.server import BenchServer, bench_sale, cpu_seconds, tree
 
 STOCK = re.compile(rb'"remainingStock":(\d+)')
 #: The sale's stock: far more than the bench buys, so it never sells out under it.
@@ -228,21 +230,16 @@ async def latency_phase(client: httpx.AsyncClient, host: str, port: int,
     return out
 
 
-async def bench(args: argparse.Namespace) -> None:
-    """Set up, run the server, measure, and clean up."""
-    backend = await trio.to_thread.run_sync(
-        Backend(args.database_url, args.redis_url).create, STOCK_AT_START)
-    try:
-        with tempfile.TemporaryDirectory(prefix="ff-sse-bench-") as logs:
-            server = await trio.to_thread.run_sync(BenchServer.start, backend, 1, Path(logs))
-            try:
-                with trio.fail_after(args.timeout_s):
-                    report = await measure(server.url, server.root, args, STOCK_AT_START)
-                print(json.dumps(report, indent=2))
-            finally:
-                await trio.to_thread.run_sync(server.stop)
-    finally:
-        await trio.to_thread.run_sync(backend.drop)
+async def bench(args: argparse.Namespace, scratch: Scratch) -> None:
+    """Run the server on the scratch stores, measure, and stop it."""
+    with tempfile.TemporaryDirectory(prefix="ff-sse-bench-") as logs:
+        server = await trio.to_thread.run_sync(BenchServer.start, scratch, 1, Path(logs))
+        try:
+            with trio.fail_after(args.timeout_s):
+                report = await measure(server.url, server.root, args, STOCK_AT_START)
+            print(json.dumps(report, indent=2))
+        finally:
+            await trio.to_thread.run_sync(server.stop)
 
 
 def main() -> None:
@@ -261,7 +258,8 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=300)
     args = parser.parse_args()
     raise_fd_limit()
-    trio.run(bench, args)
+    with bench_sale(args.database_url, args.redis_url, STOCK_AT_START) as (scratch, _):
+        trio.run(bench, args, scratch)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 ``python -m flashflow.capacity gate`` measures the stock gate alone on one Redis and on a
 Redis Cluster; ``python -m flashflow.capacity big-sale`` sells one big sale through the
-actor tree and checks it against the stores. They live in the application package because
-they import the actors, which the HTTP load tests in ``loadtests/`` never do.
+actor tree and checks it against the stores. They stay in the wheel as an operator's sizing
+tool, and drive the actors directly, which the HTTP load tests in ``loadtests/`` never do.
+Both are scenarios on the load harness (:mod:`flashflow.harness`) that the load tests share:
+it lives in the application package so that this tool ships with it, and ``loadtests``
+imports it from there.
 """
 
 from .big_sale import BigSaleRun, run_big_sale

@@ -1,8 +1,9 @@
-"""What the capacity benchmarks share: the servers they start, a scratch database, Redis CPU
-time, and the way figures are printed.
+"""What the capacity benchmarks share beyond the load harness (:mod:`flashflow.harness`:
+backing services, scratch database and key prefix, the sale, the judge): the Redis servers
+the gate benchmark starts, Redis CPU time, and the way figures are printed.
 
 Every server a benchmark starts runs on loopback under a directory of its own and is stopped
-by its process id on the way out; a scratch database is dropped.
+by its process id on the way out.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import os
 import platform
 import shutil
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
@@ -24,9 +24,7 @@ import redis
 
 from actors.redis_url import CLUSTER, parse_redis_url, sync_client
 
-from ..database import execute, run_on_connection, with_database
 from ..embedded import EmbeddedServerError, cluster_port, start_redis
-from ..migrate import apply_migrations
 
 #: Redis Cluster's slots, dealt out in equal ranges to the shards.
 SLOTS = 16384
@@ -127,36 +125,6 @@ def redis_cluster(directory: Path, server: Path | None, shards: int = 3,
         url = f"{CLUSTER}://" + ",".join(f"127.0.0.1:{p}" for p in ports)
         yield RedisTarget(url, tuple(("127.0.0.1", p) for p in ports),
                           f"{shards}-shard cluster")
-
-
-def delete_prefix(url: str, key_prefix: str) -> int:
-    """Delete every key under ``key_prefix`` (on every node of a cluster); return how many."""
-    client = sync_client(url, socket_timeout=30)
-    deleted = 0
-    try:
-        batch: list[Any] = []
-        for key in client.scan_iter(match=f"{key_prefix}*", count=1000):
-            batch.append(key)
-            if len(batch) >= 500:
-                deleted += sum(client.delete(k) for k in batch)
-                batch.clear()
-        deleted += sum(client.delete(k) for k in batch)
-    finally:
-        client.close()
-    return deleted
-
-
-@contextmanager
-def scratch_database(admin_url: str, prefix: str = "ffcap") -> Iterator[str]:
-    """A fresh database on ``admin_url``'s server, migrated, dropped afterwards."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    run_on_connection(admin_url, execute, f'CREATE DATABASE "{name}"')
-    try:
-        url = with_database(admin_url, name)
-        run_on_connection(url, apply_migrations)
-        yield url
-    finally:
-        run_on_connection(admin_url, execute, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def machine() -> str:

@@ -13,31 +13,31 @@ limiter off, since every buyer asks once), and a fixed number of concurrent buye
 - a gate rebuild: the sale's keys deleted, then :meth:`~actors.StockGate.ensure_loaded`
   writes every buyer back from the ledger.
 
-Every answer is held to :func:`flashflow.invariants.verify` against PostgreSQL and Redis,
-once after the sale and again after the rebuild: a speed is worth nothing for a wrong sale.
+The sale is scheduled and every answer judged by the load harness (:mod:`flashflow.harness`):
+each is held to :func:`flashflow.invariants.verify` against PostgreSQL and Redis, once after
+the sale and again after the rebuild: a speed is worth nothing for a wrong sale.
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import tempfile
 import time
-import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import trio
 from redis.cluster import RedisCluster
 
-from actors import FlashFlowError, Sale, ledger_sql
+from actors import FlashFlowError, Sale
 from actors.keys import sale_keys
 from actors.redis_url import sync_client
 
-from ..database import run_on_connection
+from ..harness import create_sale, judge
 from ..http.errors import INTERNAL_ERROR, table_entry
-from ..invariants import PURCHASE, Check, LedgerSnapshot, Record, ledger_snapshot, read_gate, verify
+from ..invariants import PURCHASE, Check, LedgerSnapshot, Record
 from ..runtime import Runtime, open_runtime
 from ..settings import Settings
 from ._common import RedisTarget, load_average
@@ -46,6 +46,8 @@ from ._common import RedisTarget, load_average
 PARTS = 20
 #: Sold shares at which a reconciler pass is timed while the sale runs.
 RECONCILE_AT = (0.1, 0.5, 0.9)
+#: How long the sale lasts: far longer than any run.
+SALE_LASTS_S = 12 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,25 +201,11 @@ def _memory(url: str, keys: list[str]) -> tuple[int, int]:
         client.close()
 
 
-def _judge(settings: Settings, sale: Sale, records: list[Record], label: str) -> list[Check]:
-    after = ledger_snapshot(settings.database_url, sale.id)
-    client = sync_client(settings.redis_url, decode_responses=True, socket_timeout=120)
-    try:
-        gate = read_gate(client, settings.key_prefix, sale.id)
-    finally:
-        client.close()
-    before = LedgerSnapshot(sale.total_stock, 0, {})
-    return [Check(f"{label}: {c.name}", c.held, c.detail)
-            for c in verify(records, before, after, gate)]
-
-
 async def run_big_sale(database_url: str, target: RedisTarget, key_prefix: str, *,
                        units: int, users: int, concurrency: int = 512) -> BigSaleRun:
     """Sell ``units`` to ``users`` distinct users through the actor tree, measure, verify."""
-    start = datetime.now(UTC) - timedelta(seconds=1)
     sale: Sale = await trio.to_thread.run_sync(
-        run_on_connection, database_url, ledger_sql.insert_sale, "Capacity sale", units, start,
-        start + timedelta(hours=12))
+        create_sale, database_url, "Capacity sale", units, SALE_LASTS_S)
     with tempfile.TemporaryDirectory(prefix="ffcap-") as data_dir:
         settings = Settings(database_url=database_url, redis_url=target.url,
                             key_prefix=key_prefix, data_dir=Path(data_dir),
@@ -239,7 +227,10 @@ async def run_big_sale(database_url: str, target: RedisTarget, key_prefix: str, 
             sold_out_at = progress.marks[-1] if len(progress.marks) > PARTS else ended
             await progress.time_reconcile(1.0)
             usage, memory_after = await trio.to_thread.run_sync(_memory, target.url, key_list)
-            checks = await trio.to_thread.run_sync(_judge, settings, sale, records, "after sale")
+            before = LedgerSnapshot(sale.total_stock, 0, {})
+            judged = functools.partial(judge, records, before, settings.database_url,
+                                       settings.redis_url, settings.key_prefix, sale.id)
+            checks = await trio.to_thread.run_sync(functools.partial(judged, label="after sale"))
 
             client = sync_client(target.url, socket_timeout=30)
             try:
@@ -249,8 +240,8 @@ async def run_big_sale(database_url: str, target: RedisTarget, key_prefix: str, 
             rebuild_started = trio.current_time()
             await runtime.gate.ensure_loaded(sale)
             rebuild_s = trio.current_time() - rebuild_started
-            checks += await trio.to_thread.run_sync(_judge, settings, sale, records,
-                                                    "after rebuild")
+            checks += await trio.to_thread.run_sync(functools.partial(judged,
+                                                                      label="after rebuild"))
     began = progress.marks[0]
     sold = progress.sold or 1
     after_s = ended - sold_out_at
@@ -290,8 +281,3 @@ def summary_rows(run: BigSaleRun) -> list[tuple[str, str]]:
          "held" if run.held else "BROKEN: " + "; ".join(
              f"{c.name} ({c.detail})" for c in run.checks if not c.held)),
     ]
-
-
-def new_prefix() -> str:
-    """A key prefix of the run's own."""
-    return f"ffcap:{uuid.uuid4().hex[:10]}:"

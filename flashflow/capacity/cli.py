@@ -16,19 +16,20 @@ from pathlib import Path
 import click
 import trio
 
-from ..embedded import start_postgres
+from ..harness import backing_services, open_scratch, scratch_prefix
 from . import big_sale, gate
 from ._common import (
-    delete_prefix,
     machine,
     redis_cluster,
     redis_server_binary,
-    scratch_database,
     single_redis,
     table,
     target_for,
     write_json,
 )
+
+#: What the scratch databases and key prefixes of a capacity run are named after.
+TAG = "ffcap"
 
 _json = click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
                      help="Also write every figure to this file.")
@@ -74,13 +75,10 @@ def gate_command(sale_counts: tuple[int, ...], concurrency: int, duration_s: flo
             targets.append(stack.enter_context(redis_cluster(directory, redis_server, shards)))
         for target in targets:
             for sales in sale_counts:
-                prefix = big_sale.new_prefix()
-                try:
+                with scratch_prefix(target.url, TAG) as prefix:
                     figure = trio.run(functools.partial(
                         gate.measure, target, prefix, sales, concurrency=concurrency,
                         duration_s=duration_s, warmup_s=warmup_s))
-                finally:
-                    delete_prefix(target.url, prefix)
                 figures.append(figure)
                 click.echo(f"  {target.label}, {sales} sale(s): {figure.per_s:,.0f}/s, "
                            f"ceiling {figure.ceiling_per_s:,.0f}/s", err=True)
@@ -108,17 +106,12 @@ def big_sale_command(units: int, users: int, concurrency: int, database_url: str
     _heading(f"A big sale: {units:,} units, {users:,} users")
     with ExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ffcap-")))
-        if database_url is None:
-            postgres = start_postgres(directory / "data")
-            stack.callback(postgres.stop)
-            database_url = postgres.url
-        target = (target_for(redis_url, "given") if redis_url
-                  else stack.enter_context(single_redis(directory, redis_server)))
-        url = stack.enter_context(scratch_database(database_url))
-        prefix = big_sale.new_prefix()
-        stack.callback(delete_prefix, target.url, prefix)
-        run = trio.run(functools.partial(big_sale.run_big_sale, url, target, prefix,
-                                         units=units, users=users, concurrency=concurrency))
+        admin_url, redis_url = stack.enter_context(backing_services(
+            directory, database_url, redis_url, redis_server=redis_server))
+        scratch = stack.enter_context(open_scratch(admin_url, redis_url, TAG))
+        run = trio.run(functools.partial(
+            big_sale.run_big_sale, scratch.database_url, target_for(redis_url, "one Redis"),
+            scratch.key_prefix, units=units, users=users, concurrency=concurrency))
     click.echo(table(("Figure", "Value"), big_sale.summary_rows(run)))
     write_json(json_path, {"machine": machine(), "run": run.as_dict()})
     if not run.held:

@@ -13,6 +13,8 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
+from flashflow.harness import backing_services
+
 from . import report, wrk
 from .sale import SaleRun, run_sale
 from .scenarios import Measurement, Options, run_configuration
@@ -83,12 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     sales: list[SaleRun] = []
     with ExitStack() as stack:
         log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ffbench-")))
-        admin_url, redis_url = args.database_url, args.redis_url
-        if not admin_url or not redis_url:
-            from flashflow.embedded import embedded_services
-
-            postgres, redis_server = stack.enter_context(embedded_services(log_dir / "data"))
-            admin_url, redis_url = admin_url or postgres.url, redis_url or redis_server.url
+        admin_url, redis_url = stack.enter_context(backing_services(
+            log_dir / "data", args.database_url or None, args.redis_url or None))
         for count in workers:
             print(f"measuring with {count} worker(s)", flush=True)
             measured = run_configuration(count, admin_url, redis_url, options, log_dir)

@@ -19,7 +19,7 @@ from ..backends import gate_keys, gate_snapshot, ledger_snapshot
 from ..verify import Check, GateSnapshot, LedgerSnapshot
 from . import lua, wrk
 from .scenarios import Options, purchase_args
-from .server import Backend, BenchServer, cpu_seconds
+from .server import BenchServer, bench_sale, cpu_seconds
 
 
 class SellOutClock:
@@ -122,14 +122,12 @@ def run_sale(workers: int | None, admin_url: str, redis_url: str, options: Optio
     """Sell ``stock`` units to ``users`` distinct users, at the most connections asked for."""
     threads, connections = options.threads, max(options.connections)
     per_thread = -(-users // threads)
-    backend = Backend(admin_url, redis_url).create(stock=stock)
-    try:
-        server = BenchServer.start(backend, workers, log_dir, options.auth_secret)
+    with bench_sale(admin_url, redis_url, stock) as (scratch, sale_id):
+        server = BenchServer.start(scratch, workers, log_dir, options.auth_secret)
         try:
             rss_start = server.sampler.sample()
-            clock = SellOutClock(backend.database_url, redis_url,
-                                 gate_keys(backend.key_prefix, backend.sale_id)[0],
-                                 backend.sale_id, stock)
+            clock = SellOutClock(scratch.database_url, redis_url,
+                                 gate_keys(scratch.key_prefix, sale_id)[0], sale_id, stock)
             args = purchase_args("sale", per_thread, options, log_dir, per_thread)
             cpu_before = cpu_seconds(server.root)
             clock.start()
@@ -139,8 +137,8 @@ def run_sale(workers: int | None, admin_url: str, redis_url: str, options: Optio
             time.sleep(1.0)
             clock.stop()
             checks = sale_checks(result, per_thread * threads,
-                                 ledger_snapshot(backend.database_url, backend.sale_id),
-                                 gate_snapshot(redis_url, backend.key_prefix, backend.sale_id))
+                                 ledger_snapshot(scratch.database_url, sale_id),
+                                 gate_snapshot(redis_url, scratch.key_prefix, sale_id))
             cores = os.cpu_count() or 1
             return SaleRun(
                 workers=workers or 1, stock=stock, users=per_thread * threads,
@@ -155,5 +153,3 @@ def run_sale(workers: int | None, admin_url: str, redis_url: str, options: Optio
                 invariants=checks)
         finally:
             server.stop()
-    finally:
-        backend.drop()

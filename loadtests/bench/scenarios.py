@@ -23,7 +23,7 @@ from flashflow.settings import Settings
 from flashflow.tokens import mint
 
 from . import ceilings, lua, wrk
-from .server import Backend, BenchServer, cpu_seconds
+from .server import BenchServer, bench_sale, cpu_seconds
 
 ASGI = "bare ASGI"
 QUART = "bare quart-trio"
@@ -210,15 +210,12 @@ def buy_each(url: str, users: Iterable[str], allowed: tuple[int, ...],
 @contextmanager
 def _flashflow(admin_url: str, redis_url: str, stock: int, workers: int, log_dir: Path,
                auth_secret: str | None) -> Iterator[BenchServer]:
-    backend = Backend(admin_url, redis_url).create(stock=stock)
-    try:
-        server = BenchServer.start(backend, workers, log_dir, auth_secret)
+    with bench_sale(admin_url, redis_url, stock) as (scratch, _):
+        server = BenchServer.start(scratch, workers, log_dir, auth_secret)
         try:
             yield server
         finally:
             server.stop()
-    finally:
-        backend.drop()
 
 
 def run_configuration(workers: int, admin_url: str, redis_url: str, options: Options,

@@ -1,77 +1,43 @@
-"""The server under benchmark: a fresh database and key prefix, ``flashflow serve`` in a
-child process, and a sampler of its CPU time and memory."""
+"""The server under benchmark: a scratch database and key prefix with one sale (the load
+harness's, :mod:`flashflow.harness`), ``flashflow serve`` in a child process, and a sampler
+of its CPU time and memory."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from contextlib import suppress
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psutil
-import redis
 
-from flashflow.database import execute, run_on_connection, with_database
 from flashflow.embedded import free_port
-from flashflow.migrate import apply_migrations
+from flashflow.harness import Scratch, create_sale, open_scratch
 from flashflow.processes import stop_process
 
+from ..server import server_env
 from . import lua
 
-_pg = run_on_connection
-_execute = execute
+#: What the scratch databases and key prefixes of the benchmarks are named after.
+TAG = "ffbench"
+#: How long a benchmark's sale lasts: longer than any run.
+SALE_LASTS_S = 2 * 3600
 
 
-async def _insert_sale(conn: Any, stock: int) -> uuid.UUID:
-    start = datetime.now(UTC) - timedelta(seconds=1)
-    return await conn.fetchval(
-        "INSERT INTO flash_sales (product_name, total_stock, start_time, end_time) "
-        "VALUES ('Bench Sneakers', $1, $2, $3) RETURNING id", stock, start,
-        start + timedelta(hours=2))
-
-
-@dataclass
-class Backend:
-    """A database of its own (migrated, holding one active sale) and a key prefix of its own."""
-
-    admin_url: str
-    redis_url: str
-    name: str = field(default_factory=lambda: f"ff_bench_{uuid.uuid4().hex[:10]}")
-    key_prefix: str = field(default_factory=lambda: f"ffwrk:{uuid.uuid4().hex[:10]}:")
-    sale_id: uuid.UUID | None = None
-
-    @property
-    def database_url(self) -> str:
-        """The URL of this backend's own database."""
-        return with_database(self.admin_url, self.name)
-
-    def create(self, stock: int) -> Backend:
-        """Create and migrate the database and schedule the sale; return self."""
-        _pg(self.admin_url, _execute, f'CREATE DATABASE "{self.name}"')
-        _pg(self.database_url, apply_migrations)
-        self.sale_id = _pg(self.database_url, _insert_sale, stock)
-        return self
-
-    def drop(self) -> None:
-        """Drop the database and delete the key prefix's Redis keys."""
-        _pg(self.admin_url, _execute, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        client = redis.Redis.from_url(self.redis_url)
-        try:
-            keys = list(client.scan_iter(match=f"{self.key_prefix}*", count=1000))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
+@contextmanager
+def bench_sale(admin_url: str, redis_url: str, stock: int) -> Iterator[tuple[Scratch, uuid.UUID]]:
+    """A scratch database and key prefix holding one active sale of ``stock``, removed
+    afterwards; yields them and the sale's id."""
+    with open_scratch(admin_url, redis_url, TAG) as scratch:
+        sale = create_sale(scratch.database_url, "Bench Sneakers", stock, SALE_LASTS_S)
+        yield scratch, sale.id
 
 
 class Sampler:
@@ -133,7 +99,7 @@ def cpu_seconds(root: psutil.Process) -> float:
 @dataclass
 class BenchServer:
     """A server under benchmark in a child process on a free loopback port: ``flashflow
-    serve`` against one :class:`Backend`, or one of the ceilings."""
+    serve`` against one :class:`~flashflow.harness.Scratch`, or one of the ceilings."""
 
     process: subprocess.Popen
     url: str
@@ -146,16 +112,13 @@ class BenchServer:
         return psutil.Process(self.process.pid)
 
     @classmethod
-    def start(cls, backend: Backend, workers: int, log_dir: Path,
+    def start(cls, scratch: Scratch, workers: int, log_dir: Path,
               auth_secret: str | None = None, timeout_s: float = 60.0) -> BenchServer:
         """Start ``flashflow serve`` and wait until it is ready to sell; with
         ``auth_secret``, buyers must carry tokens signed with it."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHFLOW_")}
-        # One machine plays the whole crowd from one address: the per-address rate limit
-        # would measure itself, not the server.
-        env.update(FLASHFLOW_DATABASE_URL=backend.database_url,
-                   FLASHFLOW_REDIS_URL=backend.redis_url, FLASHFLOW_KEY_PREFIX=backend.key_prefix,
-                   FLASHFLOW_LOG_LEVEL="WARNING", FLASHFLOW_RATE_LIMIT_ENABLED="false")
+        env = server_env(FLASHFLOW_DATABASE_URL=scratch.database_url,
+                         FLASHFLOW_REDIS_URL=scratch.redis_url,
+                         FLASHFLOW_KEY_PREFIX=scratch.key_prefix)
         if auth_secret is not None:
             env["FLASHFLOW_AUTH_JWT_SECRET"] = auth_secret
         return cls.launch(
