@@ -48,8 +48,8 @@ def server_options(fn: Callable) -> Callable:
     fn = click.option("--database-url", help="PostgreSQL URL [FLASHFLOW_DATABASE_URL].")(fn)
     fn = click.option("--redis-url", help="Redis URL [FLASHFLOW_REDIS_URL].")(fn)
     return click.option("--workers", type=click.IntRange(1, 64),
-                        help="Server processes on the one port; default one per core "
-                             "[FLASHFLOW_WORKERS].")(fn)
+                        help="Server processes on the one port; default one per CPU this "
+                             "process may use (a container's CPU quota) [FLASHFLOW_WORKERS].")(fn)
 
 
 def _run_pg(url: str, fn: Callable, *args: Any) -> Any:
