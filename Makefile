@@ -31,3 +31,13 @@ up: $(RUNTIME)
 test: $(TESTING)
 	$(BIN)/pytest --cov=actors --cov=flashflow --cov-report=term-missing $(PYTEST_ARGS)
 	$(BIN)/coverage report --include='actors/*' --fail-under=95
+
+# requirements.lock: the versions the image installs, for the runtime dependencies alone
+# (no extra), resolved afresh from pyproject.toml in a virtual environment of its own.
+LOCK_VENV ?= .lock-venv
+lock:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet pip-tools
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet \
+	    --strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
+	    --annotation-style line --output-file requirements.lock pyproject.toml
