@@ -90,16 +90,17 @@ class LedgerStatistics:
     withdrawn: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LedgerConfig:
-    """The ledger's knobs; the application builds this from its settings."""
+    """The ledger's knobs; the application builds this from its settings, which hold the
+    defaults."""
 
     database_url: str
-    pool_size: int = 4
-    inbox_size: int = 4096
-    batch_max: int = 256
-    timeout_s: float = 5.0
-    statement_cache_size: int = 100
+    pool_size: int
+    inbox_size: int
+    batch_max: int
+    timeout_s: float
+    statement_cache_size: int
 
 
 class Ledger:

@@ -45,13 +45,14 @@ from .keys import sale_keys, stock_channel
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FeedConfig:
-    """The feed's knobs; the application builds this from its settings."""
+    """The feed's knobs; the application builds this from its settings, which hold the
+    defaults of those it sets. The rest are the feed's own."""
 
     redis_url: str
-    key_prefix: str = "flashflow:"
-    timeout_s: float = 2.0
+    key_prefix: str
+    timeout_s: float
     min_interval_s: float = 0.1
     wake_groups: int = 64
     batch_max: int = 512

@@ -36,9 +36,6 @@ from .gate_store import GateStore, InDoubt, Loader, open_gate_store
 from .model import Sale, Tally
 from .wait_queue import Counter, WaitQueues, open_wait_queues
 
-#: How long a reservation waits for a unit to come back when its caller names no deadline.
-DEFAULT_WAIT_S = 6.0
-
 
 @dataclass(frozen=True, slots=True)
 class GateStatistics:
@@ -53,16 +50,18 @@ class GateStatistics:
     waiting: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GateConfig:
-    """The gate's knobs; the application builds this from its settings."""
+    """The gate's knobs; the application builds this from its settings, which hold the defaults."""
 
     redis_url: str
-    key_prefix: str = "flashflow:"
-    inbox_size: int = 4096
-    batch_max: int = 512
-    timeout_s: float = 2.0
-    doubt_poll_s: float = 0.05
+    key_prefix: str
+    inbox_size: int
+    batch_max: int
+    timeout_s: float
+    doubt_poll_s: float
+    #: How long a reservation waits for a unit to come back when its caller names no deadline.
+    wait_s: float
 
 
 async def seat(store: GateStore, requests: list[Reserve]) -> list[Reserve]:
@@ -100,7 +99,7 @@ class StockGate:
         """Reserve one unit for ``user_id``, or report the unit the user already holds.
 
         When the gate reads 0 the request waits, until ``deadline`` (trio time; by default
-        ``DEFAULT_WAIT_S`` from now), for a unit to come back or for the sale to be sold out
+        ``wait_s`` from now), for a unit to come back or for the sale to be sold out
         for good.
 
         Raises:
@@ -112,7 +111,7 @@ class StockGate:
         """
         self._queues.answer_from_memory(sale, user_id)
         if deadline is None:
-            deadline = trio.current_time() + DEFAULT_WAIT_S
+            deadline = trio.current_time() + self._config.wait_s
         request = Reserve(sale, user_id, purchase_id, deadline, Slot())
         try:
             self._send.send_nowait(request)
@@ -276,7 +275,6 @@ async def open_stock_gate(config: GateConfig, loader: Loader,
 
 
 __all__ = [
-    "DEFAULT_WAIT_S",
     "GateAnswer",
     "GateConfig",
     "GateStatistics",

@@ -67,16 +67,17 @@ class SerializerStatistics:
     remembered_sales: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SerializerConfig:
-    """The serializer's knobs; the application builds this from its settings."""
+    """The serializer's knobs; the application builds this from its settings, which hold the
+    defaults of those it sets. ``sweep_s`` is the serializer's own."""
 
-    max_in_flight: int = 8192
-    wait_s: float = 6.0
-    poll_s: float = 0.05
-    release_retry_s: float = 30.0
+    max_in_flight: int
+    wait_s: float
+    poll_s: float
+    release_retry_s: float
+    drain_timeout_s: float
     sweep_s: float = 5.0
-    drain_timeout_s: float = 10.0
 
 
 class UserSerializer:
@@ -380,7 +381,7 @@ class UserSerializer:
 async def open_user_serializer(gate: StockGate, ledger: Ledger, *,
                                catalog: Catalog | None = None,
                                limiter: RateLimiter | None = None,
-                               config: SerializerConfig = SerializerConfig(),
+                               config: SerializerConfig,
                                clock: Callable[[], datetime] = utc_now,
                                also_forget: tuple[Callable[[list[uuid.UUID]], None], ...] = (),
                                ) -> AsyncIterator[UserSerializer]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -23,9 +23,9 @@ from actors import (
 )
 from actors.errors import Undecided
 from actors.keys import parse_holder, sale_keys
-from actors.stock_gate import GateAnswer, GateConfig, Seat, StockGate, open_stock_gate
+from actors.stock_gate import GateAnswer, Seat, StockGate, open_stock_gate
 
-from ..helpers import redis_client
+from ..helpers import on_defaults, redis_client
 
 
 def a_sale(stock: int = 10) -> Sale:
@@ -62,7 +62,7 @@ async def gate_for(settings, loader=None, **knobs) -> AsyncIterator[StockGate]:
     """A stock gate on the test's Redis prefix, inside an asyncio bridge."""
     loader = loader or Loader()
     counter = getattr(loader, "count", None) or Loader().count
-    config = GateConfig(redis_url=settings.redis_url, key_prefix=settings.key_prefix, **knobs)
+    config = replace(on_defaults(settings).gate_config(), **knobs)
     async with (
         trio_asyncio.open_loop(),
         open_stock_gate(config, loader=loader, counter=counter) as gate,
@@ -209,7 +209,8 @@ async def test_unreadable_ledger_fails_reserves_on_a_missing_gate(settings):
 
 async def test_unreachable_redis_fails_at_open(settings):
     """Opening a gate on a closed port raises BackendUnavailable, not an ExceptionGroup."""
-    config = GateConfig(redis_url="redis://127.0.0.1:1/0", timeout_s=1.0)
+    config = replace(on_defaults(settings).gate_config(), redis_url="redis://127.0.0.1:1/0",
+                     timeout_s=1.0)
     with trio.fail_after(10):
         async with trio_asyncio.open_loop():
             with pytest.raises(BackendUnavailable) as caught:

@@ -7,7 +7,7 @@ import math
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -29,11 +29,15 @@ from actors import (
     utc_now,
 )
 from actors.errors import Undecided
-from actors.ledger import CommitOutcome, LedgerConfig, open_ledger
-from actors.stock_gate import GateConfig, StockGate, open_stock_gate
+from actors.ledger import CommitOutcome, open_ledger
+from actors.stock_gate import StockGate, open_stock_gate
 from actors.user_serializer import SerializerConfig, open_user_serializer
+from flashflow.settings import Settings
 
-from ..helpers import fetch, gate_keys, gate_state, make_sale, pg, redis_client
+from ..helpers import fetch, gate_keys, gate_state, make_sale, on_defaults, pg, redis_client
+
+#: The serializer's configuration by default.
+DEFAULTS = Settings().serializer_config()
 
 
 def a_sale(stock: int = 5, *, ends_in: timedelta = timedelta(hours=1)) -> Sale:
@@ -93,7 +97,7 @@ async def nothing_sold(sale_id: uuid.UUID) -> Tally:
 @asynccontextmanager
 async def gate_for(settings, loader) -> AsyncIterator[StockGate]:
     """A real stock gate on the test's Redis prefix, inside an asyncio bridge."""
-    config = GateConfig(redis_url=settings.redis_url, key_prefix=settings.key_prefix)
+    config = on_defaults(settings).gate_config()
     async with (
         trio_asyncio.open_loop(),
         open_stock_gate(config, loader=loader, counter=nothing_sold) as gate,
@@ -103,7 +107,7 @@ async def gate_for(settings, loader) -> AsyncIterator[StockGate]:
 
 def knobs(**overrides) -> SerializerConfig:
     """Serializer settings with short waits, for tests."""
-    return SerializerConfig(**{"wait_s": 0.5, "poll_s": 0.02, **overrides})
+    return replace(DEFAULTS, **{"wait_s": 0.5, "poll_s": 0.02, **overrides})
 
 
 async def test_concurrent_purchases_of_one_user_get_one_success(settings):
@@ -121,11 +125,11 @@ async def test_concurrent_purchases_of_one_user_get_one_success(settings):
 
     with trio.fail_after(20):
         async with (
-            trio_asyncio.open_loop(), open_ledger(LedgerConfig(database_url=url)) as ledger,
-            open_stock_gate(GateConfig(redis_url=settings.redis_url,
-                                       key_prefix=settings.key_prefix),
+            trio_asyncio.open_loop(),
+            open_ledger(on_defaults(settings).ledger_config()) as ledger,
+            open_stock_gate(on_defaults(settings).gate_config(),
                             loader=ledger.state, counter=ledger.tally) as gate,
-            open_user_serializer(gate, ledger) as serializer,
+            open_user_serializer(gate, ledger, config=DEFAULTS) as serializer,
         ):
             async with trio.open_nursery() as nursery:
                 for _ in range(20):
@@ -144,7 +148,7 @@ async def test_a_buyer_is_answered_from_memory(settings):
     sale, ledger = a_sale(stock=5), FakeLedger()
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger) as serializer:
+            async with open_user_serializer(gate, ledger, config=DEFAULTS) as serializer:
                 first = await serializer.purchase(sale, "alice")
                 for _ in range(2):
                     with pytest.raises(AlreadyPurchased):
@@ -162,7 +166,7 @@ async def test_known_buyers_are_kept_as_values_the_garbage_collector_does_not_wa
     bought: dict[str, tuple[uuid.UUID, datetime]] = {}
     with trio.fail_after(20):
         async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger) as serializer:
+            async with open_user_serializer(gate, ledger, config=DEFAULTS) as serializer:
                 for i in range(200):
                     purchase = await serializer.purchase(sale, f"buyer-{i:03d}")
                     bought[purchase.user_id] = (purchase.id, purchase.purchased_at)
@@ -201,7 +205,7 @@ async def test_a_holder_whose_purchase_committed_is_already_purchased_and_rememb
     ledger = FakeLedger(standing={"alice": standing})
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader({"alice": str(standing.id)})) as gate:
-            async with open_user_serializer(gate, ledger) as serializer:
+            async with open_user_serializer(gate, ledger, config=DEFAULTS) as serializer:
                 for _ in range(2):
                     with pytest.raises(AlreadyPurchased):
                         await serializer.purchase(sale, "alice")
@@ -245,7 +249,7 @@ async def test_a_commit_outside_the_window_returns_the_unit(settings):
     sale, ledger = a_sale(stock=5), FakeLedger(outcome=CommitResult.ENDED)
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger) as serializer:
+            async with open_user_serializer(gate, ledger, config=DEFAULTS) as serializer:
                 with pytest.raises(SaleNotActive) as caught:
                     await serializer.purchase(sale, "alice")
     assert caught.value.started is True
@@ -257,7 +261,7 @@ async def test_duplicate_outcome_rolls_back_with_restock(settings):
     sale, ledger = a_sale(stock=5), FakeLedger(outcome=CommitResult.DUPLICATE)
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger) as serializer:
+            async with open_user_serializer(gate, ledger, config=DEFAULTS) as serializer:
                 with pytest.raises(AlreadyPurchased):
                     await serializer.purchase(sale, "alice")
                 with pytest.raises(AlreadyPurchased):
@@ -272,7 +276,7 @@ async def test_no_stock_outcome_drops_the_buyer_without_restock(settings):
     sale, ledger = a_sale(stock=5), FakeLedger(outcome=CommitResult.NO_STOCK)
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger) as serializer:
+            async with open_user_serializer(gate, ledger, config=DEFAULTS) as serializer:
                 with pytest.raises(SoldOut):
                     await serializer.purchase(sale, "alice")
                 stats = serializer.statistics()
@@ -368,7 +372,7 @@ async def test_unexpected_error_fails_the_caller_and_surfaces(settings):
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
             with pytest.raises(RuntimeError, match="boom"):
-                async with open_user_serializer(gate, ledger) as serializer:
+                async with open_user_serializer(gate, ledger, config=DEFAULTS) as serializer:
                     with pytest.raises(BackendUnavailable):
                         await serializer.purchase(sale, "alice")
                     await trio.sleep_forever()
@@ -394,7 +398,8 @@ async def test_buy_checks_the_sale_and_its_window_and_status_reads_memory(settin
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
             async with open_user_serializer(gate, ledger,
-                                            catalog=FakeCatalog([sale, ended])) as serializer:
+                                            catalog=FakeCatalog([sale, ended]),
+                                            config=DEFAULTS) as serializer:
                 bought, which = await serializer.buy("alice", "127.0.0.1")
                 with pytest.raises(SaleNotActive) as caught:
                     await serializer.buy("alice", "127.0.0.1", ended.id)
@@ -410,7 +415,7 @@ async def test_memory_of_ended_sales_is_dropped(settings):
     over, running = a_sale(stock=5, ends_in=timedelta(minutes=-5)), a_sale(stock=5)
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, FakeLedger()) as serializer:
+            async with open_user_serializer(gate, FakeLedger(), config=DEFAULTS) as serializer:
                 await serializer.purchase(over, "alice")
                 await serializer.purchase(running, "alice")
                 assert serializer.forget_ended(utc_now()) == [over.id]
