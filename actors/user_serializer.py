@@ -6,7 +6,7 @@ while their purchase is in flight wait for it; the first press is the one answer
 others ``ALREADY_PURCHASED`` once it commits. Every 409 is final: ``ALREADY_PURCHASED`` only
 once the ledger holds the user's purchase, ``SOLD_OUT`` only once it holds every unit. While
 the answer is in doubt the purchase waits, bounded by ``wait_s``, then answers ``Undecided``
-(503). Outcomes whose reply was lost are settled by asking the ledger or undone in Redis,
+(503). Outcomes whose reply was lost are learnt by asking the ledger or undone in Redis,
 never guessed. Each purchase runs in the serializer's own nursery, so a client that hangs up
 cannot strand a reservation halfway.
 """
@@ -152,7 +152,7 @@ class UserSerializer:
                 await self._limiter.check(user_id, address)
             if waited.cancelled_caught:
                 raise Undecided()
-        return await self.purchase(sale, user_id, deadline), sale
+        return await self.purchase_unchecked(sale, user_id, deadline), sale
 
     async def status(self, user_id: str, sale_id: uuid.UUID | None = None, *,
                      address: str | None = None) -> tuple[Sale, Purchase | None]:
@@ -174,9 +174,12 @@ class UserSerializer:
 
     # -- the purchase -----------------------------------------------------------------
 
-    async def purchase(self, sale: Sale, user_id: str, deadline: float | None = None) -> Purchase:
+    async def purchase_unchecked(self, sale: Sale, user_id: str,
+                                 deadline: float | None = None) -> Purchase:
         """Buy one unit of ``sale`` for ``user_id`` and return the committed purchase.
 
+        Unlike :meth:`buy`, neither the sale's window nor the rate limit is checked here:
+        this is the purchase itself, for a caller that checked them or means to skip them.
         The answer comes by ``deadline`` (trio time; by default the purchase wait from now).
 
         Raises:
@@ -199,7 +202,7 @@ class UserSerializer:
         self._sales[sale.id] = sale
         if deadline is None:
             deadline = trio.current_time() + self._config.wait_s
-        self._nursery.start_soon(self._settle, sale, user_id, slot, deadline)
+        self._nursery.start_soon(self._run_purchase, sale, user_id, slot, deadline)
         return await slot.wait()
 
     def answer_from_memory(self, sale: Sale, user_id: str) -> None:
@@ -231,8 +234,8 @@ class UserSerializer:
             remembered_sales=len(self._buyers),
         )
 
-    async def _settle(self, sale: Sale, user_id: str, slot: Slot[Purchase],
-                      deadline: float) -> None:
+    async def _run_purchase(self, sale: Sale, user_id: str, slot: Slot[Purchase],
+                            deadline: float) -> None:
         key = (sale.id, user_id)
         try:
             slot.set(await self._reserve_and_commit(sale, user_id, deadline))
@@ -275,7 +278,7 @@ class UserSerializer:
             raise
         except BackendUnavailable:
             self._lost_replies += 1
-            outcome = await self._settle_lost_reply(purchase, deadline)
+            outcome = await self._inquire(purchase, deadline)
         result = outcome.result
         if result is CommitResult.COMMITTED:
             self._remember(purchase)
@@ -297,7 +300,7 @@ class UserSerializer:
             raise BackendUnavailable("postgres")
         raise SaleNotActive(started=result is CommitResult.ENDED)
 
-    async def _settle_lost_reply(self, purchase: Purchase, deadline: float) -> CommitOutcome:
+    async def _inquire(self, purchase: Purchase, deadline: float) -> CommitOutcome:
         """Ask the ledger what became of a commit whose reply was lost, until ``deadline``.
 
         Raises:
@@ -307,7 +310,7 @@ class UserSerializer:
         with trio.move_on_at(deadline):
             async for attempt in self._ask_again.forever(BackendUnavailable):
                 with attempt:
-                    return await self._ledger.settle_lost_reply(purchase)
+                    return await self._ledger.inquire(purchase)
         raise BackendUnavailable("postgres")
 
     def _release_later(self, purchase: Purchase) -> None:
@@ -385,7 +388,7 @@ async def open_user_serializer(gate: StockGate, ledger: Ledger, *,
                                clock: Callable[[], datetime] = utc_now,
                                also_forget: tuple[Callable[[list[uuid.UUID]], None], ...] = (),
                                ) -> AsyncIterator[UserSerializer]:
-    """Open the serializer; on exit, purchases in flight get ``drain_timeout_s`` to settle.
+    """Open the serializer; on exit, purchases in flight get ``drain_timeout_s`` to finish.
 
     Background work (undoing reservations whose reply was lost, forgetting ended sales, here
     and in each of ``also_forget``) stops at once on exit: what it leaves, the reconciler

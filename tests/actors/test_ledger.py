@@ -333,17 +333,17 @@ async def test_only_the_stock_constraint_means_no_stock(settings):
     assert await rows_and_sold(url, sale) == ({}, 0)
 
 
-async def test_a_lost_reply_is_settled_by_the_ledger(settings):
-    """settle_lost_reply() reads what committed: the same purchase, another one, or none."""
+async def test_a_lost_reply_is_answered_by_the_ledger(settings):
+    """inquire() reads what committed: the same purchase, another one, or none."""
     url = settings.database_url
     sale = await make_sale(url, stock=3)
     mine, other = purchase_of(sale, "alice"), purchase_of(sale, "alice")
     with trio.fail_after(20):
         async with ledger_for(url) as ledger:
-            absent = await ledger.settle_lost_reply(mine)
+            absent = await ledger.inquire(mine)
             await ledger.commit(mine)
-            same = await ledger.settle_lost_reply(mine)
-            dup = await ledger.settle_lost_reply(other)
+            same = await ledger.inquire(mine)
+            dup = await ledger.inquire(other)
             assert await ledger.resolve(sale.id, []) == {}
     assert absent.result is CommitResult.ABSENT
     assert (same.result, same.purchase.id) == (CommitResult.COMMITTED, mine.id)
