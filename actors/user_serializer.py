@@ -39,6 +39,7 @@ from .errors import (
     Undecided,
 )
 from .ledger import CommitOutcome, CommitResult, Ledger
+from .lost_reservations import LostReservations
 from .model import Purchase, Sale, SaleStatus, utc_now
 from .rate_limiter import RateLimiter
 from .stock_gate import Seat, StockGate
@@ -50,8 +51,6 @@ Key = tuple[uuid.UUID, str]
 #: How long memory of a sale is kept after it ends: past the end a purchase is refused by
 #: the window and a status read asks the ledger, so this only covers clocks a little apart.
 LINGER = timedelta(seconds=5)
-#: Waits between attempts to undo a reservation whose reply was lost: a steady 0.25 s.
-LOST_RELEASE = Backoff(initial_s=0.25, max_s=0.25)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +108,7 @@ class UserSerializer:
         self._from_memory = 0
         self._rolled_back = 0
         self._lost_replies = 0
-        # purchase id -> (a reservation whose reply was lost, when to leave it to the reconciler)
-        self._lost: dict[uuid.UUID, tuple[Purchase, float]] = {}
-        self._lost_wake = trio.Event()
+        self._lost = LostReservations(gate, config.release_retry_s)
 
     # -- the routes' calls ------------------------------------------------------------
 
@@ -256,7 +253,7 @@ class UserSerializer:
                 # The reservation may have been made with its reply lost (here, or by the
                 # waiting queue): undo it as soon as Redis answers, so a retry can buy.
                 self._lost_replies += 1
-                self._release_later(purchase)
+                self._lost.add(purchase)
                 raise
             if answer.seat is Seat.RESERVED:
                 return await self._commit(sale, purchase, deadline)
@@ -313,34 +310,6 @@ class UserSerializer:
                     return await self._ledger.inquire(purchase)
         raise BackendUnavailable("postgres")
 
-    def _release_later(self, purchase: Purchase) -> None:
-        """Undo a reservation whose reply was lost, as soon as Redis answers again."""
-        self._lost[purchase.id] = (purchase, trio.current_time() + self._config.release_retry_s)
-        self._lost_wake.set()
-
-    async def release_lost(self) -> None:
-        """Undo the reservations whose reply was lost, one at a time, until cancelled.
-
-        One task for all of them, so a Redis that is down meets one retry at a time, not
-        one per purchase; what is still unreleased after ``release_retry_s`` is left to the
-        reconciler.
-        """
-        while True:
-            await self._lost_wake.wait()
-            self._lost_wake = trio.Event()
-            while self._lost:
-                purchase_id, (purchase, give_up_at) = next(iter(self._lost.items()))
-                async for attempt in LOST_RELEASE.forever(BackendUnavailable):
-                    with attempt:
-                        try:
-                            await self._gate.release(purchase.sale_id, purchase.user_id,
-                                                     purchase.id, restock=True)
-                        except BackendUnavailable:
-                            if trio.current_time() >= give_up_at:
-                                break  # left to the reconciler
-                            raise
-                del self._lost[purchase_id]
-
     def _remember(self, purchase: Purchase) -> None:
         self._buyers[purchase.sale_id][purchase.user_id] = (purchase.id.int,
                                                              purchase.purchased_at)
@@ -356,7 +325,7 @@ class UserSerializer:
                 log.error("could not return a reservation to the gate: %r", exc.__cause__,
                           extra={"sale_id": str(purchase.sale_id), "purchase_id": str(purchase.id)})
                 if restock:
-                    self._release_later(purchase)
+                    self._lost.add(purchase)
 
     # -- memory -----------------------------------------------------------------------
 
@@ -400,7 +369,7 @@ async def open_user_serializer(gate: StockGate, ledger: Ledger, *,
                 serializer = UserSerializer(nursery, background, gate, ledger, catalog, limiter,
                                             config, clock, also_forget)
                 background.start_soon(serializer.sweep)
-                background.start_soon(serializer.release_lost)
+                background.start_soon(serializer._lost.run)
                 try:
                     yield serializer
                 finally:
