@@ -13,14 +13,15 @@ The gate is three parts, each in its own module, opened together by :func:`open_
 this batching actor; the waiting queues with the sold-out memory (:mod:`actors.wait_queue`);
 and the gates in Redis (:mod:`actors.gate_store`), which loads a gate from the ledger and
 repairs it for the reconciler, the admin API and the readiness check. :class:`StockGate` is
-the one handle to all three; where a unit may have come back, it has the queues look again.
+the one handle to all three: it owns the other two (``gate.store``, ``gate.queues``), and
+where a unit may have come back, it has the queues look again.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -124,6 +125,20 @@ class StockGate:
         request.reply.fail(Undecided())
         return await request.reply.wait()
 
+    @property
+    def store(self) -> GateStore:
+        """The gates in Redis (:mod:`actors.gate_store`): load, read and repair a sale's gate.
+
+        A release, a recount or a settle mark goes through the gate's own methods below
+        instead, so the sale's waiters look again.
+        """
+        return self._store
+
+    @property
+    def queues(self) -> WaitQueues:
+        """The waiting queues and the sold-out memory (:mod:`actors.wait_queue`)."""
+        return self._queues
+
     def statistics(self) -> GateStatistics:
         """Return a snapshot of the gate's counters."""
         queues = self._queues.statistics()
@@ -158,64 +173,6 @@ class StockGate:
         if counts is not None and counts[1] > counts[0]:
             self._queues.poke(sale_id)
         return counts
-
-    # -- the rest, each answered by the part that owns it --------------------------------
-
-    def answer_from_memory(self, sale: Sale, user_id: str) -> None:
-        """See :meth:`WaitQueues.answer_from_memory <actors.wait_queue.WaitQueues>`."""
-        self._queues.answer_from_memory(sale, user_id)
-
-    async def learn_sold_out(self, sale: Sale) -> bool:
-        """See :meth:`WaitQueues.learn_sold_out <actors.wait_queue.WaitQueues>`."""
-        return await self._queues.learn_sold_out(sale)
-
-    def poke(self, sale_id: uuid.UUID) -> None:
-        """See :meth:`WaitQueues.poke <actors.wait_queue.WaitQueues>`."""
-        self._queues.poke(sale_id)
-
-    def redefine(self, sale_ids: Iterable[uuid.UUID]) -> None:
-        """See :meth:`WaitQueues.redefine <actors.wait_queue.WaitQueues>`."""
-        self._queues.redefine(sale_ids)
-
-    def forget(self, sale_ids: Iterable[uuid.UUID]) -> None:
-        """See :meth:`WaitQueues.forget <actors.wait_queue.WaitQueues>`."""
-        self._queues.forget(sale_ids)
-
-    async def remaining(self, sale: Sale) -> int:
-        """See :meth:`GateStore.remaining <actors.gate_store.GateStore>`."""
-        return await self._store.remaining(sale)
-
-    async def is_loaded(self, sale: Sale) -> bool:
-        """See :meth:`GateStore.is_loaded <actors.gate_store.GateStore>`."""
-        return await self._store.is_loaded(sale)
-
-    async def ensure_loaded(self, sale: Sale) -> bool:
-        """See :meth:`GateStore.ensure_loaded <actors.gate_store.GateStore>`."""
-        return await self._store.ensure_loaded(sale)
-
-    async def in_doubt(self, sale_id: uuid.UUID, limit: int = 1000) -> InDoubt:
-        """See :meth:`GateStore.in_doubt <actors.gate_store.GateStore>`."""
-        return await self._store.in_doubt(sale_id, limit)
-
-    async def holders(self, sale_id: uuid.UUID) -> dict[str, str]:
-        """See :meth:`GateStore.holders <actors.gate_store.GateStore>`."""
-        return await self._store.holders(sale_id)
-
-    async def settle(self, sale_id: uuid.UUID, purchases: dict[str, str]) -> int:
-        """See :meth:`GateStore.settle <actors.gate_store.GateStore>`."""
-        return await self._store.settle(sale_id, purchases)
-
-    async def claim(self, sale_id: uuid.UUID, purchases: dict[str, str]) -> int:
-        """See :meth:`GateStore.claim <actors.gate_store.GateStore>`."""
-        return await self._store.claim(sale_id, purchases)
-
-    async def announce(self, sale_id: uuid.UUID) -> None:
-        """See :meth:`GateStore.announce <actors.gate_store.GateStore>`."""
-        await self._store.announce(sale_id)
-
-    async def ping(self) -> bool:
-        """See :meth:`GateStore.ping <actors.gate_store.GateStore>`."""
-        return await self._store.ping()
 
     # -- the actor loop ---------------------------------------------------------------
 

@@ -210,7 +210,7 @@ class UserSerializer:
         if user_id in self._buyers.get(sale.id, ()):
             self._from_memory += 1
             raise AlreadyPurchased()
-        self._gate.answer_from_memory(sale, user_id)
+        self._gate.queues.answer_from_memory(sale, user_id)
 
     def known_purchase(self, sale_id: uuid.UUID, user_id: str) -> Purchase | None:
         """The user's purchase when this process knows it committed, else None (ask the ledger)."""
@@ -290,7 +290,7 @@ class UserSerializer:
             # The stock constraint refused it: every unit is committed, for good.
             await self._roll_back(purchase, restock=False)
             with suppress(BackendUnavailable), trio.move_on_at(deadline):
-                await self._gate.learn_sold_out(sale)
+                await self._gate.queues.learn_sold_out(sale)
             raise SoldOut()
         await self._roll_back(purchase, restock=True)
         if result is CommitResult.ABSENT:
@@ -337,7 +337,7 @@ class UserSerializer:
         for sale_id in over:
             self._sales.pop(sale_id, None)
             self._buyers.pop(sale_id, None)
-        self._gate.forget(over)
+        self._gate.queues.forget(over)
         for forget in self._also_forget:
             forget(over)
         return over

@@ -80,7 +80,8 @@ async def open_runtime(settings: Settings, *,
             open_stock_gate(settings.gate_config(), loader=ledger.state,
                             counter=ledger.tally) as gate,
             # An injected clock is taken as it is; the real one follows PostgreSQL's.
-            open_catalog(ledger.sales, settings.catalog_refresh_s, on_change=(gate.redefine,),
+            open_catalog(ledger.sales, settings.catalog_refresh_s,
+                         on_change=(gate.queues.redefine,),
                          database_time=ledger.database_time if clock is utc_now else None,
                          clock=clock) as catalog,
             open_stock_feed(settings.feed_config(), on_notice=catalog.nudge) as feed,
@@ -117,4 +118,4 @@ async def load_current_gate(catalog: Catalog, gate: StockGate, now: datetime) ->
     """Build the gate from the ledger for the current sale when Redis does not hold it."""
     sale = catalog.current(now)
     if sale is not None and sale.status(now) is not SaleStatus.ENDED:
-        await gate.ensure_loaded(sale)
+        await gate.store.ensure_loaded(sale)

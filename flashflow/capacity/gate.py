@@ -113,7 +113,7 @@ async def measure(target: RedisTarget, key_prefix: str, sales: int, *, concurren
     async with open_asyncio_bridge(), \
             open_stock_gate(config, loader=_no_sales, counter=_none_sold) as gate:
         for sale in every:
-            await gate.ensure_loaded(sale)
+            await gate.store.ensure_loaded(sale)
         measuring = False
         stop_at = trio.current_time() + warmup_s + duration_s
 
@@ -143,7 +143,7 @@ async def measure(target: RedisTarget, key_prefix: str, sales: int, *, concurren
             load = load_average()
         verified = True
         for sale in every:
-            view = await gate.in_doubt(sale.id, 1)
+            view = await gate.store.in_doubt(sale.id, 1)
             verified &= (view.holders == view.pending == reserved[sale.id]
                          and view.stock == STOCK - reserved[sale.id])
     used = [after - before for before, after in zip(cpu_before, cpu_after, strict=True)]

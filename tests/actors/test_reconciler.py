@@ -123,7 +123,7 @@ async def test_every_sale_with_a_gate_is_reconciled(settings):
     with trio.fail_after(30):
         async with open_runtime(settings) as runtime:
             for sale in (running, upcoming):
-                await runtime.gate.ensure_loaded(sale)
+                await runtime.gate.store.ensure_loaded(sale)
                 r.set(sale_keys(settings.key_prefix, sale.id).stock, 0)
             await until_reconciled(runtime, lambda: [
                 r.get(sale_keys(settings.key_prefix, s.id).stock) for s in (running, upcoming)

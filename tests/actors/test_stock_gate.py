@@ -130,7 +130,7 @@ async def test_second_reserve_of_a_user_reports_the_hold(settings):
             again = await gate.reserve(sale, "alice", uuid.uuid4())
             assert again == GateAnswer(Seat.HELD, holder=str(pid))
             assert await gate.reserve(sale, "alice", pid) == reserved(4), "a resend is the same"
-            assert await gate.remaining(sale) == 4
+            assert await gate.store.remaining(sale) == 4
 
 
 async def test_one_batch_never_reserves_more_than_the_stock(settings):
@@ -158,10 +158,10 @@ async def test_missing_gate_is_loaded_from_the_ledger(settings):
     loader = Loader(sold=3, buyers={"u-1": str(uuid.uuid4()), "u-2": str(uuid.uuid4())})
     with trio.fail_after(10):
         async with gate_for(settings, loader=loader) as gate:
-            assert await gate.is_loaded(sale) is False
+            assert await gate.store.is_loaded(sale) is False
             held = await gate.reserve(sale, "u-1", uuid.uuid4())
             assert held == GateAnswer(Seat.HELD, holder=loader.buyers["u-1"])
-            assert await gate.is_loaded(sale) is True
+            assert await gate.store.is_loaded(sale) is True
             assert await gate.reserve(sale, "newcomer", uuid.uuid4()) == reserved(6)
             assert loader.calls == 1
     keys, r = keys_of(settings, sale), redis_client(settings)
@@ -203,7 +203,7 @@ async def test_unreadable_ledger_fails_reserves_on_a_missing_gate(settings):
     with trio.fail_after(10):
         async with gate_for(settings, loader=broken) as gate:
             answers = await reserve_all(gate, sale, ["alice", "bob"])
-            assert await gate.is_loaded(sale) is False
+            assert await gate.store.is_loaded(sale) is False
     assert all(isinstance(v, BackendUnavailable) for v in answers.values()), answers
 
 
