@@ -21,11 +21,12 @@ from .errors import (
     StockBelowSold,
     Unauthorized,
 )
+from .feed_subscription import Subscription
 from .ledger import CommitResult, Ledger, LedgerConfig, open_ledger
 from .model import LedgerState, Purchase, Sale, SaleStatus, Tally, utc_now
 from .rate_limiter import LimiterConfig, RateLimiter, open_rate_limiter
 from .reconciler import Reconciler, open_reconciler
-from .stock_feed import FeedConfig, StockFeed, Subscription, open_stock_feed
+from .stock_feed import FeedConfig, StockFeed, open_stock_feed
 from .stock_gate import GateConfig, StockGate, open_stock_gate
 from .user_serializer import SerializerConfig, UserSerializer, open_user_serializer
 

@@ -25,6 +25,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+#: The prefix of every key and of the stock channel, unless a deployment names its own so
+#: that several can share one Redis.
+KEY_PREFIX = "flashflow:"
+
 
 @dataclass(frozen=True, slots=True)
 class SaleKeys:
@@ -91,6 +95,7 @@ def parse_holder(value: str | bytes) -> tuple[str, int]:
 
 __all__ = [
     "CHANGED",
+    "KEY_PREFIX",
     "SaleKeys",
     "change_notice",
     "holder_value",

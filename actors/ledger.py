@@ -36,7 +36,7 @@ BUYERS_PAGE = 50_000
 
 
 class CommitResult(enum.Enum):
-    """How the ledger settled one purchase."""
+    """How the ledger decided one purchase."""
 
     COMMITTED = "committed"
     DUPLICATE = "duplicate"
@@ -90,16 +90,17 @@ class LedgerStatistics:
     withdrawn: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LedgerConfig:
-    """The ledger's knobs; the application builds this from its settings."""
+    """The ledger's knobs; the application builds this from its settings, which hold the
+    defaults."""
 
     database_url: str
-    pool_size: int = 4
-    inbox_size: int = 4096
-    batch_max: int = 256
-    timeout_s: float = 5.0
-    statement_cache_size: int = 100
+    pool_size: int
+    inbox_size: int
+    batch_max: int
+    timeout_s: float
+    statement_cache_size: int
 
 
 class Ledger:
@@ -124,7 +125,7 @@ class Ledger:
         The caller waits until ``deadline`` (trio time) at most. A commit still queued then
         is withdrawn, never sent: ``LedgerUnreachable``, and nothing can have committed. A
         commit already sent whose reply has not come is in doubt: ``BackendUnavailable``,
-        for the caller to settle by asking the ledger, as for a lost reply. So no caller
+        for the caller to find out by asking the ledger, as for a lost reply. So no caller
         waits behind batches queued ahead of its own, however long PostgreSQL stalls.
 
         Raises:
@@ -201,8 +202,8 @@ class Ledger:
             return {}
         return await self._query_pool(ledger_sql.resolve, sale_id, users)
 
-    async def settle_lost_reply(self, purchase: Purchase) -> CommitOutcome:
-        """The outcome of a commit whose reply was lost, read from the ledger itself."""
+    async def inquire(self, purchase: Purchase) -> CommitOutcome:
+        """Ask what became of a commit whose reply was lost: read from the ledger itself."""
         found = (await self.resolve(purchase.sale_id, [purchase.user_id])).get(purchase.user_id)
         if found is None:
             return CommitOutcome(CommitResult.ABSENT, None)

@@ -194,7 +194,7 @@ class WindowClosed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """How one batch was settled.
+    """How one batch was decided.
 
     Attributes:
         committed: ids of the purchases committed.

@@ -24,19 +24,20 @@ from .errors import BackendUnavailable, Overloaded, RateLimited
 from .keys import rate_keys
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LimiterConfig:
-    """The limiter's knobs; the application builds this from its settings."""
+    """The limiter's knobs; the application builds this from its settings, which hold the
+    defaults."""
 
     redis_url: str
-    key_prefix: str = "flashflow:"
-    user_per_s: float = 2.0
-    user_burst: int = 5
-    address_per_s: float = 200.0
-    address_burst: int = 400
-    inbox_size: int = 4096
-    batch_max: int = 512
-    timeout_s: float = 2.0
+    key_prefix: str
+    user_per_s: float
+    user_burst: int
+    address_per_s: float
+    address_burst: int
+    inbox_size: int
+    batch_max: int
+    timeout_s: float
 
 
 @dataclass(frozen=True, slots=True)

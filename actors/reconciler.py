@@ -100,19 +100,19 @@ class Reconciler:
         # The stock is read with it: this process's copy of the sale may be stale.
         tally = await self._ledger.tally(sale_id)
         sold = tally.sold
-        view = await self._gate.in_doubt(sale_id, PENDING_LIMIT)
+        view = await self._gate.store.in_doubt(sale_id, PENDING_LIMIT)
         if view.stock is None:
             return Repair()
         found = await self._ledger.purchases(sale_id, list(view.oldest))
         committed = {u: pid for u, (pid, _) in view.oldest.items()
                      if u in found and str(found[u].id) == pid}
-        settled = await self._gate.settle(sale_id, committed)
+        settled = await self._gate.store.settle(sale_id, committed)
         # A pending holder whose user committed another purchase (a Redis restored from a
         # snapshot older than that reservation's undoing) can never commit: the committed
         # purchase, which the gate did not hold, takes its place now.
         replaced = {u: str(found[u].id) for u, (pid, _) in view.oldest.items()
                     if u in found and str(found[u].id) != pid}
-        replaced_n = await self._gate.claim(sale_id, replaced) if replaced else 0
+        replaced_n = await self._gate.store.claim(sale_id, replaced) if replaced else 0
         claimed = 0
         complete = view.pending <= len(view.oldest)
         if complete and sold > view.holders - view.pending + len(committed) + len(replaced):
@@ -128,9 +128,9 @@ class Reconciler:
 
     async def _claim_missing(self, sale: Sale) -> tuple[int, Tally]:
         state = await self._ledger.state(sale)
-        held = await self._gate.holders(sale.id)
+        held = await self._gate.store.holders(sale.id)
         missing = {u: pid for u, pid in state.buyers.items() if u not in held}
-        return (await self._gate.claim(sale.id, missing),
+        return (await self._gate.store.claim(sale.id, missing),
                 Tally(state.total_stock, state.sold))
 
     async def _return_stale(self, sale_id: uuid.UUID, now_ms: int,
@@ -146,7 +146,7 @@ class Reconciler:
         for user, purchase_id in stale.items():
             standing = resolved.get(user)
             if standing is not None and str(standing.id) == purchase_id:
-                self._settled += await self._gate.settle(sale_id, {user: purchase_id})
+                self._settled += await self._gate.store.settle(sale_id, {user: purchase_id})
                 continue
             if await self._gate.release(sale_id, user, uuid.UUID(purchase_id), restock=True):
                 returned += 1
@@ -154,7 +154,7 @@ class Reconciler:
                             extra={"sale_id": str(sale_id), "purchase_id": purchase_id})
             if standing is not None:
                 # The user's purchase is another one: the gate holds that one instead.
-                claimed += await self._gate.claim(sale_id, {user: str(standing.id)})
+                claimed += await self._gate.store.claim(sale_id, {user: str(standing.id)})
         return returned, claimed
 
     def _record(self, sale_id: uuid.UUID, repair: Repair) -> None:

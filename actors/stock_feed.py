@@ -24,12 +24,11 @@ may have been missed while it was down.
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 import redis.exceptions
 import trio
@@ -37,21 +36,22 @@ import trio
 from . import _aio
 from ._feed_redis import REPUBLISH, parse_stock, read_batch, subscribe_confirmed
 from ._nursery import open_actor_nursery
-from ._slot import Slot
 from .backoff import Backoff
-from .errors import BackendUnavailable, FlashFlowError, ShuttingDown
+from .errors import BackendUnavailable
+from .feed_subscription import Subscription, WatchedSale
 from .keys import sale_keys, stock_channel
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FeedConfig:
-    """The feed's knobs; the application builds this from its settings."""
+    """The feed's knobs; the application builds this from its settings, which hold the
+    defaults of those it sets. The rest are the feed's own."""
 
     redis_url: str
-    key_prefix: str = "flashflow:"
-    timeout_s: float = 2.0
+    key_prefix: str
+    timeout_s: float
     min_interval_s: float = 0.1
     wake_groups: int = 64
     batch_max: int = 512
@@ -72,107 +72,6 @@ class FeedStatistics:
     connected: bool
 
 
-class _Sale:
-    """One watched sale: latest value, version, and one wake-up Event per group."""
-
-    __slots__ = ("groups", "joined", "priming", "subscribers", "value", "version")
-
-    def __init__(self, groups: int) -> None:
-        self.value: int | None = None
-        self.version = 0
-        self.groups = [trio.Event() for _ in range(groups)]
-        self.subscribers = 0
-        self.joined = 0
-        self.priming: Slot[int | None] | None = None
-
-
-class _Abandoned(Exception):
-    """The subscriber reading a sale's snapshot for everyone was cancelled before it could."""
-
-
-class Subscription:
-    """One watcher of one sale's stock; use it as a context manager so it is freed at once."""
-
-    __slots__ = ("_closed", "_feed", "_group", "_next_at", "_sale_id", "_seen", "_state")
-
-    def __init__(self, feed: StockFeed, sale_id: uuid.UUID, state: _Sale) -> None:
-        self._feed = feed
-        self._sale_id = sale_id
-        self._state = state
-        self._group = state.joined % len(state.groups)
-        self._seen = state.version
-        self._next_at = -math.inf
-        self._closed = False
-
-    async def snapshot(self) -> int | None:
-        """The stock to start from: every change after it is sure to reach :meth:`next`.
-
-        The feed's own value is used when it has one, costing no Redis call. The first
-        watcher of a sale has Redis publish the current stock through the channel (one call,
-        shared by everyone waiting), so no older message can arrive after it unnoticed.
-        Returns None when Redis holds no stock for the sale (its gate is not loaded).
-
-        Raises:
-            BackendUnavailable: Redis could not be asked.
-        """
-        state = self._state
-        while True:
-            if state.value is not None:
-                await trio.lowlevel.checkpoint()
-                self._seen = state.version
-                return state.value
-            if state.priming is not None:
-                try:
-                    return await state.priming.wait()
-                except _Abandoned:
-                    continue  # the watcher asking left: ask again, for everyone waiting
-            slot = state.priming = Slot()
-            try:
-                slot.set(await self._feed._reread(self._sale_id))
-            except FlashFlowError as exc:
-                slot.fail(exc)
-                raise
-            except BaseException:
-                # Cancelled (its client left): that ends this stream only, not the others.
-                slot.fail(_Abandoned())
-                raise
-            finally:
-                state.priming = None
-            return await slot.wait()
-
-    async def next(self) -> int:
-        """Wait for a stock value this subscriber has not seen, and return the latest one.
-
-        Deliveries are at least ``min_interval_s`` apart; changes in between are skipped, so
-        the value returned is always the newest. Cancelling a wait consumes nothing.
-        """
-        state = self._state
-        while state.version == self._seen:
-            if self._feed.closing:
-                raise ShuttingDown()
-            await state.groups[self._group].wait()
-        if trio.current_time() < self._next_at:
-            await trio.sleep_until(self._next_at)
-        else:
-            await trio.lowlevel.checkpoint()
-        self._seen = state.version
-        self._next_at = trio.current_time() + self._feed.min_interval_s
-        self._feed._delivered += 1
-        return state.value  # type: ignore[return-value]
-
-    def close(self) -> None:
-        """Stop watching; safe to call twice."""
-        if not self._closed:
-            self._closed = True
-            self._feed._release(self._sale_id)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
 class StockFeed:
     """Handle to a running stock-feed actor; see :func:`open_stock_feed`."""
 
@@ -185,12 +84,12 @@ class StockFeed:
         # script's key, and a NOSCRIPT reply (a promoted replica) loads it on every primary.
         self._republish = client.register_script(REPUBLISH)
         self._channel = stock_channel(config.key_prefix)
-        self._sales: dict[uuid.UUID, _Sale] = {}
+        self._sales: dict[uuid.UUID, WatchedSale] = {}
         # sale id -> the stock last published, for every sale heard of while subscribed.
         self._latest: dict[uuid.UUID, int] = {}
         self._priming: set[uuid.UUID] = set()
         self.closing = False
-        self._changed: dict[uuid.UUID, _Sale] = {}
+        self._changed: dict[uuid.UUID, WatchedSale] = {}
         self._wake = trio.Event()
         self._subscribers = 0
         self._received = 0
@@ -246,7 +145,7 @@ class StockFeed:
         """Start watching ``sale_id``; changes from now on reach the returned subscription."""
         state = self._sales.get(sale_id)
         if state is None:
-            state = self._sales[sale_id] = _Sale(self._config.wake_groups)
+            state = self._sales[sale_id] = WatchedSale(self._config.wake_groups)
         state.subscribers += 1
         state.joined += 1
         self._subscribers += 1

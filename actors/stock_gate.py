@@ -13,14 +13,15 @@ The gate is three parts, each in its own module, opened together by :func:`open_
 this batching actor; the waiting queues with the sold-out memory (:mod:`actors.wait_queue`);
 and the gates in Redis (:mod:`actors.gate_store`), which loads a gate from the ledger and
 repairs it for the reconciler, the admin API and the readiness check. :class:`StockGate` is
-the one handle to all three; where a unit may have come back, it has the queues look again.
+the one handle to all three: it owns the other two (``gate.store``, ``gate.queues``), and
+where a unit may have come back, it has the queues look again.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -36,9 +37,6 @@ from .gate_store import GateStore, InDoubt, Loader, open_gate_store
 from .model import Sale, Tally
 from .wait_queue import Counter, WaitQueues, open_wait_queues
 
-#: How long a reservation waits for a unit to come back when its caller names no deadline.
-DEFAULT_WAIT_S = 6.0
-
 
 @dataclass(frozen=True, slots=True)
 class GateStatistics:
@@ -53,16 +51,18 @@ class GateStatistics:
     waiting: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GateConfig:
-    """The gate's knobs; the application builds this from its settings."""
+    """The gate's knobs; the application builds this from its settings, which hold the defaults."""
 
     redis_url: str
-    key_prefix: str = "flashflow:"
-    inbox_size: int = 4096
-    batch_max: int = 512
-    timeout_s: float = 2.0
-    doubt_poll_s: float = 0.05
+    key_prefix: str
+    inbox_size: int
+    batch_max: int
+    timeout_s: float
+    doubt_poll_s: float
+    #: How long a reservation waits for a unit to come back when its caller names no deadline.
+    wait_s: float
 
 
 async def seat(store: GateStore, requests: list[Reserve]) -> list[Reserve]:
@@ -100,7 +100,7 @@ class StockGate:
         """Reserve one unit for ``user_id``, or report the unit the user already holds.
 
         When the gate reads 0 the request waits, until ``deadline`` (trio time; by default
-        ``DEFAULT_WAIT_S`` from now), for a unit to come back or for the sale to be sold out
+        ``wait_s`` from now), for a unit to come back or for the sale to be sold out
         for good.
 
         Raises:
@@ -112,7 +112,7 @@ class StockGate:
         """
         self._queues.answer_from_memory(sale, user_id)
         if deadline is None:
-            deadline = trio.current_time() + DEFAULT_WAIT_S
+            deadline = trio.current_time() + self._config.wait_s
         request = Reserve(sale, user_id, purchase_id, deadline, Slot())
         try:
             self._send.send_nowait(request)
@@ -124,6 +124,20 @@ class StockGate:
             return await request.reply.wait()
         request.reply.fail(Undecided())
         return await request.reply.wait()
+
+    @property
+    def store(self) -> GateStore:
+        """The gates in Redis (:mod:`actors.gate_store`): load, read and repair a sale's gate.
+
+        A release, a recount or a settle mark goes through the gate's own methods below
+        instead, so the sale's waiters look again.
+        """
+        return self._store
+
+    @property
+    def queues(self) -> WaitQueues:
+        """The waiting queues and the sold-out memory (:mod:`actors.wait_queue`)."""
+        return self._queues
 
     def statistics(self) -> GateStatistics:
         """Return a snapshot of the gate's counters."""
@@ -159,64 +173,6 @@ class StockGate:
         if counts is not None and counts[1] > counts[0]:
             self._queues.poke(sale_id)
         return counts
-
-    # -- the rest, each answered by the part that owns it --------------------------------
-
-    def answer_from_memory(self, sale: Sale, user_id: str) -> None:
-        """See :meth:`WaitQueues.answer_from_memory <actors.wait_queue.WaitQueues>`."""
-        self._queues.answer_from_memory(sale, user_id)
-
-    async def learn_sold_out(self, sale: Sale) -> bool:
-        """See :meth:`WaitQueues.learn_sold_out <actors.wait_queue.WaitQueues>`."""
-        return await self._queues.learn_sold_out(sale)
-
-    def poke(self, sale_id: uuid.UUID) -> None:
-        """See :meth:`WaitQueues.poke <actors.wait_queue.WaitQueues>`."""
-        self._queues.poke(sale_id)
-
-    def redefine(self, sale_ids: Iterable[uuid.UUID]) -> None:
-        """See :meth:`WaitQueues.redefine <actors.wait_queue.WaitQueues>`."""
-        self._queues.redefine(sale_ids)
-
-    def forget(self, sale_ids: Iterable[uuid.UUID]) -> None:
-        """See :meth:`WaitQueues.forget <actors.wait_queue.WaitQueues>`."""
-        self._queues.forget(sale_ids)
-
-    async def remaining(self, sale: Sale) -> int:
-        """See :meth:`GateStore.remaining <actors.gate_store.GateStore>`."""
-        return await self._store.remaining(sale)
-
-    async def is_loaded(self, sale: Sale) -> bool:
-        """See :meth:`GateStore.is_loaded <actors.gate_store.GateStore>`."""
-        return await self._store.is_loaded(sale)
-
-    async def ensure_loaded(self, sale: Sale) -> bool:
-        """See :meth:`GateStore.ensure_loaded <actors.gate_store.GateStore>`."""
-        return await self._store.ensure_loaded(sale)
-
-    async def in_doubt(self, sale_id: uuid.UUID, limit: int = 1000) -> InDoubt:
-        """See :meth:`GateStore.in_doubt <actors.gate_store.GateStore>`."""
-        return await self._store.in_doubt(sale_id, limit)
-
-    async def holders(self, sale_id: uuid.UUID) -> dict[str, str]:
-        """See :meth:`GateStore.holders <actors.gate_store.GateStore>`."""
-        return await self._store.holders(sale_id)
-
-    async def settle(self, sale_id: uuid.UUID, purchases: dict[str, str]) -> int:
-        """See :meth:`GateStore.settle <actors.gate_store.GateStore>`."""
-        return await self._store.settle(sale_id, purchases)
-
-    async def claim(self, sale_id: uuid.UUID, purchases: dict[str, str]) -> int:
-        """See :meth:`GateStore.claim <actors.gate_store.GateStore>`."""
-        return await self._store.claim(sale_id, purchases)
-
-    async def announce(self, sale_id: uuid.UUID) -> None:
-        """See :meth:`GateStore.announce <actors.gate_store.GateStore>`."""
-        await self._store.announce(sale_id)
-
-    async def ping(self) -> bool:
-        """See :meth:`GateStore.ping <actors.gate_store.GateStore>`."""
-        return await self._store.ping()
 
     # -- the actor loop ---------------------------------------------------------------
 
@@ -276,7 +232,6 @@ async def open_stock_gate(config: GateConfig, loader: Loader,
 
 
 __all__ = [
-    "DEFAULT_WAIT_S",
     "GateAnswer",
     "GateConfig",
     "GateStatistics",

@@ -6,7 +6,7 @@ while their purchase is in flight wait for it; the first press is the one answer
 others ``ALREADY_PURCHASED`` once it commits. Every 409 is final: ``ALREADY_PURCHASED`` only
 once the ledger holds the user's purchase, ``SOLD_OUT`` only once it holds every unit. While
 the answer is in doubt the purchase waits, bounded by ``wait_s``, then answers ``Undecided``
-(503). Outcomes whose reply was lost are settled by asking the ledger or undone in Redis,
+(503). Outcomes whose reply was lost are learnt by asking the ledger or undone in Redis,
 never guessed. Each purchase runs in the serializer's own nursery, so a client that hangs up
 cannot strand a reservation halfway.
 """
@@ -39,6 +39,7 @@ from .errors import (
     Undecided,
 )
 from .ledger import CommitOutcome, CommitResult, Ledger
+from .lost_reservations import LostReservations
 from .model import Purchase, Sale, SaleStatus, utc_now
 from .rate_limiter import RateLimiter
 from .stock_gate import Seat, StockGate
@@ -50,8 +51,6 @@ Key = tuple[uuid.UUID, str]
 #: How long memory of a sale is kept after it ends: past the end a purchase is refused by
 #: the window and a status read asks the ledger, so this only covers clocks a little apart.
 LINGER = timedelta(seconds=5)
-#: Waits between attempts to undo a reservation whose reply was lost: a steady 0.25 s.
-LOST_RELEASE = Backoff(initial_s=0.25, max_s=0.25)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,16 +66,17 @@ class SerializerStatistics:
     remembered_sales: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SerializerConfig:
-    """The serializer's knobs; the application builds this from its settings."""
+    """The serializer's knobs; the application builds this from its settings, which hold the
+    defaults of those it sets. ``sweep_s`` is the serializer's own."""
 
-    max_in_flight: int = 8192
-    wait_s: float = 6.0
-    poll_s: float = 0.05
-    release_retry_s: float = 30.0
+    max_in_flight: int
+    wait_s: float
+    poll_s: float
+    release_retry_s: float
+    drain_timeout_s: float
     sweep_s: float = 5.0
-    drain_timeout_s: float = 10.0
 
 
 class UserSerializer:
@@ -108,9 +108,7 @@ class UserSerializer:
         self._from_memory = 0
         self._rolled_back = 0
         self._lost_replies = 0
-        # purchase id -> (a reservation whose reply was lost, when to leave it to the reconciler)
-        self._lost: dict[uuid.UUID, tuple[Purchase, float]] = {}
-        self._lost_wake = trio.Event()
+        self._lost = LostReservations(gate, config.release_retry_s)
 
     # -- the routes' calls ------------------------------------------------------------
 
@@ -151,7 +149,7 @@ class UserSerializer:
                 await self._limiter.check(user_id, address)
             if waited.cancelled_caught:
                 raise Undecided()
-        return await self.purchase(sale, user_id, deadline), sale
+        return await self.purchase_unchecked(sale, user_id, deadline), sale
 
     async def status(self, user_id: str, sale_id: uuid.UUID | None = None, *,
                      address: str | None = None) -> tuple[Sale, Purchase | None]:
@@ -173,9 +171,12 @@ class UserSerializer:
 
     # -- the purchase -----------------------------------------------------------------
 
-    async def purchase(self, sale: Sale, user_id: str, deadline: float | None = None) -> Purchase:
+    async def purchase_unchecked(self, sale: Sale, user_id: str,
+                                 deadline: float | None = None) -> Purchase:
         """Buy one unit of ``sale`` for ``user_id`` and return the committed purchase.
 
+        Unlike :meth:`buy`, neither the sale's window nor the rate limit is checked here:
+        this is the purchase itself, for a caller that checked them or means to skip them.
         The answer comes by ``deadline`` (trio time; by default the purchase wait from now).
 
         Raises:
@@ -198,7 +199,7 @@ class UserSerializer:
         self._sales[sale.id] = sale
         if deadline is None:
             deadline = trio.current_time() + self._config.wait_s
-        self._nursery.start_soon(self._settle, sale, user_id, slot, deadline)
+        self._nursery.start_soon(self._run_purchase, sale, user_id, slot, deadline)
         return await slot.wait()
 
     def answer_from_memory(self, sale: Sale, user_id: str) -> None:
@@ -209,7 +210,7 @@ class UserSerializer:
         if user_id in self._buyers.get(sale.id, ()):
             self._from_memory += 1
             raise AlreadyPurchased()
-        self._gate.answer_from_memory(sale, user_id)
+        self._gate.queues.answer_from_memory(sale, user_id)
 
     def known_purchase(self, sale_id: uuid.UUID, user_id: str) -> Purchase | None:
         """The user's purchase when this process knows it committed, else None (ask the ledger)."""
@@ -230,8 +231,8 @@ class UserSerializer:
             remembered_sales=len(self._buyers),
         )
 
-    async def _settle(self, sale: Sale, user_id: str, slot: Slot[Purchase],
-                      deadline: float) -> None:
+    async def _run_purchase(self, sale: Sale, user_id: str, slot: Slot[Purchase],
+                            deadline: float) -> None:
         key = (sale.id, user_id)
         try:
             slot.set(await self._reserve_and_commit(sale, user_id, deadline))
@@ -252,7 +253,7 @@ class UserSerializer:
                 # The reservation may have been made with its reply lost (here, or by the
                 # waiting queue): undo it as soon as Redis answers, so a retry can buy.
                 self._lost_replies += 1
-                self._release_later(purchase)
+                self._lost.add(purchase)
                 raise
             if answer.seat is Seat.RESERVED:
                 return await self._commit(sale, purchase, deadline)
@@ -274,7 +275,7 @@ class UserSerializer:
             raise
         except BackendUnavailable:
             self._lost_replies += 1
-            outcome = await self._settle_lost_reply(purchase, deadline)
+            outcome = await self._inquire(purchase, deadline)
         result = outcome.result
         if result is CommitResult.COMMITTED:
             self._remember(purchase)
@@ -289,14 +290,14 @@ class UserSerializer:
             # The stock constraint refused it: every unit is committed, for good.
             await self._roll_back(purchase, restock=False)
             with suppress(BackendUnavailable), trio.move_on_at(deadline):
-                await self._gate.learn_sold_out(sale)
+                await self._gate.queues.learn_sold_out(sale)
             raise SoldOut()
         await self._roll_back(purchase, restock=True)
         if result is CommitResult.ABSENT:
             raise BackendUnavailable("postgres")
         raise SaleNotActive(started=result is CommitResult.ENDED)
 
-    async def _settle_lost_reply(self, purchase: Purchase, deadline: float) -> CommitOutcome:
+    async def _inquire(self, purchase: Purchase, deadline: float) -> CommitOutcome:
         """Ask the ledger what became of a commit whose reply was lost, until ``deadline``.
 
         Raises:
@@ -306,36 +307,8 @@ class UserSerializer:
         with trio.move_on_at(deadline):
             async for attempt in self._ask_again.forever(BackendUnavailable):
                 with attempt:
-                    return await self._ledger.settle_lost_reply(purchase)
+                    return await self._ledger.inquire(purchase)
         raise BackendUnavailable("postgres")
-
-    def _release_later(self, purchase: Purchase) -> None:
-        """Undo a reservation whose reply was lost, as soon as Redis answers again."""
-        self._lost[purchase.id] = (purchase, trio.current_time() + self._config.release_retry_s)
-        self._lost_wake.set()
-
-    async def release_lost(self) -> None:
-        """Undo the reservations whose reply was lost, one at a time, until cancelled.
-
-        One task for all of them, so a Redis that is down meets one retry at a time, not
-        one per purchase; what is still unreleased after ``release_retry_s`` is left to the
-        reconciler.
-        """
-        while True:
-            await self._lost_wake.wait()
-            self._lost_wake = trio.Event()
-            while self._lost:
-                purchase_id, (purchase, give_up_at) = next(iter(self._lost.items()))
-                async for attempt in LOST_RELEASE.forever(BackendUnavailable):
-                    with attempt:
-                        try:
-                            await self._gate.release(purchase.sale_id, purchase.user_id,
-                                                     purchase.id, restock=True)
-                        except BackendUnavailable:
-                            if trio.current_time() >= give_up_at:
-                                break  # left to the reconciler
-                            raise
-                del self._lost[purchase_id]
 
     def _remember(self, purchase: Purchase) -> None:
         self._buyers[purchase.sale_id][purchase.user_id] = (purchase.id.int,
@@ -352,7 +325,7 @@ class UserSerializer:
                 log.error("could not return a reservation to the gate: %r", exc.__cause__,
                           extra={"sale_id": str(purchase.sale_id), "purchase_id": str(purchase.id)})
                 if restock:
-                    self._release_later(purchase)
+                    self._lost.add(purchase)
 
     # -- memory -----------------------------------------------------------------------
 
@@ -364,7 +337,7 @@ class UserSerializer:
         for sale_id in over:
             self._sales.pop(sale_id, None)
             self._buyers.pop(sale_id, None)
-        self._gate.forget(over)
+        self._gate.queues.forget(over)
         for forget in self._also_forget:
             forget(over)
         return over
@@ -380,11 +353,11 @@ class UserSerializer:
 async def open_user_serializer(gate: StockGate, ledger: Ledger, *,
                                catalog: Catalog | None = None,
                                limiter: RateLimiter | None = None,
-                               config: SerializerConfig = SerializerConfig(),
+                               config: SerializerConfig,
                                clock: Callable[[], datetime] = utc_now,
                                also_forget: tuple[Callable[[list[uuid.UUID]], None], ...] = (),
                                ) -> AsyncIterator[UserSerializer]:
-    """Open the serializer; on exit, purchases in flight get ``drain_timeout_s`` to settle.
+    """Open the serializer; on exit, purchases in flight get ``drain_timeout_s`` to finish.
 
     Background work (undoing reservations whose reply was lost, forgetting ended sales, here
     and in each of ``also_forget``) stops at once on exit: what it leaves, the reconciler
@@ -396,7 +369,7 @@ async def open_user_serializer(gate: StockGate, ledger: Ledger, *,
                 serializer = UserSerializer(nursery, background, gate, ledger, catalog, limiter,
                                             config, clock, also_forget)
                 background.start_soon(serializer.sweep)
-                background.start_soon(serializer.release_lost)
+                background.start_soon(serializer._lost.run)
                 try:
                     yield serializer
                 finally:

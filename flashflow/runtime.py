@@ -19,15 +19,10 @@ from datetime import datetime
 
 from actors import (
     Catalog,
-    FeedConfig,
-    GateConfig,
     Ledger,
-    LedgerConfig,
-    LimiterConfig,
     RateLimiter,
     Reconciler,
     SaleStatus,
-    SerializerConfig,
     StockFeed,
     StockGate,
     UserSerializer,
@@ -63,65 +58,6 @@ class Runtime:
     limiter: RateLimiter | None
 
 
-def gate_config(settings: Settings) -> GateConfig:
-    """The stock gate's configuration, taken from the settings."""
-    return GateConfig(
-        redis_url=settings.redis_url,
-        key_prefix=settings.key_prefix,
-        inbox_size=settings.gate_inbox_size,
-        batch_max=settings.gate_batch_max,
-        timeout_s=settings.redis_timeout_s,
-        doubt_poll_s=settings.doubt_poll_s,
-    )
-
-
-def feed_config(settings: Settings) -> FeedConfig:
-    """The stock feed's configuration, taken from the settings."""
-    return FeedConfig(
-        redis_url=settings.redis_url,
-        key_prefix=settings.key_prefix,
-        timeout_s=settings.redis_timeout_s,
-    )
-
-
-def limiter_config(settings: Settings) -> LimiterConfig:
-    """The rate limiter's configuration, taken from the settings."""
-    return LimiterConfig(
-        redis_url=settings.redis_url,
-        key_prefix=settings.key_prefix,
-        user_per_s=settings.rate_user_per_s,
-        user_burst=settings.rate_user_burst,
-        address_per_s=settings.rate_address_per_s,
-        address_burst=settings.rate_address_burst,
-        inbox_size=settings.gate_inbox_size,
-        batch_max=settings.gate_batch_max,
-        timeout_s=settings.redis_timeout_s,
-    )
-
-
-def ledger_config(settings: Settings) -> LedgerConfig:
-    """The ledger's configuration, taken from the settings."""
-    return LedgerConfig(
-        database_url=settings.database_url,
-        pool_size=settings.pg_pool_size,
-        statement_cache_size=settings.pg_statement_cache_size,
-        inbox_size=settings.ledger_inbox_size,
-        batch_max=settings.ledger_batch_max,
-        timeout_s=settings.postgres_timeout_s,
-    )
-
-
-def serializer_config(settings: Settings) -> SerializerConfig:
-    """The purchase path's configuration, taken from the settings."""
-    return SerializerConfig(
-        max_in_flight=settings.max_in_flight,
-        wait_s=settings.purchase_wait_s,
-        poll_s=settings.doubt_poll_s,
-        release_retry_s=settings.reservation_grace_s,
-        drain_timeout_s=settings.graceful_timeout_s,
-    )
-
-
 @asynccontextmanager
 async def open_runtime(settings: Settings, *,
                        clock: Callable[[], datetime] = utc_now) -> AsyncIterator[Runtime]:
@@ -129,7 +65,7 @@ async def open_runtime(settings: Settings, *,
 
     Raises:
         SettingsError: ``settings`` name no PostgreSQL or no Redis; the message names the
-            variable. The config builders above take settings that passed this check.
+            variable. The actors' configurations take settings that passed this check.
     """
     settings.require(*SERVICE_URLS)
     if settings.reservation_grace_s <= settings.purchase_wait_s:
@@ -140,25 +76,26 @@ async def open_runtime(settings: Settings, *,
     with single_errors():
         async with (
             open_asyncio_bridge(),
-            open_ledger(ledger_config(settings)) as ledger,
-            open_stock_gate(gate_config(settings), loader=ledger.state,
+            open_ledger(settings.ledger_config()) as ledger,
+            open_stock_gate(settings.gate_config(), loader=ledger.state,
                             counter=ledger.tally) as gate,
             # An injected clock is taken as it is; the real one follows PostgreSQL's.
-            open_catalog(ledger.sales, settings.catalog_refresh_s, on_change=(gate.redefine,),
+            open_catalog(ledger.sales, settings.catalog_refresh_s,
+                         on_change=(gate.queues.redefine,),
                          database_time=ledger.database_time if clock is utc_now else None,
                          clock=clock) as catalog,
-            open_stock_feed(feed_config(settings), on_notice=catalog.nudge) as feed,
+            open_stock_feed(settings.feed_config(), on_notice=catalog.nudge) as feed,
         ):
             clock = catalog.now
             await load_current_gate(catalog, gate, clock())
             async with (
                 _maybe(settings.rate_limit_enabled, open_rate_limiter,
-                       limiter_config(settings)) as limiter,
+                       settings.limiter_config()) as limiter,
                 open_reconciler(gate, ledger, catalog, interval_s=settings.reconcile_interval_s,
                                 grace_s=settings.reservation_grace_s, clock=clock) as reconciler,
                 open_user_serializer(
                     gate, ledger, catalog=catalog, limiter=limiter,
-                    config=serializer_config(settings), clock=clock,
+                    config=settings.serializer_config(), clock=clock,
                     also_forget=(feed.forget,),
                 ) as serializer,
             ):
@@ -181,4 +118,4 @@ async def load_current_gate(catalog: Catalog, gate: StockGate, now: datetime) ->
     """Build the gate from the ledger for the current sale when Redis does not hold it."""
     sale = catalog.current(now)
     if sale is not None and sale.status(now) is not SaleStatus.ENDED:
-        await gate.ensure_loaded(sale)
+        await gate.store.ensure_loaded(sale)

@@ -11,6 +11,8 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, Self
 
+from actors import FeedConfig, GateConfig, LedgerConfig, LimiterConfig, SerializerConfig
+from actors.keys import KEY_PREFIX
 from actors.redis_url import parse_redis_url
 
 from .cpus import available_cpus
@@ -161,7 +163,8 @@ class Settings:
     """Every knob of Flash Flow; each field is read from ``FLASHFLOW_<FIELD>``.
 
     ``metrics_dir`` is the exception: it is ``PROMETHEUS_MULTIPROC_DIR``, the variable
-    prometheus-client reads by that name.
+    prometheus-client reads by that name. The defaults here are the actors' too: their
+    configurations are built by the ``*_config`` methods below and hold none of their own.
     """
 
     database_url: str | None = None
@@ -171,7 +174,7 @@ class Settings:
     #: One per CPU the container's quota (or else the machine) lets this process use.
     workers: int = field(default_factory=available_cpus)
     data_dir: Path = Path(".flashflow")
-    key_prefix: str = "flashflow:"
+    key_prefix: str = KEY_PREFIX
     gate_inbox_size: int = 4096
     gate_batch_max: int = 512
     ledger_inbox_size: int = 4096
@@ -277,6 +280,45 @@ class Settings:
         # empty PROMETHEUS_MULTIPROC_DIR for the current directory.
         return {env_name(f): _render(getattr(self, f.name)) for f in fields(self)
                 if getattr(self, f.name) is not None}
+
+    # The actors' configurations. Each takes settings whose URLs are set (see require()).
+
+    def ledger_config(self) -> LedgerConfig:
+        """The ledger's configuration."""
+        return LedgerConfig(
+            database_url=self.database_url,
+            pool_size=self.pg_pool_size, statement_cache_size=self.pg_statement_cache_size,
+            inbox_size=self.ledger_inbox_size, batch_max=self.ledger_batch_max,
+            timeout_s=self.postgres_timeout_s)
+
+    def gate_config(self) -> GateConfig:
+        """The stock gate's configuration."""
+        return GateConfig(
+            redis_url=self.redis_url, key_prefix=self.key_prefix,
+            inbox_size=self.gate_inbox_size, batch_max=self.gate_batch_max,
+            timeout_s=self.redis_timeout_s, doubt_poll_s=self.doubt_poll_s,
+            wait_s=self.purchase_wait_s)
+
+    def feed_config(self) -> FeedConfig:
+        """The stock feed's configuration."""
+        return FeedConfig(redis_url=self.redis_url,
+                          key_prefix=self.key_prefix, timeout_s=self.redis_timeout_s)
+
+    def limiter_config(self) -> LimiterConfig:
+        """The rate limiter's configuration; its inbox and batches are the gate's sizes."""
+        return LimiterConfig(
+            redis_url=self.redis_url, key_prefix=self.key_prefix,
+            user_per_s=self.rate_user_per_s, user_burst=self.rate_user_burst,
+            address_per_s=self.rate_address_per_s, address_burst=self.rate_address_burst,
+            inbox_size=self.gate_inbox_size, batch_max=self.gate_batch_max,
+            timeout_s=self.redis_timeout_s)
+
+    def serializer_config(self) -> SerializerConfig:
+        """The purchase path's configuration."""
+        return SerializerConfig(
+            max_in_flight=self.max_in_flight, wait_s=self.purchase_wait_s,
+            poll_s=self.doubt_poll_s, release_retry_s=self.reservation_grace_s,
+            drain_timeout_s=self.graceful_timeout_s)
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from actors.keys import KEY_PREFIX
 from flashflow.harness import create_sale, judge, new_key_prefix
 from flashflow.http.wire import API as CURRENT
 
@@ -50,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--host", help="Base URL of a running server; omitted: start `flashflow up`.")
     p.add_argument("--database-url", default=env("FLASHFLOW_DATABASE_URL"))
     p.add_argument("--redis-url", default=env("FLASHFLOW_REDIS_URL"))
-    p.add_argument("--key-prefix", default=env("FLASHFLOW_KEY_PREFIX", "flashflow:"))
+    p.add_argument("--key-prefix", default=env("FLASHFLOW_KEY_PREFIX", KEY_PREFIX))
     p.add_argument("--stock", type=int, help="Schedule a fresh sale of this stock and load it "
                    "(needs the database); default: load the current sale as it is.")
     p.add_argument("--ramp-s", type=float, default=10.0)

@@ -73,6 +73,13 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict:
     return body["error"]
 
 
+def on_defaults(settings: Settings) -> Settings:
+    """The default settings on the test's database, Redis and key prefix: the actors' tests
+    run on the production knobs, not on the stampede tests' generous deadlines."""
+    return Settings(database_url=settings.database_url, redis_url=settings.redis_url,
+                    key_prefix=settings.key_prefix)
+
+
 def redis_client(settings: Settings) -> redis.Redis | redis.RedisCluster:
     """A synchronous Redis client on the test's Redis, whatever its shape (single, Sentinel,
     cluster)."""

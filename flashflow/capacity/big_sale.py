@@ -10,7 +10,7 @@ limiter off, since every buyer asks once), and a fixed number of concurrent buye
 - the cost of one reconciler pass over the sale at 10%, 50% and 90% sold (under load) and
   once sold out (quiet);
 - Redis's memory per buyer (MEMORY USAGE of the sale's keys, and INFO's used_memory growth);
-- a gate rebuild: the sale's keys deleted, then :meth:`~actors.StockGate.ensure_loaded`
+- a gate rebuild: the sale's keys deleted, then :meth:`~actors.gate_store.GateStore.ensure_loaded`
   writes every buyer back from the ledger.
 
 The sale is scheduled and every answer judged by the load harness (:mod:`flashflow.harness`):
@@ -174,7 +174,7 @@ async def _buy(runtime: Runtime, sale: Sale, users: int, concurrency: int,
         for n in pending:
             user, started = user_id(n), time.time()
             try:
-                outcome: object = await runtime.serializer.purchase(sale, user)
+                outcome: object = await runtime.serializer.purchase_unchecked(sale, user)
             except FlashFlowError as exc:
                 outcome = exc
             else:
@@ -211,7 +211,7 @@ async def run_big_sale(database_url: str, target: RedisTarget, key_prefix: str, 
                             key_prefix=key_prefix, data_dir=Path(data_dir),
                             rate_limit_enabled=False, log_level="WARNING")
         async with open_runtime(settings) as runtime:
-            await runtime.gate.ensure_loaded(sale)
+            await runtime.gate.store.ensure_loaded(sale)
             keys = sale_keys(settings.key_prefix, sale.id)
             key_list = [keys.stock, keys.buyers, keys.pending]
             _, memory_before = await trio.to_thread.run_sync(_memory, target.url, key_list)
@@ -238,7 +238,7 @@ async def run_big_sale(database_url: str, target: RedisTarget, key_prefix: str, 
             finally:
                 client.close()
             rebuild_started = trio.current_time()
-            await runtime.gate.ensure_loaded(sale)
+            await runtime.gate.store.ensure_loaded(sale)
             rebuild_s = trio.current_time() - rebuild_started
             checks += await trio.to_thread.run_sync(functools.partial(judged,
                                                                       label="after rebuild"))

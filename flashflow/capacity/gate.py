@@ -21,10 +21,11 @@ from datetime import UTC, datetime, timedelta
 
 import trio
 
-from actors import GateConfig, LedgerState, Sale, Tally, open_stock_gate
+from actors import LedgerState, Sale, Tally, open_stock_gate
 from actors._aio import open_asyncio_bridge
 from actors.stock_gate import Seat
 
+from ..settings import Settings
 from ._common import HTTP_PER_CORE, RedisTarget, load_average
 
 #: Every sale's stock: more than any run reserves, so no answer is "sold out".
@@ -106,13 +107,13 @@ async def measure(target: RedisTarget, key_prefix: str, sales: int, *, concurren
     every = [_sale(now) for _ in range(sales)]
     reserved = {sale.id: 0 for sale in every}
     counted = 0
-    config = GateConfig(redis_url=target.url, key_prefix=key_prefix,
-                        inbox_size=max(4096, 2 * concurrency), batch_max=batch_max,
-                        timeout_s=10.0)
+    config = Settings(redis_url=target.url, key_prefix=key_prefix,
+                      gate_inbox_size=max(4096, 2 * concurrency), gate_batch_max=batch_max,
+                      redis_timeout_s=10.0).gate_config()
     async with open_asyncio_bridge(), \
             open_stock_gate(config, loader=_no_sales, counter=_none_sold) as gate:
         for sale in every:
-            await gate.ensure_loaded(sale)
+            await gate.store.ensure_loaded(sale)
         measuring = False
         stop_at = trio.current_time() + warmup_s + duration_s
 
@@ -142,7 +143,7 @@ async def measure(target: RedisTarget, key_prefix: str, sales: int, *, concurren
             load = load_average()
         verified = True
         for sale in every:
-            view = await gate.in_doubt(sale.id, 1)
+            view = await gate.store.in_doubt(sale.id, 1)
             verified &= (view.holders == view.pending == reserved[sale.id]
                          and view.stock == STOCK - reserved[sale.id])
     used = [after - before for before, after in zip(cpu_before, cpu_after, strict=True)]

@@ -211,7 +211,7 @@ async def read_sale(runtime: Runtime) -> SaleStock | None:
     if sale is None:
         return None
     try:
-        remaining: int | None = await runtime.gate.remaining(sale)
+        remaining: int | None = await runtime.gate.store.remaining(sale)
     except FlashFlowError:
         remaining = None
     return SaleStock(str(sale.id), sale.status(now).value, sale.total_stock, remaining)

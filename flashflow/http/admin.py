@@ -125,7 +125,7 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
         # This process serves the change at once, and tells the others to.
         await runtime.catalog.refresh()
         try:
-            await runtime.gate.announce(sale.id)
+            await runtime.gate.store.announce(sale.id)
         except BackendUnavailable:
             log.warning("could not announce a change to sale %s; other processes will see "
                         "it at their next refresh", sale.id)
@@ -140,7 +140,7 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
     async def create_sale(data: SaleCreate) -> Response:
         sale = await runtime.ledger.create_sale(data.productName, data.totalStock,
                                                 data.startTime, data.endTime)
-        await runtime.gate.ensure_loaded(sale)
+        await runtime.gate.store.ensure_loaded(sale)
         return await answer(sale, None, SaleCreate.model_fields, status=201)
 
     @admin.patch("/<sale_id>")

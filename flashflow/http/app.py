@@ -211,7 +211,7 @@ async def readiness(runtime: Runtime) -> dict[str, bool]:
     """Whether Redis and PostgreSQL answer and the current sale's gate is loaded."""
     checks = {"redis": False, "postgres": False, "gate": False}
     try:
-        checks["redis"] = await runtime.gate.ping()
+        checks["redis"] = await runtime.gate.store.ping()
     except FlashFlowError:
         pass
     try:
@@ -224,7 +224,7 @@ async def readiness(runtime: Runtime) -> dict[str, bool]:
         checks["gate"] = True
     elif checks["redis"]:
         try:
-            checks["gate"] = await runtime.gate.is_loaded(sale)
+            checks["gate"] = await runtime.gate.store.is_loaded(sale)
         except FlashFlowError:
             pass
     return checks

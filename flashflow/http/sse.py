@@ -111,7 +111,7 @@ class EventStream:
         with runtime.feed.subscribe(sale.id) as sub:
             remaining = await sub.snapshot()
             if remaining is None:  # the gate is not in Redis yet: load it from the ledger
-                remaining = await runtime.gate.remaining(sale)
+                remaining = await runtime.gate.store.remaining(sale)
             now = runtime.clock()
             yield self._frame("snapshot", sale_body(sale, remaining, now))
             state = (sale.status(now), remaining == 0)

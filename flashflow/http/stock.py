@@ -18,5 +18,5 @@ async def current_stock(runtime: Runtime, sale: Sale) -> int:
         with suppress(FlashFlowError):
             remaining = await runtime.feed.prime(sale.id)
     if remaining is None:
-        remaining = await runtime.gate.remaining(sale)
+        remaining = await runtime.gate.store.remaining(sale)
     return remaining

@@ -51,7 +51,7 @@ async def test_a_gate_is_rebuilt_in_chunks_and_appears_whole(settings, monkeypat
     loader = Loader(sold=30, buyers={f"u-{i}": str(uuid.uuid4()) for i in range(30)})
     with trio.fail_after(10):
         async with gate_for(settings, loader=loader) as gate:
-            assert await gate.ensure_loaded(sale) is True
+            assert await gate.store.ensure_loaded(sale) is True
     keys, r = keys_of(settings, sale), redis_client(settings)
     assert r.get(keys.stock) == "70"
     assert {u: parse_holder(v)[0] for u, v in r.hgetall(keys.buyers).items()} == loader.buyers
@@ -65,11 +65,11 @@ async def test_in_doubt_reports_pending_holders_and_when_they_reserved(settings)
     with trio.fail_after(10):
         async with gate_for(settings, loader=Loader(sold=1, buyers={"old": loaded})) as gate:
             await gate.reserve(sale, "alice", pid)
-            view = await gate.in_doubt(sale.id)
-            assert await gate.settle(sale.id, {"alice": str(pid)}) == 1
-            settled = await gate.in_doubt(sale.id)
-            empty = await gate.in_doubt(uuid.uuid4())
-            holders = await gate.holders(sale.id)
+            view = await gate.store.in_doubt(sale.id)
+            assert await gate.store.settle(sale.id, {"alice": str(pid)}) == 1
+            settled = await gate.store.in_doubt(sale.id)
+            empty = await gate.store.in_doubt(uuid.uuid4())
+            holders = await gate.store.holders(sale.id)
     assert (view.stock, view.holders, view.pending) == (3, 2, 1)
     assert set(view.oldest) == {"alice"}
     assert view.oldest["alice"][0] == str(pid)
@@ -84,9 +84,9 @@ async def test_remaining_loads_the_gate_and_never_goes_below_zero(settings):
     sale, oversold = a_sale(stock=10), a_sale(stock=2)
     with trio.fail_after(10):
         async with gate_for(settings, loader=Loader(sold=4)) as gate:
-            assert await gate.remaining(sale) == 6
-            assert await gate.remaining(oversold) == 0
-            assert await gate.ping() is True
+            assert await gate.store.remaining(sale) == 6
+            assert await gate.store.remaining(oversold) == 0
+            assert await gate.store.ping() is True
 
 
 async def test_ensure_loaded_does_not_clobber_a_loaded_gate(settings):
@@ -98,7 +98,7 @@ async def test_ensure_loaded_does_not_clobber_a_loaded_gate(settings):
     loader = Loader(sold=0, buyers={"ledger-user": str(uuid.uuid4())})
     with trio.fail_after(10):
         async with gate_for(settings, loader=loader) as gate:
-            assert await gate.ensure_loaded(sale) is False
+            assert await gate.store.ensure_loaded(sale) is False
             assert await gate.reserve(sale, "alice", uuid.uuid4()) == reserved(1)
     assert r.get(keys.stock) == "1"
     assert sorted(r.hkeys(keys.buyers)) == ["alice", "other-process-user"]

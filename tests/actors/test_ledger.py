@@ -24,16 +24,18 @@ from actors import (
     ledger_sql,
 )
 from actors.errors import LedgerUnreachable
-from actors.ledger import CommitOutcome, Ledger, LedgerConfig, open_ledger
+from actors.ledger import CommitOutcome, Ledger, open_ledger
+from flashflow.settings import Settings
 
-from ..helpers import fetch, make_sale, pg, sale_row_locked
+from ..helpers import fetch, make_sale, on_defaults, pg, sale_row_locked
 
 
 @asynccontextmanager
 async def ledger_for(database_url: str, **knobs) -> AsyncIterator[Ledger]:
     """A ledger on the test's database, inside an asyncio bridge."""
     async with trio_asyncio.open_loop():
-        async with open_ledger(LedgerConfig(database_url=database_url, **knobs)) as ledger:
+        config = replace(Settings(database_url=database_url).ledger_config(), **knobs)
+        async with open_ledger(config) as ledger:
             yield ledger
 
 
@@ -253,7 +255,8 @@ async def test_unreachable_database_fails_at_open(settings, url):
     with trio.fail_after(20):
         async with trio_asyncio.open_loop():
             with pytest.raises(BackendUnavailable) as caught:
-                async with open_ledger(LedgerConfig(database_url=url, timeout_s=2.0)):
+                async with open_ledger(Settings(database_url=url,
+                                                postgres_timeout_s=2.0).ledger_config()):
                     pytest.fail("the ledger opened without PostgreSQL")  # pragma: no cover
     assert caught.value.backend == "postgres"
 
@@ -263,7 +266,7 @@ async def test_lookups_are_batched(settings):
     sale = await make_sale(settings.database_url, stock=50)
     with trio.fail_after(30):
         async with trio_asyncio.open_loop(), open_ledger(
-                LedgerConfig(database_url=settings.database_url)) as ledger:
+                on_defaults(settings).ledger_config()) as ledger:
             buyers = [f"reader-{i}" for i in range(0, 60, 2)]
             for user in buyers:
                 await ledger.commit(Purchase(uuid.uuid4(), sale.id, user, datetime.now(UTC)))
@@ -330,17 +333,17 @@ async def test_only_the_stock_constraint_means_no_stock(settings):
     assert await rows_and_sold(url, sale) == ({}, 0)
 
 
-async def test_a_lost_reply_is_settled_by_the_ledger(settings):
-    """settle_lost_reply() reads what committed: the same purchase, another one, or none."""
+async def test_a_lost_reply_is_answered_by_the_ledger(settings):
+    """inquire() reads what committed: the same purchase, another one, or none."""
     url = settings.database_url
     sale = await make_sale(url, stock=3)
     mine, other = purchase_of(sale, "alice"), purchase_of(sale, "alice")
     with trio.fail_after(20):
         async with ledger_for(url) as ledger:
-            absent = await ledger.settle_lost_reply(mine)
+            absent = await ledger.inquire(mine)
             await ledger.commit(mine)
-            same = await ledger.settle_lost_reply(mine)
-            dup = await ledger.settle_lost_reply(other)
+            same = await ledger.inquire(mine)
+            dup = await ledger.inquire(other)
             assert await ledger.resolve(sale.id, []) == {}
     assert absent.result is CommitResult.ABSENT
     assert (same.result, same.purchase.id) == (CommitResult.COMMITTED, mine.id)

@@ -19,7 +19,7 @@ async def test_stale_reservation_without_ledger_row_is_returned(settings):
     sale = await make_sale(settings.database_url, stock=3)
     with trio.fail_after(30):
         async with open_runtime(settings) as runtime:
-            await runtime.serializer.purchase(sale, "real-buyer")
+            await runtime.serializer.purchase_unchecked(sale, "real-buyer")
             # A worker that died between the gate and the ledger leaves exactly this behind.
             await runtime.gate.reserve(sale, "ghost-buyer", uuid.uuid4())
             stock_key, buyers_key = gate_keys(settings, sale.id)
@@ -55,7 +55,7 @@ async def test_committed_purchase_missing_from_the_gate_is_recorded_again(settin
     sale = await make_sale(settings.database_url, stock=3)
     with trio.fail_after(30):
         async with open_runtime(settings) as runtime:
-            bought = await runtime.serializer.purchase(sale, "lost-reply")
+            bought = await runtime.serializer.purchase_unchecked(sale, "lost-reply")
             # What a rollback after an ambiguous ledger failure leaves: row kept, unit back.
             await runtime.gate.release(sale.id, "lost-reply", bought.id, restock=True)
             stock_key, buyers_key = gate_keys(settings, sale.id)
@@ -81,7 +81,7 @@ async def test_drifted_counters_and_an_emptied_buyers_hash_heal(settings):
     with trio.fail_after(30):
         async with open_runtime(settings) as runtime:
             for user in ("a", "b", "c"):
-                await runtime.serializer.purchase(sale, user)
+                await runtime.serializer.purchase_unchecked(sale, user)
             r.set(keys.stock, 0)
             await until_reconciled(runtime, lambda: r.get(keys.stock) == "7")
             r.set(keys.stock, 100_000)
@@ -104,7 +104,7 @@ async def test_committed_pending_holders_are_settled(settings):
     keys, r = sale_keys(settings.key_prefix, sale.id), redis_client(settings)
     with trio.fail_after(30):
         async with open_runtime(settings) as runtime:
-            await runtime.serializer.purchase(sale, "alice")
+            await runtime.serializer.purchase_unchecked(sale, "alice")
             await until_reconciled(runtime, lambda: r.zcard(keys.pending) == 0)
             r.zadd(keys.pending, {"alice": 1})  # as if the mark never reached Redis
             await until_reconciled(runtime, lambda: r.zcard(keys.pending) == 0)
@@ -123,7 +123,7 @@ async def test_every_sale_with_a_gate_is_reconciled(settings):
     with trio.fail_after(30):
         async with open_runtime(settings) as runtime:
             for sale in (running, upcoming):
-                await runtime.gate.ensure_loaded(sale)
+                await runtime.gate.store.ensure_loaded(sale)
                 r.set(sale_keys(settings.key_prefix, sale.id).stock, 0)
             await until_reconciled(runtime, lambda: [
                 r.get(sale_keys(settings.key_prefix, s.id).stock) for s in (running, upcoming)
@@ -139,7 +139,7 @@ async def test_a_pending_holder_of_another_purchase_takes_the_committed_one(sett
     keys, r = sale_keys(settings.key_prefix, sale.id), redis_client(settings)
     with trio.fail_after(30):
         async with open_runtime(settings) as runtime:
-            bought = await runtime.serializer.purchase(sale, "alice")
+            bought = await runtime.serializer.purchase_unchecked(sale, "alice")
             await until_reconciled(runtime, lambda: r.zcard(keys.pending) == 0)
             now_ms = int(r.time()[0]) * 1000
             r.hset(keys.buyers, "alice", f"{uuid.uuid4()}:{now_ms}")

@@ -41,13 +41,13 @@ async def test_a_redefined_sale_is_asked_about_again(settings):
     with trio.fail_after(10):
         async with gate_for(settings, loader=loader) as gate:
             redis_client(settings).set(sale_keys(settings.key_prefix, sale.id).stock, 0)
-            assert await gate.learn_sold_out(sale)
+            assert await gate.queues.learn_sold_out(sale)
             with pytest.raises(SoldOut):
-                gate.answer_from_memory(sale, "b")
+                gate.queues.answer_from_memory(sale, "b")
             loader.totals[sale.id] = 3  # an operator raised the stock
-            gate.redefine([sale.id])
-            gate.answer_from_memory(sale, "b")  # no final answer from memory any more
-            assert not await gate.learn_sold_out(sale)
+            gate.queues.redefine([sale.id])
+            gate.queues.answer_from_memory(sale, "b")  # no final answer from memory any more
+            assert not await gate.queues.learn_sold_out(sale)
 
 
 async def test_the_catalog_reloads_on_a_nudge_and_reports_what_changed(autojump_clock):
@@ -96,13 +96,13 @@ async def test_a_stale_copy_never_rebuilds_the_gate(settings):
     keys, r = sale_keys(settings.key_prefix, sale.id), redis_client(settings)
     with trio.fail_after(30):
         async with open_runtime(settings) as runtime:
-            await runtime.gate.ensure_loaded(sale)
+            await runtime.gate.store.ensure_loaded(sale)
             await pg(settings.database_url, _set_stock, sale.id, 100)
             assert runtime.catalog.get(sale.id).total_stock == 10  # the copy is stale
             while r.get(keys.stock) != "100":
                 await trio.sleep(0.05)
             r.delete(keys.stock)
-            await runtime.gate.ensure_loaded(sale)
+            await runtime.gate.store.ensure_loaded(sale)
             assert r.get(keys.stock) == "100"
             assert await runtime.ledger.tally(sale.id) == Tally(100, 0)
 

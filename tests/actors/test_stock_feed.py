@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import pytest
 import redis
@@ -15,7 +16,8 @@ from actors._feed_redis import parse_stock
 from actors._nursery import single_errors
 from actors.errors import BackendUnavailable, ShuttingDown
 from actors.keys import change_notice, sale_keys, stock_channel
-from actors.stock_feed import FeedConfig, StockFeed, open_stock_feed
+from actors.stock_feed import StockFeed, open_stock_feed
+from flashflow.settings import Settings
 
 
 def stock_key(prefix: str, sale_id: uuid.UUID) -> str:
@@ -26,7 +28,7 @@ def stock_key(prefix: str, sale_id: uuid.UUID) -> str:
 @asynccontextmanager
 async def running_feed(redis_url: str, prefix: str, **knobs) -> AsyncIterator[StockFeed]:
     """A feed inside its own asyncio bridge."""
-    config = FeedConfig(redis_url=redis_url, key_prefix=prefix, **knobs)
+    config = replace(Settings(redis_url=redis_url, key_prefix=prefix).feed_config(), **knobs)
     async with (
         trio_asyncio.open_loop(),
         open_stock_feed(config) as feed,

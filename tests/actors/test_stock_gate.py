@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -23,9 +23,9 @@ from actors import (
 )
 from actors.errors import Undecided
 from actors.keys import parse_holder, sale_keys
-from actors.stock_gate import GateAnswer, GateConfig, Seat, StockGate, open_stock_gate
+from actors.stock_gate import GateAnswer, Seat, StockGate, open_stock_gate
 
-from ..helpers import redis_client
+from ..helpers import on_defaults, redis_client
 
 
 def a_sale(stock: int = 10) -> Sale:
@@ -62,7 +62,7 @@ async def gate_for(settings, loader=None, **knobs) -> AsyncIterator[StockGate]:
     """A stock gate on the test's Redis prefix, inside an asyncio bridge."""
     loader = loader or Loader()
     counter = getattr(loader, "count", None) or Loader().count
-    config = GateConfig(redis_url=settings.redis_url, key_prefix=settings.key_prefix, **knobs)
+    config = replace(on_defaults(settings).gate_config(), **knobs)
     async with (
         trio_asyncio.open_loop(),
         open_stock_gate(config, loader=loader, counter=counter) as gate,
@@ -130,7 +130,7 @@ async def test_second_reserve_of_a_user_reports_the_hold(settings):
             again = await gate.reserve(sale, "alice", uuid.uuid4())
             assert again == GateAnswer(Seat.HELD, holder=str(pid))
             assert await gate.reserve(sale, "alice", pid) == reserved(4), "a resend is the same"
-            assert await gate.remaining(sale) == 4
+            assert await gate.store.remaining(sale) == 4
 
 
 async def test_one_batch_never_reserves_more_than_the_stock(settings):
@@ -158,10 +158,10 @@ async def test_missing_gate_is_loaded_from_the_ledger(settings):
     loader = Loader(sold=3, buyers={"u-1": str(uuid.uuid4()), "u-2": str(uuid.uuid4())})
     with trio.fail_after(10):
         async with gate_for(settings, loader=loader) as gate:
-            assert await gate.is_loaded(sale) is False
+            assert await gate.store.is_loaded(sale) is False
             held = await gate.reserve(sale, "u-1", uuid.uuid4())
             assert held == GateAnswer(Seat.HELD, holder=loader.buyers["u-1"])
-            assert await gate.is_loaded(sale) is True
+            assert await gate.store.is_loaded(sale) is True
             assert await gate.reserve(sale, "newcomer", uuid.uuid4()) == reserved(6)
             assert loader.calls == 1
     keys, r = keys_of(settings, sale), redis_client(settings)
@@ -203,13 +203,14 @@ async def test_unreadable_ledger_fails_reserves_on_a_missing_gate(settings):
     with trio.fail_after(10):
         async with gate_for(settings, loader=broken) as gate:
             answers = await reserve_all(gate, sale, ["alice", "bob"])
-            assert await gate.is_loaded(sale) is False
+            assert await gate.store.is_loaded(sale) is False
     assert all(isinstance(v, BackendUnavailable) for v in answers.values()), answers
 
 
 async def test_unreachable_redis_fails_at_open(settings):
     """Opening a gate on a closed port raises BackendUnavailable, not an ExceptionGroup."""
-    config = GateConfig(redis_url="redis://127.0.0.1:1/0", timeout_s=1.0)
+    config = replace(on_defaults(settings).gate_config(), redis_url="redis://127.0.0.1:1/0",
+                     timeout_s=1.0)
     with trio.fail_after(10):
         async with trio_asyncio.open_loop():
             with pytest.raises(BackendUnavailable) as caught:

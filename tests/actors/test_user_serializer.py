@@ -7,7 +7,7 @@ import math
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -29,11 +29,15 @@ from actors import (
     utc_now,
 )
 from actors.errors import Undecided
-from actors.ledger import CommitOutcome, LedgerConfig, open_ledger
-from actors.stock_gate import GateConfig, StockGate, open_stock_gate
+from actors.ledger import CommitOutcome, open_ledger
+from actors.stock_gate import StockGate, open_stock_gate
 from actors.user_serializer import SerializerConfig, open_user_serializer
+from flashflow.settings import Settings
 
-from ..helpers import fetch, gate_keys, gate_state, make_sale, pg, redis_client
+from ..helpers import fetch, gate_keys, gate_state, make_sale, on_defaults, pg, redis_client
+
+#: The serializer's configuration by default.
+DEFAULTS = Settings().serializer_config()
 
 
 def a_sale(stock: int = 5, *, ends_in: timedelta = timedelta(hours=1)) -> Sale:
@@ -73,7 +77,7 @@ class FakeLedger:
                             deadline: float = math.inf) -> Purchase | None:
         return self.standing.get(user_id)
 
-    async def settle_lost_reply(self, purchase: Purchase) -> CommitOutcome:
+    async def inquire(self, purchase: Purchase) -> CommitOutcome:
         return CommitOutcome(self.lost, purchase if self.lost is CommitResult.COMMITTED
                              else None)
 
@@ -93,7 +97,7 @@ async def nothing_sold(sale_id: uuid.UUID) -> Tally:
 @asynccontextmanager
 async def gate_for(settings, loader) -> AsyncIterator[StockGate]:
     """A real stock gate on the test's Redis prefix, inside an asyncio bridge."""
-    config = GateConfig(redis_url=settings.redis_url, key_prefix=settings.key_prefix)
+    config = on_defaults(settings).gate_config()
     async with (
         trio_asyncio.open_loop(),
         open_stock_gate(config, loader=loader, counter=nothing_sold) as gate,
@@ -103,7 +107,7 @@ async def gate_for(settings, loader) -> AsyncIterator[StockGate]:
 
 def knobs(**overrides) -> SerializerConfig:
     """Serializer settings with short waits, for tests."""
-    return SerializerConfig(**{"wait_s": 0.5, "poll_s": 0.02, **overrides})
+    return replace(DEFAULTS, **{"wait_s": 0.5, "poll_s": 0.02, **overrides})
 
 
 async def test_concurrent_purchases_of_one_user_get_one_success(settings):
@@ -115,17 +119,17 @@ async def test_concurrent_purchases_of_one_user_get_one_success(settings):
 
     async def buy() -> None:
         try:
-            bought.append(await serializer.purchase(sale, "alice"))
+            bought.append(await serializer.purchase_unchecked(sale, "alice"))
         except AlreadyPurchased as exc:
             refused.append(exc)
 
     with trio.fail_after(20):
         async with (
-            trio_asyncio.open_loop(), open_ledger(LedgerConfig(database_url=url)) as ledger,
-            open_stock_gate(GateConfig(redis_url=settings.redis_url,
-                                       key_prefix=settings.key_prefix),
+            trio_asyncio.open_loop(),
+            open_ledger(on_defaults(settings).ledger_config()) as ledger,
+            open_stock_gate(on_defaults(settings).gate_config(),
                             loader=ledger.state, counter=ledger.tally) as gate,
-            open_user_serializer(gate, ledger) as serializer,
+            open_user_serializer(gate, ledger, config=DEFAULTS) as serializer,
         ):
             async with trio.open_nursery() as nursery:
                 for _ in range(20):
@@ -144,11 +148,11 @@ async def test_a_buyer_is_answered_from_memory(settings):
     sale, ledger = a_sale(stock=5), FakeLedger()
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger) as serializer:
-                first = await serializer.purchase(sale, "alice")
+            async with open_user_serializer(gate, ledger, config=DEFAULTS) as serializer:
+                first = await serializer.purchase_unchecked(sale, "alice")
                 for _ in range(2):
                     with pytest.raises(AlreadyPurchased):
-                        await serializer.purchase(sale, "alice")
+                        await serializer.purchase_unchecked(sale, "alice")
                 stats = serializer.statistics()
     assert stats.answered_from_memory == 2
     assert ledger.commits == [first]
@@ -162,9 +166,9 @@ async def test_known_buyers_are_kept_as_values_the_garbage_collector_does_not_wa
     bought: dict[str, tuple[uuid.UUID, datetime]] = {}
     with trio.fail_after(20):
         async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger) as serializer:
+            async with open_user_serializer(gate, ledger, config=DEFAULTS) as serializer:
                 for i in range(200):
-                    purchase = await serializer.purchase(sale, f"buyer-{i:03d}")
+                    purchase = await serializer.purchase_unchecked(sale, f"buyer-{i:03d}")
                     bought[purchase.user_id] = (purchase.id, purchase.purchased_at)
                 del purchase
                 ledger.commits.clear()
@@ -187,7 +191,7 @@ async def test_a_holder_without_a_committed_purchase_is_undecided_not_refused(se
         async with gate_for(settings, fixed_loader({"alice": str(uuid.uuid4())})) as gate:
             async with open_user_serializer(gate, ledger, config=knobs(wait_s=0.3)) as serializer:
                 with pytest.raises(Undecided):
-                    await serializer.purchase(sale, "alice")
+                    await serializer.purchase_unchecked(sale, "alice")
                 stats = serializer.statistics()
     assert (stats.known_buyers, stats.answered_from_memory) == (0, 0)
     assert gate.statistics().reserved_requests > 2, "the hold was asked about again"
@@ -201,10 +205,10 @@ async def test_a_holder_whose_purchase_committed_is_already_purchased_and_rememb
     ledger = FakeLedger(standing={"alice": standing})
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader({"alice": str(standing.id)})) as gate:
-            async with open_user_serializer(gate, ledger) as serializer:
+            async with open_user_serializer(gate, ledger, config=DEFAULTS) as serializer:
                 for _ in range(2):
                     with pytest.raises(AlreadyPurchased):
-                        await serializer.purchase(sale, "alice")
+                        await serializer.purchase_unchecked(sale, "alice")
                 stats = serializer.statistics()
                 assert serializer.known_purchase(sale.id, "alice") == standing
     assert (stats.known_buyers, stats.answered_from_memory) == (1, 1)
@@ -218,7 +222,7 @@ async def test_ledger_failure_rolls_back_a_reservation_the_ledger_does_not_hold(
             async with open_user_serializer(gate, ledger, config=knobs()) as serializer:
                 for _ in range(2):  # a retry is not refused from memory
                     with pytest.raises(BackendUnavailable):
-                        await serializer.purchase(sale, "alice")
+                        await serializer.purchase_unchecked(sale, "alice")
                 stats = serializer.statistics()
     assert (stats.rolled_back, stats.known_buyers, stats.in_flight) == (2, 0, 0)
     assert stats.lost_replies == 2
@@ -233,9 +237,9 @@ async def test_a_commit_whose_reply_was_lost_but_landed_is_a_success(settings):
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
             async with open_user_serializer(gate, ledger, config=knobs()) as serializer:
-                bought = await serializer.purchase(sale, "alice")
+                bought = await serializer.purchase_unchecked(sale, "alice")
                 with pytest.raises(AlreadyPurchased):
-                    await serializer.purchase(sale, "alice")
+                    await serializer.purchase_unchecked(sale, "alice")
     assert bought == ledger.commits[0]
     assert gate_state(settings, sale) == (4, {"alice": str(bought.id)})
 
@@ -245,9 +249,9 @@ async def test_a_commit_outside_the_window_returns_the_unit(settings):
     sale, ledger = a_sale(stock=5), FakeLedger(outcome=CommitResult.ENDED)
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger) as serializer:
+            async with open_user_serializer(gate, ledger, config=DEFAULTS) as serializer:
                 with pytest.raises(SaleNotActive) as caught:
-                    await serializer.purchase(sale, "alice")
+                    await serializer.purchase_unchecked(sale, "alice")
     assert caught.value.started is True
     assert gate_state(settings, sale) == (5, {})
 
@@ -257,11 +261,11 @@ async def test_duplicate_outcome_rolls_back_with_restock(settings):
     sale, ledger = a_sale(stock=5), FakeLedger(outcome=CommitResult.DUPLICATE)
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger) as serializer:
+            async with open_user_serializer(gate, ledger, config=DEFAULTS) as serializer:
                 with pytest.raises(AlreadyPurchased):
-                    await serializer.purchase(sale, "alice")
+                    await serializer.purchase_unchecked(sale, "alice")
                 with pytest.raises(AlreadyPurchased):
-                    await serializer.purchase(sale, "alice")
+                    await serializer.purchase_unchecked(sale, "alice")
                 stats = serializer.statistics()
     assert (stats.rolled_back, stats.answered_from_memory) == (1, 1)
     assert gate_state(settings, sale) == (5, {})
@@ -272,9 +276,9 @@ async def test_no_stock_outcome_drops_the_buyer_without_restock(settings):
     sale, ledger = a_sale(stock=5), FakeLedger(outcome=CommitResult.NO_STOCK)
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger) as serializer:
+            async with open_user_serializer(gate, ledger, config=DEFAULTS) as serializer:
                 with pytest.raises(SoldOut):
-                    await serializer.purchase(sale, "alice")
+                    await serializer.purchase_unchecked(sale, "alice")
                 stats = serializer.statistics()
     assert (stats.rolled_back, stats.known_buyers) == (1, 0)
     assert gate_state(settings, sale) == (4, {})
@@ -288,8 +292,8 @@ async def test_rollback_that_cannot_reach_redis_is_logged_not_raised(settings, c
         async with gate_for(settings, fixed_loader()) as gate:
             async with open_user_serializer(gate, ledger, config=knobs()) as serializer:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_expect, BackendUnavailable, serializer.purchase, sale,
-                                       "alice")
+                    nursery.start_soon(_expect, BackendUnavailable,
+                                       serializer.purchase_unchecked, sale, "alice")
                     while not ledger.commits:
                         await trio.sleep(0.01)
                     _, buyers_key = gate_keys(settings, sale.id)
@@ -312,11 +316,11 @@ async def test_max_in_flight_answers_overloaded(settings):
             async with open_user_serializer(gate, ledger,
                                             config=knobs(max_in_flight=1)) as serializer:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(serializer.purchase, sale, "alice")
+                    nursery.start_soon(serializer.purchase_unchecked, sale, "alice")
                     while serializer.statistics().in_flight == 0:
                         await trio.sleep(0.01)
                     with pytest.raises(Overloaded) as caught:
-                        await serializer.purchase(sale, "bob")
+                        await serializer.purchase_unchecked(sale, "bob")
                     ledger.hold.set()
     assert caught.value.actor == "user_serializer"
     assert [p.user_id for p in ledger.commits] == ["alice"]
@@ -329,7 +333,7 @@ async def test_exit_drains_purchases_in_flight(settings):
     bought: list[Purchase] = []
 
     async def buy() -> None:
-        bought.append(await serializer.purchase(sale, "alice"))
+        bought.append(await serializer.purchase_unchecked(sale, "alice"))
 
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
@@ -355,8 +359,8 @@ async def test_drain_deadline_fails_purchases_still_in_flight(settings):
         async with gate_for(settings, fixed_loader()) as gate, trio.open_nursery() as outer:
             async with open_user_serializer(gate, ledger,
                                             config=knobs(drain_timeout_s=0.1)) as serializer:
-                outer.start_soon(_expect, BackendUnavailable, serializer.purchase, sale,
-                                 "alice")
+                outer.start_soon(_expect, BackendUnavailable, serializer.purchase_unchecked,
+                                 sale, "alice")
                 while not ledger.commits:
                     await trio.sleep(0.01)
     assert serializer.statistics().in_flight == 0
@@ -368,9 +372,9 @@ async def test_unexpected_error_fails_the_caller_and_surfaces(settings):
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
             with pytest.raises(RuntimeError, match="boom"):
-                async with open_user_serializer(gate, ledger) as serializer:
+                async with open_user_serializer(gate, ledger, config=DEFAULTS) as serializer:
                     with pytest.raises(BackendUnavailable):
-                        await serializer.purchase(sale, "alice")
+                        await serializer.purchase_unchecked(sale, "alice")
                     await trio.sleep_forever()
 
 
@@ -394,7 +398,8 @@ async def test_buy_checks_the_sale_and_its_window_and_status_reads_memory(settin
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
             async with open_user_serializer(gate, ledger,
-                                            catalog=FakeCatalog([sale, ended])) as serializer:
+                                            catalog=FakeCatalog([sale, ended]),
+                                            config=DEFAULTS) as serializer:
                 bought, which = await serializer.buy("alice", "127.0.0.1")
                 with pytest.raises(SaleNotActive) as caught:
                     await serializer.buy("alice", "127.0.0.1", ended.id)
@@ -410,9 +415,9 @@ async def test_memory_of_ended_sales_is_dropped(settings):
     over, running = a_sale(stock=5, ends_in=timedelta(minutes=-5)), a_sale(stock=5)
     with trio.fail_after(10):
         async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, FakeLedger()) as serializer:
-                await serializer.purchase(over, "alice")
-                await serializer.purchase(running, "alice")
+            async with open_user_serializer(gate, FakeLedger(), config=DEFAULTS) as serializer:
+                await serializer.purchase_unchecked(over, "alice")
+                await serializer.purchase_unchecked(running, "alice")
                 assert serializer.forget_ended(utc_now()) == [over.id]
                 stats = serializer.statistics()
                 assert serializer.known_purchase(over.id, "alice") is None

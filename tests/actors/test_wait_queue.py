@@ -44,7 +44,7 @@ async def test_sold_out_once_the_ledger_holds_every_unit_then_from_memory(settin
             async def commit_later() -> None:
                 await trio.sleep(0.2)
                 loader.sold, loader.buyers = 1, {"alice": str(pid)}
-                gate.poke(sale.id)
+                gate.queues.poke(sale.id)
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(commit_later)
@@ -128,11 +128,11 @@ async def test_learn_sold_out_believes_only_the_ledger(settings):
     loader = Loader(sold=1, buyers={"a": str(uuid.uuid4())})
     with trio.fail_after(10):
         async with gate_for(settings, loader=loader) as gate:
-            assert await gate.learn_sold_out(sale) is False
+            assert await gate.queues.learn_sold_out(sale) is False
             loader.sold, loader.buyers["b"] = 2, str(uuid.uuid4())
-            assert await gate.learn_sold_out(sale) is True
+            assert await gate.queues.learn_sold_out(sale) is True
             with pytest.raises(AlreadyPurchased):
-                gate.answer_from_memory(sale, "b")
-            gate.forget([sale.id])
-            gate.answer_from_memory(sale, "b")  # forgotten: nothing known any more
+                gate.queues.answer_from_memory(sale, "b")
+            gate.queues.forget([sale.id])
+            gate.queues.answer_from_memory(sale, "b")  # forgotten: nothing known any more
             assert gate.statistics().sold_out_sales == 0

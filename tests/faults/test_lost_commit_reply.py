@@ -203,7 +203,7 @@ async def test_commit_whose_reply_was_lost_is_settled(backends, fault_settings, 
             assert row == told[user].purchase_id, (user, told[user], row)
         elif row is not None:
             assert status["purchaseId"] == row, (user, status, row)
-    # The lost replies were settled by asking the ledger: the commits count as sold.
+    # The lost replies were decided by asking the ledger: the commits count as sold.
     assert len(fault_rows) - BEFORE == sum(o.status == 201 for o in told.values()) + len(lost)
     # No unit sold twice: one row per user, never more rows than the stock.
     assert len(rows) <= STOCK

@@ -116,7 +116,7 @@ async def test_server_survives_postgres_stopping_under_a_commit(backends, fault_
 async def test_server_survives_postgres_restarts_under_load(backends, fault_settings, launch,
                                                             figures):
     """A lone server (no supervisor) outlives repeated PostgreSQL restarts under load."""
-    # Commits cut off by a stop are settled by asking PostgreSQL, which is down until the
+    # Commits cut off by a stop are decided by asking PostgreSQL, which is down until the
     # cycle ends: a short wait keeps each cycle short. This test is about surviving.
     settings = replace(fault_settings, purchase_wait_s=1.0)
     sale = await make_sale(settings.database_url, stock=1_000_000)

@@ -107,7 +107,7 @@ async def test_a_sale_created_over_http_is_listed_and_sells_out_exactly(settings
             created = await client.post(ADMIN, json=body, headers=AUTH)
             assert created.status_code == 201, created.text
             sale = created.json()["data"]
-            loaded = await server.runtime.gate.is_loaded(server.runtime.catalog.get(
+            loaded = await server.runtime.gate.store.is_loaded(server.runtime.catalog.get(
                 uuid.UUID(sale["id"])))
             listed = (await client.get(SALES)).json()["data"]
             answers = [await client.post(f"{SALES}/{sale['id']}/purchase",
