@@ -2,7 +2,7 @@
 
 The load test uses these to verify a run independently of the server it loaded; the reads
 themselves are :mod:`flashflow.invariants`'s, and a fresh sale is scheduled by the load
-harness (:func:`flashflow.harness.create_sale`).
+harness (:func:`flashflow.capacity.harness.create_sale`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Against ``--host URL`` it needs the server's PostgreSQL and Redis (``--database-
 ``--redis-url``, ``--key-prefix``, or the matching ``FLASHFLOW_*`` variables); without a
 URL it starts ``flashflow up`` on embedded servers in a temporary directory and uses theirs.
 The fresh sale (``--stock``) and the judgement are the load harness's
-(:mod:`flashflow.harness`).
+(:mod:`flashflow.capacity.harness`).
 Exit status: 0 when every invariant held, 1 when one broke, 2 when the run could not happen.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from actors.keys import KEY_PREFIX
-from flashflow.harness import create_sale, judge, new_key_prefix
+from flashflow.capacity.harness import create_sale, judge, new_key_prefix
 from flashflow.http.wire import API as CURRENT
 
 from . import backends

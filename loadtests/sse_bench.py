@@ -1,7 +1,7 @@
 """Measure the live stock feed over loopback: capacity, memory and delivery delay.
 
 It makes a scratch database and Redis key prefix holding one sale (the load harness's,
-:mod:`flashflow.harness`) and serves Flash Flow in a child process on 127.0.0.1, as the
+:mod:`flashflow.capacity.harness`) and serves Flash Flow in a child process on 127.0.0.1, as the
 benchmark does (:mod:`loadtests.bench.server`); then, from this process:
 
 1. opens ``--subscribers`` SSE connections, reads each one's snapshot, and reports the
@@ -34,7 +34,7 @@ import httpx
 import psutil
 import trio
 
-from flashflow.harness import Scratch
+from flashflow.capacity.harness import Scratch
 from flashflow.http.wire import CURRENT_EVENTS as EVENTS
 from flashflow.http.wire import CURRENT_PURCHASE as PURCHASE
 

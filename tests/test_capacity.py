@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from flashflow.capacity import measure, run_big_sale
 from flashflow.capacity._common import redis_cluster, redis_server_binary, target_for
 from flashflow.capacity.cli import main
-from flashflow.harness import delete_prefix
+from flashflow.capacity.harness import delete_prefix
 
 
 async def test_gate_benchmark_on_one_redis_and_a_cluster(services, key_prefix, tmp_path):

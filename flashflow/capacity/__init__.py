@@ -4,9 +4,9 @@
 Redis Cluster; ``python -m flashflow.capacity big-sale`` sells one big sale through the
 actor tree and checks it against the stores. They stay in the wheel as an operator's sizing
 tool, and drive the actors directly, which the HTTP load tests in ``loadtests/`` never do.
-Both are scenarios on the load harness (:mod:`flashflow.harness`) that the load tests share:
-it lives in the application package so that this tool ships with it, and ``loadtests``
-imports it from there.
+Both are scenarios on the load harness (:mod:`flashflow.capacity.harness`) that the load
+tests share: it lives here so that it ships with this tool, and ``loadtests`` imports it
+from here.
 """
 
 from .big_sale import BigSaleRun, run_big_sale

@@ -1,4 +1,4 @@
-"""What the capacity benchmarks share beyond the load harness (:mod:`flashflow.harness`:
+"""What the capacity benchmarks share beyond the load harness (:mod:`flashflow.capacity.harness`:
 backing services, scratch database and key prefix, the sale, the judge): the Redis servers
 the gate benchmark starts, Redis CPU time, and the way figures are printed.
 

@@ -13,9 +13,10 @@ limiter off, since every buyer asks once), and a fixed number of concurrent buye
 - a gate rebuild: the sale's keys deleted, then :meth:`~actors.gate_store.GateStore.ensure_loaded`
   writes every buyer back from the ledger.
 
-The sale is scheduled and every answer judged by the load harness (:mod:`flashflow.harness`):
-each is held to :func:`flashflow.invariants.verify` against PostgreSQL and Redis, once after
-the sale and again after the rebuild: a speed is worth nothing for a wrong sale.
+The sale is scheduled and every answer judged by the load harness
+(:mod:`flashflow.capacity.harness`): each is held to :func:`flashflow.invariants.verify`
+against PostgreSQL and Redis, once after the sale and again after the rebuild: a speed is
+worth nothing for a wrong sale.
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ from actors import FlashFlowError, Sale
 from actors.keys import sale_keys
 from actors.redis_url import sync_client
 
-from ..harness import create_sale, judge
 from ..http.errors import INTERNAL_ERROR, table_entry
 from ..invariants import PURCHASE, Check, LedgerSnapshot, Record
 from ..runtime import Runtime, open_runtime
 from ..settings import Settings
 from ._common import RedisTarget, load_average
+from .harness import create_sale, judge
 
 #: The stock is cut into this many equal parts, each timed on its own.
 PARTS = 20

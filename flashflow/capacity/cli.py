@@ -16,7 +16,6 @@ from pathlib import Path
 import click
 import trio
 
-from ..harness import backing_services, open_scratch, scratch_prefix
 from . import big_sale, gate
 from ._common import (
     machine,
@@ -27,6 +26,7 @@ from ._common import (
     target_for,
     write_json,
 )
+from .harness import backing_services, open_scratch, scratch_prefix
 
 #: What the scratch databases and key prefixes of a capacity run are named after.
 TAG = "ffcap"

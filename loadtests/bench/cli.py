@@ -13,7 +13,7 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from flashflow.harness import backing_services
+from flashflow.capacity.harness import backing_services
 
 from . import report, wrk
 from .sale import SaleRun, run_sale

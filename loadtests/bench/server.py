@@ -1,5 +1,5 @@
 """The server under benchmark: a scratch database and key prefix with one sale (the load
-harness's, :mod:`flashflow.harness`), ``flashflow serve`` in a child process, and a sampler
+harness's, :mod:`flashflow.capacity.harness`), ``flashflow serve`` in a child process, and a sampler
 of its CPU time and memory."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from flashflow.capacity.harness import Scratch, create_sale, open_scratch
 from flashflow.embedded import free_port
-from flashflow.harness import Scratch, create_sale, open_scratch
 from flashflow.processes import stop_process
 
 from ..server import server_env
@@ -99,7 +99,7 @@ def cpu_seconds(root: psutil.Process) -> float:
 @dataclass
 class BenchServer:
     """A server under benchmark in a child process on a free loopback port: ``flashflow
-    serve`` against one :class:`~flashflow.harness.Scratch`, or one of the ceilings."""
+    serve`` against one :class:`~flashflow.capacity.harness.Scratch`, or one of the ceilings."""
 
     process: subprocess.Popen
     url: str

@@ -4,9 +4,10 @@ the clean-up, and the judge of the result.
 Every load tool is a scenario on it: the capacity benchmarks (``python -m flashflow.capacity
 gate|big-sale``), the locust stampede (``python -m loadtests``), the wrk benchmark
 (``python -m loadtests.bench``) and the live-feed bench (``python -m loadtests.sse_bench``).
-It lives in the application package because ``flashflow.capacity`` ships in the wheel as
-an operator's sizing tool; ``loadtests`` imports it from here, as imports run ``loadtests``
--> ``flashflow`` -> ``actors`` and never back.
+It lives beside the capacity benchmarks because ``flashflow.capacity`` ships in the wheel
+as an operator's sizing tool; ``loadtests`` imports it from here, as imports run
+``loadtests`` -> ``flashflow`` -> ``actors`` and never back. Like the benchmarks, it needs
+the ``embedded`` extra.
 
 - :func:`backing_services`: the PostgreSQL and Redis a run was given, or embedded ones
   started on loopback for the block and stopped by their pid.
@@ -33,10 +34,10 @@ from actors import ledger_sql
 from actors.model import Sale
 from actors.redis_url import sync_client
 
-from .database import execute, run_on_connection, with_database
-from .embedded import start_postgres, start_redis
-from .invariants import Check, LedgerSnapshot, Record, gate_snapshot, ledger_snapshot, verify
-from .migrate import apply_migrations
+from ..database import execute, run_on_connection, with_database
+from ..embedded import start_postgres, start_redis
+from ..invariants import Check, LedgerSnapshot, Record, gate_snapshot, ledger_snapshot, verify
+from ..migrate import apply_migrations
 
 
 @contextmanager
