@@ -18,9 +18,6 @@ from flashflow.invariants import GateSnapshot, ledger_snapshot, read_gate
 T = TypeVar("T")
 
 
-run_pg = run_on_connection
-
-
 def gate_keys(key_prefix: str, sale_id: uuid.UUID) -> tuple[str, str]:
     """The gate's Redis keys (stock, buyers) for a sale."""
     keys = sale_keys(key_prefix, sale_id)
@@ -61,7 +58,7 @@ def create_sale(database_url: str, stock: int, lasts_s: float,
     Raises:
         LookupError: an active sale ends sooner, so the new one would not be current.
     """
-    return run_pg(database_url, _insert_sale, product, stock, lasts_s)
+    return run_on_connection(database_url, _insert_sale, product, stock, lasts_s)
 
 
-__all__ = ["create_sale", "gate_keys", "gate_snapshot", "ledger_snapshot", "read_gate", "run_pg"]
+__all__ = ["create_sale", "gate_keys", "gate_snapshot", "ledger_snapshot", "read_gate"]

@@ -42,7 +42,7 @@ from .openapi import (
 )
 from .schema import SaleCreate, SaleEnvelope, SaleUpdate
 from .stock import current_stock
-from .wire import ADMIN, envelope, sale_body
+from .wire import ADMIN_SALE, ADMIN_SALE_END, ADMIN_SALES, envelope, sale_body
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ REFUSALS = (BAD_BODY, ADMIN_UNAUTHORIZED, ADMIN_NOT_FOUND, UNAVAILABLE)
 def install_admin(app: QuartTrio, runtime: Runtime) -> None:
     """Add the admin routes to ``app``; they answer 404 unless an admin token or a token key
     is set."""
-    admin = Blueprint("admin", __name__, url_prefix=ADMIN)
+    admin = Blueprint("admin", __name__)
     security_scheme_blueprint(admin, [{name: []} for name in ADMIN_SCHEME])
     verifier = load_verifier(runtime.settings)
 
@@ -134,7 +134,7 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
         sent.headers[errors.CORRELATION_HEADER] = correlation_id
         return sent
 
-    @admin.post("")
+    @admin.post(ADMIN_SALES)
     @validate_request(SaleCreate)
     @answers(ok(201, SaleEnvelope, "The sale, created."), *REFUSALS, TOO_LARGE, UNSUPPORTED)
     async def create_sale(data: SaleCreate) -> Response:
@@ -143,7 +143,7 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
         await runtime.gate.ensure_loaded(sale)
         return await answer(sale, None, SaleCreate.model_fields, status=201)
 
-    @admin.patch("/<sale_id>")
+    @admin.patch(ADMIN_SALE)
     @validate_request(SaleUpdate)
     @answers(ok(200, SaleEnvelope, "The sale, changed."), *REFUSALS, TOO_LARGE, UNSUPPORTED,
              Answer(409, "The sale cannot be changed; error.code says why: SALE_STARTED (it "
@@ -158,7 +158,7 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
         await runtime.reconciler.reconcile(sale)
         return await answer(sale, before, data.model_dump(exclude_none=True))
 
-    @admin.post("/<sale_id>/end")
+    @admin.post(ADMIN_SALE_END)
     @answers(ok(200, SaleEnvelope, "The sale, ended."), *REFUSALS, TOO_LARGE, UNSUPPORTED,
              Answer(409, "SALE_NOT_ACTIVE: the sale has not started yet (change its "
                          "window instead)."))
@@ -171,4 +171,4 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
     app.register_blueprint(admin)
 
 
-__all__ = ["ADMIN", "ADMIN_SCHEME", "install_admin", "require_admin"]
+__all__ = ["ADMIN_SCHEME", "install_admin", "require_admin"]

@@ -20,6 +20,7 @@ from quart_trio import QuartTrio
 
 from .errors import INTERNAL_ERROR
 from .schema import ErrorEnvelope
+from .wire import OPENAPI
 
 
 @dataclass
@@ -176,6 +177,7 @@ def install_schema(app: QuartTrio, schemes: dict[str, HttpSecurityScheme]) -> No
     with the security ``schemes`` the routes name."""
     QuartSchema(
         app,
+        openapi_path=OPENAPI,
         info={"title": "Flash Flow", "version": "1"},
         swagger_ui_path=None, redoc_ui_path=None, scalar_ui_path=None,
         security_schemes=schemes,

@@ -32,8 +32,8 @@ from ..runtime import Runtime
 from . import validation
 from .openapi import BAD_SALE_ID, EVENT_STREAM, NOT_FOUND, UNAVAILABLE, Answer, answers
 from .wire import (
-    BY_ID,
     CURRENT_EVENTS,
+    SALE_EVENTS,
     sale_body,
     status_event_body,
     stock_event_body,
@@ -149,7 +149,7 @@ def install_sse(app: QuartTrio, runtime: Runtime, *, heartbeat_s: float = 15.0,
         retry_ms: the reconnect delay suggested to clients.
     """
     @app.get(CURRENT_EVENTS, defaults={"sale_id": None})
-    @app.get(f"{BY_ID}/events")
+    @app.get(SALE_EVENTS)
     @answers(Answer(200, "The live stream: a snapshot event, then stock and status events "
                          "and heartbeat comments.", model=None, media_type=EVENT_STREAM),
              BAD_SALE_ID, NOT_FOUND, UNAVAILABLE)

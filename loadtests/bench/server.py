@@ -23,13 +23,9 @@ import redis
 
 from flashflow.database import execute, run_on_connection, with_database
 from flashflow.embedded import free_port
+from flashflow.http import wire
 from flashflow.migrate import apply_migrations
 from flashflow.processes import stop_process
-
-from . import lua
-
-_pg = run_on_connection
-_execute = execute
 
 
 async def _insert_sale(conn: Any, stock: int) -> uuid.UUID:
@@ -57,14 +53,15 @@ class Backend:
 
     def create(self, stock: int) -> Backend:
         """Create and migrate the database and schedule the sale; return self."""
-        _pg(self.admin_url, _execute, f'CREATE DATABASE "{self.name}"')
-        _pg(self.database_url, apply_migrations)
-        self.sale_id = _pg(self.database_url, _insert_sale, stock)
+        run_on_connection(self.admin_url, execute, f'CREATE DATABASE "{self.name}"')
+        run_on_connection(self.database_url, apply_migrations)
+        self.sale_id = run_on_connection(self.database_url, _insert_sale, stock)
         return self
 
     def drop(self) -> None:
         """Drop the database and delete the key prefix's Redis keys."""
-        _pg(self.admin_url, _execute, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        run_on_connection(self.admin_url, execute,
+                          f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
         client = redis.Redis.from_url(self.redis_url)
         try:
             keys = list(client.scan_iter(match=f"{self.key_prefix}*", count=1000))
@@ -161,7 +158,7 @@ class BenchServer:
         return cls.launch(
             lambda port: [sys.executable, "-m", "flashflow.cli", "serve", "--port", str(port),
                           "--workers", str(workers)],
-            env, log_dir, (lua.CURRENT_PATH, "/readyz"), timeout_s)
+            env, log_dir, (wire.CURRENT, wire.READYZ), timeout_s)
 
     @classmethod
     def launch(cls, command: Callable[[int], list[str]], env: dict[str, str], log_dir: Path,
