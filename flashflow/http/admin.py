@@ -24,6 +24,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import NotFound
 
 from actors import BackendUnavailable, FlashFlowError, Sale, Unauthorized
+from actors.errors import InvalidInput, SaleNotActive, SaleNotFound, SaleStarted, StockBelowSold
 
 from ..runtime import Runtime
 from ..settings import Settings
@@ -35,10 +36,10 @@ from .openapi import (
     UNAVAILABLE,
     UNSUPPORTED,
     WWW_AUTHENTICATE,
-    Answer,
     Bearer,
     answers,
     ok,
+    refusal,
 )
 from .schema import SaleCreate, SaleEnvelope, SaleUpdate
 from .stock import current_stock
@@ -84,14 +85,14 @@ def require_admin(request: Request, settings: Settings,
     raise Unauthorized("A valid admin bearer token is required.", challenge=ADMIN_CHALLENGE)
 
 
-BAD_BODY = Answer(400, "VALIDATION_ERROR: the sale id or the body is not valid.",
-                  name="AdminBadRequest")
-ADMIN_UNAUTHORIZED = Answer(401, "UNAUTHORIZED: no admin bearer token (or a JWT without the "
-                                 f"{ADMIN_SCOPE} scope).",
-                            headers=WWW_AUTHENTICATE, name="AdminUnauthorized")
-ADMIN_NOT_FOUND = Answer(404, "NOT_FOUND when the admin API is off (no admin token, no token "
-                              "key); SALE_NOT_FOUND for an unknown sale.",
-                        name="AdminNotFound")
+BAD_BODY = refusal({InvalidInput: "the sale id or the body is not valid."},
+                   name="AdminBadRequest")
+ADMIN_UNAUTHORIZED = refusal({Unauthorized: f"no admin bearer token (or a JWT without the "
+                                            f"{ADMIN_SCOPE} scope)."},
+                             headers=WWW_AUTHENTICATE, name="AdminUnauthorized")
+ADMIN_NOT_FOUND = refusal({NotFound: "the admin API is off: no admin token, no token key",
+                           SaleNotFound: "an unknown sale"},
+                          refused="Not found", name="AdminNotFound")
 #: Every admin route's refusals before its own.
 REFUSALS = (BAD_BODY, ADMIN_UNAUTHORIZED, ADMIN_NOT_FOUND, UNAVAILABLE)
 
@@ -146,8 +147,9 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
     @admin.patch(ADMIN_SALE)
     @validate_request(SaleUpdate)
     @answers(ok(200, SaleEnvelope, "The sale, changed."), *REFUSALS, TOO_LARGE, UNSUPPORTED,
-             Answer(409, "The sale cannot be changed; error.code says why: SALE_STARTED (it "
-                         "has started) or STOCK_BELOW_SOLD (totalStock under the units sold)."))
+             refusal({SaleStarted: "it has started",
+                      StockBelowSold: "totalStock under the units sold"},
+                     refused="The sale cannot be changed"))
     async def update_sale(sale_id: str, data: SaleUpdate) -> Response:
         wanted = validation.sale_id(sale_id)
         before = runtime.catalog.get(wanted)
@@ -160,8 +162,8 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
 
     @admin.post(ADMIN_SALE_END)
     @answers(ok(200, SaleEnvelope, "The sale, ended."), *REFUSALS, TOO_LARGE, UNSUPPORTED,
-             Answer(409, "SALE_NOT_ACTIVE: the sale has not started yet (change its "
-                         "window instead)."))
+             refusal({SaleNotActive: "the sale has not started yet (change its window "
+                                     "instead)."}))
     async def end_sale(sale_id: str) -> Response:
         # The gate stays: the reconciler covers an ended sale for an hour.
         wanted = validation.sale_id(sale_id)

@@ -30,7 +30,14 @@ from actors import FlashFlowError, Sale, SaleStatus
 
 from ..runtime import Runtime
 from . import validation
-from .openapi import BAD_SALE_ID, EVENT_STREAM, NOT_FOUND, UNAVAILABLE, Answer, answers
+from .openapi import (
+    BAD_SALE_ID,
+    EVENT_STREAM,
+    NOT_FOUND,
+    UNAVAILABLE,
+    DocumentedAnswer,
+    answers,
+)
 from .wire import (
     CURRENT_EVENTS,
     SALE_EVENTS,
@@ -150,8 +157,9 @@ def install_sse(app: QuartTrio, runtime: Runtime, *, heartbeat_s: float = 15.0,
     """
     @app.get(CURRENT_EVENTS, defaults={"sale_id": None})
     @app.get(SALE_EVENTS)
-    @answers(Answer(200, "The live stream: a snapshot event, then stock and status events "
-                         "and heartbeat comments.", model=None, media_type=EVENT_STREAM),
+    @answers(DocumentedAnswer(200, "The live stream: a snapshot event, then stock and status "
+                                   "events and heartbeat comments.", model=None,
+                              media_type=EVENT_STREAM),
              BAD_SALE_ID, NOT_FOUND, UNAVAILABLE)
     async def events(sale_id: str | None) -> Response:
         sale = runtime.serializer.sale(validation.sale_id(sale_id))

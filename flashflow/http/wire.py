@@ -25,6 +25,7 @@ __all__ = [
     "ADMIN_SALE",
     "ADMIN_SALES",
     "ADMIN_SALE_END",
+    "CONFIRMED",
     "CURRENT",
     "CURRENT_EVENTS",
     "CURRENT_PURCHASE",
@@ -32,13 +33,17 @@ __all__ = [
     "JSON",
     "METRICS",
     "OPENAPI",
+    "PURCHASE_BODY",
+    "PURCHASE_STATUS_BODY",
     "READYZ",
     "SALE",
     "SALES",
+    "SALE_BODY",
     "SALE_EVENTS",
     "SALE_ID",
     "SALE_PURCHASE",
     "Answer",
+    "Body",
     "ErrorResponse",
     "Reply",
     "admin_end_path",
@@ -177,37 +182,83 @@ def response(sent: Answer) -> Response:
     return built
 
 
+# Each body the API sends, declared once: its fields in the order they are sent, each with its
+# JSON schema. The builders below fill them in; the OpenAPI document's models are made from
+# them (:mod:`flashflow.http.schema`). A new body is one more :class:`Body` and its builder.
+
+_TEXT = {"type": "string"}
+_ID = {"type": "string", "format": "uuid"}
+_MOMENT = {"type": "string", "format": "date-time"}
+_COUNT = {"type": "integer"}
+_FLAG = {"type": "boolean"}
+#: What a confirmed purchase's ``status`` says.
+CONFIRMED = "confirmed"
+
+
+@dataclass(frozen=True)
+class Body:
+    """One body's fields, in the order they are sent, each with its JSON schema.
+
+    ``optional`` names the fields a body may leave out (never sent as null).
+    """
+
+    description: str
+    fields: dict[str, dict[str, Any]]
+    optional: frozenset[str] = frozenset()
+
+    def build(self, **values: Any) -> dict[str, Any]:
+        """The body of ``values``, keyed by wire name, in the declared order."""
+        body = {name: values[name] for name in self.fields if name in values}
+        if len(body) != len(values):
+            raise TypeError(f"not fields of the body: {sorted(set(values) - set(body))}")
+        return body
+
+
+SALE_BODY = Body("A sale as ``GET /current`` returns it.", {
+    "id": _ID,
+    "productName": _TEXT,
+    "totalStock": _COUNT,
+    "remainingStock": _COUNT,
+    "startTime": _MOMENT,
+    "endTime": _MOMENT,
+    # The values of actors.SaleStatus (a test holds them equal).
+    "status": {"type": "string", "enum": ["upcoming", "active", "ended"]},
+    "serverTime": _MOMENT,
+})
+PURCHASE_BODY = Body("A confirmed purchase.", {
+    "purchaseId": _ID,
+    "userId": _TEXT,
+    "productName": _TEXT,
+    "status": {"type": "string", "enum": [CONFIRMED]},
+    "purchasedAt": _MOMENT,
+})
+PURCHASE_STATUS_BODY = Body(
+    "Whether a user holds a purchase in the sale; what, if so.",
+    {"purchased": _FLAG, "purchaseId": _ID, "purchasedAt": _MOMENT},
+    optional=frozenset({"purchaseId", "purchasedAt"}))
+
+
 def sale_body(sale: Sale, remaining: int, now: datetime) -> dict[str, Any]:
     """The wire form of a sale, as ``GET /current`` returns it."""
-    return {
-        "id": str(sale.id),
-        "productName": sale.product_name,
-        "totalStock": sale.total_stock,
-        "remainingStock": remaining,
-        "startTime": iso(sale.start_time),
-        "endTime": iso(sale.end_time),
-        "status": sale.status(now).value,
-        "serverTime": iso(now),
-    }
+    return SALE_BODY.build(
+        id=str(sale.id), productName=sale.product_name, totalStock=sale.total_stock,
+        remainingStock=remaining, startTime=iso(sale.start_time), endTime=iso(sale.end_time),
+        status=sale.status(now).value, serverTime=iso(now))
 
 
 def purchase_body(purchase: Purchase, sale: Sale) -> dict[str, Any]:
     """The wire form of a confirmed purchase."""
-    return {
-        "purchaseId": str(purchase.id),
-        "userId": purchase.user_id,
-        "productName": sale.product_name,
-        "status": "confirmed",
-        "purchasedAt": iso(purchase.purchased_at),
-    }
+    return PURCHASE_BODY.build(
+        purchaseId=str(purchase.id), userId=purchase.user_id, productName=sale.product_name,
+        status=CONFIRMED, purchasedAt=iso(purchase.purchased_at))
 
 
 def purchase_status_body(found: Purchase | None) -> dict[str, Any]:
     """The wire form of ``GET .../purchase``: whether the user bought, and what."""
     if found is None:
-        return {"purchased": False}
-    return {"purchased": True, "purchaseId": str(found.id),
-            "purchasedAt": iso(found.purchased_at)}
+        return PURCHASE_STATUS_BODY.build(purchased=False)
+    return PURCHASE_STATUS_BODY.build(purchased=True, purchaseId=str(found.id),
+                                      purchasedAt=iso(found.purchased_at))
 
 
 def stock_event_body(sale: Sale, remaining: int, now: datetime) -> dict[str, Any]:

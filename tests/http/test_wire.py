@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import uuid
 
+import pytest
+
+from actors import SaleStatus
 from flashflow.http import wire
 
 #: The public API's paths, as clients have always called them: the one place they are
@@ -68,3 +71,16 @@ def test_a_body_that_is_not_json_reads_as_an_empty_one():
     assert wire.read_reply_bytes(502, b"<html>bad gateway</html>") == wire.Reply(502)
     assert wire.read_reply_bytes(0, None) == wire.Reply(0)
     assert wire.read_reply_bytes(201, b'{"data": {"purchaseId": "p-2"}}').purchase_id == "p-2"
+
+
+def test_a_sale_s_statuses_are_the_actors_own():
+    """The status enum the sale body declares is SaleStatus's values, in order."""
+    assert wire.SALE_BODY.fields["status"]["enum"] == [status.value for status in SaleStatus]
+
+
+def test_a_body_is_built_in_its_declared_order_and_only_of_its_fields():
+    """build() sends the declared order whatever the call's, and refuses a stray field."""
+    built = wire.PURCHASE_STATUS_BODY.build(purchasedAt="t", purchased=True, purchaseId="p")
+    assert list(built) == ["purchased", "purchaseId", "purchasedAt"]
+    with pytest.raises(TypeError):
+        wire.PURCHASE_STATUS_BODY.build(purchased=False, stray=1)
