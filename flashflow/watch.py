@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from .http.wire import CURRENT_EVENTS as EVENTS_PATH
+from .http.wire import CURRENT_EVENTS
 
 BAR_WIDTH = 30
 
@@ -84,7 +84,7 @@ def watch(url: str, echo: Callable[[str], None], *, max_events: int | None = Non
     seen = 0
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=20)) as client, \
-            client.stream("GET", EVENTS_PATH) as response:
+            client.stream("GET", CURRENT_EVENTS) as response:
         if response.status_code != 200:
             body = json.loads(response.read() or b"{}")
             raise RuntimeError(body.get("error", {}).get("message", f"HTTP {response.status_code}"))

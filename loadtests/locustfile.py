@@ -15,7 +15,6 @@ server holding the same secret), buyers send a token minted for their user id.
 from __future__ import annotations
 
 import functools
-import json
 import random
 import time
 from pathlib import Path
@@ -24,8 +23,7 @@ from typing import Any
 import gevent.pool
 from locust import FastHttpUser, LoadTestShape, between, events, task
 
-from flashflow.http.wire import API as CURRENT
-from flashflow.http.wire import CURRENT_PURCHASE as BUY
+from flashflow.http.wire import CURRENT, CURRENT_PURCHASE, read_reply_bytes
 from flashflow.settings import Settings
 from flashflow.tokens import mint
 from loadtests.records import PURCHASE, STATUS, WATCH, Record, RecordWriter
@@ -93,37 +91,27 @@ def auth_headers(user: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {mint(AUTH, user, ttl_s=4 * 3600)}"}
 
 
-def _body(response: Any) -> dict[str, Any]:
-    try:
-        body = json.loads(response.content or b"{}")
-    except (TypeError, ValueError):
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 class _Recording(FastHttpUser):
     abstract = True
 
     def _call(self, kind: str, method: str, path: str, user: str, expected: set[int],
-              **kwargs: Any) -> dict[str, Any]:
+              **kwargs: Any) -> None:
         started, t0 = time.time(), time.perf_counter()
         with self.client.request(method, path, name=kind, catch_response=True,
                                  **kwargs) as response:
             elapsed_ms = (time.perf_counter() - t0) * 1000
-            status = response.status_code or 0
-            body = _body(response)
-            data = body.get("data") or {}
-            code = (body.get("error") or {}).get("code")
-            if status == 0:
+            reply = read_reply_bytes(response.status_code or 0, response.content)
+            code = reply.error_code
+            if reply.status == 0:
                 code = type(response.error).__name__ if response.error else "NO_RESPONSE"
             self.environment.flashflow_records.write(Record(
-                kind=kind, user=user, status=status, started=started, elapsed_ms=elapsed_ms,
-                purchase_id=data.get("purchaseId"), code=code, purchased=data.get("purchased")))
-            if status in expected:
+                kind=kind, user=user, status=reply.status, started=started,
+                elapsed_ms=elapsed_ms, purchase_id=reply.purchase_id, code=code,
+                purchased=reply.purchased))
+            if reply.status in expected:
                 response.success()
             else:
-                response.failure(f"{status} {code}")
-            return data
+                response.failure(f"{reply.status} {code}")
 
 
 class Buyer(_Recording):
@@ -141,10 +129,10 @@ class Buyer(_Recording):
         user = f"{options.user_tag}-{random.randrange(options.user_pool):07d}"
         attempts = gevent.pool.Group()
         for _ in range(max(options.attempts, 1)):
-            attempts.spawn(self._call, PURCHASE, "POST", BUY, user, {201, 409, 429},
+            attempts.spawn(self._call, PURCHASE, "POST", CURRENT_PURCHASE, user, {201, 409, 429},
                            json={"userId": user}, headers=auth_headers(user))
         attempts.join()
-        self._call(STATUS, "GET", f"{BUY}?userId={user}", user, {200, 429},
+        self._call(STATUS, "GET", f"{CURRENT_PURCHASE}?userId={user}", user, {200, 429},
                    headers=auth_headers(user))
 
 

@@ -27,7 +27,7 @@ import httpx
 
 from actors.keys import KEY_PREFIX
 from flashflow.capacity.harness import create_sale, judge, new_key_prefix
-from flashflow.http.wire import API as CURRENT
+from flashflow.http.wire import CURRENT, READYZ
 
 from . import backends
 from .records import PURCHASE, read_records
@@ -83,7 +83,7 @@ def wait_for_sale(host: str, sale_id: str | None, timeout_s: float = 20.0) -> di
             try:
                 current = client.get(CURRENT)
                 sale = current.json().get("data") if current.status_code == 200 else None
-                ready = client.get("/readyz").status_code == 200
+                ready = client.get(READYZ).status_code == 200
                 if sale and (sale_id is None or sale["id"] == sale_id) and ready:
                     return sale
                 last = f"current {current.status_code} {sale and sale['id']}, ready {ready}"

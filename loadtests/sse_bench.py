@@ -35,8 +35,7 @@ import psutil
 import trio
 
 from flashflow.capacity.harness import Scratch
-from flashflow.http.wire import CURRENT_EVENTS as EVENTS
-from flashflow.http.wire import CURRENT_PURCHASE as PURCHASE
+from flashflow.http.wire import CURRENT_EVENTS, CURRENT_PURCHASE
 
 from . import summary
 from .bench.server import BenchServer, bench_sale, cpu_seconds, tree
@@ -82,7 +81,7 @@ async def subscribe(host: str, port: int, sub: Subscriber, limiter: trio.Capacit
         stream = await trio.open_tcp_stream(host, port)
     async with stream:
         async with limiter:
-            await stream.send_all(f"GET {EVENTS} HTTP/1.1\r\nHost: {host}\r\n"
+            await stream.send_all(f"GET {CURRENT_EVENTS} HTTP/1.1\r\nHost: {host}\r\n"
                                   "Accept: text/event-stream\r\n\r\n".encode())
             tail = b""
             while not sub.ready.is_set():
@@ -148,7 +147,7 @@ async def measure(base_url: str, server: psutil.Process, args: argparse.Namespac
             for i in range(3):
                 stock -= 1
                 sent = trio.current_time()
-                await client.post(PURCHASE, json={"userId": f"fanout-{i}"})
+                await client.post(CURRENT_PURCHASE, json={"userId": f"fanout-{i}"})
                 with trio.move_on_after(30):
                     for sub in subs:
                         while sub.first_at_most(stock, sent) is None:
@@ -181,7 +180,7 @@ async def latency_phase(client: httpx.AsyncClient, host: str, port: int,
         cpu_before = cpu_seconds(server)
         for i in range(args.purchases):
             sent = trio.current_time()
-            response = await client.post(PURCHASE, json={"userId": f"spaced-{i}"})
+            response = await client.post(CURRENT_PURCHASE, json={"userId": f"spaced-{i}"})
             committed = trio.current_time()
             assert response.status_code == 201, response.text
             stock -= 1
@@ -209,7 +208,7 @@ async def latency_phase(client: httpx.AsyncClient, host: str, port: int,
         async with trio.open_nursery() as burst:
             async def one(i: int) -> None:
                 nonlocal last_commit
-                await client.post(PURCHASE, json={"userId": f"burst-{i}"})
+                await client.post(CURRENT_PURCHASE, json={"userId": f"burst-{i}"})
                 last_commit = max(last_commit, trio.current_time())
             for i in range(args.burst):
                 burst.start_soon(one, i)

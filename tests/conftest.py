@@ -20,12 +20,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from flashflow.database import execute as _execute
-from flashflow.database import with_database
+from flashflow.database import execute, run_on_connection, with_database
 from flashflow.migrate import apply_migrations
 from flashflow.settings import Settings
-
-from .helpers import run_pg
 
 
 @dataclass(frozen=True)
@@ -74,20 +71,22 @@ def services() -> Iterator[Services]:
 def template_database(services: Services) -> Iterator[str]:
     """A migrated template database that every test's database is cloned from."""
     name = f"ff_template_{uuid.uuid4().hex[:8]}"
-    run_pg(services.database_url, _execute, f'CREATE DATABASE "{name}"')
-    run_pg(with_database(services.database_url, name), apply_migrations)
+    run_on_connection(services.database_url, execute, f'CREATE DATABASE "{name}"')
+    run_on_connection(with_database(services.database_url, name), apply_migrations)
     yield name
-    run_pg(services.database_url, _execute, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    run_on_connection(services.database_url, execute,
+                      f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 def database_url(services: Services, template_database: str) -> Iterator[str]:
     """A fresh, migrated database for one test, dropped afterwards."""
     name = f"ff_test_{uuid.uuid4().hex[:12]}"
-    run_pg(services.database_url, _execute,
-           f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    run_on_connection(services.database_url, execute,
+                      f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
     yield with_database(services.database_url, name)
-    run_pg(services.database_url, _execute, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    run_on_connection(services.database_url, execute,
+                      f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

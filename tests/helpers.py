@@ -28,6 +28,7 @@ from actors import Sale, ledger_sql
 from actors.redis_url import sync_client
 from flashflow.database import run_on_connection
 from flashflow.http import create_app
+from flashflow.http.wire import HEALTHZ
 from flashflow.invariants import GateSnapshot, LedgerSnapshot, ledger_snapshot, read_gate, verify
 from flashflow.processes import stop_process
 from flashflow.runtime import Runtime, open_runtime
@@ -36,12 +37,13 @@ from flashflow.settings import Settings
 from loadtests import backends
 from loadtests.records import Record
 
+#: The fault tests' name of :func:`run_on_connection`, until they import it by that name.
 run_pg = run_on_connection
 
 
 async def pg(url: str, fn: Any, *args: Any) -> Any:
-    """Like :func:`run_pg`, from trio code, in a worker thread."""
-    return await trio.to_thread.run_sync(run_pg, url, fn, *args)
+    """Like :func:`run_on_connection`, from trio code, in a worker thread."""
+    return await trio.to_thread.run_sync(run_on_connection, url, fn, *args)
 
 
 async def fetch(conn: Any, sql: str, *args: Any) -> list[Any]:
@@ -217,7 +219,7 @@ def spawn_server(settings: Settings, log_dir: Path, *args: str,
         if process.poll() is not None:
             raise RuntimeError(f"server exited: {log_path.read_text()[-2000:]}")
         try:
-            if httpx.get(f"{server.base_url}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{server.base_url}{HEALTHZ}", timeout=1).status_code == 200:
                 return server
         except httpx.HTTPError:
             time.sleep(0.1)

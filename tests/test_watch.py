@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import trio
 
+from flashflow.http.wire import CURRENT_PURCHASE
 from flashflow.watch import SaleView, sse_events, watch
 
 from .helpers import make_sale, spawn_server
@@ -46,7 +47,7 @@ async def test_watch_follows_a_live_sale(settings, tmp_path):
                 while not lines:
                     await trio.sleep(0.05)
                 async with httpx.AsyncClient(base_url=server.base_url) as client:
-                    bought = await client.post("/api/v1/flash-sales/current/purchase",
+                    bought = await client.post(CURRENT_PURCHASE,
                                                json={"userId": "watched-buyer"})
                 assert bought.status_code == 201
     finally:

@@ -24,6 +24,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import NotFound
 
 from actors import BackendUnavailable, FlashFlowError, Sale, Unauthorized
+from actors.errors import InvalidInput, SaleNotActive, SaleNotFound, SaleStarted, StockBelowSold
 
 from ..runtime import Runtime
 from ..settings import Settings
@@ -35,14 +36,14 @@ from .openapi import (
     UNAVAILABLE,
     UNSUPPORTED,
     WWW_AUTHENTICATE,
-    Answer,
     Bearer,
     answers,
     ok,
+    refusal,
 )
 from .schema import SaleCreate, SaleEnvelope, SaleUpdate
 from .stock import current_stock
-from .wire import ADMIN, envelope, sale_body
+from .wire import ADMIN_SALE, ADMIN_SALE_END, ADMIN_SALES, envelope, sale_body
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +85,14 @@ def require_admin(request: Request, settings: Settings,
     raise Unauthorized("A valid admin bearer token is required.", challenge=ADMIN_CHALLENGE)
 
 
-BAD_BODY = Answer(400, "VALIDATION_ERROR: the sale id or the body is not valid.",
-                  name="AdminBadRequest")
-ADMIN_UNAUTHORIZED = Answer(401, "UNAUTHORIZED: no admin bearer token (or a JWT without the "
-                                 f"{ADMIN_SCOPE} scope).",
-                            headers=WWW_AUTHENTICATE, name="AdminUnauthorized")
-ADMIN_NOT_FOUND = Answer(404, "NOT_FOUND when the admin API is off (no admin token, no token "
-                              "key); SALE_NOT_FOUND for an unknown sale.",
-                        name="AdminNotFound")
+BAD_BODY = refusal({InvalidInput: "the sale id or the body is not valid."},
+                   name="AdminBadRequest")
+ADMIN_UNAUTHORIZED = refusal({Unauthorized: f"no admin bearer token (or a JWT without the "
+                                            f"{ADMIN_SCOPE} scope)."},
+                             headers=WWW_AUTHENTICATE, name="AdminUnauthorized")
+ADMIN_NOT_FOUND = refusal({NotFound: "the admin API is off: no admin token, no token key",
+                           SaleNotFound: "an unknown sale"},
+                          refused="Not found", name="AdminNotFound")
 #: Every admin route's refusals before its own.
 REFUSALS = (BAD_BODY, ADMIN_UNAUTHORIZED, ADMIN_NOT_FOUND, UNAVAILABLE)
 
@@ -99,7 +100,7 @@ REFUSALS = (BAD_BODY, ADMIN_UNAUTHORIZED, ADMIN_NOT_FOUND, UNAVAILABLE)
 def install_admin(app: QuartTrio, runtime: Runtime) -> None:
     """Add the admin routes to ``app``; they answer 404 unless an admin token or a token key
     is set."""
-    admin = Blueprint("admin", __name__, url_prefix=ADMIN)
+    admin = Blueprint("admin", __name__)
     security_scheme_blueprint(admin, [{name: []} for name in ADMIN_SCHEME])
     verifier = load_verifier(runtime.settings)
 
@@ -134,7 +135,7 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
         sent.headers[errors.CORRELATION_HEADER] = correlation_id
         return sent
 
-    @admin.post("")
+    @admin.post(ADMIN_SALES)
     @validate_request(SaleCreate)
     @answers(ok(201, SaleEnvelope, "The sale, created."), *REFUSALS, TOO_LARGE, UNSUPPORTED)
     async def create_sale(data: SaleCreate) -> Response:
@@ -143,11 +144,12 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
         await runtime.gate.store.ensure_loaded(sale)
         return await answer(sale, None, SaleCreate.model_fields, status=201)
 
-    @admin.patch("/<sale_id>")
+    @admin.patch(ADMIN_SALE)
     @validate_request(SaleUpdate)
     @answers(ok(200, SaleEnvelope, "The sale, changed."), *REFUSALS, TOO_LARGE, UNSUPPORTED,
-             Answer(409, "The sale cannot be changed; error.code says why: SALE_STARTED (it "
-                         "has started) or STOCK_BELOW_SOLD (totalStock under the units sold)."))
+             refusal({SaleStarted: "it has started",
+                      StockBelowSold: "totalStock under the units sold"},
+                     refused="The sale cannot be changed"))
     async def update_sale(sale_id: str, data: SaleUpdate) -> Response:
         wanted = validation.sale_id(sale_id)
         before = runtime.catalog.get(wanted)
@@ -158,10 +160,10 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
         await runtime.reconciler.reconcile(sale)
         return await answer(sale, before, data.model_dump(exclude_none=True))
 
-    @admin.post("/<sale_id>/end")
+    @admin.post(ADMIN_SALE_END)
     @answers(ok(200, SaleEnvelope, "The sale, ended."), *REFUSALS, TOO_LARGE, UNSUPPORTED,
-             Answer(409, "SALE_NOT_ACTIVE: the sale has not started yet (change its "
-                         "window instead)."))
+             refusal({SaleNotActive: "the sale has not started yet (change its window "
+                                     "instead)."}))
     async def end_sale(sale_id: str) -> Response:
         # The gate stays: the reconciler covers an ended sale for an hour.
         wanted = validation.sale_id(sale_id)
@@ -171,4 +173,4 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
     app.register_blueprint(admin)
 
 
-__all__ = ["ADMIN", "ADMIN_SCHEME", "install_admin", "require_admin"]
+__all__ = ["ADMIN_SCHEME", "install_admin", "require_admin"]

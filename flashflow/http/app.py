@@ -60,10 +60,12 @@ from .schema import (
 from .sse import install_sse
 from .stock import current_stock
 from .wire import (
-    API,
-    BY_ID,
-    BY_ID_PURCHASE,
+    CURRENT,
     CURRENT_PURCHASE,
+    HEALTHZ,
+    READYZ,
+    SALE,
+    SALE_PURCHASE,
     SALES,
     envelope,
     purchase_status_body,
@@ -126,15 +128,15 @@ def create_app(runtime: Runtime) -> QuartTrio:
     # rule passes ``sale_id=None`` (the current sale), so the endpoint names stay as they were.
     current = {"defaults": {"sale_id": None}}
 
-    @app.get(API, **current)
-    @app.get(BY_ID)
+    @app.get(CURRENT, **current)
+    @app.get(SALE)
     @operation_id("sale")
     @answers(ok(200, SaleEnvelope), BAD_SALE_ID, NOT_FOUND, UNAVAILABLE)
     async def get_current(sale_id: str | None) -> Response:
         return response(await hot.sale(sale_id))
 
     @app.post(CURRENT_PURCHASE, **current)
-    @app.post(BY_ID_PURCHASE)
+    @app.post(SALE_PURCHASE)
     @requires
     @document_request(body_model)
     @answers(ok(201, PurchaseEnvelope), BAD_REQUEST, *signed_in_refusals, NOT_FOUND,
@@ -144,7 +146,7 @@ def create_app(runtime: Runtime) -> QuartTrio:
                                            Asking.of(request), sale_id))
 
     @app.get(CURRENT_PURCHASE, **current)
-    @app.get(BY_ID_PURCHASE)
+    @app.get(SALE_PURCHASE)
     @requires
     @validate_querystring(query_model)
     @answers(ok(200, PurchaseStatusEnvelope), BAD_REQUEST, *signed_in_refusals, NOT_FOUND,
@@ -157,12 +159,12 @@ def create_app(runtime: Runtime) -> QuartTrio:
                                                    address=auth.client_address(asking))
         return envelope(purchase_status_body(found))
 
-    @app.get("/healthz")
+    @app.get(HEALTHZ)
     @answers(ok(200, HealthEnvelope))
     async def healthz() -> Response:
         return response(hot.health())
 
-    @app.get("/readyz")
+    @app.get(READYZ)
     @answers(ok(200, ReadinessEnvelope),
              ok(503, ReadinessEnvelope, "Not ready: a check failed (no Retry-After)."))
     async def readyz() -> Response:

@@ -76,6 +76,11 @@ HTTP_CODES: dict[int, str] = {
 }
 
 
+#: Every code an error answer's body may name.
+WIRE_CODES: tuple[str, ...] = tuple(sorted(
+    {code for _, code, _ in ERROR_TABLE.values()} | set(HTTP_CODES.values()) | {INTERNAL_ERROR}))
+
+
 #: The response header that carries an error answer's correlation id (and an admin action's).
 CORRELATION_HEADER = "X-Correlation-Id"
 
@@ -137,6 +142,22 @@ def table_entry(error: FlashFlowError) -> tuple[int, str, bool] | None:
         if cls in ERROR_TABLE:
             return ERROR_TABLE[cls]
     return None
+
+
+def entry_of(cause: type[Exception]) -> tuple[int, str, bool]:
+    """The (status, wire code, Retry-After) of an error class: a Flash Flow error's by the
+    table above, an HTTP error the framework raises by :data:`HTTP_CODES`.
+
+    Raises:
+        KeyError: neither table answers for ``cause``.
+    """
+    for cls in cause.__mro__:
+        if cls in ERROR_TABLE:
+            return ERROR_TABLE[cls]
+    code = getattr(cause, "code", None)
+    if issubclass(cause, HTTPException) and code in HTTP_CODES:
+        return code, HTTP_CODES[code], False
+    raise KeyError(f"{cause.__name__} has no wire code")
 
 
 def answer_for(error: FlashFlowError, retry_after_s: int) -> Answer:

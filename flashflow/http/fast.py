@@ -27,24 +27,23 @@ from .metrics import RequestMetrics, purchase_outcome
 from .schema import PurchaseRequest, SignedInPurchaseRequest, validation_message
 from .stock import current_stock
 from .wire import (
-    API,
-    BY_ID,
-    BY_ID_PURCHASE,
+    CURRENT,
     CURRENT_PURCHASE,
+    HEALTHZ,
     JSON,
-    SALES,
+    SALE,
+    SALE_PURCHASE,
     Answer,
     answer,
     purchase_body,
     sale_body,
+    sale_id_in,
 )
 
-__all__ = ["EXTENSION", "HEALTH", "HotRoutes", "fast_path", "route_of", "takes"]
+__all__ = ["EXTENSION", "HotRoutes", "fast_path", "route_of", "takes"]
 
 #: The key of ``app.extensions`` under which ``create_app`` leaves its :class:`HotRoutes`.
 EXTENSION = "flashflow.hot_routes"
-HEALTH = "/healthz"
-CURRENT = "current"
 
 ASGIApp = Callable[[dict, Any, Any], Awaitable[None]]
 
@@ -106,30 +105,27 @@ class _Route:
     purchase: bool
 
 
-_HEALTH_ROUTE = _Route(HEALTH, None, purchase=False)
-_CURRENT_ROUTE = _Route(API, None, purchase=False)
+_HEALTH_ROUTE = _Route(HEALTHZ, None, purchase=False)
+_CURRENT_ROUTE = _Route(CURRENT, None, purchase=False)
 _CURRENT_PURCHASE_ROUTE = _Route(CURRENT_PURCHASE, None, purchase=True)
-_SALES_PREFIX = f"{SALES}/"
 _JSON = JSON.encode()
 
 
 def route_of(method: str, path: str) -> _Route | None:
     """The hot route of ``method`` and ``path`` as werkzeug would match it, else None."""
-    if path == HEALTH:
-        return _HEALTH_ROUTE if method == "GET" else None
-    if not path.startswith(_SALES_PREFIX):
-        return None
-    segment, slash, rest = path[len(_SALES_PREFIX):].partition("/")
-    if not segment:
-        return None
-    current = segment == CURRENT
-    if not slash:
-        if method != "GET":
-            return None
-        return _CURRENT_ROUTE if current else _Route(BY_ID, segment, purchase=False)
-    if rest != "purchase" or method != "POST":
-        return None
-    return _CURRENT_PURCHASE_ROUTE if current else _Route(BY_ID_PURCHASE, segment, purchase=True)
+    if method == "GET":
+        if path == HEALTHZ:
+            return _HEALTH_ROUTE
+        if path == CURRENT:
+            return _CURRENT_ROUTE
+        sale_id = sale_id_in(SALE, path)
+        return None if sale_id is None else _Route(SALE, sale_id, purchase=False)
+    if method == "POST":
+        if path == CURRENT_PURCHASE:
+            return _CURRENT_PURCHASE_ROUTE
+        sale_id = sale_id_in(SALE_PURCHASE, path)
+        return None if sale_id is None else _Route(SALE_PURCHASE, sale_id, purchase=True)
+    return None
 
 
 def takes(headers: list[tuple[bytes, bytes]], purchase: bool, max_body_bytes: int,

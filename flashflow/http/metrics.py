@@ -42,6 +42,7 @@ from ..runtime import Runtime
 from .actor_metrics import ACTOR_METRICS, SALE_METRICS, SaleCollector, actor_mirror, read_sale
 from .auth import Asking
 from .mirror import LARGEST_LIVE, PROCESS_METRICS, Mirror, process_values
+from .wire import METRICS
 
 __all__ = ["ACTOR_METRICS", "BUILD_METRICS", "PROCESS_METRICS", "REQUEST_METRICS",
            "SALE_METRICS", "RequestMetrics", "install_metrics", "scrape_registry"]
@@ -205,7 +206,7 @@ def install_metrics(app: QuartTrio, runtime: Runtime,
             recorder.purchase(purchase_outcome(response.status_code, error_code))
         return response
 
-    @app.get("/metrics")
+    @app.get(METRICS)
     @hide  # for the operators' scraper, not for API clients
     async def prometheus_metrics() -> Response:
         check(Asking.of(request))

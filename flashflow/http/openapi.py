@@ -2,6 +2,8 @@
 quart-schema builds from the routes, made valid and small.
 
 A route lists its answers with :func:`answers`; every route also answers :data:`INTERNAL`.
+An error answer is documented by :func:`refusal` from the errors behind it, so its status,
+codes and ``Retry-After`` are the error table's.
 Bodies are :mod:`flashflow.http.schema`'s models, each listed once under
 ``components/schemas``; an answer several routes give is listed once under
 ``components/responses``. Both are named by ``$ref``.
@@ -9,7 +11,7 @@ Bodies are :mod:`flashflow.http.schema`'s models, each listed once under
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -17,9 +19,24 @@ from pydantic import BaseModel
 from quart_schema import OpenAPIProvider, QuartSchema
 from quart_schema.openapi import HttpSecurityScheme
 from quart_trio import QuartTrio
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from .errors import INTERNAL_ERROR
+from actors.errors import (
+    AlreadyPurchased,
+    Forbidden,
+    InvalidInput,
+    Overloaded,
+    RateLimited,
+    SaleNotActive,
+    SaleNotFound,
+    SoldOut,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+
+from .errors import INTERNAL_ERROR, entry_of
 from .schema import ErrorEnvelope
+from .wire import OPENAPI
 
 
 @dataclass
@@ -53,7 +70,7 @@ WWW_AUTHENTICATE = {"WWW-Authenticate": {
 
 
 @dataclass(frozen=True)
-class Answer:
+class DocumentedAnswer:
     """One response a route can give, as the OpenAPI document lists it.
 
     ``model`` is the JSON body's model; ``None`` with ``media_type`` set documents a body of
@@ -69,42 +86,74 @@ class Answer:
     name: str | None = None
 
 
-def ok(status: int, model: type[BaseModel], description: str | None = None) -> Answer:
+def ok(status: int, model: type[BaseModel], description: str | None = None
+       ) -> DocumentedAnswer:
     """A success answer; its description is the model's docstring unless given."""
-    return Answer(status, description or (model.__doc__ or "").strip(), model)
+    return DocumentedAnswer(status, description or (model.__doc__ or "").strip(), model)
 
 
-BAD_REQUEST = Answer(400, "VALIDATION_ERROR: the sale id, the query string or the body is "
-                          "not valid.", name="BadRequest")
-BAD_SALE_ID = Answer(400, "VALIDATION_ERROR: the sale id is not valid.", name="BadSaleId")
-UNAUTHORIZED = Answer(401, "UNAUTHORIZED: no single valid bearer token.",
-                      headers=WWW_AUTHENTICATE, name="Unauthorized")
-FORBIDDEN = Answer(403, "FORBIDDEN: userId names another user than the token's subject.",
-                   name="Forbidden")
-NOT_FOUND = Answer(404, "SALE_NOT_FOUND: no such sale (or, for /current, no current sale).",
-                   name="SaleNotFound")
-PURCHASE_CONFLICT = Answer(409, "The purchase is refused; error.code says why: "
-                                "SALE_NOT_ACTIVE (not started yet, or ended), SOLD_OUT, or "
-                                "ALREADY_PURCHASED (this user already holds one).",
-                           name="PurchaseRefused")
-TOO_LARGE = Answer(413, "PAYLOAD_TOO_LARGE: the body is over the size limit.",
-                   name="PayloadTooLarge")
-UNSUPPORTED = Answer(415, "UNSUPPORTED_MEDIA_TYPE: a body that is not application/json.",
-                     name="UnsupportedMediaType")
-RATE_LIMITED = Answer(429, "RATE_LIMIT_EXCEEDED: this user or client address is over its "
-                           "rate; retry after Retry-After seconds.", headers=RETRY_AFTER,
-                      name="RateLimited")
-UNAVAILABLE = Answer(503, "UNAVAILABLE: overloaded, shutting down, or a backend (Redis, "
-                          "PostgreSQL) does not answer; retry after Retry-After seconds.",
-                     headers=RETRY_AFTER, name="Unavailable")
+def refusal(causes: Mapping[type[Exception], str], *, refused: str = "",
+            headers: dict[str, dict[str, Any]] | None = None,
+            name: str | None = None) -> DocumentedAnswer:
+    """An error answer, its status and codes as :mod:`errors` maps its ``causes``.
+
+    Each cause is an error class with why it is raised ("" to say nothing more); the
+    description names each wire code once. With several codes it opens with ``refused``. The
+    answer says ``Retry-After`` where the error table sends it.
+
+    Raises:
+        ValueError: the causes are answered with different statuses.
+    """
+    whys: dict[str, str] = {}
+    statuses, retry = set(), False
+    for cause, why in causes.items():
+        status, code, retried = entry_of(cause)
+        statuses.add(status)
+        retry |= retried
+        whys.setdefault(code, why)
+    if len(statuses) != 1:
+        raise ValueError(f"causes answered with several statuses: {sorted(statuses)}")
+    if len(whys) == 1:
+        [(code, why)] = whys.items()
+        description = f"{code}: {why}"
+    else:
+        said = [f"{code} ({why})" if why else code for code, why in whys.items()]
+        description = (f"{refused}; error.code says why: {', '.join(said[:-1])}, or "
+                       f"{said[-1]}.")
+    return DocumentedAnswer(statuses.pop(), description,
+                            headers={**(RETRY_AFTER if retry else {}), **(headers or {})},
+                            name=name)
+
+
+BAD_REQUEST = refusal({InvalidInput: "the sale id, the query string or the body is not valid."},
+                      name="BadRequest")
+BAD_SALE_ID = refusal({InvalidInput: "the sale id is not valid."}, name="BadSaleId")
+UNAUTHORIZED = refusal({Unauthorized: "no single valid bearer token."},
+                       headers=WWW_AUTHENTICATE, name="Unauthorized")
+FORBIDDEN = refusal({Forbidden: "userId names another user than the token's subject."},
+                    name="Forbidden")
+NOT_FOUND = refusal({SaleNotFound: "no such sale (or, for /current, no current sale)."},
+                    name="SaleNotFound")
+PURCHASE_CONFLICT = refusal({SaleNotActive: "not started yet, or ended", SoldOut: "",
+                             AlreadyPurchased: "this user already holds one"},
+                            refused="The purchase is refused", name="PurchaseRefused")
+TOO_LARGE = refusal({RequestEntityTooLarge: "the body is over the size limit."},
+                    name="PayloadTooLarge")
+UNSUPPORTED = refusal({UnsupportedMediaType: "a body that is not application/json."},
+                      name="UnsupportedMediaType")
+RATE_LIMITED = refusal({RateLimited: "this user or client address is over its rate; retry "
+                                     "after Retry-After seconds."}, name="RateLimited")
+UNAVAILABLE = refusal({Overloaded: "overloaded, shutting down, or a backend (Redis, "
+                                   "PostgreSQL) does not answer; retry after Retry-After "
+                                   "seconds."}, name="Unavailable")
 #: Every route's last answer.
-INTERNAL = Answer(500, f"{INTERNAL_ERROR}: something unexpected failed (no stack trace leaves "
-                       "the server).", name="InternalError")
+INTERNAL = DocumentedAnswer(500, f"{INTERNAL_ERROR}: something unexpected failed (no stack "
+                                 "trace leaves the server).", name="InternalError")
 
 T = TypeVar("T", bound=Callable[..., Any])
 
 
-def answers(*items: Answer) -> Callable[[T], T]:
+def answers(*items: DocumentedAnswer) -> Callable[[T], T]:
     """Document the responses a route gives (each status once)."""
     def decorator(func: T) -> T:
         listed = dict(getattr(func, ANSWERS_ATTRIBUTE, {}))
@@ -132,7 +181,7 @@ class Document(OpenAPIProvider):
 
     def build_paths(self, rule: Any) -> tuple[dict, dict]:
         paths, components = super().build_paths(rule)
-        listed: dict[int, Answer] = getattr(self._app.view_functions[rule.endpoint],
+        listed: dict[int, DocumentedAnswer] = getattr(self._app.view_functions[rule.endpoint],
                                             ANSWERS_ATTRIBUTE, {})
         responses = {status: self._response(item, components)
                      for status, item in sorted({INTERNAL.status: INTERNAL, **listed}.items())}
@@ -145,7 +194,7 @@ class Document(OpenAPIProvider):
                     operation["operationId"] += "_by_id"
         return paths, components
 
-    def _response(self, item: Answer, components: dict[str, Any]) -> dict[str, Any]:
+    def _response(self, item: DocumentedAnswer, components: dict[str, Any]) -> dict[str, Any]:
         """The response object of an answer, or a reference to it if it has a name."""
         response: dict[str, Any] = {
             "description": item.description,
@@ -176,6 +225,7 @@ def install_schema(app: QuartTrio, schemes: dict[str, HttpSecurityScheme]) -> No
     with the security ``schemes`` the routes name."""
     QuartSchema(
         app,
+        openapi_path=OPENAPI,
         info={"title": "Flash Flow", "version": "1"},
         swagger_ui_path=None, redoc_ui_path=None, scalar_ui_path=None,
         security_schemes=schemes,

@@ -1,8 +1,10 @@
 """The API's models: they validate requests and they are the bodies of the OpenAPI document.
 
 Requests are validated by quart-schema from these pydantic models; the rules for a
-``userId`` live once, in :mod:`flashflow.http.validation`, and are reused here. What each
-route answers, and the document built from it, is :mod:`flashflow.http.openapi`'s.
+``userId`` live once, in :mod:`flashflow.http.validation`, and are reused here. The bodies
+the API sends are made from the fields :mod:`flashflow.http.wire` declares for them, and an
+error's code from the codes :mod:`flashflow.http.errors` maps. What each route answers, and
+the document built from it, is :mod:`flashflow.http.openapi`'s.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from pydantic import (
     ConfigDict,
     Field,
     WithJsonSchema,
+    create_model,
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
 from actors.errors import InvalidInput
 
-from . import validation
+from . import validation, wire
+from .errors import WIRE_CODES
 
 
 def _checked(rule):
@@ -135,17 +139,19 @@ class SignedInStatusQuery(BaseModel):
     userId: UserId | SkipJsonSchema[None] = OPTIONAL
 
 
-class SaleOut(BaseModel):
-    """A sale as ``GET /current`` returns it."""
+def sent(name: str, body: wire.Body) -> type[BaseModel]:
+    """The model of a body the API sends, named ``name``: its fields and their schemas as
+    :mod:`wire` declares them."""
+    fields: dict[str, Any] = {
+        field: (Annotated[Any, WithJsonSchema(schema)],
+                OPTIONAL if field in body.optional else ...)
+        for field, schema in body.fields.items()}
+    return create_model(name, __doc__=body.description, **fields)
 
-    id: str
-    productName: str
-    totalStock: int
-    remainingStock: int
-    startTime: str
-    endTime: str
-    status: Literal["upcoming", "active", "ended"]
-    serverTime: str
+
+SaleOut = sent("SaleOut", wire.SALE_BODY)
+PurchaseOut = sent("PurchaseOut", wire.PURCHASE_BODY)
+PurchaseStatusOut = sent("PurchaseStatusOut", wire.PURCHASE_STATUS_BODY)
 
 
 class SaleEnvelope(BaseModel):
@@ -160,28 +166,10 @@ class SaleListEnvelope(BaseModel):
     data: list[SaleOut]
 
 
-class PurchaseOut(BaseModel):
-    """A confirmed purchase."""
-
-    purchaseId: str
-    userId: str
-    productName: str
-    status: Literal["confirmed"]
-    purchasedAt: str
-
-
 class PurchaseEnvelope(BaseModel):
     """``{"data": purchase}``."""
 
     data: PurchaseOut
-
-
-class PurchaseStatusOut(BaseModel):
-    """Whether a user holds a purchase in the current sale."""
-
-    purchased: bool
-    purchaseId: str | None = None
-    purchasedAt: str | None = None
 
 
 class PurchaseStatusEnvelope(BaseModel):
@@ -193,7 +181,7 @@ class PurchaseStatusEnvelope(BaseModel):
 class ErrorDetail(BaseModel):
     """What went wrong, with the id under which it was logged."""
 
-    code: str
+    code: Annotated[str, WithJsonSchema({"type": "string", "enum": list(WIRE_CODES)})]
     message: str
     correlationId: str
 

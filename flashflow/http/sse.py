@@ -30,10 +30,17 @@ from actors import FlashFlowError, Sale, SaleStatus
 
 from ..runtime import Runtime
 from . import validation
-from .openapi import BAD_SALE_ID, EVENT_STREAM, NOT_FOUND, UNAVAILABLE, Answer, answers
+from .openapi import (
+    BAD_SALE_ID,
+    EVENT_STREAM,
+    NOT_FOUND,
+    UNAVAILABLE,
+    DocumentedAnswer,
+    answers,
+)
 from .wire import (
-    BY_ID,
     CURRENT_EVENTS,
+    SALE_EVENTS,
     sale_body,
     status_event_body,
     stock_event_body,
@@ -149,9 +156,10 @@ def install_sse(app: QuartTrio, runtime: Runtime, *, heartbeat_s: float = 15.0,
         retry_ms: the reconnect delay suggested to clients.
     """
     @app.get(CURRENT_EVENTS, defaults={"sale_id": None})
-    @app.get(f"{BY_ID}/events")
-    @answers(Answer(200, "The live stream: a snapshot event, then stock and status events "
-                         "and heartbeat comments.", model=None, media_type=EVENT_STREAM),
+    @app.get(SALE_EVENTS)
+    @answers(DocumentedAnswer(200, "The live stream: a snapshot event, then stock and status "
+                                   "events and heartbeat comments.", model=None,
+                              media_type=EVENT_STREAM),
              BAD_SALE_ID, NOT_FOUND, UNAVAILABLE)
     async def events(sale_id: str | None) -> Response:
         sale = runtime.serializer.sale(validation.sale_id(sale_id))

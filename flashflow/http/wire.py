@@ -22,36 +22,116 @@ if TYPE_CHECKING:
     from actors import Purchase, Sale
 
 __all__ = [
-    "ADMIN",
-    "API",
-    "BY_ID",
-    "BY_ID_PURCHASE",
+    "ADMIN_SALE",
+    "ADMIN_SALES",
+    "ADMIN_SALE_END",
+    "CONFIRMED",
+    "CURRENT",
     "CURRENT_EVENTS",
     "CURRENT_PURCHASE",
+    "HEALTHZ",
     "JSON",
+    "METRICS",
+    "OPENAPI",
+    "PURCHASE_BODY",
+    "PURCHASE_STATUS_BODY",
+    "READYZ",
+    "SALE",
     "SALES",
+    "SALE_BODY",
+    "SALE_EVENTS",
+    "SALE_ID",
+    "SALE_PURCHASE",
     "Answer",
+    "Body",
     "ErrorResponse",
+    "Reply",
+    "admin_end_path",
+    "admin_sale_path",
     "answer",
     "envelope",
     "error_body",
+    "events_path",
+    "fill",
     "iso",
     "purchase_body",
+    "purchase_path",
     "purchase_status_body",
+    "read_reply",
+    "read_reply_bytes",
     "response",
     "sale_body",
+    "sale_id_in",
+    "sale_path",
     "status_event_body",
     "stock_event_body",
 ]
 
+#: The placeholder of a sale's id in a route pattern (a werkzeug rule).
+SALE_ID = "<sale_id>"
+
+# Every path the API serves, as the route pattern the server registers and its metrics count
+# under. A route that takes a sale's id has a builder of its concrete path below; a new route
+# is one pattern here (and one builder, if it takes an id).
+#: The list of recent sales.
 SALES = "/api/v1/flash-sales"
-API = f"{SALES}/current"
-#: A sale by id; werkzeug tries the fixed ``/current`` rules first.
-BY_ID = f"{SALES}/<sale_id>"
-CURRENT_PURCHASE = f"{API}/purchase"
-BY_ID_PURCHASE = f"{BY_ID}/purchase"
-CURRENT_EVENTS = f"{API}/events"
-ADMIN = "/api/v1/admin/flash-sales"
+#: The current sale. werkzeug tries the fixed ``/current`` rules before the by-id ones.
+CURRENT = f"{SALES}/current"
+#: One sale by id.
+SALE = f"{SALES}/{SALE_ID}"
+CURRENT_PURCHASE = f"{CURRENT}/purchase"
+SALE_PURCHASE = f"{SALE}/purchase"
+CURRENT_EVENTS = f"{CURRENT}/events"
+SALE_EVENTS = f"{SALE}/events"
+#: The admin API: create a sale (POST), change one (PATCH by id), end one.
+ADMIN_SALES = "/api/v1/admin/flash-sales"
+ADMIN_SALE = f"{ADMIN_SALES}/{SALE_ID}"
+ADMIN_SALE_END = f"{ADMIN_SALE}/end"
+HEALTHZ = "/healthz"
+READYZ = "/readyz"
+METRICS = "/metrics"
+OPENAPI = "/openapi.json"
+
+
+def fill(pattern: str, sale_id: object) -> str:
+    """The concrete path of ``pattern`` for one sale (a UUID, or any text a test sends)."""
+    return pattern.replace(SALE_ID, str(sale_id))
+
+
+def sale_path(sale_id: object) -> str:
+    """``GET`` one sale."""
+    return fill(SALE, sale_id)
+
+
+def purchase_path(sale_id: object) -> str:
+    """``POST`` a purchase in one sale, or ``GET`` its status."""
+    return fill(SALE_PURCHASE, sale_id)
+
+
+def events_path(sale_id: object) -> str:
+    """One sale's event stream."""
+    return fill(SALE_EVENTS, sale_id)
+
+
+def admin_sale_path(sale_id: object) -> str:
+    """``PATCH`` one sale through the admin API."""
+    return fill(ADMIN_SALE, sale_id)
+
+
+def admin_end_path(sale_id: object) -> str:
+    """``POST`` to end one sale through the admin API."""
+    return fill(ADMIN_SALE_END, sale_id)
+
+
+def sale_id_in(pattern: str, path: str) -> str | None:
+    """The sale id in ``path`` if it matches ``pattern`` as werkzeug would (the id one
+    non-empty path segment), else None."""
+    head, _, tail = pattern.partition(SALE_ID)
+    if not path.startswith(head) or not path.endswith(tail):
+        return None
+    segment = path[len(head):len(path) - len(tail)]  # empty when head and tail overlap
+    return segment if segment and "/" not in segment else None
+
 
 JSON = "application/json"
 
@@ -102,37 +182,83 @@ def response(sent: Answer) -> Response:
     return built
 
 
+# Each body the API sends, declared once: its fields in the order they are sent, each with its
+# JSON schema. The builders below fill them in; the OpenAPI document's models are made from
+# them (:mod:`flashflow.http.schema`). A new body is one more :class:`Body` and its builder.
+
+_TEXT = {"type": "string"}
+_ID = {"type": "string", "format": "uuid"}
+_MOMENT = {"type": "string", "format": "date-time"}
+_COUNT = {"type": "integer"}
+_FLAG = {"type": "boolean"}
+#: What a confirmed purchase's ``status`` says.
+CONFIRMED = "confirmed"
+
+
+@dataclass(frozen=True)
+class Body:
+    """One body's fields, in the order they are sent, each with its JSON schema.
+
+    ``optional`` names the fields a body may leave out (never sent as null).
+    """
+
+    description: str
+    fields: dict[str, dict[str, Any]]
+    optional: frozenset[str] = frozenset()
+
+    def build(self, **values: Any) -> dict[str, Any]:
+        """The body of ``values``, keyed by wire name, in the declared order."""
+        body = {name: values[name] for name in self.fields if name in values}
+        if len(body) != len(values):
+            raise TypeError(f"not fields of the body: {sorted(set(values) - set(body))}")
+        return body
+
+
+SALE_BODY = Body("A sale as ``GET /current`` returns it.", {
+    "id": _ID,
+    "productName": _TEXT,
+    "totalStock": _COUNT,
+    "remainingStock": _COUNT,
+    "startTime": _MOMENT,
+    "endTime": _MOMENT,
+    # The values of actors.SaleStatus (a test holds them equal).
+    "status": {"type": "string", "enum": ["upcoming", "active", "ended"]},
+    "serverTime": _MOMENT,
+})
+PURCHASE_BODY = Body("A confirmed purchase.", {
+    "purchaseId": _ID,
+    "userId": _TEXT,
+    "productName": _TEXT,
+    "status": {"type": "string", "enum": [CONFIRMED]},
+    "purchasedAt": _MOMENT,
+})
+PURCHASE_STATUS_BODY = Body(
+    "Whether a user holds a purchase in the sale; what, if so.",
+    {"purchased": _FLAG, "purchaseId": _ID, "purchasedAt": _MOMENT},
+    optional=frozenset({"purchaseId", "purchasedAt"}))
+
+
 def sale_body(sale: Sale, remaining: int, now: datetime) -> dict[str, Any]:
     """The wire form of a sale, as ``GET /current`` returns it."""
-    return {
-        "id": str(sale.id),
-        "productName": sale.product_name,
-        "totalStock": sale.total_stock,
-        "remainingStock": remaining,
-        "startTime": iso(sale.start_time),
-        "endTime": iso(sale.end_time),
-        "status": sale.status(now).value,
-        "serverTime": iso(now),
-    }
+    return SALE_BODY.build(
+        id=str(sale.id), productName=sale.product_name, totalStock=sale.total_stock,
+        remainingStock=remaining, startTime=iso(sale.start_time), endTime=iso(sale.end_time),
+        status=sale.status(now).value, serverTime=iso(now))
 
 
 def purchase_body(purchase: Purchase, sale: Sale) -> dict[str, Any]:
     """The wire form of a confirmed purchase."""
-    return {
-        "purchaseId": str(purchase.id),
-        "userId": purchase.user_id,
-        "productName": sale.product_name,
-        "status": "confirmed",
-        "purchasedAt": iso(purchase.purchased_at),
-    }
+    return PURCHASE_BODY.build(
+        purchaseId=str(purchase.id), userId=purchase.user_id, productName=sale.product_name,
+        status=CONFIRMED, purchasedAt=iso(purchase.purchased_at))
 
 
 def purchase_status_body(found: Purchase | None) -> dict[str, Any]:
     """The wire form of ``GET .../purchase``: whether the user bought, and what."""
     if found is None:
-        return {"purchased": False}
-    return {"purchased": True, "purchaseId": str(found.id),
-            "purchasedAt": iso(found.purchased_at)}
+        return PURCHASE_STATUS_BODY.build(purchased=False)
+    return PURCHASE_STATUS_BODY.build(purchased=True, purchaseId=str(found.id),
+                                      purchasedAt=iso(found.purchased_at))
 
 
 def stock_event_body(sale: Sale, remaining: int, now: datetime) -> dict[str, Any]:
@@ -153,3 +279,45 @@ def error_body(status: int, code: str, message: str, correlation_id: str) -> str
         "code": status,
         "error": {"code": code, "message": message, "correlationId": correlation_id},
     })
+
+
+# Reading an answer back, as a client (the load tests, the tests) sees it.
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What a client reads in one of the API's answers.
+
+    ``error_code`` is the error envelope's code (None for a success); ``purchase_id`` the
+    ``purchaseId`` of a confirmed purchase or of a status read that says purchased;
+    ``purchased`` a status read's answer; ``remaining_stock`` a sale's. A field the body does
+    not hold is None.
+    """
+
+    status: int
+    error_code: str | None = None
+    purchase_id: str | None = None
+    purchased: bool | None = None
+    remaining_stock: int | None = None
+
+
+def read_reply(status: int, body: Any) -> Reply:
+    """The :class:`Reply` of an answer's status and its parsed JSON ``body`` (any shape)."""
+    if not isinstance(body, dict):
+        return Reply(status)
+    data, error = body.get("data"), body.get("error")
+    if isinstance(error, dict):
+        return Reply(status, error_code=error.get("code"))
+    if not isinstance(data, dict):
+        return Reply(status)
+    return Reply(status, purchase_id=data.get("purchaseId"), purchased=data.get("purchased"),
+                 remaining_stock=data.get("remainingStock"))
+
+
+def read_reply_bytes(status: int, content: bytes | None) -> Reply:
+    """:func:`read_reply` of a raw body; one that is not JSON reads as an empty one."""
+    try:
+        body = json.loads(content or b"null")
+    except (TypeError, ValueError):
+        body = None
+    return read_reply(status, body)

@@ -17,10 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from flashflow.http.wire import API as CURRENT_PATH
-from flashflow.http.wire import CURRENT_PURCHASE as PURCHASE_PATH
-
-__all__ = ["CURRENT_PATH", "PURCHASE_PATH"]  # re-exported for the scenarios and the server
+from flashflow.http.wire import CURRENT_PURCHASE, HEALTHZ
 
 #: How long a benchmark's tokens stay valid: longer than any run, a whole sale included.
 TOKEN_TTL_S = 4 * 3600
@@ -101,7 +98,7 @@ function purchase(user, token)
   if tokens then headers["Authorization"] = "Bearer " .. tokens[token] end
   return wrk.format("POST", "%(path)s", headers, '{"userId": "' .. user .. '"}')
 end
-""".replace("%(path)s", PURCHASE_PATH)
+""".replace("%(path)s", CURRENT_PURCHASE)
 
 PURCHASE = _COMMON + _PURCHASE_REQUEST + r"""
 filler = nil
@@ -129,7 +126,7 @@ function request()
     -- Every distinct user of this thread has asked: keep the connections busy with a
     -- cheap read until the last purchase answer is in, so none is cut mid-flight. A
     -- request that timed out never answers: past wrk's 10 s timeout, stop regardless.
-    filler = filler or wrk.format("GET", "/healthz")
+    filler = filler or wrk.format("GET", "%(healthz)s")
     filler_since = filler_since or os.time()
     if os.time() - filler_since > 12 then
       finish()
@@ -155,7 +152,7 @@ function response(status, headers, body)
     finish()
   end
 end
-"""
+""".replace("%(healthz)s", HEALTHZ)
 
 
 def repeat_users(base: str, count: int) -> list[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from flashflow.http import wire
 from flashflow.settings import Settings
 from flashflow.tokens import mint
 
@@ -27,7 +28,7 @@ from .server import BenchServer, bench_sale, cpu_seconds
 
 ASGI = "bare ASGI"
 QUART = "bare quart-trio"
-HEALTHZ = "/healthz"
+HEALTHZ = wire.HEALTHZ  # the scenario is named by its path
 CURRENT = "GET /current"
 BOUGHT = "purchase, every answer 201"
 SOLD_OUT = "purchase, sold out (409)"
@@ -202,7 +203,7 @@ def buy_each(url: str, users: Iterable[str], allowed: tuple[int, ...],
         for user in users:
             headers = ({"Authorization": f"Bearer {mint(settings, user)}"}
                        if auth_secret is not None else {})
-            answer = client.post(lua.PURCHASE_PATH, json={"userId": user}, headers=headers)
+            answer = client.post(wire.CURRENT_PURCHASE, json={"userId": user}, headers=headers)
             if answer.status_code not in allowed:
                 raise RuntimeError(f"buying for {user}: {answer.status_code} {answer.text}")
 
@@ -231,8 +232,8 @@ def run_configuration(workers: int, admin_url: str, redis_url: str, options: Opt
             server.stop()
     secret = options.auth_secret
     with _flashflow(admin_url, redis_url, 100, workers, log_dir, secret) as server:
-        results += measure(HEALTHZ, workers, server, "/healthz", lua.GET, options)
-        results += measure(CURRENT, workers, server, lua.CURRENT_PATH, lua.GET, options)
+        results += measure(HEALTHZ, workers, server, wire.HEALTHZ, lua.GET, options)
+        results += measure(CURRENT, workers, server, wire.CURRENT, lua.GET, options)
         # Every unit sold, then one more ask: each worker may learn of the sell-out.
         buy_each(server.url, (f"sellout-{i}" for i in range(101)), (201, 409), secret)
         results += measure(SOLD_OUT, workers, server, "", lua.PURCHASE, options)

@@ -20,10 +20,10 @@ import psutil
 
 from flashflow.capacity.harness import Scratch, create_sale, open_scratch
 from flashflow.embedded import free_port
+from flashflow.http import wire
 from flashflow.processes import stop_process
 
 from ..server import server_env
-from . import lua
 
 #: What the scratch databases and key prefixes of the benchmarks are named after.
 TAG = "ffbench"
@@ -124,7 +124,7 @@ class BenchServer:
         return cls.launch(
             lambda port: [sys.executable, "-m", "flashflow.cli", "serve", "--port", str(port),
                           "--workers", str(workers)],
-            env, log_dir, (lua.CURRENT_PATH, "/readyz"), timeout_s)
+            env, log_dir, (wire.CURRENT, wire.READYZ), timeout_s)
 
     @classmethod
     def launch(cls, command: Callable[[int], list[str]], env: dict[str, str], log_dir: Path,

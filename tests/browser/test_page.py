@@ -18,12 +18,13 @@ import httpx
 import pytest
 import trio
 
+from flashflow.http.wire import CURRENT_PURCHASE
+
 from ..helpers import fetch, live_server, make_sale, pg
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run", "--disable-sync"]
-PURCHASE = "/api/v1/flash-sales/current/purchase"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 #: What is missing to run these tests, each with the command that installs it.
@@ -66,7 +67,7 @@ async def run_in_browser(scenario: Callable[..., Any], base_url: str, **page_opt
 
 def buy_as(base_url: str, user_id: str) -> int:
     """Buy from another client, as another shopper would."""
-    return httpx.post(base_url + PURCHASE, json={"userId": user_id}, timeout=10).status_code
+    return httpx.post(base_url + CURRENT_PURCHASE, json={"userId": user_id}, timeout=10).status_code
 
 
 async def test_a_shopper_buys_and_sees_the_confirmation_on_a_phone(settings):

@@ -9,12 +9,24 @@ from datetime import UTC, datetime, timedelta
 
 import trio
 
-from flashflow.http.wire import iso
+from flashflow.http.wire import (
+    ADMIN_SALE,
+    ADMIN_SALE_END,
+    ADMIN_SALES,
+    OPENAPI,
+    SALE,
+    SALE_PURCHASE,
+    SALES,
+    admin_end_path,
+    admin_sale_path,
+    iso,
+    purchase_path,
+    sale_path,
+)
 
 from ..helpers import assert_error, fetch, ledger_of, live_server, make_sale, pg
+from .test_openapi import documented
 
-ADMIN = "/api/v1/admin/flash-sales"
-SALES = "/api/v1/flash-sales"
 TOKEN = "s3cret-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -37,9 +49,9 @@ async def test_the_admin_api_is_off_without_a_token(settings):
     with trio.fail_after(30):
         async with live_server(settings) as server:
             client = server.client
-            answers = [await client.post(ADMIN, json=new_sale(), headers=AUTH),
-                       await client.patch(f"{ADMIN}/{sale.id}", json={"totalStock": 1}),
-                       await client.post(f"{ADMIN}/{sale.id}/end", headers=AUTH)]
+            answers = [await client.post(ADMIN_SALES, json=new_sale(), headers=AUTH),
+                       await client.patch(admin_sale_path(sale.id), json={"totalStock": 1}),
+                       await client.post(admin_end_path(sale.id), headers=AUTH)]
     for answer in answers:
         assert_error(answer, 404, "NOT_FOUND")
     rows = await pg(settings.database_url, fetch, "SELECT total_stock FROM flash_sales")
@@ -53,16 +65,17 @@ async def test_a_missing_or_wrong_token_is_401_before_the_body_is_read(settings)
         async with live_server(settings) as server:
             client = server.client
             answers = [
-                await client.post(ADMIN, json=new_sale()),
-                await client.post(ADMIN, json=new_sale(), headers={"Authorization": "Bearer x"}),
-                await client.post(ADMIN, content=b"{not json",
+                await client.post(ADMIN_SALES, json=new_sale()),
+                await client.post(ADMIN_SALES, json=new_sale(),
+                                  headers={"Authorization": "Bearer x"}),
+                await client.post(ADMIN_SALES, content=b"{not json",
                                   headers={"Authorization": f"Bearer {TOKEN}x",
                                            "Content-Type": "application/json"}),
-                await client.post(ADMIN, json=new_sale(), headers={"Authorization": TOKEN}),
-                await client.post(ADMIN, json=new_sale(),
+                await client.post(ADMIN_SALES, json=new_sale(), headers={"Authorization": TOKEN}),
+                await client.post(ADMIN_SALES, json=new_sale(),
                                   headers={"Authorization": f"Basic {TOKEN}"}),
-                await client.patch(f"{ADMIN}/{uuid.uuid4()}", json={"totalStock": 1}),
-                await client.post(f"{ADMIN}/{uuid.uuid4()}/end"),
+                await client.patch(admin_sale_path(uuid.uuid4()), json={"totalStock": 1}),
+                await client.post(admin_end_path(uuid.uuid4())),
             ]
     for answer in answers:
         assert_error(answer, 401, "UNAUTHORIZED")
@@ -86,9 +99,9 @@ async def test_bad_bodies_are_400_and_write_nothing(settings):
     ]
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            answers = [await server.client.post(ADMIN, json=b, headers=AUTH) for b in bodies]
+            answers = [await server.client.post(ADMIN_SALES, json=b, headers=AUTH) for b in bodies]
             not_json = await server.client.post(
-                ADMIN, content=b"{", headers={**AUTH, "Content-Type": "application/json"})
+                ADMIN_SALES, content=b"{", headers={**AUTH, "Content-Type": "application/json"})
     for answer in [*answers, not_json]:
         assert_error(answer, 400, "VALIDATION_ERROR")
     assert answers[6].json()["error"]["message"] == "endTime must be after startTime."
@@ -104,15 +117,15 @@ async def test_a_sale_created_over_http_is_listed_and_sells_out_exactly(settings
     with trio.fail_after(60):
         async with live_server(settings) as server:
             client = server.client
-            created = await client.post(ADMIN, json=body, headers=AUTH)
+            created = await client.post(ADMIN_SALES, json=body, headers=AUTH)
             assert created.status_code == 201, created.text
             sale = created.json()["data"]
             loaded = await server.runtime.gate.store.is_loaded(server.runtime.catalog.get(
                 uuid.UUID(sale["id"])))
             listed = (await client.get(SALES)).json()["data"]
-            answers = [await client.post(f"{SALES}/{sale['id']}/purchase",
+            answers = [await client.post(purchase_path(sale['id']),
                                          json={"userId": f"buyer-{i}"}) for i in range(5)]
-            after = (await client.get(f"{SALES}/{sale['id']}")).json()["data"]
+            after = (await client.get(sale_path(sale['id']))).json()["data"]
     assert (sale["productName"], sale["totalStock"], sale["remainingStock"]) == ("Drop", 3, 3)
     assert sale["status"] == "active" and sale["endTime"].endswith("Z")
     assert loaded, "the gate of a sale made over HTTP is loaded at once"
@@ -132,16 +145,17 @@ async def test_an_upcoming_sale_can_be_changed_and_its_gate_follows(settings):
     with trio.fail_after(30):
         async with live_server(settings) as server:
             client = server.client
-            before = (await client.get(f"{SALES}/{sale.id}")).json()["data"]
-            changed = await client.patch(f"{ADMIN}/{sale.id}", headers=AUTH, json={
+            before = (await client.get(sale_path(sale.id))).json()["data"]
+            changed = await client.patch(admin_sale_path(sale.id), headers=AUTH, json={
                 "totalStock": 9, "productName": "Renamed", "startTime": start, "endTime": end})
-            shown = (await client.get(f"{SALES}/{sale.id}")).json()["data"]
-            inverted = await client.patch(f"{ADMIN}/{sale.id}", headers=AUTH,
+            shown = (await client.get(sale_path(sale.id))).json()["data"]
+            inverted = await client.patch(admin_sale_path(sale.id), headers=AUTH,
                                           json={"endTime": at(timedelta(hours=2))})
-            empty = await client.patch(f"{ADMIN}/{sale.id}", headers=AUTH, json={})
-            unknown = await client.patch(f"{ADMIN}/{uuid.uuid4()}", headers=AUTH,
+            empty = await client.patch(admin_sale_path(sale.id), headers=AUTH, json={})
+            unknown = await client.patch(admin_sale_path(uuid.uuid4()), headers=AUTH,
                                          json={"totalStock": 1})
-            malformed = await client.patch(f"{ADMIN}/nope", headers=AUTH, json={"totalStock": 1})
+            malformed = await client.patch(admin_sale_path("nope"), headers=AUTH,
+                                           json={"totalStock": 1})
     assert before["remainingStock"] == 5
     assert changed.status_code == 200, changed.text
     assert shown == {**shown, "productName": "Renamed", "totalStock": 9, "remainingStock": 9}
@@ -161,7 +175,7 @@ async def test_a_started_sale_cannot_be_changed(settings):
     sale = await make_sale(settings.database_url, stock=5)
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            refused = await server.client.patch(f"{ADMIN}/{sale.id}", headers=AUTH,
+            refused = await server.client.patch(admin_sale_path(sale.id), headers=AUTH,
                                                 json={"totalStock": 50})
     assert_error(refused, 409, "SALE_STARTED")
     rows = await pg(settings.database_url, fetch, "SELECT total_stock FROM flash_sales")
@@ -185,9 +199,9 @@ async def test_stock_below_what_is_sold_is_409(settings):
              datetime.now(UTC) + timedelta(minutes=30))
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            below = await server.client.patch(f"{ADMIN}/{sale.id}", headers=AUTH,
+            below = await server.client.patch(admin_sale_path(sale.id), headers=AUTH,
                                               json={"totalStock": 1})
-            at_sold = await server.client.patch(f"{ADMIN}/{sale.id}", headers=AUTH,
+            at_sold = await server.client.patch(admin_sale_path(sale.id), headers=AUTH,
                                                 json={"totalStock": 2})
     assert "2 units" in assert_error(below, 409, "STOCK_BELOW_SOLD")["message"]
     assert at_sold.status_code == 200, at_sold.text
@@ -204,12 +218,12 @@ async def test_ending_a_sale_early_stops_its_purchases(settings):
     with trio.fail_after(30):
         async with live_server(settings) as server:
             client = server.client
-            bought = await client.post(f"{SALES}/{sale.id}/purchase", json={"userId": "early"})
-            ended = await client.post(f"{ADMIN}/{sale.id}/end", headers=AUTH)
-            late = await client.post(f"{SALES}/{sale.id}/purchase", json={"userId": "late1"})
-            again = await client.post(f"{ADMIN}/{sale.id}/end", headers=AUTH)
-            not_started = await client.post(f"{ADMIN}/{upcoming.id}/end", headers=AUTH)
-            unknown = await client.post(f"{ADMIN}/{uuid.uuid4()}/end", headers=AUTH)
+            bought = await client.post(purchase_path(sale.id), json={"userId": "early"})
+            ended = await client.post(admin_end_path(sale.id), headers=AUTH)
+            late = await client.post(purchase_path(sale.id), json={"userId": "late1"})
+            again = await client.post(admin_end_path(sale.id), headers=AUTH)
+            not_started = await client.post(admin_end_path(upcoming.id), headers=AUTH)
+            unknown = await client.post(admin_end_path(uuid.uuid4()), headers=AUTH)
             checked = server.runtime.reconciler.sales_to_check(server.runtime.clock())
     assert bought.status_code == 201
     assert ended.status_code == 200, ended.text
@@ -228,12 +242,12 @@ async def test_the_openapi_document_lists_the_admin_and_id_routes(settings):
     settings = replace(settings, admin_token=TOKEN)
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            doc = (await server.client.get("/openapi.json")).json()
+            doc = (await server.client.get(OPENAPI)).json()
     paths = doc["paths"]
-    assert {SALES, f"{SALES}/{{sale_id}}", f"{SALES}/{{sale_id}}/purchase", ADMIN,
-            f"{ADMIN}/{{sale_id}}", f"{ADMIN}/{{sale_id}}/end"} <= set(paths)
-    assert "patch" in paths[f"{ADMIN}/{{sale_id}}"]
-    schema = paths[ADMIN]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {documented(pattern) for pattern in (
+        SALES, SALE, SALE_PURCHASE, ADMIN_SALES, ADMIN_SALE, ADMIN_SALE_END)} <= set(paths)
+    assert "patch" in paths[documented(ADMIN_SALE)]
+    schema = paths[ADMIN_SALES]["post"]["requestBody"]["content"]["application/json"]["schema"]
     if "$ref" in schema:
         schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
     assert set(schema["required"]) == {"productName", "totalStock", "startTime", "endTime"}
@@ -252,8 +266,8 @@ async def test_a_jwt_with_the_admin_scope_authorises_without_an_admin_token(sett
                {"Authorization": "Bearer " + mint(forger, "ops", scope="flashflow:admin")}]
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            created = await server.client.post(ADMIN, json=new_sale(), headers=operator)
-            answers = [await server.client.post(ADMIN, json=new_sale(), headers=h)
+            created = await server.client.post(ADMIN_SALES, json=new_sale(), headers=operator)
+            answers = [await server.client.post(ADMIN_SALES, json=new_sale(), headers=h)
                        for h in refused]
     assert created.status_code == 201, created.text
     for answer in answers:
@@ -276,11 +290,11 @@ async def test_every_admin_action_is_logged_with_its_changes(settings, caplog):
     with trio.fail_after(30), caplog.at_level(logging.INFO, logger="flashflow.http.admin"):
         async with live_server(settings) as server:
             client = server.client
-            created = await client.post(ADMIN, json=new_sale(totalStock=100), headers=AUTH)
+            created = await client.post(ADMIN_SALES, json=new_sale(totalStock=100), headers=AUTH)
             sale_id = created.json()["data"]["id"]
-            patched = await client.patch(f"{ADMIN}/{sale_id}", headers=AUTH,
+            patched = await client.patch(admin_sale_path(sale_id), headers=AUTH,
                                          json={"totalStock": 80})
-            ended = await client.post(f"{ADMIN}/{running.id}/end", headers=AUTH)
+            ended = await client.post(admin_end_path(running.id), headers=AUTH)
     assert [a.status_code for a in (created, patched, ended)] == [201, 200, 200]
     create, patch, end = admin_lines(caplog)
     for line, answer, action, sale in [(create, created, "create", sale_id),
@@ -304,7 +318,7 @@ async def test_a_refused_admin_action_is_logged_with_its_code(settings, caplog):
     sale = await make_sale(settings.database_url, stock=5)
     with trio.fail_after(30), caplog.at_level(logging.INFO, logger="flashflow.http.admin"):
         async with live_server(settings) as server:
-            refused = await server.client.patch(f"{ADMIN}/{sale.id}", headers=AUTH,
+            refused = await server.client.patch(admin_sale_path(sale.id), headers=AUTH,
                                                 json={"totalStock": 50})
     error = assert_error(refused, 409, "SALE_STARTED")
     (line,) = admin_lines(caplog)

@@ -16,12 +16,12 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from flashflow.http.wire import CURRENT, CURRENT_PURCHASE, HEALTHZ, METRICS, OPENAPI, READYZ
 from flashflow.tokens import mint
 
 from ..helpers import assert_error, gate_keys, live_server, make_sale, redis_client
 from .test_errors_and_status import purchase_rows
 
-PURCHASE = "/api/v1/flash-sales/current/purchase"
 SECRET = "test-secret-for-hs256-0123456789abcdef"
 CHALLENGE = 'Bearer error="invalid_token"'
 
@@ -69,9 +69,9 @@ async def test_the_token_names_the_buyer_and_the_body_may_omit_it(hs_settings):
     await make_sale(hs_settings.database_url, stock=5)
     with trio.fail_after(30):
         async with live_server(hs_settings) as server:
-            alice = await server.client.post(PURCHASE, json={},
+            alice = await server.client.post(CURRENT_PURCHASE, json={},
                                              headers=bearer(mint(hs_settings, "alice")))
-            bob = await server.client.post(PURCHASE, json={"userId": " bob "},
+            bob = await server.client.post(CURRENT_PURCHASE, json={"userId": " bob "},
                                            headers=bearer(mint(hs_settings, "bob")))
     assert alice.status_code == 201 and alice.json()["data"]["userId"] == "alice", alice.text
     assert bob.status_code == 201 and bob.json()["data"]["userId"] == "bob", bob.text
@@ -83,7 +83,7 @@ async def test_a_body_naming_another_user_is_403_and_buys_nothing(hs_settings):
     sale = await make_sale(hs_settings.database_url, stock=5)
     with trio.fail_after(30):
         async with live_server(hs_settings) as server:
-            response = await server.client.post(PURCHASE, json={"userId": "mallory"},
+            response = await server.client.post(CURRENT_PURCHASE, json={"userId": "mallory"},
                                                 headers=bearer(mint(hs_settings, "alice")))
     assert_error(response, 403, "FORBIDDEN")
     assert await purchase_rows(hs_settings) == []
@@ -121,8 +121,10 @@ async def test_a_missing_or_invalid_token_is_401_with_a_challenge(hs_settings, a
     headers = {"Authorization": authorization} if authorization else {}
     with trio.fail_after(30):
         async with live_server(hs_settings) as server:
-            post = await server.client.post(PURCHASE, json={"userId": "alice"}, headers=headers)
-            read = await server.client.get(PURCHASE, params={"userId": "alice"}, headers=headers)
+            post = await server.client.post(CURRENT_PURCHASE, json={"userId": "alice"},
+                                            headers=headers)
+            read = await server.client.get(CURRENT_PURCHASE, params={"userId": "alice"},
+                                           headers=headers)
     for response in (post, read):
         assert_error(response, 401, "UNAUTHORIZED")
         assert response.headers["WWW-Authenticate"] == CHALLENGE
@@ -136,8 +138,8 @@ async def test_two_authorization_headers_are_401(hs_settings):
     with trio.fail_after(30):
         async with live_server(hs_settings) as server:
             response = await server.client.post(
-                PURCHASE, json={}, headers=[("Authorization", f"Bearer {token}"),
-                                            ("Authorization", f"Bearer {token}")])
+                CURRENT_PURCHASE, json={}, headers=[("Authorization", f"Bearer {token}"),
+                                                    ("Authorization", f"Bearer {token}")])
     assert_error(response, 401, "UNAUTHORIZED")
     assert response.headers["WWW-Authenticate"] == CHALLENGE
     assert await purchase_rows(hs_settings) == []
@@ -149,11 +151,13 @@ async def test_the_status_read_answers_for_the_token_s_sub_only(hs_settings):
     alice, bob = bearer(mint(hs_settings, "alice")), bearer(mint(hs_settings, "bob"))
     with trio.fail_after(30):
         async with live_server(hs_settings) as server:
-            bought = await server.client.post(PURCHASE, json={}, headers=alice)
-            own = await server.client.get(PURCHASE, headers=alice)
-            named = await server.client.get(PURCHASE, params={"userId": "alice"}, headers=alice)
-            other = await server.client.get(PURCHASE, params={"userId": "alice"}, headers=bob)
-            bobs = await server.client.get(PURCHASE, headers=bob)
+            bought = await server.client.post(CURRENT_PURCHASE, json={}, headers=alice)
+            own = await server.client.get(CURRENT_PURCHASE, headers=alice)
+            named = await server.client.get(CURRENT_PURCHASE, params={"userId": "alice"},
+                                            headers=alice)
+            other = await server.client.get(CURRENT_PURCHASE, params={"userId": "alice"},
+                                            headers=bob)
+            bobs = await server.client.get(CURRENT_PURCHASE, headers=bob)
     purchase_id = bought.json()["data"]["purchaseId"]
     assert own.json()["data"]["purchaseId"] == purchase_id
     assert named.json()["data"]["purchaseId"] == purchase_id
@@ -167,11 +171,11 @@ async def test_public_routes_stay_public_with_auth_on(hs_settings):
     with trio.fail_after(30):
         async with live_server(hs_settings) as server:
             answers = [await server.client.get(path) for path in (
-                "/api/v1/flash-sales/current", "/healthz", "/readyz", "/", "/openapi.json")]
+                CURRENT, HEALTHZ, READYZ, "/", OPENAPI)]
     assert [a.status_code for a in answers] == [200] * 5
     doc = answers[-1].json()
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
-    assert doc["paths"][PURCHASE]["post"]["security"] == [{"bearer": []}]
+    assert doc["paths"][CURRENT_PURCHASE]["post"]["security"] == [{"bearer": []}]
 
 
 def write_public_key(private_key, path: Path) -> Path:
@@ -191,8 +195,8 @@ async def test_rs256_key_accepts_rs256_and_refuses_hs256_signed_with_the_key(set
     confused = hs256_with(pem_path.read_bytes(), claims("mallory"))
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            bought = await server.client.post(PURCHASE, json={}, headers=bearer(good))
-            refused = await server.client.post(PURCHASE, json={}, headers=bearer(confused))
+            bought = await server.client.post(CURRENT_PURCHASE, json={}, headers=bearer(good))
+            refused = await server.client.post(CURRENT_PURCHASE, json={}, headers=bearer(confused))
     assert bought.status_code == 201, bought.text
     assert_error(refused, 401, "UNAUTHORIZED")
     assert [r["user_id"] for r in await purchase_rows(settings)] == ["alice"]
@@ -208,11 +212,11 @@ async def test_es256_key_accepts_es256_and_refuses_rs256(settings, tmp_path):
     with trio.fail_after(30):
         async with live_server(settings) as server:
             bought = await server.client.post(
-                PURCHASE, json={}, headers=bearer(jwt.encode(claims("alice"), private,
-                                                             algorithm="ES256")))
+                CURRENT_PURCHASE, json={}, headers=bearer(jwt.encode(claims("alice"), private,
+                                                                     algorithm="ES256")))
             refused = await server.client.post(
-                PURCHASE, json={}, headers=bearer(jwt.encode(claims("bob"), rsa_key,
-                                                             algorithm="RS256")))
+                CURRENT_PURCHASE, json={}, headers=bearer(jwt.encode(claims("bob"), rsa_key,
+                                                                     algorithm="RS256")))
     assert bought.status_code == 201, bought.text
     assert_error(refused, 401, "UNAUTHORIZED")
 
@@ -222,9 +226,9 @@ async def test_metrics_token_guards_the_scrape(settings):
     settings = replace(settings, metrics_token="scrape-me")
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            bare = await server.client.get("/metrics")
-            wrong = await server.client.get("/metrics", headers=bearer("nope"))
-            right = await server.client.get("/metrics", headers=bearer("scrape-me"))
+            bare = await server.client.get(METRICS)
+            wrong = await server.client.get(METRICS, headers=bearer("nope"))
+            right = await server.client.get(METRICS, headers=bearer("scrape-me"))
     assert_error(bare, 401, "UNAUTHORIZED")
     assert_error(wrong, 401, "UNAUTHORIZED")
     assert right.status_code == 200 and "flashflow_http_requests_total" in right.text

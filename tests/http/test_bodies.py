@@ -8,12 +8,11 @@ import httpx
 import pytest
 import trio
 
+from flashflow.http.wire import CURRENT_PURCHASE
 from flashflow.server import DRAIN_MAX_BYTES
 
 from ..helpers import assert_error, gate_keys, live_server, make_sale, redis_client
 from .test_errors_and_status import purchase_rows
-
-PURCHASE = "/api/v1/flash-sales/current/purchase"
 
 
 @pytest.mark.parametrize("content_type", [
@@ -26,7 +25,7 @@ async def test_a_post_that_is_not_json_is_415_and_buys_nothing(settings, content
     headers = {"content-type": content_type} if content_type else {}
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            response = await server.client.post(PURCHASE, headers=headers,
+            response = await server.client.post(CURRENT_PURCHASE, headers=headers,
                                                 content=b'{"userId": "alice"}')
     assert_error(response, 415, "UNSUPPORTED_MEDIA_TYPE")
     assert await purchase_rows(settings) == []
@@ -39,7 +38,7 @@ async def test_json_with_any_charset_is_read(settings):
     with trio.fail_after(30):
         async with live_server(settings) as server:
             response = await server.client.post(
-                PURCHASE, content=b'{"userId": "alice"}',
+                CURRENT_PURCHASE, content=b'{"userId": "alice"}',
                 headers={"content-type": "Application/JSON; charset=UTF-8"})
     assert response.status_code == 201, response.text
 
@@ -51,8 +50,8 @@ async def test_an_oversized_body_gets_its_413_and_the_connection_carries_on(sett
 
     def two_requests(base_url: str) -> tuple[httpx.Response, httpx.Response]:
         with httpx.Client(base_url=base_url, timeout=20) as client:
-            big = client.post(PURCHASE, json={"userId": "alice", "pad": "x" * size})
-            return big, client.post(PURCHASE, json={"userId": "alice"})
+            big = client.post(CURRENT_PURCHASE, json={"userId": "alice", "pad": "x" * size})
+            return big, client.post(CURRENT_PURCHASE, json={"userId": "alice"})
 
     with trio.fail_after(30):
         async with live_server(settings) as server:
@@ -76,7 +75,7 @@ async def test_a_streamed_body_over_the_limit_gets_its_413(settings):
     with trio.fail_after(30):
         async with live_server(settings) as server:
             response = await server.client.post(
-                PURCHASE, content=chunks(), headers={"content-type": "application/json"})
+                CURRENT_PURCHASE, content=chunks(), headers={"content-type": "application/json"})
     assert_error(response, 413, "PAYLOAD_TOO_LARGE")
     assert await purchase_rows(settings) == []
 
@@ -88,7 +87,7 @@ async def test_a_body_past_the_drain_bound_is_answered_with_connection_close(set
     with trio.fail_after(60):
         async with live_server(settings) as server:
             response = await server.client.post(
-                PURCHASE, content=b"x" * (2 * DRAIN_MAX_BYTES),
+                CURRENT_PURCHASE, content=b"x" * (2 * DRAIN_MAX_BYTES),
                 headers={"content-type": "application/json"})
     assert_error(response, 413, "PAYLOAD_TOO_LARGE")
     assert response.headers["connection"] == "close"

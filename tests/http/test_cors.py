@@ -6,9 +6,10 @@ from dataclasses import replace
 
 import trio
 
+from flashflow.http.wire import CURRENT_PURCHASE
+
 from ..helpers import live_server, make_sale
 
-PURCHASE = "/api/v1/flash-sales/current/purchase"
 SHOP = "https://shop.example"
 
 
@@ -17,10 +18,10 @@ async def preflight_and_post(settings, origin: str):
     await make_sale(settings.database_url, stock=5)
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            preflight = await server.client.options(PURCHASE, headers={
+            preflight = await server.client.options(CURRENT_PURCHASE, headers={
                 "Origin": origin, "Access-Control-Request-Method": "POST",
                 "Access-Control-Request-Headers": "content-type, authorization"})
-            post = await server.client.post(PURCHASE, json={"userId": "alice"},
+            post = await server.client.post(CURRENT_PURCHASE, json={"userId": "alice"},
                                             headers={"Origin": origin})
     return preflight, post
 

@@ -9,6 +9,7 @@ import pytest
 import trio
 
 from flashflow.http import errors
+from flashflow.http.wire import CURRENT, CURRENT_PURCHASE, HEALTHZ, READYZ, SALES
 from flashflow.logs import LineBudget
 
 from ..helpers import (
@@ -22,9 +23,6 @@ from ..helpers import (
     redis_client,
 )
 
-CURRENT = "/api/v1/flash-sales/current"
-PURCHASE = f"{CURRENT}/purchase"
-
 
 async def purchase_rows(settings) -> list:
     """Every purchase row in the test's database."""
@@ -37,7 +35,7 @@ async def test_body_over_the_limit_is_413_and_writes_nothing(settings):
     with trio.fail_after(30):
         async with live_server(settings) as server:
             response = await server.client.post(
-                PURCHASE, json={"userId": "alice", "pad": "x" * 10 * 1024})
+                CURRENT_PURCHASE, json={"userId": "alice", "pad": "x" * 10 * 1024})
     assert_error(response, 413, "PAYLOAD_TOO_LARGE")
     assert await purchase_rows(settings) == []
     assert redis_client(settings).hlen(gate_keys(settings, sale.id)[1]) == 0
@@ -48,8 +46,8 @@ async def test_no_sale_is_404_sale_not_found(settings):
     with trio.fail_after(30):
         async with live_server(settings) as server:
             answers = [await server.client.get(CURRENT),
-                       await server.client.post(PURCHASE, json={"userId": "alice"}),
-                       await server.client.get(PURCHASE, params={"userId": "alice"})]
+                       await server.client.post(CURRENT_PURCHASE, json={"userId": "alice"}),
+                       await server.client.get(CURRENT_PURCHASE, params={"userId": "alice"})]
     for response in answers:
         assert_error(response, 404, "SALE_NOT_FOUND")
     assert await purchase_rows(settings) == []
@@ -62,10 +60,10 @@ async def test_unknown_path_and_wrong_method_use_the_envelope(settings):
     with trio.fail_after(30):
         async with live_server(settings) as server:
             missing = await server.client.get("/api/v1/no-such-thing")
-            put = await server.client.put(PURCHASE, json={"userId": "alice"})
+            put = await server.client.put(CURRENT_PURCHASE, json={"userId": "alice"})
             delete = await server.client.delete(CURRENT)
-            post_health = await server.client.post("/healthz")
-            put_sales = await server.client.put("/api/v1/flash-sales")
+            post_health = await server.client.post(HEALTHZ)
+            put_sales = await server.client.put(SALES)
     assert_error(missing, 404, "NOT_FOUND")
     assert "allow" not in missing.headers
     for response, allowed in [(put, "GET, HEAD, POST"), (delete, "GET, HEAD"),
@@ -80,10 +78,10 @@ async def test_status_read_reports_the_purchase_or_its_absence(settings):
     await make_sale(settings.database_url, stock=5)
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            before = await server.client.get(PURCHASE, params={"userId": "alice"})
-            bought = await server.client.post(PURCHASE, json={"userId": "alice"})
-            after = await server.client.get(PURCHASE, params={"userId": "  alice "})
-            other = await server.client.get(PURCHASE, params={"userId": "bob-the-builder"})
+            before = await server.client.get(CURRENT_PURCHASE, params={"userId": "alice"})
+            bought = await server.client.post(CURRENT_PURCHASE, json={"userId": "alice"})
+            after = await server.client.get(CURRENT_PURCHASE, params={"userId": "  alice "})
+            other = await server.client.get(CURRENT_PURCHASE, params={"userId": "bob-the-builder"})
     assert before.status_code == 200 and before.json() == {"data": {"purchased": False}}
     assert other.json() == {"data": {"purchased": False}}
     assert after.status_code == 200
@@ -98,7 +96,7 @@ async def test_ended_sale_is_409_sale_not_active_and_writes_nothing(settings):
                            lasts=timedelta(hours=1))
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            late = await server.client.post(PURCHASE, json={"userId": "alice"})
+            late = await server.client.post(CURRENT_PURCHASE, json={"userId": "alice"})
             current = await server.client.get(CURRENT)
     assert "ended" in assert_error(late, 409, "SALE_NOT_ACTIVE")["message"]
     assert current.json()["data"]["status"] == "ended"
@@ -114,7 +112,7 @@ async def test_current_sale_body_has_every_field_and_the_server_time(settings):
                            starts_in=timedelta(minutes=-10), lasts=timedelta(minutes=30))
     with trio.fail_after(30):
         async with live_server(settings, clock=clock) as server:
-            await server.client.post(PURCHASE, json={"userId": "alice"})
+            await server.client.post(CURRENT_PURCHASE, json={"userId": "alice"})
             clock.advance(timedelta(seconds=1))
             response = await server.client.get(CURRENT)
     assert response.status_code == 200
@@ -140,8 +138,8 @@ async def test_health_and_readiness_are_200_when_everything_answers(settings):
     await make_sale(settings.database_url, stock=5)
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            health = await server.client.get("/healthz")
-            ready = await server.client.get("/readyz")
+            health = await server.client.get(HEALTHZ)
+            ready = await server.client.get(READYZ)
     assert health.status_code == 200 and health.json() == {"data": {"status": "ok"}}
     assert ready.status_code == 200
     assert ready.json() == {"data": {"ready": True,
@@ -154,7 +152,7 @@ async def test_readiness_is_503_while_the_gate_is_not_loaded(settings):
     with trio.fail_after(30):
         async with live_server(settings) as server:
             redis_client(settings).delete(*gate_keys(settings, sale.id))
-            ready = await server.client.get("/readyz")
+            ready = await server.client.get(READYZ)
     assert ready.status_code == 503
     assert ready.json()["data"] == {"ready": False,
                                     "checks": {"redis": True, "postgres": True, "gate": False}}
@@ -166,7 +164,7 @@ async def test_backend_failure_is_503_with_retry_after_and_writes_nothing(settin
     with trio.fail_after(30):
         async with live_server(settings) as server:
             redis_client(settings).set(gate_keys(settings, sale.id)[0], "garbage")
-            response = await server.client.post(PURCHASE, json={"userId": "alice"})
+            response = await server.client.post(CURRENT_PURCHASE, json={"userId": "alice"})
     assert_error(response, 503, "UNAVAILABLE")
     assert response.headers["retry-after"] == str(settings.retry_after_s)
     assert await purchase_rows(settings) == []
@@ -215,13 +213,14 @@ async def test_client_faults_are_logged_at_info_and_lost_sales_at_debug(settings
     with trio.fail_after(30), caplog.at_level(logging.DEBUG, logger="flashflow.http"):
         async with live_server(settings) as server:
             client = server.client
-            assert (await client.post(PURCHASE, json={"userId": "alice"})).status_code == 201
+            first = await client.post(CURRENT_PURCHASE, json={"userId": "alice"})
+            assert first.status_code == 201
             answers = {
-                409: await client.post(PURCHASE, json={"userId": "alice"}),
-                400: await client.post(PURCHASE, content=b'{"userId": ', headers=json),
-                405: await client.put(PURCHASE, json={"userId": "alice"}),
-                413: await client.post(PURCHASE, json={"userId": "a", "pad": "x" * 10240}),
-                415: await client.post(PURCHASE, content=b'{"userId": "alice"}',
+                409: await client.post(CURRENT_PURCHASE, json={"userId": "alice"}),
+                400: await client.post(CURRENT_PURCHASE, content=b'{"userId": ', headers=json),
+                405: await client.put(CURRENT_PURCHASE, json={"userId": "alice"}),
+                413: await client.post(CURRENT_PURCHASE, json={"userId": "a", "pad": "x" * 10240}),
+                415: await client.post(CURRENT_PURCHASE, content=b'{"userId": "alice"}',
                                        headers={"Content-Type": "text/plain"}),
             }
     lines = {r.correlation_id: r for r in caplog.records if hasattr(r, "correlation_id")}

@@ -10,13 +10,23 @@ import pytest
 import trio
 
 from flashflow.http.fast import route_of, takes
+from flashflow.http.wire import (
+    CURRENT,
+    CURRENT_EVENTS,
+    CURRENT_PURCHASE,
+    HEALTHZ,
+    READYZ,
+    SALE,
+    SALE_PURCHASE,
+    SALES,
+    purchase_path,
+    sale_path,
+)
 from flashflow.tokens import mint
 
 from ..helpers import live_fronts, make_sale
 from .test_auth import SECRET, signed
 
-CURRENT = "/api/v1/flash-sales/current"
-PURCHASE = f"{CURRENT}/purchase"
 JSON = {"Content-Type": "application/json"}
 #: Headers that differ between any two answers: when, and by whom.
 VOLATILE_HEADERS = {"date", "server"}
@@ -61,36 +71,36 @@ async def test_the_fast_path_answers_every_request_as_quart_does(settings, front
     gone = await make_sale(settings.database_url, stock=1, product="Rare")
     with trio.fail_after(60):
         async with live_fronts(settings, fronts) as (fast, quart):
-            await fast.client.post(f"/api/v1/flash-sales/{gone.id}/purchase",
+            await fast.client.post(purchase_path(gone.id),
                                    json={"userId": "first-buyer"})
-            by_id = f"/api/v1/flash-sales/{current.id}"
+            by_id = sale_path(current.id)
             table = {
-                "201": ("POST", PURCHASE, None, JSON, ("buyer-f", "buyer-q")),
-                "repeat": ("POST", PURCHASE, None, JSON, ("buyer-f", "buyer-q")),
-                "by id": ("POST", f"{by_id}/purchase", None, JSON, ("other-f", "other-q")),
-                "sold out": ("POST", f"/api/v1/flash-sales/{gone.id}/purchase", None, JSON,
+                "201": ("POST", CURRENT_PURCHASE, None, JSON, ("buyer-f", "buyer-q")),
+                "repeat": ("POST", CURRENT_PURCHASE, None, JSON, ("buyer-f", "buyer-q")),
+                "by id": ("POST", purchase_path(current.id), None, JSON, ("other-f", "other-q")),
+                "sold out": ("POST", purchase_path(gone.id), None, JSON,
                              ("late-f", "late-q")),
-                "bad JSON": ("POST", PURCHASE, b'{"userId": ', JSON, None),
-                "no userId": ("POST", PURCHASE, b"{}", JSON, None),
-                "control char": ("POST", PURCHASE, b'{"userId": "ab\\u0000c"}', JSON, None),
-                "too short": ("POST", PURCHASE, b'{"userId": "ab"}', JSON, None),
-                "not an object": ("POST", PURCHASE, b"[]", JSON, None),
-                "empty body": ("POST", PURCHASE, b"", JSON, None),
-                "charset": ("POST", PURCHASE, None,
+                "bad JSON": ("POST", CURRENT_PURCHASE, b'{"userId": ', JSON, None),
+                "no userId": ("POST", CURRENT_PURCHASE, b"{}", JSON, None),
+                "control char": ("POST", CURRENT_PURCHASE, b'{"userId": "ab\\u0000c"}', JSON, None),
+                "too short": ("POST", CURRENT_PURCHASE, b'{"userId": "ab"}', JSON, None),
+                "not an object": ("POST", CURRENT_PURCHASE, b"[]", JSON, None),
+                "empty body": ("POST", CURRENT_PURCHASE, b"", JSON, None),
+                "charset": ("POST", CURRENT_PURCHASE, None,
                             {"Content-Type": "application/json; charset=utf-8"},
                             ("charset-f", "charset-q")),
-                "text/plain": ("POST", PURCHASE, b'{"userId": "plain-text"}',
+                "text/plain": ("POST", CURRENT_PURCHASE, b'{"userId": "plain-text"}',
                                {"Content-Type": "text/plain"}, None),
-                "unknown sale": ("POST", f"/api/v1/flash-sales/{uuid.uuid4()}/purchase",
+                "unknown sale": ("POST", purchase_path(uuid.uuid4()),
                                  b'{"userId": "nobody"}', JSON, None),
-                "malformed id": ("POST", "/api/v1/flash-sales/not-a-uuid/purchase",
+                "malformed id": ("POST", purchase_path("not-a-uuid"),
                                  b'{"userId": "nobody"}', JSON, None),
                 "GET current": ("GET", CURRENT, None, None, None),
                 "GET by id": ("GET", by_id, None, None, None),
-                "GET unknown id": ("GET", f"/api/v1/flash-sales/{uuid.uuid4()}", None, None,
+                "GET unknown id": ("GET", sale_path(uuid.uuid4()), None, None,
                                    None),
-                "GET malformed id": ("GET", "/api/v1/flash-sales/42", None, None, None),
-                "healthz": ("GET", "/healthz", None, None, None),
+                "GET malformed id": ("GET", sale_path("42"), None, None, None),
+                "healthz": ("GET", HEALTHZ, None, None, None),
                 "wrong method": ("POST", CURRENT, b"{}", JSON, None),
             }
             for name, (method, path, body, headers, users) in table.items():
@@ -119,13 +129,13 @@ async def test_with_auth_on_the_fast_path_refuses_as_quart_does(settings, fronts
     with trio.fail_after(60):
         async with live_fronts(settings, fronts) as (fast, quart):
             for name, (headers, body, users) in table.items():
-                fast_seen, quart_seen = await both(fast, quart, "POST", PURCHASE, body=body,
+                fast_seen, quart_seen = await both(fast, quart, "POST", CURRENT_PURCHASE, body=body,
                                                    headers={**JSON, **headers}, users=users)
                 assert fast_seen == quart_seen, name
                 assert fast_seen[0] in (401, 403), name
             for user in ("token-f", "token-q"):
                 server = fast if user.endswith("f") else quart
-                bought = await server.client.post(PURCHASE, content=b"{}", headers={
+                bought = await server.client.post(CURRENT_PURCHASE, content=b"{}", headers={
                     **JSON, "Authorization": f"Bearer {mint(settings, user)}"})
                 assert bought.status_code == 201 and bought.json()["data"]["userId"] == user
 
@@ -141,7 +151,7 @@ async def test_with_cors_on_answers_say_vary_and_origins_go_to_quart(settings, f
         async with live_fronts(settings, fronts) as (fast, quart):
             for headers in ({}, {"Origin": origin}, {"Origin": "https://evil.example"}):
                 for method, path, users in (("GET", CURRENT, None),
-                                            ("POST", PURCHASE, ("vary-f", "vary-q"))):
+                                            ("POST", CURRENT_PURCHASE, ("vary-f", "vary-q"))):
                     users = users and tuple(f"{u}{len(headers)}{len(str(headers))}"
                                             for u in users)
                     fast_seen, quart_seen = await both(fast, quart, method, path,
@@ -152,22 +162,22 @@ async def test_with_cors_on_answers_say_vary_and_origins_go_to_quart(settings, f
 
 
 @pytest.mark.parametrize(("method", "path", "rule"), [
-    ("GET", "/healthz", "/healthz"),
+    ("GET", HEALTHZ, HEALTHZ),
     ("GET", CURRENT, CURRENT),
-    ("GET", "/api/v1/flash-sales/abc", "/api/v1/flash-sales/<sale_id>"),
-    ("POST", PURCHASE, PURCHASE),
-    ("POST", "/api/v1/flash-sales/abc/purchase", "/api/v1/flash-sales/<sale_id>/purchase"),
-    ("HEAD", "/healthz", None),
-    ("OPTIONS", PURCHASE, None),
+    ("GET", sale_path("abc"), SALE),
+    ("POST", CURRENT_PURCHASE, CURRENT_PURCHASE),
+    ("POST", purchase_path("abc"), SALE_PURCHASE),
+    ("HEAD", HEALTHZ, None),
+    ("OPTIONS", CURRENT_PURCHASE, None),
     ("POST", CURRENT, None),
-    ("GET", PURCHASE, None),
-    ("GET", "/api/v1/flash-sales", None),
-    ("GET", "/api/v1/flash-sales/", None),
+    ("GET", CURRENT_PURCHASE, None),
+    ("GET", SALES, None),
+    ("GET", f"{SALES}/", None),
     ("GET", f"{CURRENT}/", None),
-    ("GET", f"{CURRENT}/events", None),
-    ("POST", "/api/v1/flash-sales//purchase", None),
-    ("POST", f"{PURCHASE}/", None),
-    ("GET", "/readyz", None),
+    ("GET", CURRENT_EVENTS, None),
+    ("POST", purchase_path(""), None),
+    ("POST", f"{CURRENT_PURCHASE}/", None),
+    ("GET", READYZ, None),
 ])
 def test_the_fast_path_takes_only_the_hot_routes(method, path, rule):
     """Only the hot routes' methods and paths are taken, by the rule Quart counts them under."""

@@ -24,9 +24,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from flashflow.database import execute, run_on_connection
+from flashflow.http.wire import HEALTHZ, OPENAPI
 from flashflow.tokens import mint
 
-from ..helpers import run_pg, spawn_server
+from ..helpers import spawn_server
 
 pytestmark = pytest.mark.slow
 
@@ -43,13 +45,12 @@ def fuzz_target(request, services, template_database, tmp_path_factory):
     import asyncio
     import uuid
 
-    from flashflow.database import execute as _execute
     from flashflow.database import with_database
     from flashflow.settings import Settings
 
     name = f"ff_fuzz_{uuid.uuid4().hex[:8]}"
-    run_pg(services.database_url, _execute,
-           f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    run_on_connection(services.database_url, execute,
+                      f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
     url = with_database(services.database_url, name)
     settings = Settings(database_url=url, redis_url=services.redis_url,
                         key_prefix=f"fftest:fuzz:{name}:", workers=1,
@@ -63,7 +64,8 @@ def fuzz_target(request, services, template_database, tmp_path_factory):
         yield server, headers
     finally:
         server.stop()
-        run_pg(services.database_url, _execute, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        run_on_connection(services.database_url, execute,
+                          f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         client = redis.Redis.from_url(services.redis_url)
         try:
             keys = list(client.scan_iter(match=f"{settings.key_prefix}*", count=1000))
@@ -95,7 +97,7 @@ def test_no_input_makes_the_server_fail(fuzz_target, mode):
     """No generated request, valid or not, gets a 5xx other than 503 or an answer the document
     does not list, and the server stays up."""
     fuzz_target, headers = fuzz_target
-    api = schemathesis.openapi.from_url(f"{fuzz_target.base_url}/openapi.json")
+    api = schemathesis.openapi.from_url(f"{fuzz_target.base_url}{OPENAPI}")
     operations = [result.ok() for result in api.get_all_operations()]
     assert len(operations) >= 5
     fuzzed: set[str] = set()
@@ -125,4 +127,4 @@ def test_no_input_makes_the_server_fail(fuzz_target, mode):
         fuzzed.add(f"{operation.method.upper()} {operation.path}")
     assert {"POST /api/v1/flash-sales/current/purchase",
             "GET /api/v1/flash-sales/current/purchase"} <= fuzzed, fuzzed
-    assert httpx.get(f"{fuzz_target.base_url}/healthz", timeout=5).status_code == 200
+    assert httpx.get(f"{fuzz_target.base_url}{HEALTHZ}", timeout=5).status_code == 200

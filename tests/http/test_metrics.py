@@ -16,11 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from flashflow.http.metrics import ACTOR_METRICS
 from flashflow.http.mirror import COUNTER
+from flashflow.http.wire import CURRENT_EVENTS, CURRENT_PURCHASE, METRICS
 
 from ..helpers import live_server, make_sale, spawn_server
-
-API = "/api/v1/flash-sales/current"
-PURCHASE = f"{API}/purchase"
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
@@ -44,9 +42,9 @@ async def test_metrics_after_a_purchase_hold_exact_values(settings):
     sale = await make_sale(settings.database_url, stock=5)
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            first = await server.client.post(PURCHASE, json={"userId": "alice"})
-            again = await server.client.post(PURCHASE, json={"userId": "alice"})
-            response = await server.client.get("/metrics")
+            first = await server.client.post(CURRENT_PURCHASE, json={"userId": "alice"})
+            again = await server.client.post(CURRENT_PURCHASE, json={"userId": "alice"})
+            response = await server.client.get(METRICS)
     assert (first.status_code, again.status_code) == (201, 409)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -58,15 +56,15 @@ async def test_metrics_after_a_purchase_hold_exact_values(settings):
     assert not [k for k in scrape if k[0] == "flashflow_http_errors_total"
                 and dict(k[1])["code"] != "ALREADY_PURCHASED"]
     assert value(scrape, "flashflow_http_requests_total",
-                 route=PURCHASE, method="POST", status="201") == 1
+                 route=CURRENT_PURCHASE, method="POST", status="201") == 1
     assert value(scrape, "flashflow_http_requests_total",
-                 route=PURCHASE, method="POST", status="409") == 1
+                 route=CURRENT_PURCHASE, method="POST", status="409") == 1
     assert value(scrape, "flashflow_http_request_duration_seconds_count",
-                 route=PURCHASE, method="POST") == 2
+                 route=CURRENT_PURCHASE, method="POST") == 2
     assert value(scrape, "flashflow_http_request_duration_seconds_bucket",
-                 route=PURCHASE, method="POST", le="+Inf") == 2
+                 route=CURRENT_PURCHASE, method="POST", le="+Inf") == 2
     assert 0 < value(scrape, "flashflow_http_request_duration_seconds_sum",
-                     route=PURCHASE, method="POST") < 30
+                     route=CURRENT_PURCHASE, method="POST") < 30
     assert value(scrape, "flashflow_gate_requests_total") == 1
     assert value(scrape, "flashflow_gate_batches_total") == 1
     assert value(scrape, "flashflow_gate_largest_batch") == 1
@@ -97,7 +95,7 @@ async def test_unknown_paths_share_one_route_label(settings):
         async with live_server(settings) as server:
             for i in range(3):
                 assert (await server.client.get(f"/no/such/path/{i}")).status_code == 404
-            scrape = samples((await server.client.get("/metrics")).text)
+            scrape = samples((await server.client.get(METRICS)).text)
     assert value(scrape, "flashflow_http_requests_total",
                  route="<unmatched>", method="GET", status="404") == 3
     assert not any("/no/such" in str(labels) for _, labels in scrape)
@@ -109,8 +107,8 @@ async def test_sold_out_answers_are_counted_by_wire_code(settings):
     with trio.fail_after(30):
         async with live_server(settings) as server:
             for user in ("buyer-1", "buyer-2", "buyer-3"):
-                await server.client.post(PURCHASE, json={"userId": user})
-            scrape = samples((await server.client.get("/metrics")).text)
+                await server.client.post(CURRENT_PURCHASE, json={"userId": user})
+            scrape = samples((await server.client.get(METRICS)).text)
     assert value(scrape, "flashflow_purchases_total", outcome="CONFIRMED") == 1
     assert value(scrape, "flashflow_purchases_total", outcome="SOLD_OUT") == 2
     assert value(scrape, "flashflow_sale_remaining_stock", sale_id=str(sale.id)) == 0
@@ -121,8 +119,8 @@ async def test_an_actor_switched_off_exports_nothing(settings):
     await make_sale(settings.database_url, stock=1)
     with trio.fail_after(30):
         async with live_server(replace(settings, rate_limit_enabled=False)) as server:
-            await server.client.post(PURCHASE, json={"userId": "alice"})
-            scrape = samples((await server.client.get("/metrics")).text)
+            await server.client.post(CURRENT_PURCHASE, json={"userId": "alice"})
+            scrape = samples((await server.client.get(METRICS)).text)
     assert value(scrape, "flashflow_purchases_total", outcome="CONFIRMED") == 1
     assert not [name for name, _ in scrape if name.startswith("flashflow_limiter_")]
 
@@ -132,13 +130,13 @@ async def test_open_event_streams_count_as_feed_subscribers(settings):
     await make_sale(settings.database_url, stock=3)
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            async with server.client.stream("GET", f"{API}/events") as stream:
+            async with server.client.stream("GET", CURRENT_EVENTS) as stream:
                 assert stream.status_code == 200
                 # Hold the iterator: a dropped one is finalized and closes the stream early.
                 chunks, text = stream.aiter_text(), ""
                 while "event: snapshot" not in text:
                     text += await anext(chunks)
-                scrape = samples((await server.client.get("/metrics")).text)
+                scrape = samples((await server.client.get(METRICS)).text)
                 await chunks.aclose()
     assert value(scrape, "flashflow_feed_subscribers") == 1
     assert value(scrape, "flashflow_feed_watched_sales") == 1
@@ -185,14 +183,14 @@ async def test_every_worker_of_a_server_scrapes_the_same_totals(settings, tmp_pa
             async with httpx.AsyncClient(base_url=server.base_url, limits=fresh,
                                          timeout=30) as client:
                 for user in buyers:
-                    response = await client.post(PURCHASE, json={"userId": user})
+                    response = await client.post(CURRENT_PURCHASE, json={"userId": user})
                     assert response.status_code == 201, response.text
                 # Every worker copies its numbers into the shared files within a second.
-                scrape = samples((await client.get("/metrics")).text)
+                scrape = samples((await client.get(METRICS)).text)
                 while value(scrape, "flashflow_ledger_committed_total") < len(buyers):
                     await trio.sleep(0.2)
-                    scrape = samples((await client.get("/metrics")).text)
-                scrapes = [samples((await client.get("/metrics")).text) for _ in range(8)]
+                    scrape = samples((await client.get(METRICS)).text)
+                scrapes = [samples((await client.get(METRICS)).text) for _ in range(8)]
     finally:
         assert server.stop() == 0
     counters = {name for name, kind, *_ in ACTOR_METRICS if kind == COUNTER}

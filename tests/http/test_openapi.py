@@ -11,12 +11,25 @@ import trio
 from openapi_spec_validator import validate
 
 from flashflow.http.validation import REFUSED_CATEGORIES
+from flashflow.http.wire import (
+    ADMIN_SALE,
+    ADMIN_SALE_END,
+    ADMIN_SALES,
+    CURRENT,
+    CURRENT_EVENTS,
+    CURRENT_PURCHASE,
+    HEALTHZ,
+    METRICS,
+    OPENAPI,
+    READYZ,
+    SALE,
+    SALE_EVENTS,
+    SALE_PURCHASE,
+    SALES,
+)
 
 from ..helpers import live_server, make_sale
 
-CURRENT = "/api/v1/flash-sales/current"
-BY_ID = "/api/v1/flash-sales/{sale_id}"
-ADMIN = "/api/v1/admin/flash-sales"
 ERROR_ENVELOPE = {"$ref": "#/components/schemas/ErrorEnvelope"}
 #: Small enough for a client generator or a fuzzer to read at once (it was 177 KB).
 MAX_BYTES = 30_000
@@ -25,7 +38,12 @@ MAX_BYTES = 30_000
 async def _served(settings) -> bytes:
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            return (await server.client.get("/openapi.json")).content
+            return (await server.client.get(OPENAPI)).content
+
+
+def documented(pattern: str) -> str:
+    """A route pattern as the OpenAPI document writes it: ``{sale_id}`` for ``<sale_id>``."""
+    return pattern.replace("<", "{").replace(">", "}")
 
 
 def _statuses(doc: dict, path: str, method: str) -> set[int]:
@@ -52,8 +70,8 @@ async def test_openapi_document_describes_the_api(settings):
     await make_sale(settings.database_url)
     doc = json.loads(await _served(settings))
     paths = doc["paths"]
-    purchase = f"{CURRENT}/purchase"
-    assert {CURRENT, purchase, "/healthz", "/readyz"} <= set(paths)
+    purchase = CURRENT_PURCHASE
+    assert {CURRENT, purchase, HEALTHZ, READYZ} <= set(paths)
     assert {"get", "post"} <= set(paths[purchase])
     schema = paths[purchase]["post"]["requestBody"]["content"]["application/json"]["schema"]
     schema = _resolved(doc, schema)
@@ -74,25 +92,27 @@ def _check_common(raw: bytes, refusals: set[int]) -> dict:
                   for method, operation in methods.items()]
     repeated = Counter(operation["operationId"] for _, _, operation in operations)
     assert max(repeated.values()) == 1, repeated
-    for base in (CURRENT, BY_ID):
-        assert _statuses(doc, f"{base}/purchase", "post") == (
+    for sale, purchase, events in ((CURRENT, CURRENT_PURCHASE, CURRENT_EVENTS),
+                                   (SALE, SALE_PURCHASE, SALE_EVENTS)):
+        sale, purchase, events = documented(sale), documented(purchase), documented(events)
+        assert _statuses(doc, purchase, "post") == (
             {201, 400, 404, 409, 413, 415, 429, 500, 503} | refusals)
-        assert _statuses(doc, f"{base}/purchase", "get") == (
+        assert _statuses(doc, purchase, "get") == (
             {200, 400, 404, 429, 500, 503} | refusals)
-        assert _statuses(doc, base, "get") == {200, 400, 404, 500, 503}
-        events = paths[f"{base}/events"]["get"]["responses"]
-        assert set(events["200"]["content"]) == {"text/event-stream"}
+        assert _statuses(doc, sale, "get") == {200, 400, 404, 500, 503}
+        streamed = paths[events]["get"]["responses"]
+        assert set(streamed["200"]["content"]) == {"text/event-stream"}
         for status in (429, 503):
-            header = _response(doc, f"{base}/purchase", "post", status)["headers"]
+            header = _response(doc, purchase, "post", status)["headers"]
             assert header["Retry-After"]["schema"]["type"] == "integer"
-        conflict = _response(doc, f"{base}/purchase", "post", 409)
+        conflict = _response(doc, purchase, "post", 409)
         assert all(code in conflict["description"]
                    for code in ("SALE_NOT_ACTIVE", "SOLD_OUT", "ALREADY_PURCHASED"))
-    assert _statuses(doc, "/api/v1/flash-sales", "get") == {200, 500, 503}
-    assert {201, 400, 401, 404} <= _statuses(doc, ADMIN, "post")
-    assert {200, 400, 401, 404, 409} <= _statuses(doc, f"{ADMIN}/{{sale_id}}", "patch")
-    assert {200, 400, 401, 404, 409} <= _statuses(doc, f"{ADMIN}/{{sale_id}}/end", "post")
-    assert not {"/", "/metrics", "/static/{name}", "/openapi.json"} & set(paths)
+    assert _statuses(doc, SALES, "get") == {200, 500, 503}
+    assert {201, 400, 401, 404} <= _statuses(doc, ADMIN_SALES, "post")
+    assert {200, 400, 401, 404, 409} <= _statuses(doc, documented(ADMIN_SALE), "patch")
+    assert {200, 400, 401, 404, 409} <= _statuses(doc, documented(ADMIN_SALE_END), "post")
+    assert not {"/", METRICS, "/static/{name}", OPENAPI} & set(paths)
     # The error envelope is one schema, which every error answer names by $ref.
     assert doc["components"]["schemas"]["ErrorEnvelope"]["title"] == "ErrorEnvelope"
     assert json.dumps(doc).count('"title": "ErrorEnvelope"') == 1
@@ -100,7 +120,7 @@ def _check_common(raw: bytes, refusals: set[int]) -> dict:
     assert (admin["type"], admin["scheme"]) == ("http", "bearer")
     for path, method, operation in operations:
         assert operation["responses"], operation
-        if path.startswith(ADMIN):
+        if path.startswith(ADMIN_SALES):
             assert operation["security"] == [{"admin": []}], (path, method)
         internal = _response(doc, path, method, 500)
         assert internal["description"].startswith("INTERNAL_ERROR"), (path, method)
@@ -109,7 +129,7 @@ def _check_common(raw: bytes, refusals: set[int]) -> dict:
             # Valid OpenAPI: a description, and content keyed by media types only.
             assert isinstance(response["description"], str)
             assert all("/" in media for media in response.get("content", {}))
-            if int(status) >= 400 and (path, status) != ("/readyz", "503"):
+            if int(status) >= 400 and (path, status) != (READYZ, "503"):
                 assert response["content"]["application/json"]["schema"] == ERROR_ENVELOPE
     return doc
 
@@ -126,7 +146,7 @@ async def test_openapi_lists_the_token_refusals_when_signed_in(settings):
     doc = _check_common(
         await _served(replace(settings, auth_jwt_secret="openapi-secret-0123456789abcdef0123")),
         {401, 403})
-    unauthorized = _response(doc, f"{CURRENT}/purchase", "post", 401)
+    unauthorized = _response(doc, CURRENT_PURCHASE, "post", 401)
     assert "WWW-Authenticate" in unauthorized["headers"]
-    assert doc["paths"][f"{CURRENT}/purchase"]["post"]["security"] == [{"bearer": []}]
+    assert doc["paths"][CURRENT_PURCHASE]["post"]["security"] == [{"bearer": []}]
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"

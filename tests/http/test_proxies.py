@@ -9,10 +9,10 @@ import pytest
 import trio
 
 from flashflow.http.proxies import client_address_from
+from flashflow.http.wire import CURRENT_PURCHASE
 
 from ..helpers import live_server, make_sale
 
-PURCHASE = "/api/v1/flash-sales/current/purchase"
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8:ffff::/48"))
 
 
@@ -51,7 +51,7 @@ async def spoofed_presses(settings) -> list[int]:
     with trio.fail_after(30):
         async with live_server(settings) as server:
             return [(await server.client.post(
-                PURCHASE, json={"userId": f"user-{i}"},
+                CURRENT_PURCHASE, json={"userId": f"user-{i}"},
                 headers={"X-Forwarded-For": f"198.51.100.{i}"})).status_code for i in range(3)]
 
 

@@ -7,6 +7,8 @@ from datetime import timedelta
 
 import trio
 
+from flashflow.http.wire import CURRENT, CURRENT_PURCHASE
+
 from ..helpers import (
     assert_error,
     fetch,
@@ -18,15 +20,13 @@ from ..helpers import (
     redis_client,
 )
 
-PURCHASE = "/api/v1/flash-sales/current/purchase"
-
 
 async def test_first_purchase_is_201_with_the_confirmed_body(settings):
     """A user's first purchase is answered 201 in the data envelope and is in Postgres."""
     sale = await make_sale(settings.database_url, stock=5, product="Phone")
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            response = await server.client.post(PURCHASE, json={"userId": "  alice  "})
+            response = await server.client.post(CURRENT_PURCHASE, json={"userId": "  alice  "})
     assert response.status_code == 201, response.text
     body = response.json()["data"]
     assert body["userId"] == "alice"
@@ -41,8 +41,8 @@ async def test_second_purchase_is_409_already_purchased(settings):
     sale = await make_sale(settings.database_url, stock=5)
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            first = await server.client.post(PURCHASE, json={"userId": "bob123"})
-            again = await server.client.post(PURCHASE, json={"userId": "bob123"})
+            first = await server.client.post(CURRENT_PURCHASE, json={"userId": "bob123"})
+            again = await server.client.post(CURRENT_PURCHASE, json={"userId": "bob123"})
     assert first.status_code == 201
     assert_error(again, 409, "ALREADY_PURCHASED")
     assert len((await ledger_of(settings, sale.id)).purchases) == 1
@@ -53,9 +53,9 @@ async def test_sold_out_is_409_and_stock_stays_exact(settings):
     sale = await make_sale(settings.database_url, stock=2)
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            answers = [await server.client.post(PURCHASE, json={"userId": f"user-{i}"})
+            answers = [await server.client.post(CURRENT_PURCHASE, json={"userId": f"user-{i}"})
                        for i in range(3)]
-            current = await server.client.get("/api/v1/flash-sales/current")
+            current = await server.client.get(CURRENT)
     assert [a.status_code for a in answers[:2]] == [201, 201]
     assert_error(answers[2], 409, "SOLD_OUT")
     assert current.json()["data"]["remainingStock"] == 0
@@ -69,8 +69,8 @@ async def test_sale_not_started_and_ended_are_409_sale_not_active(settings):
     await make_sale(settings.database_url, starts_in=timedelta(hours=1))
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            early = await server.client.post(PURCHASE, json={"userId": "carol"})
-            current = await server.client.get("/api/v1/flash-sales/current")
+            early = await server.client.post(CURRENT_PURCHASE, json={"userId": "carol"})
+            current = await server.client.get(CURRENT)
     assert "not started" in assert_error(early, 409, "SALE_NOT_ACTIVE")["message"]
     assert current.json()["data"]["status"] == "upcoming"
 
@@ -80,13 +80,13 @@ async def test_status_read_sees_purchases_made_elsewhere(settings):
     sale = await make_sale(settings.database_url, stock=5)
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            mine = await server.client.post(PURCHASE, json={"userId": "local-buyer"})
+            mine = await server.client.post(CURRENT_PURCHASE, json={"userId": "local-buyer"})
             await pg(settings.database_url, fetch,
                      "INSERT INTO purchases (id, sale_id, user_id) VALUES ($1, $2, $3)",
                      uuid.UUID(int=7), sale.id, "remote-buyer")
-            local = await server.client.get(PURCHASE, params={"userId": "local-buyer"})
-            remote = await server.client.get(PURCHASE, params={"userId": "remote-buyer"})
-            nobody = await server.client.get(PURCHASE, params={"userId": "nobody-here"})
+            local = await server.client.get(CURRENT_PURCHASE, params={"userId": "local-buyer"})
+            remote = await server.client.get(CURRENT_PURCHASE, params={"userId": "remote-buyer"})
+            nobody = await server.client.get(CURRENT_PURCHASE, params={"userId": "nobody-here"})
     assert local.json()["data"]["purchaseId"] == mine.json()["data"]["purchaseId"]
     assert remote.json()["data"]["purchaseId"] == str(uuid.UUID(int=7))
     assert nobody.json()["data"] == {"purchased": False}
@@ -98,11 +98,11 @@ async def test_current_is_answered_from_the_stock_feed(settings):
     stock_key, _ = gate_keys(settings, sale.id)
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            first = await server.client.get("/api/v1/flash-sales/current")
+            first = await server.client.get(CURRENT)
             redis_client(settings).set(stock_key, 3)  # behind the feed's back: not published
-            unchanged = await server.client.get("/api/v1/flash-sales/current")
-            await server.client.post(PURCHASE, json={"userId": "alice"})  # published: 2
-            while (await server.client.get("/api/v1/flash-sales/current")
+            unchanged = await server.client.get(CURRENT)
+            await server.client.post(CURRENT_PURCHASE, json={"userId": "alice"})  # published: 2
+            while (await server.client.get(CURRENT)
                    ).json()["data"]["remainingStock"] != 2:
                 await trio.sleep(0.02)
     assert first.json()["data"]["remainingStock"] == 5

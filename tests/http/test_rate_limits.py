@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import trio
 
-from ..helpers import ledger_of, live_server, make_sale
+from flashflow.http.wire import CURRENT_PURCHASE
 
-PURCHASE = "/api/v1/flash-sales/current/purchase"
+from ..helpers import ledger_of, live_server, make_sale
 
 
 async def test_answers_from_memory_spend_no_tokens(settings):
@@ -18,7 +18,7 @@ async def test_answers_from_memory_spend_no_tokens(settings):
     await make_sale(settings.database_url, stock=0)
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            answers = [await server.client.post(PURCHASE, json={"userId": "spammer"})
+            answers = [await server.client.post(CURRENT_PURCHASE, json={"userId": "spammer"})
                        for _ in range(10)]
     assert [a.status_code for a in answers] == [409] * 10
     assert {a.json()["error"]["code"] for a in answers} == {"SOLD_OUT"}
@@ -35,7 +35,8 @@ async def test_user_over_its_burst_gets_429_with_retry_after(settings):
                 answers = []
 
                 async def press() -> None:
-                    answers.append(await server.client.post(PURCHASE, json={"userId": "racer"}))
+                    answers.append(await server.client.post(CURRENT_PURCHASE,
+                                                            json={"userId": "racer"}))
 
                 for _ in range(6):
                     nursery.start_soon(press)
@@ -55,7 +56,7 @@ async def test_address_limit_applies_across_users(settings):
     sale = await make_sale(settings.database_url, stock=100)
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            answers = [await server.client.post(PURCHASE, json={"userId": f"crowd-{i}"})
+            answers = [await server.client.post(CURRENT_PURCHASE, json={"userId": f"crowd-{i}"})
                        for i in range(6)]
     assert [a.status_code for a in answers] == [201, 201, 201, 429, 429, 429]
     assert len((await ledger_of(settings, sale.id)).purchases) == 3
@@ -74,11 +75,11 @@ async def test_a_request_the_address_refuses_spends_no_user_token(settings):
     await make_sale(settings.database_url, stock=10)
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            first = await server.client.post(PURCHASE, json={"userId": "first"},
+            first = await server.client.post(CURRENT_PURCHASE, json={"userId": "first"},
                                              headers=from_address(1))
-            refused = await server.client.post(PURCHASE, json={"userId": "second"},
+            refused = await server.client.post(CURRENT_PURCHASE, json={"userId": "second"},
                                                headers=from_address(1))
-            elsewhere = await server.client.post(PURCHASE, json={"userId": "second"},
+            elsewhere = await server.client.post(CURRENT_PURCHASE, json={"userId": "second"},
                                                  headers=from_address(2))
     assert [first.status_code, refused.status_code, elsewhere.status_code] == [201, 429, 201]
 
@@ -90,10 +91,10 @@ async def test_status_reads_are_limited_and_a_user_refusal_spends_no_address_tok
     await make_sale(settings.database_url, stock=10)
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            read = await server.client.get(PURCHASE, params={"userId": "reader"})
-            again = await server.client.get(PURCHASE, params={"userId": "reader"})
-            buy = await server.client.post(PURCHASE, json={"userId": "buyer"})
-            over = await server.client.post(PURCHASE, json={"userId": "late"})
+            read = await server.client.get(CURRENT_PURCHASE, params={"userId": "reader"})
+            again = await server.client.get(CURRENT_PURCHASE, params={"userId": "reader"})
+            buy = await server.client.post(CURRENT_PURCHASE, json={"userId": "buyer"})
+            over = await server.client.post(CURRENT_PURCHASE, json={"userId": "late"})
     assert [read.status_code, again.status_code, buy.status_code, over.status_code] == [
         200, 429, 201, 429]
     assert again.json()["error"]["code"] == "RATE_LIMIT_EXCEEDED"

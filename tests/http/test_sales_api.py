@@ -7,10 +7,10 @@ from datetime import timedelta
 
 import trio
 
+from flashflow.http.wire import CURRENT, SALES, purchase_path, sale_path
+
 from ..helpers import assert_error, fetch, live_server, make_sale, pg
 from .test_sse import EventReader
-
-SALES = "/api/v1/flash-sales"
 
 
 async def test_the_list_holds_upcoming_running_and_recently_ended_sales(settings):
@@ -25,7 +25,7 @@ async def test_the_list_holds_upcoming_running_and_recently_ended_sales(settings
     with trio.fail_after(30):
         async with live_server(settings) as server:
             listed = (await server.client.get(SALES)).json()["data"]
-            current = (await server.client.get(f"{SALES}/current")).json()["data"]
+            current = (await server.client.get(CURRENT)).json()["data"]
     assert [s["id"] for s in listed] == [str(recent.id), str(running.id), str(soon.id)]
     assert str(old.id) not in {s["id"] for s in listed}
     assert [s["status"] for s in listed] == ["ended", "active", "upcoming"]
@@ -41,11 +41,11 @@ async def test_a_sale_by_id_answers_as_current_and_unknown_or_malformed_ids_are_
     second = await make_sale(settings.database_url, product="Second", stock=3)
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            got = (await server.client.get(f"{SALES}/{second.id}")).json()["data"]
-            current = (await server.client.get(f"{SALES}/current")).json()["data"]
-            unknown = await server.client.get(f"{SALES}/{uuid.uuid4()}")
-            malformed = await server.client.get(f"{SALES}/not-a-uuid")
-            buy_unknown = await server.client.post(f"{SALES}/{uuid.uuid4()}/purchase",
+            got = (await server.client.get(sale_path(second.id))).json()["data"]
+            current = (await server.client.get(CURRENT)).json()["data"]
+            unknown = await server.client.get(sale_path(uuid.uuid4()))
+            malformed = await server.client.get(sale_path("not-a-uuid"))
+            buy_unknown = await server.client.post(purchase_path(uuid.uuid4()),
                                                    json={"userId": "alice"})
             buy_malformed = await server.client.post(f"{SALES}/1234/purchase",
                                                      json={"userId": "alice"})
@@ -67,16 +67,16 @@ async def test_buying_by_id_buys_in_that_sale_only(settings):
     with trio.fail_after(30):
         async with live_server(settings) as server:
             client = server.client
-            bought = await client.post(f"{SALES}/{second.id}/purchase", json={"userId": "alice"})
-            again = await client.post(f"{SALES}/{second.id}/purchase", json={"userId": "alice"})
+            bought = await client.post(purchase_path(second.id), json={"userId": "alice"})
+            again = await client.post(purchase_path(second.id), json={"userId": "alice"})
             in_first = await client.post(f"{SALES}/current/purchase", json={"userId": "alice"})
-            by_id = (await client.get(f"{SALES}/{second.id}/purchase",
+            by_id = (await client.get(purchase_path(second.id),
                                       params={"userId": "alice"})).json()["data"]
-            by_first = (await client.get(f"{SALES}/{first.id}/purchase",
+            by_first = (await client.get(purchase_path(first.id),
                                          params={"userId": "alice"})).json()["data"]
-            nobody = (await client.get(f"{SALES}/{second.id}/purchase",
+            nobody = (await client.get(purchase_path(second.id),
                                        params={"userId": "bob-b"})).json()["data"]
-            bad_user = await client.get(f"{SALES}/{second.id}/purchase", params={"userId": "x"})
+            bad_user = await client.get(purchase_path(second.id), params={"userId": "x"})
             listed = (await client.get(SALES)).json()["data"]
     assert bought.status_code == 201, bought.text
     assert bought.json()["data"]["productName"] == "Second"
@@ -104,7 +104,7 @@ async def test_a_sale_that_is_not_current_streams_its_own_events(settings):
                 server.client.stream("GET", f"{SALES}/{other.id}/events") as response:
             reader = EventReader(response)
             snapshot = await reader.next_named("snapshot")
-            bought = await server.client.post(f"{SALES}/{other.id}/purchase",
+            bought = await server.client.post(purchase_path(other.id),
                                               json={"userId": "alice"})
             stock = await reader.next_named("stock")
             status = await reader.next_named("status")

@@ -15,12 +15,9 @@ import trio
 
 import flashflow.http.app as app_module
 from flashflow.http import sse
+from flashflow.http.wire import CURRENT, CURRENT_EVENTS, CURRENT_PURCHASE
 
 from ..helpers import LiveServer, live_server, make_sale
-
-CURRENT = "/api/v1/flash-sales/current"
-EVENTS = f"{CURRENT}/events"
-PURCHASE = f"{CURRENT}/purchase"
 
 
 @dataclass
@@ -69,7 +66,7 @@ class EventReader:
 @asynccontextmanager
 async def open_events(server: LiveServer, **headers: str) -> AsyncIterator[EventReader]:
     """Open the event stream on the live server."""
-    async with server.client.stream("GET", EVENTS, headers=headers) as response:
+    async with server.client.stream("GET", CURRENT_EVENTS, headers=headers) as response:
         yield EventReader(response)
 
 
@@ -97,7 +94,7 @@ async def test_a_purchase_produces_a_stock_event(settings):
     with trio.fail_after(30):
         async with live_server(settings) as server, open_events(server) as reader:
             await reader.next_named("snapshot")
-            bought = await server.client.post(PURCHASE, json={"userId": "alice"})
+            bought = await server.client.post(CURRENT_PURCHASE, json={"userId": "alice"})
             stock = await reader.next_named("stock")
     assert bought.status_code == 201
     assert stock.data["remainingStock"] == 4
@@ -110,7 +107,7 @@ async def test_selling_the_last_unit_sends_a_sold_out_status(settings):
     with trio.fail_after(30):
         async with live_server(settings) as server, open_events(server) as reader:
             snapshot = await reader.next_named("snapshot")
-            await server.client.post(PURCHASE, json={"userId": "alice"})
+            await server.client.post(CURRENT_PURCHASE, json={"userId": "alice"})
             status = await reader.next_named("status")
     assert snapshot.data["remainingStock"] == 1
     assert status.data["status"] == "active"
@@ -137,7 +134,7 @@ async def test_a_reconnect_with_last_event_id_gets_a_fresh_snapshot(settings):
     await make_sale(settings.database_url, stock=3)
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            await server.client.post(PURCHASE, json={"userId": "alice"})
+            await server.client.post(CURRENT_PURCHASE, json={"userId": "alice"})
             async with open_events(server, **{"Last-Event-ID": "41"}) as reader:
                 snapshot = await reader.next()
     assert snapshot.name == "snapshot"
@@ -174,6 +171,6 @@ async def test_no_sale_is_a_404_envelope(settings):
     """Without any sale the stream is refused with the usual 404 error body."""
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            response = await server.client.get(EVENTS)
+            response = await server.client.get(CURRENT_EVENTS)
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "SALE_NOT_FOUND"

@@ -7,9 +7,9 @@ import json
 import pytest
 import trio
 
-from ..helpers import assert_error, gate_keys, ledger_of, live_server, make_sale, redis_client
+from flashflow.http.wire import CURRENT_PURCHASE
 
-PURCHASE = "/api/v1/flash-sales/current/purchase"
+from ..helpers import assert_error, gate_keys, ledger_of, live_server, make_sale, redis_client
 
 
 async def assert_nothing_written(settings, sale, stock: int) -> None:
@@ -71,7 +71,7 @@ async def test_bad_purchase_body_is_400_and_writes_nothing(settings, content, ne
     with trio.fail_after(30):
         async with live_server(settings) as server:
             response = await server.client.post(
-                PURCHASE, content=content, headers={"content-type": "application/json"})
+                CURRENT_PURCHASE, content=content, headers={"content-type": "application/json"})
     error = assert_error(response, 400, "VALIDATION_ERROR")
     assert needle in error["message"]
     await assert_nothing_written(settings, sale, 5)
@@ -83,7 +83,7 @@ async def test_user_id_length_boundaries_are_accepted(settings):
     ids = ["abc", "  xyz  ", "b" * 255, "ünï"]
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            answers = [await server.client.post(PURCHASE, json={"userId": u}) for u in ids]
+            answers = [await server.client.post(CURRENT_PURCHASE, json={"userId": u}) for u in ids]
     assert [a.status_code for a in answers] == [201] * 4, [a.text for a in answers]
     assert [a.json()["data"]["userId"] for a in answers] == ["abc", "xyz", "b" * 255, "ünï"]
     rows = (await ledger_of(settings, sale.id)).purchases
@@ -95,9 +95,9 @@ async def test_user_ids_are_nfc_normalised(settings):
     await make_sale(settings.database_url, stock=5)
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            first = await server.client.post(PURCHASE, json={"userId": "jose\u0301"})
-            twin = await server.client.post(PURCHASE, json={"userId": "jos\u00e9"})
-            read = await server.client.get(PURCHASE, params={"userId": "jose\u0301"})
+            first = await server.client.post(CURRENT_PURCHASE, json={"userId": "jose\u0301"})
+            twin = await server.client.post(CURRENT_PURCHASE, json={"userId": "jos\u00e9"})
+            read = await server.client.get(CURRENT_PURCHASE, params={"userId": "jose\u0301"})
     assert first.status_code == 201 and first.json()["data"]["userId"] == "jos\u00e9"
     assert twin.json()["error"]["code"] == "ALREADY_PURCHASED"
     assert read.json()["data"]["purchaseId"] == first.json()["data"]["purchaseId"]
@@ -142,6 +142,6 @@ async def test_bad_status_query_is_400(settings, query, needle):
     sale = await make_sale(settings.database_url, stock=5)
     with trio.fail_after(30):
         async with live_server(settings) as server:
-            response = await server.client.get(PURCHASE + query)
+            response = await server.client.get(CURRENT_PURCHASE + query)
     assert needle in assert_error(response, 400, "VALIDATION_ERROR")["message"]
     await assert_nothing_written(settings, sale, 5)

@@ -13,22 +13,15 @@ import httpx
 import trio
 
 from actors.keys import sale_keys
+from flashflow.http.wire import CURRENT_PURCHASE, purchase_path, read_reply
 from loadtests.records import PURCHASE as PURCHASE_KIND
 from loadtests.records import Record
 
 from ..helpers import judge, live_server, make_sale, redis_client, spawn_server
 
-SALES = "/api/v1/flash-sales"
-PURCHASE = f"{SALES}/current/purchase"
-
-
-def purchase_path(sale) -> str:
-    """The purchase route of one sale by id."""
-    return f"{SALES}/{sale.id}/purchase"
-
 
 async def stampede(clients, users: list[str], clicks: int | tuple[int, int],
-                   concurrency: int = 200, paths: Sequence[str] = (PURCHASE,)):
+                   concurrency: int = 200, paths: Sequence[str] = (CURRENT_PURCHASE,)):
     """Every user presses Buy ``clicks`` times (or a random count in a range) concurrently,
     spread over ``clients`` and over the purchase routes in ``paths`` (of one sale).
 
@@ -56,10 +49,10 @@ def as_records(results: list[tuple[str, int, dict]]) -> list[Record]:
     """The results of :func:`stampede` as the load test's records (untimed)."""
     records = []
     for user, status, body in results:
-        data, error = body.get("data") or {}, body.get("error") or {}
+        reply = read_reply(status, body)
         records.append(Record(PURCHASE_KIND, user, status, 0.0, 0.0,
-                              purchase_id=data.get("purchaseId") if status == 201 else None,
-                              code=None if status == 201 else error.get("code")))
+                              purchase_id=reply.purchase_id if status == 201 else None,
+                              code=reply.error_code))
     return records
 
 
@@ -143,8 +136,8 @@ async def test_two_overlapping_sales_stampeded_at_once_each_sell_exactly(setting
                                                concurrency=100, paths=paths)
 
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(run, first, (PURCHASE, purchase_path(first)))
-                nursery.start_soon(run, second, (purchase_path(second),))
+                nursery.start_soon(run, first, (CURRENT_PURCHASE, purchase_path(first.id)))
+                nursery.start_soon(run, second, (purchase_path(second.id),))
             # Drift both counters; the reconciler of every sale with a gate heals them.
             r = redis_client(settings)
             for sale in (first, second):

@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flashflow.http.wire import CURRENT, CURRENT_PURCHASE
+
 pytestmark = pytest.mark.slow
 
 
@@ -56,12 +58,12 @@ def test_up_starts_embedded_services_sells_and_stops_everything():
             pids = [int(p) for p in re.findall(r"embedded \w+ \(pid (\d+)\)", "".join(lines))]
             assert len(pids) == 2, lines
             with httpx.Client(base_url=url, timeout=10) as client:
-                sale = client.get("/api/v1/flash-sales/current").json()["data"]
-                bought = client.post("/api/v1/flash-sales/current/purchase",
+                sale = client.get(CURRENT).json()["data"]
+                bought = client.post(CURRENT_PURCHASE,
                                      json={"userId": "smoke-user"})
-                status = client.get("/api/v1/flash-sales/current/purchase",
+                status = client.get(CURRENT_PURCHASE,
                                     params={"userId": "smoke-user"}).json()["data"]
-                after = client.get("/api/v1/flash-sales/current").json()["data"]
+                after = client.get(CURRENT).json()["data"]
             assert sale["status"] == "active"
             assert bought.status_code == 201, bought.text
             assert status == {"purchased": True,
