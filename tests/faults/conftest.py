@@ -219,17 +219,6 @@ def fault_settings(backends: Backends, tmp_path: Path) -> Settings:
 
 # -- server processes ------------------------------------------------------------------------
 
-# Settings that tests.helpers.server_env already passes (or that spawn_server sets itself).
-_PASSED_BY_HELPERS = {"database_url", "redis_url", "key_prefix", "log_level", "rate_address_per_s",
-                      "rate_address_burst", "host", "port", "data_dir"}
-
-
-def fault_env(settings: Settings) -> dict[str, str]:
-    """Every other setting as a ``FLASHFLOW_*`` variable, so the subprocess runs with it."""
-    passed = {f"FLASHFLOW_{name.upper()}" for name in _PASSED_BY_HELPERS}
-    return {name: text for name, text in settings.to_env().items() if name not in passed}
-
-
 @pytest.fixture
 async def launch(tmp_path: Path, request: pytest.FixtureRequest
                  ) -> AsyncIterator[Callable[..., Any]]:
@@ -241,7 +230,7 @@ async def launch(tmp_path: Path, request: pytest.FixtureRequest
 
     async def go(settings: Settings, *args: str) -> ServerProcess:
         server = await trio.to_thread.run_sync(
-            partial(spawn_server, settings, tmp_path, *args, **fault_env(settings)))
+            partial(spawn_server, settings, tmp_path, *args))
         started.append(server)
         return server
 

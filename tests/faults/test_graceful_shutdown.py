@@ -190,14 +190,13 @@ async def test_sigterm_during_start_up_of_two_workers_always_ends(fault_settings
     from flashflow.embedded import free_port
 
     from ..helpers import server_env
-    from .conftest import fault_env
 
     port = free_port()
     log_path = tmp_path / "supervisor.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "flashflow.cli", "serve", "--workers", "2", "--port",
-             str(port)], env={**server_env(fault_settings), **fault_env(fault_settings)},
+             str(port)], env=server_env(fault_settings),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         await trio.sleep(after_s)
