@@ -12,24 +12,13 @@ import psutil
 import pytest
 import trio
 
-from ..helpers import make_sale
+from ..helpers import gate_state, make_sale, sale_row_locked
 from ..integration.test_stampede import stampede
-from .conftest import (
-    NO_ANSWER,
-    Recorder,
-    check_sale_after_faults,
-    committed_rows,
-    gate_state,
-    open_clients,
-    phase_figures,
-    recover,
-    sale_row_locked,
-    spam,
-    wait_for_gate_to_agree,
-    wait_for_sold,
-    wait_until_serving,
-    worker_pids,
-)
+from .checks import check_sale_after_faults, phase_figures
+from .fleet import wait_until_serving, worker_pids
+from .load import open_clients, recover, spam
+from .recorder import NO_ANSWER, Recorder
+from .stores import committed_rows, wait_for_gate_to_agree, wait_for_sold
 
 pytestmark = pytest.mark.slow
 
