@@ -281,6 +281,18 @@ class Settings:
         return {env_name(f): _render(getattr(self, f.name)) for f in fields(self)
                 if getattr(self, f.name) is not None}
 
+    def process_env(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The whole environment of a process that is to run on exactly these settings.
+
+        ``environ`` (default this process's) without a single ``FLASHFLOW_*`` variable nor
+        any other a setting is read from, then :meth:`to_env`: whatever the parent's own
+        environment holds, the child reads back these settings and nothing else.
+        """
+        environ = os.environ if environ is None else environ
+        read = {env_name(f) for f in fields(self)}
+        kept = {k: v for k, v in environ.items() if not k.startswith(PREFIX) and k not in read}
+        return {**kept, **self.to_env()}
+
     # The actors' configurations. Each takes settings whose URLs are set (see require()).
 
     def ledger_config(self) -> LedgerConfig:

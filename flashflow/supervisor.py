@@ -11,7 +11,6 @@ killed, and the supervisor exits 1.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -120,7 +119,7 @@ class Supervisor:
         command = [sys.executable, "-m", "flashflow.cli", "worker", "--fd", str(fd)]
         # The worker builds its settings from these: the same as the supervisor's, the
         # command's options (--log-level, the URLs) and the metrics directory included.
-        env = {**os.environ, **self.settings.to_env()}
+        env = self.settings.process_env()
         # Own session: a Ctrl-C in the terminal reaches the supervisor only, which then
         # stops the workers in order instead of every process at once.
         return subprocess.Popen(command, pass_fds=(fd,), env=env, start_new_session=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import signal
 import subprocess
 import sys
@@ -177,16 +176,10 @@ async def live_fronts(settings: Settings, fronts: tuple[Settings, ...],
             nursery.cancel_scope.cancel()
 
 
-def server_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment that makes a ``flashflow`` subprocess use the test's servers."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHFLOW_")}
-    env.update(FLASHFLOW_DATABASE_URL=settings.database_url or "",
-               FLASHFLOW_REDIS_URL=settings.redis_url or "",
-               FLASHFLOW_KEY_PREFIX=settings.key_prefix,
-               FLASHFLOW_LOG_LEVEL="WARNING",
-               FLASHFLOW_RATE_ADDRESS_PER_S=str(settings.rate_address_per_s),
-               FLASHFLOW_RATE_ADDRESS_BURST=str(settings.rate_address_burst), **extra)
-    return env
+def server_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a ``flashflow`` subprocess run on ``settings``, the test's
+    servers included, logging warnings only."""
+    return replace(settings, log_level="WARNING").process_env()
 
 
 @dataclass
@@ -203,15 +196,16 @@ class ServerProcess:
 
 
 def spawn_server(settings: Settings, log_dir: Path, *args: str,
-                 timeout_s: float = 30.0, **env: str) -> ServerProcess:
-    """Start ``flashflow serve`` on a free loopback port and wait until /healthz answers."""
+                 timeout_s: float = 30.0) -> ServerProcess:
+    """Start ``flashflow serve`` on ``settings`` (see :func:`server_env`) and a free loopback
+    port, and wait until /healthz answers."""
     from flashflow.embedded import free_port
 
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
     command = [sys.executable, "-m", "flashflow.cli", "serve", "--port", str(port), *args]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=server_env(settings, **env), stdout=log,
+        process = subprocess.Popen(command, env=server_env(settings), stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + timeout_s

@@ -150,6 +150,17 @@ def test_to_env_round_trips_through_from_env():
     assert Settings.from_env(Settings().to_env()) == Settings()
 
 
+def test_process_env_holds_these_settings_and_nothing_else_of_the_parents():
+    """A child's environment from process_env() reads back the settings alone: the parent's
+    other variables pass, its FLASHFLOW_* and setting variables do not."""
+    settings = Settings(database_url="postgresql://db/ff", workers=2)
+    parent = {"PATH": "/bin", "FLASHFLOW_ADMIN_TOKEN": "parent", "FLASHFLOW_TYPO": "1",
+              "PROMETHEUS_MULTIPROC_DIR": "/run/parent"}
+    env = settings.process_env(parent)
+    assert env == {"PATH": "/bin", **settings.to_env()}
+    assert Settings.from_env(env) == settings
+
+
 def test_cli_fails_once_naming_the_unset_url(monkeypatch):
     """A command that needs a URL that is unset stops with one error naming the variable."""
     from click.testing import CliRunner

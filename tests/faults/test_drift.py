@@ -20,14 +20,10 @@ from actors.keys import sale_keys
 from flashflow.embedded import start_redis
 
 from ..helpers import make_sale
-from .conftest import (
-    Recorder,
-    check_sale_after_faults,
-    open_clients,
-    phase_figures,
-    recover_and_sell_out,
-    wait_until_serving,
-)
+from .checks import check_sale_after_faults, phase_figures
+from .fleet import wait_until_serving
+from .load import open_clients, recover_and_sell_out
+from .recorder import Recorder
 
 CURRENT = "/api/v1/flash-sales/current"
 

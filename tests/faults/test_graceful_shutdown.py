@@ -12,24 +12,13 @@ import psutil
 import pytest
 import trio
 
-from ..helpers import make_sale
+from ..helpers import gate_state, make_sale, sale_row_locked
 from ..integration.test_stampede import stampede
-from .conftest import (
-    NO_ANSWER,
-    Recorder,
-    check_sale_after_faults,
-    committed_rows,
-    gate_state,
-    open_clients,
-    phase_figures,
-    recover,
-    sale_row_locked,
-    spam,
-    wait_for_gate_to_agree,
-    wait_for_sold,
-    wait_until_serving,
-    worker_pids,
-)
+from .checks import check_sale_after_faults, phase_figures
+from .fleet import wait_until_serving, worker_pids
+from .load import open_clients, recover, spam
+from .recorder import NO_ANSWER, Recorder
+from .stores import committed_rows, wait_for_gate_to_agree, wait_for_sold
 
 pytestmark = pytest.mark.slow
 
@@ -190,14 +179,13 @@ async def test_sigterm_during_start_up_of_two_workers_always_ends(fault_settings
     from flashflow.embedded import free_port
 
     from ..helpers import server_env
-    from .conftest import fault_env
 
     port = free_port()
     log_path = tmp_path / "supervisor.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "flashflow.cli", "serve", "--workers", "2", "--port",
-             str(port)], env={**server_env(fault_settings), **fault_env(fault_settings)},
+             str(port)], env=server_env(fault_settings),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         await trio.sleep(after_s)

@@ -21,21 +21,12 @@ from functools import partial
 import pytest
 import trio
 
-from ..helpers import make_sale
-from .conftest import (
-    ANSWER_SLACK_S,
-    RETURNED_LOG_LINE,
-    Recorder,
-    check_sale_after_faults,
-    client_untraced,
-    committed_rows,
-    latency_figures,
-    open_clients,
-    phase_figures,
-    press_until_final,
-    sale_row_locked,
-    wait_until_serving,
-)
+from ..helpers import make_sale, sale_row_locked
+from .checks import ANSWER_SLACK_S, check_sale_after_faults, latency_figures, phase_figures
+from .fleet import RETURNED_LOG_LINE, wait_until_serving
+from .load import client_untraced, open_clients, press_until_final
+from .recorder import Recorder
+from .stores import committed_rows
 
 pytestmark = pytest.mark.slow
 

@@ -16,16 +16,11 @@ import pytest
 import trio
 
 from ..helpers import make_sale
-from .conftest import (
-    Recorder,
-    check_sale_after_faults,
-    committed_rows,
-    open_clients,
-    phase_figures,
-    press_until_final,
-    purchase_status,
-    reconciler_returns,
-)
+from .checks import check_sale_after_faults, phase_figures
+from .fleet import reconciler_returns
+from .load import open_clients, press_until_final
+from .recorder import Recorder, purchase_status
+from .stores import committed_rows
 
 pytestmark = pytest.mark.slow
 

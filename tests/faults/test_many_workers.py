@@ -12,7 +12,8 @@ import trio
 
 from ..helpers import make_sale
 from ..integration.test_stampede import check_invariants, stampede
-from .conftest import Recorder, established, reconciler_returns, wait_until_serving, worker_pids
+from .fleet import established, reconciler_returns, wait_until_serving, worker_pids
+from .recorder import Recorder
 
 pytestmark = pytest.mark.slow
 

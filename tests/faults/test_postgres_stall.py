@@ -19,19 +19,12 @@ from typing import Any
 import pytest
 import trio
 
-from ..helpers import make_sale
-from .conftest import (
-    Recorder,
-    SoldWatch,
-    check_sale_after_faults,
-    committed_rows,
-    open_clients,
-    phase_figures,
-    press_until_final,
-    reconciler_returns,
-    sale_row_locked,
-    wait_until_serving,
-)
+from ..helpers import make_sale, sale_row_locked
+from .checks import check_sale_after_faults, phase_figures
+from .fleet import reconciler_returns, wait_until_serving
+from .load import open_clients, press_until_final
+from .recorder import Recorder
+from .stores import SoldWatch, committed_rows
 
 pytestmark = pytest.mark.slow
 

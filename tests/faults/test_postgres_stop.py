@@ -8,23 +8,12 @@ from functools import partial
 import pytest
 import trio
 
-from ..helpers import make_sale
-from .conftest import (
-    Recorder,
-    check_exact_end,
-    committed_rows,
-    fault_under_load,
-    gate_state,
-    lines_in_logs,
-    open_clients,
-    phase_figures,
-    recover_and_sell_out,
-    sale_row_locked,
-    sold_counter,
-    spam,
-    wait_for_gate_to_agree,
-    wait_until_serving,
-)
+from ..helpers import gate_state, make_sale, sale_row_locked
+from .checks import check_exact_end, phase_figures
+from .fleet import lines_in_logs, wait_until_serving
+from .load import fault_under_load, open_clients, recover_and_sell_out, spam
+from .recorder import Recorder
+from .stores import committed_rows, sold_counter, wait_for_gate_to_agree
 
 pytestmark = pytest.mark.slow
 

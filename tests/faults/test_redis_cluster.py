@@ -16,15 +16,10 @@ from flashflow.runtime import open_runtime
 from ..helpers import make_sale
 from ..integration.test_stampede import check_invariants
 from ..servers import Cluster, wait_for
-from .conftest import (
-    Recorder,
-    check_exact_end,
-    fault_under_load,
-    open_clients,
-    phase_figures,
-    recover_and_sell_out,
-    wait_until_serving,
-)
+from .checks import check_exact_end, phase_figures
+from .fleet import wait_until_serving
+from .load import fault_under_load, open_clients, recover_and_sell_out
+from .recorder import Recorder
 
 pytestmark = pytest.mark.slow
 

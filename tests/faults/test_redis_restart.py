@@ -8,20 +8,12 @@ import httpx
 import pytest
 import trio
 
-from ..helpers import make_sale
-from .conftest import (
-    Recorder,
-    check_exact_end,
-    committed_rows,
-    fault_under_load,
-    gate_state,
-    latency_figures,
-    open_clients,
-    phase_figures,
-    recover_and_sell_out,
-    redis_fault_bound_s,
-    wait_until_serving,
-)
+from ..helpers import gate_state, make_sale
+from .checks import check_exact_end, latency_figures, phase_figures, redis_fault_bound_s
+from .fleet import wait_until_serving
+from .load import fault_under_load, open_clients, recover_and_sell_out
+from .recorder import Recorder
+from .stores import committed_rows
 
 pytestmark = pytest.mark.slow
 

@@ -22,19 +22,12 @@ import trio
 
 from actors._redis_scripts import RELEASE, RESERVE
 
-from ..helpers import make_sale
-from .conftest import (
-    Recorder,
-    SoldWatch,
-    check_sale_after_faults,
-    committed_rows,
-    gate_state,
-    open_clients,
-    phase_figures,
-    press_until_final,
-    reconciler_returns,
-    wait_until_serving,
-)
+from ..helpers import gate_state, make_sale
+from .checks import check_sale_after_faults, phase_figures
+from .fleet import reconciler_returns, wait_until_serving
+from .load import open_clients, press_until_final
+from .recorder import Recorder
+from .stores import SoldWatch, committed_rows
 
 pytestmark = pytest.mark.slow
 

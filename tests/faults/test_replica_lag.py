@@ -35,21 +35,11 @@ from flashflow.settings import Settings
 
 from ..helpers import ServerProcess, make_sale
 from ..servers import Cluster, Lag, RedisProcess, leave_replica_behind, sentinel_set
-from .conftest import (
-    Recorder,
-    SoldWatch,
-    check_exact_end,
-    committed_rows,
-    fault_under_load,
-    gate_at_once,
-    open_clients,
-    phase_figures,
-    press_until_final,
-    reconciler_claims,
-    recover_and_sell_out,
-    wait_for_gate_law,
-    wait_until_serving,
-)
+from .checks import check_exact_end, phase_figures
+from .fleet import reconciler_claims, wait_until_serving
+from .load import fault_under_load, open_clients, press_until_final, recover_and_sell_out
+from .recorder import Recorder
+from .stores import SoldWatch, committed_rows, gate_at_once, wait_for_gate_law
 
 pytestmark = pytest.mark.slow
 

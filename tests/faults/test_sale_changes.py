@@ -18,16 +18,11 @@ import pytest
 import trio
 
 from ..helpers import make_sale
-from .conftest import (
-    Recorder,
-    SoldWatch,
-    check_sale_after_faults,
-    committed_rows,
-    open_clients,
-    phase_figures,
-    press_until_final,
-    wait_until_serving,
-)
+from .checks import check_sale_after_faults, phase_figures
+from .fleet import wait_until_serving
+from .load import open_clients, press_until_final
+from .recorder import Recorder
+from .stores import SoldWatch, committed_rows
 
 pytestmark = pytest.mark.slow
 

@@ -9,15 +9,10 @@ import trio
 
 from ..helpers import make_sale
 from ..servers import sentinel_set, wait_for
-from .conftest import (
-    Recorder,
-    check_exact_end,
-    fault_under_load,
-    open_clients,
-    phase_figures,
-    recover_and_sell_out,
-    wait_until_serving,
-)
+from .checks import check_exact_end, phase_figures
+from .fleet import wait_until_serving
+from .load import fault_under_load, open_clients, recover_and_sell_out
+from .recorder import Recorder
 
 pytestmark = pytest.mark.slow
 

@@ -8,24 +8,14 @@ from functools import partial
 import pytest
 import trio
 
-from ..helpers import make_sale
+from ..helpers import gate_state, make_sale, sale_row_locked
 from ..integration.test_stampede import stampede
-from .conftest import (
-    Recorder,
-    StuckableProxy,
-    check_sale_after_faults,
-    gate_state,
-    latency_figures,
-    open_clients,
-    phase_figures,
-    reconciler_returns,
-    recover,
-    redis_fault_bound_s,
-    sale_row_locked,
-    spam,
-    wait_for_sold,
-    wait_until_serving,
-)
+from .backends import StuckableProxy
+from .checks import check_sale_after_faults, latency_figures, phase_figures, redis_fault_bound_s
+from .fleet import reconciler_returns, wait_until_serving
+from .load import open_clients, recover, spam
+from .recorder import Recorder
+from .stores import wait_for_sold
 
 pytestmark = pytest.mark.slow
 

@@ -13,23 +13,12 @@ import httpx
 import pytest
 import trio
 
-from ..helpers import make_sale
-from .conftest import (
-    Recorder,
-    check_exact_end,
-    committed_rows,
-    established,
-    gate_state,
-    open_clients,
-    phase_figures,
-    recover_and_sell_out,
-    sale_row_locked,
-    spam,
-    wait_for_gate_to_agree,
-    wait_for_sold,
-    wait_until_serving,
-    worker_pids,
-)
+from ..helpers import gate_state, make_sale, sale_row_locked
+from .checks import check_exact_end, phase_figures
+from .fleet import established, wait_until_serving, worker_pids
+from .load import open_clients, recover_and_sell_out, spam
+from .recorder import Recorder
+from .stores import committed_rows, wait_for_gate_to_agree, wait_for_sold
 
 pytestmark = pytest.mark.slow
 

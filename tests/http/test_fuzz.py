@@ -56,9 +56,9 @@ def fuzz_target(request, services, template_database, tmp_path_factory):
                         key_prefix=f"fftest:fuzz:{name}:", workers=1,
                         rate_address_per_s=1e6, rate_address_burst=10**6)
     asyncio.run(_sale(url))
-    env = {"FLASHFLOW_AUTH_JWT_SECRET": SECRET} if request.param else {}
-    server = spawn_server(settings, tmp_path_factory.mktemp("fuzz"), **env)
-    token = mint(replace(settings, auth_jwt_secret=SECRET), "fuzzer") if request.param else None
+    served = replace(settings, auth_jwt_secret=SECRET) if request.param else settings
+    server = spawn_server(served, tmp_path_factory.mktemp("fuzz"))
+    token = mint(served, "fuzzer") if request.param else None
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         yield server, headers

@@ -172,9 +172,8 @@ async def test_every_worker_of_a_server_scrapes_the_same_totals(settings, tmp_pa
     """Purchases spread over 2 workers: each scrape, whichever worker answers, holds the totals
     of both, with no pid label on a counter."""
     sale = await make_sale(settings.database_url, stock=50)
-    front = {"FLASHFLOW_FAST_PATH": str(settings.fast_path).lower()}
     server = await trio.to_thread.run_sync(
-        lambda: spawn_server(settings, tmp_path, "--workers", "2", **front))
+        lambda: spawn_server(settings, tmp_path, "--workers", "2"))
     # A connection per request, so the kernel hands them to both workers.
     fresh = httpx.Limits(max_keepalive_connections=0)
     buyers = [f"spread-{i:02d}" for i in range(20)]

@@ -42,7 +42,7 @@ async def test_stampede_through_pgbouncer_sells_exactly(settings, bouncer):
 async def test_servers_with_workers_share_pgbouncer_and_stay_exact(settings, bouncer, tmp_path):
     """A 2-worker server and a second server, 12 pools over 2 server connections: exact."""
     sale = await make_sale(settings.database_url, stock=30)
-    through = replace(settings, database_url=bouncer.url(settings.database_url))
-    results = await stampede_two_servers(through, tmp_path, [f"pgw-{i:04d}" for i in range(200)],
-                                         FLASHFLOW_PG_STATEMENT_CACHE_SIZE="0")
+    through = replace(settings, database_url=bouncer.url(settings.database_url),
+                      pg_statement_cache_size=0)
+    results = await stampede_two_servers(through, tmp_path, [f"pgw-{i:04d}" for i in range(200)])
     await check_invariants(settings, sale, results, expected_sold=30)

@@ -100,11 +100,12 @@ async def test_two_servers_one_with_two_workers_stay_exact(settings, tmp_path):
     await check_invariants(settings, sale, results, expected_sold=30)
 
 
-async def stampede_two_servers(settings, tmp_path, users: list[str], **env: str):
-    """A 2-worker ``flashflow serve`` and a second one (with ``env``), every user pressing
-    3-4 times across both; both must then stop cleanly on SIGTERM. Returns the results."""
+async def stampede_two_servers(settings, tmp_path, users: list[str]):
+    """A 2-worker ``flashflow serve`` and a second one, both on ``settings``, every user
+    pressing 3-4 times across both; both must then stop cleanly on SIGTERM. Returns the
+    results."""
     servers = [await trio.to_thread.run_sync(
-        lambda a=args: spawn_server(settings, tmp_path, *a, **env))
+        lambda a=args: spawn_server(settings, tmp_path, *a))
         for args in (("--workers", "2"), ())]
     try:
         with trio.fail_after(120):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 import pytest
 import trio
@@ -20,8 +21,8 @@ SECRET = "loadtest-secret-for-hs256-0123456789"
 async def test_short_locust_stampede_keeps_every_invariant(settings, tmp_path, auth):
     """Stock 15, 30 locust users spamming 3 attempts, with or without tokens: invariants hold."""
     await make_sale(settings.database_url, stock=15)
-    env = {"FLASHFLOW_AUTH_JWT_SECRET": SECRET} if auth else {}
-    server = await trio.to_thread.run_sync(lambda: spawn_server(settings, tmp_path, **env))
+    served = replace(settings, auth_jwt_secret=SECRET) if auth else settings
+    server = await trio.to_thread.run_sync(spawn_server, served, tmp_path)
     signed_in = ["--auth-secret", SECRET] if auth else []
     report = tmp_path / "loadtest.json"
     try:

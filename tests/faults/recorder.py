@@ -1,0 +1,140 @@
+"""Purchase attempts as the client saw them: each press, its answer and its phase."""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import trio
+
+from loadtests.records import PURCHASE as PURCHASE_KIND
+from loadtests.records import Record
+
+PURCHASE = "/api/v1/flash-sales/current/purchase"
+
+#: Outcome.status for a request that got no HTTP answer (refused, reset, closed).
+NO_ANSWER = 0
+
+#: Outcome.status for a request the client gave up on: the server hung.
+HUNG = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One purchase attempt as the client saw it."""
+
+    user: str
+    phase: str
+    status: int
+    code: str | None
+    purchase_id: str | None
+    retry_after: str | None
+    seconds: float
+    #: ``time.monotonic()`` once the answer was in (for a batch of results: once recorded).
+    answered_at: float = 0.0
+
+    def as_record(self) -> Record:
+        """This attempt as the load test's record (a hung request is one without an answer;
+        times on the monotonic clock, which is all :func:`flashflow.invariants.verify` compares)."""
+        status = NO_ANSWER if self.status == HUNG else self.status
+        return Record(PURCHASE_KIND, self.user, status, self.answered_at - self.seconds,
+                      self.seconds * 1000, purchase_id=self.purchase_id,
+                      code=None if self.status == 201 else self.code)
+
+
+@dataclass
+class Recorder:
+    """Every purchase attempt of a test, tagged with the phase it was sent in."""
+
+    phase: str = "before"
+    outcomes: list[Outcome] = field(default_factory=list)
+    winners: dict[str, str] = field(default_factory=dict)
+
+    async def press(self, client: httpx.AsyncClient, user: str) -> Outcome:
+        """POST one purchase for ``user`` and record what came back."""
+        phase, started = self.phase, time.perf_counter()
+        try:
+            response = await client.post(PURCHASE, json={"userId": user})
+        except httpx.TimeoutException:
+            return self._record(user, phase, started, HUNG)
+        except httpx.TransportError:
+            return self._record(user, phase, started, NO_ANSWER)
+        return self._record(user, phase, started, response.status_code, response.content,
+                            response.headers.get("Retry-After"))
+
+    async def press_lightly(self, base_url: str, user: str, timeout_s: float = 60.0) -> Outcome:
+        """:meth:`press` on a connection of its own, as a bare HTTP/1.1 exchange.
+
+        A crowd of thousands pressing at once from one test process is held up by the
+        client's own work per request; this costs a fraction of it, so the latency recorded
+        is the server's (with the connection's set-up), not the test's.
+        """
+        phase, started = self.phase, time.perf_counter()
+        url = httpx.URL(base_url)
+        body = json.dumps({"userId": user}).encode()
+        request = (f"POST {PURCHASE} HTTP/1.1\r\nHost: {url.host}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                   "Connection: close\r\n\r\n").encode() + body
+        received = bytearray()
+        with trio.move_on_after(timeout_s) as waited:
+            try:
+                async with await trio.open_tcp_stream(url.host, url.port) as stream:
+                    await stream.send_all(request)
+                    while chunk := await stream.receive_some(65536):
+                        received += chunk
+            except (OSError, trio.BrokenResourceError):
+                return self._record(user, phase, started, NO_ANSWER)
+        if waited.cancelled_caught:
+            return self._record(user, phase, started, HUNG)
+        head, _, content = bytes(received).partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        try:
+            status = int(lines[0].split()[1])
+        except (IndexError, ValueError):
+            return self._record(user, phase, started, NO_ANSWER)
+        headers = {k.strip().lower(): v.strip()
+                   for k, _, v in (line.partition(":") for line in lines[1:])}
+        return self._record(user, phase, started, status, content, headers.get("retry-after"))
+
+    def _record(self, user: str, phase: str, started: float, status: int,
+                content: bytes = b"", retry_after: str | None = None) -> Outcome:
+        code, purchase_id = None, None
+        with suppress(ValueError, KeyError, TypeError):
+            body = json.loads(content)
+            if status == 201:
+                code, purchase_id = "CONFIRMED", body["data"]["purchaseId"]
+            else:
+                code = body["error"]["code"]
+        outcome = Outcome(user, phase, status, code, purchase_id, retry_after,
+                          time.perf_counter() - started, time.monotonic())
+        self.outcomes.append(outcome)
+        if purchase_id is not None:
+            self.winners.setdefault(user, purchase_id)
+        return outcome
+
+    def add(self, phase: str, results: list[tuple[str, int, dict]]) -> None:
+        """Record the results of ``tests.integration.test_stampede.stampede``."""
+        recorded_at = time.monotonic()
+        for user, status, body in results:
+            data, error = body.get("data") or {}, body.get("error") or {}
+            purchase_id = data.get("purchaseId") if status == 201 else None
+            self.outcomes.append(Outcome(user, phase, status,
+                                         "CONFIRMED" if status == 201 else error.get("code"),
+                                         purchase_id, None, 0.0, recorded_at))
+            if purchase_id is not None:
+                self.winners.setdefault(user, purchase_id)
+
+    def in_phase(self, *phases: str) -> list[Outcome]:
+        """The attempts sent during any of ``phases``."""
+        return [o for o in self.outcomes if o.phase in phases]
+
+
+async def purchase_status(client: httpx.AsyncClient, user: str) -> dict[str, Any]:
+    """The status read ``GET .../current/purchase?userId=`` (its ``data``)."""
+    response = await client.get(PURCHASE, params={"userId": user})
+    assert response.status_code == 200, (response.status_code, response.text)
+    return response.json()["data"]
