@@ -1,13 +1,11 @@
-"""The per-user serializer on a real gate: one 201 per user, final 409s, doubt, rollback."""
+"""The per-user serializer on a real gate: one 201 per user, memory of buyers, doubt,
+backpressure, drain, and the checked entry points."""
 
 from __future__ import annotations
 
 import gc
-import math
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,97 +15,20 @@ import trio_asyncio
 from actors import (
     AlreadyPurchased,
     BackendUnavailable,
-    CommitResult,
-    LedgerState,
     Overloaded,
     Purchase,
     Sale,
     SaleNotActive,
     SaleNotFound,
-    SoldOut,
-    Tally,
     utc_now,
 )
 from actors.errors import Undecided
-from actors.ledger import CommitOutcome, open_ledger
-from actors.stock_gate import StockGate, open_stock_gate
-from actors.user_serializer import SerializerConfig, open_user_serializer
-from flashflow.settings import Settings
+from actors.ledger import open_ledger
+from actors.stock_gate import open_stock_gate
+from actors.user_serializer import open_user_serializer
 
-from ..helpers import fetch, gate_keys, gate_state, make_sale, on_defaults, pg, redis_client
-
-#: The serializer's configuration by default.
-DEFAULTS = Settings().serializer_config()
-
-
-def a_sale(stock: int = 5, *, ends_in: timedelta = timedelta(hours=1)) -> Sale:
-    """An in-memory sale running now, for tests whose ledger is a fake."""
-    now = datetime.now(UTC)
-    return Sale(uuid.uuid4(), "Widget", stock, now - timedelta(minutes=1), now + ends_in)
-
-
-@dataclass
-class FakeLedger:
-    """A ledger stand-in: answers every commit with ``outcome`` or raises ``error``.
-
-    When ``hold`` is set, each commit waits for it first. ``standing`` is what lookups find;
-    ``lost`` is what a commit whose reply was lost turns out to be.
-    """
-
-    outcome: CommitResult = CommitResult.COMMITTED
-    error: BaseException | None = None
-    hold: trio.Event | None = None
-    commits: list[Purchase] = field(default_factory=list)
-    standing: dict[str, Purchase] = field(default_factory=dict)
-    lost: CommitResult = CommitResult.ABSENT
-
-    async def commit(self, purchase: Purchase, deadline: float = math.inf) -> CommitOutcome:
-        self.commits.append(purchase)
-        if self.hold is not None:
-            await self.hold.wait()
-        if self.error is not None:
-            raise self.error
-        if self.outcome is CommitResult.DUPLICATE:
-            other = Purchase(uuid.uuid4(), purchase.sale_id, purchase.user_id, utc_now())
-            return CommitOutcome(self.outcome, other)
-        return CommitOutcome(self.outcome, purchase if self.outcome is CommitResult.COMMITTED
-                             else None)
-
-    async def find_purchase(self, sale_id: uuid.UUID, user_id: str,
-                            deadline: float = math.inf) -> Purchase | None:
-        return self.standing.get(user_id)
-
-    async def inquire(self, purchase: Purchase) -> CommitOutcome:
-        return CommitOutcome(self.lost, purchase if self.lost is CommitResult.COMMITTED
-                             else None)
-
-
-def fixed_loader(buyers: dict[str, str] | None = None):
-    """A gate loader reporting nothing sold and the given buyers."""
-    async def load(sale: Sale) -> LedgerState:
-        return LedgerState(sale.total_stock, 0, dict(buyers or {}))
-    return load
-
-
-async def nothing_sold(sale_id: uuid.UUID) -> Tally:
-    """A gate counter for a ledger that holds no purchase (of a stock it does not say)."""
-    return Tally(1, 0)
-
-
-@asynccontextmanager
-async def gate_for(settings, loader) -> AsyncIterator[StockGate]:
-    """A real stock gate on the test's Redis prefix, inside an asyncio bridge."""
-    config = on_defaults(settings).gate_config()
-    async with (
-        trio_asyncio.open_loop(),
-        open_stock_gate(config, loader=loader, counter=nothing_sold) as gate,
-    ):
-        yield gate
-
-
-def knobs(**overrides) -> SerializerConfig:
-    """Serializer settings with short waits, for tests."""
-    return replace(DEFAULTS, **{"wait_s": 0.5, "poll_s": 0.02, **overrides})
+from ..helpers import fetch, gate_state, make_sale, on_defaults, pg
+from .serializer_fakes import DEFAULTS, FakeLedger, a_sale, expect, fixed_loader, gate_for, knobs
 
 
 async def test_concurrent_purchases_of_one_user_get_one_success(settings):
@@ -214,100 +135,6 @@ async def test_a_holder_whose_purchase_committed_is_already_purchased_and_rememb
     assert (stats.known_buyers, stats.answered_from_memory) == (1, 1)
 
 
-async def test_ledger_failure_rolls_back_a_reservation_the_ledger_does_not_hold(settings):
-    """A commit that fails and that the ledger says never landed: unit back, 503 to the caller."""
-    sale, ledger = a_sale(stock=5), FakeLedger(error=BackendUnavailable("postgres"))
-    with trio.fail_after(10):
-        async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger, config=knobs()) as serializer:
-                for _ in range(2):  # a retry is not refused from memory
-                    with pytest.raises(BackendUnavailable):
-                        await serializer.purchase_unchecked(sale, "alice")
-                stats = serializer.statistics()
-    assert (stats.rolled_back, stats.known_buyers, stats.in_flight) == (2, 0, 0)
-    assert stats.lost_replies == 2
-    assert len(ledger.commits) == 2
-    assert gate_state(settings, sale) == (5, {})
-
-
-async def test_a_commit_whose_reply_was_lost_but_landed_is_a_success(settings):
-    """A commit that timed out but that the ledger holds is the user's purchase: never a 503."""
-    sale = a_sale(stock=5)
-    ledger = FakeLedger(error=BackendUnavailable("postgres"), lost=CommitResult.COMMITTED)
-    with trio.fail_after(10):
-        async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger, config=knobs()) as serializer:
-                bought = await serializer.purchase_unchecked(sale, "alice")
-                with pytest.raises(AlreadyPurchased):
-                    await serializer.purchase_unchecked(sale, "alice")
-    assert bought == ledger.commits[0]
-    assert gate_state(settings, sale) == (4, {"alice": str(bought.id)})
-
-
-async def test_a_commit_outside_the_window_returns_the_unit(settings):
-    """The ledger refusing a commit after the sale's end is SALE_NOT_ACTIVE, unit back."""
-    sale, ledger = a_sale(stock=5), FakeLedger(outcome=CommitResult.ENDED)
-    with trio.fail_after(10):
-        async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger, config=DEFAULTS) as serializer:
-                with pytest.raises(SaleNotActive) as caught:
-                    await serializer.purchase_unchecked(sale, "alice")
-    assert caught.value.started is True
-    assert gate_state(settings, sale) == (5, {})
-
-
-async def test_duplicate_outcome_rolls_back_with_restock(settings):
-    """A DUPLICATE from the ledger returns the unit, drops the buyer and says AlreadyPurchased."""
-    sale, ledger = a_sale(stock=5), FakeLedger(outcome=CommitResult.DUPLICATE)
-    with trio.fail_after(10):
-        async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger, config=DEFAULTS) as serializer:
-                with pytest.raises(AlreadyPurchased):
-                    await serializer.purchase_unchecked(sale, "alice")
-                with pytest.raises(AlreadyPurchased):
-                    await serializer.purchase_unchecked(sale, "alice")
-                stats = serializer.statistics()
-    assert (stats.rolled_back, stats.answered_from_memory) == (1, 1)
-    assert gate_state(settings, sale) == (5, {})
-
-
-async def test_no_stock_outcome_drops_the_buyer_without_restock(settings):
-    """A NO_STOCK from the ledger drops the reservation, keeps the unit off sale, says SoldOut."""
-    sale, ledger = a_sale(stock=5), FakeLedger(outcome=CommitResult.NO_STOCK)
-    with trio.fail_after(10):
-        async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger, config=DEFAULTS) as serializer:
-                with pytest.raises(SoldOut):
-                    await serializer.purchase_unchecked(sale, "alice")
-                stats = serializer.statistics()
-    assert (stats.rolled_back, stats.known_buyers) == (1, 0)
-    assert gate_state(settings, sale) == (4, {})
-
-
-async def test_rollback_that_cannot_reach_redis_is_logged_not_raised(settings, caplog):
-    """If the gate cannot take a unit back, the caller still gets the ledger's error."""
-    sale = a_sale(stock=5)
-    ledger = FakeLedger(error=BackendUnavailable("postgres"), hold=trio.Event())
-    with trio.fail_after(10):
-        async with gate_for(settings, fixed_loader()) as gate:
-            async with open_user_serializer(gate, ledger, config=knobs()) as serializer:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_expect, BackendUnavailable,
-                                       serializer.purchase_unchecked, sale, "alice")
-                    while not ledger.commits:
-                        await trio.sleep(0.01)
-                    _, buyers_key = gate_keys(settings, sale.id)
-                    redis_client(settings).set(buyers_key, "not a hash")  # RELEASE now fails
-                    ledger.hold.set()
-    assert "could not return a reservation" in caplog.text
-    assert serializer.statistics().rolled_back == 1
-
-
-async def _expect(error: type[BaseException], fn, *args) -> None:
-    with pytest.raises(error):
-        await fn(*args)
-
-
 async def test_max_in_flight_answers_overloaded(settings):
     """Past max_in_flight distinct purchases, a new one is refused Overloaded at once."""
     sale, ledger = a_sale(stock=5), FakeLedger(hold=trio.Event())
@@ -359,7 +186,7 @@ async def test_drain_deadline_fails_purchases_still_in_flight(settings):
         async with gate_for(settings, fixed_loader()) as gate, trio.open_nursery() as outer:
             async with open_user_serializer(gate, ledger,
                                             config=knobs(drain_timeout_s=0.1)) as serializer:
-                outer.start_soon(_expect, BackendUnavailable, serializer.purchase_unchecked,
+                outer.start_soon(expect, BackendUnavailable, serializer.purchase_unchecked,
                                  sale, "alice")
                 while not ledger.commits:
                     await trio.sleep(0.01)
