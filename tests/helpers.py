@@ -36,9 +36,6 @@ from flashflow.settings import Settings
 from loadtests import backends
 from loadtests.records import Record
 
-#: The fault tests' name of :func:`run_on_connection`, until they import it by that name.
-run_pg = run_on_connection
-
 
 async def pg(url: str, fn: Any, *args: Any) -> Any:
     """Like :func:`run_on_connection`, from trio code, in a worker thread."""

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from flashflow.cli import main
+from flashflow.http.wire import ADMIN_SALES
 from flashflow.settings import NOT_SETTINGS, PREFIX, Settings, env_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +54,7 @@ def test_sale_help_points_at_the_admin_api():
     """`flashflow sale --help` no longer claims sales are out of HTTP's reach."""
     text = " ".join(invoke("sale", "--help").output.split())
     assert "not reachable over HTTP" not in text
-    assert "/api/v1/admin/flash-sales" in text
+    assert ADMIN_SALES in text
 
 
 @pytest.mark.parametrize("name", ["seed", "migrate", "serve", "up", "token"])

@@ -21,11 +21,12 @@ from typing import Any
 import pytest
 import trio
 
+from flashflow.database import run_on_connection
 from flashflow.embedded import start_postgres, start_redis
 from flashflow.migrate import apply_migrations
 from flashflow.settings import Settings
 
-from ..helpers import ServerProcess, run_pg, spawn_server
+from ..helpers import ServerProcess, spawn_server
 from ..servers import Cluster, redis_cluster
 from .backends import Backends
 from .checks import figures_dir
@@ -47,7 +48,7 @@ def backends() -> Iterator[Backends]:
             raise
         owned = Backends(data_dir, postgres, redis_server)
         try:
-            run_pg(postgres.url, apply_migrations)
+            run_on_connection(postgres.url, apply_migrations)
             yield owned
         finally:
             owned.stop()

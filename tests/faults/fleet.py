@@ -10,6 +10,8 @@ import httpx
 import psutil
 import trio
 
+from flashflow.http.wire import READYZ
+
 from ..helpers import ServerProcess
 
 RETURNED_LOG_LINE = "returned a reservation that never committed"
@@ -61,7 +63,7 @@ async def wait_until_serving(base_url: str, timeout_s: float = 30.0, *,
         with trio.move_on_after(timeout_s):
             while True:
                 try:
-                    response = await client.get("/readyz")
+                    response = await client.get(READYZ)
                     last = response.status_code, response.text
                     held = response.json()["data"]["checks"]
                     if all(held[name] for name in checks):

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 import trio
 
+from flashflow.http.wire import CURRENT_PURCHASE, Reply, read_reply, read_reply_bytes
 from loadtests.records import PURCHASE as PURCHASE_KIND
 from loadtests.records import Record
-
-PURCHASE = "/api/v1/flash-sales/current/purchase"
 
 #: Outcome.status for a request that got no HTTP answer (refused, reset, closed).
 NO_ANSWER = 0
@@ -58,7 +55,7 @@ class Recorder:
         """POST one purchase for ``user`` and record what came back."""
         phase, started = self.phase, time.perf_counter()
         try:
-            response = await client.post(PURCHASE, json={"userId": user})
+            response = await client.post(CURRENT_PURCHASE, json={"userId": user})
         except httpx.TimeoutException:
             return self._record(user, phase, started, HUNG)
         except httpx.TransportError:
@@ -76,7 +73,7 @@ class Recorder:
         phase, started = self.phase, time.perf_counter()
         url = httpx.URL(base_url)
         body = json.dumps({"userId": user}).encode()
-        request = (f"POST {PURCHASE} HTTP/1.1\r\nHost: {url.host}\r\n"
+        request = (f"POST {CURRENT_PURCHASE} HTTP/1.1\r\nHost: {url.host}\r\n"
                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
                    "Connection: close\r\n\r\n").encode() + body
         received = bytearray()
@@ -102,39 +99,35 @@ class Recorder:
 
     def _record(self, user: str, phase: str, started: float, status: int,
                 content: bytes = b"", retry_after: str | None = None) -> Outcome:
-        code, purchase_id = None, None
-        with suppress(ValueError, KeyError, TypeError):
-            body = json.loads(content)
-            if status == 201:
-                code, purchase_id = "CONFIRMED", body["data"]["purchaseId"]
-            else:
-                code = body["error"]["code"]
-        outcome = Outcome(user, phase, status, code, purchase_id, retry_after,
+        return self._keep(user, phase, read_reply_bytes(status, content), retry_after,
                           time.perf_counter() - started, time.monotonic())
-        self.outcomes.append(outcome)
-        if purchase_id is not None:
-            self.winners.setdefault(user, purchase_id)
-        return outcome
 
     def add(self, phase: str, results: list[tuple[str, int, dict]]) -> None:
         """Record the results of ``tests.integration.test_stampede.stampede``."""
         recorded_at = time.monotonic()
         for user, status, body in results:
-            data, error = body.get("data") or {}, body.get("error") or {}
-            purchase_id = data.get("purchaseId") if status == 201 else None
-            self.outcomes.append(Outcome(user, phase, status,
-                                         "CONFIRMED" if status == 201 else error.get("code"),
-                                         purchase_id, None, 0.0, recorded_at))
-            if purchase_id is not None:
-                self.winners.setdefault(user, purchase_id)
+            self._keep(user, phase, read_reply(status, body), None, 0.0, recorded_at)
+
+    def _keep(self, user: str, phase: str, reply: Reply, retry_after: str | None,
+              seconds: float, answered_at: float) -> Outcome:
+        """Record one answer: a 201 as ``CONFIRMED`` with its purchase, else its error code."""
+        confirmed = reply.status == 201
+        outcome = Outcome(user, phase, reply.status,
+                          "CONFIRMED" if confirmed else reply.error_code,
+                          reply.purchase_id if confirmed else None, retry_after, seconds,
+                          answered_at)
+        self.outcomes.append(outcome)
+        if outcome.purchase_id is not None:
+            self.winners.setdefault(user, outcome.purchase_id)
+        return outcome
 
     def in_phase(self, *phases: str) -> list[Outcome]:
         """The attempts sent during any of ``phases``."""
         return [o for o in self.outcomes if o.phase in phases]
 
 
-async def purchase_status(client: httpx.AsyncClient, user: str) -> dict[str, Any]:
-    """The status read ``GET .../current/purchase?userId=`` (its ``data``)."""
-    response = await client.get(PURCHASE, params={"userId": user})
+async def purchase_status(client: httpx.AsyncClient, user: str) -> Reply:
+    """The status read ``GET .../current/purchase?userId=``."""
+    response = await client.get(CURRENT_PURCHASE, params={"userId": user})
     assert response.status_code == 200, (response.status_code, response.text)
-    return response.json()["data"]
+    return read_reply(response.status_code, response.json())

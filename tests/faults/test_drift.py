@@ -18,6 +18,7 @@ import trio
 
 from actors.keys import sale_keys
 from flashflow.embedded import start_redis
+from flashflow.http.wire import CURRENT, CURRENT_PURCHASE, METRICS, read_reply
 
 from ..helpers import make_sale
 from .checks import check_sale_after_faults, phase_figures
@@ -25,12 +26,11 @@ from .fleet import wait_until_serving
 from .load import open_clients, recover_and_sell_out
 from .recorder import Recorder
 
-CURRENT = "/api/v1/flash-sales/current"
-
 
 async def remaining(client: httpx.AsyncClient) -> int:
     """What ``GET /current`` says is left."""
-    return (await client.get(CURRENT)).json()["data"]["remainingStock"]
+    response = await client.get(CURRENT)
+    return read_reply(response.status_code, response.json()).remaining_stock
 
 
 async def healed(client: httpx.AsyncClient, r: redis.Redis, keys, want: int,
@@ -136,12 +136,11 @@ async def test_many_short_sales_keep_memory_flat(backends, fault_settings, launc
                 while (await client.get(CURRENT)).json().get("data", {}).get("id") != str(sale.id):
                     await trio.sleep(0.05)
             for i in range(10):
-                response = await client.post("/api/v1/flash-sales/current/purchase",
-                                             json={"userId": f"s{n}-u{i}"})
+                response = await client.post(CURRENT_PURCHASE, json={"userId": f"s{n}-u{i}"})
                 assert response.status_code in (201, 409, 503), response.text
             if n in (0, 99):
                 rss.append(process.memory_info().rss)
-        metrics = (await client.get("/metrics")).text
+        metrics = (await client.get(METRICS)).text
     figures["rss_first_mb"] = round(rss[0] / 2**20, 1)
     figures["rss_last_mb"] = round(rss[1] / 2**20, 1)
     remembered = next(float(line.split()[-1]) for line in metrics.splitlines()

@@ -12,6 +12,8 @@ import psutil
 import pytest
 import trio
 
+from flashflow.http.wire import CURRENT_EVENTS, CURRENT_PURCHASE
+
 from ..helpers import gate_state, make_sale, sale_row_locked
 from ..integration.test_stampede import stampede
 from .checks import check_sale_after_faults, phase_figures
@@ -118,7 +120,7 @@ async def test_sigterm_with_an_idle_keep_alive_connection_exits_promptly(fault_s
     server = await launch(settings)
     with trio.fail_after(settings.graceful_timeout_s + 20):
         async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
-            bought = await client.post("/api/v1/flash-sales/current/purchase",
+            bought = await client.post(CURRENT_PURCHASE,
                                        json={"userId": "keeps-alive"})
             assert bought.status_code == 201
             server.process.send_signal(signal.SIGTERM)
@@ -141,7 +143,7 @@ async def test_sigterm_with_open_event_streams_ends_them_and_exits_promptly(faul
     ended: list[float] = []
 
     async def watch(client: httpx.AsyncClient, started: trio.Event) -> None:
-        async with client.stream("GET", "/api/v1/flash-sales/current/events") as response:
+        async with client.stream("GET", CURRENT_EVENTS) as response:
             assert response.status_code == 200
             async for chunk in response.aiter_bytes():
                 if b"event: snapshot" in chunk:
@@ -227,7 +229,7 @@ async def test_a_second_sigterm_while_draining_kills_the_workers_at_once(fault_s
 
     async def press(client: httpx.AsyncClient) -> None:
         try:
-            answers.append((await client.post("/api/v1/flash-sales/current/purchase",
+            answers.append((await client.post(CURRENT_PURCHASE,
                                               json={"userId": "held-buyer"})).status_code)
         except httpx.HTTPError as exc:  # its worker was killed under it
             answers.append(type(exc).__name__)

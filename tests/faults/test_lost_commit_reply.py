@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 import pytest
 import trio
 
+from flashflow.http.wire import CURRENT, read_reply
+
 from ..helpers import make_sale
 from .checks import check_sale_after_faults, phase_figures
 from .fleet import reconciler_returns
@@ -113,9 +115,9 @@ class CommitReplyDropper:
 
 async def remaining_stock(client) -> int:
     """``remainingStock`` of ``GET /current``."""
-    response = await client.get("/api/v1/flash-sales/current")
+    response = await client.get(CURRENT)
     assert response.status_code == 200, response.text
-    return response.json()["data"]["remainingStock"]
+    return read_reply(response.status_code, response.json()).remaining_stock
 
 
 async def test_commit_whose_reply_was_lost_is_settled(backends, fault_settings, launch, figures):
@@ -193,17 +195,17 @@ async def test_commit_whose_reply_was_lost_is_settled(backends, fault_settings, 
     # status read agrees with the ledger, with the same purchase id.
     for user in during:
         status, row = statuses[user], fault_rows.get(user)
-        assert status["purchased"] == (row is not None), (user, told[user], status, row)
+        assert status.purchased == (row is not None), (user, told[user], status, row)
         if told[user].status == 201:
             assert row == told[user].purchase_id, (user, told[user], row)
         elif row is not None:
-            assert status["purchaseId"] == row, (user, status, row)
+            assert status.purchase_id == row, (user, status, row)
     # The lost replies were decided by asking the ledger: the commits count as sold.
     assert len(fault_rows) - BEFORE == sum(o.status == 201 for o in told.values()) + len(lost)
     # No unit sold twice: one row per user, never more rows than the stock.
     assert len(rows) <= STOCK
-    assert all(final_statuses[u]["purchased"]
-               and final_statuses[u]["purchaseId"] == rows[u] for u in rows)
+    assert all(final_statuses[u].purchased
+               and final_statuses[u].purchase_id == rows[u] for u in rows)
     assert len(rows) == BEFORE + DURING + LATER
     # No phantom unit, neither right after the fault nor once settled.
     assert remaining_at_end == STOCK - len(rows)

@@ -8,6 +8,8 @@ import httpx
 import pytest
 import trio
 
+from flashflow.http.wire import CURRENT, CURRENT_PURCHASE, read_reply
+
 from ..helpers import gate_state, make_sale
 from .checks import check_exact_end, latency_figures, phase_figures, redis_fault_bound_s
 from .fleet import wait_until_serving
@@ -17,7 +19,6 @@ from .stores import committed_rows
 
 pytestmark = pytest.mark.slow
 
-CURRENT = "/api/v1/flash-sales/current"
 STOCK = 400
 
 
@@ -47,7 +48,7 @@ async def remaining_stock(client: httpx.AsyncClient, refused: Counter) -> int:
     for _ in range(50):
         response = await client.get(CURRENT)
         if response.status_code != 503:
-            return response.json()["data"]["remainingStock"]
+            return read_reply(response.status_code, response.json()).remaining_stock
         refused[response.status_code] += 1
         await trio.sleep(0.05)
     raise AssertionError("GET /current still answers 503 after Redis is back")
@@ -138,7 +139,7 @@ async def test_no_503_once_redis_is_back_and_ready(backends, fault_settings, lau
                 await trio.to_thread.run_sync(backends.start_redis_empty)
                 await wait_until_serving(server.base_url)
                 await burst(60, CURRENT, reads)
-                await burst(60, f"{CURRENT}/purchase", buys, {"p": f"back{restart}"})
+                await burst(60, CURRENT_PURCHASE, buys, {"p": f"back{restart}"})
     figures.update(redis_restarts=3, reads_after_ready={str(k): v for k, v in reads.items()},
                    purchases_after_ready={str(k): v for k, v in buys.items()})
     assert reads[503] == 0 and buys[503] == 0, (reads, buys)

@@ -17,6 +17,8 @@ import httpx
 import pytest
 import trio
 
+from flashflow.http.wire import admin_end_path, admin_sale_path, sale_path
+
 from ..helpers import make_sale
 from .checks import check_sale_after_faults, phase_figures
 from .fleet import wait_until_serving
@@ -28,7 +30,6 @@ pytestmark = pytest.mark.slow
 
 TOKEN = "change-test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-ADMIN = "/api/v1/admin/flash-sales"
 USERS = 300
 #: The crowd's first presses are spread over this long.
 SPREAD_S = 4.0
@@ -40,7 +41,7 @@ def change_settings(fault_settings):
 
 
 async def total_on(client: httpx.AsyncClient, sale_id) -> int:
-    response = await client.get(f"/api/v1/flash-sales/{sale_id}")
+    response = await client.get(sale_path(sale_id))
     assert response.status_code == 200, response.text
     return response.json()["data"]["totalStock"]
 
@@ -86,7 +87,7 @@ async def test_the_stock_changed_just_before_the_opening(fault_settings, launch,
             assert await total_on(clients[1], sale.id) == 10  # B holds the sale as created
             await trio.sleep_until(trio.current_time() + max(
                 0.0, (opens_at - datetime.now(UTC)).total_seconds() - 3))
-            changed = await clients[0].patch(f"{ADMIN}/{sale.id}", headers=AUTH,
+            changed = await clients[0].patch(admin_sale_path(sale.id), headers=AUTH,
                                              json={"totalStock": new_total})
             assert changed.status_code == 200, changed.text
             held_s = await seconds_until(lambda: _holds(clients[1], sale.id, new_total))
@@ -136,7 +137,7 @@ async def test_the_sale_ended_during_the_stampede(fault_settings, launch, figure
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(crowd, recorder, clients, users)
                 await trio.sleep(SPREAD_S / 2)
-                ended = await clients[0].post(f"{ADMIN}/{sale.id}/end", headers=AUTH)
+                ended = await clients[0].post(admin_end_path(sale.id), headers=AUTH)
                 ended_at = time.monotonic()
                 assert ended.status_code == 200, ended.text
                 held_s = await seconds_until(lambda: _ended_on(clients[1], sale.id))
@@ -162,5 +163,5 @@ async def _holds(client: httpx.AsyncClient, sale_id, total: int) -> bool:
 
 
 async def _ended_on(client: httpx.AsyncClient, sale_id) -> bool:
-    response = await client.get(f"/api/v1/flash-sales/{sale_id}")
+    response = await client.get(sale_path(sale_id))
     return response.json()["data"]["status"] == "ended"

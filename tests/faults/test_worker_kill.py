@@ -13,6 +13,8 @@ import httpx
 import pytest
 import trio
 
+from flashflow.http.wire import CURRENT_PURCHASE
+
 from ..helpers import gate_state, make_sale, sale_row_locked
 from .checks import check_exact_end, phase_figures
 from .fleet import established, wait_until_serving, worker_pids
@@ -104,13 +106,12 @@ async def test_user_whose_orphaned_reservation_came_back_can_buy(fault_settings,
     settings = fault_settings
     sale = await make_sale(settings.database_url, stock=10)
     doomed, other = await launch(settings), await launch(settings)
-    purchase = "/api/v1/flash-sales/current/purchase"
     with trio.fail_after(60):
         async with open_clients(doomed, other) as (to_doomed, to_other):
             async with sale_row_locked(settings.database_url, sale.id):
                 async def doomed_purchase() -> None:
                     with suppress(httpx.TransportError):  # its server dies under it
-                        await to_doomed.post(purchase, json={"userId": "ursula"})
+                        await to_doomed.post(CURRENT_PURCHASE, json={"userId": "ursula"})
 
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(doomed_purchase)
@@ -119,11 +120,12 @@ async def test_user_whose_orphaned_reservation_came_back_can_buy(fault_settings,
                     os.kill(doomed.process.pid, signal.SIGKILL)
             # Her press waits while the orphaned hold is in doubt: it buys once the reconciler
             # returns the unit, or is told 503 if its wait runs out first; never 409.
-            first = await to_other.post(purchase, json={"userId": "ursula"})
+            first = await to_other.post(CURRENT_PURCHASE, json={"userId": "ursula"})
             await wait_for_gate_to_agree(
                 settings, sale, settings.reservation_grace_s + settings.reconcile_interval_s + 3)
-            again = await to_other.post(purchase, json={"userId": "ursula"})
-            status = (await to_other.get(purchase, params={"userId": "ursula"})).json()["data"]
+            again = await to_other.post(CURRENT_PURCHASE, json={"userId": "ursula"})
+            read = await to_other.get(CURRENT_PURCHASE, params={"userId": "ursula"})
+            status = read.json()["data"]
     figures.update(while_orphaned=first.json(), purchase_status=status, after_return=again.json())
     assert first.status_code in (201, 503), first.json()
     assert [first.status_code, again.status_code].count(201) == 1, (first.json(), again.json())

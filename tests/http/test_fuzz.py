@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from flashflow.database import execute, run_on_connection
-from flashflow.http.wire import HEALTHZ, OPENAPI
+from flashflow.http.wire import CURRENT_PURCHASE, HEALTHZ, OPENAPI
 from flashflow.tokens import mint
 
 from ..helpers import spawn_server
@@ -125,6 +125,5 @@ def test_no_input_makes_the_server_fail(fuzz_target, mode):
             assert mode is schemathesis.GenerationMode.NEGATIVE
             continue
         fuzzed.add(f"{operation.method.upper()} {operation.path}")
-    assert {"POST /api/v1/flash-sales/current/purchase",
-            "GET /api/v1/flash-sales/current/purchase"} <= fuzzed, fuzzed
+    assert {f"POST {CURRENT_PURCHASE}", f"GET {CURRENT_PURCHASE}"} <= fuzzed, fuzzed
     assert httpx.get(f"{fuzz_target.base_url}{HEALTHZ}", timeout=5).status_code == 200
