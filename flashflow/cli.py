@@ -212,11 +212,11 @@ def sale_watch(url: str, max_events: int | None, timeout_s: float | None) -> Non
     """Watch the current sale live: stock bar, purchases per second, status."""
     import httpx
 
-    from .watch import watch
+    from .watch import WatchError, watch
 
     try:
         watch(url, click.echo, max_events=max_events, timeout_s=timeout_s)
-    except (httpx.HTTPError, RuntimeError) as exc:
+    except (httpx.HTTPError, WatchError) as exc:
         raise click.ClickException(redact(f"{url}: {exc}")) from None
     except KeyboardInterrupt:
         pass

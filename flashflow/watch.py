@@ -3,32 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import httpx
+from httpx_sse import SSEError, connect_sse
 
 from .http.wire import CURRENT_EVENTS
 
 BAR_WIDTH = 30
-
-
-def sse_events(lines: Iterator[str]) -> Iterator[tuple[str, dict]]:
-    """Parse a text/event-stream into (event name, JSON data); comments are skipped."""
-    name, data = "message", []
-    for line in lines:
-        if line == "":
-            if data:
-                yield name, json.loads("\n".join(data))
-            name, data = "message", []
-        elif line.startswith(":"):
-            continue
-        elif line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
+#: How long to wait before taking a broken stream up again until the server says (``retry:``).
+DEFAULT_RETRY_S = 1.0
 
 
 @dataclass
@@ -77,23 +66,77 @@ class SaleView:
                 f"{self.per_second():.1f}/s  {state}")
 
 
+class WatchError(RuntimeError):
+    """The server answered something other than the sale's event stream."""
+
+
+def _refusal(response: httpx.Response) -> WatchError:
+    """What a non-stream answer says: the error envelope's message, or its status."""
+    try:
+        message = json.loads(response.read())["error"]["message"]
+    except (ValueError, TypeError, KeyError):
+        message = f"HTTP {response.status_code}"
+    return WatchError(message)
+
+
+@dataclass
+class _Resume:
+    """Where a broken stream is taken up again: after ``retry_s``, from ``last_id``."""
+
+    retry_s: float = DEFAULT_RETRY_S
+    last_id: str = ""
+
+
+def _connection(client: httpx.Client, resume: _Resume) -> Iterator[tuple[str, dict]]:
+    """The events of one connection, until it breaks, ends or a 5xx answers."""
+    headers = {"Last-Event-ID": resume.last_id} if resume.last_id else {}
+    try:
+        with connect_sse(client, "GET", CURRENT_EVENTS, headers=headers) as source:
+            if source.response.status_code != 200:
+                if source.response.status_code < 500:
+                    raise _refusal(source.response)
+                return
+            for event in source.iter_sse():
+                if event.retry is not None:
+                    resume.retry_s = event.retry / 1000
+                resume.last_id = event.id or resume.last_id
+                if not event.data:
+                    continue  # a heartbeat
+                try:
+                    data = json.loads(event.data)
+                except ValueError:
+                    raise WatchError(f"not a JSON event: {event.data[:80]!r}") from None
+                yield event.event, data
+    except (httpx.TransportError, SSEError):
+        return
+
+
 def watch(url: str, echo: Callable[[str], None], *, max_events: int | None = None,
-          timeout_s: float | None = None) -> int:
-    """Follow the sale at ``url`` and echo a line per change; return the events seen."""
-    view = SaleView()
-    seen = 0
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    with httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=20)) as client, \
-            client.stream("GET", CURRENT_EVENTS) as response:
-        if response.status_code != 200:
-            body = json.loads(response.read() or b"{}")
-            raise RuntimeError(body.get("error", {}).get("message", f"HTTP {response.status_code}"))
-        for event, data in sse_events(response.iter_lines()):
-            view.apply(event, data)
-            echo(view.render())
-            seen += 1
-            if max_events is not None and seen >= max_events:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                break
-    return seen
+          timeout_s: float | None = None, transport: httpx.BaseTransport | None = None,
+          sleep: Callable[[float], None] = time.sleep) -> int:
+    """Follow the sale at ``url`` and echo a line per change; return the events seen.
+
+    A stream that breaks or ends is taken up again after the server's ``retry:`` (1 s
+    until it says), with ``Last-Event-ID`` set to the last ``id:`` seen, as a browser's
+    EventSource does; a server that is briefly away (a restart, a 5xx) is waited for the
+    same way.
+
+    Raises:
+        WatchError: the server refused the stream (a 4xx) or sent an event that is not JSON.
+    """
+    view, resume, seen = SaleView(), _Resume(), 0
+    deadline = math.inf if timeout_s is None else time.monotonic() + timeout_s
+    with httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=20),
+                      transport=transport) as client:
+        while True:
+            with closing(_connection(client, resume)) as events:
+                for event, data in events:
+                    view.apply(event, data)
+                    echo(view.render())
+                    seen += 1
+                    if seen == max_events or time.monotonic() > deadline:
+                        return seen
+            if time.monotonic() + resume.retry_s > deadline:
+                return seen
+            echo(f"(no stream from {url}; trying again in {resume.retry_s:g} s)")
+            sleep(resume.retry_s)
