@@ -28,7 +28,8 @@ def single_errors() -> Iterator[None]:
     except BaseExceptionGroup as group:
         leaves = _leaves(group)
         if len(leaves) == 1 and not isinstance(leaves[0], trio.Cancelled):
-            raise leaves[0] from None
+            # Out of its group, with the cause it was raised from (what an operator reads).
+            raise leaves[0] from leaves[0].__cause__
         raise
 
 

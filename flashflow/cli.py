@@ -17,7 +17,8 @@ import asyncpg
 import click
 import trio
 
-from actors import ledger_sql
+from actors import ledger_sql, single_errors
+from actors.errors import BackendUnavailable
 from actors.model import Sale
 
 from .database import run_on_connection
@@ -326,9 +327,29 @@ def _serve(settings: Settings) -> None:
         if code:
             raise SystemExit(code)
         return
+    _run_server(settings, _announce)
+
+
+def _run_server(settings: Settings, on_ready: Callable[[list[str]], None],
+                binds: list[str] | None = None) -> None:
+    """Serve until signalled; a server that cannot start says why in one line, not a trace."""
     from .server import serve_until_signalled
 
-    trio.run(serve_until_signalled, settings, _announce)
+    try:
+        with single_errors():
+            trio.run(serve_until_signalled, settings, on_ready, binds)
+    except BackendUnavailable as exc:
+        raise click.ClickException(_start_failure(settings, exc)) from None
+
+
+def _start_failure(settings: Settings, exc: BackendUnavailable) -> str:
+    cause = exc.__cause__
+    where = (f"PostgreSQL at {settings.database_url}" if exc.backend == "postgres"
+             else f"Redis at {settings.redis_url}")
+    said = f"{type(cause).__name__}: {cause}" if cause is not None else exc.message
+    hint = (" (apply the migrations first: flashflow migrate)"
+            if isinstance(cause, asyncpg.UndefinedTableError) else "")
+    return redact(f"could not start: {where}: {said}{hint}")
 
 
 @main.command(hidden=True)
@@ -336,9 +357,7 @@ def _serve(settings: Settings) -> None:
 @click.pass_obj
 def worker(settings: Settings, fd: int) -> None:
     """One worker process on a socket handed down by the supervisor, on its settings."""
-    from .server import serve_until_signalled
-
-    trio.run(serve_until_signalled, settings, lambda binds: None, [f"fd://{fd}"])
+    _run_server(settings, lambda binds: None, [f"fd://{fd}"])
 
 
 if __name__ == "__main__":  # pragma: no cover

