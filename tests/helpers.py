@@ -192,17 +192,29 @@ class ServerProcess:
         return stop_process(self.process, signal.SIGTERM, timeout_s)
 
 
-def spawn_server(settings: Settings, log_dir: Path, *args: str,
-                 timeout_s: float = 30.0) -> ServerProcess:
+#: What makes a child process (and its workers) traced for coverage under ``make test``.
+COVERAGE_VARIABLES = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
+
+
+def spawn_server(settings: Settings, log_dir: Path, *args: str, timeout_s: float = 30.0,
+                 traced: bool = True) -> ServerProcess:
     """Start ``flashflow serve`` on ``settings`` (see :func:`server_env`) and a free loopback
-    port, and wait until /healthz answers."""
+    port, and wait until /healthz answers.
+
+    ``traced=False`` runs it outside coverage, for a test whose load would otherwise measure
+    the tracer rather than the server.
+    """
     from flashflow.embedded import free_port
 
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
     command = [sys.executable, "-m", "flashflow.cli", "serve", "--port", str(port), *args]
+    env = server_env(settings)
+    if not traced:
+        for name in COVERAGE_VARIABLES:
+            env.pop(name, None)
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=server_env(settings), stdout=log,
+        process = subprocess.Popen(command, env=env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + timeout_s

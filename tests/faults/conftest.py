@@ -95,8 +95,9 @@ async def launch(tmp_path: Path, request: pytest.FixtureRequest
     """
     started: list[ServerProcess] = []
 
-    async def go(settings: Settings, *args: str) -> ServerProcess:
-        server = await trio.to_thread.run_sync(partial(spawn_server, settings, tmp_path, *args))
+    async def go(settings: Settings, *args: str, traced: bool = True) -> ServerProcess:
+        server = await trio.to_thread.run_sync(partial(spawn_server, settings, tmp_path, *args,
+                                                       traced=traced))
         started.append(server)
         return server
 
