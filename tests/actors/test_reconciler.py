@@ -59,7 +59,9 @@ async def test_committed_purchase_missing_from_the_gate_is_recorded_again(settin
             # What a rollback after an ambiguous ledger failure leaves: row kept, unit back.
             await runtime.gate.release(sale.id, "lost-reply", bought.id, restock=True)
             stock_key, buyers_key = gate_keys(settings, sale.id)
-            assert redis_client(settings).get(stock_key) == "3"
+            # No look at the drifted gate here: a pass may already be repairing it. Had the
+            # release not returned the unit, there would be nothing to claim and this waits
+            # until the time runs out.
             while runtime.reconciler.statistics().claimed < 1:
                 await trio.sleep(0.05)
     r = redis_client(settings)
