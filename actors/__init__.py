@@ -22,8 +22,19 @@ from .errors import (
     Unauthorized,
 )
 from .feed_subscription import Subscription
+from .holds import Holds, HoldsConfig, open_holds
 from .ledger import CommitResult, Ledger, LedgerConfig, open_ledger
-from .model import LedgerState, Purchase, Sale, SaleStatus, Tally, utc_now
+from .model import (
+    BuyerStatus,
+    LedgerState,
+    Place,
+    Purchase,
+    Sale,
+    SaleStatus,
+    Standing,
+    Tally,
+    utc_now,
+)
 from .rate_limiter import LimiterConfig, RateLimiter, open_rate_limiter
 from .reconciler import Reconciler, open_reconciler
 from .stock_feed import FeedConfig, StockFeed, open_stock_feed
@@ -34,17 +45,21 @@ __all__ = [
     "AlreadyPurchased",
     "BackendUnavailable",
     "Backoff",
+    "BuyerStatus",
     "Catalog",
     "CommitResult",
     "FeedConfig",
     "FlashFlowError",
     "GateConfig",
+    "Holds",
+    "HoldsConfig",
     "InvalidInput",
     "Ledger",
     "LedgerConfig",
     "LedgerState",
     "LimiterConfig",
     "Overloaded",
+    "Place",
     "Purchase",
     "RateLimited",
     "RateLimiter",
@@ -56,6 +71,7 @@ __all__ = [
     "SaleStatus",
     "SerializerConfig",
     "SoldOut",
+    "Standing",
     "StockBelowSold",
     "StockFeed",
     "StockGate",
@@ -65,6 +81,7 @@ __all__ = [
     "UserSerializer",
     "open_asyncio_bridge",
     "open_catalog",
+    "open_holds",
     "open_ledger",
     "open_rate_limiter",
     "open_reconciler",

@@ -83,6 +83,47 @@ end
 return 1
 """
 
+# ARGV: channel, sale id, then old user, old purchase id, new user, new purchase id, ...
+# A hold ended in the ledger: its holder leaves the gate, and its unit goes to the new
+# holder the ledger gave it to (new user '' when nobody was waiting: the unit goes back on
+# sale). Both in one step, so the unit is never free in between. The new holder is written
+# pending, with the Redis time, so the reconciler checks it against the ledger like any
+# reservation. Applying the same handover twice changes nothing. Returns the stock, or -1
+# when the gate is not loaded (it will be built from the ledger).
+HANDOVER = """
+local stock = redis.call('GET', KEYS[1])
+if not stock then return -1 end
+stock = tonumber(stock)
+local start = stock
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+for i = 3, #ARGV, 4 do
+  local freed = 0
+  local held = redis.call('HGET', KEYS[2], ARGV[i])
+  if held and string.sub(held, 1, #ARGV[i + 1] + 1) == ARGV[i + 1] .. ':' then
+    redis.call('HDEL', KEYS[2], ARGV[i])
+    redis.call('ZREM', KEYS[3], ARGV[i])
+    freed = 1
+  end
+  if ARGV[i + 2] ~= '' then
+    local prev = redis.call('HGET', KEYS[2], ARGV[i + 2])
+    if not (prev and string.sub(prev, 1, #ARGV[i + 3] + 1) == ARGV[i + 3] .. ':') then
+      redis.call('HSET', KEYS[2], ARGV[i + 2], ARGV[i + 3] .. ':' .. ms)
+      redis.call('ZADD', KEYS[3], ms, ARGV[i + 2])
+      if not prev then
+        if freed == 1 then freed = 0 elseif stock > 0 then stock = stock - 1 end
+      end
+    end
+  end
+  stock = stock + freed
+end
+if stock ~= start then
+  redis.call('SET', KEYS[1], stock)
+  redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. stock)
+end
+return stock
+"""
+
 # KEYS: one staging hash. ARGV: user, holder value, ... One chunk of a gate rebuild; the
 # staging hash expires by itself if the rebuild never finishes.
 LOAD_CHUNK = """

@@ -7,6 +7,11 @@ asyncpg exception: drivers' errors are translated at the actor boundary.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import Place, Purchase
+
 
 class FlashFlowError(Exception):
     """Root of every error Flash Flow raises on purpose."""
@@ -102,6 +107,84 @@ class AlreadyPurchased(FlashFlowError):
         super().__init__(message)
 
 
+class PurchaseNotFound(FlashFlowError):
+    """Raised when a confirm or cancel names a purchase the sale does not hold."""
+
+    def __init__(self, message: str = "There is no such purchase in this sale.") -> None:
+        super().__init__(message)
+
+
+class HoldEnded(FlashFlowError):
+    """Raised when a confirm or cancel comes too late: the hold ended otherwise.
+
+    Build it with :meth:`of`, which picks the subclass of how it ended (the HTTP front maps
+    each to its own code).
+    """
+
+    standing = "ended"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+    @staticmethod
+    def of(standing: str) -> HoldEnded:
+        """The error for a hold that ended ``standing`` (lapsed, cancelled or confirmed)."""
+        kind = {"lapsed": HoldExpired, "cancelled": HoldCancelled,
+                "confirmed": HoldConfirmed}[str(standing)]
+        return kind()
+
+
+class HoldExpired(HoldEnded):
+    """The hold reached its end unpaid: its unit went back (final)."""
+
+    standing = "lapsed"
+
+    def __init__(self) -> None:
+        super().__init__("The hold expired before payment; its unit went back on sale.")
+
+
+class HoldCancelled(HoldEnded):
+    """The hold was cancelled: its unit went back (final)."""
+
+    standing = "cancelled"
+
+    def __init__(self) -> None:
+        super().__init__("The hold was cancelled; its unit went back on sale.")
+
+
+class HoldConfirmed(HoldEnded):
+    """A cancel came for a hold already paid for: the purchase stands."""
+
+    standing = "confirmed"
+
+    def __init__(self) -> None:
+        super().__init__("The purchase is confirmed; it can no longer be cancelled.")
+
+
+class StandingHold(FlashFlowError):
+    """Not an error: the user pressed again while holding a unit (answered 200 with it)."""
+
+    def __init__(self, purchase: Purchase) -> None:
+        super().__init__("You hold a unit of this sale.")
+        self.purchase = purchase
+
+
+class Waitlisted(FlashFlowError):
+    """Not an error: no unit is free but some may come back; the user has a place (202)."""
+
+    def __init__(self, place: Place) -> None:
+        super().__init__("You are in the waitlist.")
+        self.place = place
+
+
+class WaitlistOpen(FlashFlowError):
+    """Inside the purchase path: every unit is held or confirmed, some not yet paid, so the
+    press asks the ledger for a place in the waitlist."""
+
+    def __init__(self) -> None:
+        super().__init__("Every unit is held; the waitlist is open.")
+
+
 class Overloaded(FlashFlowError):
     """Raised when an actor's bounded inbox is full: the caller should retry shortly."""
 
@@ -162,17 +245,25 @@ __all__ = [
     "BackendUnavailable",
     "FlashFlowError",
     "Forbidden",
+    "HoldCancelled",
+    "HoldConfirmed",
+    "HoldEnded",
+    "HoldExpired",
     "InvalidInput",
     "LedgerUnreachable",
     "Overloaded",
+    "PurchaseNotFound",
     "RateLimited",
     "SaleNotActive",
     "SaleNotFound",
     "SaleStarted",
     "ShuttingDown",
     "SoldOut",
+    "StandingHold",
     "StockBelowSold",
     "Unauthorized",
     "Undecided",
     "UnsupportedMediaType",
+    "WaitlistOpen",
+    "Waitlisted",
 ]

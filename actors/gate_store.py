@@ -29,6 +29,7 @@ from ._batching import batches
 from ._nursery import open_actor_nursery
 from ._redis_scripts import (
     CLAIM,
+    HANDOVER,
     IN_DOUBT,
     LOAD_CHUNK,
     LOAD_FINISH,
@@ -82,6 +83,7 @@ class GateStore:
         self._claim = client.register_script(CLAIM)
         self._recount = client.register_script(RECOUNT)
         self._in_doubt = client.register_script(IN_DOUBT)
+        self._handover = client.register_script(HANDOVER)
 
     # -- the reserve call ---------------------------------------------------------------
 
@@ -212,6 +214,17 @@ class GateStore:
         """
         return bool(await self._script(self._release, sale_id,
                                        [user_id, str(purchase_id), "1" if restock else "0"]))
+
+    async def handover(self, sale_id: uuid.UUID,
+                       moves: list[tuple[str, str, str, str]]) -> int | None:
+        """Move ended holds' units to their new holders in one step.
+
+        Each move is (old user, old purchase id, new user, new purchase id), the new user ''
+        when the unit goes back on sale. Returns the stock after, None if not loaded.
+        """
+        stock = int(await self._script(self._handover, sale_id,
+                                       [item for move in moves for item in move]))
+        return None if stock < 0 else stock
 
     async def announce(self, sale_id: uuid.UUID) -> None:
         """Tell every process that the definition of ``sale_id`` changed (a change notice)."""

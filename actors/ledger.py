@@ -15,7 +15,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -151,10 +151,10 @@ class Ledger:
         return await self._query(ledger_sql.fetch_sales)
 
     async def create_sale(self, product_name: str, total_stock: int, start_time: datetime,
-                          end_time: datetime) -> Sale:
-        """Schedule a new sale and return it."""
+                          end_time: datetime, hold_seconds: int | None = None) -> Sale:
+        """Schedule a new sale (with ``hold_seconds``, a sale of holds) and return it."""
         return await self._query(ledger_sql.insert_sale, product_name, total_stock,
-                                 start_time, end_time)
+                                 start_time, end_time, hold_seconds)
 
     async def update_sale(self, sale_id: uuid.UUID, **changes: Any) -> Sale:
         """Change a sale not started yet; see :func:`ledger_sql.update_sale` for refusals."""
@@ -321,8 +321,16 @@ class Ledger:
             for request in requests:
                 request.reply.set(_outcome(request.purchase, result))
 
-    async def _query(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    async def call(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run ``fn(conn, *args)`` (an asyncio coroutine of SQL) on a pooled connection,
+        within the ledger's timeout.
+
+        Raises:
+            BackendUnavailable: PostgreSQL is down, too slow, or refused the statement.
+        """
         return await self._query_pool(ledger_sql.on_connection, fn, *args)
+
+    _query = call
 
     async def _query_pool(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         return await _aio.postgres_call(self._config.timeout_s, fn, self._pool, *args)
@@ -333,7 +341,9 @@ def _outcome(purchase: Purchase, result: ledger_sql.BatchResult) -> CommitOutcom
         return CommitOutcome(CommitResult.ENDED if result.closed.started
                              else CommitResult.NOT_STARTED, None)
     if purchase.id in result.committed:
-        return CommitOutcome(CommitResult.COMMITTED, purchase)
+        expires = result.expires.get(purchase.id)
+        return CommitOutcome(CommitResult.COMMITTED,
+                             purchase if expires is None else replace(purchase, expires_at=expires))
     if purchase.id in result.no_stock:
         return CommitOutcome(CommitResult.NO_STOCK, None)
     return CommitOutcome(CommitResult.DUPLICATE, result.existing.get(purchase.user_id))

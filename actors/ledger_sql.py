@@ -17,7 +17,9 @@ import asyncpg
 from .errors import InvalidInput, SaleNotActive, SaleNotFound, SaleStarted, StockBelowSold
 from .model import LedgerState, Purchase, Sale, Tally
 
-SALE_COLUMNS = "id, product_name, total_stock, start_time, end_time"
+SALE_COLUMNS = "id, product_name, total_stock, start_time, end_time, hold_seconds"
+#: A purchase row's columns, as :func:`purchase_from_row` reads them.
+PURCHASE_COLUMNS = "id, sale_id, user_id, purchased_at, expires_at, confirmed_at"
 
 
 def sale_from_row(row: Any) -> Sale:
@@ -28,7 +30,14 @@ def sale_from_row(row: Any) -> Sale:
         total_stock=row["total_stock"],
         start_time=row["start_time"],
         end_time=row["end_time"],
+        hold_seconds=row["hold_seconds"],
     )
+
+
+def purchase_from_row(row: Any) -> Purchase:
+    """Build a :class:`Purchase` from a ``purchases`` row (:data:`PURCHASE_COLUMNS`)."""
+    return Purchase(row["id"], row["sale_id"], row["user_id"], row["purchased_at"],
+                    row["expires_at"], row["confirmed_at"])
 
 
 def advisory_key(sale_id: uuid.UUID, user_id: str) -> int:
@@ -50,19 +59,20 @@ async def fetch_sale(conn: Any, sale_id: uuid.UUID) -> Sale | None:
 
 
 async def insert_sale(conn: Any, product_name: str, total_stock: int, start_time: datetime,
-                      end_time: datetime) -> Sale:
-    """Schedule a new sale and return it."""
+                      end_time: datetime, hold_seconds: int | None = None) -> Sale:
+    """Schedule a new sale and return it (with ``hold_seconds``, a sale of holds)."""
     row = await conn.fetchrow(
-        f"INSERT INTO flash_sales (product_name, total_stock, start_time, end_time) "
-        f"VALUES ($1, $2, $3, $4) RETURNING {SALE_COLUMNS}",
-        product_name, total_stock, start_time, end_time,
+        f"INSERT INTO flash_sales (product_name, total_stock, start_time, end_time, "
+        f"hold_seconds) VALUES ($1, $2, $3, $4, $5) RETURNING {SALE_COLUMNS}",
+        product_name, total_stock, start_time, end_time, hold_seconds,
     )
     return sale_from_row(row)
 
 
 async def update_sale(conn: Any, sale_id: uuid.UUID, *, product_name: str | None = None,
                       total_stock: int | None = None, start_time: datetime | None = None,
-                      end_time: datetime | None = None) -> Sale:
+                      end_time: datetime | None = None,
+                      hold_seconds: int | None = None) -> Sale:
     """Change a sale that has not started yet (by the database clock); None leaves a field.
 
     The row is locked for the check and the write, so no purchase commits in between.
@@ -88,8 +98,9 @@ async def update_sale(conn: Any, sale_id: uuid.UUID, *, product_name: str | None
         updated = await conn.fetchrow(
             "UPDATE flash_sales SET product_name = coalesce($2, product_name), "
             "total_stock = coalesce($3, total_stock), start_time = coalesce($4, start_time), "
-            f"end_time = coalesce($5, end_time) WHERE id = $1 RETURNING {SALE_COLUMNS}",
-            sale_id, product_name, total_stock, start_time, end_time,
+            "end_time = coalesce($5, end_time), hold_seconds = coalesce($6, hold_seconds) "
+            f"WHERE id = $1 RETURNING {SALE_COLUMNS}",
+            sale_id, product_name, total_stock, start_time, end_time, hold_seconds,
         )
     return sale_from_row(updated)
 
@@ -130,21 +141,32 @@ async def sold_count(conn: Any, sale_id: uuid.UUID) -> int:
     return (await tally(conn, sale_id)).sold
 
 
+#: A sale's tally in one statement: the held count and the line's length come from indexes
+#: that hold only unpaid holds and waiting places, empty in a sale without holds.
+TALLY = (
+    "SELECT total_stock, sold, "
+    "(SELECT count(*) FROM purchases p WHERE p.sale_id = f.id AND p.expires_at IS NOT NULL "
+    " AND p.confirmed_at IS NULL) AS held, "
+    "(SELECT count(*) FROM waitlist w WHERE w.sale_id = f.id AND w.offered_at IS NULL) "
+    " AS waiting "
+    "FROM flash_sales f WHERE id = $1")
+
+
 async def tally(conn: Any, sale_id: uuid.UUID) -> Tally:
     """A sale's stock and its committed units, read together (0 of 0 for an unknown sale)."""
-    row = await conn.fetchrow("SELECT total_stock, sold FROM flash_sales WHERE id = $1", sale_id)
-    return Tally(row["total_stock"], row["sold"]) if row else Tally(0, 0)
+    row = await conn.fetchrow(TALLY, sale_id)
+    return (Tally(row["total_stock"], row["sold"], row["held"], row["waiting"]) if row
+            else Tally(0, 0))
 
 
 async def find_purchases(conn: Any, sale_id: uuid.UUID, users: list[str]) -> dict[str, Purchase]:
     """The committed purchases of ``users`` in a sale, by user id (absent: none)."""
     rows = await conn.fetch(
-        "SELECT id, user_id, purchased_at FROM purchases "
+        f"SELECT {PURCHASE_COLUMNS} FROM purchases "
         "WHERE sale_id = $1 AND user_id = ANY($2::text[])",
         sale_id, users,
     )
-    return {r["user_id"]: Purchase(r["id"], sale_id, r["user_id"], r["purchased_at"])
-            for r in rows}
+    return {r["user_id"]: purchase_from_row(r) for r in rows}
 
 
 async def ledger_state(conn: Any, sale: Sale, page: int,
@@ -198,6 +220,7 @@ class BatchResult:
 
     Attributes:
         committed: ids of the purchases committed.
+        expires: when each committed hold lapses unless confirmed (absent: no hold).
         existing: the standing purchase of each other user that already had one.
         no_stock: ids refused because every unit was already committed.
         closed: the sale's window was closed at commit (None: it was open); nothing committed.
@@ -207,6 +230,7 @@ class BatchResult:
     existing: dict[str, Purchase] = field(default_factory=dict)
     no_stock: set[uuid.UUID] = field(default_factory=set)
     closed: WindowClosed | None = None
+    expires: dict[uuid.UUID, datetime] = field(default_factory=dict)
 
 
 class NotSent(Exception):
@@ -232,6 +256,13 @@ async def _lock(conn: Any, keys: list[int]) -> None:
         "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k", keys)
 
 
+INSERT_COLUMNS = "(id, sale_id, user_id, purchased_at, expires_at)"
+#: A new row's end of hold ($1 is the sale): the database clock plus the sale's window, or
+#: NULL in a sale without holds.
+HOLD_END = ("(SELECT clock_timestamp() + make_interval(secs => s.hold_seconds) "
+            "FROM flash_sales s WHERE s.id = $1)")
+
+
 async def write_batch(pool: Any, sale_id: uuid.UUID, purchases: list[Purchase]) -> BatchResult:
     """Commit a batch of purchases of one sale in one transaction (group commit).
 
@@ -249,11 +280,11 @@ async def write_batch(pool: Any, sale_id: uuid.UUID, purchases: list[Purchase]) 
                 async with conn.transaction():
                     await _lock(conn, keys)
                     rows = await conn.fetch(
-                        "INSERT INTO purchases (id, sale_id, user_id, purchased_at) "
-                        "SELECT p.id, $1, p.user_id, p.at "
+                        f"INSERT INTO purchases {INSERT_COLUMNS} "
+                        f"SELECT p.id, $1, p.user_id, p.at, {HOLD_END} "
                         "FROM unnest($2::uuid[], $3::text[], $4::timestamptz[]) "
                         "AS p(id, user_id, at) "
-                        "ON CONFLICT (sale_id, user_id) DO NOTHING RETURNING id",
+                        "ON CONFLICT (sale_id, user_id) DO NOTHING RETURNING id, expires_at",
                         sale_id,
                         [p.id for p in purchases],
                         [p.user_id for p in purchases],
@@ -261,7 +292,8 @@ async def write_batch(pool: Any, sale_id: uuid.UUID, purchases: list[Purchase]) 
                     )
                     committed = {r["id"] for r in rows}
                     existing = await _existing(conn, sale_id, purchases, committed)
-                return BatchResult(committed, existing)
+                return BatchResult(committed, existing,
+                                   expires=_expiries(rows))
             except asyncpg.CheckViolationError as exc:
                 if exc.constraint_name != STOCK_CONSTRAINT:
                     raise
@@ -299,21 +331,28 @@ async def _write_one_by_one(conn: Any, sale_id: uuid.UUID, purchases: list[Purch
                             keys: list[int]) -> BatchResult:
     committed: set[uuid.UUID] = set()
     no_stock: set[uuid.UUID] = set()
+    expires: dict[uuid.UUID, datetime] = {}
     async with conn.transaction():
         await _lock(conn, keys)
         for p in purchases:
             try:
                 async with conn.transaction():
-                    status = await conn.execute(
-                        "INSERT INTO purchases (id, sale_id, user_id, purchased_at) "
-                        "VALUES ($1, $2, $3, $4) ON CONFLICT (sale_id, user_id) DO NOTHING",
-                        p.id, sale_id, p.user_id, p.purchased_at,
+                    row = await conn.fetchrow(
+                        f"INSERT INTO purchases {INSERT_COLUMNS} "
+                        f"VALUES ($3, $1, $2, $4, {HOLD_END}) "
+                        "ON CONFLICT (sale_id, user_id) DO NOTHING RETURNING id, expires_at",
+                        sale_id, p.user_id, p.id, p.purchased_at,
                     )
-                if status.endswith(" 1"):
+                if row is not None:
                     committed.add(p.id)
+                    expires.update(_expiries([row]))
             except asyncpg.CheckViolationError as exc:
                 if exc.constraint_name != STOCK_CONSTRAINT:
                     raise
                 no_stock.add(p.id)
         existing = await _existing(conn, sale_id, purchases, committed | no_stock)
-    return BatchResult(committed, existing, no_stock)
+    return BatchResult(committed, existing, no_stock, expires=expires)
+
+
+def _expiries(rows: list[Any]) -> dict[uuid.UUID, datetime]:
+    return {r["id"]: r["expires_at"] for r in rows if r["expires_at"] is not None}

@@ -25,6 +25,13 @@ class Sale:
     total_stock: int
     start_time: datetime
     end_time: datetime
+    #: The payment window of a hold, for a sale that sells holds; None: a press buys outright.
+    hold_seconds: int | None = None
+
+    @property
+    def holds(self) -> bool:
+        """Whether a winning press is a hold that payment confirms."""
+        return self.hold_seconds is not None
 
     def status(self, now: datetime) -> SaleStatus:
         """Return the sale's status at ``now`` (the window is half-open: [start, end))."""
@@ -43,6 +50,53 @@ class Purchase:
     sale_id: uuid.UUID
     user_id: str
     purchased_at: datetime
+    #: When a hold lapses unless confirmed (database clock); None: bought outright.
+    expires_at: datetime | None = None
+    confirmed_at: datetime | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this is a hold still waiting for payment."""
+        return self.expires_at is not None and self.confirmed_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """A user's place in a sale's waitlist: ``position`` 1 is the next to be offered a unit.
+
+    ``closed`` says the waitlist closed (every unit confirmed, or the sale ended): no unit
+    will be offered.
+    """
+
+    sale_id: uuid.UUID
+    user_id: str
+    position: int
+    length: int
+    closed: bool = False
+
+
+class Standing(enum.StrEnum):
+    """Where a buyer stands in a sale with holds, as the status read reports it."""
+
+    HELD = "held"
+    CONFIRMED = "confirmed"
+    WAITLISTED = "waitlisted"
+    LAPSED = "lapsed"
+    CANCELLED = "cancelled"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class BuyerStatus:
+    """A buyer's standing in a sale: their purchase or hold, their place, or how it ended.
+
+    ``standing`` is None when the buyer has nothing in the sale.
+    """
+
+    standing: Standing | None
+    purchase: Purchase | None = None
+    place: Place | None = None
+    ended_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +109,24 @@ class Tally:
 
     total_stock: int
     sold: int
+    #: Of ``sold``, the holds not yet confirmed (0 in a sale without holds).
+    held: int = 0
+    #: Buyers waiting in the waitlist for a unit to come back.
+    waiting: int = 0
+
+    @property
+    def confirmed(self) -> int:
+        """The units sold for good: committed and, with holds, paid."""
+        return self.sold - self.held
 
     @property
     def sold_out(self) -> bool:
-        """Whether every unit is committed: final."""
+        """Whether every unit is confirmed: final."""
+        return self.confirmed >= self.total_stock
+
+    @property
+    def full(self) -> bool:
+        """Whether every unit is committed, held or confirmed: none is free in the ledger."""
         return self.sold >= self.total_stock
 
 
@@ -84,7 +152,8 @@ def pick_current(sales: list[Sale], now: datetime) -> Sale | None:
     return None
 
 
-__all__ = ["LedgerState", "Purchase", "Sale", "SaleStatus", "Tally", "pick_current"]
+__all__ = ["BuyerStatus", "LedgerState", "Place", "Purchase", "Sale", "SaleStatus", "Standing",
+           "Tally", "pick_current"]
 
 
 def utc_now() -> datetime:

@@ -167,6 +167,13 @@ class StockGate:
             self._queues.poke(sale_id)
         return released
 
+    async def handover(self, sale_id: uuid.UUID,
+                       moves: list[tuple[str, str, str, str]]) -> int | None:
+        """:meth:`GateStore.handover <actors.gate_store.GateStore.handover>`, then a look."""
+        stock = await self._store.handover(sale_id, moves)
+        self._queues.poke(sale_id)
+        return stock
+
     async def recount(self, sale_id: uuid.UUID, tally: Tally) -> tuple[int, int] | None:
         """:meth:`GateStore.recount <actors.gate_store.GateStore.recount>`; more stock: a look."""
         counts = await self._store.recount(sale_id, tally)

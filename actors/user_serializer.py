@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import trio
 
 from ._nursery import open_actor_nursery
 from ._slot import Slot
 from .backoff import Backoff
+from .buyer_memory import BuyerMemory
 from .catalog import Catalog
 from .errors import (
     AlreadyPurchased,
@@ -36,21 +36,20 @@ from .errors import (
     SaleNotActive,
     SaleNotFound,
     SoldOut,
+    StandingHold,
     Undecided,
+    WaitlistOpen,
 )
+from .holds import Holds
 from .ledger import CommitOutcome, CommitResult, Ledger
 from .lost_reservations import LostReservations
-from .model import Purchase, Sale, SaleStatus, utc_now
+from .model import BuyerStatus, Purchase, Sale, SaleStatus, Standing, utc_now
 from .rate_limiter import RateLimiter
 from .stock_gate import Seat, StockGate
 
 log = logging.getLogger(__name__)
 
 Key = tuple[uuid.UUID, str]
-
-#: How long memory of a sale is kept after it ends: past the end a purchase is refused by
-#: the window and a status read asks the ledger, so this only covers clocks a little apart.
-LINGER = timedelta(seconds=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +84,10 @@ class UserSerializer:
     def __init__(self, nursery: trio.Nursery, background: trio.Nursery, gate: StockGate,
                  ledger: Ledger, catalog: Catalog | None, limiter: RateLimiter | None,
                  config: SerializerConfig, clock: Callable[[], datetime],
-                 also_forget: tuple[Callable[[list[uuid.UUID]], None], ...] = ()) -> None:
+                 also_forget: tuple[Callable[[list[uuid.UUID]], None], ...] = (),
+                 holds: Holds | None = None) -> None:
         self._nursery = nursery
+        self._holds = holds
         self._also_forget = also_forget
         self._background = background
         self._gate = gate
@@ -98,14 +99,8 @@ class UserSerializer:
         self._ask_again = Backoff(initial_s=config.poll_s, max_s=config.poll_s)
         self._clock = clock
         self._in_flight: dict[Key, Slot[Purchase]] = {}
-        # sale id -> user -> (purchase id as an int, purchased at) of their committed
-        # purchase, as the ledger confirmed it. Plain values, which the garbage collector
-        # does not walk: kept as objects, a million buyers made every full collection
-        # slower as the sale filled (docs/performance.md, "A big sale").
-        self._buyers: dict[uuid.UUID, dict[str, tuple[int, datetime]]] = defaultdict(dict)
-        self._sales: dict[uuid.UUID, Sale] = {}
+        self._memory = BuyerMemory()
         self._coalesced = 0
-        self._from_memory = 0
         self._rolled_back = 0
         self._lost_replies = 0
         self._lost = LostReservations(gate, config.release_retry_s)
@@ -169,6 +164,24 @@ class UserSerializer:
             await self._limiter.check(user_id, address)
         return sale, await self._ledger.find_purchase(sale.id, user_id)
 
+    async def standing(self, user_id: str, sale_id: uuid.UUID | None = None, *,
+                       address: str | None = None) -> tuple[Sale, BuyerStatus]:
+        """Where the user stands in a sale with holds: hold, purchase, place, or how it ended.
+
+        Read from the ledger every time (a hold may lapse any moment), spending rate-limit
+        tokens (for ``address``) like a purchase.
+
+        Raises:
+            SaleNotFound, RateLimited, Overloaded, BackendUnavailable.
+        """
+        sale = self.sale(sale_id)
+        if self._holds is None or not sale.holds:
+            _, found = await self.status(user_id, sale.id, address=address)
+            return sale, BuyerStatus(None if found is None else Standing.CONFIRMED, found)
+        if self._limiter is not None and address is not None:
+            await self._limiter.check(user_id, address)
+        return sale, await self._holds.status(sale.id, user_id)
+
     # -- the purchase -----------------------------------------------------------------
 
     async def purchase_unchecked(self, sale: Sale, user_id: str,
@@ -179,9 +192,12 @@ class UserSerializer:
         this is the purchase itself, for a caller that checked them or means to skip them.
         The answer comes by ``deadline`` (trio time; by default the purchase wait from now).
 
+        In a sale with holds the purchase is a hold; a user who holds one already hears
+        ``StandingHold``, and one who finds every unit held gets a place (``Waitlisted``).
+
         Raises:
             AlreadyPurchased, SoldOut, SaleNotActive, Overloaded, Undecided,
-            BackendUnavailable.
+            BackendUnavailable, StandingHold, Waitlisted.
         """
         key = (sale.id, user_id)
         self.answer_from_memory(sale, user_id)
@@ -190,13 +206,15 @@ class UserSerializer:
             # A second press while the first is in flight: one 201 per user, so this one
             # hears the first one's refusal, or ALREADY_PURCHASED once it committed.
             self._coalesced += 1
-            await slot.wait()
+            first = await slot.wait()
+            if first.held:
+                raise StandingHold(first)
             raise AlreadyPurchased()
         if len(self._in_flight) >= self._config.max_in_flight:
             raise Overloaded("user_serializer")
         slot = Slot()
         self._in_flight[key] = slot
-        self._sales[sale.id] = sale
+        self._memory.serves(sale)
         if deadline is None:
             deadline = trio.current_time() + self._config.wait_s
         self._nursery.start_soon(self._run_purchase, sale, user_id, slot, deadline)
@@ -207,28 +225,23 @@ class UserSerializer:
 
         Does nothing when a trip to the gate is needed.
         """
-        if user_id in self._buyers.get(sale.id, ()):
-            self._from_memory += 1
-            raise AlreadyPurchased()
+        self._memory.answer(sale, user_id)
         self._gate.queues.answer_from_memory(sale, user_id)
 
     def known_purchase(self, sale_id: uuid.UUID, user_id: str) -> Purchase | None:
         """The user's purchase when this process knows it committed, else None (ask the ledger)."""
-        known = self._buyers.get(sale_id, {}).get(user_id)
-        if known is None:
-            return None
-        return Purchase(uuid.UUID(int=known[0]), sale_id, user_id, known[1])
+        return self._memory.known(sale_id, user_id)
 
     def statistics(self) -> SerializerStatistics:
         """Return a snapshot of the serializer's counters."""
         return SerializerStatistics(
             in_flight=len(self._in_flight),
             coalesced=self._coalesced,
-            known_buyers=sum(len(b) for b in self._buyers.values()),
-            answered_from_memory=self._from_memory,
+            known_buyers=self._memory.buyers,
+            answered_from_memory=self._memory.answered,
             rolled_back=self._rolled_back,
             lost_replies=self._lost_replies,
-            remembered_sales=len(self._buyers),
+            remembered_sales=self._memory.sales,
         )
 
     async def _run_purchase(self, sale: Sale, user_id: str, slot: Slot[Purchase],
@@ -249,6 +262,9 @@ class UserSerializer:
             purchase = Purchase(uuid.uuid4(), sale.id, user_id, self._clock())
             try:
                 answer = await self._gate.reserve(sale, user_id, purchase.id, deadline=deadline)
+            except WaitlistOpen:
+                await self._take_a_place(sale, user_id, deadline)
+                continue
             except (BackendUnavailable, Undecided):
                 # The reservation may have been made with its reply lost (here, or by the
                 # waiting queue): undo it as soon as Redis answers, so a retry can buy.
@@ -256,17 +272,21 @@ class UserSerializer:
                 self._lost.add(purchase)
                 raise
             if answer.seat is Seat.RESERVED:
-                return await self._commit(sale, purchase, deadline)
+                committed = await self._commit(sale, purchase, deadline)
+                if committed is not None:
+                    return committed
+                continue
             # The user holds a unit already: final only once the ledger has it.
             found = await self._ledger.find_purchase(sale.id, user_id, deadline)
             if found is not None:
-                self._remember(found)
-                raise AlreadyPurchased()
+                self._already(found)
             if trio.current_time() >= deadline:
                 raise Undecided()
             await trio.sleep(self._config.poll_s)
 
-    async def _commit(self, sale: Sale, purchase: Purchase, deadline: float) -> Purchase:
+    async def _commit(self, sale: Sale, purchase: Purchase, deadline: float) -> Purchase | None:
+        """Commit a reserved purchase; None when, with holds, a unit proved free after all
+        (the press tries the gate again)."""
         try:
             outcome = await self._ledger.commit(purchase, deadline)
         except (Overloaded, LedgerUnreachable):
@@ -278,17 +298,24 @@ class UserSerializer:
             outcome = await self._inquire(purchase, deadline)
         result = outcome.result
         if result is CommitResult.COMMITTED:
-            self._remember(purchase)
+            committed = outcome.purchase or purchase
+            self._remember(committed)
+            if committed.held and self._holds is not None:
+                self._holds.made(committed)
             self._gate.settle_soon(purchase.sale_id, purchase.user_id, purchase.id)
-            return purchase
+            return committed
         if result is CommitResult.DUPLICATE:
-            if outcome.purchase is not None:
-                self._remember(outcome.purchase)
             await self._roll_back(purchase, restock=True)
+            if outcome.purchase is not None:
+                self._already(outcome.purchase)
             raise AlreadyPurchased()
         if result is CommitResult.NO_STOCK:
-            # The stock constraint refused it: every unit is committed, for good.
+            # The stock constraint refused it: every unit is committed, for good (with
+            # holds: held or confirmed, and a place in the waitlist is the answer).
             await self._roll_back(purchase, restock=False)
+            if sale.holds:
+                await self._take_a_place(sale, purchase.user_id, deadline)
+                return None
             with suppress(BackendUnavailable), trio.move_on_at(deadline):
                 await self._gate.queues.learn_sold_out(sale)
             raise SoldOut()
@@ -310,9 +337,22 @@ class UserSerializer:
                     return await self._ledger.inquire(purchase)
         raise BackendUnavailable("postgres")
 
+    async def _take_a_place(self, sale: Sale, user_id: str, deadline: float) -> None:
+        """Every unit is held or confirmed: see :meth:`Holds.take_a_place
+        <actors.holds.Holds.take_a_place>`; returns when the press should try the gate again."""
+        if self._holds is None:
+            raise Undecided()
+        await self._holds.take_a_place(sale, user_id, deadline, self._config.poll_s)
+
+    def _already(self, found: Purchase) -> None:
+        """The user has a purchase already: their hold (200), or a final 409."""
+        if found.held:
+            raise StandingHold(found)
+        self._remember(found)
+        raise AlreadyPurchased()
+
     def _remember(self, purchase: Purchase) -> None:
-        self._buyers[purchase.sale_id][purchase.user_id] = (purchase.id.int,
-                                                             purchase.purchased_at)
+        self._memory.remember(purchase)
 
     async def _roll_back(self, purchase: Purchase, *, restock: bool) -> None:
         """Undo a reservation the ledger did not take; shielded so it is never half done."""
@@ -331,12 +371,7 @@ class UserSerializer:
 
     def forget_ended(self, now: datetime) -> list[uuid.UUID]:
         """Drop what is remembered of sales over for a while; return their ids."""
-        over = [sale_id for sale_id, sale in self._sales.items()
-                if sale.end_time + LINGER <= now
-                and not any(key[0] == sale_id for key in self._in_flight)]
-        for sale_id in over:
-            self._sales.pop(sale_id, None)
-            self._buyers.pop(sale_id, None)
+        over = self._memory.forget_ended(now, {sale_id for sale_id, _ in self._in_flight})
         self._gate.queues.forget(over)
         for forget in self._also_forget:
             forget(over)
@@ -356,6 +391,7 @@ async def open_user_serializer(gate: StockGate, ledger: Ledger, *,
                                config: SerializerConfig,
                                clock: Callable[[], datetime] = utc_now,
                                also_forget: tuple[Callable[[list[uuid.UUID]], None], ...] = (),
+                               holds: Holds | None = None,
                                ) -> AsyncIterator[UserSerializer]:
     """Open the serializer; on exit, purchases in flight get ``drain_timeout_s`` to finish.
 
@@ -367,7 +403,7 @@ async def open_user_serializer(gate: StockGate, ledger: Ledger, *,
         try:
             async with open_actor_nursery() as background:
                 serializer = UserSerializer(nursery, background, gate, ledger, catalog, limiter,
-                                            config, clock, also_forget)
+                                            config, clock, also_forget, holds)
                 background.start_soon(serializer.sweep)
                 background.start_soon(serializer._lost.run)
                 try:

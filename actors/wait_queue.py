@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import trio
 
 from ._nursery import open_actor_nursery
-from .errors import AlreadyPurchased, BackendUnavailable, SoldOut, Undecided
+from .errors import AlreadyPurchased, BackendUnavailable, SoldOut, Undecided, WaitlistOpen
 from .gate_messages import Reserve
 from .gate_store import GateStore, Loader
 from .model import Sale, Tally
@@ -151,9 +151,17 @@ class WaitQueues:
                 with suppress(BackendUnavailable):
                     if await self._serve_waiting(sale, queue):
                         continue
-                    if await self._sold_out_for_good(sale):
+                    tally = None if sale.id in self._sold_out else await self._counter(sale.id)
+                    if await self._sold_out_for_good(sale, tally):
                         for request in queue.waiting:
                             self._answer_final(sale.id, request)
+                        queue.waiting.clear()
+                        break
+                    if tally is not None and tally.full:
+                        # Every unit is held or confirmed, some not yet paid: with holds, a
+                        # unit may come back, and a place in the waitlist is the answer.
+                        for request in queue.waiting:
+                            request.reply.fail(WaitlistOpen())
                         queue.waiting.clear()
                         break
                 queue.wake = trio.Event()
@@ -185,15 +193,17 @@ class WaitQueues:
         queue.waiting.extendleft(reversed(empty))
         return answered > 0
 
-    async def _sold_out_for_good(self, sale: Sale) -> bool:
-        """Whether the ledger holds every unit; if so, remember the sale's buyers for good.
+    async def _sold_out_for_good(self, sale: Sale, tally: Tally | None = None) -> bool:
+        """Whether every unit is confirmed; if so, remember the sale's buyers for good.
+
+        ``tally`` is the ledger's, if the caller has just read it.
 
         The stock is the one PostgreSQL holds beside the count, never ``sale.total_stock``:
         this process's copy of the sale may predate an operator's change.
         """
         if sale.id in self._sold_out:
             return True
-        if not (await self._counter(sale.id)).sold_out:
+        if not (tally or await self._counter(sale.id)).sold_out:
             return False
         state = await self._loader(sale)
         if state.sold < state.total_stock:

@@ -65,6 +65,8 @@ def _sale_json(sale: Sale, sold: int | None = None) -> str:
     body = {"id": str(sale.id), "productName": sale.product_name, "totalStock": sale.total_stock,
             "startTime": sale.start_time.isoformat(), "endTime": sale.end_time.isoformat(),
             "status": sale.status(datetime.now(UTC)).value}
+    if sale.hold_seconds is not None:
+        body["holdSeconds"] = sale.hold_seconds
     if sold is not None:
         body["sold"] = sold
     return json.dumps(body)
@@ -161,9 +163,12 @@ def sale() -> None:
 @click.option("--stock", type=click.IntRange(0, 10_000_000), required=True)
 @click.option("--start", "start", required=True, help="ISO 8601 start time (UTC if no zone).")
 @click.option("--end", "end", required=True, help="ISO 8601 end time (UTC if no zone).")
+@click.option("--hold-seconds", type=click.IntRange(1, 86_400), default=None,
+              help="Sell holds: a winning press holds a unit this long, until the payment step "
+                   "confirms it; unpaid, it lapses and goes to the waitlist.")
 @click.pass_obj
 def sale_create(settings: Settings, database_url: str | None, product: str, stock: int,
-                start: str, end: str) -> None:
+                start: str, end: str, hold_seconds: int | None) -> None:
     """Schedule a sale."""
     starts, ends = _when(start), _when(end)
     if ends <= starts:
@@ -172,7 +177,7 @@ def sale_create(settings: Settings, database_url: str | None, product: str, stoc
         raise click.BadParameter("--product must have 1 to 200 characters")
     url = _ready(settings, DATABASE, database_url=database_url).database_url
     click.echo(_sale_json(_run_pg(url, ledger_sql.insert_sale, product.strip(), stock,
-                                  starts, ends)))
+                                  starts, ends, hold_seconds)))
 
 
 @sale.command("list")

@@ -19,6 +19,7 @@ from datetime import datetime
 
 from actors import (
     Catalog,
+    Holds,
     Ledger,
     RateLimiter,
     Reconciler,
@@ -28,6 +29,7 @@ from actors import (
     UserSerializer,
     open_asyncio_bridge,
     open_catalog,
+    open_holds,
     open_ledger,
     open_rate_limiter,
     open_reconciler,
@@ -56,6 +58,7 @@ class Runtime:
     feed: StockFeed
     reconciler: Reconciler
     limiter: RateLimiter | None
+    holds: Holds
 
 
 @asynccontextmanager
@@ -93,15 +96,16 @@ async def open_runtime(settings: Settings, *,
                        settings.limiter_config()) as limiter,
                 open_reconciler(gate, ledger, catalog, interval_s=settings.reconcile_interval_s,
                                 grace_s=settings.reservation_grace_s, clock=clock) as reconciler,
+                open_holds(ledger, gate, settings.holds_config()) as holds,
                 open_user_serializer(
                     gate, ledger, catalog=catalog, limiter=limiter,
                     config=settings.serializer_config(), clock=clock,
-                    also_forget=(feed.forget,),
+                    also_forget=(feed.forget,), holds=holds,
                 ) as serializer,
             ):
                 yield Runtime(settings=settings, ledger=ledger, catalog=catalog, gate=gate,
                               serializer=serializer, clock=clock, feed=feed,
-                              reconciler=reconciler, limiter=limiter)
+                              reconciler=reconciler, limiter=limiter, holds=holds)
 
 
 @asynccontextmanager

@@ -11,7 +11,14 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, Self
 
-from actors import FeedConfig, GateConfig, LedgerConfig, LimiterConfig, SerializerConfig
+from actors import (
+    FeedConfig,
+    GateConfig,
+    HoldsConfig,
+    LedgerConfig,
+    LimiterConfig,
+    SerializerConfig,
+)
 from actors.keys import KEY_PREFIX
 from actors.redis_url import parse_redis_url
 
@@ -189,6 +196,12 @@ class Settings:
     doubt_poll_s: float = 0.05
     purchase_wait_s: float = 6.0
     reconcile_interval_s: float = 5.0
+    #: How often each process looks for holds past their end (PostgreSQL lapses each once).
+    hold_sweep_s: float = 0.25
+    #: How long an ended hold may wait to reach the gate before any process tells it again.
+    hold_gate_retry_s: float = 5.0
+    #: How often the buyers' streams read their standing when nothing here changed it.
+    hold_watch_s: float = 1.0
     reservation_grace_s: float = 30.0
     retry_after_s: int = 1
     rate_limit_enabled: bool = True
@@ -324,6 +337,11 @@ class Settings:
             address_per_s=self.rate_address_per_s, address_burst=self.rate_address_burst,
             inbox_size=self.gate_inbox_size, batch_max=self.gate_batch_max,
             timeout_s=self.redis_timeout_s)
+
+    def holds_config(self) -> HoldsConfig:
+        """The holds actor's configuration."""
+        return HoldsConfig(sweep_s=self.hold_sweep_s, gate_retry_s=self.hold_gate_retry_s,
+                           watch_s=self.hold_watch_s)
 
     def serializer_config(self) -> SerializerConfig:
         """The purchase path's configuration."""

@@ -50,10 +50,12 @@ async def fetch(conn: Any, sql: str, *args: Any) -> list[Any]:
 async def make_sale(url: str, *, stock: int = 10, product: str = "Test Widget",
                     starts_in: timedelta = timedelta(minutes=-1),
                     lasts: timedelta = timedelta(hours=1),
-                    now: datetime | None = None) -> Sale:
-    """Schedule a sale relative to ``now`` (default: running now for an hour)."""
+                    now: datetime | None = None, hold_seconds: int | None = None) -> Sale:
+    """Schedule a sale relative to ``now`` (default: running now for an hour); with
+    ``hold_seconds``, a sale of holds."""
     start = (now or datetime.now(UTC)) + starts_in
-    return await pg(url, ledger_sql.insert_sale, product, stock, start, start + lasts)
+    return await pg(url, ledger_sql.insert_sale, product, stock, start, start + lasts,
+                    hold_seconds)
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict:

@@ -42,8 +42,8 @@ from .openapi import (
     refusal,
 )
 from .schema import SaleCreate, SaleEnvelope, SaleUpdate
-from .stock import current_stock
-from .wire import ADMIN_SALE, ADMIN_SALE_END, ADMIN_SALES, envelope, sale_body
+from .stock import sale_view
+from .wire import ADMIN_SALE, ADMIN_SALE_END, ADMIN_SALES, envelope
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,10 @@ ADMIN_SCHEME = {"admin": Bearer(scheme="bearer", description=(
 
 
 def require_admin(request: Request, settings: Settings,
-                  verifier: TokenVerifier | None = None) -> None:
-    """Let the request through only with the admin bearer token, or a JWT of ``ADMIN_SCOPE``.
+                  verifier: TokenVerifier | None = None, scopes: tuple[str, ...] = (ADMIN_SCOPE,),
+                  challenge: str = ADMIN_CHALLENGE) -> None:
+    """Let the request through only with the admin bearer token, or a JWT of ``scopes``
+    (one of them is enough).
 
     The JWT is checked by the buyers' ``verifier`` (the auth settings' key, issuer and
     audience); ``FLASHFLOW_ADMIN_TOKEN`` is compared in constant time.
@@ -78,11 +80,11 @@ def require_admin(request: Request, settings: Settings,
             return
         if verifier is not None and given.count(".") == 2:
             try:
-                if verifier.has_scope(given, ADMIN_SCOPE):
+                if any(verifier.has_scope(given, scope) for scope in scopes):
                     return
             except Unauthorized:
                 pass
-    raise Unauthorized("A valid admin bearer token is required.", challenge=ADMIN_CHALLENGE)
+    raise Unauthorized("A valid admin bearer token is required.", challenge=challenge)
 
 
 BAD_BODY = refusal({InvalidInput: "the sale id or the body is not valid."},
@@ -130,7 +132,7 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
         except BackendUnavailable:
             log.warning("could not announce a change to sale %s; other processes will see "
                         "it at their next refresh", sale.id)
-        sent = envelope(sale_body(sale, await current_stock(runtime, sale), runtime.clock()),
+        sent = envelope(await sale_view(runtime, sale, runtime.clock()),
                         status=status)
         sent.headers[errors.CORRELATION_HEADER] = correlation_id
         return sent
@@ -140,9 +142,9 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
     @answers(ok(201, SaleEnvelope, "The sale, created."), *REFUSALS, TOO_LARGE, UNSUPPORTED)
     async def create_sale(data: SaleCreate) -> Response:
         sale = await runtime.ledger.create_sale(data.productName, data.totalStock,
-                                                data.startTime, data.endTime)
+                                                data.startTime, data.endTime, data.holdSeconds)
         await runtime.gate.store.ensure_loaded(sale)
-        return await answer(sale, None, SaleCreate.model_fields, status=201)
+        return await answer(sale, None, data.model_dump(exclude_none=True), status=201)
 
     @admin.patch(ADMIN_SALE)
     @validate_request(SaleUpdate)
@@ -155,7 +157,8 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
         before = runtime.catalog.get(wanted)
         sale = await runtime.ledger.update_sale(
             wanted, product_name=data.productName,
-            total_stock=data.totalStock, start_time=data.startTime, end_time=data.endTime)
+            total_stock=data.totalStock, start_time=data.startTime, end_time=data.endTime,
+            hold_seconds=data.holdSeconds)
         # A gate loaded with the old stock is set to the new one now, not at the next pass.
         await runtime.reconciler.reconcile(sale)
         return await answer(sale, before, data.model_dump(exclude_none=True))

@@ -25,6 +25,7 @@ from .admin import ADMIN_SCHEME, install_admin
 from .auth import Asking, Auth
 from .cors import install_cors
 from .fast import EXTENSION, HotRoutes
+from .holds import PAYMENTS_SCHEME, install_holds
 from .metrics import install_metrics
 from .openapi import (
     BAD_REQUEST,
@@ -46,6 +47,7 @@ from .openapi import (
 from .page import install_page
 from .schema import (
     HealthEnvelope,
+    PlaceEnvelope,
     PurchaseEnvelope,
     PurchaseRequest,
     PurchaseStatusEnvelope,
@@ -58,7 +60,7 @@ from .schema import (
     validation_message,
 )
 from .sse import install_sse
-from .stock import current_stock
+from .stock import sale_view
 from .wire import (
     CURRENT,
     CURRENT_PURCHASE,
@@ -70,7 +72,7 @@ from .wire import (
     envelope,
     purchase_status_body,
     response,
-    sale_body,
+    standing_body,
 )
 
 
@@ -107,7 +109,8 @@ def create_app(runtime: Runtime) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     signed_in = auth.verifier is not None
-    install_schema(app, {**ADMIN_SCHEME, **(BEARER_SCHEME if signed_in else {})})
+    install_schema(app, {**ADMIN_SCHEME, **PAYMENTS_SCHEME,
+                         **(BEARER_SCHEME if signed_in else {})})
     # With a token key, a body or query may leave userId out: the token names the buyer.
     body_model = SignedInPurchaseRequest if signed_in else PurchaseRequest
     query_model = SignedInStatusQuery if signed_in else StatusQuery
@@ -121,7 +124,7 @@ def create_app(runtime: Runtime) -> QuartTrio:
     @answers(ok(200, SaleListEnvelope), UNAVAILABLE)
     async def list_sales() -> Response:
         now = runtime.clock()
-        return envelope([sale_body(sale, await current_stock(runtime, sale), now)
+        return envelope([await sale_view(runtime, sale, now)
                          for sale in runtime.catalog.recent(now)])
 
     # Each route below answers at /current and by id: one view, two rules; /current's
@@ -139,7 +142,12 @@ def create_app(runtime: Runtime) -> QuartTrio:
     @app.post(SALE_PURCHASE)
     @requires
     @document_request(body_model)
-    @answers(ok(201, PurchaseEnvelope), BAD_REQUEST, *signed_in_refusals, NOT_FOUND,
+    @answers(ok(201, PurchaseEnvelope),
+             ok(200, PurchaseEnvelope, "A sale with holds: the user holds a unit already; the "
+                                       "same hold."),
+             ok(202, PlaceEnvelope, "A sale with holds: every unit is held or confirmed, some "
+                                    "not yet paid; the user's place in the waitlist."),
+             BAD_REQUEST, *signed_in_refusals, NOT_FOUND,
              PURCHASE_CONFLICT, TOO_LARGE, UNSUPPORTED, RATE_LIMITED, UNAVAILABLE)
     async def purchase(sale_id: str | None) -> Response:
         return response(await hot.purchase(await request.get_data(cache=False),
@@ -154,10 +162,11 @@ def create_app(runtime: Runtime) -> QuartTrio:
     async def purchase_status(sale_id: str | None,
                               query_args: StatusQuery | SignedInStatusQuery) -> Response:
         asking = Asking.of(request)
-        _, found = await runtime.serializer.status(auth.identify(asking, query_args.userId),
-                                                   validation.sale_id(sale_id),
-                                                   address=auth.client_address(asking))
-        return envelope(purchase_status_body(found))
+        sale, status = await runtime.serializer.standing(
+            auth.identify(asking, query_args.userId), validation.sale_id(sale_id),
+            address=auth.client_address(asking))
+        return envelope(standing_body(status) if sale.holds
+                        else purchase_status_body(status.purchase))
 
     @app.get(HEALTHZ)
     @answers(ok(200, HealthEnvelope))
@@ -204,6 +213,7 @@ def create_app(runtime: Runtime) -> QuartTrio:
     app.extensions[EXTENSION] = hot
     install_cors(app, settings.cors_origins)
     install_sse(app, runtime)
+    install_holds(app, runtime, auth, requires=requires, refusals=signed_in_refusals)
     install_admin(app, runtime)
     install_page(app)
     return app

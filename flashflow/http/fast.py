@@ -12,20 +12,22 @@ Its answers are counted by the same recorder under the same route rules.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
-from actors import FlashFlowError, InvalidInput
+from actors import FlashFlowError, InvalidInput, Sale
+from actors.errors import StandingHold, Waitlisted
 
 from ..runtime import Runtime
 from . import errors, validation
 from .auth import Asking, Auth
 from .metrics import RequestMetrics, purchase_outcome
 from .schema import PurchaseRequest, SignedInPurchaseRequest, validation_message
-from .stock import current_stock
+from .stock import sale_view
 from .wire import (
     CURRENT,
     CURRENT_PURCHASE,
@@ -35,8 +37,8 @@ from .wire import (
     SALE_PURCHASE,
     Answer,
     answer,
+    place_body,
     purchase_body,
-    sale_body,
     sale_id_in,
 )
 
@@ -71,7 +73,7 @@ class HotRoutes:
         now = runtime.clock()
         try:
             sale = runtime.serializer.sale(validation.sale_id(raw_id))
-            return answer(sale_body(sale, await current_stock(runtime, sale), now))
+            return answer(await sale_view(runtime, sale, now))
         except FlashFlowError as exc:
             return errors.answer_for(exc, runtime.settings.retry_after_s)
 
@@ -91,9 +93,20 @@ class HotRoutes:
             bought, sale = await self.runtime.serializer.buy(auth.identify(asking, body.userId),
                                                              auth.client_address(asking),
                                                              validation.sale_id(raw_id))
+        except StandingHold as standing:
+            # Pressed again while holding: the same hold, and no second 201.
+            held = standing.purchase
+            return answer(purchase_body(held, self._sale_of(held.sale_id)), status=200)
+        except Waitlisted as waiting:
+            return answer(place_body(waiting.place, self._sale_of(waiting.place.sale_id)),
+                          status=202)
         except FlashFlowError as exc:
             return errors.answer_for(exc, retry_after_s)
         return answer(purchase_body(bought, sale), status=201)
+
+    def _sale_of(self, sale_id: uuid.UUID) -> Sale:
+        """The sale a press was for (the serializer found it: it exists)."""
+        return self.runtime.serializer.sale(sale_id)
 
 
 @dataclass(frozen=True, slots=True)

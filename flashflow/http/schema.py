@@ -69,6 +69,8 @@ ProductName = Annotated[
     }),
 ]
 Stock = Annotated[int, Field(strict=True, ge=0, le=validation.STOCK_MAX)]
+#: A hold's payment window, in seconds (a day at most).
+HoldSeconds = Annotated[int, Field(strict=True, ge=1, le=validation.HOLD_SECONDS_MAX)]
 #: ISO 8601 with a zone offset or ``Z``: a time without one would be a guess.
 Moment = Annotated[
     AwareDatetime, Field(description="ISO 8601 with an offset, e.g. 2030-01-01T10:00:00Z")]
@@ -87,6 +89,8 @@ class SaleCreate(BaseModel):
     totalStock: Stock
     startTime: Moment
     endTime: Moment
+    #: With it, a winning press is a hold that payment confirms within this many seconds.
+    holdSeconds: HoldSeconds | None = None
 
     @model_validator(mode="after")
     def window_in_order(self) -> Self:
@@ -102,11 +106,13 @@ class SaleUpdate(BaseModel):
     totalStock: Stock | None = None
     startTime: Moment | None = None
     endTime: Moment | None = None
+    holdSeconds: HoldSeconds | None = None
 
     @model_validator(mode="after")
     def something_to_change(self) -> Self:
         if all(value is None for _, value in self):
-            raise ValueError("Give at least one of productName, totalStock, startTime, endTime.")
+            raise ValueError("Give at least one of productName, totalStock, startTime, endTime, "
+                             "holdSeconds.")
         _check_window(self.startTime, self.endTime)
         return self
 
@@ -152,6 +158,7 @@ def sent(name: str, body: wire.Body) -> type[BaseModel]:
 SaleOut = sent("SaleOut", wire.SALE_BODY)
 PurchaseOut = sent("PurchaseOut", wire.PURCHASE_BODY)
 PurchaseStatusOut = sent("PurchaseStatusOut", wire.PURCHASE_STATUS_BODY)
+PlaceOut = sent("PlaceOut", wire.PLACE_BODY)
 
 
 class SaleEnvelope(BaseModel):
@@ -170,6 +177,12 @@ class PurchaseEnvelope(BaseModel):
     """``{"data": purchase}``."""
 
     data: PurchaseOut
+
+
+class PlaceEnvelope(BaseModel):
+    """``{"data": place}``."""
+
+    data: PlaceOut
 
 
 class PurchaseStatusEnvelope(BaseModel):

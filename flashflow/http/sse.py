@@ -38,6 +38,7 @@ from .openapi import (
     DocumentedAnswer,
     answers,
 )
+from .stock import hold_tally
 from .wire import (
     CURRENT_EVENTS,
     SALE_EVENTS,
@@ -52,6 +53,8 @@ HEADERS = {
     "X-Accel-Buffering": "no",
 }
 HEARTBEAT = b": heartbeat\n\n"
+#: How often a stream of a sale with holds reads where its units stand.
+HOLDS_LOOK_S = 1.0
 
 
 def frame(event: str, payload: dict[str, Any], event_id: int, *,
@@ -120,18 +123,24 @@ class EventStream:
             if remaining is None:  # the gate is not in Redis yet: load it from the ledger
                 remaining = await runtime.gate.store.remaining(sale)
             now = runtime.clock()
-            yield self._frame("snapshot", sale_body(sale, remaining, now))
+            tally = await hold_tally(runtime, sale)
+            yield self._frame("snapshot", sale_body(sale, remaining, now, tally))
             state = (sale.status(now), remaining == 0)
             beat_at = trio.current_time() + self._heartbeat_s
             while True:
                 value: int | None = None
-                with trio.move_on_at(min(beat_at, wake_at(sale, runtime.clock()))):
+                # With holds, units change hands without a stock change: look every second.
+                look_at = trio.current_time() + HOLDS_LOOK_S if sale.holds else math.inf
+                with trio.move_on_at(min(beat_at, wake_at(sale, runtime.clock()), look_at)):
                     value = await sub.next()
                 now = runtime.clock()
                 out: list[bytes] = []
-                if value is not None and value != remaining:
-                    remaining = value
-                    out.append(self._frame("stock", stock_event_body(sale, remaining, now)))
+                counted = await hold_tally(runtime, sale)
+                if (value is not None and value != remaining) or counted != tally:
+                    remaining = remaining if value is None else value
+                    tally = counted
+                    out.append(self._frame("stock",
+                                           stock_event_body(sale, remaining, now, tally)))
                 if (status := (sale.status(now), remaining == 0)) != state:
                     state = status
                     out.append(self._frame("status", status_event_body(sale, remaining, now)))

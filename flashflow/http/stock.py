@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from contextlib import suppress
+from datetime import datetime
+from typing import Any
 
-from actors import FlashFlowError, Sale
+from actors import FlashFlowError, Sale, Tally
 
 from ..runtime import Runtime
+from .wire import sale_body
 
 
 async def current_stock(runtime: Runtime, sale: Sale) -> int:
@@ -20,3 +23,14 @@ async def current_stock(runtime: Runtime, sale: Sale) -> int:
     if remaining is None:
         remaining = await runtime.gate.store.remaining(sale)
     return remaining
+
+
+async def hold_tally(runtime: Runtime, sale: Sale) -> Tally | None:
+    """A sale with holds: its units held, confirmed and waited for (None without holds)."""
+    return await runtime.holds.tally(sale.id) if sale.holds else None
+
+
+async def sale_view(runtime: Runtime, sale: Sale, now: datetime) -> dict[str, Any]:
+    """The sale's wire body: the stock left, and with holds where the other units stand."""
+    return sale_body(sale, await current_stock(runtime, sale), now,
+                     await hold_tally(runtime, sale))

@@ -18,6 +18,8 @@ USER_ID_MAX = 255
 #: The bounds of ``flash_sales``' columns (migration 0001), said before the database says them.
 PRODUCT_NAME_MAX = 200
 STOCK_MAX = 2**31 - 1
+#: The longest payment window a hold may have: a day (the column's check, migration 0003).
+HOLD_SECONDS_MAX = 86_400
 
 #: Unicode general categories a user id (or a product name) may not hold, and how a message
 #: names them.
@@ -98,6 +100,14 @@ def user_id_rule() -> str:
     return (f"{USER_ID_MIN} to {USER_ID_MAX} characters after trimming and NFC normalisation; "
             f"no character of the Unicode categories {categories}. The pattern names only the "
             "commonest of these characters; the server refuses them all.")
+
+
+def purchase_id(raw: str) -> uuid.UUID:
+    """The purchase id of a path, or InvalidInput (400) if not a UUID."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise InvalidInput("The purchase id must be a UUID.", field="purchaseId") from None
 
 
 def sale_id(raw: str | None) -> uuid.UUID | None:

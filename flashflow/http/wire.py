@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from quart import Response
 
 if TYPE_CHECKING:
-    from actors import Purchase, Sale
+    from actors import BuyerStatus, Place, Purchase, Sale, Tally
 
 __all__ = [
     "ADMIN_SALE",
@@ -29,11 +29,17 @@ __all__ = [
     "CURRENT",
     "CURRENT_EVENTS",
     "CURRENT_PURCHASE",
+    "CURRENT_PURCHASE_EVENTS",
     "HEALTHZ",
+    "HELD",
+    "HOLD_CANCEL",
+    "HOLD_CONFIRM",
     "JSON",
     "METRICS",
     "OPENAPI",
+    "PLACE_BODY",
     "PURCHASE_BODY",
+    "PURCHASE_ID",
     "PURCHASE_STATUS_BODY",
     "READYZ",
     "SALE",
@@ -42,6 +48,9 @@ __all__ = [
     "SALE_EVENTS",
     "SALE_ID",
     "SALE_PURCHASE",
+    "SALE_PURCHASE_EVENTS",
+    "STANDINGS",
+    "WAITLISTED",
     "Answer",
     "Body",
     "ErrorResponse",
@@ -49,12 +58,17 @@ __all__ = [
     "admin_end_path",
     "admin_sale_path",
     "answer",
+    "cancel_path",
+    "confirm_path",
     "envelope",
     "error_body",
     "events_path",
     "fill",
+    "hold_fields",
     "iso",
+    "place_body",
     "purchase_body",
+    "purchase_events_path",
     "purchase_path",
     "purchase_status_body",
     "read_reply",
@@ -63,6 +77,7 @@ __all__ = [
     "sale_body",
     "sale_id_in",
     "sale_path",
+    "standing_body",
     "status_event_body",
     "stock_event_body",
 ]
@@ -83,6 +98,14 @@ CURRENT_PURCHASE = f"{CURRENT}/purchase"
 SALE_PURCHASE = f"{SALE}/purchase"
 CURRENT_EVENTS = f"{CURRENT}/events"
 SALE_EVENTS = f"{SALE}/events"
+#: A buyer's own stream of their standing, in a sale with holds.
+CURRENT_PURCHASE_EVENTS = f"{CURRENT_PURCHASE}/events"
+SALE_PURCHASE_EVENTS = f"{SALE_PURCHASE}/events"
+#: The placeholder of a purchase's id in a route pattern.
+PURCHASE_ID = "<purchase_id>"
+#: The payment step's calls on one hold: confirm it (paid), or cancel it.
+HOLD_CONFIRM = f"{SALE}/purchases/{PURCHASE_ID}/confirm"
+HOLD_CANCEL = f"{SALE}/purchases/{PURCHASE_ID}/cancel"
 #: The admin API: create a sale (POST), change one (PATCH by id), end one.
 ADMIN_SALES = "/api/v1/admin/flash-sales"
 ADMIN_SALE = f"{ADMIN_SALES}/{SALE_ID}"
@@ -96,6 +119,21 @@ OPENAPI = "/openapi.json"
 def fill(pattern: str, sale_id: object) -> str:
     """The concrete path of ``pattern`` for one sale (a UUID, or any text a test sends)."""
     return pattern.replace(SALE_ID, str(sale_id))
+
+
+def confirm_path(sale_id: object, purchase_id: object) -> str:
+    """``POST`` to confirm one hold (the payment step)."""
+    return fill(HOLD_CONFIRM, sale_id).replace(PURCHASE_ID, str(purchase_id))
+
+
+def cancel_path(sale_id: object, purchase_id: object) -> str:
+    """``POST`` to cancel one hold (the payment step)."""
+    return fill(HOLD_CANCEL, sale_id).replace(PURCHASE_ID, str(purchase_id))
+
+
+def purchase_events_path(sale_id: object) -> str:
+    """A buyer's own stream in one sale."""
+    return fill(SALE_PURCHASE_EVENTS, sale_id)
 
 
 def sale_path(sale_id: object) -> str:
@@ -193,6 +231,13 @@ _COUNT = {"type": "integer"}
 _FLAG = {"type": "boolean"}
 #: What a confirmed purchase's ``status`` says.
 CONFIRMED = "confirmed"
+#: What a hold's ``status`` says: committed, waiting for payment until ``expiresAt``.
+HELD = "held"
+#: What a place in the waitlist says.
+WAITLISTED = "waitlisted"
+#: Every standing a buyer's status read may report in a sale with holds (the values of
+#: actors.Standing; a test holds them equal).
+STANDINGS = ["held", "confirmed", "waitlisted", "lapsed", "cancelled", "closed"]
 
 
 @dataclass(frozen=True)
@@ -224,33 +269,73 @@ SALE_BODY = Body("A sale as ``GET /current`` returns it.", {
     # The values of actors.SaleStatus (a test holds them equal).
     "status": {"type": "string", "enum": ["upcoming", "active", "ended"]},
     "serverTime": _MOMENT,
-})
-PURCHASE_BODY = Body("A confirmed purchase.", {
+    # A sale with holds only: its payment window, and its units by where they stand.
+    "holdSeconds": _COUNT,
+    "heldStock": _COUNT,
+    "confirmedStock": _COUNT,
+    "waitlistLength": _COUNT,
+}, optional=frozenset({"holdSeconds", "heldStock", "confirmedStock", "waitlistLength"}))
+PURCHASE_BODY = Body("A purchase: confirmed, or in a sale with holds a hold until expiresAt.", {
     "purchaseId": _ID,
     "userId": _TEXT,
     "productName": _TEXT,
-    "status": {"type": "string", "enum": [CONFIRMED]},
+    "status": {"type": "string", "enum": [CONFIRMED, HELD]},
     "purchasedAt": _MOMENT,
+    "expiresAt": _MOMENT,
+    "confirmedAt": _MOMENT,
+}, optional=frozenset({"expiresAt", "confirmedAt"}))
+PLACE_BODY = Body("A place in the waitlist: position 1 is offered the next unit that comes back.", {
+    "userId": _TEXT,
+    "productName": _TEXT,
+    "status": {"type": "string", "enum": [WAITLISTED]},
+    "position": _COUNT,
+    "waitlistLength": _COUNT,
 })
 PURCHASE_STATUS_BODY = Body(
-    "Whether a user holds a purchase in the sale; what, if so.",
-    {"purchased": _FLAG, "purchaseId": _ID, "purchasedAt": _MOMENT},
-    optional=frozenset({"purchaseId", "purchasedAt"}))
+    "Whether a user holds a purchase in the sale; what, if so. In a sale with holds, where "
+    "the user stands: ``purchased`` is true while they hold or own a unit.",
+    {"purchased": _FLAG, "purchaseId": _ID, "purchasedAt": _MOMENT,
+     "status": {"type": "string", "enum": STANDINGS}, "expiresAt": _MOMENT,
+     "position": _COUNT, "waitlistLength": _COUNT},
+    optional=frozenset({"purchaseId", "purchasedAt", "status", "expiresAt", "position",
+                        "waitlistLength"}))
 
 
-def sale_body(sale: Sale, remaining: int, now: datetime) -> dict[str, Any]:
-    """The wire form of a sale, as ``GET /current`` returns it."""
+def hold_fields(sale: Sale, tally: Tally | None) -> dict[str, Any]:
+    """What a sale with holds adds to its body and its events (nothing, without holds)."""
+    if tally is None or sale.hold_seconds is None:
+        return {}
+    return {"holdSeconds": sale.hold_seconds, "heldStock": tally.held,
+            "confirmedStock": tally.confirmed, "waitlistLength": tally.waiting}
+
+
+def sale_body(sale: Sale, remaining: int, now: datetime,
+              tally: Tally | None = None) -> dict[str, Any]:
+    """The wire form of a sale, as ``GET /current`` returns it (``tally``: with holds)."""
     return SALE_BODY.build(
         id=str(sale.id), productName=sale.product_name, totalStock=sale.total_stock,
         remainingStock=remaining, startTime=iso(sale.start_time), endTime=iso(sale.end_time),
-        status=sale.status(now).value, serverTime=iso(now))
+        status=sale.status(now).value, serverTime=iso(now), **hold_fields(sale, tally))
 
 
 def purchase_body(purchase: Purchase, sale: Sale) -> dict[str, Any]:
-    """The wire form of a confirmed purchase."""
+    """The wire form of a purchase: confirmed, or a hold with its end."""
+    more: dict[str, Any] = {}
+    if purchase.expires_at is not None:
+        more["expiresAt"] = iso(purchase.expires_at)
+    if purchase.confirmed_at is not None:
+        more["confirmedAt"] = iso(purchase.confirmed_at)
     return PURCHASE_BODY.build(
         purchaseId=str(purchase.id), userId=purchase.user_id, productName=sale.product_name,
-        status=CONFIRMED, purchasedAt=iso(purchase.purchased_at))
+        status=HELD if purchase.held else CONFIRMED, purchasedAt=iso(purchase.purchased_at),
+        **more)
+
+
+def place_body(place: Place, sale: Sale) -> dict[str, Any]:
+    """The wire form of a place in the waitlist (the 202 of a press)."""
+    return PLACE_BODY.build(userId=place.user_id, productName=sale.product_name,
+                            status=WAITLISTED, position=place.position,
+                            waitlistLength=place.length)
 
 
 def purchase_status_body(found: Purchase | None) -> dict[str, Any]:
@@ -261,9 +346,26 @@ def purchase_status_body(found: Purchase | None) -> dict[str, Any]:
                                       purchasedAt=iso(found.purchased_at))
 
 
-def stock_event_body(sale: Sale, remaining: int, now: datetime) -> dict[str, Any]:
-    """The payload of an SSE ``stock`` event."""
-    return {"saleId": str(sale.id), "remainingStock": remaining, "serverTime": iso(now)}
+def standing_body(status: BuyerStatus) -> dict[str, Any]:
+    """The wire form of ``GET .../purchase`` in a sale with holds: where the user stands."""
+    if status.standing is None:
+        return PURCHASE_STATUS_BODY.build(purchased=False)
+    more: dict[str, Any] = {"status": status.standing.value}
+    purchase = status.purchase
+    if purchase is not None:
+        more.update(purchaseId=str(purchase.id), purchasedAt=iso(purchase.purchased_at))
+        if purchase.held and purchase.expires_at is not None:
+            more["expiresAt"] = iso(purchase.expires_at)
+    if status.place is not None:
+        more.update(position=status.place.position, waitlistLength=status.place.length)
+    return PURCHASE_STATUS_BODY.build(purchased=purchase is not None, **more)
+
+
+def stock_event_body(sale: Sale, remaining: int, now: datetime,
+                     tally: Tally | None = None) -> dict[str, Any]:
+    """The payload of an SSE ``stock`` event (``tally``: with holds, where the units stand)."""
+    return {"saleId": str(sale.id), "remainingStock": remaining, "serverTime": iso(now),
+            **hold_fields(sale, tally)}
 
 
 def status_event_body(sale: Sale, remaining: int, now: datetime) -> dict[str, Any]:

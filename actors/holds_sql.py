@@ -1,0 +1,328 @@
+"""The SQL of holds and the waitlist, as plain asyncio coroutines over an asyncpg connection.
+
+PostgreSQL decides every step, so every process and host acts on one truth:
+
+- a confirm sets ``confirmed_at`` only if the commit lands before ``expires_at`` by the
+  database clock (the ``purchases_confirm_in_time`` trigger), and a lapse deletes only rows
+  past it that nobody is confirming (``FOR UPDATE SKIP LOCKED``): confirm xor lapse;
+- a lapse or cancel moves the hold to ``hold_endings`` and, in the same transaction, gives
+  its unit to the first waiting place as a new hold: a unit is never free while someone
+  waits;
+- a place is taken under the sale's row lock, the lock a lapse, a cancel and a commit also
+  take, so a place is only ever given while every unit is held or confirmed, and places
+  are numbered in the order they commit.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from .errors import HoldEnded, PurchaseNotFound
+from .ledger_sql import HOLD_END, INSERT_COLUMNS, PURCHASE_COLUMNS, purchase_from_row
+from .model import BuyerStatus, Place, Purchase, Standing
+
+#: The SQLSTATE of a confirm that would commit at or after its hold's end (migration 0003).
+HOLD_EXPIRED = "FFH01"
+
+#: The holds past their end that no confirm has locked: what a lapse may take.
+DUE = ("SELECT id FROM purchases WHERE sale_id = $1 AND expires_at <= clock_timestamp() "
+       "AND confirmed_at IS NULL ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED")
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """A hold that lapsed or was cancelled, and the hold its unit became, if anyone waited."""
+
+    sale_id: uuid.UUID
+    user_id: str
+    purchase_id: uuid.UUID
+    outcome: Standing
+    offer: Purchase | None = None
+
+
+class Joined(enum.Enum):
+    """Why a press got no place (see :class:`JoinOutcome`)."""
+
+    PLACED = "placed"
+    STANDING = "standing"
+    FREE = "free"
+    SOLD_OUT = "sold_out"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True, slots=True)
+class JoinOutcome:
+    """What asking for a place decided: a place, the user's own purchase, or why not.
+
+    ``FREE``: a unit is free in the ledger (a reservation in flight, a return not yet in the
+    gate), so the press should try the gate again. ``SOLD_OUT``: every unit is confirmed.
+    """
+
+    joined: Joined
+    place: Place | None = None
+    purchase: Purchase | None = None
+
+
+async def _lock_sale(conn: Any, sale_id: uuid.UUID) -> Any:
+    return await conn.fetchrow(
+        "SELECT total_stock, sold, end_time, clock_timestamp() >= end_time AS ended "
+        "FROM flash_sales WHERE id = $1 FOR UPDATE", sale_id)
+
+
+async def _held_count(conn: Any, sale_id: uuid.UUID) -> int:
+    return await conn.fetchval(
+        "SELECT count(*) FROM purchases WHERE sale_id = $1 AND expires_at IS NOT NULL "
+        "AND confirmed_at IS NULL", sale_id)
+
+
+async def _place(conn: Any, sale_id: uuid.UUID, user_id: str, place: int,
+                 closed: bool) -> Place:
+    row = await conn.fetchrow(
+        "SELECT count(*) FILTER (WHERE place <= $2) AS position, count(*) AS length "
+        "FROM waitlist WHERE sale_id = $1 AND offered_at IS NULL", sale_id, place)
+    return Place(sale_id, user_id, row["position"], row["length"], closed)
+
+
+async def join_waitlist(conn: Any, sale_id: uuid.UUID, user_id: str) -> JoinOutcome:
+    """Give ``user_id`` a place in the sale's waitlist, if every unit is held or confirmed.
+
+    A user keeps one place: asking again answers the same one. A user whose earlier place
+    was offered a unit gets a new place at the back.
+    """
+    async with conn.transaction():
+        sale = await _lock_sale(conn, sale_id)
+        if sale is None or sale["ended"]:
+            return JoinOutcome(Joined.ENDED)
+        row = await conn.fetchrow(
+            f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE sale_id = $1 AND user_id = $2",
+            sale_id, user_id)
+        if row is not None:
+            return JoinOutcome(Joined.STANDING, purchase=purchase_from_row(row))
+        held = await _held_count(conn, sale_id)
+        if sale["sold"] - held >= sale["total_stock"]:
+            return JoinOutcome(Joined.SOLD_OUT)
+        if sale["sold"] < sale["total_stock"]:
+            return JoinOutcome(Joined.FREE)
+        place = await conn.fetchval(
+            "INSERT INTO waitlist (sale_id, user_id, place) "
+            "VALUES ($1, $2, nextval('waitlist_places')) "
+            "ON CONFLICT (sale_id, user_id) DO UPDATE SET place = CASE "
+            "  WHEN waitlist.offered_at IS NULL THEN waitlist.place "
+            "  ELSE nextval('waitlist_places') END, "
+            " offered_at = NULL, purchase_id = NULL, "
+            " joined_at = CASE WHEN waitlist.offered_at IS NULL THEN waitlist.joined_at "
+            "  ELSE clock_timestamp() END "
+            "RETURNING place", sale_id, user_id)
+        return JoinOutcome(Joined.PLACED, place=await _place(conn, sale_id, user_id, place,
+                                                             False))
+
+
+async def _offer(conn: Any, sale_id: uuid.UUID, units: int) -> list[Purchase]:
+    """Give up to ``units`` new holds to the first waiting places, in order (the sale locked).
+
+    A place whose user already has a purchase (they pressed on another server meanwhile) is
+    passed over, marked offered: nobody holds two units.
+    """
+    offers: list[Purchase] = []
+    while len(offers) < units:
+        waiting = await conn.fetch(
+            "SELECT user_id FROM waitlist WHERE sale_id = $1 AND offered_at IS NULL "
+            "ORDER BY place LIMIT $2 FOR UPDATE", sale_id, units - len(offers))
+        if not waiting:
+            break
+        for place in waiting:
+            row = await conn.fetchrow(
+                f"INSERT INTO purchases {INSERT_COLUMNS} "
+                f"VALUES ($3, $1, $2, clock_timestamp(), {HOLD_END}) "
+                f"ON CONFLICT (sale_id, user_id) DO NOTHING RETURNING {PURCHASE_COLUMNS}",
+                sale_id, place["user_id"], uuid.uuid4())
+            await conn.execute(
+                "UPDATE waitlist SET offered_at = clock_timestamp(), purchase_id = $3 "
+                "WHERE sale_id = $1 AND user_id = $2",
+                sale_id, place["user_id"], row["id"] if row else None)
+            if row is not None:
+                offers.append(purchase_from_row(row))
+    return offers
+
+
+async def _end(conn: Any, sale_id: uuid.UUID, rows: list[Any], outcome: Standing,
+               open_line: bool) -> list[Ending]:
+    """Record ended holds (``rows``, deleted) and pass their units on to the waitlist."""
+    if not rows:
+        return []
+    offers = await _offer(conn, sale_id, len(rows)) if open_line else []
+    endings = []
+    for i, row in enumerate(rows):
+        offer = offers[i] if i < len(offers) else None
+        endings.append(Ending(sale_id, row["user_id"], row["id"], outcome, offer))
+    await conn.execute(
+        "INSERT INTO hold_endings (purchase_id, sale_id, user_id, outcome, expires_at, "
+        "offered_to, offered_user) "
+        "SELECT e.id, $1, e.user_id, $2, e.expires_at, e.offered_to, e.offered_user "
+        "FROM unnest($3::uuid[], $4::text[], $5::timestamptz[], $6::uuid[], $7::text[]) "
+        "AS e(id, user_id, expires_at, offered_to, offered_user)",
+        sale_id, outcome.value, [r["id"] for r in rows], [r["user_id"] for r in rows],
+        [r["expires_at"] for r in rows],
+        [e.offer.id if e.offer else None for e in endings],
+        [e.offer.user_id if e.offer else None for e in endings])
+    return endings
+
+
+async def due_sales(conn: Any) -> list[uuid.UUID]:
+    """The sales with at least one hold past its end, by the database clock."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT sale_id FROM purchases WHERE expires_at <= clock_timestamp() "
+        "AND confirmed_at IS NULL")
+    return [r["sale_id"] for r in rows]
+
+
+async def lapse_due(conn: Any, sale_id: uuid.UUID, limit: int) -> list[Ending]:
+    """Lapse up to ``limit`` holds of one sale past their end, in one transaction.
+
+    Each lapses once, whichever process asks: a hold is deleted under its row lock, and one
+    that a confirm holds locked is skipped (if the confirm fails, the next pass takes it).
+    """
+    async with conn.transaction():
+        sale = await _lock_sale(conn, sale_id)
+        if sale is None:
+            return []
+        rows = await conn.fetch(
+            f"DELETE FROM purchases WHERE id IN ({DUE}) RETURNING id, user_id, expires_at",
+            sale_id, limit)
+        return await _end(conn, sale_id, list(rows), Standing.LAPSED, not sale["ended"])
+
+
+async def confirm(conn: Any, sale_id: uuid.UUID, purchase_id: uuid.UUID) -> Purchase:
+    """Confirm a hold; a purchase already confirmed answers the same (idempotent).
+
+    Raises:
+        HoldEnded: the hold lapsed (or would commit past its end), or was cancelled.
+        PurchaseNotFound: the sale holds no such purchase.
+    """
+    try:
+        async with conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE purchases SET confirmed_at = clock_timestamp() WHERE id = $2 "
+                "AND sale_id = $1 AND expires_at IS NOT NULL AND confirmed_at IS NULL "
+                f"RETURNING {PURCHASE_COLUMNS}", sale_id, purchase_id)
+            if row is None:
+                row = await conn.fetchrow(
+                    f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE id = $2 AND sale_id = $1",
+                    sale_id, purchase_id)
+    except asyncpg.PostgresError as exc:
+        if getattr(exc, "sqlstate", None) == HOLD_EXPIRED:
+            raise HoldEnded.of(Standing.LAPSED) from None
+        raise
+    if row is not None:
+        return purchase_from_row(row)
+    raise await _ended_or_unknown(conn, sale_id, purchase_id)
+
+
+async def cancel(conn: Any, sale_id: uuid.UUID, purchase_id: uuid.UUID,
+                 user_id: str | None = None) -> Ending:
+    """Cancel a hold (of ``user_id``, when given): its unit returns at once, to the waitlist
+    first. Cancelling a cancelled hold answers the same.
+
+    Raises:
+        HoldEnded: the hold lapsed, or was confirmed (``Standing.CONFIRMED``).
+        PurchaseNotFound: the sale holds no such purchase (of that user).
+    """
+    async with conn.transaction():
+        sale = await _lock_sale(conn, sale_id)
+        rows = await conn.fetch(
+            "DELETE FROM purchases WHERE id = $2 AND sale_id = $1 AND expires_at IS NOT NULL "
+            "AND confirmed_at IS NULL AND ($3::text IS NULL OR user_id = $3) "
+            "RETURNING id, user_id, expires_at", sale_id, purchase_id, user_id)
+        if rows:
+            return (await _end(conn, sale_id, list(rows), Standing.CANCELLED,
+                               sale is not None and not sale["ended"]))[0]
+        row = await conn.fetchrow(
+            "SELECT user_id, confirmed_at IS NOT NULL OR expires_at IS NULL AS confirmed "
+            "FROM purchases WHERE id = $2 AND sale_id = $1", sale_id, purchase_id)
+    if row is not None and (user_id is None or row["user_id"] == user_id):
+        raise HoldEnded.of(Standing.CONFIRMED)
+    error = await _ended_or_unknown(conn, sale_id, purchase_id, user_id)
+    if isinstance(error, HoldEnded) and error.standing == Standing.CANCELLED:
+        return Ending(sale_id, user_id or "", purchase_id, Standing.CANCELLED)
+    raise error
+
+
+async def _ended_or_unknown(conn: Any, sale_id: uuid.UUID, purchase_id: uuid.UUID,
+                            user_id: str | None = None) -> Exception:
+    ended = await conn.fetchrow(
+        "SELECT outcome, user_id FROM hold_endings WHERE purchase_id = $2 AND sale_id = $1",
+        sale_id, purchase_id)
+    if ended is None or (user_id is not None and ended["user_id"] != user_id):
+        return PurchaseNotFound()
+    return HoldEnded.of(ended["outcome"])
+
+
+async def buyer_statuses(conn: Any, sale_id: uuid.UUID,
+                         users: list[str]) -> dict[str, BuyerStatus]:
+    """Where each of ``users`` stands in a sale, read in one snapshot.
+
+    A purchase or hold comes first, then a waiting place (closed once every unit is
+    confirmed or the sale ended), then how the user's last hold ended; else nothing.
+    """
+    found: dict[str, BuyerStatus] = {}
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        sale = await conn.fetchrow(
+            "SELECT total_stock, sold, clock_timestamp() >= end_time AS ended "
+            "FROM flash_sales WHERE id = $1", sale_id)
+        if sale is None:
+            return {u: BuyerStatus(None) for u in users}
+        for row in await conn.fetch(
+                f"SELECT {PURCHASE_COLUMNS} FROM purchases "
+                "WHERE sale_id = $1 AND user_id = ANY($2::text[])", sale_id, users):
+            purchase = purchase_from_row(row)
+            found[purchase.user_id] = BuyerStatus(
+                Standing.HELD if purchase.held else Standing.CONFIRMED, purchase)
+        rest = [u for u in users if u not in found]
+        if rest:
+            closed = (sale["ended"] or sale["sold"] - await _held_count(conn, sale_id)
+                      >= sale["total_stock"])
+            for row in await conn.fetch(
+                    "SELECT user_id, place FROM waitlist WHERE sale_id = $1 "
+                    "AND user_id = ANY($2::text[]) AND offered_at IS NULL", sale_id, rest):
+                place = await _place(conn, sale_id, row["user_id"], row["place"], closed)
+                found[row["user_id"]] = BuyerStatus(
+                    Standing.CLOSED if closed else Standing.WAITLISTED, place=place)
+        rest = [u for u in users if u not in found]
+        if rest:
+            for row in await conn.fetch(
+                    "SELECT DISTINCT ON (user_id) user_id, outcome, ended_at FROM hold_endings "
+                    "WHERE sale_id = $1 AND user_id = ANY($2::text[]) "
+                    "ORDER BY user_id, ended_at DESC", sale_id, rest):
+                found[row["user_id"]] = BuyerStatus(Standing(row["outcome"]),
+                                                    ended_at=row["ended_at"])
+    return {u: found.get(u, BuyerStatus(None)) for u in users}
+
+
+async def gate_backlog(conn: Any, older_than_s: float, limit: int) -> list[Ending]:
+    """Endings whose gate step was not recorded done ``older_than_s`` after they ended."""
+    rows = await conn.fetch(
+        "SELECT e.sale_id, e.user_id, e.purchase_id, e.outcome, e.offered_to, e.offered_user "
+        "FROM hold_endings e WHERE NOT gate_done "
+        "AND ended_at < clock_timestamp() - make_interval(secs => $1) "
+        "ORDER BY ended_at LIMIT $2", older_than_s, limit)
+    return [Ending(r["sale_id"], r["user_id"], r["purchase_id"], Standing(r["outcome"]),
+                   Purchase(r["offered_to"], r["sale_id"], r["offered_user"], _EPOCH)
+                   if r["offered_to"] else None) for r in rows]
+
+
+async def mark_gate_done(conn: Any, purchase_ids: list[uuid.UUID]) -> None:
+    """Record that the gate was told of these endings."""
+    await conn.execute("UPDATE hold_endings SET gate_done = true "
+                       "WHERE purchase_id = ANY($1::uuid[])", purchase_ids)
+
+
+_EPOCH = datetime.fromtimestamp(0).astimezone()
+
+__all__ = ["Ending", "JoinOutcome", "Joined", "buyer_statuses", "cancel", "confirm",
+           "due_sales", "gate_backlog", "join_waitlist", "lapse_due", "mark_gate_done"]
