@@ -81,6 +81,15 @@ async def _held_count(conn: Any, sale_id: uuid.UUID) -> int:
         "AND confirmed_at IS NULL", sale_id)
 
 
+#: The places of some users ($2) in a sale's line ($1): each one's position and the line's
+#: length, numbered over the whole line in one pass.
+PLACES = (
+    "SELECT user_id, position, length FROM ("
+    " SELECT user_id, row_number() OVER (ORDER BY place) AS position, count(*) OVER () AS length"
+    " FROM waitlist WHERE sale_id = $1 AND offered_at IS NULL) line "
+    "WHERE user_id = ANY($2::text[])")
+
+
 async def _place(conn: Any, sale_id: uuid.UUID, user_id: str, place: int,
                  closed: bool) -> Place:
     row = await conn.fetchrow(
@@ -287,10 +296,8 @@ async def buyer_statuses(conn: Any, sale_id: uuid.UUID,
         if rest:
             closed = (sale["ended"] or sale["sold"] - await _held_count(conn, sale_id)
                       >= sale["total_stock"])
-            for row in await conn.fetch(
-                    "SELECT user_id, place FROM waitlist WHERE sale_id = $1 "
-                    "AND user_id = ANY($2::text[]) AND offered_at IS NULL", sale_id, rest):
-                place = await _place(conn, sale_id, row["user_id"], row["place"], closed)
+            for row in await conn.fetch(PLACES, sale_id, rest):
+                place = Place(sale_id, row["user_id"], row["position"], row["length"], closed)
                 found[row["user_id"]] = BuyerStatus(
                     Standing.CLOSED if closed else Standing.WAITLISTED, place=place)
         rest = [u for u in users if u not in found]
