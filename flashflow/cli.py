@@ -30,6 +30,8 @@ from .settings import SERVICE_URLS, Settings, SettingsError, unknown_variables
 log = logging.getLogger("flashflow")
 
 DEMO_PRODUCT = "Limited Edition Sneakers"
+#: The payment window of ``flashflow up``'s demo sale, which its page's Pay button confirms.
+DEMO_HOLD_SECONDS = 120
 #: What the commands that only read or write sales need.
 DATABASE = ("database_url",)
 
@@ -116,13 +118,13 @@ def migrate(settings: Settings, database_url: str | None) -> None:
 
 
 def _seed(url: str, product: str, stock: int, starts_in_s: float, duration_s: float,
-          if_empty: bool) -> Sale | None:
+          if_empty: bool, hold_seconds: int | None = None) -> Sale | None:
     async def go(conn: Any) -> Sale | None:
         if if_empty and await ledger_sql.fetch_sales(conn):
             return None
         start = datetime.now(UTC) + timedelta(seconds=starts_in_s)
         return await ledger_sql.insert_sale(conn, product, stock, start,
-                                            start + timedelta(seconds=duration_s))
+                                            start + timedelta(seconds=duration_s), hold_seconds)
 
     return _run_pg(url, go)
 
@@ -254,8 +256,12 @@ def token(settings: Settings, user: str, ttl_s: int) -> None:
 def serve(settings: Settings, host: str | None, port: int | None, database_url: str | None,
           redis_url: str | None, workers: int | None) -> None:
     """Serve against the PostgreSQL and Redis named by the settings."""
-    _serve(_ready(settings, SERVICE_URLS, host=host, port=port,
-                  database_url=database_url, redis_url=redis_url, workers=workers))
+    settings = _ready(settings, SERVICE_URLS, host=host, port=port,
+                      database_url=database_url, redis_url=redis_url, workers=workers)
+    if settings.demo_payments:
+        log.warning("demo payments are on: anyone who knows a purchase id may confirm its "
+                    "hold unpaid (FLASHFLOW_DEMO_PAYMENTS is for `flashflow up`'s demo)")
+    _serve(settings)
 
 
 @main.command()
@@ -265,9 +271,14 @@ def serve(settings: Settings, host: str | None, port: int | None, database_url: 
 @click.pass_obj
 def up(settings: Settings, host: str | None, port: int | None, database_url: str | None,
        redis_url: str | None, workers: int | None, data_dir: Path | None) -> None:
-    """Start everything: embedded PostgreSQL and Redis unless URLs are set, migrate, seed, serve."""
+    """Start everything: embedded PostgreSQL and Redis unless URLs are set, migrate, seed, serve.
+
+    The demo sale sells holds, and the page pays for them through the demo payment route,
+    which only this command turns on.
+    """
     settings = _ready(settings, host=host, port=port, database_url=database_url,
-                      redis_url=redis_url, workers=workers, data_dir=data_dir)
+                      redis_url=redis_url, workers=workers, data_dir=data_dir,
+                      demo_payments=True)
     with ExitStack() as stack:
         if not (settings.database_url and settings.redis_url):
             embedded = _embedded()
@@ -285,9 +296,11 @@ def up(settings: Settings, host: str | None, port: int | None, database_url: str
             settings = settings.override(redis_url=redis_server.url)
         applied = _run_pg(settings.database_url, apply_migrations)
         click.echo(f"applied {len(applied)} migration(s)")
-        demo = _seed(settings.database_url, DEMO_PRODUCT, 100, 0, 24 * 3600, if_empty=True)
+        demo = _seed(settings.database_url, DEMO_PRODUCT, 100, 0, 24 * 3600, if_empty=True,
+                     hold_seconds=DEMO_HOLD_SECONDS)
         if demo:
-            click.echo(f"seeded a demo sale: {demo.product_name}, stock {demo.total_stock}")
+            click.echo(f"seeded a demo sale: {demo.product_name}, stock {demo.total_stock}, "
+                       f"holds of {demo.hold_seconds} s paid with the page's Pay button")
         _serve(settings)
     click.echo("stopped")
 

@@ -214,6 +214,9 @@ class Settings:
     access_log: bool = False
     #: Answer the hot routes in a thin ASGI layer in front of Quart (flashflow/http/fast.py).
     fast_path: bool = True
+    #: The demo payment route of ``flashflow up`` (which turns it on): it confirms any hold
+    #: whose purchase id it is given, unpaid and without a token. Never on in production.
+    demo_payments: bool = False
     log_level: str = "INFO"
     #: The bearer token of the admin API; unset (or empty), the admin API is off (404).
     admin_token: str | None = _secret()

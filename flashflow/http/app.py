@@ -24,6 +24,7 @@ from . import errors, validation
 from .admin import ADMIN_SCHEME, install_admin
 from .auth import Asking, Auth
 from .cors import install_cors
+from .demo import install_demo_payments
 from .fast import EXTENSION, HotRoutes
 from .holds import PAYMENTS_SCHEME, install_holds
 from .metrics import install_metrics
@@ -64,6 +65,7 @@ from .stock import sale_view
 from .wire import (
     CURRENT,
     CURRENT_PURCHASE,
+    DEMO_PAY,
     HEALTHZ,
     READYZ,
     SALE,
@@ -215,7 +217,9 @@ def create_app(runtime: Runtime) -> QuartTrio:
     install_sse(app, runtime)
     install_holds(app, runtime, auth, requires=requires, refusals=signed_in_refusals)
     install_admin(app, runtime)
-    install_page(app)
+    if settings.demo_payments:
+        install_demo_payments(app, runtime)
+    install_page(app, DEMO_PAY if settings.demo_payments else None)
     return app
 
 

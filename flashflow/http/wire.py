@@ -30,6 +30,7 @@ __all__ = [
     "CURRENT_EVENTS",
     "CURRENT_PURCHASE",
     "CURRENT_PURCHASE_EVENTS",
+    "DEMO_PAY",
     "HEALTHZ",
     "HELD",
     "HOLD_CANCEL",
@@ -60,6 +61,7 @@ __all__ = [
     "answer",
     "cancel_path",
     "confirm_path",
+    "demo_pay_path",
     "envelope",
     "error_body",
     "events_path",
@@ -106,6 +108,8 @@ PURCHASE_ID = "<purchase_id>"
 #: The payment step's calls on one hold: confirm it (paid), or cancel it.
 HOLD_CONFIRM = f"{SALE}/purchases/{PURCHASE_ID}/confirm"
 HOLD_CANCEL = f"{SALE}/purchases/{PURCHASE_ID}/cancel"
+#: The demo payment step of ``flashflow up``: confirms a hold, unpaid. No route elsewhere.
+DEMO_PAY = f"/api/v1/demo/flash-sales/{SALE_ID}/purchases/{PURCHASE_ID}/pay"
 #: The admin API: create a sale (POST), change one (PATCH by id), end one.
 ADMIN_SALES = "/api/v1/admin/flash-sales"
 ADMIN_SALE = f"{ADMIN_SALES}/{SALE_ID}"
@@ -129,6 +133,11 @@ def confirm_path(sale_id: object, purchase_id: object) -> str:
 def cancel_path(sale_id: object, purchase_id: object) -> str:
     """``POST`` to cancel one hold (the payment step)."""
     return fill(HOLD_CANCEL, sale_id).replace(PURCHASE_ID, str(purchase_id))
+
+
+def demo_pay_path(sale_id: object, purchase_id: object) -> str:
+    """``POST`` to pay for one hold in ``flashflow up``'s demo (see :data:`DEMO_PAY`)."""
+    return fill(DEMO_PAY, sale_id).replace(PURCHASE_ID, str(purchase_id))
 
 
 def purchase_events_path(sale_id: object) -> str:

@@ -1,14 +1,14 @@
 // Flash Flow buyer page: live stock over EventSource, a countdown against the server's
 // clock, and one purchase button; with several sales open or upcoming, a list to choose
 // from (until a shopper chooses, the page follows the current sale). Plain JavaScript, no
-// build step.
-"use strict";
+// build step. A sale with holds shows where the buyer stands (holds.js).
+import { BuyerStanding, hasHolds, holdStatsText, standingOfPress } from "./holds.js";
+import { readToken, storeToken, subjectOf } from "./token.js";
 
 (() => {
   const SALES = "/api/v1/flash-sales";
   const API = `${SALES}/current`;
   const USER_KEY = "flashflow.userId";
-  const TOKEN_KEY = "flashflow.token";
   const $ = (id) => document.getElementById(id);
   const el = {
     live: $("live"), badge: $("badge"), product: $("product"), countdown: $("countdown"),
@@ -18,7 +18,10 @@
     modalMessage: $("modal-message"), sales: $("sales"), saleList: $("sale-list"),
     modalMessage: $("modal-message"), signedIn: $("signed-in"),
     signedInUser: $("signed-in-user"), signOut: $("sign-out"), userField: $("user-id-field"),
+    holdStats: $("hold-stats"),
   };
+  // The fields a sale with holds adds to its body and its stock events.
+  const HOLD_FIELDS = ["holdSeconds", "heldStock", "confirmedStock", "waitlistLength"];
 
   const MODALS = {
     SOLD_OUT: "Sold out",
@@ -40,35 +43,6 @@
   let signedInAs = null;    // the token's sub, shown to the buyer (the server checks it)
 
   // -- signing in ------------------------------------------------------------------
-
-  // The token's payload, unverified: only to show who is signed in. The server verifies.
-  function subjectOf(jwt) {
-    try {
-      const part = jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-      const bytes = Uint8Array.from(atob(part), (c) => c.charCodeAt(0));
-      const sub = JSON.parse(new TextDecoder().decode(bytes)).sub;
-      return typeof sub === "string" && sub.trim() ? sub.trim() : null;
-    } catch (_) {
-      return null;
-    }
-  }
-
-  function storeToken(value) {
-    try {
-      if (value) localStorage.setItem(TOKEN_KEY, value); else localStorage.removeItem(TOKEN_KEY);
-    } catch (_) { /* storage may be off */ }
-  }
-
-  // A link ending in #token=... signs the buyer in; the fragment never reaches a server
-  // log, and is taken off the address bar at once.
-  function readToken() {
-    const match = /(?:^#|&)token=([^&]+)/.exec(window.location.hash);
-    if (match) {
-      storeToken(decodeURIComponent(match[1]));
-      history.replaceState(null, "", window.location.pathname + window.location.search);
-    }
-    try { return localStorage.getItem(TOKEN_KEY); } catch (_) { return null; }
-  }
 
   function signIn(value) {
     const sub = value ? subjectOf(value) : null;
@@ -115,6 +89,8 @@
     el.bar.setAttribute("aria-valuetext", `${sale.remainingStock} of ${sale.totalStock} left`);
     const share = sale.totalStock > 0 ? sale.remainingStock / sale.totalStock : 0;
     el.fill.style.width = `${Math.round(share * 100)}%`;
+    el.holdStats.hidden = !hasHolds(sale);
+    if (hasHolds(sale)) el.holdStats.textContent = holdStatsText(sale);
     renderStatus();
     renderChoice();
   }
@@ -125,6 +101,11 @@
     let label = { upcoming: "Coming soon", active: "On sale now", ended: "Sale ended" }[status];
     let key = status;
     if (status === "active" && sale.remainingStock <= 0) { label = "Sold out"; key = "sold-out"; }
+    // With holds, no free unit is not sold out while some are unpaid: a press joins the line.
+    if (key === "sold-out" && hasHolds(sale) && sale.confirmedStock < sale.totalStock) {
+      label = "All held: join the line";
+      key = "all-held";
+    }
     if (el.badge.dataset.status !== key) {
       el.badge.dataset.status = key;
       el.badge.textContent = label;
@@ -189,6 +170,7 @@
     const picked = listed.find((s) => s.id === id);
     if (picked) applySnapshot(picked);
     el.result.hidden = true;
+    standing.clear();
     connect();
     checkPurchase(el.user.value.trim());
   }
@@ -263,6 +245,7 @@
       if (!sale || data.saleId !== sale.id) return;
       syncClock(data.serverTime);
       sale.remainingStock = data.remainingStock;
+      for (const field of HOLD_FIELDS) if (field in data) sale[field] = data[field];
       render();
     });
     stream.addEventListener("status", (e) => {
@@ -291,6 +274,10 @@
                                    { headers: authHeaders({}) });
       if (!response.ok) return;
       const { data } = await response.json();
+      if (data.status !== undefined) {  // a sale with holds: where the buyer stands
+        if (sale && currentUser() === userId) standing.show(sale.id, userId, data);
+        return;
+      }
       if (data.purchased && currentUser() === userId && confirmedFor !== userId) {
         showResult(`You bought this. Your purchase id is ${data.purchaseId}.`);
       }
@@ -318,6 +305,11 @@
     }
     let body = null;
     try { body = await response.json(); } catch (_) { body = null; }
+    const holding = body && body.data && ["held", "waitlisted"].includes(body.data.status);
+    if (holding && sale && [200, 201, 202].includes(response.status)) {
+      standing.show(sale.id, userId, standingOfPress(body.data));
+      return;
+    }
     if (response.status === 201) {
       confirmedFor = userId;
       showResult(`Purchase confirmed! Your purchase id is ${body.data.purchaseId}.`);
@@ -355,6 +347,16 @@
 
   // -- wiring ----------------------------------------------------------------------
 
+  // In a sale with holds, where the buyer stands; the Pay button only where the server
+  // serves the demo payment route (`flashflow up`), whose pattern it puts in the page.
+  const payMeta = document.querySelector('meta[name="flashflow-demo-pay"]');
+  const standing = new BuyerStanding({
+    el: { root: $("standing"), text: $("standing-text"), clock: $("hold-left"),
+          help: $("standing-help"), pay: $("pay") },
+    serverNow, authHeaders, sales: SALES, payPattern: payMeta ? payMeta.content : "",
+    onProblem: openModal,
+  });
+
   el.form.addEventListener("submit", async (event) => {
     event.preventDefault();
     if (inFlight) return;
@@ -384,6 +386,7 @@
     const userId = el.user.value.trim();
     try { localStorage.setItem(USER_KEY, userId); } catch (_) { /* storage may be off */ }
     el.result.hidden = true;
+    standing.clear();
     clearTimeout(checkTimer);
     checkTimer = setTimeout(() => checkPurchase(userId), 400);
   });
@@ -391,6 +394,7 @@
   el.signOut.addEventListener("click", () => {
     signIn(null);
     el.result.hidden = true;
+    standing.clear();
     el.user.focus();
   });
 
@@ -399,7 +403,7 @@
   el.user.value = remembered;
   signIn(readToken());
 
-  setInterval(renderStatus, 250);
+  setInterval(() => { renderStatus(); standing.tick(); }, 250);
   setInterval(loadSales, 15000);
   loadSale().then(() => { checkPurchase(currentUser()); loadSales(); });
   connect();

@@ -10,6 +10,7 @@ import asyncio
 import importlib.util
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,95 @@ async def test_a_signed_in_shopper_buys_with_the_token_from_the_link(settings):
         page.get_by_label("Your user id").fill("mallory")
         page.get_by_role("button", name="Buy now").click()
         expect(page.get_by_role("dialog")).to_contain_text("Please sign in")
+
+    with trio.fail_after(60):
+        async with live_server(settings) as server:
+            await run_in_browser(scenario, server.base_url)
+
+
+async def test_a_hold_counts_down_and_the_demo_pay_button_confirms_it(settings):
+    """In the demo mode, Buy on a sale with holds shows the hold's countdown (by the server's
+    clock) and a Pay button; Pay confirms it, in PostgreSQL too, and a reload says so."""
+    settings = replace(settings, demo_payments=True)
+    sale = await make_sale(settings.database_url, stock=2, product="Held pair", hold_seconds=90)
+
+    def scenario(page, base_url):
+        from playwright.sync_api import expect
+
+        page.goto(base_url + "/")
+        expect(page.locator("#product")).to_have_text("Held pair")
+        expect(page.locator("#hold-stats")).to_have_text("0 held awaiting payment · 0 in line")
+        page.get_by_label("Your user id").fill("payer")
+        page.get_by_role("button", name="Buy now").click()
+        standing = page.locator("#standing")
+        expect(standing).to_contain_text(re.compile(r"Held for you: pay within 1:[23]\d"))
+        first = page.locator("#hold-left").text_content()
+        expect(page.locator("#hold-left")).not_to_have_text(first, timeout=5000)
+        expect(page.locator("#stock")).to_have_text("1")
+        expect(page.locator("#hold-stats")).to_have_text("1 held awaiting payment · 0 in line")
+        page.get_by_role("button", name="Pay now").click()
+        expect(standing).to_contain_text(re.compile("Purchase confirmed.*" + UUID))
+        expect(page.get_by_role("button", name="Pay now")).to_be_hidden()
+        expect(standing).to_be_focused()
+        page.reload()
+        expect(page.locator("#standing")).to_contain_text(re.compile("Purchase confirmed.*" + UUID))
+
+    with trio.fail_after(60):
+        async with live_server(settings) as server:
+            await run_in_browser(scenario, server.base_url)
+    rows = await pg(settings.database_url, fetch,
+                    "SELECT user_id, confirmed_at FROM purchases WHERE sale_id = $1", sale.id)
+    assert [r["user_id"] for r in rows] == ["payer"]
+    assert rows[0]["confirmed_at"] is not None
+
+
+async def test_a_second_buyer_sees_their_place_in_line_and_is_offered_the_unit_live(settings):
+    """On a stock-1 sale held by someone else, Buy shows the place in line; it moves live as
+    the line grows, and when the holder cancels the page offers the hold, with no Pay button
+    outside the demo mode."""
+    await make_sale(settings.database_url, stock=1, hold_seconds=60)
+
+    def scenario(page, base_url):
+        from playwright.sync_api import expect
+
+        assert buy_as(base_url, "first-holder") == 201
+        page.goto(base_url + "/")
+        expect(page.locator("#badge")).to_have_text("All held: join the line")
+        page.get_by_label("Your user id").fill("second")
+        page.get_by_role("button", name="Buy now").click()
+        standing = page.locator("#standing")
+        expect(standing).to_contain_text("You're number 1 in line (of 1)")
+        assert buy_as(base_url, "third-buyer") == 202
+        expect(standing).to_contain_text("You're number 1 in line (of 2)")
+        cancelled = httpx.delete(base_url + CURRENT_PURCHASE, params={"userId": "first-holder"},
+                                 timeout=10)
+        assert cancelled.status_code == 200, cancelled.text
+        expect(standing).to_contain_text(re.compile(r"Held for you: pay within [01]:\d\d"))
+        expect(page.get_by_role("button", name="Pay now")).to_be_hidden()
+
+    with trio.fail_after(60):
+        async with live_server(settings) as server:
+            await run_in_browser(scenario, server.base_url)
+
+
+async def test_a_signed_in_buyers_hold_that_runs_out_says_so(settings):
+    """An unpaid hold lapses on the page, live, for a signed-in buyer too (whose own stream
+    carries their token): it says the unit went back."""
+    from flashflow.tokens import mint
+
+    settings = replace(settings, auth_jwt_secret="browser-secret-for-hs256-0123456789")
+    await make_sale(settings.database_url, stock=1, hold_seconds=3)
+    token = mint(settings, "slow-payer")
+
+    def scenario(page, base_url):
+        from playwright.sync_api import expect
+
+        page.goto(f"{base_url}/#token={token}")
+        expect(page.locator("#signed-in")).to_contain_text("Signed in as slow-payer")
+        page.get_by_role("button", name="Buy now").click()
+        standing = page.locator("#standing")
+        expect(standing).to_contain_text(re.compile(r"Held for you: pay within 0:0\d"))
+        expect(standing).to_contain_text("Your hold ran out before payment", timeout=15_000)
 
     with trio.fail_after(60):
         async with live_server(settings) as server:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import signal
@@ -14,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flashflow.http.wire import CURRENT, CURRENT_PURCHASE
+from flashflow.cli import DEMO_HOLD_SECONDS
+from flashflow.http.wire import CURRENT, CURRENT_PURCHASE, DEMO_PAY, demo_pay_path
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +46,8 @@ def wait_for_line(process: subprocess.Popen, pattern: str, lines: list[str],
 
 
 def test_up_starts_embedded_services_sells_and_stops_everything():
-    """`flashflow up` with no URLs starts embedded servers, sells, and stops them all on Ctrl-C."""
+    """`flashflow up` with no URLs starts embedded servers, sells a hold in its demo sale, pays
+    for it through the demo payment route, and stops them all on Ctrl-C."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHFLOW_")}
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="flashflow-up-") as data_dir:
@@ -61,15 +64,23 @@ def test_up_starts_embedded_services_sells_and_stops_everything():
                 sale = client.get(CURRENT).json()["data"]
                 bought = client.post(CURRENT_PURCHASE,
                                      json={"userId": "smoke-user"})
+                held = bought.json()["data"]
+                paid = client.post(demo_pay_path(sale["id"], held["purchaseId"]))
                 status = client.get(CURRENT_PURCHASE,
                                     params={"userId": "smoke-user"}).json()["data"]
                 after = client.get(CURRENT).json()["data"]
+                page = client.get("/").text
             assert sale["status"] == "active"
+            assert sale["holdSeconds"] == DEMO_HOLD_SECONDS
             assert bought.status_code == 201, bought.text
-            assert status == {"purchased": True,
-                              "purchaseId": bought.json()["data"]["purchaseId"],
-                              "purchasedAt": bought.json()["data"]["purchasedAt"]}
+            assert held["status"] == "held"
+            assert paid.status_code == 200, paid.text
+            assert paid.json()["data"]["status"] == "confirmed"
+            assert status == {"purchased": True, "status": "confirmed",
+                              "purchaseId": held["purchaseId"],
+                              "purchasedAt": held["purchasedAt"]}
             assert after["remainingStock"] == sale["remainingStock"] - 1
+            assert f'content="{html.escape(DEMO_PAY)}"' in page
             process.send_signal(signal.SIGINT)
             code = process.wait(30)
             lines.extend(process.stdout.read().splitlines(keepends=True))
