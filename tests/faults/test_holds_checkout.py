@@ -141,8 +141,8 @@ async def test_holds_paid_lapsed_and_offered_across_processes(fault_settings, la
     statuses = Counter(status for _, status, _, _ in checkout.presses)
     paid = [c for c in checkout.confirms if c[2] == 200]
     figures.update(seconds=round(elapsed, 1), presses=dict(statuses), confirms=len(paid),
-                   confirm_refusals=sum(c[2] == 409 for c in checkout.confirms), lapsed=len(endings),
-                   offers=len(checkout.offers), places=len(places))
+                   confirm_refusals=sum(c[2] == 409 for c in checkout.confirms),
+                   lapsed=len(endings), offers=len(checkout.offers), places=len(places))
 
     garbled = [entry for entry in [*checkout.presses, *checkout.confirms]
                if "notJson" in entry[-2]]
