@@ -146,11 +146,12 @@ class Holds:
 
     async def confirm(self, sale_id: uuid.UUID, purchase_id: uuid.UUID) -> Purchase:
         """Confirm a hold (payment); see :func:`holds_sql.confirm` for the refusals."""
-        purchase = await self._ledger.call(holds_sql.confirm, sale_id, purchase_id)
-        self._confirmed += 1
-        self.touch(sale_id)
-        # A confirm may make the sale sold out for good: its waiters look again.
-        self._gate.queues.poke(sale_id)
+        purchase, newly = await self._ledger.call(holds_sql.confirm, sale_id, purchase_id)
+        if newly:  # a confirm sent again changes nothing, and is not counted again
+            self._confirmed += 1
+            self.touch(sale_id)
+            # A confirm may make the sale sold out for good: its waiters look again.
+            self._gate.queues.poke(sale_id)
         return purchase
 
     async def cancel(self, sale_id: uuid.UUID, purchase_id: uuid.UUID,

@@ -50,6 +50,8 @@ class Joined(enum.Enum):
     """Why a press got no place (see :class:`JoinOutcome`)."""
 
     PLACED = "placed"
+    #: The user had a place already: the same one, not a new one.
+    WAITING = "waiting"
     STANDING = "standing"
     FREE = "free"
     SOLD_OUT = "sold_out"
@@ -58,7 +60,8 @@ class Joined(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class JoinOutcome:
-    """What asking for a place decided: a place, the user's own purchase, or why not.
+    """What asking for a place decided: a place (new, ``PLACED``, or the user's own already,
+    ``WAITING``), the user's own purchase, or why not.
 
     ``FREE``: a unit is free in the ledger (a reservation in flight, a return not yet in the
     gate), so the press should try the gate again. ``SOLD_OUT``: every unit is confirmed.
@@ -118,15 +121,18 @@ async def join_waitlist(conn: Any, sale_id: uuid.UUID, user_id: str) -> JoinOutc
             return JoinOutcome(Joined.SOLD_OUT)
         if sale["sold"] < sale["total_stock"]:
             return JoinOutcome(Joined.FREE)
+        kept = await conn.fetchval(
+            "SELECT place FROM waitlist WHERE sale_id = $1 AND user_id = $2 "
+            "AND offered_at IS NULL", sale_id, user_id)
+        if kept is not None:
+            return JoinOutcome(Joined.WAITING, place=await _place(conn, sale_id, user_id, kept,
+                                                                  False))
+        # New, or back in line after an offer: a new place at the back.
         place = await conn.fetchval(
             "INSERT INTO waitlist (sale_id, user_id, place) "
             "VALUES ($1, $2, nextval('waitlist_places')) "
-            "ON CONFLICT (sale_id, user_id) DO UPDATE SET place = CASE "
-            "  WHEN waitlist.offered_at IS NULL THEN waitlist.place "
-            "  ELSE nextval('waitlist_places') END, "
-            " offered_at = NULL, purchase_id = NULL, "
-            " joined_at = CASE WHEN waitlist.offered_at IS NULL THEN waitlist.joined_at "
-            "  ELSE clock_timestamp() END "
+            "ON CONFLICT (sale_id, user_id) DO UPDATE SET place = excluded.place, "
+            " offered_at = NULL, purchase_id = NULL, joined_at = clock_timestamp() "
             "RETURNING place", sale_id, user_id)
         return JoinOutcome(Joined.PLACED, place=await _place(conn, sale_id, user_id, place,
                                                              False))
@@ -207,8 +213,12 @@ async def lapse_due(conn: Any, sale_id: uuid.UUID, limit: int) -> list[Ending]:
         return await _end(conn, sale_id, list(rows), Standing.LAPSED, not sale["ended"])
 
 
-async def confirm(conn: Any, sale_id: uuid.UUID, purchase_id: uuid.UUID) -> Purchase:
+async def confirm(conn: Any, sale_id: uuid.UUID,
+                  purchase_id: uuid.UUID) -> tuple[Purchase, bool]:
     """Confirm a hold; a purchase already confirmed answers the same (idempotent).
+
+    Returns:
+        The purchase, and whether this call confirmed it (False: it was already).
 
     Raises:
         HoldEnded: the hold lapsed (or would commit past its end), or was cancelled.
@@ -220,6 +230,7 @@ async def confirm(conn: Any, sale_id: uuid.UUID, purchase_id: uuid.UUID) -> Purc
                 "UPDATE purchases SET confirmed_at = clock_timestamp() WHERE id = $2 "
                 "AND sale_id = $1 AND expires_at IS NOT NULL AND confirmed_at IS NULL "
                 f"RETURNING {PURCHASE_COLUMNS}", sale_id, purchase_id)
+            newly = row is not None
             if row is None:
                 row = await conn.fetchrow(
                     f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE id = $2 AND sale_id = $1",
@@ -229,14 +240,15 @@ async def confirm(conn: Any, sale_id: uuid.UUID, purchase_id: uuid.UUID) -> Purc
             raise HoldEnded.of(Standing.LAPSED) from None
         raise
     if row is not None:
-        return purchase_from_row(row)
+        return purchase_from_row(row), newly
     raise await _ended_or_unknown(conn, sale_id, purchase_id)
 
 
 async def cancel(conn: Any, sale_id: uuid.UUID, purchase_id: uuid.UUID,
                  user_id: str | None = None) -> Ending:
     """Cancel a hold (of ``user_id``, when given): its unit returns at once, to the waitlist
-    first. Cancelling a cancelled hold answers the same.
+    first. Cancelling a cancelled hold answers the same, an ending with no ``user_id``: this
+    call ended nothing.
 
     Raises:
         HoldEnded: the hold lapsed, or was confirmed (``Standing.CONFIRMED``).
@@ -258,7 +270,7 @@ async def cancel(conn: Any, sale_id: uuid.UUID, purchase_id: uuid.UUID,
         raise HoldEnded.of(Standing.CONFIRMED)
     error = await _ended_or_unknown(conn, sale_id, purchase_id, user_id)
     if isinstance(error, HoldEnded) and error.standing == Standing.CANCELLED:
-        return Ending(sale_id, user_id or "", purchase_id, Standing.CANCELLED)
+        return Ending(sale_id, "", purchase_id, Standing.CANCELLED)
     raise error
 
 

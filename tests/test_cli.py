@@ -150,3 +150,26 @@ def test_a_server_that_cannot_start_says_why_in_one_line(services, database_url)
     assert down.exit_code == 1, down.output
     assert "could not start: Redis at redis://127.0.0.1:1/0: ConnectionError" in down.output
     assert "Traceback" not in down.output
+
+
+def test_sale_create_with_a_hold_window_prints_it_and_refuses_one_out_of_range(database_url):
+    """`sale create --hold-seconds 30` writes a sale with holds and prints holdSeconds; 0 and
+    86401 are refused with the option named, and write nothing; without it, no holdSeconds."""
+    window = ["--database-url", database_url, "--stock", "5",
+              "--start", "2030-01-01T10:00:00Z", "--end", "2030-01-01T11:00:00Z"]
+    held = invoke("sale", "create", "--product", "Held", "--hold-seconds", "30", *window)
+    plain = invoke("sale", "create", "--product", "Plain", *window)
+    refused = [invoke("sale", "create", "--product", "Refused", "--hold-seconds", value, *window)
+               for value in ("0", "86401", "1.5", "ten")]
+    assert held.exit_code == 0, held.output
+    printed = json.loads(held.stdout)
+    assert printed["holdSeconds"] == 30 and printed["productName"] == "Held"
+    assert plain.exit_code == 0, plain.output
+    assert "holdSeconds" not in json.loads(plain.stdout)
+    for result in refused:
+        assert result.exit_code == 2, result.output
+        assert "--hold-seconds" in result.output
+    listed = invoke("sale", "list", "--database-url", database_url)
+    rows = sorted((s["productName"], s.get("holdSeconds"))
+                  for s in map(json.loads, listed.stdout.splitlines()))
+    assert rows == [("Held", 30), ("Plain", None)]

@@ -5,17 +5,28 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
+from datetime import datetime, timedelta
 
 import trio
 
+from actors.holds import TALLY_TTL_S
 from flashflow.http.wire import (
     CURRENT,
     CURRENT_PURCHASE,
     cancel_path,
     confirm_path,
+    purchase_path,
 )
 
-from ..helpers import assert_error, fetch, live_server, make_sale, pg
+from ..helpers import (
+    assert_error,
+    fetch,
+    live_fronts,
+    live_server,
+    make_sale,
+    pg,
+    sale_row_locked,
+)
 
 ADMIN = "admin-token-for-tests"
 
@@ -136,3 +147,179 @@ async def test_unknown_purchase_and_bad_ids(settings):
     assert_error(unknown, 404, "PURCHASE_NOT_FOUND")
     assert_error(bad, 400, "VALIDATION_ERROR")
     assert_error(anonymous, 401, "UNAUTHORIZED")
+
+
+async def standing(client, user, path=CURRENT_PURCHASE):
+    """The status read's data for ``user``."""
+    response = await client.get(path, params={"userId": user})
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+async def places(settings, sale_id):
+    """The users waiting in the sale's line, in the order of their places."""
+    found = await pg(settings.database_url, fetch,
+                     "SELECT user_id FROM waitlist WHERE sale_id = $1 AND offered_at IS NULL "
+                     "ORDER BY place", sale_id)
+    return [r["user_id"] for r in found]
+
+
+async def test_concurrent_presses_of_one_user_get_one_201_and_the_same_hold(settings):
+    """Eight presses of one user while the first is still committing, over the fast path and
+    Quart alike: exactly one 201, seven 200s with the same hold, one row, one unit held."""
+    settings = replace(settings, rate_user_burst=100)  # eight presses of one user at once
+    sale = await make_sale(settings.database_url, stock=3, hold_seconds=60)
+    fronts = (replace(settings, fast_path=True), replace(settings, fast_path=False))
+    answers = []
+    with trio.fail_after(30):
+        async with live_fronts(settings, fronts) as servers:
+            serializer = servers[0].runtime.serializer
+
+            async def press(i):
+                answers.append(await servers[i % 2].client.post(
+                    CURRENT_PURCHASE, json={"userId": "alice"}))
+
+            # The sale's row locked: the first press waits in its commit, so the other seven
+            # arrive while it is in flight.
+            async with sale_row_locked(settings.database_url, sale.id) as release, \
+                    trio.open_nursery() as nursery:
+                for i in range(8):
+                    nursery.start_soon(press, i)
+                while serializer.statistics().coalesced < 7:
+                    await trio.sleep(0.01)
+                release()
+            await trio.sleep(TALLY_TTL_S)
+            current = (await servers[0].client.get(CURRENT)).json()["data"]
+    assert sorted(a.status_code for a in answers) == [200] * 7 + [201], [a.text for a in answers]
+    assert len({a.content for a in answers}) == 1, [a.text for a in answers]
+    assert answers[0].json()["data"]["status"] == "held"
+    assert len(await rows(settings, sale.id)) == 1
+    assert (current["remainingStock"], current["heldStock"]) == (2, 1)
+
+
+async def test_places_follow_arrival_and_a_second_press_keeps_the_place(settings):
+    """With every unit held, presses one after another get 202 places 1, 2, 3... in order;
+    pressing again answers the same place; presses at once get distinct places with no gap,
+    numbered as PostgreSQL holds them; a cancel offers the unit to place 1 and moves the rest."""
+    settings = admin(settings)
+    sale = await make_sale(settings.database_url, stock=1, hold_seconds=60)
+    first = [f"line-{i}" for i in range(4)]
+    crowd = [f"crowd-{i}" for i in range(6)]
+    with trio.fail_after(60):
+        async with live_server(settings) as server:
+            c = server.client
+            held = (await c.post(CURRENT_PURCHASE, json={"userId": "alice"})).json()["data"]
+            ordered = [await c.post(CURRENT_PURCHASE, json={"userId": u}) for u in first]
+            again = await c.post(CURRENT_PURCHASE, json={"userId": "line-2"})
+            at_once = {}
+
+            async def press(user):
+                at_once[user] = await c.post(CURRENT_PURCHASE, json={"userId": user})
+
+            async with trio.open_nursery() as nursery:
+                for user in crowd:
+                    nursery.start_soon(press, user)
+            line = await places(settings, sale.id)
+            cancelled = await c.post(cancel_path(sale.id, held["purchaseId"]), headers=AUTH)
+            offered = await standing(c, "line-0")
+            moved = await standing(c, "line-2")
+    assert [a.status_code for a in ordered] == [202] * 4
+    assert [(a.json()["data"]["position"], a.json()["data"]["waitlistLength"])
+            for a in ordered] == [(1, 1), (2, 2), (3, 3), (4, 4)]
+    assert again.status_code == 202
+    assert again.json()["data"] == ordered[2].json()["data"] | {"waitlistLength": 4}
+    assert {u: a.status_code for u, a in at_once.items()} == dict.fromkeys(crowd, 202)
+    positions = {u: a.json()["data"]["position"] for u, a in at_once.items()}
+    assert sorted(positions.values()) == list(range(5, 11))
+    assert line[:4] == first and len(line) == 10
+    assert sorted(line[4:], key=positions.__getitem__) == line[4:]
+    assert cancelled.status_code == 200, cancelled.text
+    assert offered["status"] == "held" and offered["purchased"] is True
+    assert (moved["status"], moved["position"], moved["waitlistLength"]) == ("waitlisted", 2, 9)
+    assert await places(settings, sale.id) == line[1:]
+
+
+async def test_a_buyer_cancels_their_own_hold_once_and_the_unit_goes_to_the_line(settings):
+    """DELETE by the buyer: 200 cancelled; the first in line gets a new hold with a full
+    window; a second DELETE, and one by a user holding nothing, are 404 PURCHASE_NOT_FOUND;
+    the cancelled hold can no longer be confirmed; the payment step's cancel is idempotent."""
+    settings = admin(settings)
+    sale = await make_sale(settings.database_url, stock=1, hold_seconds=60)
+    with trio.fail_after(60):
+        async with live_server(settings) as server:
+            c = server.client
+            held = (await c.post(CURRENT_PURCHASE, json={"userId": "alice"})).json()["data"]
+            await c.post(CURRENT_PURCHASE, json={"userId": "bobby"})
+            waiting = await standing(c, "carol")
+            deleted = await c.delete(CURRENT_PURCHASE, params={"userId": "alice"})
+            twice = await c.delete(CURRENT_PURCHASE, params={"userId": "alice"})
+            stranger = await c.delete(purchase_path(sale.id), params={"userId": "carol"})
+            nobody = await c.delete(CURRENT_PURCHASE)
+            bobby = await standing(c, "bobby")
+            alice = await standing(c, "alice")
+            late = await c.post(confirm_path(sale.id, held["purchaseId"]), headers=AUTH)
+            again = [await c.post(cancel_path(sale.id, bobby["purchaseId"]), headers=AUTH)
+                     for _ in range(2)]
+    assert waiting == {"purchased": False}
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json() == {"data": {"purchased": False, "status": "cancelled"}}
+    assert_error(twice, 404, "PURCHASE_NOT_FOUND")
+    assert_error(stranger, 404, "PURCHASE_NOT_FOUND")
+    assert_error(nobody, 400, "VALIDATION_ERROR")
+    assert alice == {"purchased": False, "status": "cancelled"}
+    assert bobby["status"] == "held" and bobby["purchaseId"] != held["purchaseId"]
+    window = (datetime.fromisoformat(bobby["expiresAt"])
+              - datetime.fromisoformat(bobby["purchasedAt"]))
+    assert timedelta(seconds=59) < window <= timedelta(seconds=60, milliseconds=1), window
+    assert_error(late, 409, "HOLD_CANCELLED")
+    assert [a.status_code for a in again] == [200, 200], again[1].text
+    endings = await pg(settings.database_url, fetch,
+                       "SELECT user_id, outcome, offered_user FROM hold_endings "
+                       "ORDER BY ended_at")
+    assert [tuple(e.values()) for e in endings] == [("alice", "cancelled", "bobby"),
+                                                    ("bobby", "cancelled", None)]
+
+
+async def test_a_confirmed_purchase_cannot_be_cancelled(settings):
+    """Once paid: the buyer's DELETE and the payment step's cancel are 409 ALREADY_CONFIRMED,
+    pressing again is 409 ALREADY_PURCHASED, and the row stays confirmed."""
+    settings = admin(settings)
+    sale = await make_sale(settings.database_url, stock=2, hold_seconds=60)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            c = server.client
+            held = (await c.post(CURRENT_PURCHASE, json={"userId": "alice"})).json()["data"]
+            paid = await c.post(confirm_path(sale.id, held["purchaseId"]), headers=AUTH)
+            deleted = await c.delete(CURRENT_PURCHASE, params={"userId": "alice"})
+            cancelled = await c.post(cancel_path(sale.id, held["purchaseId"]), headers=AUTH)
+            pressed = await c.post(CURRENT_PURCHASE, json={"userId": "alice"})
+            after = await standing(c, "alice")
+    assert paid.status_code == 200, paid.text
+    assert_error(deleted, 409, "ALREADY_CONFIRMED")
+    assert_error(cancelled, 409, "ALREADY_CONFIRMED")
+    assert_error(pressed, 409, "ALREADY_PURCHASED")
+    assert after["status"] == "confirmed"
+    [row] = await rows(settings, sale.id)
+    assert row["user_id"] == "alice" and row["confirmed_at"] is not None
+
+
+async def test_a_purchase_of_one_sale_is_unknown_to_another(settings):
+    """Confirm or cancel naming another sale than the hold's is 404 PURCHASE_NOT_FOUND and
+    leaves the hold as it was; named with its own sale, it confirms."""
+    settings = admin(settings)
+    mine = await make_sale(settings.database_url, stock=1, hold_seconds=60)
+    other = await make_sale(settings.database_url, stock=1, hold_seconds=60)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            c = server.client
+            held = (await c.post(purchase_path(mine.id), json={"userId": "alice"})).json()
+            purchase_id = held["data"]["purchaseId"]
+            confirmed = await c.post(confirm_path(other.id, purchase_id), headers=AUTH)
+            cancelled = await c.post(cancel_path(other.id, purchase_id), headers=AUTH)
+            still = await standing(c, "alice", purchase_path(mine.id))
+            paid = await c.post(confirm_path(mine.id, purchase_id), headers=AUTH)
+    assert_error(confirmed, 404, "PURCHASE_NOT_FOUND")
+    assert_error(cancelled, 404, "PURCHASE_NOT_FOUND")
+    assert still["status"] == "held" and still["purchaseId"] == purchase_id
+    assert paid.status_code == 200, paid.text
+    assert await rows(settings, other.id) == []
