@@ -4,11 +4,14 @@ fault tests all call.
 
 :func:`verify` is a pure function of the answers (:class:`Record`) and two snapshots;
 :func:`ledger_snapshot` and :func:`gate_snapshot` (or :func:`read_gate`, on a client of the
-caller's) read those snapshots from PostgreSQL and Redis.
+caller's) read those snapshots from PostgreSQL and Redis, and :func:`store_snapshots` both
+at rest. A sale without holds is judged by the rules here; a sale with holds by those of
+:mod:`flashflow.invariants_holds`. The data both judge is :mod:`flashflow.invariants_data`'s.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Collection, Iterable
@@ -19,85 +22,28 @@ from actors.keys import parse_holder, sale_keys
 from actors.redis_url import sync_client
 
 from .database import run_on_connection
-
-PURCHASE = "purchase"
-STATUS = "status"
-WATCH = "watch"
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One answer as a client saw it.
-
-    Attributes:
-        kind: ``purchase``, ``status`` (the purchase-status read) or ``watch`` (GET /current).
-        user: the user id the request was for ("" for watchers).
-        status: the HTTP status, or 0 when the connection failed or the reply was cut.
-        started: wall-clock time (epoch seconds) at which the request was sent.
-        elapsed_ms: time until the whole response was read.
-        purchase_id: the purchaseId in a 201 or in a status read that says purchased.
-        code: the error code of an error envelope, or the transport error for status 0.
-        purchased: for status reads, whether the server said the user holds a purchase.
-    """
-
-    kind: str
-    user: str
-    status: int
-    started: float
-    elapsed_ms: float
-    purchase_id: str | None = None
-    code: str | None = None
-    purchased: bool | None = None
-
-    @property
-    def finished(self) -> float:
-        """Wall-clock time at which the response had been read."""
-        return self.started + self.elapsed_ms / 1000
-
-
-THROTTLED = 429  # a polite "slow down" to a spamming user: never wrong, so never a break
-UNAVAILABLE = 503  # what a server says while a backend is down (with Retry-After)
-NO_ANSWER = 0  # the connection failed or the reply was cut
-
-
-def _throttled(record: Record) -> bool:
-    return record.status == THROTTLED
-
-
-def _failed(record: Record) -> bool:
-    return record.status == NO_ANSWER or record.status >= 500
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerSnapshot:
-    """What PostgreSQL holds for one sale.
-
-    Attributes:
-        total_stock: the sale's stock.
-        sold: the ``sold`` counter of the sale row.
-        purchases: user id -> purchase id, one entry per committed purchase.
-    """
-
-    total_stock: int
-    sold: int
-    purchases: dict[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class GateSnapshot:
-    """What Redis holds for one sale: remaining stock (None when absent) and buyers."""
-
-    stock: int | None
-    buyers: dict[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    """One invariant and whether it held; ``detail`` says what was seen."""
-
-    name: str
-    held: bool
-    detail: str
+from .invariants_data import (
+    CONFIRM,
+    NO_ANSWER,
+    PURCHASE,
+    STANDING,
+    STATUS,
+    THROTTLED,
+    UNAVAILABLE,
+    WATCH,
+    Check,
+    EndingRow,
+    GateSnapshot,
+    HoldsLedger,
+    LedgerSnapshot,
+    PurchaseRow,
+    Record,
+    WaitlistRow,
+)
+from .invariants_data import failed as _failed
+from .invariants_data import sample as _sample
+from .invariants_data import throttled as _throttled
+from .invariants_holds import CLOCK_SLACK_S, read_holds, verify_holds
 
 
 @dataclass
@@ -144,15 +90,11 @@ def _gather(records: Iterable[Record], faulted: Collection[Record]
     return seen, statuses, failures
 
 
-def _sample(items: Iterable[str], limit: int = 3) -> str:
-    items = sorted(items)
-    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
-
-
 def verify(records: Iterable[Record], before: LedgerSnapshot, after: LedgerSnapshot,
-           gate: GateSnapshot, *, faulted: Collection[Record] = ()) -> list[Check]:
-    """Judge one run.
+           gate: GateSnapshot, *, faulted: Collection[Record] = (),
+           clock_slack_s: float = CLOCK_SLACK_S) -> list[Check]:
+    """Judge one run: a sale without holds by the rules below, a sale with holds (``after``
+    carries its :class:`HoldsLedger`) by :func:`flashflow.invariants_holds.verify_holds`.
 
     Args:
         records: every response the clients saw.
@@ -164,10 +106,15 @@ def verify(records: Iterable[Record], before: LedgerSnapshot, after: LedgerSnaps
             or no answer is no break; such an attempt may also have committed with its reply
             lost, so its user may hold a row that no 201 announced. Every other answer, and
             every answer after recovery, is held to the same rules as in a healthy run.
+        clock_slack_s: with holds, how far the clients' clock (a record's times) and
+            PostgreSQL's (the rows' times) may disagree.
 
     Returns:
         One :class:`Check` per invariant, in a stable order.
     """
+    if after.holds is not None:
+        return verify_holds(records, before, after, gate, faulted=faulted,
+                            clock_slack_s=clock_slack_s)
     records = list(records)
     seen, statuses, failures = _gather(records, set(faulted))
     rows, total = after.purchases, after.total_stock
@@ -279,16 +226,22 @@ def _status_reads(statuses: list[Record], seen: _Seen, rows: dict[str, str]) -> 
 
 
 async def _ledger(conn: Any, sale_id: uuid.UUID) -> LedgerSnapshot:
-    sale = await conn.fetchrow("SELECT total_stock, sold FROM flash_sales WHERE id = $1", sale_id)
-    if sale is None:
-        raise LookupError(f"no sale {sale_id} in PostgreSQL")
-    rows = await conn.fetch("SELECT user_id, id::text AS id FROM purchases WHERE sale_id = $1",
-                            sale_id)
-    return LedgerSnapshot(sale["total_stock"], sale["sold"], {r["user_id"]: r["id"] for r in rows})
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        sale = await conn.fetchrow(
+            "SELECT total_stock, sold, hold_seconds, end_time, clock_timestamp() AS now "
+            "FROM flash_sales WHERE id = $1", sale_id)
+        if sale is None:
+            raise LookupError(f"no sale {sale_id} in PostgreSQL")
+        rows = await conn.fetch(
+            "SELECT user_id, id::text AS id FROM purchases WHERE sale_id = $1", sale_id)
+        holds = None if sale["hold_seconds"] is None else await read_holds(conn, sale_id, sale)
+    return LedgerSnapshot(sale["total_stock"], sale["sold"],
+                          {r["user_id"]: r["id"] for r in rows}, holds)
 
 
 def ledger_snapshot(database_url: str, sale_id: uuid.UUID) -> LedgerSnapshot:
-    """The sale row and its purchases, as committed."""
+    """The sale row and its purchases, as committed (with holds: its rows, ended holds and
+    waitlist too), read in one snapshot."""
     return run_on_connection(database_url, _ledger, sale_id)
 
 
@@ -312,6 +265,39 @@ def gate_snapshot(redis_url: str, key_prefix: str, sale_id: uuid.UUID) -> GateSn
         client.close()
 
 
-__all__ = ["NO_ANSWER", "PURCHASE", "STATUS", "THROTTLED", "UNAVAILABLE", "WATCH", "Check",
-           "GateSnapshot", "LedgerSnapshot", "Record", "gate_snapshot", "ledger_snapshot",
-           "read_gate", "verify"]
+def _settled(first: LedgerSnapshot, then: LedgerSnapshot) -> bool:
+    """Nothing moved between two reads of a sale with holds, and every ended hold had
+    reached the gate by the first."""
+    if first.holds is None or then.holds is None:
+        return first == then
+    return ((first.total_stock, first.sold, first.holds.state())
+            == (then.total_stock, then.sold, then.holds.state())
+            and all(e.gate_done for e in first.holds.endings))
+
+
+def store_snapshots(database_url: str, redis_url: str, key_prefix: str, sale_id: uuid.UUID,
+                    *, settle_s: float = 10.0) -> tuple[LedgerSnapshot, GateSnapshot]:
+    """The ledger and the gate of a sale at rest, for :func:`verify`.
+
+    Without holds: the ledger, then the gate. With holds, holds go on lapsing after the
+    clients stop, and the gate hears of each just after PostgreSQL: this reads the ledger,
+    the gate, and the ledger again until nothing moved in between and every ending had
+    reached the gate before the gate was read (so the gate read shows the ledger's state),
+    for at most ``settle_s``; past it, the last reads are judged as they are.
+    """
+    ledger = ledger_snapshot(database_url, sale_id)
+    gate = gate_snapshot(redis_url, key_prefix, sale_id)
+    deadline = time.monotonic() + settle_s
+    while ledger.holds is not None:
+        again = ledger_snapshot(database_url, sale_id)
+        if _settled(ledger, again) or time.monotonic() >= deadline:
+            return again, gate
+        time.sleep(0.05)
+        ledger, gate = again, gate_snapshot(redis_url, key_prefix, sale_id)
+    return ledger, gate
+
+
+__all__ = ["CLOCK_SLACK_S", "CONFIRM", "NO_ANSWER", "PURCHASE", "STANDING", "STATUS",
+           "THROTTLED", "UNAVAILABLE", "WATCH", "Check", "EndingRow", "GateSnapshot",
+           "HoldsLedger", "LedgerSnapshot", "PurchaseRow", "Record", "WaitlistRow",
+           "gate_snapshot", "ledger_snapshot", "read_gate", "store_snapshots", "verify"]

@@ -10,6 +10,12 @@ at once (like a double-clicking crowd on flaky mobile networks), then read their
 status. Watchers only refresh the sale. Every response is recorded for the verifier when
 ``--record-dir`` is set. With ``FLASHFLOW_AUTH_JWT_SECRET`` in the environment (and the
 server holding the same secret), buyers send a token minted for their user id.
+
+With ``--checkout`` (a sale with holds, ``--sale-id``, and the server's admin token in
+``FLASHFLOW_ADMIN_TOKEN``), buyers go on to the payment step: a share of those who hold a
+unit pay (confirm it) after a random delay and the rest walk away, so their holds lapse;
+those who got a place in the waitlist follow their own stream and pay when it offers them
+a hold.
 """
 
 from __future__ import annotations
@@ -20,18 +26,31 @@ import time
 from pathlib import Path
 from typing import Any
 
+import gevent
 import gevent.pool
+import httpx
+from httpx_sse import SSEError, connect_sse
 from locust import FastHttpUser, LoadTestShape, between, events, task
 
-from flashflow.http.wire import CURRENT, CURRENT_PURCHASE, read_reply_bytes
+from flashflow.http.wire import (
+    CURRENT,
+    CURRENT_PURCHASE,
+    HELD,
+    Reply,
+    confirm_path,
+    purchase_events_path,
+    read_reply_bytes,
+    read_standing,
+)
 from flashflow.settings import Settings
 from flashflow.tokens import mint
-from loadtests.records import PURCHASE, STATUS, WATCH, Record, RecordWriter
+from loadtests.records import CONFIRM, PURCHASE, STANDING, STATUS, WATCH, Record, RecordWriter
 from loadtests.shape import Stages
 
 #: The server's token settings, read from the same FLASHFLOW_* variables it reads.
 AUTH = Settings.from_env()
-
+#: Standings after which a buyer's stream has nothing more to offer.
+OVER = frozenset({"confirmed", "closed", "lapsed", "cancelled"})
 
 
 @events.init_command_line_parser.add_listener
@@ -57,6 +76,19 @@ def add_options(parser: Any) -> None:
            help="Mean pause of a buyer between visits.")
     option("--record-dir", default="", env_var="LOCUST_RECORD_DIR",
            help="Directory for the per-process response records; empty records nothing.")
+    option("--checkout", action="store_true", default=False, env_var="LOCUST_CHECKOUT",
+           help="Go on to the payment step (a sale with holds; needs --sale-id and the "
+                "admin token in FLASHFLOW_ADMIN_TOKEN).")
+    option("--sale-id", default="", env_var="LOCUST_SALE_ID",
+           help="The sale's id, for the payment step's and the buyers' stream's paths.")
+    option("--pay-share", type=float, default=0.6, env_var="LOCUST_PAY_SHARE",
+           help="Share of holders who pay; the rest walk away and their holds lapse.")
+    option("--pay-min-s", type=float, default=1.0, env_var="LOCUST_PAY_MIN_S",
+           help="Shortest delay before a holder pays.")
+    option("--pay-max-s", type=float, default=3.0, env_var="LOCUST_PAY_MAX_S",
+           help="Longest delay before a holder pays (keep it under the hold's window).")
+    option("--follow-s", type=float, default=20.0, env_var="LOCUST_FOLLOW_S",
+           help="How long a waitlisted buyer follows their stream for an offer.")
 
 
 class _NoRecords:
@@ -91,11 +123,21 @@ def auth_headers(user: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {mint(AUTH, user, ttl_s=4 * 3600)}"}
 
 
+def record_of(kind: str, user: str, started: float, elapsed_ms: float, reply: Reply,
+              code: str | None, purchase_id: str | None = None) -> Record:
+    """What the verifier keeps of one reply (``purchase_id``: the hold a confirm names)."""
+    return Record(kind=kind, user=user, status=reply.status, started=started,
+                  elapsed_ms=elapsed_ms, purchase_id=purchase_id or reply.purchase_id, code=code,
+                  purchased=reply.purchased, standing=reply.standing,
+                  expires_at=reply.expires_at.timestamp() if reply.expires_at else None,
+                  position=reply.position)
+
+
 class _Recording(FastHttpUser):
     abstract = True
 
     def _call(self, kind: str, method: str, path: str, user: str, expected: set[int],
-              **kwargs: Any) -> None:
+              purchase_id: str | None = None, **kwargs: Any) -> Reply:
         started, t0 = time.time(), time.perf_counter()
         with self.client.request(method, path, name=kind, catch_response=True,
                                  **kwargs) as response:
@@ -104,18 +146,18 @@ class _Recording(FastHttpUser):
             code = reply.error_code
             if reply.status == 0:
                 code = type(response.error).__name__ if response.error else "NO_RESPONSE"
-            self.environment.flashflow_records.write(Record(
-                kind=kind, user=user, status=reply.status, started=started,
-                elapsed_ms=elapsed_ms, purchase_id=reply.purchase_id, code=code,
-                purchased=reply.purchased))
+            self.environment.flashflow_records.write(
+                record_of(kind, user, started, elapsed_ms, reply, code, purchase_id))
             if reply.status in expected:
                 response.success()
             else:
                 response.failure(f"{reply.status} {code}")
+        return reply
 
 
 class Buyer(_Recording):
-    """A crowd member: picks a user id, presses Buy several times at once, checks status."""
+    """A crowd member: picks a user id, presses Buy several times at once, checks status;
+    with ``--checkout``, pays for a hold or waits in line for one."""
 
     weight = 4
 
@@ -128,12 +170,78 @@ class Buyer(_Recording):
         options = self.environment.parsed_options
         user = f"{options.user_tag}-{random.randrange(options.user_pool):07d}"
         attempts = gevent.pool.Group()
-        for _ in range(max(options.attempts, 1)):
-            attempts.spawn(self._call, PURCHASE, "POST", CURRENT_PURCHASE, user, {201, 409, 429},
-                           json={"userId": user}, headers=auth_headers(user))
+        # with holds, pressing again while holding is 200 and a place in line 202
+        expected = {201, 409, 429} | ({200, 202} if options.checkout else set())
+        presses = [attempts.spawn(self._call, PURCHASE, "POST", CURRENT_PURCHASE, user,
+                                  expected, json={"userId": user}, headers=auth_headers(user))
+                   for _ in range(max(options.attempts, 1))]
         attempts.join()
         self._call(STATUS, "GET", f"{CURRENT_PURCHASE}?userId={user}", user, {200, 429},
                    headers=auth_headers(user))
+        if options.checkout:
+            self._checkout(user, [p.value for p in presses if p.value is not None])
+
+    def _checkout(self, user: str, replies: list[Reply]) -> None:
+        """Pay for the hold (a share of holders, after a delay), walk away, or follow the
+        stream from a place in line."""
+        options = self.environment.parsed_options
+        hold = next((r.purchase_id for r in replies
+                     if r.status in (200, 201) and r.standing == HELD and r.purchase_id), None)
+        if hold is not None:
+            if random.random() < options.pay_share:
+                gevent.sleep(random.uniform(options.pay_min_s, options.pay_max_s))
+                self._confirm(user, hold)
+        elif any(r.status == 202 for r in replies):
+            self._follow(user)
+
+    def _confirm(self, user: str, purchase_id: str) -> None:
+        """The payment step: confirm the hold with the admin token."""
+        options = self.environment.parsed_options
+        self._call(CONFIRM, "POST", confirm_path(options.sale_id, purchase_id), user,
+                   {200, 409}, purchase_id=purchase_id,
+                   headers={"Authorization": f"Bearer {AUTH.admin_token}"})
+
+    def _follow(self, user: str) -> None:
+        """Wait in line: follow the stream until it offers a hold, then pay for it after
+        the same delay as a holder."""
+        options = self.environment.parsed_options
+        offer = self._await_offer(user)
+        if offer is not None:
+            gevent.sleep(random.uniform(options.pay_min_s, options.pay_max_s))
+            self._confirm(user, offer)
+
+    def _await_offer(self, user: str) -> str | None:
+        """Follow the buyer's own stream, recording each standing, until it offers a hold
+        (its purchase id), says the wait is over, or ``--follow-s`` has passed."""
+        options = self.environment.parsed_options
+        records = self.environment.flashflow_records
+        started = time.time()
+        with gevent.Timeout(options.follow_s, False):
+            try:
+                with (httpx.Client(base_url=self.host,
+                                   timeout=httpx.Timeout(10, read=30)) as client,
+                      connect_sse(client, "GET", purchase_events_path(options.sale_id),
+                                  params={"userId": user}, headers=auth_headers(user)) as source):
+                    if source.response.status_code != 200:
+                        source.response.read()
+                        reply = read_reply_bytes(source.response.status_code,
+                                                 source.response.content)
+                        records.write(record_of(STANDING, user, started, 0.0, reply,
+                                                reply.error_code))
+                        return None
+                    for sse in source.iter_sse():
+                        if sse.event != STANDING:
+                            continue
+                        reply = read_standing(sse.data)
+                        records.write(record_of(STANDING, user, time.time(), 0.0, reply, None))
+                        if reply.standing == HELD and reply.purchase_id:
+                            return reply.purchase_id
+                        if reply.standing in OVER:
+                            return None
+            except (httpx.TransportError, SSEError) as exc:
+                records.write(Record(STANDING, user, 0, started, (time.time() - started) * 1000,
+                                     code=type(exc).__name__))
+        return None
 
 
 class Watcher(_Recording):

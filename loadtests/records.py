@@ -13,9 +13,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO
 
-from flashflow.invariants import PURCHASE, STATUS, WATCH, Record
+from flashflow.invariants import CONFIRM, PURCHASE, STANDING, STATUS, WATCH, Record
 
-__all__ = ["PURCHASE", "STATUS", "WATCH", "Record", "RecordWriter", "read_records"]
+__all__ = ["CONFIRM", "PURCHASE", "STANDING", "STATUS", "WATCH", "Record", "RecordWriter",
+           "read_records"]
 
 
 class RecordWriter:

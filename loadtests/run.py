@@ -5,6 +5,11 @@ Against ``--host URL`` it needs the server's PostgreSQL and Redis (``--database-
 URL it starts ``flashflow up`` on embedded servers in a temporary directory and uses theirs.
 The fresh sale (``--stock``) and the judgement are the load harness's
 (:mod:`flashflow.capacity.harness`).
+
+``--checkout`` loads a sale with holds (``--hold-s``) through the payment step: a share of
+holders pay after a random delay, the rest walk away, and waitlisted buyers follow their
+stream and pay when offered a hold (:mod:`loadtests.locustfile`). It needs the server's
+admin token (``--admin-token``; an embedded server is started with a fresh one).
 Exit status: 0 when every invariant held, 1 when one broke, 2 when the run could not happen.
 """
 
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -33,7 +39,7 @@ from . import backends
 from .records import PURCHASE, read_records
 from .server import ServerStartError, start_embedded
 from .shape import Stages
-from .summary import render, summarise
+from .summary import checkout_figures, render, summarise
 from .verify import Check
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +77,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "embedded server is started with it) [FLASHFLOW_AUTH_JWT_SECRET].")
     p.add_argument("--settle-s", type=float, default=1.0,
                    help="Pause between the last response and reading the backends.")
+    checkout = p.add_argument_group("checkout mode")
+    checkout.add_argument("--checkout", action="store_true",
+                          help="Buyers go on to pay for holds, or wait in line for one.")
+    checkout.add_argument("--hold-s", type=int, default=5,
+                          help="The payment window of the fresh sale (with --stock).")
+    checkout.add_argument("--pay-share", type=float, default=0.6,
+                          help="Share of holders who pay; the rest walk away.")
+    checkout.add_argument("--pay-min-s", type=float, default=1.0)
+    checkout.add_argument("--pay-max-s", type=float, default=3.0,
+                          help="Holders pay after a delay drawn between these two.")
+    checkout.add_argument("--follow-s", type=float, default=20.0,
+                          help="How long a waitlisted buyer follows their stream.")
+    checkout.add_argument("--admin-token", default=env("FLASHFLOW_ADMIN_TOKEN"),
+                          help="The server's admin token, which the payment step confirms "
+                               "with [FLASHFLOW_ADMIN_TOKEN].")
     return p.parse_args(argv)
 
 
@@ -94,7 +115,7 @@ def wait_for_sale(host: str, sale_id: str | None, timeout_s: float = 20.0) -> di
 
 
 def locust_command(args: argparse.Namespace, host: str, records: Path, pool: int,
-                   tag: str) -> list[str]:
+                   tag: str, sale_id: str = "") -> list[str]:
     """The locust command line for this run."""
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", host,
                "--stop-timeout", "15", "--exit-code-on-error", "0", "--only-summary",
@@ -103,6 +124,10 @@ def locust_command(args: argparse.Namespace, host: str, records: Path, pool: int
                "--peak-users", str(args.peak_users), "--attempts", str(args.attempts),
                "--think-s", str(args.think_s), "--user-pool", str(pool), "--user-tag", tag,
                "--record-dir", str(records)]
+    if args.checkout:
+        command += ["--checkout", "--sale-id", sale_id, "--pay-share", str(args.pay_share),
+                    "--pay-min-s", str(args.pay_min_s), "--pay-max-s", str(args.pay_max_s),
+                    "--follow-s", str(args.follow_s)]
     command += ["--autostart", "--autoquit", "5"] if args.web else ["--headless"]
     if args.processes != 1:
         command += ["--processes", str(args.processes)]
@@ -137,18 +162,21 @@ def load_and_verify(args: argparse.Namespace, host: str, database_url: str, redi
     sale_id = None
     if args.stock is not None:
         sale_id = str(create_sale(database_url, "Load Test Sneakers", args.stock,
-                                  stages.total_s + 60, current=True).id)
+                                  stages.total_s + 60, current=True,
+                                  hold_seconds=args.hold_s if args.checkout else None).id)
     sale = wait_for_sale(host, sale_id)
     if sale["status"] != "active":
         raise RunError(f"the current sale is {sale['status']}, not active")
+    if args.checkout and "holdSeconds" not in sale:
+        raise RunError("the current sale has no holds to check out: give --stock for one")
     sale_uuid = uuid.UUID(sale["id"])
     before = backends.ledger_snapshot(database_url, sale_uuid)
     pool = args.user_pool or max(10 * sale["remainingStock"], 200)
     tag = f"lt{uuid.uuid4().hex[:8]}"
     print(f"loading sale {sale['id']} ({sale['remainingStock']} of {sale['totalStock']} left) "
           f"at {host}: {pool} users, {stages.total_s:.0f} s", flush=True)
-    run_locust(locust_command(args, host, records, pool, tag), records / "locust.log",
-               stages.total_s + 120)
+    run_locust(locust_command(args, host, records, pool, tag, sale["id"]),
+               records / "locust.log", stages.total_s + 120)
     time.sleep(args.settle_s)
     seen = list(read_records(records))
     checks = judge(seen, before, database_url, redis_url, key_prefix, sale_uuid)
@@ -156,6 +184,9 @@ def load_and_verify(args: argparse.Namespace, host: str, database_url: str, redi
         checks.append(Check("the load reached the server", False, "no purchase was recorded"))
     summary = summarise(seen, checks)
     summary.update(sale_id=sale["id"], host=host, records=str(records))
+    if args.checkout:
+        summary["checkout"] = checkout_figures(
+            seen, backends.ledger_snapshot(database_url, sale_uuid))
     return summary
 
 
@@ -169,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.auth_secret:
         # The embedded server and the locust processes read it from their environment.
         os.environ["FLASHFLOW_AUTH_JWT_SECRET"] = args.auth_secret
+    if args.checkout and not args.admin_token and not args.host:
+        args.admin_token = secrets.token_urlsafe(24)  # the embedded server's, and the payer's
+    if args.admin_token:
+        os.environ["FLASHFLOW_ADMIN_TOKEN"] = args.admin_token
     # SIGTERM unwinds like Ctrl-C, so the children below are stopped on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
     with ExitStack() as stack:
@@ -184,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"started flashflow up at {host}", flush=True)
             if not db or not rd:
                 raise RunError("verification needs --database-url and --redis-url with --host")
+            if args.checkout and not args.admin_token:
+                raise RunError("checkout pays with the server's admin token: --admin-token")
             records = args.records or Path(stack.enter_context(tempfile.TemporaryDirectory(
                 prefix="flashflow-records-")))
             records.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,7 @@ def start_embedded(data_dir: Path, key_prefix: str, timeout_s: float = 90.0) -> 
     # The per-address limit stays off unless the caller asks for it explicitly.
     for name in ("FLASHFLOW_DATABASE_URL", "FLASHFLOW_REDIS_URL", "FLASHFLOW_RATE_LIMIT_ENABLED",
                  "FLASHFLOW_AUTH_JWT_SECRET", "FLASHFLOW_AUTH_JWT_ISSUER",
-                 "FLASHFLOW_AUTH_JWT_AUDIENCE"):
+                 "FLASHFLOW_AUTH_JWT_AUDIENCE", "FLASHFLOW_ADMIN_TOKEN"):
         if os.environ.get(name):
             env[name] = os.environ[name]
     process = subprocess.Popen(

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from .records import Record
-from .verify import Check
+from .records import CONFIRM, PURCHASE, Record
+from .verify import Check, LedgerSnapshot
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -45,6 +45,30 @@ def summarise(records: Sequence[Record], checks: Sequence[Check]) -> dict[str, A
     }
 
 
+def checkout_figures(records: Sequence[Record], ledger: LedgerSnapshot) -> dict[str, int]:
+    """What a checkout run did: holds told and paid, places told, and from PostgreSQL the
+    holds that lapsed or were cancelled, the offers to places in line and how many of those
+    the buyers paid for."""
+    holds = ledger.holds
+    if holds is None:
+        return {}
+    offers = ({e.offered_to for e in holds.endings if e.offered_to}
+              | {p.purchase_id for p in holds.places if p.purchase_id})
+    paid = {r.purchase_id for r in records if r.kind == CONFIRM and r.status == 200}
+    return {
+        "holds_told": sum(r.kind == PURCHASE and r.status == 201 for r in records),
+        "places_told": len({r.user for r in records if r.kind == PURCHASE and r.status == 202}),
+        "paid": len(paid),
+        "confirmed": sum(r.confirmed for r in holds.rows),
+        "held": sum(not r.confirmed for r in holds.rows),
+        "lapsed": sum(e.outcome == "lapsed" for e in holds.endings),
+        "cancelled": sum(e.outcome == "cancelled" for e in holds.endings),
+        "offers": len(offers),
+        "offers_paid": len(offers & paid),
+        "still_waiting": sum(p.waiting for p in holds.places),
+    }
+
+
 def render(summary: dict[str, Any]) -> str:
     """The summary as a plain-text table for a terminal."""
     header = (f"{'request':<10} {'count':>8} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
@@ -57,6 +81,10 @@ def render(summary: dict[str, Any]) -> str:
     lines.append(f"{'all':<10} {summary['requests']:>8} {summary['per_s']:>8.0f}  "
                  f"over {summary['duration_s']:.1f} s")
     lines.append("")
+    if summary.get("checkout"):
+        lines.append("checkout: " + ", ".join(f"{k.replace('_', ' ')} {v}"
+                                              for k, v in summary["checkout"].items()))
+        lines.append("")
     for check in summary["invariants"]:
         mark = "held  " if check["held"] else "BROKEN"
         lines.append(f"[{mark}] {check['name']}: {check['detail']}")

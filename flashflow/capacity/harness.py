@@ -36,7 +36,7 @@ from actors.redis_url import sync_client
 
 from ..database import execute, run_on_connection, with_database
 from ..embedded import start_postgres, start_redis
-from ..invariants import Check, LedgerSnapshot, Record, gate_snapshot, ledger_snapshot, verify
+from ..invariants import Check, LedgerSnapshot, Record, store_snapshots, verify
 from ..migrate import apply_migrations
 
 
@@ -125,7 +125,8 @@ def open_scratch(admin_url: str, redis_url: str, tag: str) -> Iterator[Scratch]:
         yield Scratch(url, redis_url, prefix)
 
 
-async def _insert(conn: Any, product: str, stock: int, lasts_s: float, current: bool) -> Sale:
+async def _insert(conn: Any, product: str, stock: int, lasts_s: float, current: bool,
+                  hold_seconds: int | None) -> Sale:
     start = datetime.now(UTC) - timedelta(seconds=1)
     end = start + timedelta(seconds=lasts_s)
     if current:
@@ -136,21 +137,23 @@ async def _insert(conn: Any, product: str, stock: int, lasts_s: float, current: 
         if sooner is not None:
             raise LookupError(f"active sale {sooner} ends before a new one would, so it stays "
                               "current: load it without --stock, or wait until it ends")
-    return await ledger_sql.insert_sale(conn, product, stock, start, end)
+    return await ledger_sql.insert_sale(conn, product, stock, start, end, hold_seconds)
 
 
 def create_sale(database_url: str, product: str, stock: int, lasts_s: float, *,
-                current: bool = False) -> Sale:
+                current: bool = False, hold_seconds: int | None = None) -> Sale:
     """Schedule a sale of ``stock`` running from a second ago for ``lasts_s``; return it.
 
     Args:
         current: The sale must become the server's current one at its next catalog
             refresh (the active sale that ends first).
+        hold_seconds: A sale with holds, of this payment window; None: without.
 
     Raises:
         LookupError: with ``current``, an active sale ends sooner, so it stays current.
     """
-    return run_on_connection(database_url, _insert, product, stock, lasts_s, current)
+    return run_on_connection(database_url, _insert, product, stock, lasts_s, current,
+                             hold_seconds)
 
 
 def judge(records: Iterable[Record], before: LedgerSnapshot, database_url: str,
@@ -162,8 +165,8 @@ def judge(records: Iterable[Record], before: LedgerSnapshot, database_url: str,
         before: The ledger before the run.
         label: Put before each check's name (``"after sale: ..."``), when given.
     """
-    checks = verify(records, before, ledger_snapshot(database_url, sale_id),
-                    gate_snapshot(redis_url, key_prefix, sale_id))
+    checks = verify(records, before,
+                    *store_snapshots(database_url, redis_url, key_prefix, sale_id))
     if label is None:
         return checks
     return [Check(f"{label}: {c.name}", c.held, c.detail) for c in checks]

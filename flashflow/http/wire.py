@@ -75,6 +75,7 @@ __all__ = [
     "purchase_status_body",
     "read_reply",
     "read_reply_bytes",
+    "read_standing",
     "response",
     "sale_body",
     "sale_id_in",
@@ -400,9 +401,11 @@ class Reply:
     """What a client reads in one of the API's answers.
 
     ``error_code`` is the error envelope's code (None for a success); ``purchase_id`` the
-    ``purchaseId`` of a confirmed purchase or of a status read that says purchased;
-    ``purchased`` a status read's answer; ``remaining_stock`` a sale's. A field the body does
-    not hold is None.
+    ``purchaseId`` of a purchase, a hold or a status read that says purchased; ``purchased``
+    a status read's answer; ``remaining_stock`` a sale's. In a sale with holds, ``standing``
+    is a purchase's, a place's or a standing's ``status`` (one of :data:`STANDINGS`),
+    ``expires_at`` a hold's end, ``position`` and ``waitlist_length`` a place's. A field the
+    body does not hold is None.
     """
 
     status: int
@@ -410,6 +413,17 @@ class Reply:
     purchase_id: str | None = None
     purchased: bool | None = None
     remaining_stock: int | None = None
+    standing: str | None = None
+    expires_at: datetime | None = None
+    position: int | None = None
+    waitlist_length: int | None = None
+
+
+def _moment(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
 
 
 def read_reply(status: int, body: Any) -> Reply:
@@ -421,8 +435,12 @@ def read_reply(status: int, body: Any) -> Reply:
         return Reply(status, error_code=error.get("code"))
     if not isinstance(data, dict):
         return Reply(status)
+    standing = data.get("status")
     return Reply(status, purchase_id=data.get("purchaseId"), purchased=data.get("purchased"),
-                 remaining_stock=data.get("remainingStock"))
+                 remaining_stock=data.get("remainingStock"),
+                 standing=standing if standing in STANDINGS else None,
+                 expires_at=_moment(data.get("expiresAt")), position=data.get("position"),
+                 waitlist_length=data.get("waitlistLength"))
 
 
 def read_reply_bytes(status: int, content: bytes | None) -> Reply:
@@ -432,3 +450,13 @@ def read_reply_bytes(status: int, content: bytes | None) -> Reply:
     except (TypeError, ValueError):
         body = None
     return read_reply(status, body)
+
+
+def read_standing(data: str) -> Reply:
+    """The :class:`Reply` of a buyer's ``standing`` event (its ``data:``, the status read's
+    body without the envelope); data that is not JSON reads as an empty one."""
+    try:
+        payload = json.loads(data)
+    except (TypeError, ValueError):
+        payload = None
+    return read_reply(200, {"data": payload})

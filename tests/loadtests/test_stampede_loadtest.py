@@ -15,6 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 SECRET = "loadtest-secret-for-hs256-0123456789"
+ADMIN = "loadtest-admin-token-0123456789"
 
 
 @pytest.mark.parametrize("auth", [False, True], ids=["open", "signed-in"])
@@ -45,3 +46,36 @@ async def test_short_locust_stampede_keeps_every_invariant(settings, tmp_path, a
     outcomes = summary["kinds"]["purchase"]["outcomes"]
     assert outcomes.get("201", 0) >= 15, outcomes
     assert outcomes.get("409 SOLD_OUT", 0) > 0, outcomes
+
+
+async def test_short_locust_checkout_keeps_every_rule_of_holds(settings, tmp_path):
+    """A sale of 15 with 5-second holds, 300 users: 60% of holders pay within a second, the
+    rest walk away and their holds lapse to the waitlist, whose buyers pay from their stream.
+    Every rule of holds holds; some holds lapsed, and some offers were paid."""
+    server = await trio.to_thread.run_sync(spawn_server, replace(settings, admin_token=ADMIN),
+                                           tmp_path)
+    report = tmp_path / "checkout.json"
+    try:
+        with trio.fail_after(150):
+            done = await trio.run_process(
+                [sys.executable, "-m", "loadtests", "--host", server.base_url,
+                 "--database-url", settings.database_url, "--redis-url", settings.redis_url,
+                 "--key-prefix", settings.key_prefix, "--stock", "15", "--checkout",
+                 "--hold-s", "5", "--pay-share", "0.6", "--pay-min-s", "0.2",
+                 "--pay-max-s", "1.0", "--follow-s", "10", "--admin-token", ADMIN,
+                 "--ramp-s", "1", "--peak-s", "7", "--cool-s", "1", "--ramp-users", "20",
+                 "--peak-users", "40", "--user-pool", "300", "--think-s", "0.2",
+                 "--records", str(tmp_path / "records"), "--json", str(report)],
+                capture_stdout=True, capture_stderr=True, check=False)
+    finally:
+        code = await trio.to_thread.run_sync(server.stop)
+    output = (done.stdout + done.stderr).decode()
+    assert done.returncode == 0, output
+    assert code == 0, "the server did not stop cleanly"
+    summary = json.loads(report.read_text())
+    names = {check["name"] for check in summary["invariants"]}
+    assert summary["held"] and "no unit free while anyone waits" in names, output
+    figures = summary["checkout"]
+    assert figures["holds_told"] >= 15 and figures["paid"] > 0, figures
+    assert figures["lapsed"] > 0, figures
+    assert figures["offers"] > 0 and figures["offers_paid"] > 0, figures
