@@ -32,19 +32,20 @@ import httpx
 from httpx_sse import SSEError, connect_sse
 from locust import FastHttpUser, LoadTestShape, between, events, task
 
-from flashflow.http.wire import (
-    CURRENT,
-    CURRENT_PURCHASE,
-    HELD,
-    Reply,
-    confirm_path,
-    purchase_events_path,
-    read_reply_bytes,
-    read_standing,
-)
+from flashflow.http.replies import Reply, read_reply_bytes, read_standing
+from flashflow.http.wire import CURRENT, CURRENT_PURCHASE, HELD, confirm_path, purchase_events_path
 from flashflow.settings import Settings
 from flashflow.tokens import mint
-from loadtests.records import CONFIRM, PURCHASE, STANDING, STATUS, WATCH, Record, RecordWriter
+from loadtests.records import (
+    CONFIRM,
+    PURCHASE,
+    STANDING,
+    STATUS,
+    WATCH,
+    Record,
+    RecordWriter,
+    record_of,
+)
 from loadtests.shape import Stages
 
 #: The server's token settings, read from the same FLASHFLOW_* variables it reads.
@@ -121,16 +122,6 @@ def auth_headers(user: str) -> dict[str, str]:
     if AUTH.auth_jwt_secret is None:
         return {}
     return {"Authorization": f"Bearer {mint(AUTH, user, ttl_s=4 * 3600)}"}
-
-
-def record_of(kind: str, user: str, started: float, elapsed_ms: float, reply: Reply,
-              code: str | None, purchase_id: str | None = None) -> Record:
-    """What the verifier keeps of one reply (``purchase_id``: the hold a confirm names)."""
-    return Record(kind=kind, user=user, status=reply.status, started=started,
-                  elapsed_ms=elapsed_ms, purchase_id=purchase_id or reply.purchase_id, code=code,
-                  purchased=reply.purchased, standing=reply.standing,
-                  expires_at=reply.expires_at.timestamp() if reply.expires_at else None,
-                  position=reply.position)
 
 
 class _Recording(FastHttpUser):

@@ -13,10 +13,21 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO
 
+from flashflow.http.replies import Reply
 from flashflow.invariants import CONFIRM, PURCHASE, STANDING, STATUS, WATCH, Record
 
 __all__ = ["CONFIRM", "PURCHASE", "STANDING", "STATUS", "WATCH", "Record", "RecordWriter",
-           "read_records"]
+           "read_records", "record_of"]
+
+
+def record_of(kind: str, user: str, started: float, elapsed_ms: float, reply: Reply,
+              code: str | None, purchase_id: str | None = None) -> Record:
+    """What the verifier keeps of one reply (``purchase_id``: the hold a confirm names)."""
+    return Record(kind=kind, user=user, status=reply.status, started=started,
+                  elapsed_ms=elapsed_ms, purchase_id=purchase_id or reply.purchase_id, code=code,
+                  purchased=reply.purchased, standing=reply.standing,
+                  expires_at=reply.expires_at.timestamp() if reply.expires_at else None,
+                  position=reply.position)
 
 
 class RecordWriter:

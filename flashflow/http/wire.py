@@ -55,7 +55,6 @@ __all__ = [
     "Answer",
     "Body",
     "ErrorResponse",
-    "Reply",
     "admin_end_path",
     "admin_sale_path",
     "answer",
@@ -73,9 +72,6 @@ __all__ = [
     "purchase_events_path",
     "purchase_path",
     "purchase_status_body",
-    "read_reply",
-    "read_reply_bytes",
-    "read_standing",
     "response",
     "sale_body",
     "sale_id_in",
@@ -391,72 +387,3 @@ def error_body(status: int, code: str, message: str, correlation_id: str) -> str
         "code": status,
         "error": {"code": code, "message": message, "correlationId": correlation_id},
     })
-
-
-# Reading an answer back, as a client (the load tests, the tests) sees it.
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """What a client reads in one of the API's answers.
-
-    ``error_code`` is the error envelope's code (None for a success); ``purchase_id`` the
-    ``purchaseId`` of a purchase, a hold or a status read that says purchased; ``purchased``
-    a status read's answer; ``remaining_stock`` a sale's. In a sale with holds, ``standing``
-    is a purchase's, a place's or a standing's ``status`` (one of :data:`STANDINGS`),
-    ``expires_at`` a hold's end, ``position`` and ``waitlist_length`` a place's. A field the
-    body does not hold is None.
-    """
-
-    status: int
-    error_code: str | None = None
-    purchase_id: str | None = None
-    purchased: bool | None = None
-    remaining_stock: int | None = None
-    standing: str | None = None
-    expires_at: datetime | None = None
-    position: int | None = None
-    waitlist_length: int | None = None
-
-
-def _moment(text: Any) -> datetime | None:
-    try:
-        return datetime.fromisoformat(text) if isinstance(text, str) else None
-    except ValueError:
-        return None
-
-
-def read_reply(status: int, body: Any) -> Reply:
-    """The :class:`Reply` of an answer's status and its parsed JSON ``body`` (any shape)."""
-    if not isinstance(body, dict):
-        return Reply(status)
-    data, error = body.get("data"), body.get("error")
-    if isinstance(error, dict):
-        return Reply(status, error_code=error.get("code"))
-    if not isinstance(data, dict):
-        return Reply(status)
-    standing = data.get("status")
-    return Reply(status, purchase_id=data.get("purchaseId"), purchased=data.get("purchased"),
-                 remaining_stock=data.get("remainingStock"),
-                 standing=standing if standing in STANDINGS else None,
-                 expires_at=_moment(data.get("expiresAt")), position=data.get("position"),
-                 waitlist_length=data.get("waitlistLength"))
-
-
-def read_reply_bytes(status: int, content: bytes | None) -> Reply:
-    """:func:`read_reply` of a raw body; one that is not JSON reads as an empty one."""
-    try:
-        body = json.loads(content or b"null")
-    except (TypeError, ValueError):
-        body = None
-    return read_reply(status, body)
-
-
-def read_standing(data: str) -> Reply:
-    """The :class:`Reply` of a buyer's ``standing`` event (its ``data:``, the status read's
-    body without the envelope); data that is not JSON reads as an empty one."""
-    try:
-        payload = json.loads(data)
-    except (TypeError, ValueError):
-        payload = None
-    return read_reply(200, {"data": payload})

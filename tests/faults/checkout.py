@@ -1,16 +1,15 @@
 """Buyers of a sale with holds as the checkout tests run them: each presses, pays (or walks
-away), or waits in line on their own stream and pays when offered; everything they were told
-is kept, with the wall-clock time of each answer."""
+away), or waits in line on their own stream and pays when offered. Everything they are told
+is kept as the load test's records, and the run is judged by the one invariant check
+(:func:`flashflow.invariants.verify`) against what PostgreSQL and Redis hold."""
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -18,73 +17,83 @@ import trio
 from httpx_sse import aconnect_sse
 
 from actors import Sale
+from flashflow.http.replies import Reply, read_reply_bytes, read_standing
 from flashflow.http.wire import CURRENT_PURCHASE, CURRENT_PURCHASE_EVENTS, confirm_path
+from flashflow.invariants import LedgerSnapshot, store_snapshots, verify
 from flashflow.settings import Settings
+from loadtests.records import CONFIRM, PURCHASE, STANDING, Record, record_of
 
-from ..helpers import ServerProcess, fetch, pg
+from ..helpers import ServerProcess
 
+#: The payment step's bearer token in the checkout tests.
 ADMIN = "checkout-admin-token"
-
-
-def json_of(response: httpx.Response) -> dict:
-    """The JSON body of an answer; one that is not JSON is kept as its text, to be reported."""
-    try:
-        return response.json()
-    except ValueError:
-        return {"notJson": response.text, "headers": dict(response.headers)}
+#: Answers asked again, as a client does: a busy server's, or one given while a backend
+#: is down.
+AGAIN = (429, 503)
 
 
 class Checkout:
-    """What the buyers were told, in order, with the wall-clock time of each answer."""
+    """What the buyers were told: :attr:`records`, in the order they came."""
 
     def __init__(self) -> None:
-        self.presses: list[tuple[str, int, dict, float]] = []
-        self.confirms: list[tuple[str, str, int, dict, float]] = []
-        self.offers: dict[str, str] = {}
-        self.closed: set[str] = set()
-        self.confirm_seconds: list[float] = []
+        self.records: list[Record] = []
 
-    async def press(self, client: httpx.AsyncClient, user: str) -> tuple[int, dict]:
-        """Press until the answer is decided (a 503 or a 429 is pressed again)."""
+    async def _call(self, kind: str, client: httpx.AsyncClient, method: str, url: str,
+                    user: str, purchase_id: str | None = None, **kwargs: Any) -> Reply:
+        started, t0 = time.time(), time.perf_counter()
+        try:
+            response = await client.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            self.records.append(Record(kind, user, 0, started, 0.0, purchase_id,
+                                       type(exc).__name__))
+            return Reply(0)
+        reply = read_reply_bytes(response.status_code, response.content)
+        self.records.append(record_of(kind, user, started, (time.perf_counter() - t0) * 1000,
+                                      reply, reply.error_code, purchase_id))
+        return reply
+
+    async def press(self, client: httpx.AsyncClient, user: str) -> Reply:
+        """Press until the answer is decided (a 429, a 503 or no answer is pressed again)."""
         while True:
-            response = await client.post(CURRENT_PURCHASE, json={"userId": user})
-            body = json_of(response)
-            self.presses.append((user, response.status_code, body, time.time()))
-            if response.status_code not in (429, 503):
-                return response.status_code, body
+            reply = await self._call(PURCHASE, client, "POST", CURRENT_PURCHASE, user,
+                                     json={"userId": user})
+            if reply.status not in (0, *AGAIN):
+                return reply
             await trio.sleep(0.2)
 
     async def pay(self, client: httpx.AsyncClient, sale_id: str, user: str,
-                  purchase_id: str) -> None:
-        """Confirm, as a payment step does: a 503 is sent again (a confirm is idempotent)."""
+                  purchase_id: str) -> Reply:
+        """Confirm, as a payment step does: sent again until decided (a confirm is
+        idempotent)."""
         while True:
-            sent = time.perf_counter()
-            response = await client.post(confirm_path(sale_id, purchase_id),
-                                         headers={"Authorization": f"Bearer {ADMIN}"})
-            self.confirm_seconds.append(time.perf_counter() - sent)
-            self.confirms.append((user, purchase_id, response.status_code, json_of(response),
-                                  time.time()))
-            if response.status_code != 503:
-                return
+            reply = await self._call(CONFIRM, client, "POST", confirm_path(sale_id, purchase_id),
+                                     user, purchase_id,
+                                     headers={"Authorization": f"Bearer {ADMIN}"})
+            if reply.status not in (0, *AGAIN):
+                return reply
             await trio.sleep(0.2)
 
     async def wait_in_line(self, client: httpx.AsyncClient, user: str) -> str | None:
-        """Follow the buyer's own stream until a hold is offered (its id) or the line closes."""
-        async with aconnect_sse(client, "GET", CURRENT_PURCHASE_EVENTS,
-                                params={"userId": user}) as source:
-            async for event in source.aiter_sse():
-                if event.event != "standing":
-                    continue  # httpx-sse reads a heartbeat after an id as an empty event
-                standing = json.loads(event.data)
-                if standing.get("status") == "held":
-                    self.offers[user] = standing["purchaseId"]
-                    return standing["purchaseId"]
-                if standing.get("status") in ("closed", "confirmed"):
-                    self.closed.add(user)
-                    return None
-                if standing.get("status") in ("lapsed", "cancelled"):
-                    return None  # an offer this buyer missed: they walk away
-        return None
+        """Follow the buyer's own stream until a hold is offered (its id), or the line is
+        closed or the offer missed (None); a broken stream is taken up again."""
+        while True:
+            try:
+                async with aconnect_sse(client, "GET", CURRENT_PURCHASE_EVENTS,
+                                        params={"userId": user}) as source:
+                    async for event in source.aiter_sse():
+                        if event.event != "standing":
+                            continue  # httpx-sse reads a heartbeat after an id as an event
+                        standing = read_standing(event.data)
+                        self.records.append(record_of(STANDING, user, time.time(), 0.0,
+                                                      standing, None))
+                        if standing.standing == "held":
+                            return standing.purchase_id
+                        if standing.standing in ("closed", "confirmed", "lapsed",
+                                                 "cancelled"):
+                            return None  # final, or an offer missed: the buyer walks away
+            except (httpx.TransportError, httpx.HTTPStatusError):
+                pass
+            await trio.sleep(0.5)
 
 
 async def buyer(checkout: Checkout, client: httpx.AsyncClient, sale_id: str, user: str,
@@ -93,13 +102,13 @@ async def buyer(checkout: Checkout, client: httpx.AsyncClient, sale_id: str, use
     wait for an offer and pay it."""
     pays, delay = rng.random() < 0.6, rng.uniform(1.0, 3.0)
     await trio.sleep(rng.uniform(0, 0.5))
-    status, body = await checkout.press(client, user)
-    if status in (200, 201):
+    reply = await checkout.press(client, user)
+    if reply.status in (200, 201) and reply.purchase_id is not None:
         if pays:
             await trio.sleep(delay)
-            await checkout.pay(client, sale_id, user, body["data"]["purchaseId"])
+            await checkout.pay(client, sale_id, user, reply.purchase_id)
         return
-    if status == 202:
+    if reply.status == 202:
         offered = await checkout.wait_in_line(client, user)
         if offered is not None:
             await trio.sleep(rng.uniform(0.1, 0.5))
@@ -126,97 +135,44 @@ async def run_buyers(checkout: Checkout, clients: list[httpx.AsyncClient], sale:
                                rng)
 
 
-@dataclass(frozen=True, slots=True)
-class HoldStores:
-    """What PostgreSQL holds of a sale with holds: its rows, ended holds and places."""
+async def judge_checkout(settings: Settings, sale: Sale, checkout: Checkout,
+                         figures: dict[str, Any], *, before: LedgerSnapshot | None = None,
+                         fault_window: tuple[float, ...] = ()) -> LedgerSnapshot:
+    """Judge the run by the one invariant check and put its figures in ``figures``.
 
-    rows: list[Any]
-    endings: list[Any]
-    places: list[Any]
+    ``fault_window`` is (start, end) in wall-clock seconds: the records sent in it are the
+    faulted ones (a 503 or no answer is no break there). Returns the ledger judged.
 
-    @property
-    def confirmed(self) -> dict[str, Any]:
-        """The confirmed rows, by purchase id."""
-        return {str(r["id"]): r for r in self.rows if r["confirmed_at"] is not None}
-
-
-async def read_hold_stores(settings: Settings, sale: Sale) -> HoldStores:
-    """The rows, the ended holds and the places of ``sale`` (places in line order)."""
-    url = settings.database_url
-    return HoldStores(
-        await pg(url, fetch, "SELECT id, user_id, expires_at, confirmed_at FROM purchases "
-                             "WHERE sale_id = $1", sale.id),
-        await pg(url, fetch, "SELECT purchase_id, user_id, outcome, expires_at, ended_at, "
-                             "offered_to FROM hold_endings WHERE sale_id = $1", sale.id),
-        await pg(url, fetch, "SELECT user_id, place, offered_at, purchase_id FROM waitlist "
-                             "WHERE sale_id = $1 ORDER BY place", sale.id))
-
-
-def hold_figures(checkout: Checkout, stores: HoldStores) -> dict[str, Any]:
-    """What the buyers were told and what the stores hold, counted."""
-    lateness = [(e["ended_at"] - e["expires_at"]).total_seconds() for e in stores.endings
-                if e["outcome"] == "lapsed"]
-    return {
-        "presses": dict(Counter(status for _, status, _, _ in checkout.presses)),
-        "confirms": dict(Counter(c[2] for c in checkout.confirms)),
-        "confirmed_rows": len(stores.confirmed), "held_rows": len(stores.rows)
-        - len(stores.confirmed), "endings": len(stores.endings),
-        "places": len(stores.places), "offers_seen": len(checkout.offers),
-        "lapse_late_s_max": round(max(lateness), 3) if lateness else None,
-        "confirm_s_max": round(max(checkout.confirm_seconds, default=0), 3),
-    }
-
-
-def hold_rule_breaks(checkout: Checkout, stores: HoldStores, total: int) -> list[str]:
-    """Which rules of holds and the waitlist the answers and the stores break (none: []).
-
-    The rules: one 201 per user; every hold told (201 or 200) is a row, or a hold that ended
-    since; every place told (202) is a place; every confirm 200 is a confirmed row, committed
-    before its end; every HOLD_EXPIRED is a lapsed hold; held + confirmed <= total; while
-    anyone waits, no unit is free; offers follow the order of places; SOLD_OUT only once
-    every unit was confirmed (by the database's confirm times, before the answer was read).
+    Raises:
+        AssertionError: a rule broke; says which and what was seen.
     """
-    breaks: list[str] = []
-    garbled = [e for e in [*checkout.presses, *checkout.confirms] if "notJson" in e[-2]]
-    if garbled:
-        breaks.append(f"answers that are not JSON: {garbled[:2]}")
-    wins = Counter(user for user, status, _, _ in checkout.presses if status == 201)
-    if wins and max(wins.values()) > 1:
-        breaks.append(f"two 201s for a user: {wins.most_common(1)}")
-    kept = {str(r["id"]) for r in stores.rows} | {str(e["purchase_id"]) for e in stores.endings}
-    told = {body["data"]["purchaseId"] for _, status, body, _ in checkout.presses
-            if status in (200, 201)}
-    if told - kept:
-        breaks.append(f"holds told but never rows: {sorted(told - kept)[:3]}")
-    placed = {user for user, status, _, _ in checkout.presses if status == 202}
-    if placed - {p["user_id"] for p in stores.places}:
-        breaks.append("places told but never rows")
-    unpaid = {c[1] for c in checkout.confirms if c[2] == 200} - set(stores.confirmed)
-    if unpaid:
-        breaks.append(f"confirms told but not confirmed rows: {sorted(unpaid)[:3]}")
-    late = [r for r in stores.confirmed.values() if r["confirmed_at"] >= r["expires_at"]]
-    if late:
-        breaks.append(f"{len(late)} confirmed at or after their end")
-    lapsed = {str(e["purchase_id"]) for e in stores.endings if e["outcome"] == "lapsed"}
-    expired = {c[1] for c in checkout.confirms
-               if c[2] == 409 and c[3]["error"]["code"] == "HOLD_EXPIRED"}
-    if expired - lapsed:
-        breaks.append(f"HOLD_EXPIRED for holds that did not lapse: {sorted(expired - lapsed)[:3]}")
-    if len(stores.rows) > total:
-        breaks.append(f"{len(stores.rows)} held or confirmed of {total}")
-    waiting = [p for p in stores.places if p["offered_at"] is None]
-    if waiting and len(stores.rows) < total:
-        breaks.append(f"{len(waiting)} waiting while {total - len(stores.rows)} units are free")
-    offered = [p for p in stores.places if p["offered_at"] is not None]
-    if [p["offered_at"] for p in offered] != sorted(p["offered_at"] for p in offered):
-        breaks.append("offers out of the order of places")
-    if any(p["offered_at"] is None for p in stores.places[:len(offered)]):
-        breaks.append("a place passed over by an offer to a later one")
-    times = sorted(r["confirmed_at"].timestamp() for r in stores.confirmed.values())
-    for _, status, body, at in checkout.presses:
-        if status == 409 and body["error"]["code"] == "SOLD_OUT":
-            confirmed_by_then = sum(1 for t in times if t <= at)
-            if confirmed_by_then < total:
-                breaks.append(f"SOLD_OUT with {confirmed_by_then} of {total} confirmed")
-                break
-    return breaks
+    if before is None:
+        before = LedgerSnapshot(sale.total_stock, 0, {})
+    after, gate = await trio.to_thread.run_sync(
+        lambda: store_snapshots(settings.database_url, settings.redis_url, settings.key_prefix,
+                                sale.id))
+    faulted = ([r for r in checkout.records if fault_window[0] <= r.started <= fault_window[1]]
+               if fault_window else [])
+    checks = verify(checkout.records, before, after, gate, faulted=faulted)
+    figures.update(checkout_figures(checkout, after))
+    broken = [c for c in checks if not c.held]
+    assert not broken, "\n".join(f"{c.name}: {c.detail}" for c in broken)
+    return after
+
+
+def checkout_figures(checkout: Checkout, after: LedgerSnapshot) -> dict[str, Any]:
+    """What the buyers were told and what the ledger holds, counted."""
+    by_kind = Counter((r.kind, r.status) for r in checkout.records)
+    holds = after.holds
+    lapses = [] if holds is None else [e.ended_at - e.expires_at for e in holds.endings
+                                       if e.outcome == "lapsed"]
+    confirm_s = [r.elapsed_ms / 1000 for r in checkout.records if r.kind == CONFIRM]
+    return {
+        "answers": {f"{kind} {status}": n for (kind, status), n in sorted(by_kind.items())},
+        "sold": after.sold,
+        "confirmed": None if holds is None else sum(r.confirmed for r in holds.rows),
+        "endings": None if holds is None else len(holds.endings),
+        "places": None if holds is None else len(holds.places),
+        "lapse_late_s_max": round(max(lapses), 3) if lapses else None,
+        "confirm_s_max": round(max(confirm_s), 3) if confirm_s else None,
+    }

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import httpx
 import trio
 
-from flashflow.http.wire import CURRENT_PURCHASE, Reply, read_reply, read_reply_bytes
+from flashflow.http.replies import Reply, read_reply, read_reply_bytes
+from flashflow.http.wire import CURRENT_PURCHASE
 from loadtests.records import PURCHASE as PURCHASE_KIND
 from loadtests.records import Record
 

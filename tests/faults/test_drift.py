@@ -18,7 +18,8 @@ import trio
 
 from actors.keys import sale_keys
 from flashflow.embedded import start_redis
-from flashflow.http.wire import CURRENT, CURRENT_PURCHASE, METRICS, read_reply
+from flashflow.http.replies import read_reply
+from flashflow.http.wire import CURRENT, CURRENT_PURCHASE, METRICS
 
 from ..helpers import make_sale
 from .checks import check_sale_after_faults, phase_figures

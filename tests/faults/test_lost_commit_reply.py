@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 import pytest
 import trio
 
-from flashflow.http.wire import CURRENT, read_reply
+from flashflow.http.replies import read_reply
+from flashflow.http.wire import CURRENT
 
 from ..helpers import make_sale
 from .checks import check_sale_after_faults, phase_figures

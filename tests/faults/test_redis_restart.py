@@ -8,7 +8,8 @@ import httpx
 import pytest
 import trio
 
-from flashflow.http.wire import CURRENT, CURRENT_PURCHASE, read_reply
+from flashflow.http.replies import read_reply
+from flashflow.http.wire import CURRENT, CURRENT_PURCHASE
 
 from ..helpers import gate_state, make_sale
 from .checks import check_exact_end, latency_figures, phase_figures, redis_fault_bound_s

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from actors import SaleStatus
-from flashflow.http import wire
+from actors import SaleStatus, Standing
+from flashflow.http import replies, wire
 
 #: The public API's paths, as clients have always called them: the one place they are
 #: written out, so a change to :mod:`flashflow.http.wire` that moves one fails here.
@@ -58,19 +58,25 @@ def test_answers_read_back_as_replies():
     """A purchase, a refusal, a status read and a sale read back as what they say."""
     purchase = {"data": {"purchaseId": "p-1", "userId": "alice", "status": "confirmed"}}
     refusal = json.loads(wire.error_body(409, "SOLD_OUT", "Sold out.", "c-1"))
-    assert wire.read_reply(201, purchase) == wire.Reply(201, purchase_id="p-1")
-    assert wire.read_reply(409, refusal) == wire.Reply(409, error_code="SOLD_OUT")
-    assert wire.read_reply(200, {"data": {"purchased": False}}) == wire.Reply(
+    assert replies.read_reply(201, purchase) == replies.Reply(201, purchase_id="p-1",
+                                                              standing="confirmed")
+    assert replies.read_reply(409, refusal) == replies.Reply(409, error_code="SOLD_OUT")
+    assert replies.read_reply(200, {"data": {"purchased": False}}) == replies.Reply(
         200, purchased=False)
-    assert wire.read_reply(200, {"data": {"remainingStock": 3}}).remaining_stock == 3
-    assert wire.read_reply(200, {"data": []}) == wire.Reply(200)
+    assert replies.read_reply(200, {"data": {"remainingStock": 3}}).remaining_stock == 3
+    assert replies.read_reply(200, {"data": []}) == replies.Reply(200)
 
 
 def test_a_body_that_is_not_json_reads_as_an_empty_one():
     """Bytes that are not a JSON object (or none) give a reply with the status alone."""
-    assert wire.read_reply_bytes(502, b"<html>bad gateway</html>") == wire.Reply(502)
-    assert wire.read_reply_bytes(0, None) == wire.Reply(0)
-    assert wire.read_reply_bytes(201, b'{"data": {"purchaseId": "p-2"}}').purchase_id == "p-2"
+    assert replies.read_reply_bytes(502, b"<html>bad gateway</html>") == replies.Reply(502)
+    assert replies.read_reply_bytes(0, None) == replies.Reply(0)
+    assert replies.read_reply_bytes(201, b'{"data": {"purchaseId": "p-2"}}').purchase_id == "p-2"
+
+
+def test_a_buyer_s_standings_are_the_actors_own():
+    """The standings a status read may report are Standing's values, in order."""
+    assert wire.STANDINGS == [standing.value for standing in Standing]
 
 
 def test_a_sale_s_statuses_are_the_actors_own():

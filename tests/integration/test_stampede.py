@@ -13,7 +13,8 @@ import httpx
 import trio
 
 from actors.keys import sale_keys
-from flashflow.http.wire import CURRENT_PURCHASE, purchase_path, read_reply
+from flashflow.http.replies import read_reply
+from flashflow.http.wire import CURRENT_PURCHASE, purchase_path
 from loadtests.records import PURCHASE as PURCHASE_KIND
 from loadtests.records import Record
 

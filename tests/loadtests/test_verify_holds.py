@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from flashflow.http.wire import read_reply, read_standing
+from flashflow.http.replies import read_reply, read_standing
 from flashflow.invariants import (
     CONFIRM,
     PURCHASE,
