@@ -149,6 +149,7 @@ class Holds:
         purchase, newly = await self._ledger.call(holds_sql.confirm, sale_id, purchase_id)
         if newly:  # a confirm sent again changes nothing, and is not counted again
             self._confirmed += 1
+            self._tallies.pop(sale_id, None)
             self.touch(sale_id)
             # A confirm may make the sale sold out for good: its waiters look again.
             self._gate.queues.poke(sale_id)
@@ -285,8 +286,11 @@ class Holds:
                     found = await self._ledger.call(holds_sql.buyer_statuses, sale_id, users)
                 except BackendUnavailable:
                     continue
-                if sale_id in self._watched:
-                    self._latest[sale_id].update(found)
+                watched = self._watched.get(sale_id)
+                if watched:
+                    # Only those still watching: one who left meanwhile is not put back.
+                    self._latest[sale_id].update(
+                        (user, status) for user, status in found.items() if user in watched)
                     self._changed.pop(sale_id, trio.Event()).set()
 
     def statistics(self) -> HoldsStatistics:

@@ -20,6 +20,7 @@ from typing import TypeVar
 from quart import Response, make_response, request
 from quart_schema import security_scheme, validate_querystring
 from quart_trio import QuartTrio
+from werkzeug.exceptions import MethodNotAllowed
 
 from actors import BuyerStatus, Standing, Unauthorized
 from actors.errors import HoldCancelled, HoldConfirmed, HoldExpired, PurchaseNotFound
@@ -63,6 +64,8 @@ PAYMENTS_CHALLENGE = f'Bearer realm="flashflow-payments", scope="{PAYMENTS_SCOPE
 PAYMENTS_SCHEME = {"payments": Bearer(scheme="bearer", description=(
     f"FLASHFLOW_ADMIN_TOKEN, or a JWT whose scope holds {PAYMENTS_SCOPE} (signed with the "
     "buyers' token key)."))}
+#: What a purchase path of a sale without holds takes (its 405 names them, as before).
+PLAIN_PURCHASE_METHODS = ("GET", "HEAD", "POST")
 #: Standings after which a buyer's stream has nothing more to say.
 FINAL = frozenset({Standing.CONFIRMED, Standing.CLOSED})
 
@@ -122,8 +125,12 @@ def install_holds(app: QuartTrio, runtime: Runtime, auth: Auth, *,
                               query_args: StatusQuery | SignedInStatusQuery) -> Response:
         asking = Asking.of(request)
         user = auth.identify(asking, query_args.userId)
+        wanted = validation.sale_id(sale_id)
+        if not runtime.serializer.sale(wanted).holds:
+            # A sale without holds has nothing to cancel: the path answers as it always did.
+            raise MethodNotAllowed(valid_methods=PLAIN_PURCHASE_METHODS)
         sale, status = await runtime.serializer.standing(
-            user, validation.sale_id(sale_id), address=auth.client_address(asking))
+            user, wanted, address=auth.client_address(asking))
         if status.purchase is None:
             raise PurchaseNotFound("You hold no unit of this sale.")
         await holds.cancel(sale.id, status.purchase.id, user)

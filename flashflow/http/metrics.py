@@ -50,6 +50,8 @@ __all__ = ["ACTOR_METRICS", "BUILD_METRICS", "PROCESS_METRICS", "REQUEST_METRICS
 UNMATCHED = "<unmatched>"
 PURCHASE_ENDPOINT = "purchase"
 CONFIRMED = "CONFIRMED"
+#: The outcome of each success status of a purchase.
+SUCCESSES = {201: CONFIRMED, 200: "HELD", 202: "WAITLISTED"}
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -57,7 +59,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 REQUEST_METRICS: tuple[tuple[str, str], ...] = (
     ("flashflow_http_requests_total", "HTTP requests by route rule, method and status."),
     ("flashflow_http_request_duration_seconds", "HTTP request latency by route rule and method."),
-    ("flashflow_purchases_total", "Purchase answers by wire code (CONFIRMED for a 201)."),
+    ("flashflow_purchases_total",
+     "Purchase answers by wire code (CONFIRMED for a 201, HELD for a 200, WAITLISTED for a 202)."),
     ("flashflow_http_errors_total", "Error answers by status and wire code."),
 )
 
@@ -136,9 +139,11 @@ def build_info(registry: CollectorRegistry | None) -> None:
 
 
 def purchase_outcome(status: int, error_code: str | None) -> str:
-    """The wire code of a purchase answer: CONFIRMED for a 201, else the error's code."""
-    if status == 201:
-        return CONFIRMED
+    """The wire code of a purchase answer: CONFIRMED for a 201 (a purchase, or with holds a
+    hold), HELD for a 200 (pressed again while holding), WAITLISTED for a 202 (a place),
+    else the error's code."""
+    if status in SUCCESSES:
+        return SUCCESSES[status]
     return error_code if error_code is not None else f"HTTP_{status}"
 
 

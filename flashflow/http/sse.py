@@ -43,6 +43,7 @@ from .wire import (
     CURRENT_EVENTS,
     SALE_EVENTS,
     sale_body,
+    sold_out,
     status_event_body,
     stock_event_body,
 )
@@ -125,7 +126,7 @@ class EventStream:
             now = runtime.clock()
             tally = await hold_tally(runtime, sale)
             yield self._frame("snapshot", sale_body(sale, remaining, now, tally))
-            state = (sale.status(now), remaining == 0)
+            state = (sale.status(now), sold_out(remaining, tally))
             beat_at = trio.current_time() + self._heartbeat_s
             while True:
                 value: int | None = None
@@ -141,9 +142,10 @@ class EventStream:
                     tally = counted
                     out.append(self._frame("stock",
                                            stock_event_body(sale, remaining, now, tally)))
-                if (status := (sale.status(now), remaining == 0)) != state:
+                if (status := (sale.status(now), sold_out(remaining, tally))) != state:
                     state = status
-                    out.append(self._frame("status", status_event_body(sale, remaining, now)))
+                    out.append(self._frame("status",
+                                           status_event_body(sale, remaining, now, tally)))
                 if not out and trio.current_time() >= beat_at:
                     out.append(HEARTBEAT)
                 if out:

@@ -76,6 +76,7 @@ __all__ = [
     "sale_body",
     "sale_id_in",
     "sale_path",
+    "sold_out",
     "standing_body",
     "status_event_body",
     "stock_event_body",
@@ -374,10 +375,18 @@ def stock_event_body(sale: Sale, remaining: int, now: datetime,
             **hold_fields(sale, tally)}
 
 
-def status_event_body(sale: Sale, remaining: int, now: datetime) -> dict[str, Any]:
-    """The payload of an SSE ``status`` event."""
-    return {"saleId": str(sale.id), "status": sale.status(now).value, "soldOut": remaining == 0,
-            "remainingStock": remaining, "serverTime": iso(now)}
+def sold_out(remaining: int, tally: Tally | None = None) -> bool:
+    """Whether a stream says the sale is sold out: no unit left, and with holds (``tally``)
+    every unit confirmed, since a held unit may still come back."""
+    return remaining == 0 if tally is None else tally.sold_out
+
+
+def status_event_body(sale: Sale, remaining: int, now: datetime,
+                      tally: Tally | None = None) -> dict[str, Any]:
+    """The payload of an SSE ``status`` event (``tally``: with holds)."""
+    return {"saleId": str(sale.id), "status": sale.status(now).value,
+            "soldOut": sold_out(remaining, tally), "remainingStock": remaining,
+            "serverTime": iso(now)}
 
 
 def error_body(status: int, code: str, message: str, correlation_id: str) -> str:

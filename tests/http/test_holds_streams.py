@@ -243,4 +243,30 @@ async def test_the_holds_counters_after_a_small_sale(settings):
         "flashflow_holds_lapsed_total": 1, "flashflow_holds_cancelled_total": 1,
         "flashflow_waitlist_joins_total": 3, "flashflow_waitlist_offers_total": 2,
         "flashflow_holds_watchers": 0}
+    # The press answers by what they said: a hold (201), the same hold (200), a place (202).
+    assert [value(scrape, "flashflow_purchases_total", outcome=outcome)
+            for outcome in ("CONFIRMED", "HELD", "WAITLISTED")] == [1, 1, 5]
+
+
+async def test_a_sale_with_holds_is_sold_out_on_its_stream_only_once_all_is_paid(settings):
+    """Every unit held is not sold out (a held unit may come back): the status event says
+    soldOut only once every unit is confirmed."""
+    settings = admin(settings)
+    sale = await make_sale(settings.database_url, stock=1, hold_seconds=60)
+    with trio.fail_after(30):
+        async with live_server(settings) as server, sale_stream(server, sale.id) as reader:
+            await reader.next_named("snapshot")
+            held = (await server.client.post(CURRENT_PURCHASE,
+                                             json={"userId": "alice"})).json()["data"]
+            all_held = await stock_until(reader, "heldStock", 1)
+            await trio.sleep(1 + 2 * TALLY_TTL_S)  # a look of the stream, and more
+            await server.client.post(confirm_path(sale.id, held["purchaseId"]), headers=AUTH)
+            before_status = []
+            while (event := await reader.next(timeout_s=5)).name != "status":
+                before_status.append(event)
+    assert all_held.data["remainingStock"] == 0
+    # The first status event is the confirm's, after the stock event that shows it paid.
+    assert any(e.name == "stock" and e.data["confirmedStock"] == 1 for e in before_status), \
+        "a status event came while every unit was only held"
+    assert event.data["soldOut"] is True and event.data["remainingStock"] == 0
 

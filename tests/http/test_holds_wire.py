@@ -138,3 +138,17 @@ async def test_a_sale_with_holds_adds_only_its_declared_fields(settings):
         paid["expiresAt"])
     counts = data_of(after, HOLD_SALE_KEYS)
     assert [counts[k] for k in ("remainingStock", "heldStock", "confirmedStock")] == [0, 0, 1]
+
+
+async def test_a_delete_on_a_sale_without_holds_is_405_as_before(settings):
+    """A sale without holds has no hold to cancel: DELETE on its purchase path is 405 in the
+    envelope, naming the methods the path took before holds."""
+    await make_sale(settings.database_url, stock=1)
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            await server.client.post(CURRENT_PURCHASE, json={"userId": "alice"})
+            deleted = await server.client.delete(CURRENT_PURCHASE, params={"userId": "alice"})
+            status = await server.client.get(CURRENT_PURCHASE, params={"userId": "alice"})
+    assert_error(deleted, 405, "METHOD_NOT_ALLOWED")
+    assert deleted.headers["allow"] == "GET, HEAD, POST"
+    assert status.json()["data"]["purchased"] is True
