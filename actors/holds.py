@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 #: Holds lapsed per sale per transaction.
 LAPSE_BATCH = 1000
+#: How long after an ending no gate build can still be under way from a ledger read before
+#: it: a build's read is bounded by the ledger's timeout once per page of buyers.
+REBUILD_BOUND_S = 120.0
 #: How long a sale's tally shown on its page and stream is reused.
 TALLY_TTL_S = 0.25
 
@@ -195,7 +198,7 @@ class Holds:
     async def retry_gate(self) -> int:
         """Tell the gate of endings that a process did not (it died, or Redis failed)."""
         endings = await self._ledger.call(holds_sql.gate_backlog, self._config.gate_retry_s,
-                                          LAPSE_BATCH)
+                                          LAPSE_BATCH, REBUILD_BOUND_S)
         if endings:
             self._gate_retries += len(endings)
             log.warning("telling the gate of %d ended holds again", len(endings))
@@ -214,11 +217,15 @@ class Holds:
             moves = [(e.user_id, str(e.purchase_id), e.offer.user_id if e.offer else "",
                       str(e.offer.id) if e.offer else "") for e in ended]
             try:
-                await self._gate.handover(sale_id, moves)
+                stock = await self._gate.handover(sale_id, moves)
             except BackendUnavailable as exc:
                 log.warning("ended holds not yet in the gate: %r", exc.__cause__,
                             extra={"sale_id": str(sale_id)})
                 continue
+            if stock is None:
+                # No gate in Redis: the one built next reads the ledger, but a build under
+                # way may have read it before these ended. Told again until none can have.
+                ended = [e for e in ended if e.past_rebuilds]
             done.extend(e.purchase_id for e in ended)
             self._tallies.pop(sale_id, None)
             self.touch(sale_id)

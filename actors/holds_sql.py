@@ -44,6 +44,8 @@ class Ending:
     purchase_id: uuid.UUID
     outcome: Standing
     offer: Purchase | None = None
+    #: Ended long enough ago that any gate built since read the ledger after it.
+    past_rebuilds: bool = False
 
 
 class Joined(enum.Enum):
@@ -323,16 +325,19 @@ async def buyer_statuses(conn: Any, sale_id: uuid.UUID,
     return {u: found.get(u, BuyerStatus(None)) for u in users}
 
 
-async def gate_backlog(conn: Any, older_than_s: float, limit: int) -> list[Ending]:
-    """Endings whose gate step was not recorded done ``older_than_s`` after they ended."""
+async def gate_backlog(conn: Any, older_than_s: float, limit: int,
+                       rebuild_bound_s: float) -> list[Ending]:
+    """Endings whose gate step was not recorded done ``older_than_s`` after they ended;
+    those older than ``rebuild_bound_s`` are marked ``past_rebuilds``."""
     rows = await conn.fetch(
-        "SELECT e.sale_id, e.user_id, e.purchase_id, e.outcome, e.offered_to, e.offered_user "
+        "SELECT e.sale_id, e.user_id, e.purchase_id, e.outcome, e.offered_to, e.offered_user, "
+        "ended_at < clock_timestamp() - make_interval(secs => $3) AS past_rebuilds "
         "FROM hold_endings e WHERE NOT gate_done "
         "AND ended_at < clock_timestamp() - make_interval(secs => $1) "
-        "ORDER BY ended_at LIMIT $2", older_than_s, limit)
+        "ORDER BY ended_at LIMIT $2", older_than_s, limit, rebuild_bound_s)
     return [Ending(r["sale_id"], r["user_id"], r["purchase_id"], Standing(r["outcome"]),
                    Purchase(r["offered_to"], r["sale_id"], r["offered_user"], _EPOCH)
-                   if r["offered_to"] else None) for r in rows]
+                   if r["offered_to"] else None, r["past_rebuilds"]) for r in rows]
 
 
 async def mark_gate_done(conn: Any, purchase_ids: list[uuid.UUID]) -> None:

@@ -140,8 +140,9 @@ async def judge_checkout(settings: Settings, sale: Sale, checkout: Checkout,
                          fault_window: tuple[float, ...] = ()) -> LedgerSnapshot:
     """Judge the run by the one invariant check and put its figures in ``figures``.
 
-    ``fault_window`` is (start, end) in wall-clock seconds: the records sent in it are the
-    faulted ones (a 503 or no answer is no break there). Returns the ledger judged.
+    ``fault_window`` is (start, end) in wall-clock seconds: the records in flight at any
+    moment of it are the faulted ones (a 503 or no answer is no break there). Returns the
+    ledger judged.
 
     Raises:
         AssertionError: a rule broke; says which and what was seen.
@@ -151,7 +152,8 @@ async def judge_checkout(settings: Settings, sale: Sale, checkout: Checkout,
     after, gate = await trio.to_thread.run_sync(
         lambda: store_snapshots(settings.database_url, settings.redis_url, settings.key_prefix,
                                 sale.id))
-    faulted = ([r for r in checkout.records if fault_window[0] <= r.started <= fault_window[1]]
+    faulted = ([r for r in checkout.records
+                if r.started <= fault_window[1] and r.finished >= fault_window[0]]
                if fault_window else [])
     checks = verify(checkout.records, before, after, gate, faulted=faulted)
     figures.update(checkout_figures(checkout, after))

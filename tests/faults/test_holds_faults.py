@@ -10,12 +10,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
+import httpx
 import pytest
 import redis
 import trio
 
 from actors.keys import sale_keys
 from flashflow.embedded import start_redis
+from flashflow.http.wire import CURRENT
 
 from ..helpers import make_sale
 from .checkout import ADMIN, Checkout, judge_checkout, open_buyer_clients, run_buyers
@@ -69,6 +71,11 @@ async def test_holds_through_a_redis_restart(backends, fault_settings, launch, f
         await trio.sleep(redis_fault_bound_s(settings) + 0.5)
         restart_s = await trio.to_thread.run_sync(backends.start_redis_empty)
         ready_s = max([await wait_until_serving(s.base_url) for s in servers])
+        # A reader of the sale, as the page is, has the gate built again from the ledger.
+        async with httpx.AsyncClient(base_url=servers[0].base_url) as reader:
+            assert (await reader.get(CURRENT)).status_code == 200
+        for server in servers:
+            await wait_until_serving(server.base_url, checks=("redis", "postgres", "gate"))
         return {"restart_s": round(restart_s, 2), "ready_s": round(ready_s, 2)}
 
     await checkout_through(settings, sale, servers, restart, figures, "hr")
@@ -119,6 +126,8 @@ async def test_holds_through_lost_commit_replies(backends, fault_settings, launc
             with trio.move_on_after(HOLD_S * 3):
                 while proxy.armed:
                     await trio.sleep(0.1)
+            # The last swallowed connection stays mute, then the ledger's timeout runs out.
+            await trio.sleep(proxy.mute_s + direct.postgres_timeout_s)
             return {"swallowed": proxy.swallowed, "dropped_bytes": proxy.dropped_bytes}
 
         await checkout_through(direct, sale, servers, swallow, figures, "hl")
