@@ -149,3 +149,29 @@ async def test_a_pending_holder_of_another_purchase_takes_the_committed_one(sett
             await until_reconciled(runtime, lambda: r.zcard(keys.pending) == 0)
     assert r.hget(keys.buyers, "alice") == f"{bought.id}:0"
     assert r.get(keys.stock) == "2"
+
+
+async def test_holders_of_a_sale_with_holds_are_matched_to_its_rows(settings):
+    """A sale with holds: a settled holder whose row is gone (a Redis restored from before a
+    lapse) goes, and the row's holder it lacked comes, stock unchanged; a pending holder is
+    left to its commit."""
+    settings = replace(settings, reconcile_interval_s=3600)
+    sale = await make_sale(settings.database_url, stock=3, hold_seconds=600)
+    with trio.fail_after(30):
+        async with open_runtime(settings) as runtime:
+            alice = await runtime.serializer.purchase_unchecked(sale, "alice")
+            await runtime.serializer.purchase_unchecked(sale, "bobby")
+            await runtime.gate.reserve(sale, "in-flight", uuid.uuid4())
+            stock_key, buyers_key = gate_keys(settings, sale.id)
+            r = redis_client(settings)
+            # The restored gate: alice's holder gone, a lapsed buyer's still there.
+            r.hdel(buyers_key, "alice")
+            r.hset(buyers_key, "lapsed-one", f"{uuid.uuid4()}:0")
+            repair = await runtime.reconciler.reconcile(sale)
+            again = await runtime.reconciler.reconcile(sale)
+            holders = r.hgetall(buyers_key)
+            stock = r.get(stock_key)
+    assert repair.claimed == 2 and again.claimed == 0
+    assert set(holders) == {"alice", "bobby", "in-flight"}
+    assert holders["alice"].startswith(f"{alice.id}:")
+    assert stock == "0"
