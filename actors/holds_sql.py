@@ -95,49 +95,25 @@ PLACES = (
     "WHERE user_id = ANY($2::text[])")
 
 
-async def _place(conn: Any, sale_id: uuid.UUID, user_id: str, place: int,
-                 closed: bool) -> Place:
-    row = await conn.fetchrow(
-        "SELECT count(*) FILTER (WHERE place <= $2) AS position, count(*) AS length "
-        "FROM waitlist WHERE sale_id = $1 AND offered_at IS NULL", sale_id, place)
-    return Place(sale_id, user_id, row["position"], row["length"], closed)
-
-
 async def join_waitlist(conn: Any, sale_id: uuid.UUID, user_id: str) -> JoinOutcome:
     """Give ``user_id`` a place in the sale's waitlist, if every unit is held or confirmed.
 
     A user keeps one place: asking again answers the same one. A user whose earlier place
-    was offered a unit gets a new place at the back.
+    was offered a unit gets a new place at the back. Decided in one call of the
+    ``waitlist_join`` function (migration 0003), under the sale's row lock.
     """
-    async with conn.transaction():
-        sale = await _lock_sale(conn, sale_id)
-        if sale is None or sale["ended"]:
-            return JoinOutcome(Joined.ENDED)
-        row = await conn.fetchrow(
-            f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE sale_id = $1 AND user_id = $2",
-            sale_id, user_id)
-        if row is not None:
-            return JoinOutcome(Joined.STANDING, purchase=purchase_from_row(row))
-        held = await _held_count(conn, sale_id)
-        if sale["sold"] - held >= sale["total_stock"]:
-            return JoinOutcome(Joined.SOLD_OUT)
-        if sale["sold"] < sale["total_stock"]:
-            return JoinOutcome(Joined.FREE)
-        kept = await conn.fetchval(
-            "SELECT place FROM waitlist WHERE sale_id = $1 AND user_id = $2 "
-            "AND offered_at IS NULL", sale_id, user_id)
-        if kept is not None:
-            return JoinOutcome(Joined.WAITING, place=await _place(conn, sale_id, user_id, kept,
-                                                                  False))
-        # New, or back in line after an offer: a new place at the back.
-        place = await conn.fetchval(
-            "INSERT INTO waitlist (sale_id, user_id, place) "
-            "VALUES ($1, $2, nextval('waitlist_places')) "
-            "ON CONFLICT (sale_id, user_id) DO UPDATE SET place = excluded.place, "
-            " offered_at = NULL, purchase_id = NULL, joined_at = clock_timestamp() "
-            "RETURNING place", sale_id, user_id)
-        return JoinOutcome(Joined.PLACED, place=await _place(conn, sale_id, user_id, place,
-                                                             False))
+    row = await conn.fetchrow("SELECT * FROM waitlist_join($1, $2)", sale_id, user_id)
+    joined = Joined(row["outcome"])
+    if joined is Joined.STANDING:
+        found = await conn.fetchrow(
+            f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE id = $1", row["purchase_id"])
+        if found is None:  # it ended since: ask again, as a press would
+            return await join_waitlist(conn, sale_id, user_id)
+        return JoinOutcome(joined, purchase=purchase_from_row(found))
+    if joined in (Joined.PLACED, Joined.WAITING):
+        return JoinOutcome(joined, place=Place(sale_id, user_id, row["line_position"],
+                                               row["line_length"]))
+    return JoinOutcome(joined)
 
 
 async def _offer(conn: Any, sale_id: uuid.UUID, units: int) -> list[Purchase]:

@@ -65,3 +65,56 @@ CREATE TABLE waitlist (
 
 CREATE SEQUENCE waitlist_places;
 CREATE INDEX waitlist_line ON waitlist (sale_id, place) WHERE offered_at IS NULL;
+
+-- A press that found every unit held or confirmed asks for a place: decided in one call
+-- under the sale's row lock (the lock a lapse, a cancel and a commit take), so the lock is
+-- held for one round trip. outcome: 'ended', 'standing' (the user has a row: purchase_id),
+-- 'sold_out' (every unit confirmed), 'free' (a unit is free in the ledger), 'waiting' (the
+-- user's place, kept) or 'placed' (a new place at the back); with a place, its position in
+-- the line (1 is next) and the line's length.
+CREATE FUNCTION waitlist_join(p_sale uuid, p_user text, OUT outcome text, OUT place bigint,
+                              OUT line_position bigint, OUT line_length bigint,
+                              OUT purchase_id uuid)
+LANGUAGE plpgsql AS $$
+DECLARE
+    s record;
+    held bigint;
+BEGIN
+    SELECT f.total_stock, f.sold, clock_timestamp() >= f.end_time AS ended INTO s
+      FROM flash_sales f WHERE f.id = p_sale FOR UPDATE;
+    IF NOT FOUND OR s.ended THEN
+        outcome := 'ended';
+        RETURN;
+    END IF;
+    SELECT p.id INTO purchase_id FROM purchases p WHERE p.sale_id = p_sale AND p.user_id = p_user;
+    IF FOUND THEN
+        outcome := 'standing';
+        RETURN;
+    END IF;
+    SELECT count(*) INTO held FROM purchases p
+     WHERE p.sale_id = p_sale AND p.expires_at IS NOT NULL AND p.confirmed_at IS NULL;
+    IF s.sold - held >= s.total_stock THEN
+        outcome := 'sold_out';
+        RETURN;
+    END IF;
+    IF s.sold < s.total_stock THEN
+        outcome := 'free';
+        RETURN;
+    END IF;
+    SELECT w.place INTO place FROM waitlist w
+     WHERE w.sale_id = p_sale AND w.user_id = p_user AND w.offered_at IS NULL;
+    IF FOUND THEN
+        outcome := 'waiting';
+    ELSE
+        -- New, or back in line after an offer: a new place at the back.
+        INSERT INTO waitlist AS w (sale_id, user_id, place)
+        VALUES (p_sale, p_user, nextval('waitlist_places'))
+        ON CONFLICT (sale_id, user_id) DO UPDATE SET place = excluded.place,
+            offered_at = NULL, purchase_id = NULL, joined_at = clock_timestamp()
+        RETURNING w.place INTO place;
+        outcome := 'placed';
+    END IF;
+    SELECT count(*) FILTER (WHERE w.place <= waitlist_join.place), count(*)
+      INTO line_position, line_length
+      FROM waitlist w WHERE w.sale_id = p_sale AND w.offered_at IS NULL;
+END $$;
