@@ -169,6 +169,9 @@ def load_and_verify(args: argparse.Namespace, host: str, database_url: str, redi
         raise RunError(f"the current sale is {sale['status']}, not active")
     if args.checkout and "holdSeconds" not in sale:
         raise RunError("the current sale has no holds to check out: give --stock for one")
+    if not args.checkout and "holdSeconds" in sale:
+        raise RunError("the current sale sells holds: give --checkout to load it through the "
+                       "payment step, or --stock for a fresh sale without holds")
     sale_uuid = uuid.UUID(sale["id"])
     before = backends.ledger_snapshot(database_url, sale_uuid)
     pool = args.user_pool or max(10 * sale["remainingStock"], 200)
