@@ -75,6 +75,9 @@ HOLD_REFUSED = refusal({HoldExpired: "the hold reached its end unpaid",
                        refused="The hold has ended", name="HoldEnded")
 NO_PURCHASE = refusal({PurchaseNotFound: "no such purchase in this sale (for this user)"},
                       refused="Not found", name="PurchaseNotFound")
+NOTHING_TO_CANCEL = refusal(
+    {MethodNotAllowed: "a sale without holds has no hold to cancel (Allow names the methods "
+                       "its purchase path takes)."}, name="NothingToCancel")
 PAYMENTS_UNAUTHORIZED = refusal(
     {Unauthorized: f"no admin token, nor a JWT with the {PAYMENTS_SCOPE} scope."},
     headers=WWW_AUTHENTICATE, name="PaymentsUnauthorized")
@@ -120,7 +123,8 @@ def install_holds(app: QuartTrio, runtime: Runtime, auth: Auth, *,
     @requires
     @validate_querystring(query_model)
     @answers(ok(200, PurchaseStatusEnvelope, "The buyer's hold, cancelled."), BAD_REQUEST,
-             *refusals, NOT_FOUND, NO_PURCHASE, HOLD_REFUSED, RATE_LIMITED, UNAVAILABLE)
+             *refusals, NOT_FOUND, NOTHING_TO_CANCEL, NO_PURCHASE, HOLD_REFUSED, RATE_LIMITED,
+             UNAVAILABLE)
     async def cancel_own_hold(sale_id: str | None,
                               query_args: StatusQuery | SignedInStatusQuery) -> Response:
         asking = Asking.of(request)
