@@ -233,15 +233,19 @@ class Holds:
             await self._ledger.call(holds_sql.mark_gate_done, done)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Sweep every ``sweep_s`` and retry the gate's backlog every ``gate_retry_s``."""
+        """Sweep every ``sweep_s``, each time also telling the gate of the endings left
+        untold ``gate_retry_s`` after they ended.
+
+        The backlog is read on every sweep (an index holding only untold endings answers
+        it), so an ending reaches the gate within ``gate_retry_s`` and a sweep of its lapse
+        whenever any process lives, not up to twice that, as a retry on a clock of its own
+        would be.
+        """
         task_status.started()
-        next_retry = trio.current_time() + self._config.gate_retry_s
         while True:
             try:
                 await self.sweep()
-                if trio.current_time() >= next_retry:
-                    next_retry = trio.current_time() + self._config.gate_retry_s
-                    await self.retry_gate()
+                await self.retry_gate()
             except BackendUnavailable as exc:
                 self._failed_sweeps += 1
                 log.warning("hold sweep failed: %r", exc.__cause__)
