@@ -2,7 +2,7 @@
 the clean-up, and the judge of the result.
 
 Every load tool is a scenario on it: the capacity benchmarks (``python -m flashflow.capacity
-gate|big-sale``), the locust stampede (``python -m loadtests``), the wrk benchmark
+gate|big-sale|lapses``), the locust stampede (``python -m loadtests``), the wrk benchmark
 (``python -m loadtests.bench``) and the live-feed bench (``python -m loadtests.sse_bench``).
 It lives beside the capacity benchmarks because ``flashflow.capacity`` ships in the wheel
 as an operator's sizing tool; ``loadtests`` imports it from here, as imports run
@@ -125,7 +125,8 @@ def open_scratch(admin_url: str, redis_url: str, tag: str) -> Iterator[Scratch]:
         yield Scratch(url, redis_url, prefix)
 
 
-async def _insert(conn: Any, product: str, stock: int, lasts_s: float, current: bool) -> Sale:
+async def _insert(conn: Any, product: str, stock: int, lasts_s: float, current: bool,
+                  hold_seconds: int | None) -> Sale:
     start = datetime.now(UTC) - timedelta(seconds=1)
     end = start + timedelta(seconds=lasts_s)
     if current:
@@ -136,21 +137,23 @@ async def _insert(conn: Any, product: str, stock: int, lasts_s: float, current: 
         if sooner is not None:
             raise LookupError(f"active sale {sooner} ends before a new one would, so it stays "
                               "current: load it without --stock, or wait until it ends")
-    return await ledger_sql.insert_sale(conn, product, stock, start, end)
+    return await ledger_sql.insert_sale(conn, product, stock, start, end, hold_seconds)
 
 
 def create_sale(database_url: str, product: str, stock: int, lasts_s: float, *,
-                current: bool = False) -> Sale:
+                current: bool = False, hold_seconds: int | None = None) -> Sale:
     """Schedule a sale of ``stock`` running from a second ago for ``lasts_s``; return it.
 
     Args:
         current: The sale must become the server's current one at its next catalog
             refresh (the active sale that ends first).
+        hold_seconds: A sale of holds with this payment window.
 
     Raises:
         LookupError: with ``current``, an active sale ends sooner, so it stays current.
     """
-    return run_on_connection(database_url, _insert, product, stock, lasts_s, current)
+    return run_on_connection(database_url, _insert, product, stock, lasts_s, current,
+                             hold_seconds)
 
 
 def judge(records: Iterable[Record], before: LedgerSnapshot, database_url: str,
