@@ -1,4 +1,5 @@
-"""The capacity benchmarks at a tiny size: each still sells exactly and reports every figure."""
+"""The capacity benchmarks at a tiny size: each still sells (or lapses) exactly and reports
+every figure."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import trio
 from click.testing import CliRunner
 
-from flashflow.capacity import measure, run_big_sale
+from flashflow.capacity import measure, run_big_sale, run_lapses
 from flashflow.capacity._common import redis_cluster, redis_server_binary, target_for
 from flashflow.capacity.cli import main
 from flashflow.capacity.harness import delete_prefix
@@ -64,3 +65,37 @@ def test_command_line_prints_the_tables_and_writes_json(services, tmp_path):
     assert sale.exit_code == 0, sale.output
     assert "| Invariants (after the sale, after the rebuild) | held |" in sale.output
     assert json.loads(sale_json.read_text())["run"]["held"] is True
+
+
+def test_lapses_benchmark_lapses_each_hold_once_and_hands_on_in_order(database_url, services,
+                                                                       key_prefix):
+    """300 holds ending in the same second, 100 waiting, two sweeper processes: each hold
+    lapses once, the first 100 places each get a unit, the gate ends as the rows; every
+    figure is there and in order (the figures are reported, not held to a time)."""
+    run = run_lapses(database_url, services.redis_url, key_prefix, holds=300, waiting=100,
+                     sweepers=2, timeout_s=60)
+    assert run.held, [c for c in run.checks if not c.held]
+    assert {c.name for c in run.checks} == {
+        "each hold lapsed once", "the first in line were each handed one unit, in order",
+        "sold counts the rows", "gate agrees with ledger"}
+    assert sum(run.lapsed_by) == 300 and sum(run.offered_by) == 100
+    assert len(run.lapsed_by) == 2 and run.failed_sweeps == 0
+    assert 0 < run.first_lapse_s and run.last_offer_s is not None
+    # Each offer commits with its lapse, and the gate is told after the commit (the times
+    # come from two clocks: a few ms of slack).
+    assert run.last_offer_s <= run.last_lapse_s <= min(run.gate_s, run.told_s) + 0.01
+    assert run.lapses_per_s > 0
+
+
+def test_lapses_command_prints_the_table_and_writes_json(services, tmp_path):
+    """``python -m flashflow.capacity lapses`` runs against given servers and exits 0 when
+    every check held."""
+    path = tmp_path / "lapses.json"
+    done = CliRunner().invoke(main, [
+        "lapses", "--holds", "50", "--waiting", "20", "--sweepers", "1",
+        "--database-url", services.database_url, "--redis-url", services.redis_url,
+        "--json", str(path)])
+    assert done.exit_code == 0, done.output
+    assert "| Holds / waiting / sweeper processes | 50 / 20 / 1 |" in done.output
+    assert "| Checks | held |" in done.output
+    assert json.loads(path.read_text())["run"]["held"] is True

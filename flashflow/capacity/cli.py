@@ -1,4 +1,4 @@
-"""The command line of the capacity benchmarks: ``gate`` and ``big-sale``.
+"""The command line of the capacity benchmarks: ``gate``, ``big-sale`` and ``lapses``.
 
 Each prints a Markdown table (pasted as is into docs/performance.md) and, with ``--json``,
 writes every figure. The exit code is 1 when a run's end-state check broke.
@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 import trio
 
-from . import big_sale, gate
+from . import big_sale, gate, lapses
 from ._common import (
     machine,
     redis_cluster,
@@ -113,6 +113,41 @@ def big_sale_command(units: int, users: int, concurrency: int, database_url: str
             big_sale.run_big_sale, scratch.database_url, target_for(redis_url, "one Redis"),
             scratch.key_prefix, units=units, users=users, concurrency=concurrency))
     click.echo(table(("Figure", "Value"), big_sale.summary_rows(run)))
+    write_json(json_path, {"machine": machine(), "run": run.as_dict()})
+    if not run.held:
+        raise SystemExit(1)
+
+
+@main.command("lapses")
+@click.option("--holds", type=click.IntRange(1), default=100_000, show_default=True,
+              help="Units of the sale, every one held, every hold ending in the same window.")
+@click.option("--waiting", type=click.IntRange(0), default=50_000, show_default=True,
+              help="Buyers in the waitlist behind the holds.")
+@click.option("--sweepers", type=click.IntRange(1), default=2, show_default=True,
+              help="Processes running the holds actor's sweep, each a server worker's tree.")
+@click.option("--window-s", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="The holds' ends are spread over this long.")
+@click.option("--database-url", help="A PostgreSQL role that may create databases; a scratch "
+                                     "database is made there and dropped. Default: embedded.")
+@click.option("--redis-url", help="The Redis of the gate (a key prefix of the run's own is "
+                                  "deleted afterwards). Default: one the benchmark starts.")
+@_redis_server
+@_json
+def lapses_command(holds: int, waiting: int, sweepers: int, window_s: float,
+                   database_url: str | None, redis_url: str | None, redis_server: Path | None,
+                   json_path: Path | None) -> None:
+    """Holds all lapsing in the same second: how long until the last lapse and offer."""
+    _heading(f"Holds lapsing at once: {holds:,} holds, {waiting:,} waiting, "
+             f"{sweepers} sweeper(s)")
+    with ExitStack() as stack:
+        directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ffcap-")))
+        admin_url, redis_url = stack.enter_context(backing_services(
+            directory, database_url, redis_url, redis_server=redis_server))
+        scratch = stack.enter_context(open_scratch(admin_url, redis_url, TAG))
+        run = lapses.run_lapses(scratch.database_url, redis_url, scratch.key_prefix,
+                                holds=holds, waiting=waiting, sweepers=sweepers,
+                                window_s=window_s)
+    click.echo(table(("Figure", "Value"), lapses.summary_rows(run)))
     write_json(json_path, {"machine": machine(), "run": run.as_dict()})
     if not run.held:
         raise SystemExit(1)

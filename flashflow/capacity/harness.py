@@ -2,7 +2,7 @@
 the clean-up, and the judge of the result.
 
 Every load tool is a scenario on it: the capacity benchmarks (``python -m flashflow.capacity
-gate|big-sale``), the locust stampede (``python -m loadtests``), the wrk benchmark
+gate|big-sale|lapses``), the locust stampede (``python -m loadtests``), the wrk benchmark
 (``python -m loadtests.bench``) and the live-feed bench (``python -m loadtests.sse_bench``).
 It lives beside the capacity benchmarks because ``flashflow.capacity`` ships in the wheel
 as an operator's sizing tool; ``loadtests`` imports it from here, as imports run

@@ -190,10 +190,10 @@ def hold_rule_breaks(sale: Sale, ledger: HoldsLedger, ended: set[uuid.UUID],
     """What breaks the rules of holds among ``ended``, holds that must be over by now.
 
     Each of ``ended`` is confirmed (a row with ``confirmed_at`` before its end) xor lapsed
-    (one ending), never both, never neither; a confirm's 200 is a confirmed row and its
-    ``HOLD_EXPIRED`` a lapsed one; ``sold`` counts the rows, each held or confirmed, within
-    the stock; a unit handed on went to one new hold, and a place was offered once, in the
-    order of places.
+    (one ending, at or after its end), never both, never neither; a confirm's 200 is a
+    confirmed row and its ``HOLD_EXPIRED`` a lapsed one; ``sold`` counts the rows, each held
+    or confirmed, within the stock; a unit handed on went to one new hold, and a place was
+    offered once, in the order of places.
     """
     breaks = []
     rows, endings = ledger.rows, ledger.endings
@@ -211,6 +211,10 @@ def hold_rule_breaks(sale: Sale, ledger: HoldsLedger, ended: set[uuid.UUID],
             if r.expires_at is not None and r.confirmed_at >= r.expires_at]
     if late:
         breaks.append(f"{len(late)} confirmed at or after their end: {late[:3]}")
+    early = [f"{e.user_id} {(e.expires_at - e.ended_at).total_seconds() * 1000:.1f} ms early"
+             for e in endings.values() if e.outcome == "lapsed" and e.ended_at < e.expires_at]
+    if early:
+        breaks.append(f"{len(early)} lapsed before their end: {early[:3]}")
     wrong: Counter[str] = Counter()
     for a in answers:
         if a.answer == CONFIRMED and a.purchase_id not in confirmed:
