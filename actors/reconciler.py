@@ -120,6 +120,9 @@ class Reconciler:
             # Redis restored from before a lapse) weighs as much as a missing one, so the
             # counts alone cannot show drift. The holders are matched to the rows each pass.
             claimed = await self._true_up_holders(sale)
+            # The holders are now the rows: the stock follows them alone. The count read
+            # before the pass is no floor here, since rows of a sale with holds also leave.
+            tally = Tally(tally.total_stock, 0)
         elif complete and sold > view.holders - view.pending + len(committed) + len(replaced):
             claimed, tally = await self._claim_missing(sale)
         counts = await self._gate.recount(sale_id, tally)
