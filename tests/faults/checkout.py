@@ -15,10 +15,17 @@ from typing import Any
 import httpx
 import trio
 from httpx_sse import aconnect_sse
+from prometheus_client.parser import text_string_to_metric_families
 
 from actors import Sale
 from flashflow.http.replies import Reply, read_reply_bytes, read_standing
-from flashflow.http.wire import CURRENT_PURCHASE, CURRENT_PURCHASE_EVENTS, confirm_path
+from flashflow.http.wire import (
+    CURRENT_PURCHASE,
+    CURRENT_PURCHASE_EVENTS,
+    HOLD_CONFIRM,
+    METRICS,
+    confirm_path,
+)
 from flashflow.invariants import LedgerSnapshot, store_snapshots, verify
 from flashflow.settings import Settings
 from loadtests.records import CONFIRM, PURCHASE, STANDING, Record, record_of
@@ -178,3 +185,25 @@ def checkout_figures(checkout: Checkout, after: LedgerSnapshot) -> dict[str, Any
         "lapse_late_s_max": round(max(lapses), 3) if lapses else None,
         "confirm_s_max": round(max(confirm_s), 3) if confirm_s else None,
     }
+
+
+async def confirm_latency_at_servers(*servers: ServerProcess) -> dict[str, float]:
+    """The confirms as the servers timed them (``/metrics``, summed over the servers): how
+    many, their mean, and how many took over a second. The client's own figure also holds
+    the test process's time with hundreds of streams open."""
+    count = total = over_1s = 0.0
+    async with httpx.AsyncClient(timeout=10) as client:
+        for server in servers:
+            text = (await client.get(f"{server.base_url}{METRICS}")).text
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.labels.get("route") != HOLD_CONFIRM:
+                        continue
+                    if sample.name.endswith("_count"):
+                        count += sample.value
+                    elif sample.name.endswith("_sum"):
+                        total += sample.value
+                    elif sample.name.endswith("_bucket") and sample.labels["le"] == "1.0":
+                        over_1s -= sample.value
+    return {"confirms": count, "mean_s": round(total / count, 4) if count else 0.0,
+            "over_1s": count + over_1s}

@@ -11,7 +11,14 @@ import pytest
 import trio
 
 from ..helpers import make_sale
-from .checkout import ADMIN, Checkout, judge_checkout, open_buyer_clients, run_buyers
+from .checkout import (
+    ADMIN,
+    Checkout,
+    confirm_latency_at_servers,
+    judge_checkout,
+    open_buyer_clients,
+    run_buyers,
+)
 from .fleet import wait_until_serving, worker_pids
 
 pytestmark = pytest.mark.slow
@@ -37,6 +44,7 @@ async def test_holds_paid_lapsed_and_offered_across_processes(fault_settings, la
             await run_buyers(checkout, clients, sale,
                              [f"checkout-{i:04d}" for i in range(BUYERS)], random.Random(20))
     figures["seconds"] = round(time.time() - started, 1)
+    figures["confirms_at_the_servers"] = await confirm_latency_at_servers(multi, second)
     after = await judge_checkout(settings, sale, checkout, figures)
 
     holds = after.holds
