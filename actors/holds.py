@@ -248,7 +248,7 @@ class Holds:
                 await self.retry_gate()
             except BackendUnavailable as exc:
                 self._failed_sweeps += 1
-                log.warning("hold sweep failed: %r", exc.__cause__)
+                log.warning("hold sweep failed: %r", exc.__cause__ or exc)
             await trio.sleep(self._config.sweep_s)
 
     # -- the buyers' streams ----------------------------------------------------------------
