@@ -260,16 +260,19 @@ def _confirms(told: _Told, ledger: HoldsLedger) -> Check:
 
 
 def _in_time(ledger: HoldsLedger) -> Check:
-    """No row was confirmed at or after its expiresAt (both PostgreSQL's clock), and no hold
-    is both a row and an ended hold: confirmed xor lapsed."""
+    """No row was confirmed at or after its expiresAt, and no hold lapsed before it (both
+    PostgreSQL's clock); no hold is both a row and an ended hold: confirmed xor lapsed."""
     late = {r.purchase_id for r in ledger.rows
             if r.confirmed_at is not None and r.expires_at is not None
             and r.confirmed_at >= r.expires_at}
+    early = {e.purchase_id for e in ledger.endings
+             if e.outcome == "lapsed" and e.ended_at < e.expires_at}
     both = {r.purchase_id for r in ledger.rows} & {e.purchase_id for e in ledger.endings}
-    return Check("no confirm after its hold's end; no hold both kept and ended",
-                 not (late or both),
-                 f"confirmed at or after expiresAt: {sample(late) or 'none'}; rows that also "
-                 f"ended: {sample(both) or 'none'}")
+    return Check("no confirm after its hold's end, no lapse before it; no hold both kept and "
+                 "ended", not (late or early or both),
+                 f"confirmed at or after expiresAt: {sample(late) or 'none'}; lapsed before "
+                 f"it: {sample(early) or 'none'}; rows that also ended: "
+                 f"{sample(both) or 'none'}")
 
 
 def _never_free_while_waiting(after: LedgerSnapshot, ledger: HoldsLedger) -> Check:

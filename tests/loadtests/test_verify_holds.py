@@ -31,7 +31,8 @@ ONE_201 = "one 201 per hold"
 UNTOLD = "no hold that no client was told about"
 PLACES = "every 202 place is a waitlist row"
 CONFIRMS = "every confirm 200 is a confirmed row"
-IN_TIME = "no confirm after its hold's end; no hold both kept and ended"
+IN_TIME = ("no confirm after its hold's end, no lapse before it; no hold both kept and "
+           "ended")
 NOT_FREE = "no unit free while anyone waits"
 ORDER = "offers follow the order of places"
 SOLD_OUT = "SOLD_OUT only once every unit was confirmed"
@@ -215,7 +216,8 @@ def test_confirm_answers_agree_with_the_ledger(answer, ok):
 
 
 def test_a_confirm_at_its_end_or_a_hold_both_kept_and_ended_breaks():
-    """confirmed_at >= expires_at breaks; so does a purchase id both a row and an ending."""
+    """confirmed_at >= expires_at breaks; so does a purchase id both a row and an ending, and
+    a lapse before its hold's end."""
     late = ledger([held("p1", "alice", 4.0, 4.0), AFTER.holds.rows[1]], AFTER.holds.endings,
                   AFTER.holds.places)
     assert broken(STORY, late) == {IN_TIME}
@@ -223,6 +225,9 @@ def test_a_confirm_at_its_end_or_a_hold_both_kept_and_ended_breaks():
                                                                    "p3", "carol")],
                   AFTER.holds.places)
     assert broken(STORY, both) == {IN_TIME}
+    early = ledger(AFTER.holds.rows, [lapsed("p2", "bob", 4.1, 4.05, "p3", "carol")],
+                   AFTER.holds.places)
+    assert broken(STORY, early) == {IN_TIME}
 
 
 def test_a_free_unit_while_someone_waits_breaks_until_the_sale_ends():
