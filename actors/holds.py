@@ -167,6 +167,13 @@ class Holds:
             await self._tell_gate([ending])
         return ending
 
+    async def leave(self, sale_id: uuid.UUID, user_id: str) -> bool:
+        """Take ``user_id``'s waiting place out of the line; return whether there was one."""
+        left = await self._ledger.call(holds_sql.leave_waitlist, sale_id, user_id)
+        if left:
+            self.touch(sale_id)
+        return left
+
     async def tally(self, sale_id: uuid.UUID) -> Tally:
         """The sale's units by where they stand, for display: read at most every
         :data:`TALLY_TTL_S` per process (the decisions read the ledger themselves)."""

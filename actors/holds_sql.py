@@ -185,6 +185,17 @@ async def _end(conn: Any, sale_id: uuid.UUID, rows: list[Any], outcome: Standing
     return endings
 
 
+async def leave_waitlist(conn: Any, sale_id: uuid.UUID, user_id: str) -> bool:
+    """Take the user's waiting place out of the line; return whether there was one.
+
+    No lock is needed: a place leaving frees no unit, and an offer that took the place first
+    left it offered, which this does not touch.
+    """
+    return await conn.fetchval(
+        "WITH gone AS (DELETE FROM waitlist WHERE sale_id = $1 AND user_id = $2 "
+        "AND offered_at IS NULL RETURNING 1) SELECT count(*) > 0 FROM gone", sale_id, user_id)
+
+
 async def due_sales(conn: Any) -> list[uuid.UUID]:
     """The sales with at least one hold past its end, by the database clock."""
     rows = await conn.fetch(
@@ -342,4 +353,5 @@ async def mark_gate_done(conn: Any, purchase_ids: list[uuid.UUID]) -> None:
 _EPOCH = datetime.fromtimestamp(0).astimezone()
 
 __all__ = ["Ending", "JoinOutcome", "Joined", "buyer_statuses", "cancel", "confirm",
-           "due_sales", "gate_backlog", "join_waitlist", "lapse_due", "mark_gate_done"]
+           "due_sales", "gate_backlog", "join_waitlist", "lapse_due", "leave_waitlist",
+           "mark_gate_done"]

@@ -152,6 +152,19 @@ def verify_holds(records: Iterable[Record], before: LedgerSnapshot, after: Ledge
             _conservation(after, ledger, gate), _answers(told)]
 
 
+def ledger_checks(after: LedgerSnapshot) -> list[Check]:
+    """The rules the ledger of a sale with holds keeps by itself, whatever the clients were
+    told: the units, confirm xor lapse in time, no unit free while anyone waits, offers in
+    the order of places. :func:`verify_holds` judges them among the others; a test that
+    keeps its own record of the answers judges the ledger with these alone.
+    """
+    ledger = after.holds
+    if ledger is None:
+        raise ValueError("ledger_checks judges a sale with holds: after.holds is None")
+    return [_units(after, ledger), _in_time(ledger), _never_free_while_waiting(after, ledger),
+            _offers_in_order(ledger)]
+
+
 def _units(after: LedgerSnapshot, ledger: HoldsLedger) -> Check:
     """confirmed + held <= total, and the sale's ``sold`` counts every row."""
     confirmed = sum(r.confirmed for r in ledger.rows)
@@ -354,4 +367,4 @@ def _answers(told: _Told) -> Check:
                  f"{sample(odd) or 'none'}")
 
 
-__all__ = ["CLOCK_SLACK_S", "read_holds", "verify_holds"]
+__all__ = ["CLOCK_SLACK_S", "ledger_checks", "read_holds", "verify_holds"]

@@ -5,7 +5,8 @@
   answers the purchase, confirmed (the same ``200`` when sent again); a confirm that comes
   after the hold's end, by PostgreSQL's clock at commit, is ``409 HOLD_EXPIRED``.
 - ``DELETE .../purchase``: the buyer cancels their own hold (named as the status read names
-  them); the unit goes back at once, to the first in the waitlist.
+  them); the unit goes back at once, to the first in the waitlist. A buyer waiting in line
+  leaves it (``{"purchased": false}``), and the places behind move up.
 - ``GET .../purchase/events``: the buyer's standing, live: a ``standing`` event (the body of
   the status read) each time it changes, then a last one when it is final (confirmed, or
   the waitlist closed).
@@ -135,8 +136,10 @@ def install_holds(app: QuartTrio, runtime: Runtime, auth: Auth, *,
             raise MethodNotAllowed(valid_methods=PLAIN_PURCHASE_METHODS)
         sale, status = await runtime.serializer.standing(
             user, wanted, address=auth.client_address(asking))
+        if status.standing is Standing.WAITLISTED and await holds.leave(sale.id, user):
+            return envelope(standing_body(BuyerStatus(None)))
         if status.purchase is None:
-            raise PurchaseNotFound("You hold no unit of this sale.")
+            raise PurchaseNotFound("You hold no unit of this sale, nor a place in its line.")
         await holds.cancel(sale.id, status.purchase.id, user)
         return envelope(standing_body(BuyerStatus(Standing.CANCELLED)))
 

@@ -323,3 +323,28 @@ async def test_a_purchase_of_one_sale_is_unknown_to_another(settings):
     assert still["status"] == "held" and still["purchaseId"] == purchase_id
     assert paid.status_code == 200, paid.text
     assert await rows(settings, other.id) == []
+
+
+async def test_a_waiting_buyer_leaves_the_line_and_those_behind_move_up(settings):
+    """DELETE by a buyer in line: 200 {purchased: false}, the place is gone, the places behind
+    move up, and the unit that comes back goes to the next one still waiting."""
+    settings = admin(settings)
+    sale = await make_sale(settings.database_url, stock=1, hold_seconds=60)
+    with trio.fail_after(60):
+        async with live_server(settings) as server:
+            c = server.client
+            held = (await c.post(CURRENT_PURCHASE, json={"userId": "alice"})).json()["data"]
+            for user in ("bobby", "carol"):
+                assert (await c.post(CURRENT_PURCHASE, json={"userId": user})).status_code == 202
+            left = await c.delete(CURRENT_PURCHASE, params={"userId": "bobby"})
+            again = await c.delete(CURRENT_PURCHASE, params={"userId": "bobby"})
+            bobby, carol = await standing(c, "bobby"), await standing(c, "carol")
+            await c.post(cancel_path(sale.id, held["purchaseId"]), headers=AUTH)
+            offered = await standing(c, "carol")
+    assert left.status_code == 200 and left.json() == {"data": {"purchased": False}}
+    assert_error(again, 404, "PURCHASE_NOT_FOUND")
+    assert bobby == {"purchased": False}
+    assert (carol["status"], carol["position"], carol["waitlistLength"]) == ("waitlisted", 1, 1)
+    assert offered["status"] == "held"
+    places = await pg(settings.database_url, fetch, "SELECT user_id FROM waitlist")
+    assert [p["user_id"] for p in places] == ["carol"]
