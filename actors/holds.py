@@ -22,7 +22,7 @@ import logging
 import math
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
@@ -82,8 +82,10 @@ class HoldsStatistics:
 class Holds:
     """Handle to the running holds actor; see :func:`open_holds`."""
 
-    def __init__(self, ledger: Ledger, gate: StockGate, config: HoldsConfig) -> None:
+    def __init__(self, ledger: Ledger, gate: StockGate, config: HoldsConfig,
+                 live: Callable[[], bool] = lambda: True) -> None:
         self._ledger = ledger
+        self._live = live
         self._gate = gate
         self._config = config
         self._made = self._confirmed = self._lapsed = self._cancelled = 0
@@ -251,8 +253,9 @@ class Holds:
         task_status.started()
         while True:
             try:
-                await self.sweep()
-                await self.retry_gate()
+                if self._live():
+                    await self.sweep()
+                    await self.retry_gate()
             except BackendUnavailable as exc:
                 self._failed_sweeps += 1
                 log.warning("hold sweep failed: %r", exc.__cause__ or exc)
@@ -341,10 +344,14 @@ class WatchHandle:
 
 
 @asynccontextmanager
-async def open_holds(ledger: Ledger, gate: StockGate, config: HoldsConfig
-                     ) -> AsyncIterator[Holds]:
-    """Open the holds actor: its sweep and its watchers run until exit."""
-    holds = Holds(ledger, gate, config)
+async def open_holds(ledger: Ledger, gate: StockGate, config: HoldsConfig,
+                     live: Callable[[], bool] = lambda: True) -> AsyncIterator[Holds]:
+    """Open the holds actor: its sweep and its watchers run until exit.
+
+    ``live`` says whether any hold may still end (a sale with holds not over by its window):
+    while it says no, the sweep asks PostgreSQL nothing.
+    """
+    holds = Holds(ledger, gate, config, live)
     async with open_actor_nursery() as nursery:
         await nursery.start(holds.run)
         nursery.start_soon(holds.serve_watchers)

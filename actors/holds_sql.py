@@ -132,8 +132,9 @@ OFFER = (f"INSERT INTO purchases {INSERT_COLUMNS} "
          f"SELECT gen_random_uuid(), $1, l.user_id, clock_timestamp(), {HOLD_END} "
          "FROM unnest($2::text[]) WITH ORDINALITY AS l(user_id, n) ORDER BY l.n "
          f"ON CONFLICT (sale_id, user_id) DO NOTHING RETURNING {PURCHASE_COLUMNS}")
-#: Each place of $2 offered: the hold it became ($3), or NULL when it was passed over.
-OFFERED = ("UPDATE waitlist w SET offered_at = clock_timestamp(), purchase_id = o.id "
+#: Each place of $2 offered: the hold it became ($3), or NULL when it was passed over; the
+#: statement's one moment for all of them, so a batch offered together is in place order.
+OFFERED = ("UPDATE waitlist w SET offered_at = statement_timestamp(), purchase_id = o.id "
            "FROM unnest($2::text[], $3::uuid[]) AS o(user_id, id) "
            "WHERE w.sale_id = $1 AND w.user_id = o.user_id")
 

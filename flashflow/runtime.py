@@ -15,7 +15,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from functools import partial
 
 from actors import (
     Catalog,
@@ -96,7 +97,8 @@ async def open_runtime(settings: Settings, *,
                        settings.limiter_config()) as limiter,
                 open_reconciler(gate, ledger, catalog, interval_s=settings.reconcile_interval_s,
                                 grace_s=settings.reservation_grace_s, clock=clock) as reconciler,
-                open_holds(ledger, gate, settings.holds_config()) as holds,
+                open_holds(ledger, gate, settings.holds_config(),
+                           live=partial(holds_may_end, catalog)) as holds,
                 open_user_serializer(
                     gate, ledger, catalog=catalog, limiter=limiter,
                     config=settings.serializer_config(), clock=clock,
@@ -116,6 +118,20 @@ async def _maybe(enabled: bool, opener: Callable, *args: object) -> AsyncIterato
         return
     async with opener(*args) as handle:
         yield handle
+
+
+#: How long past a sale's end plus its window its holds are still swept: a hold made just
+#: before the end lapses a window later, and the catalog may learn of a sale a little late.
+HOLDS_SWEPT_PAST_S = 60
+
+
+def holds_may_end(catalog: Catalog) -> bool:
+    """Whether a hold of any sale may still end: a sale with holds not over by its end, its
+    window and :data:`HOLDS_SWEPT_PAST_S` (by the catalog's clock)."""
+    now = catalog.now()
+    return any(sale.hold_seconds is not None
+               and now < sale.end_time + timedelta(seconds=sale.hold_seconds + HOLDS_SWEPT_PAST_S)
+               for sale in catalog.sales())
 
 
 async def load_current_gate(catalog: Catalog, gate: StockGate, now: datetime) -> None:
