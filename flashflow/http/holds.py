@@ -28,7 +28,7 @@ from actors.errors import HoldCancelled, HoldConfirmed, HoldExpired, PurchaseNot
 
 from ..runtime import Runtime
 from . import validation
-from .admin import require_admin
+from .admin import ADMIN_SCOPE, require_admin
 from .auth import Asking, Auth
 from .openapi import (
     BAD_REQUEST,
@@ -97,7 +97,7 @@ def install_holds(app: QuartTrio, runtime: Runtime, auth: Auth, *,
 
     def payments() -> None:
         require_admin(request, runtime.settings, auth.verifier,
-                      scopes=(PAYMENTS_SCOPE, "flashflow:admin"), challenge=PAYMENTS_CHALLENGE)
+                      scopes=(PAYMENTS_SCOPE, ADMIN_SCOPE), challenge=PAYMENTS_CHALLENGE)
 
     @app.post(HOLD_CONFIRM)
     @security_scheme([{name: []} for name in PAYMENTS_SCHEME])
