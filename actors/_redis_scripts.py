@@ -6,17 +6,28 @@ caller of the gate scripts; every gate script takes the keys of one sale (stock,
 pending) in that order, so it touches one Redis Cluster slot.
 
 The stock channel and the sale id travel as the first two arguments (a channel is not a key).
-Every script keeps the law ``stock = total - holders`` (never below 0), and every one that
-changes a stock publishes "<sale id> <stock>" on the stock channel, so stock feeds in every
-process and on every host see every change.
+Every script keeps the law ``stock = total - the units of the holders`` (never below 0), and
+every one that changes a stock publishes "<sale id> <stock>" on the stock channel, so stock
+feeds in every process and on every host see every change.
 """
 
-# ARGV: channel, sale id, then user, purchase id, user, purchase id, ...
-# A new holder is written as "<purchase id>:<Redis time in ms>" and put in pending with that
-# time, so the reconciler can tell how old a reservation is by one clock for every host.
+#: How many units a holder value holds: "<purchase id>:<ms>" holds one, "<id>:<ms>:<n>" n
+#: (the format of :func:`actors.keys.holder_value`). Put before the scripts that weigh holders.
+QUANTITY = """
+local function units(value)
+  local n = string.match(value, '^[^:]*:[^:]*:(%d+)$')
+  return n and tonumber(n) or 1
+end
+"""
+
+# ARGV: channel, sale id, then user, purchase id, quantity, user, purchase id, quantity, ...
+# A new holder is written as "<purchase id>:<Redis time in ms>[:<quantity>]" and put in
+# pending with that time, so the reconciler can tell how old a reservation is by one clock
+# for every host. A request takes all its units or none; the requests are served in order,
+# each that the stock left can serve.
 # Returns {-1} when the gate is not loaded, else {stock_after, code1, info1, code2, info2, ...}
-# with code 0 = reserved (info = stock left), 1 = the user already holds a unit (info = the
-# holder value), 2 = no stock in the gate.
+# with code 0 = reserved (info = stock left), 1 = the user already holds units (info = the
+# holder value), 2 = too little stock in the gate (info = the stock then).
 RESERVE = """
 local stock = redis.call('GET', KEYS[1])
 if not stock then return {-1} end
@@ -25,18 +36,21 @@ local start = stock
 local now = redis.call('TIME')
 local ms = now[1] * 1000 + math.floor(now[2] / 1000)
 local out = {0}
-for i = 3, #ARGV, 2 do
+for i = 3, #ARGV, 3 do
   local prev = redis.call('HGET', KEYS[2], ARGV[i])
+  local n = tonumber(ARGV[i + 2])
   if prev and string.sub(prev, 1, #ARGV[i + 1] + 1) == ARGV[i + 1] .. ':' then
     -- this very reservation, sent again after a lost reply: the same answer, no new unit
     out[#out + 1] = 0; out[#out + 1] = stock
   elseif prev then
     out[#out + 1] = 1; out[#out + 1] = prev
-  elseif stock <= 0 then
-    out[#out + 1] = 2; out[#out + 1] = 0
+  elseif stock < n then
+    out[#out + 1] = 2; out[#out + 1] = stock
   else
-    stock = stock - 1
-    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1] .. ':' .. ms)
+    stock = stock - n
+    local value = ARGV[i + 1] .. ':' .. ms
+    if n ~= 1 then value = value .. ':' .. n end
+    redis.call('HSET', KEYS[2], ARGV[i], value)
     redis.call('ZADD', KEYS[3], ms, ARGV[i])
     out[#out + 1] = 0; out[#out + 1] = stock
   end
@@ -62,10 +76,10 @@ end
 return settled
 """
 
-# ARGV: channel, sale id, user, purchase id, restock flag ('1' returns the unit).
+# ARGV: channel, sale id, user, purchase id, restock flag ('1' returns its units).
 # Releases only the reservation it names, so a release can never be applied twice. A pending
 # entry whose holder is gone is dropped. Returns 1 when the reservation was there to undo.
-RELEASE = """
+RELEASE = QUANTITY + """
 local held = redis.call('HGET', KEYS[2], ARGV[3])
 if not held then
   redis.call('ZREM', KEYS[3], ARGV[3])
@@ -77,20 +91,21 @@ end
 redis.call('HDEL', KEYS[2], ARGV[3])
 redis.call('ZREM', KEYS[3], ARGV[3])
 if ARGV[5] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
-  local stock = redis.call('INCR', KEYS[1])
+  local stock = redis.call('INCRBY', KEYS[1], units(held))
   redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. stock)
 end
 return 1
 """
 
-# ARGV: channel, sale id, then old user, old purchase id, new user, new purchase id, ...
-# A hold ended in the ledger: its holder leaves the gate, and its unit goes to the new
-# holder the ledger gave it to (new user '' when nobody was waiting: the unit goes back on
-# sale). Both in one step, so the unit is never free in between. The new holder is written
-# pending, with the Redis time, so the reconciler checks it against the ledger like any
-# reservation. Applying the same handover twice changes nothing. Returns the stock, or -1
-# when the gate is not loaded (it will be built from the ledger).
-HANDOVER = """
+# ARGV: channel, sale id, then moves of four: ('-', user, purchase id, '') for a holder that
+# leaves (a hold ended in the ledger), ('+', user, purchase id, quantity) for one that comes
+# (the hold the ledger gave the units to). All in one step, leaving before coming, so the
+# units are never free in between. A holder leaves only under the purchase id it names; a
+# new holder is written pending, with the Redis time, so the reconciler checks it against
+# the ledger like any reservation, and replaces a holder of the same user under another id.
+# Applying the same moves twice changes nothing. Returns the stock, or -1 when the gate is
+# not loaded (it will be built from the ledger).
+HANDOVER = QUANTITY + """
 local stock = redis.call('GET', KEYS[1])
 if not stock then return -1 end
 stock = tonumber(stock)
@@ -98,24 +113,22 @@ local start = stock
 local now = redis.call('TIME')
 local ms = now[1] * 1000 + math.floor(now[2] / 1000)
 for i = 3, #ARGV, 4 do
-  local freed = 0
-  local held = redis.call('HGET', KEYS[2], ARGV[i])
-  if held and string.sub(held, 1, #ARGV[i + 1] + 1) == ARGV[i + 1] .. ':' then
-    redis.call('HDEL', KEYS[2], ARGV[i])
-    redis.call('ZREM', KEYS[3], ARGV[i])
-    freed = 1
-  end
-  if ARGV[i + 2] ~= '' then
-    local prev = redis.call('HGET', KEYS[2], ARGV[i + 2])
-    if not (prev and string.sub(prev, 1, #ARGV[i + 3] + 1) == ARGV[i + 3] .. ':') then
-      redis.call('HSET', KEYS[2], ARGV[i + 2], ARGV[i + 3] .. ':' .. ms)
-      redis.call('ZADD', KEYS[3], ms, ARGV[i + 2])
-      if not prev then
-        if freed == 1 then freed = 0 elseif stock > 0 then stock = stock - 1 end
-      end
+  local held = redis.call('HGET', KEYS[2], ARGV[i + 1])
+  local same = held and string.sub(held, 1, #ARGV[i + 2] + 1) == ARGV[i + 2] .. ':'
+  if ARGV[i] == '-' then
+    if same then
+      redis.call('HDEL', KEYS[2], ARGV[i + 1])
+      redis.call('ZREM', KEYS[3], ARGV[i + 1])
+      stock = stock + units(held)
     end
+  elseif not same then
+    local n = tonumber(ARGV[i + 3])
+    local value = ARGV[i + 2] .. ':' .. ms
+    if n ~= 1 then value = value .. ':' .. n end
+    redis.call('HSET', KEYS[2], ARGV[i + 1], value)
+    redis.call('ZADD', KEYS[3], ms, ARGV[i + 1])
+    stock = math.max(stock + (held and units(held) or 0) - n, 0)
   end
-  stock = stock + freed
 end
 if stock ~= start then
   redis.call('SET', KEYS[1], stock)
@@ -152,47 +165,57 @@ redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. ARGV[3])
 return 1
 """
 
-# ARGV: channel, sale id, then user, purchase id, ... of committed purchases the gate may not hold.
-# Each one missing is recorded and takes a unit (never below 0); one the gate holds in
-# pending under the same purchase id is settled; one held under another purchase id (a
-# reservation that can never commit, since the user's purchase is this one) is replaced by it,
-# settled, with the stock unchanged. Returns how many the gate did not hold: missing or
-# replaced.
-CLAIM = """
+# ARGV: channel, sale id, then user, purchase id, quantity, ... of committed purchases the
+# gate may not hold. Each one missing is recorded and takes its units (never below 0); one the
+# gate holds in pending under the same purchase id is settled; one held under another
+# purchase id (a reservation that can never commit, since the user's purchase is this one) is
+# replaced by it, settled, the stock moved by the difference of their units. Returns how
+# many the gate did not hold: missing or replaced.
+CLAIM = QUANTITY + """
 local stock = redis.call('GET', KEYS[1])
 if not stock then return 0 end
 stock = tonumber(stock)
-local claimed, taken = 0, 0
-for i = 3, #ARGV, 2 do
+local start = stock
+local claimed = 0
+for i = 3, #ARGV, 3 do
   local held = redis.call('HGET', KEYS[2], ARGV[i])
+  local n = tonumber(ARGV[i + 2])
+  local value = ARGV[i + 1] .. ':0'
+  if n ~= 1 then value = value .. ':' .. n end
   if not held then
-    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1] .. ':0')
+    redis.call('HSET', KEYS[2], ARGV[i], value)
     claimed = claimed + 1
-    taken = taken + 1
-    if stock > 0 then stock = stock - 1 end
+    stock = math.max(stock - n, 0)
   else
     if string.sub(held, 1, #ARGV[i + 1] + 1) ~= ARGV[i + 1] .. ':' then
-      redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1] .. ':0')
+      redis.call('HSET', KEYS[2], ARGV[i], value)
       claimed = claimed + 1
+      stock = math.max(stock + units(held) - n, 0)
     end
     redis.call('ZREM', KEYS[3], ARGV[i])
   end
 end
-if taken > 0 then
+if stock ~= start then
   redis.call('SET', KEYS[1], stock)
   redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. stock)
 end
 return claimed
 """
 
-# ARGV: channel, sale id, total stock, committed count.
-# Sets stock = total - max(holders, committed), never below 0. Returns {-1} when the gate is
-# not loaded, else {stock before, stock after}.
-RECOUNT = """
+# ARGV: channel, sale id, total stock, committed units, and '1' when holders may hold more
+# than one unit each (their units are then summed, O(holders); else counted, O(1)).
+# Sets stock = total - max(units held, committed), never below 0. Returns {-1} when the
+# gate is not loaded, else {stock before, stock after}.
+RECOUNT = QUANTITY + """
 local stock = redis.call('GET', KEYS[1])
 if not stock then return {-1} end
 stock = tonumber(stock)
-local held = math.max(redis.call('HLEN', KEYS[2]), tonumber(ARGV[4]))
+local held = redis.call('HLEN', KEYS[2])
+if ARGV[5] == '1' then
+  held = 0
+  for _, value in ipairs(redis.call('HVALS', KEYS[2])) do held = held + units(value) end
+end
+held = math.max(held, tonumber(ARGV[4]))
 local want = math.max(tonumber(ARGV[3]) - held, 0)
 if want ~= stock then
   redis.call('SET', KEYS[1], want)

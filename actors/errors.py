@@ -100,6 +100,19 @@ class SoldOut(FlashFlowError):
         super().__init__(message)
 
 
+class InsufficientStock(FlashFlowError):
+    """Raised when fewer units than asked can ever be sold to the buyer (final): the free
+    units and those whose commits or holds are still in doubt are fewer than the quantity.
+
+    ``remaining`` is that count, the most a purchase could still take.
+    """
+
+    def __init__(self, remaining: int) -> None:
+        self.remaining = remaining
+        unit = "unit is" if remaining == 1 else "units are"
+        super().__init__(f"Sorry, only {remaining} {unit} left.")
+
+
 class AlreadyPurchased(FlashFlowError):
     """Raised when the user already holds a purchase in this sale."""
 
@@ -249,6 +262,7 @@ __all__ = [
     "HoldConfirmed",
     "HoldEnded",
     "HoldExpired",
+    "InsufficientStock",
     "InvalidInput",
     "LedgerUnreachable",
     "Overloaded",

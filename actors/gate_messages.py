@@ -34,13 +34,15 @@ class GateAnswer:
 
 @dataclass(frozen=True, slots=True)
 class Reserve:
-    """Ask the gate to reserve one unit of ``sale`` for ``user_id``, waiting until ``deadline``."""
+    """Ask the gate to reserve ``quantity`` units of ``sale`` for ``user_id``, all or none,
+    waiting until ``deadline``."""
 
     sale: Sale
     user_id: str
     purchase_id: uuid.UUID
     deadline: float
     reply: Slot[GateAnswer] = field(compare=False)
+    quantity: int = 1
 
 
 __all__ = ["GateAnswer", "Reserve", "Seat"]

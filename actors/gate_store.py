@@ -40,7 +40,14 @@ from ._redis_scripts import (
 )
 from .errors import BackendUnavailable
 from .gate_messages import GateAnswer, Seat
-from .keys import change_notice, holder_value, parse_holder, sale_keys, stock_channel
+from .keys import (
+    change_notice,
+    holder_quantity,
+    holder_value,
+    parse_holder,
+    sale_keys,
+    stock_channel,
+)
 from .model import LedgerState, Sale, Tally
 
 log = logging.getLogger(__name__)
@@ -87,16 +94,18 @@ class GateStore:
 
     # -- the reserve call ---------------------------------------------------------------
 
-    async def reserve(self, sale: Sale, requests: list[tuple[str, str]]) -> list[GateAnswer | None]:
-        """Reserve one unit for each (user, purchase id), in order, in one Redis call.
+    async def reserve(self, sale: Sale,
+                      requests: list[tuple[str, str, int]]) -> list[GateAnswer | None]:
+        """Reserve for each (user, purchase id, quantity), in order, in one Redis call: all
+        of a request's units or none.
 
-        Returns one answer per request, None where the gate had no stock for it. A gate
-        missing from Redis is loaded from the ledger first.
+        Returns one answer per request, None where the gate had too little stock for it. A
+        gate missing from Redis is loaded from the ledger first.
 
         Raises:
             BackendUnavailable: Redis failed, or the gate could not be loaded.
         """
-        args = [item for pair in requests for item in pair]
+        args = [item for request in requests for item in request]
         reply = await self._script(self._reserve, sale.id, args)
         if reply[0] == -1:
             await self.ensure_loaded(sale)
@@ -146,7 +155,7 @@ class GateStore:
         items = list(state.buyers.items())
         for start in range(0, len(items), LOAD_CHUNK_SIZE):
             args = [v for user, pid in items[start:start + LOAD_CHUNK_SIZE]
-                    for v in (user, holder_value(pid))]
+                    for v in (user, holder_value(pid, 0, state.quantities.get(user, 1)))]
             await self._call(self._load_chunk, keys=[staging], args=args)
         remaining = max(state.total_stock - state.sold, 0)
         loaded = bool(await self._call(
@@ -173,9 +182,14 @@ class GateStore:
         return InDoubt(now_ms, None if stock < 0 else stock, holders, pending, oldest)
 
     async def holders(self, sale_id: uuid.UUID) -> dict[str, str]:
-        """Every holder of a unit: user -> purchase id. O(holders): for repairs, not routine."""
+        """Every holder of units: user -> purchase id. O(holders): for repairs, not routine."""
+        return {user: pid for user, (pid, _) in (await self.holdings(sale_id)).items()}
+
+    async def holdings(self, sale_id: uuid.UUID) -> dict[str, tuple[str, int]]:
+        """Every holder of units: user -> (purchase id, units). O(holders), for repairs."""
         held = await self._call(self._redis.hgetall, sale_keys(self._key_prefix, sale_id).buyers)
-        return {user.decode(): parse_holder(value)[0] for user, value in held.items()}
+        return {user.decode(): (parse_holder(value)[0], holder_quantity(value))
+                for user, value in held.items()}
 
     async def settle(self, sale_id: uuid.UUID, purchases: dict[str, str]) -> int:
         """Mark committed purchases (user -> purchase id) as no longer in doubt."""
@@ -184,24 +198,31 @@ class GateStore:
         args = [item for pair in purchases.items() for item in pair]
         return int(await self._call(self._settle, keys=self._keys(sale_id), args=args))
 
-    async def claim(self, sale_id: uuid.UUID, purchases: dict[str, str]) -> int:
+    async def claim(self, sale_id: uuid.UUID, purchases: dict[str, str],
+                    quantities: dict[str, int] | None = None) -> int:
         """Record committed purchases (user -> purchase id) the gate does not hold.
 
-        Each one missing takes a unit (never below 0); one held under another purchase id
-        (a reservation that can never commit) is replaced, the stock unchanged. Returns how
-        many were recorded, missing or replaced.
+        Each one missing takes its units (``quantities``, 1 when absent; never below 0);
+        one held under another purchase id (a reservation that can never commit) is
+        replaced, the stock moved by the difference of their units. Returns how many were
+        recorded, missing or replaced.
         """
         if not purchases:
             return 0
-        args = [item for pair in purchases.items() for item in pair]
+        quantities = quantities or {}
+        args = [item for user, pid in purchases.items()
+                for item in (user, pid, quantities.get(user, 1))]
         return int(await self._script(self._claim, sale_id, args))
 
-    async def recount(self, sale_id: uuid.UUID, tally: Tally) -> tuple[int, int] | None:
-        """Set the stock to ``total - max(holders, sold)`` by the ledger's ``tally``.
+    async def recount(self, sale_id: uuid.UUID, tally: Tally,
+                      quantities: bool = False) -> tuple[int, int] | None:
+        """Set the stock to ``total - max(units held, sold)`` by the ledger's ``tally``;
+        with ``quantities`` the holders' units are summed, else each holder counts one.
 
         Returns (before, after), None if the gate is not loaded.
         """
-        reply = await self._script(self._recount, sale_id, [tally.total_stock, tally.sold])
+        reply = await self._script(self._recount, sale_id, [tally.total_stock, tally.sold,
+                                                            "1" if quantities else "0"])
         if int(reply[0]) < 0:
             return None
         return int(reply[0]), int(reply[1])
@@ -215,15 +236,17 @@ class GateStore:
         return bool(await self._script(self._release, sale_id,
                                        [user_id, str(purchase_id), "1" if restock else "0"]))
 
-    async def handover(self, sale_id: uuid.UUID,
-                       moves: list[tuple[str, str, str, str]]) -> int | None:
+    async def handover(self, sale_id: uuid.UUID, leaving: list[tuple[str, str]],
+                       coming: list[tuple[str, str, int]]) -> int | None:
         """Move ended holds' units to their new holders in one step.
 
-        Each move is (old user, old purchase id, new user, new purchase id), the new user ''
-        when the unit goes back on sale. Returns the stock after, None if not loaded.
+        ``leaving`` are the (user, purchase id) of holds that ended; ``coming`` the (user,
+        purchase id, quantity) of the holds their units went to. Units that went to nobody
+        go back on sale. Returns the stock after, None if not loaded.
         """
-        stock = int(await self._script(self._handover, sale_id,
-                                       [item for move in moves for item in move]))
+        args: list[str | int] = [item for user, pid in leaving for item in ("-", user, pid, "")]
+        args += [item for user, pid, n in coming for item in ("+", user, pid, n)]
+        stock = int(await self._script(self._handover, sale_id, args))
         return None if stock < 0 else stock
 
     async def announce(self, sale_id: uuid.UUID) -> None:

@@ -33,6 +33,7 @@ from ._nursery import open_actor_nursery
 from .errors import (
     AlreadyPurchased,
     BackendUnavailable,
+    InsufficientStock,
     SaleNotActive,
     SoldOut,
     StandingHold,
@@ -105,31 +106,34 @@ class Holds:
         self._made += 1
         self.touch(purchase.sale_id)
 
-    async def join(self, sale: Sale, user_id: str) -> JoinOutcome:
+    async def join(self, sale: Sale, user_id: str, quantity: int = 1) -> JoinOutcome:
         """Ask for a place in the sale's waitlist (see :func:`holds_sql.join_waitlist`)."""
-        outcome = await self._ledger.call(holds_sql.join_waitlist, sale.id, user_id)
+        outcome = await self._ledger.call(holds_sql.join_waitlist, sale.id, user_id, quantity)
         if outcome.joined is holds_sql.Joined.PLACED:
             self._joined += 1
             self.touch(sale.id)
         return outcome
 
     async def take_a_place(self, sale: Sale, user_id: str, deadline: float,
-                           poll_s: float) -> None:
-        """A press found every unit held or confirmed: ask the ledger for a place.
+                           poll_s: float, quantity: int = 1) -> None:
+        """A press found fewer units free than it asks, some held: ask the ledger for a
+        place for ``quantity`` units.
 
-        Returns only when a unit proved free in the ledger (a reservation in flight, a return
-        not yet in the gate), after ``poll_s``, for the press to try the gate again.
+        Returns only when that many units proved free in the ledger (a reservation in
+        flight, a return not yet in the gate), after ``poll_s``, for the press to try the
+        gate again.
 
         Raises:
             Waitlisted: the user's place (202).
             StandingHold, AlreadyPurchased: the user has a hold, or a purchase, already.
             SoldOut: every unit is confirmed (final).
+            InsufficientStock: fewer than ``quantity`` units are unconfirmed (final).
             SaleNotActive: the sale ended.
             Undecided: no answer by ``deadline``.
             BackendUnavailable: PostgreSQL did not answer.
         """
         with trio.move_on_at(deadline):
-            outcome = await self.join(sale, user_id)
+            outcome = await self.join(sale, user_id, quantity)
             if outcome.place is not None:
                 raise Waitlisted(outcome.place)
             if outcome.purchase is not None:
@@ -139,6 +143,8 @@ class Holds:
                 with suppress(BackendUnavailable):
                     await self._gate.queues.learn_sold_out(sale)
                 raise SoldOut()
+            if outcome.joined is Joined.SHORT:
+                raise InsufficientStock(outcome.remaining)
             if outcome.joined is Joined.ENDED:
                 raise SaleNotActive(started=True)
             await trio.sleep(poll_s)
@@ -215,18 +221,18 @@ class Holds:
         return len(endings)
 
     async def _tell_gate(self, endings: list[Ending], *, offered: bool = True) -> None:
-        """Move each ended hold's unit in the gate, then mark the endings done."""
+        """Move each ended hold's units in the gate, then mark the endings done."""
         by_sale: dict[uuid.UUID, list[Ending]] = defaultdict(list)
         for ending in endings:
             by_sale[ending.sale_id].append(ending)
-            if offered and ending.offer is not None:
-                self._offered += 1
+            if offered:
+                self._offered += len(ending.offers)
         done: list[uuid.UUID] = []
         for sale_id, ended in by_sale.items():
-            moves = [(e.user_id, str(e.purchase_id), e.offer.user_id if e.offer else "",
-                      str(e.offer.id) if e.offer else "") for e in ended]
+            leaving = [(e.user_id, str(e.purchase_id)) for e in ended]
+            coming = [(o.user_id, str(o.id), o.quantity) for e in ended for o in e.offers]
             try:
-                stock = await self._gate.handover(sale_id, moves)
+                stock = await self._gate.handover(sale_id, leaving, coming)
             except BackendUnavailable as exc:
                 log.warning("ended holds not yet in the gate: %r", exc.__cause__,
                             extra={"sale_id": str(sale_id)})

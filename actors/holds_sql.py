@@ -16,6 +16,7 @@ PostgreSQL decides every step, so every process and host acts on one truth:
 from __future__ import annotations
 
 import enum
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,15 +46,20 @@ DUE = (f"SELECT id FROM purchases WHERE sale_id = $1 AND {PAST_END} "
 
 @dataclass(frozen=True, slots=True)
 class Ending:
-    """A hold that lapsed or was cancelled, and the hold its unit became, if anyone waited."""
+    """A hold that lapsed or was cancelled, and the holds its units became, if anyone waited.
+
+    The units of the endings of one transaction go to the places they serve together; each
+    offer is listed with the ending its first unit came from.
+    """
 
     sale_id: uuid.UUID
     user_id: str
     purchase_id: uuid.UUID
     outcome: Standing
-    offer: Purchase | None = None
+    offers: tuple[Purchase, ...] = ()
     #: Ended long enough ago that any gate built since read the ledger after it.
     past_rebuilds: bool = False
+    quantity: int = 1
 
 
 class Joined(enum.Enum):
@@ -65,6 +71,8 @@ class Joined(enum.Enum):
     STANDING = "standing"
     FREE = "free"
     SOLD_OUT = "sold_out"
+    #: Fewer units than asked are not yet confirmed: final for that quantity.
+    SHORT = "short"
     ENDED = "ended"
 
 
@@ -73,13 +81,15 @@ class JoinOutcome:
     """What asking for a place decided: a place (new, ``PLACED``, or the user's own already,
     ``WAITING``), the user's own purchase, or why not.
 
-    ``FREE``: a unit is free in the ledger (a reservation in flight, a return not yet in the
-    gate), so the press should try the gate again. ``SOLD_OUT``: every unit is confirmed.
+    ``FREE``: as many units as asked are free in the ledger (a reservation in flight, a
+    return not yet in the gate), so the press should try the gate again. ``SOLD_OUT``: every
+    unit is confirmed. ``SHORT``: fewer than asked are not confirmed (``remaining``).
     """
 
     joined: Joined
     place: Place | None = None
     purchase: Purchase | None = None
+    remaining: int = 0
 
 
 async def _lock_sale(conn: Any, sale_id: uuid.UUID) -> Any:
@@ -88,49 +98,56 @@ async def _lock_sale(conn: Any, sale_id: uuid.UUID) -> Any:
         "FROM flash_sales WHERE id = $1 FOR UPDATE", sale_id)
 
 
-async def _held_count(conn: Any, sale_id: uuid.UUID) -> int:
+async def _held_units(conn: Any, sale_id: uuid.UUID) -> int:
     return await conn.fetchval(
-        "SELECT count(*) FROM purchases WHERE sale_id = $1 AND expires_at IS NOT NULL "
-        "AND confirmed_at IS NULL", sale_id)
+        "SELECT coalesce(sum(quantity), 0) FROM purchases WHERE sale_id = $1 "
+        "AND expires_at IS NOT NULL AND confirmed_at IS NULL", sale_id)
 
 
-#: The places of some users ($2) in a sale's line ($1): each one's position and the line's
-#: length, numbered over the whole line in one pass.
+#: The places of some users ($2) in a sale's line ($1): each one's position, quantity and the
+#: line's length, numbered over the whole line in one pass.
 PLACES = (
-    "SELECT user_id, position, length FROM ("
-    " SELECT user_id, row_number() OVER (ORDER BY place) AS position, count(*) OVER () AS length"
+    "SELECT user_id, position, length, quantity FROM ("
+    " SELECT user_id, quantity, row_number() OVER (ORDER BY place) AS position,"
+    " count(*) OVER () AS length"
     " FROM waitlist WHERE sale_id = $1 AND offered_at IS NULL) line "
     "WHERE user_id = ANY($2::text[])")
 
 
-async def join_waitlist(conn: Any, sale_id: uuid.UUID, user_id: str) -> JoinOutcome:
-    """Give ``user_id`` a place in the sale's waitlist, if every unit is held or confirmed.
+async def join_waitlist(conn: Any, sale_id: uuid.UUID, user_id: str,
+                        quantity: int = 1) -> JoinOutcome:
+    """Give ``user_id`` a place in the sale's waitlist for ``quantity`` units, if fewer than
+    that are free and enough are held to serve it once they come back.
 
-    A user keeps one place: asking again answers the same one. A user whose earlier place
-    was offered a unit gets a new place at the back. Decided in one call of the
-    ``waitlist_join`` function (migration 0003), under the sale's row lock.
+    A user keeps one place (and its quantity): asking again answers the same one. A user
+    whose earlier place was offered units gets a new place at the back. Decided in one call
+    of the ``waitlist_join`` function (migrations 0003, 0004), under the sale's row lock.
     """
-    row = await conn.fetchrow("SELECT * FROM waitlist_join($1, $2)", sale_id, user_id)
+    row = await conn.fetchrow("SELECT * FROM waitlist_join($1, $2, $3)",
+                              sale_id, user_id, quantity)
     joined = Joined(row["outcome"])
     if joined is Joined.STANDING:
         found = await conn.fetchrow(
             f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE id = $1", row["purchase_id"])
         if found is None:  # it ended since: ask again, as a press would
-            return await join_waitlist(conn, sale_id, user_id)
+            return await join_waitlist(conn, sale_id, user_id, quantity)
         return JoinOutcome(joined, purchase=purchase_from_row(found))
     if joined in (Joined.PLACED, Joined.WAITING):
+        kept = await conn.fetchval("SELECT quantity FROM waitlist WHERE sale_id = $1 "
+                                   "AND user_id = $2", sale_id, user_id)
         return JoinOutcome(joined, place=Place(sale_id, user_id, row["line_position"],
-                                               row["line_length"]))
-    return JoinOutcome(joined)
+                                               row["line_length"], quantity=kept))
+    return JoinOutcome(joined, remaining=row["remaining"] or 0)
 
 
-#: The first $2 places of sale $1 still waiting, in order, locked.
-LINE = ("SELECT user_id FROM waitlist WHERE sale_id = $1 AND offered_at IS NULL "
-        "ORDER BY place LIMIT $2 FOR UPDATE")
-#: A new hold of a full window for each user of $2 (in order) who has no purchase yet.
+#: Up to $3 places of sale $1 still waiting after place $2, in order, locked.
+LINE = ("SELECT user_id, quantity, place FROM waitlist WHERE sale_id = $1 "
+        "AND offered_at IS NULL AND place > $2 ORDER BY place LIMIT $3 FOR UPDATE")
+#: A new hold of a full window for each user of $2 (in order), of the quantity in $3, who
+#: has no purchase yet.
 OFFER = (f"INSERT INTO purchases {INSERT_COLUMNS} "
-         f"SELECT gen_random_uuid(), $1, l.user_id, clock_timestamp(), {HOLD_END} "
-         "FROM unnest($2::text[]) WITH ORDINALITY AS l(user_id, n) ORDER BY l.n "
+         f"SELECT gen_random_uuid(), $1, l.user_id, clock_timestamp(), {HOLD_END}, l.n "
+         "FROM unnest($2::text[], $3::int[]) WITH ORDINALITY AS l(user_id, n, i) ORDER BY l.i "
          f"ON CONFLICT (sale_id, user_id) DO NOTHING RETURNING {PURCHASE_COLUMNS}")
 #: Each place of $2 offered: the hold it became ($3), or NULL when it was passed over; the
 #: statement's one moment for all of them, so a batch offered together is in place order.
@@ -139,51 +156,111 @@ OFFERED = ("UPDATE waitlist w SET offered_at = statement_timestamp(), purchase_i
            "WHERE w.sale_id = $1 AND w.user_id = o.user_id")
 
 
+def fits(line: list[tuple[str, int]], units: int) -> list[tuple[str, int]]:
+    """The places of ``line`` (user, quantity, in order) that ``units`` serve, first fit: each
+    place takes its whole quantity if what is left covers it, else it keeps waiting and the
+    places after it are served. So no unit stays free while a place it could serve waits."""
+    served = []
+    for user, quantity in line:
+        if quantity <= units:
+            served.append((user, quantity))
+            units -= quantity
+    return served
+
+
 async def _offer(conn: Any, sale_id: uuid.UUID, units: int) -> list[Purchase]:
-    """Give up to ``units`` new holds to the first waiting places, in order (the sale locked).
+    """Give ``units`` free units (the sale locked) to the waiting places, in order, each its
+    whole quantity (:func:`fits`); return the holds made.
 
     A place whose user already has a purchase (they pressed on another server meanwhile) is
-    passed over, marked offered: nobody holds two units.
+    passed over, marked offered: nobody holds twice; its units go on down the line.
 
-    A batch of places takes three statements (:data:`LINE`, :data:`OFFER`,
+    A page of places takes three statements (:data:`LINE`, :data:`OFFER`,
     :data:`OFFERED`), not two per place; each joins through an index, whatever the planner
     guesses of a table freshly filled (a plan joining the statements' own results to each
     other would be a nested loop of a thousand by a thousand on a table never analysed).
     """
     offers: list[Purchase] = []
-    while len(offers) < units:
-        users = [r["user_id"] for r in await conn.fetch(LINE, sale_id, units - len(offers))]
-        if not users:
+    after = -1
+    while units > 0:
+        rows = await conn.fetch(LINE, sale_id, after, units)
+        if not rows:
             break
+        after = rows[-1]["place"]
+        served = fits([(r["user_id"], r["quantity"]) for r in rows], units)
+        if not served:
+            continue
+        users = [u for u, _ in served]
         held = {r["user_id"]: purchase_from_row(r)
-                for r in await conn.fetch(OFFER, sale_id, users)}
+                for r in await conn.fetch(OFFER, sale_id, users, [n for _, n in served])}
         await conn.execute(OFFERED, sale_id, users,
                            [held[u].id if u in held else None for u in users])
-        offers.extend(held[u] for u in users if u in held)
+        made = [held[u] for u in users if u in held]
+        offers.extend(made)
+        units -= sum(p.quantity for p in made)
+        if len(made) < len(served):
+            after = -1  # units passed over may serve a place this page skipped
     return offers
 
 
+def _share(rows: list[Any], offers: list[Purchase]) -> list[tuple[Purchase, ...]]:
+    """Each ended row's offers: an offer goes with the row its first unit came from (the
+    units of the rows, then those already free, in order)."""
+    shares: list[list[Purchase]] = [[] for _ in rows]
+    bounds, total = [], 0
+    for row in rows:
+        total += row["quantity"]
+        bounds.append(total)
+    first = 0
+    for offer in offers:
+        index = next((i for i, bound in enumerate(bounds) if first < bound), len(rows) - 1)
+        shares[index].append(offer)
+        first += offer.quantity
+    return [tuple(share) for share in shares]
+
+
 async def _end(conn: Any, sale_id: uuid.UUID, rows: list[Any], outcome: Standing,
-               open_line: bool) -> list[Ending]:
-    """Record ended holds (``rows``, deleted) and pass their units on to the waitlist."""
+               free: int | None) -> list[Ending]:
+    """Record ended holds (``rows``, deleted) and pass their units on to the waitlist.
+
+    ``free`` is how many units were free in the ledger before the rows ended; None when the
+    line is closed (the sale ended).
+    """
     if not rows:
         return []
-    offers = await _offer(conn, sale_id, len(rows)) if open_line else []
-    endings = []
-    for i, row in enumerate(rows):
-        offer = offers[i] if i < len(offers) else None
-        endings.append(Ending(sale_id, row["user_id"], row["id"], outcome, offer))
+    offers = (await _offer(conn, sale_id, free + sum(r["quantity"] for r in rows))
+              if free is not None else [])
+    endings = [Ending(sale_id, row["user_id"], row["id"], outcome, share,
+                      quantity=row["quantity"]) for row, share in zip(rows, _share(rows, offers),
+                                                                      strict=True)]
     await conn.execute(
         "INSERT INTO hold_endings (purchase_id, sale_id, user_id, outcome, expires_at, "
-        "offered_to, offered_user) "
-        "SELECT e.id, $1, e.user_id, $2, e.expires_at, e.offered_to, e.offered_user "
-        "FROM unnest($3::uuid[], $4::text[], $5::timestamptz[], $6::uuid[], $7::text[]) "
-        "AS e(id, user_id, expires_at, offered_to, offered_user)",
+        "quantity, offered_to, offered_user) "
+        "SELECT e.id, $1, e.user_id, $2, e.expires_at, e.quantity, e.offered_to, e.offered_user "
+        "FROM unnest($3::uuid[], $4::text[], $5::timestamptz[], $6::int[], $7::uuid[], "
+        "$8::text[]) AS e(id, user_id, expires_at, quantity, offered_to, offered_user)",
         sale_id, outcome.value, [r["id"] for r in rows], [r["user_id"] for r in rows],
-        [r["expires_at"] for r in rows],
-        [e.offer.id if e.offer else None for e in endings],
-        [e.offer.user_id if e.offer else None for e in endings])
+        [r["expires_at"] for r in rows], [r["quantity"] for r in rows],
+        [e.offers[0].id if e.offers else None for e in endings],
+        [e.offers[0].user_id if e.offers else None for e in endings])
+    more = [{"id": str(e.purchase_id), "ids": [str(o.id) for o in e.offers[1:]],
+             "users": [o.user_id for o in e.offers[1:]]} for e in endings if len(e.offers) > 1]
+    if more:
+        await conn.execute(
+            "UPDATE hold_endings h SET "
+            "offered_also = ARRAY(SELECT jsonb_array_elements_text(m.ids))::uuid[], "
+            "offered_also_users = ARRAY(SELECT jsonb_array_elements_text(m.users)) "
+            "FROM jsonb_to_recordset($1::jsonb) AS m(id uuid, ids jsonb, users jsonb) "
+            "WHERE h.purchase_id = m.id", json.dumps(more))
     return endings
+
+
+def _free(sale: Any) -> int | None:
+    """The units free in the ledger of a locked sale (before its rows ending now left), or
+    None when its line is closed: the sale ended."""
+    if sale is None or sale["ended"]:
+        return None
+    return max(sale["total_stock"] - sale["sold"], 0)
 
 
 async def leave_waitlist(conn: Any, sale_id: uuid.UUID, user_id: str) -> bool:
@@ -215,9 +292,9 @@ async def lapse_due(conn: Any, sale_id: uuid.UUID, limit: int) -> list[Ending]:
         if sale is None:
             return []
         rows = await conn.fetch(
-            f"DELETE FROM purchases WHERE id IN ({DUE}) RETURNING id, user_id, expires_at",
-            sale_id, limit)
-        return await _end(conn, sale_id, list(rows), Standing.LAPSED, not sale["ended"])
+            f"DELETE FROM purchases WHERE id IN ({DUE}) "
+            "RETURNING id, user_id, expires_at, quantity", sale_id, limit)
+        return await _end(conn, sale_id, list(rows), Standing.LAPSED, _free(sale))
 
 
 async def confirm(conn: Any, sale_id: uuid.UUID,
@@ -266,10 +343,9 @@ async def cancel(conn: Any, sale_id: uuid.UUID, purchase_id: uuid.UUID,
         rows = await conn.fetch(
             "DELETE FROM purchases WHERE id = $2 AND sale_id = $1 AND expires_at IS NOT NULL "
             "AND confirmed_at IS NULL AND ($3::text IS NULL OR user_id = $3) "
-            "RETURNING id, user_id, expires_at", sale_id, purchase_id, user_id)
+            "RETURNING id, user_id, expires_at, quantity", sale_id, purchase_id, user_id)
         if rows:
-            return (await _end(conn, sale_id, list(rows), Standing.CANCELLED,
-                               sale is not None and not sale["ended"]))[0]
+            return (await _end(conn, sale_id, list(rows), Standing.CANCELLED, _free(sale)))[0]
         row = await conn.fetchrow(
             "SELECT user_id, confirmed_at IS NOT NULL OR expires_at IS NULL AS confirmed "
             "FROM purchases WHERE id = $2 AND sale_id = $1", sale_id, purchase_id)
@@ -295,8 +371,9 @@ async def buyer_statuses(conn: Any, sale_id: uuid.UUID,
                          users: list[str]) -> dict[str, BuyerStatus]:
     """Where each of ``users`` stands in a sale, read in one snapshot.
 
-    A purchase or hold comes first, then a waiting place (closed once every unit is
-    confirmed or the sale ended), then how the user's last hold ended; else nothing.
+    A purchase or hold comes first, then a waiting place (closed once the sale ended or
+    fewer units than it asks are left unconfirmed), then how the user's last hold ended;
+    else nothing.
     """
     found: dict[str, BuyerStatus] = {}
     async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -313,10 +390,11 @@ async def buyer_statuses(conn: Any, sale_id: uuid.UUID,
                 Standing.HELD if purchase.held else Standing.CONFIRMED, purchase)
         rest = [u for u in users if u not in found]
         if rest:
-            closed = (sale["ended"] or sale["sold"] - await _held_count(conn, sale_id)
-                      >= sale["total_stock"])
+            unsold = sale["total_stock"] - (sale["sold"] - await _held_units(conn, sale_id))
             for row in await conn.fetch(PLACES, sale_id, rest):
-                place = Place(sale_id, row["user_id"], row["position"], row["length"], closed)
+                closed = sale["ended"] or row["quantity"] > unsold
+                place = Place(sale_id, row["user_id"], row["position"], row["length"], closed,
+                              row["quantity"])
                 found[row["user_id"]] = BuyerStatus(
                     Standing.CLOSED if closed else Standing.WAITLISTED, place=place)
         rest = [u for u in users if u not in found]
@@ -335,14 +413,23 @@ async def gate_backlog(conn: Any, older_than_s: float, limit: int,
     """Endings whose gate step was not recorded done ``older_than_s`` after they ended;
     those older than ``rebuild_bound_s`` are marked ``past_rebuilds``."""
     rows = await conn.fetch(
-        "SELECT e.sale_id, e.user_id, e.purchase_id, e.outcome, e.offered_to, e.offered_user, "
+        "SELECT e.sale_id, e.user_id, e.purchase_id, e.outcome, e.quantity, "
+        "array_remove(e.offered_to || coalesce(e.offered_also, '{}'), NULL) AS offers, "
+        "array_remove(e.offered_user || coalesce(e.offered_also_users, '{}'), NULL) "
+        "AS offer_users, "
         "ended_at < clock_timestamp() - make_interval(secs => $3) AS past_rebuilds "
         "FROM hold_endings e WHERE NOT gate_done "
         "AND ended_at < clock_timestamp() - make_interval(secs => $1) "
         "ORDER BY ended_at LIMIT $2", older_than_s, limit, rebuild_bound_s)
+    # An offer's units: its hold's, or, if that ended since, as many as its ending says.
+    units = {r["id"]: r["quantity"] for r in await conn.fetch(
+        "SELECT purchase_id AS id, quantity FROM hold_endings WHERE purchase_id = ANY($1) "
+        "UNION ALL SELECT id, quantity FROM purchases WHERE id = ANY($1)",
+        [o for r in rows for o in r["offers"]])}
     return [Ending(r["sale_id"], r["user_id"], r["purchase_id"], Standing(r["outcome"]),
-                   Purchase(r["offered_to"], r["sale_id"], r["offered_user"], _EPOCH)
-                   if r["offered_to"] else None, r["past_rebuilds"]) for r in rows]
+                   tuple(Purchase(o, r["sale_id"], user, _EPOCH, quantity=units.get(o, 1))
+                         for o, user in zip(r["offers"], r["offer_users"], strict=True)),
+                   r["past_rebuilds"], r["quantity"]) for r in rows]
 
 
 async def mark_gate_done(conn: Any, purchase_ids: list[uuid.UUID]) -> None:

@@ -8,8 +8,8 @@ Per sale (every key of one sale carries the sale id as a hash tag, so a script t
 them stays within one Redis Cluster slot):
 
 - ``stock``: the units left, an integer.
-- ``buyers``: a hash, user id -> holder value, for every user holding a unit, whether the
-  purchase is committed or still in flight.
+- ``buyers``: a hash, user id -> holder value, for every user holding units, whether the
+  purchase is committed or still in flight; the value names how many (:func:`holder_value`).
 - ``pending``: a sorted set of the holders whose commit is not confirmed yet, scored by the
   Redis time (ms) of their reservation. What is in doubt lives here, apart from what is
   settled, so the reconciler touches only it.
@@ -17,7 +17,7 @@ them stays within one Redis Cluster slot):
 The rate limiter's buckets share one tag of their own (:func:`rate_keys`).
 
 The law that every script keeps, and the reconciler repairs: the committed buyers are among
-the holders, and ``stock = total - holders``, never below 0.
+the holders, and ``stock = total - the units of the holders``, never below 0.
 """
 
 from __future__ import annotations
@@ -78,19 +78,31 @@ def change_notice(sale_id: uuid.UUID | str) -> str:
     return f"{sale_id} {CHANGED}"
 
 
-def holder_value(purchase_id: uuid.UUID | str, reserved_ms: int = 0) -> str:
-    """A ``buyers`` value: ``"<purchase id>:<Redis ms of the reservation>"``.
+def holder_value(purchase_id: uuid.UUID | str, reserved_ms: int = 0, quantity: int = 1) -> str:
+    """A ``buyers`` value: ``"<purchase id>:<Redis ms of the reservation>"``, and
+    ``":<quantity>"`` after it when the purchase takes more than one unit.
 
-    ``reserved_ms`` is 0 for a value rebuilt from the ledger.
+    ``reserved_ms`` is 0 for a value rebuilt from the ledger. The gate's scripts read the
+    quantity the same way (``_redis_scripts.QUANTITY``).
     """
-    return f"{purchase_id}:{reserved_ms}"
+    if quantity == 1:
+        return f"{purchase_id}:{reserved_ms}"
+    return f"{purchase_id}:{reserved_ms}:{quantity}"
 
 
 def parse_holder(value: str | bytes) -> tuple[str, int]:
     """Split a ``buyers`` value into (purchase id, reservation ms); a bare id reads as ms 0."""
     text = value.decode() if isinstance(value, bytes) else value
-    purchase_id, _, stamp = text.partition(":")
+    purchase_id, _, rest = text.partition(":")
+    stamp, _, _ = rest.partition(":")
     return purchase_id, int(stamp or 0)
+
+
+def holder_quantity(value: str | bytes) -> int:
+    """The units a ``buyers`` value holds: 1 unless it names more."""
+    text = value.decode() if isinstance(value, bytes) else value
+    parts = text.split(":")
+    return int(parts[2]) if len(parts) > 2 else 1
 
 
 __all__ = [
@@ -98,6 +110,7 @@ __all__ = [
     "KEY_PREFIX",
     "SaleKeys",
     "change_notice",
+    "holder_quantity",
     "holder_value",
     "parse_holder",
     "rate_keys",

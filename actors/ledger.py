@@ -41,6 +41,7 @@ class CommitResult(enum.Enum):
     COMMITTED = "committed"
     DUPLICATE = "duplicate"
     NO_STOCK = "no_stock"
+    OVER_LIMIT = "over_limit"
     NOT_STARTED = "not_started"
     ENDED = "ended"
     ABSENT = "absent"
@@ -56,6 +57,8 @@ class CommitOutcome:
 
     result: CommitResult
     purchase: Purchase | None
+    #: With ``OVER_LIMIT``: the sale's per-user limit, as the ledger holds it.
+    limit: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +154,12 @@ class Ledger:
         return await self._query(ledger_sql.fetch_sales)
 
     async def create_sale(self, product_name: str, total_stock: int, start_time: datetime,
-                          end_time: datetime, hold_seconds: int | None = None) -> Sale:
-        """Schedule a new sale (with ``hold_seconds``, a sale of holds) and return it."""
+                          end_time: datetime, hold_seconds: int | None = None,
+                          per_user_limit: int = 1) -> Sale:
+        """Schedule a new sale (with ``hold_seconds``, a sale of holds; with a
+        ``per_user_limit``, up to that many units per buyer) and return it."""
         return await self._query(ledger_sql.insert_sale, product_name, total_stock,
-                                 start_time, end_time, hold_seconds)
+                                 start_time, end_time, hold_seconds, per_user_limit)
 
     async def update_sale(self, sale_id: uuid.UUID, **changes: Any) -> Sale:
         """Change a sale not started yet; see :func:`ledger_sql.update_sale` for refusals."""
@@ -346,6 +351,8 @@ def _outcome(purchase: Purchase, result: ledger_sql.BatchResult) -> CommitOutcom
                              purchase if expires is None else replace(purchase, expires_at=expires))
     if purchase.id in result.no_stock:
         return CommitOutcome(CommitResult.NO_STOCK, None)
+    if purchase.id in result.over_limit:
+        return CommitOutcome(CommitResult.OVER_LIMIT, None, result.over_limit[purchase.id])
     return CommitOutcome(CommitResult.DUPLICATE, result.existing.get(purchase.user_id))
 
 

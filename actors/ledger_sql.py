@@ -17,9 +17,9 @@ import asyncpg
 from .errors import InvalidInput, SaleNotActive, SaleNotFound, SaleStarted, StockBelowSold
 from .model import LedgerState, Purchase, Sale, Tally
 
-SALE_COLUMNS = "id, product_name, total_stock, start_time, end_time, hold_seconds"
+SALE_COLUMNS = "id, product_name, total_stock, start_time, end_time, hold_seconds, per_user_limit"
 #: A purchase row's columns, as :func:`purchase_from_row` reads them.
-PURCHASE_COLUMNS = "id, sale_id, user_id, purchased_at, expires_at, confirmed_at"
+PURCHASE_COLUMNS = "id, sale_id, user_id, purchased_at, expires_at, confirmed_at, quantity"
 
 
 def sale_from_row(row: Any) -> Sale:
@@ -31,13 +31,14 @@ def sale_from_row(row: Any) -> Sale:
         start_time=row["start_time"],
         end_time=row["end_time"],
         hold_seconds=row["hold_seconds"],
+        per_user_limit=row["per_user_limit"],
     )
 
 
 def purchase_from_row(row: Any) -> Purchase:
     """Build a :class:`Purchase` from a ``purchases`` row (:data:`PURCHASE_COLUMNS`)."""
     return Purchase(row["id"], row["sale_id"], row["user_id"], row["purchased_at"],
-                    row["expires_at"], row["confirmed_at"])
+                    row["expires_at"], row["confirmed_at"], row["quantity"])
 
 
 def advisory_key(sale_id: uuid.UUID, user_id: str) -> int:
@@ -59,12 +60,15 @@ async def fetch_sale(conn: Any, sale_id: uuid.UUID) -> Sale | None:
 
 
 async def insert_sale(conn: Any, product_name: str, total_stock: int, start_time: datetime,
-                      end_time: datetime, hold_seconds: int | None = None) -> Sale:
-    """Schedule a new sale and return it (with ``hold_seconds``, a sale of holds)."""
+                      end_time: datetime, hold_seconds: int | None = None,
+                      per_user_limit: int = 1) -> Sale:
+    """Schedule a new sale and return it (with ``hold_seconds``, a sale of holds; with a
+    ``per_user_limit`` above 1, a buyer may take up to that many units)."""
     row = await conn.fetchrow(
         f"INSERT INTO flash_sales (product_name, total_stock, start_time, end_time, "
-        f"hold_seconds) VALUES ($1, $2, $3, $4, $5) RETURNING {SALE_COLUMNS}",
-        product_name, total_stock, start_time, end_time, hold_seconds,
+        f"hold_seconds, per_user_limit) VALUES ($1, $2, $3, $4, $5, $6) "
+        f"RETURNING {SALE_COLUMNS}",
+        product_name, total_stock, start_time, end_time, hold_seconds, per_user_limit,
     )
     return sale_from_row(row)
 
@@ -72,7 +76,8 @@ async def insert_sale(conn: Any, product_name: str, total_stock: int, start_time
 async def update_sale(conn: Any, sale_id: uuid.UUID, *, product_name: str | None = None,
                       total_stock: int | None = None, start_time: datetime | None = None,
                       end_time: datetime | None = None,
-                      hold_seconds: int | None = None) -> Sale:
+                      hold_seconds: int | None = None,
+                      per_user_limit: int | None = None) -> Sale:
     """Change a sale that has not started yet (by the database clock); None leaves a field.
 
     The row is locked for the check and the write, so no purchase commits in between.
@@ -98,9 +103,11 @@ async def update_sale(conn: Any, sale_id: uuid.UUID, *, product_name: str | None
         updated = await conn.fetchrow(
             "UPDATE flash_sales SET product_name = coalesce($2, product_name), "
             "total_stock = coalesce($3, total_stock), start_time = coalesce($4, start_time), "
-            "end_time = coalesce($5, end_time), hold_seconds = coalesce($6, hold_seconds) "
+            "end_time = coalesce($5, end_time), hold_seconds = coalesce($6, hold_seconds), "
+            "per_user_limit = coalesce($7, per_user_limit) "
             f"WHERE id = $1 RETURNING {SALE_COLUMNS}",
             sale_id, product_name, total_stock, start_time, end_time, hold_seconds,
+            per_user_limit,
         )
     return sale_from_row(updated)
 
@@ -141,12 +148,12 @@ async def sold_count(conn: Any, sale_id: uuid.UUID) -> int:
     return (await tally(conn, sale_id)).sold
 
 
-#: A sale's tally in one statement: the held count and the line's length come from indexes
+#: A sale's tally in one statement, in units: the held units and the line's length come from indexes
 #: that hold only unpaid holds and waiting places, empty in a sale without holds.
 TALLY = (
     "SELECT total_stock, sold, "
-    "(SELECT count(*) FROM purchases p WHERE p.sale_id = f.id AND p.expires_at IS NOT NULL "
-    " AND p.confirmed_at IS NULL) AS held, "
+    "(SELECT coalesce(sum(p.quantity), 0) FROM purchases p WHERE p.sale_id = f.id "
+    " AND p.expires_at IS NOT NULL AND p.confirmed_at IS NULL) AS held, "
     "(SELECT count(*) FROM waitlist w WHERE w.sale_id = f.id AND w.offered_at IS NULL) "
     " AS waiting "
     "FROM flash_sales f WHERE id = $1")
@@ -180,18 +187,21 @@ async def ledger_state(conn: Any, sale: Sale, page: int,
     ``page_timeout_s``, so a sale of a million buyers is no single query against the timeout.
     """
     buyers: dict[str, str] = {}
+    quantities: dict[str, int] = {}
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         counted = await tally(conn, sale.id)
         after = ""
         while True:
             rows = await conn.fetch(
-                "SELECT user_id, id FROM purchases WHERE sale_id = $1 AND user_id > $2 "
-                "ORDER BY user_id LIMIT $3", sale.id, after, page, timeout=page_timeout_s)
+                "SELECT user_id, id, quantity FROM purchases WHERE sale_id = $1 "
+                "AND user_id > $2 ORDER BY user_id LIMIT $3", sale.id, after, page,
+                timeout=page_timeout_s)
             buyers.update((r["user_id"], str(r["id"])) for r in rows)
+            quantities.update((r["user_id"], r["quantity"]) for r in rows if r["quantity"] > 1)
             if len(rows) < page:
                 break
             after = rows[-1]["user_id"]
-    return LedgerState(counted.total_stock, counted.sold, buyers)
+    return LedgerState(counted.total_stock, counted.sold, buyers, quantities)
 
 
 async def on_connection(pool: Any, fn: Any, *args: Any) -> Any:
@@ -204,6 +214,9 @@ async def on_connection(pool: Any, fn: Any, *args: Any) -> Any:
 STOCK_CONSTRAINT = "sold_within_stock"
 #: SQLSTATEs the commit-time window trigger raises (migration 0002).
 NOT_STARTED, ENDED = "FFW01", "FFW02"
+#: The SQLSTATE of a row over its sale's per-user limit (migration 0004); the message ends
+#: with the limit.
+OVER_LIMIT = "FFQ01"
 
 
 class WindowClosed(Exception):
@@ -222,7 +235,9 @@ class BatchResult:
         committed: ids of the purchases committed.
         expires: when each committed hold lapses unless confirmed (absent: no hold).
         existing: the standing purchase of each other user that already had one.
-        no_stock: ids refused because every unit was already committed.
+        no_stock: ids refused because too few units were left uncommitted.
+        over_limit: ids refused for taking more units than the sale's per-user limit, which
+            the ledger holds (the limit it named).
         closed: the sale's window was closed at commit (None: it was open); nothing committed.
     """
 
@@ -231,6 +246,7 @@ class BatchResult:
     no_stock: set[uuid.UUID] = field(default_factory=set)
     closed: WindowClosed | None = None
     expires: dict[uuid.UUID, datetime] = field(default_factory=dict)
+    over_limit: dict[uuid.UUID, int] = field(default_factory=dict)
 
 
 class NotSent(Exception):
@@ -256,7 +272,7 @@ async def _lock(conn: Any, keys: list[int]) -> None:
         "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k", keys)
 
 
-INSERT_COLUMNS = "(id, sale_id, user_id, purchased_at, expires_at)"
+INSERT_COLUMNS = "(id, sale_id, user_id, purchased_at, expires_at, quantity)"
 #: A new row's end of hold ($1 is the sale): the database clock plus the sale's window, or
 #: NULL in a sale without holds.
 HOLD_END = ("(SELECT clock_timestamp() + make_interval(secs => s.hold_seconds) "
@@ -281,14 +297,15 @@ async def write_batch(pool: Any, sale_id: uuid.UUID, purchases: list[Purchase]) 
                     await _lock(conn, keys)
                     rows = await conn.fetch(
                         f"INSERT INTO purchases {INSERT_COLUMNS} "
-                        f"SELECT p.id, $1, p.user_id, p.at, {HOLD_END} "
-                        "FROM unnest($2::uuid[], $3::text[], $4::timestamptz[]) "
-                        "AS p(id, user_id, at) "
+                        f"SELECT p.id, $1, p.user_id, p.at, {HOLD_END}, p.n "
+                        "FROM unnest($2::uuid[], $3::text[], $4::timestamptz[], $5::int[]) "
+                        "AS p(id, user_id, at, n) "
                         "ON CONFLICT (sale_id, user_id) DO NOTHING RETURNING id, expires_at",
                         sale_id,
                         [p.id for p in purchases],
                         [p.user_id for p in purchases],
                         [p.purchased_at for p in purchases],
+                        [p.quantity for p in purchases],
                     )
                     committed = {r["id"] for r in rows}
                     existing = await _existing(conn, sale_id, purchases, committed)
@@ -296,6 +313,10 @@ async def write_batch(pool: Any, sale_id: uuid.UUID, purchases: list[Purchase]) 
                                    expires=_expiries(rows))
             except asyncpg.CheckViolationError as exc:
                 if exc.constraint_name != STOCK_CONSTRAINT:
+                    raise
+                return await _write_one_by_one(conn, sale_id, purchases, keys)
+            except asyncpg.PostgresError as exc:
+                if _limit_named(exc) is None:
                     raise
                 return await _write_one_by_one(conn, sale_id, purchases, keys)
         except asyncpg.PostgresError as exc:
@@ -331,6 +352,7 @@ async def _write_one_by_one(conn: Any, sale_id: uuid.UUID, purchases: list[Purch
                             keys: list[int]) -> BatchResult:
     committed: set[uuid.UUID] = set()
     no_stock: set[uuid.UUID] = set()
+    over_limit: dict[uuid.UUID, int] = {}
     expires: dict[uuid.UUID, datetime] = {}
     async with conn.transaction():
         await _lock(conn, keys)
@@ -339,9 +361,9 @@ async def _write_one_by_one(conn: Any, sale_id: uuid.UUID, purchases: list[Purch
                 async with conn.transaction():
                     row = await conn.fetchrow(
                         f"INSERT INTO purchases {INSERT_COLUMNS} "
-                        f"VALUES ($3, $1, $2, $4, {HOLD_END}) "
+                        f"VALUES ($3, $1, $2, $4, {HOLD_END}, $5) "
                         "ON CONFLICT (sale_id, user_id) DO NOTHING RETURNING id, expires_at",
-                        sale_id, p.user_id, p.id, p.purchased_at,
+                        sale_id, p.user_id, p.id, p.purchased_at, p.quantity,
                     )
                 if row is not None:
                     committed.add(p.id)
@@ -350,8 +372,21 @@ async def _write_one_by_one(conn: Any, sale_id: uuid.UUID, purchases: list[Purch
                 if exc.constraint_name != STOCK_CONSTRAINT:
                     raise
                 no_stock.add(p.id)
-        existing = await _existing(conn, sale_id, purchases, committed | no_stock)
-    return BatchResult(committed, existing, no_stock, expires=expires)
+            except asyncpg.PostgresError as exc:
+                limit = _limit_named(exc)
+                if limit is None:
+                    raise
+                over_limit[p.id] = limit
+        existing = await _existing(conn, sale_id, purchases,
+                                   committed | no_stock | set(over_limit))
+    return BatchResult(committed, existing, no_stock, expires=expires, over_limit=over_limit)
+
+
+def _limit_named(exc: asyncpg.PostgresError) -> int | None:
+    """The per-user limit an over-limit refusal names, None for any other error."""
+    if getattr(exc, "sqlstate", None) != OVER_LIMIT:
+        return None
+    return int(str(exc).rsplit(" ", 1)[-1])
 
 
 def _expiries(rows: list[Any]) -> dict[uuid.UUID, datetime]:

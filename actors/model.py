@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 
@@ -27,6 +27,8 @@ class Sale:
     end_time: datetime
     #: The payment window of a hold, for a sale that sells holds; None: a press buys outright.
     hold_seconds: int | None = None
+    #: The most units one user may take in one purchase (and so in the sale).
+    per_user_limit: int = 1
 
     @property
     def holds(self) -> bool:
@@ -53,6 +55,8 @@ class Purchase:
     #: When a hold lapses unless confirmed (database clock); None: bought outright.
     expires_at: datetime | None = None
     confirmed_at: datetime | None = None
+    #: How many units the purchase takes, all or none.
+    quantity: int = 1
 
     @property
     def held(self) -> bool:
@@ -73,6 +77,8 @@ class Place:
     position: int
     length: int
     closed: bool = False
+    #: How many units the place waits for; an offer gives them all at once.
+    quantity: int = 1
 
 
 class Standing(enum.StrEnum):
@@ -103,6 +109,8 @@ class BuyerStatus:
 class Tally:
     """A sale's stock and the units committed of it, as PostgreSQL holds them in one snapshot.
 
+    Every count is of units: a purchase of three units counts three.
+
     Every decision that compares what is sold with what there is to sell reads both here,
     never the stock from a process's copy of the sale, which an operator may have changed.
     """
@@ -129,6 +137,18 @@ class Tally:
         """Whether every unit is committed, held or confirmed: none is free in the ledger."""
         return self.sold >= self.total_stock
 
+    @property
+    def free(self) -> int:
+        """The units no row holds: on sale, or reserved by a commit still in flight."""
+        return max(self.total_stock - self.sold, 0)
+
+    @property
+    def unsold(self) -> int:
+        """The units not sold for good: free, or held and not yet paid. Never grows while
+        the sale runs (its stock is fixed once it started), so a purchase of more units
+        than this is refused for good."""
+        return max(self.total_stock - self.confirmed, 0)
+
 
 @dataclass(frozen=True, slots=True)
 class LedgerState:
@@ -137,6 +157,8 @@ class LedgerState:
     total_stock: int
     sold: int
     buyers: dict[str, str]
+    #: The quantity of each buyer's purchase that takes more than one unit.
+    quantities: dict[str, int] = field(default_factory=dict)
 
 
 def pick_current(sales: list[Sale], now: datetime) -> Sale | None:

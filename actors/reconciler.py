@@ -112,20 +112,22 @@ class Reconciler:
         # purchase, which the gate did not hold, takes its place now.
         replaced = {u: str(found[u].id) for u, (pid, _) in view.oldest.items()
                     if u in found and str(found[u].id) != pid}
-        replaced_n = await self._gate.store.claim(sale_id, replaced) if replaced else 0
+        replaced_n = (await self._gate.store.claim(
+            sale_id, replaced, {u: found[u].quantity for u in replaced}) if replaced else 0)
         claimed = 0
         complete = view.pending <= len(view.oldest)
-        if sale.holds and complete:
+        if (sale.holds or sale.per_user_limit > 1) and complete:
             # Rows of a sale with holds also leave: a holder the ledger no longer has (a
             # Redis restored from before a lapse) weighs as much as a missing one, so the
-            # counts alone cannot show drift. The holders are matched to the rows each pass.
+            # counts alone cannot show drift; nor can they where a holder holds several
+            # units. The holders are matched to the rows each pass.
             claimed = await self._true_up_holders(sale)
             # The holders are now the rows: the stock follows them alone. The count read
             # before the pass is no floor here, since rows of a sale with holds also leave.
             tally = Tally(tally.total_stock, 0)
         elif complete and sold > view.holders - view.pending + len(committed) + len(replaced):
             claimed, tally = await self._claim_missing(sale)
-        counts = await self._gate.recount(sale_id, tally)
+        counts = await self._gate.recount(sale_id, tally, sale.per_user_limit > 1)
         returned, reclaimed = await self._return_stale(sale_id, view.now_ms, {
             u: pid for u, (pid, at_ms) in view.oldest.items()
             if u not in found and view.now_ms - at_ms >= self._grace_ms})
@@ -138,12 +140,13 @@ class Reconciler:
         state = await self._ledger.state(sale)
         held = await self._gate.store.holders(sale.id)
         missing = {u: pid for u, pid in state.buyers.items() if u not in held}
-        return (await self._gate.store.claim(sale.id, missing),
+        return (await self._gate.store.claim(sale.id, missing, state.quantities),
                 Tally(state.total_stock, state.sold))
 
     async def _true_up_holders(self, sale: Sale) -> int:
-        """Make a sale with holds' holders its rows: a settled holder without its row goes,
-        a row without its holder comes, in pairs so that no unit is free in between.
+        """Make the holders of a sale with holds or quantities its rows: a settled holder
+        without its row goes, a row without its holder comes, in one step so that no unit is
+        free in between.
 
         The holders (and which are pending) are read before the ledger, so a holder that
         ended after the read goes, as its own handover would take it, and one reserved after
@@ -153,15 +156,14 @@ class Reconciler:
         """
         held = await self._gate.store.holders(sale.id)
         pending = set((await self._gate.store.in_doubt(sale.id, PENDING_LIMIT)).oldest)
-        rows = (await self._ledger.state(sale)).buyers
+        state = await self._ledger.state(sale)
+        rows = state.buyers
         stale = [(u, pid) for u, pid in held.items() if rows.get(u) != pid and u not in pending]
-        missing = [(u, pid) for u, pid in rows.items() if held.get(u) != pid]
+        missing = [(u, pid, state.quantities.get(u, 1)) for u, pid in rows.items()
+                   if held.get(u) != pid]
         if not stale and not missing:
             return 0
-        gone, come = stale + [("", "")] * (len(missing) - len(stale)), missing
-        come = come + [("", "")] * (len(gone) - len(come))
-        await self._gate.handover(sale.id, [(o, op, n, np) for (o, op), (n, np)
-                                            in zip(gone, come, strict=True)])
+        await self._gate.handover(sale.id, stale, missing)
         log.warning("matched the holders of a sale with holds to its rows: %d gone, %d came",
                     len(stale), len(missing), extra={"sale_id": str(sale.id)})
         return len(stale) + len(missing)
@@ -187,7 +189,8 @@ class Reconciler:
                             extra={"sale_id": str(sale_id), "purchase_id": purchase_id})
             if standing is not None:
                 # The user's purchase is another one: the gate holds that one instead.
-                claimed += await self._gate.store.claim(sale_id, {user: str(standing.id)})
+                claimed += await self._gate.store.claim(sale_id, {user: str(standing.id)},
+                                                        {user: standing.quantity})
         return returned, claimed
 
     def _record(self, sale_id: uuid.UUID, repair: Repair) -> None:

@@ -71,7 +71,7 @@ async def seat(store: GateStore, requests: list[Reserve]) -> list[Reserve]:
     Returns the requests that found no stock, unanswered, in their order.
     """
     answers = await store.reserve(requests[0].sale,
-                                  [(r.user_id, str(r.purchase_id)) for r in requests])
+                                  [(r.user_id, str(r.purchase_id), r.quantity) for r in requests])
     empty: list[Reserve] = []
     for request, answer in zip(requests, answers, strict=True):
         if answer is None:
@@ -96,15 +96,16 @@ class StockGate:
     # -- requests ---------------------------------------------------------------------
 
     async def reserve(self, sale: Sale, user_id: str, purchase_id: uuid.UUID, *,
-                      deadline: float | None = None) -> GateAnswer:
-        """Reserve one unit for ``user_id``, or report the unit the user already holds.
+                      deadline: float | None = None, quantity: int = 1) -> GateAnswer:
+        """Reserve ``quantity`` units for ``user_id``, all or none, or report the units the
+        user already holds.
 
-        When the gate reads 0 the request waits, until ``deadline`` (trio time; by default
-        ``wait_s`` from now), for a unit to come back or for the sale to be sold out
-        for good.
+        When the gate has too few the request waits, until ``deadline`` (trio time; by
+        default ``wait_s`` from now), for units to come back or for the answer to be final.
 
         Raises:
             SoldOut: every unit of the sale is committed (final).
+            InsufficientStock: fewer units than ``quantity`` can ever be sold (final).
             AlreadyPurchased: the sale is sold out for good and the user is among its buyers.
             Undecided: the deadline passed with the answer still in doubt.
             Overloaded: the inbox is full.
@@ -113,7 +114,7 @@ class StockGate:
         self._queues.answer_from_memory(sale, user_id)
         if deadline is None:
             deadline = trio.current_time() + self._config.wait_s
-        request = Reserve(sale, user_id, purchase_id, deadline, Slot())
+        request = Reserve(sale, user_id, purchase_id, deadline, Slot(), quantity)
         try:
             self._send.send_nowait(request)
         except trio.WouldBlock:
@@ -167,16 +168,17 @@ class StockGate:
             self._queues.poke(sale_id)
         return released
 
-    async def handover(self, sale_id: uuid.UUID,
-                       moves: list[tuple[str, str, str, str]]) -> int | None:
+    async def handover(self, sale_id: uuid.UUID, leaving: list[tuple[str, str]],
+                       coming: list[tuple[str, str, int]]) -> int | None:
         """:meth:`GateStore.handover <actors.gate_store.GateStore.handover>`, then a look."""
-        stock = await self._store.handover(sale_id, moves)
+        stock = await self._store.handover(sale_id, leaving, coming)
         self._queues.poke(sale_id)
         return stock
 
-    async def recount(self, sale_id: uuid.UUID, tally: Tally) -> tuple[int, int] | None:
+    async def recount(self, sale_id: uuid.UUID, tally: Tally,
+                      quantities: bool = False) -> tuple[int, int] | None:
         """:meth:`GateStore.recount <actors.gate_store.GateStore.recount>`; more stock: a look."""
-        counts = await self._store.recount(sale_id, tally)
+        counts = await self._store.recount(sale_id, tally, quantities)
         if counts is not None and counts[1] > counts[0]:
             self._queues.poke(sale_id)
         return counts

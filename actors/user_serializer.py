@@ -31,6 +31,7 @@ from .errors import (
     AlreadyPurchased,
     BackendUnavailable,
     FlashFlowError,
+    InvalidInput,
     LedgerUnreachable,
     Overloaded,
     SaleNotActive,
@@ -122,17 +123,19 @@ class UserSerializer:
                 f"There is no flash sale {sale_id}.")
         return found
 
-    async def buy(self, user_id: str, address: str,
-                  sale_id: uuid.UUID | None = None) -> tuple[Purchase, Sale]:
-        """Buy one unit of a sale (the current one by default) for ``user_id``.
+    async def buy(self, user_id: str, address: str, sale_id: uuid.UUID | None = None,
+                  quantity: int = 1) -> tuple[Purchase, Sale]:
+        """Buy ``quantity`` units of a sale (the current one by default) for ``user_id``.
 
         Raises:
-            SaleNotFound, SaleNotActive, AlreadyPurchased, SoldOut, RateLimited, Overloaded,
-            Undecided, BackendUnavailable.
+            InvalidInput: ``quantity`` is not within 1 and the sale's per-user limit.
+            SaleNotFound, SaleNotActive, AlreadyPurchased, SoldOut, InsufficientStock,
+            RateLimited, Overloaded, Undecided, BackendUnavailable.
         """
         # The purchase wait counts from here: a stalled limiter spends it too.
         deadline = trio.current_time() + self._config.wait_s
         sale = self.sale(sale_id)
+        check_quantity(sale, quantity)
         status = sale.status(self._clock())
         if status is not SaleStatus.ACTIVE:
             raise SaleNotActive(started=status is SaleStatus.ENDED)
@@ -144,7 +147,7 @@ class UserSerializer:
                 await self._limiter.check(user_id, address)
             if waited.cancelled_caught:
                 raise Undecided()
-        return await self.purchase_unchecked(sale, user_id, deadline), sale
+        return await self.purchase_unchecked(sale, user_id, deadline, quantity), sale
 
     async def status(self, user_id: str, sale_id: uuid.UUID | None = None, *,
                      address: str | None = None) -> tuple[Sale, Purchase | None]:
@@ -184,9 +187,10 @@ class UserSerializer:
 
     # -- the purchase -----------------------------------------------------------------
 
-    async def purchase_unchecked(self, sale: Sale, user_id: str,
-                                 deadline: float | None = None) -> Purchase:
-        """Buy one unit of ``sale`` for ``user_id`` and return the committed purchase.
+    async def purchase_unchecked(self, sale: Sale, user_id: str, deadline: float | None = None,
+                                 quantity: int = 1) -> Purchase:
+        """Buy ``quantity`` units of ``sale`` for ``user_id``, all or none, and return the
+        committed purchase.
 
         Unlike :meth:`buy`, neither the sale's window nor the rate limit is checked here:
         this is the purchase itself, for a caller that checked them or means to skip them.
@@ -196,8 +200,8 @@ class UserSerializer:
         ``StandingHold``, and one who finds every unit held gets a place (``Waitlisted``).
 
         Raises:
-            AlreadyPurchased, SoldOut, SaleNotActive, Overloaded, Undecided,
-            BackendUnavailable, StandingHold, Waitlisted.
+            AlreadyPurchased, SoldOut, InsufficientStock, SaleNotActive, Overloaded,
+            Undecided, BackendUnavailable, StandingHold, Waitlisted, InvalidInput.
         """
         key = (sale.id, user_id)
         self.answer_from_memory(sale, user_id)
@@ -217,7 +221,7 @@ class UserSerializer:
         self._memory.serves(sale)
         if deadline is None:
             deadline = trio.current_time() + self._config.wait_s
-        self._nursery.start_soon(self._run_purchase, sale, user_id, slot, deadline)
+        self._nursery.start_soon(self._run_purchase, sale, user_id, slot, deadline, quantity)
         return await slot.wait()
 
     def answer_from_memory(self, sale: Sale, user_id: str) -> None:
@@ -245,10 +249,10 @@ class UserSerializer:
         )
 
     async def _run_purchase(self, sale: Sale, user_id: str, slot: Slot[Purchase],
-                            deadline: float) -> None:
+                            deadline: float, quantity: int) -> None:
         key = (sale.id, user_id)
         try:
-            slot.set(await self._reserve_and_commit(sale, user_id, deadline))
+            slot.set(await self._reserve_and_commit(sale, user_id, deadline, quantity))
         except FlashFlowError as exc:
             slot.fail(exc)
         except BaseException:
@@ -257,13 +261,16 @@ class UserSerializer:
         finally:
             del self._in_flight[key]
 
-    async def _reserve_and_commit(self, sale: Sale, user_id: str, deadline: float) -> Purchase:
+    async def _reserve_and_commit(self, sale: Sale, user_id: str, deadline: float,
+                                  quantity: int) -> Purchase:
         while True:
-            purchase = Purchase(uuid.uuid4(), sale.id, user_id, self._clock())
+            purchase = Purchase(uuid.uuid4(), sale.id, user_id, self._clock(),
+                                quantity=quantity)
             try:
-                answer = await self._gate.reserve(sale, user_id, purchase.id, deadline=deadline)
+                answer = await self._gate.reserve(sale, user_id, purchase.id, deadline=deadline,
+                                                  quantity=quantity)
             except WaitlistOpen:
-                await self._take_a_place(sale, user_id, deadline)
+                await self._take_a_place(sale, user_id, deadline, quantity)
                 continue
             except (BackendUnavailable, Undecided):
                 # The reservation may have been made with its reply lost (here, or by the
@@ -310,15 +317,25 @@ class UserSerializer:
                 self._already(outcome.purchase)
             raise AlreadyPurchased()
         if result is CommitResult.NO_STOCK:
-            # The stock constraint refused it: every unit is committed, for good (with
+            # The stock constraint refused it: too few units are uncommitted, for good (with
             # holds: held or confirmed, and a place in the waitlist is the answer).
             await self._roll_back(purchase, restock=False)
             if sale.holds:
-                await self._take_a_place(sale, purchase.user_id, deadline)
+                await self._take_a_place(sale, purchase.user_id, deadline, purchase.quantity)
                 return None
+            if purchase.quantity == 1:  # every unit is committed
+                with suppress(BackendUnavailable), trio.move_on_at(deadline):
+                    await self._gate.queues.learn_sold_out(sale)
+                raise SoldOut()
+            refusal = None
             with suppress(BackendUnavailable), trio.move_on_at(deadline):
-                await self._gate.queues.learn_sold_out(sale)
-            raise SoldOut()
+                refusal = await self._gate.queues.learn_refusal(sale, purchase.quantity)
+            if refusal is not None:
+                raise refusal
+            return None
+        if result is CommitResult.OVER_LIMIT:
+            await self._roll_back(purchase, restock=True)
+            raise over_limit(outcome.limit)
         await self._roll_back(purchase, restock=True)
         if result is CommitResult.ABSENT:
             raise BackendUnavailable("postgres")
@@ -337,12 +354,14 @@ class UserSerializer:
                     return await self._ledger.inquire(purchase)
         raise BackendUnavailable("postgres")
 
-    async def _take_a_place(self, sale: Sale, user_id: str, deadline: float) -> None:
-        """Every unit is held or confirmed: see :meth:`Holds.take_a_place
-        <actors.holds.Holds.take_a_place>`; returns when the press should try the gate again."""
+    async def _take_a_place(self, sale: Sale, user_id: str, deadline: float,
+                            quantity: int) -> None:
+        """Fewer units than asked are free, held ones may come back: see
+        :meth:`Holds.take_a_place <actors.holds.Holds.take_a_place>`; returns when the press
+        should try the gate again."""
         if self._holds is None:
             raise Undecided()
-        await self._holds.take_a_place(sale, user_id, deadline, self._config.poll_s)
+        await self._holds.take_a_place(sale, user_id, deadline, self._config.poll_s, quantity)
 
     def _already(self, found: Purchase) -> None:
         """The user has a purchase already: their hold (200), or a final 409."""
@@ -382,6 +401,22 @@ class UserSerializer:
         while True:
             await trio.sleep(self._config.sweep_s)
             self.forget_ended(self._clock())
+
+
+def over_limit(limit: int) -> InvalidInput:
+    """The refusal of a quantity outside 1 to the sale's per-user ``limit``."""
+    return InvalidInput(f"quantity must be an integer from 1 to {limit}, the sale's "
+                        "per-user limit.", field="quantity")
+
+
+def check_quantity(sale: Sale, quantity: int) -> None:
+    """Refuse a quantity outside 1 to the sale's per-user limit, before anything is written.
+
+    Raises:
+        InvalidInput: naming the limit.
+    """
+    if not 1 <= quantity <= sale.per_user_limit:
+        raise over_limit(sale.per_user_limit)
 
 
 @asynccontextmanager

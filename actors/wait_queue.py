@@ -23,7 +23,15 @@ from dataclasses import dataclass
 import trio
 
 from ._nursery import open_actor_nursery
-from .errors import AlreadyPurchased, BackendUnavailable, SoldOut, Undecided, WaitlistOpen
+from .errors import (
+    AlreadyPurchased,
+    BackendUnavailable,
+    FlashFlowError,
+    InsufficientStock,
+    SoldOut,
+    Undecided,
+    WaitlistOpen,
+)
 from .gate_messages import Reserve
 from .gate_store import GateStore, Loader
 from .model import Sale, Tally
@@ -111,6 +119,18 @@ class WaitQueues:
             self.poke(sale.id)
         return sold_out
 
+    async def learn_refusal(self, sale: Sale, quantity: int) -> FlashFlowError | None:
+        """The ledger refused a purchase of ``quantity`` units for stock: the final answer
+        (``SoldOut``, or ``InsufficientStock`` with what is left), or None when that many
+        units may still be sold (the press tries again)."""
+        tally = await self._counter(sale.id)
+        if await self._sold_out_for_good(sale, tally):
+            self.poke(sale.id)
+            return SoldOut()
+        if 0 < tally.unsold < quantity:
+            return InsufficientStock(tally.unsold)
+        return None
+
     def redefine(self, sale_ids: Iterable[uuid.UUID]) -> None:
         """An operator changed these sales' stock or window: drop what was concluded from it.
 
@@ -139,9 +159,10 @@ class WaitQueues:
     async def _watch(self, sale: Sale, queue: _Queue) -> None:
         """Serve one sale's waiting queue until it is empty.
 
-        Each round hands units back in the gate to the first waiters, in order; while none
-        are there it asks the ledger whether every unit is committed, which makes the answer
-        final. Waiters whose deadline passed are told the answer is still in doubt.
+        Each round hands units back in the gate to the first waiters it can serve, in order;
+        while none are served it asks the ledger whether every unit is committed, which makes
+        the answer final, or whether fewer units than a waiter asks can still be sold to it.
+        Waiters whose deadline passed are told the answer is still in doubt.
         """
         try:
             while queue.waiting:
@@ -157,13 +178,10 @@ class WaitQueues:
                             self._answer_final(sale.id, request)
                         queue.waiting.clear()
                         break
-                    if tally is not None and tally.full:
-                        # Every unit is held or confirmed, some not yet paid: with holds, a
-                        # unit may come back, and a place in the waitlist is the answer.
-                        for request in queue.waiting:
-                            request.reply.fail(WaitlistOpen())
-                        queue.waiting.clear()
-                        break
+                    if tally is not None:
+                        self._answer_short(queue, tally)
+                        if not queue.waiting:
+                            break
                 queue.wake = trio.Event()
                 with trio.move_on_after(self._poll_s):
                     await queue.wake.wait()
@@ -171,6 +189,26 @@ class WaitQueues:
             del self._queues[sale.id]
             for request in queue.waiting:
                 request.reply.fail(Undecided())
+
+    @staticmethod
+    def _answer_short(queue: _Queue, tally: Tally) -> None:
+        """Answer the waiters whose quantity the ledger's ``tally`` settles.
+
+        Fewer units than asked not yet sold for good: final, ``InsufficientStock``. Fewer
+        free than asked, with held units that may come back (a sale with holds): a place in
+        the waitlist is the answer. Everyone else waits on.
+        """
+        kept: deque[Reserve] = deque()
+        for request in queue.waiting:
+            if not tally.unsold:
+                kept.append(request)  # sold out: answered by the sold-out memory
+            elif request.quantity > tally.unsold:
+                request.reply.fail(InsufficientStock(tally.unsold))
+            elif request.quantity > tally.free:
+                request.reply.fail(WaitlistOpen())
+            else:
+                kept.append(request)
+        queue.waiting = kept
 
     def _expire(self, queue: _Queue) -> None:
         now = trio.current_time()
