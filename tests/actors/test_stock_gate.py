@@ -28,10 +28,11 @@ from actors.stock_gate import GateAnswer, Seat, StockGate, open_stock_gate
 from ..helpers import on_defaults, redis_client
 
 
-def a_sale(stock: int = 10) -> Sale:
+def a_sale(stock: int = 10, per_user_limit: int = 1) -> Sale:
     """An in-memory sale running now; the gate never reads PostgreSQL itself."""
     now = datetime.now(UTC)
-    return Sale(uuid.uuid4(), "Widget", stock, now - timedelta(minutes=1), now + timedelta(hours=1))
+    return Sale(uuid.uuid4(), "Widget", stock, now - timedelta(minutes=1), now + timedelta(hours=1),
+                per_user_limit=per_user_limit)
 
 
 @dataclass
@@ -47,11 +48,13 @@ class Loader:
     buyers: dict[str, str] = field(default_factory=dict)
     calls: int = 0
     totals: dict[uuid.UUID, int] = field(default_factory=dict)
+    #: The buyers whose purchase takes more than one unit, and how many.
+    quantities: dict[str, int] = field(default_factory=dict)
 
     async def __call__(self, sale: Sale) -> LedgerState:
         self.calls += 1
         total = self.totals.setdefault(sale.id, sale.total_stock)
-        return LedgerState(total, self.sold, dict(self.buyers))
+        return LedgerState(total, self.sold, dict(self.buyers), dict(self.quantities))
 
     async def count(self, sale_id: uuid.UUID) -> Tally:
         return Tally(self.totals.get(sale_id, 0), self.sold)
