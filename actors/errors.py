@@ -28,6 +28,12 @@ class InvalidInput(FlashFlowError):
         super().__init__(message)
         self.field = field
 
+    @staticmethod
+    def over_limit(limit: int) -> InvalidInput:
+        """The refusal of a quantity outside 1 to the sale's per-user ``limit``."""
+        return InvalidInput(f"quantity must be an integer from 1 to {limit}, the sale's "
+                            "per-user limit.", field="quantity")
+
 
 class UnsupportedMediaType(FlashFlowError):
     """Raised when a request body is not ``application/json``; nothing is read or written."""

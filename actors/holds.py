@@ -34,6 +34,7 @@ from .errors import (
     AlreadyPurchased,
     BackendUnavailable,
     InsufficientStock,
+    InvalidInput,
     SaleNotActive,
     SoldOut,
     StandingHold,
@@ -128,6 +129,7 @@ class Holds:
             StandingHold, AlreadyPurchased: the user has a hold, or a purchase, already.
             SoldOut: every unit is confirmed (final).
             InsufficientStock: fewer than ``quantity`` units are unconfirmed (final).
+            InvalidInput: ``quantity`` is above the sale's per-user limit in the ledger.
             SaleNotActive: the sale ended.
             Undecided: no answer by ``deadline``.
             BackendUnavailable: PostgreSQL did not answer.
@@ -145,6 +147,8 @@ class Holds:
                 raise SoldOut()
             if outcome.joined is Joined.SHORT:
                 raise InsufficientStock(outcome.remaining)
+            if outcome.joined is Joined.OVER_LIMIT:
+                raise InvalidInput.over_limit(outcome.limit)
             if outcome.joined is Joined.ENDED:
                 raise SaleNotActive(started=True)
             await trio.sleep(poll_s)

@@ -73,6 +73,8 @@ class Joined(enum.Enum):
     SOLD_OUT = "sold_out"
     #: Fewer units than asked are not yet confirmed: final for that quantity.
     SHORT = "short"
+    #: More units asked than the sale's per-user limit, as the ledger holds it.
+    OVER_LIMIT = "over_limit"
     ENDED = "ended"
 
 
@@ -84,12 +86,14 @@ class JoinOutcome:
     ``FREE``: as many units as asked are free in the ledger (a reservation in flight, a
     return not yet in the gate), so the press should try the gate again. ``SOLD_OUT``: every
     unit is confirmed. ``SHORT``: fewer than asked are not confirmed (``remaining``).
+    ``OVER_LIMIT``: more asked than the ledger's per-user limit (``limit``).
     """
 
     joined: Joined
     place: Place | None = None
     purchase: Purchase | None = None
     remaining: int = 0
+    limit: int = 0
 
 
 async def _lock_sale(conn: Any, sale_id: uuid.UUID) -> Any:
@@ -122,7 +126,16 @@ async def join_waitlist(conn: Any, sale_id: uuid.UUID, user_id: str,
     A user keeps one place (and its quantity): asking again answers the same one. A user
     whose earlier place was offered units gets a new place at the back. Decided in one call
     of the ``waitlist_join`` function (migrations 0003, 0004), under the sale's row lock.
+
+    A quantity above the sale's per-user limit, as the ledger holds it (a process's copy of
+    the sale may allow more), gets no place: no offer could ever hold it, and the ending
+    whose units went to it would fail. The limit is fixed once the sale started.
     """
+    if quantity > 1:
+        limit = await conn.fetchval("SELECT per_user_limit FROM flash_sales WHERE id = $1",
+                                    sale_id)
+        if limit is not None and quantity > limit:
+            return JoinOutcome(Joined.OVER_LIMIT, limit=limit)
     row = await conn.fetchrow("SELECT * FROM waitlist_join($1, $2, $3)",
                               sale_id, user_id, quantity)
     joined = Joined(row["outcome"])

@@ -335,7 +335,7 @@ class UserSerializer:
             return None
         if result is CommitResult.OVER_LIMIT:
             await self._roll_back(purchase, restock=True)
-            raise over_limit(outcome.limit)
+            raise InvalidInput.over_limit(outcome.limit)
         await self._roll_back(purchase, restock=True)
         if result is CommitResult.ABSENT:
             raise BackendUnavailable("postgres")
@@ -403,12 +403,6 @@ class UserSerializer:
             self.forget_ended(self._clock())
 
 
-def over_limit(limit: int) -> InvalidInput:
-    """The refusal of a quantity outside 1 to the sale's per-user ``limit``."""
-    return InvalidInput(f"quantity must be an integer from 1 to {limit}, the sale's "
-                        "per-user limit.", field="quantity")
-
-
 def check_quantity(sale: Sale, quantity: int) -> None:
     """Refuse a quantity outside 1 to the sale's per-user limit, before anything is written.
 
@@ -416,7 +410,7 @@ def check_quantity(sale: Sale, quantity: int) -> None:
         InvalidInput: naming the limit.
     """
     if not 1 <= quantity <= sale.per_user_limit:
-        raise over_limit(sale.per_user_limit)
+        raise InvalidInput.over_limit(sale.per_user_limit)
 
 
 @asynccontextmanager

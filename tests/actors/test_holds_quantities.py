@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from actors import holds_sql
-from actors.errors import InsufficientStock, Waitlisted
+from actors.errors import InsufficientStock, InvalidInput, Waitlisted
 from actors.model import Standing
 from flashflow.runtime import open_runtime
 
@@ -154,3 +154,24 @@ async def test_an_ending_of_three_units_serves_places_first_fit_and_the_gate_fol
     assert (after["erin1"].place.quantity, after["erin1"].place.closed) == (1, False)
     assert short.value.remaining == 1
 
+
+async def test_no_place_over_the_ledgers_limit_and_the_holds_still_end(settings):
+    """A press from a copy of the sale allowing 5 where the ledger allows 2, finding too few
+    units free: 3 asked is InvalidInput naming 2 and gets no place; so the holds' returns,
+    which would offer it 3 units, still end and go back on sale."""
+    sale = await make_sale(settings.database_url, stock=3, hold_seconds=600, per_user_limit=2)
+    stale = replace(sale, per_user_limit=5)
+    with trio.fail_after(30):
+        async with open_runtime(by_hand(settings)) as runtime:
+            alice = await runtime.serializer.purchase_unchecked(sale, "alice", quantity=2)
+            bob = await runtime.serializer.purchase_unchecked(sale, "bobby")
+            with pytest.raises(InvalidInput) as caught:
+                await runtime.serializer.purchase_unchecked(stale, "greedy", quantity=3)
+            line = await pg(settings.database_url, fetch,
+                            "SELECT user_id FROM waitlist WHERE sale_id = $1", sale.id)
+            await runtime.holds.cancel(sale.id, alice.id)
+            await runtime.holds.cancel(sale.id, bob.id)
+            await assert_gate_holds_the_rows(runtime, settings, sale)
+    assert caught.value.field == "quantity" and "from 1 to 2" in str(caught.value)
+    assert line == []
+    assert await rows_of(settings, sale) == {}
