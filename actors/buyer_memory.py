@@ -12,6 +12,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Collection
 from datetime import datetime, timedelta
+from typing import Any
 
 from .errors import AlreadyPurchased
 from .model import Purchase, Sale
@@ -29,7 +30,7 @@ class BuyerMemory:
         # purchase, as the ledger confirmed it. Plain values, which the garbage collector
         # does not walk: kept as objects, a million buyers made every full collection
         # slower as the sale filled (docs/performance.md, "A big sale").
-        self._buyers: dict[uuid.UUID, dict[str, tuple[int, datetime]]] = defaultdict(dict)
+        self._buyers: dict[uuid.UUID, dict[str, tuple[Any, ...]]] = defaultdict(dict)
         self._sales: dict[uuid.UUID, Sale] = {}
         self.answered = 0
 
@@ -46,15 +47,18 @@ class BuyerMemory:
     def remember(self, purchase: Purchase) -> None:
         """Keep a committed purchase; a hold (not final) is not kept."""
         if not purchase.held:
-            self._buyers[purchase.sale_id][purchase.user_id] = (purchase.id.int,
-                                                                purchase.purchased_at)
+            kept: tuple[Any, ...] = (purchase.id.int, purchase.purchased_at)
+            if purchase.quantity != 1:  # a buyer of one unit keeps the smaller tuple
+                kept += (purchase.quantity,)
+            self._buyers[purchase.sale_id][purchase.user_id] = kept
 
     def known(self, sale_id: uuid.UUID, user_id: str) -> Purchase | None:
         """The user's purchase when it is known to have committed, else None."""
         known = self._buyers.get(sale_id, {}).get(user_id)
         if known is None:
             return None
-        return Purchase(uuid.UUID(int=known[0]), sale_id, user_id, known[1])
+        return Purchase(uuid.UUID(int=known[0]), sale_id, user_id, known[1],
+                        quantity=known[2] if len(known) > 2 else 1)
 
     def forget_ended(self, now: datetime, busy: Collection[uuid.UUID]) -> list[uuid.UUID]:
         """Drop the sales over for a while, except those in ``busy``; return their ids."""

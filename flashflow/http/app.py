@@ -167,8 +167,8 @@ def create_app(runtime: Runtime) -> QuartTrio:
         sale, status = await runtime.serializer.standing(
             auth.identify(asking, query_args.userId), validation.sale_id(sale_id),
             address=auth.client_address(asking))
-        return envelope(standing_body(status) if sale.holds
-                        else purchase_status_body(status.purchase))
+        return envelope(standing_body(status, sale) if sale.holds
+                        else purchase_status_body(status.purchase, sale))
 
     @app.get(HEALTHZ)
     @answers(ok(200, HealthEnvelope))

@@ -21,7 +21,6 @@ from pydantic import ValidationError
 
 from actors import FlashFlowError, InvalidInput, Sale
 from actors.errors import StandingHold, Waitlisted
-from actors.user_serializer import over_limit
 
 from ..runtime import Runtime
 from . import errors, validation
@@ -116,8 +115,8 @@ class HotRoutes:
         if not found or found[0].get("loc", ())[:1] != ("quantity",):
             return InvalidInput(validation_message(problem))
         try:
-            return over_limit(self.runtime.serializer.sale(validation.sale_id(raw_id))
-                              .per_user_limit)
+            return InvalidInput.over_limit(
+                self.runtime.serializer.sale(validation.sale_id(raw_id)).per_user_limit)
         except FlashFlowError as exc:
             return exc
 

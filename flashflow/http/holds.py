@@ -117,7 +117,7 @@ def install_holds(app: QuartTrio, runtime: Runtime, auth: Auth, *,
         payments()
         sale = runtime.serializer.sale(validation.sale_id(sale_id))
         await holds.cancel(sale.id, validation.purchase_id(purchase_id))
-        return envelope(standing_body(BuyerStatus(Standing.CANCELLED)))
+        return envelope(standing_body(BuyerStatus(Standing.CANCELLED), sale))
 
     @app.delete(CURRENT_PURCHASE, defaults={"sale_id": None})
     @app.delete(SALE_PURCHASE)
@@ -137,11 +137,11 @@ def install_holds(app: QuartTrio, runtime: Runtime, auth: Auth, *,
         sale, status = await runtime.serializer.standing(
             user, wanted, address=auth.client_address(asking))
         if status.standing is Standing.WAITLISTED and await holds.leave(sale.id, user):
-            return envelope(standing_body(BuyerStatus(None)))
+            return envelope(standing_body(BuyerStatus(None), sale))
         if status.purchase is None:
             raise PurchaseNotFound("You hold no unit of this sale, nor a place in its line.")
         await holds.cancel(sale.id, status.purchase.id, user)
-        return envelope(standing_body(BuyerStatus(Standing.CANCELLED)))
+        return envelope(standing_body(BuyerStatus(Standing.CANCELLED), sale))
 
     @app.get(CURRENT_PURCHASE_EVENTS, defaults={"sale_id": None})
     @app.get(SALE_PURCHASE_EVENTS)
@@ -167,7 +167,7 @@ def install_holds(app: QuartTrio, runtime: Runtime, auth: Auth, *,
                         yield HEARTBEAT
                         continue
                     seen = status
-                    yield frame("standing", standing_body(status), next(ids), retry_ms=retry)
+                    yield frame("standing", standing_body(status, sale), next(ids), retry_ms=retry)
                     retry = None
                     if status.standing in FINAL:
                         return

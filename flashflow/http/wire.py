@@ -317,9 +317,9 @@ PURCHASE_STATUS_BODY = Body(
     "the user stands: ``purchased`` is true while they hold or own a unit.",
     {"purchased": _FLAG, "purchaseId": _ID, "purchasedAt": _MOMENT,
      "status": {"type": "string", "enum": STANDINGS}, "expiresAt": _MOMENT,
-     "position": _COUNT, "waitlistLength": _COUNT},
+     "position": _COUNT, "waitlistLength": _COUNT, "quantity": _UNITS},
     optional=frozenset({"purchaseId", "purchasedAt", "status", "expiresAt", "position",
-                        "waitlistLength"}))
+                        "waitlistLength", "quantity"}))
 
 
 def hold_fields(sale: Sale, tally: Tally | None) -> dict[str, Any]:
@@ -366,15 +366,16 @@ def place_body(place: Place, sale: Sale) -> dict[str, Any]:
                             waitlistLength=place.length, **quantity_field(sale, place.quantity))
 
 
-def purchase_status_body(found: Purchase | None) -> dict[str, Any]:
+def purchase_status_body(found: Purchase | None, sale: Sale) -> dict[str, Any]:
     """The wire form of ``GET .../purchase``: whether the user bought, and what."""
     if found is None:
         return PURCHASE_STATUS_BODY.build(purchased=False)
     return PURCHASE_STATUS_BODY.build(purchased=True, purchaseId=str(found.id),
-                                      purchasedAt=iso(found.purchased_at))
+                                      purchasedAt=iso(found.purchased_at),
+                                      **quantity_field(sale, found.quantity))
 
 
-def standing_body(status: BuyerStatus) -> dict[str, Any]:
+def standing_body(status: BuyerStatus, sale: Sale) -> dict[str, Any]:
     """The wire form of ``GET .../purchase`` in a sale with holds: where the user stands."""
     if status.standing is None:
         return PURCHASE_STATUS_BODY.build(purchased=False)
@@ -384,8 +385,10 @@ def standing_body(status: BuyerStatus) -> dict[str, Any]:
         more.update(purchaseId=str(purchase.id), purchasedAt=iso(purchase.purchased_at))
         if purchase.held and purchase.expires_at is not None:
             more["expiresAt"] = iso(purchase.expires_at)
+        more.update(quantity_field(sale, purchase.quantity))
     if status.place is not None:
-        more.update(position=status.place.position, waitlistLength=status.place.length)
+        more.update(position=status.place.position, waitlistLength=status.place.length,
+                    **quantity_field(sale, status.place.quantity))
     return PURCHASE_STATUS_BODY.build(purchased=purchase is not None, **more)
 
 

@@ -181,7 +181,9 @@ async def test_a_purchase_of_several_units_is_one_row_and_the_second_is_409(sett
     assert_error(other, 409, "ALREADY_PURCHASED")
     body = data_of(current, LIMITED_SALE_KEYS)
     assert (body["totalStock"], body["remainingStock"], body["perUserLimit"]) == (10, 7, 4)
-    assert status.json()["data"]["purchaseId"] == purchase["purchaseId"]
+    assert data_of(status, ["purchased", "purchaseId", "purchasedAt", "quantity"]) == {
+        "purchased": True, "purchaseId": purchase["purchaseId"],
+        "purchasedAt": purchase["purchasedAt"], "quantity": 3}
     assert await quantities(settings, sale.id) == {"alice": 3}
     assert await sold(settings, sale.id) == 3
     stock_key, buyers_key = gate_keys(settings, sale.id)
@@ -270,8 +272,10 @@ async def test_a_sale_with_holds_and_a_limit_says_the_units_of_each_hold_and_pla
             again = await c.post(CURRENT_PURCHASE, json={"userId": "alice", "quantity": 2})
             placed = await c.post(CURRENT_PURCHASE, json={"userId": "bobby", "quantity": 2})
             purchase_id = json.loads(held.content)["data"]["purchaseId"]
+            waiting = await c.get(CURRENT_PURCHASE, params={"userId": "bobby"})
             confirmed = await c.post(confirm_path(sale.id, purchase_id), headers=AUTH)
             current = await c.get(CURRENT)
+            owned = await c.get(CURRENT_PURCHASE, params={"userId": "alice"})
     assert held.status_code == 201, held.text
     hold = data_of(held, [*UNITS_PURCHASE_KEYS, "expiresAt"])
     assert (hold["quantity"], hold["status"]) == (2, "held")
@@ -279,6 +283,10 @@ async def test_a_sale_with_holds_and_a_limit_says_the_units_of_each_hold_and_pla
     assert placed.status_code == 202, placed.text
     assert data_of(placed, ["userId", "productName", "quantity", "status", "position",
                             "waitlistLength"])["quantity"] == 2
+    assert data_of(waiting, ["purchased", "status", "position", "waitlistLength",
+                             "quantity"])["quantity"] == 2
+    assert data_of(owned, ["purchased", "purchaseId", "purchasedAt", "status",
+                           "quantity"])["quantity"] == 2
     assert confirmed.status_code == 200, confirmed.text
     paid = data_of(confirmed, [*UNITS_PURCHASE_KEYS, "expiresAt", "confirmedAt"])
     assert (paid["quantity"], paid["status"]) == (2, "confirmed")
