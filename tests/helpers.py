@@ -50,12 +50,13 @@ async def fetch(conn: Any, sql: str, *args: Any) -> list[Any]:
 async def make_sale(url: str, *, stock: int = 10, product: str = "Test Widget",
                     starts_in: timedelta = timedelta(minutes=-1),
                     lasts: timedelta = timedelta(hours=1),
-                    now: datetime | None = None, hold_seconds: int | None = None) -> Sale:
+                    now: datetime | None = None, hold_seconds: int | None = None,
+                    per_user_limit: int = 1) -> Sale:
     """Schedule a sale relative to ``now`` (default: running now for an hour); with
-    ``hold_seconds``, a sale of holds."""
+    ``hold_seconds``, a sale of holds; with ``per_user_limit``, up to that many units a buyer."""
     start = (now or datetime.now(UTC)) + starts_in
     return await pg(url, ledger_sql.insert_sale, product, stock, start, start + lasts,
-                    hold_seconds)
+                    hold_seconds, per_user_limit)
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict:
