@@ -67,6 +67,8 @@ def _sale_json(sale: Sale, sold: int | None = None) -> str:
     body = {"id": str(sale.id), "productName": sale.product_name, "totalStock": sale.total_stock,
             "startTime": sale.start_time.isoformat(), "endTime": sale.end_time.isoformat(),
             "status": sale.status(datetime.now(UTC)).value}
+    if sale.per_user_limit > 1:
+        body["perUserLimit"] = sale.per_user_limit
     if sale.hold_seconds is not None:
         body["holdSeconds"] = sale.hold_seconds
     if sold is not None:
@@ -168,9 +170,11 @@ def sale() -> None:
 @click.option("--hold-seconds", type=click.IntRange(1, 86_400), default=None,
               help="Sell holds: a winning press holds a unit this long, until the payment step "
                    "confirms it; unpaid, it lapses and goes to the waitlist.")
+@click.option("--per-user-limit", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="The most units one buyer may take, all in one purchase.")
 @click.pass_obj
 def sale_create(settings: Settings, database_url: str | None, product: str, stock: int,
-                start: str, end: str, hold_seconds: int | None) -> None:
+                start: str, end: str, hold_seconds: int | None, per_user_limit: int) -> None:
     """Schedule a sale."""
     starts, ends = _when(start), _when(end)
     if ends <= starts:
@@ -179,7 +183,7 @@ def sale_create(settings: Settings, database_url: str | None, product: str, stoc
         raise click.BadParameter("--product must have 1 to 200 characters")
     url = _ready(settings, DATABASE, database_url=database_url).database_url
     click.echo(_sale_json(_run_pg(url, ledger_sql.insert_sale, product.strip(), stock,
-                                  starts, ends, hold_seconds)))
+                                  starts, ends, hold_seconds, per_user_limit)))
 
 
 @sale.command("list")

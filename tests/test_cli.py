@@ -173,3 +173,30 @@ def test_sale_create_with_a_hold_window_prints_it_and_refuses_one_out_of_range(d
     rows = sorted((s["productName"], s.get("holdSeconds"))
                   for s in map(json.loads, listed.stdout.splitlines()))
     assert rows == [("Held", 30), ("Plain", None)]
+
+
+def test_sale_create_with_a_per_user_limit_writes_and_prints_it(database_url):
+    """`sale create --per-user-limit 4` writes the limit and prints perUserLimit; 0, 101, 1.5
+    and a word are refused with the option named and write nothing; without it the limit is
+    1 and nothing is printed for it."""
+    window = ["--database-url", database_url, "--stock", "20",
+              "--start", "2030-01-01T10:00:00Z", "--end", "2030-01-01T11:00:00Z"]
+    several = invoke("sale", "create", "--product", "Several", "--per-user-limit", "4", *window)
+    plain = invoke("sale", "create", "--product", "Plain", *window)
+    refused = [invoke("sale", "create", "--product", "Refused", "--per-user-limit", value,
+                      *window) for value in ("0", "101", "1.5", "four")]
+    assert several.exit_code == 0, several.output
+    assert json.loads(several.stdout)["perUserLimit"] == 4
+    assert plain.exit_code == 0, plain.output
+    assert "perUserLimit" not in json.loads(plain.stdout)
+    for result in refused:
+        assert result.exit_code == 2, result.output
+        assert "--per-user-limit" in result.output
+    rows = run_on_connection(database_url, _limits)
+    assert rows == [("Plain", 1), ("Several", 4)]
+
+
+async def _limits(conn) -> list[tuple[str, int]]:
+    rows = await conn.fetch("SELECT product_name, per_user_limit FROM flash_sales "
+                            "ORDER BY product_name")
+    return [(r["product_name"], r["per_user_limit"]) for r in rows]

@@ -142,7 +142,8 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
     @answers(ok(201, SaleEnvelope, "The sale, created."), *REFUSALS, TOO_LARGE, UNSUPPORTED)
     async def create_sale(data: SaleCreate) -> Response:
         sale = await runtime.ledger.create_sale(data.productName, data.totalStock,
-                                                data.startTime, data.endTime, data.holdSeconds)
+                                                data.startTime, data.endTime, data.holdSeconds,
+                                                per_user_limit=data.perUserLimit or 1)
         await runtime.gate.store.ensure_loaded(sale)
         return await answer(sale, None, data.model_dump(exclude_none=True), status=201)
 
@@ -158,7 +159,7 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
         sale = await runtime.ledger.update_sale(
             wanted, product_name=data.productName,
             total_stock=data.totalStock, start_time=data.startTime, end_time=data.endTime,
-            hold_seconds=data.holdSeconds)
+            hold_seconds=data.holdSeconds, per_user_limit=data.perUserLimit)
         # A gate loaded with the old stock is set to the new one now, not at the next pass.
         await runtime.reconciler.reconcile(sale)
         return await answer(sale, before, data.model_dump(exclude_none=True))

@@ -26,7 +26,8 @@ ACTIONS = {"admin.create_sale": "create", "admin.update_sale": "update",
            "admin.end_sale": "end"}
 #: A field's wire name -> the Sale attribute that holds it.
 FIELDS = {"productName": "product_name", "totalStock": "total_stock",
-          "startTime": "start_time", "endTime": "end_time", "holdSeconds": "hold_seconds"}
+          "startTime": "start_time", "endTime": "end_time", "holdSeconds": "hold_seconds",
+          "perUserLimit": "per_user_limit"}
 UNKNOWN = "?"
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
@@ -27,6 +29,7 @@ from actors.errors import (
     HoldCancelled,
     HoldConfirmed,
     HoldExpired,
+    InsufficientStock,
     InvalidInput,
     Overloaded,
     PurchaseNotFound,
@@ -56,6 +59,7 @@ ERROR_TABLE: dict[type[FlashFlowError], tuple[int, str, bool]] = {
     PurchaseNotFound: (404, "PURCHASE_NOT_FOUND", False),
     SaleNotActive: (409, "SALE_NOT_ACTIVE", False),
     SoldOut: (409, "SOLD_OUT", False),
+    InsufficientStock: (409, "INSUFFICIENT_STOCK", False),
     AlreadyPurchased: (409, "ALREADY_PURCHASED", False),
     SaleStarted: (409, "SALE_STARTED", False),
     StockBelowSold: (409, "STOCK_BELOW_SOLD", False),
@@ -68,6 +72,11 @@ ERROR_TABLE: dict[type[FlashFlowError], tuple[int, str, bool]] = {
     BackendUnavailable: (503, "UNAVAILABLE", True),
     Undecided: (503, "UNAVAILABLE", True),
     ShuttingDown: (503, "UNAVAILABLE", True),
+}
+
+#: error class -> the ``details`` its answer carries in ``error`` (the others carry none)
+DETAILS: dict[type[FlashFlowError], Callable[[Any], dict[str, Any]]] = {
+    InsufficientStock: lambda error: {"remainingStock": error.remaining},
 }
 
 #: The wire code of anything unexpected (500).
@@ -123,12 +132,13 @@ def report(status: int, code: str, message: str, correlation_id: str,
 
 def error_answer(status: int, code: str, message: str, *,
                  retry_after_s: int | None = None, challenge: str | None = None,
-                 allow: tuple[str, ...] = (), error: BaseException | None = None) -> Answer:
+                 allow: tuple[str, ...] = (), error: BaseException | None = None,
+                 details: dict[str, Any] | None = None) -> Answer:
     """Build the error envelope with a fresh correlation id, and :func:`report` it with that id.
 
     ``allow``, the methods the path accepts, makes the ``Allow`` header a 405 must carry
     (RFC 9110, section 15.5.6); ``error``, the exception behind a 500, puts its traceback on
-    the log line.
+    the log line; ``details`` go in the body's ``error`` (see :data:`DETAILS`).
     """
     correlation_id = str(uuid.uuid4())
     report(status, code, message, correlation_id, error)
@@ -140,8 +150,8 @@ def error_answer(status: int, code: str, message: str, *,
     if allow:
         headers += (("Allow", ", ".join(allow)),)
     headers += ((CORRELATION_HEADER, correlation_id),)
-    return Answer(status, error_body(status, code, message, correlation_id).encode(), headers,
-                  code)
+    return Answer(status, error_body(status, code, message, correlation_id, details).encode(),
+                  headers, code)
 
 
 def table_entry(error: FlashFlowError) -> tuple[int, str, bool] | None:
@@ -175,8 +185,10 @@ def answer_for(error: FlashFlowError, retry_after_s: int) -> Answer:
         return internal_answer(error)
     status, code, retry = entry
     wait_s = getattr(error, "retry_after_s", retry_after_s)
+    detailed = DETAILS.get(type(error))
     return error_answer(status, code, error.message, retry_after_s=wait_s if retry else None,
-                        challenge=getattr(error, "challenge", None))
+                        challenge=getattr(error, "challenge", None),
+                        details=None if detailed is None else detailed(error))
 
 
 def internal_answer(error: BaseException | None = None) -> Answer:

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from actors import FlashFlowError, InvalidInput, Sale
 from actors.errors import StandingHold, Waitlisted
+from actors.user_serializer import over_limit
 
 from ..runtime import Runtime
 from . import errors, validation
@@ -81,18 +82,20 @@ class HotRoutes:
         """``POST`` a purchase of the raw JSON body ``raw`` (``raw_id`` as for :meth:`sale`).
 
         The hot path of a stampede: the model validates the raw bytes in one pass, and
-        expected refusals are answers, not exceptions raised through a framework.
+        expected refusals are answers, not exceptions raised through a framework. A 201
+        counts its units in the metrics.
         """
         retry_after_s = self.runtime.settings.retry_after_s
         try:
             body = self.body_model.model_validate_json(raw)
         except ValidationError as exc:
-            return errors.answer_for(InvalidInput(validation_message(exc)), retry_after_s)
+            return errors.answer_for(self._refused(exc, raw_id), retry_after_s)
         auth = self.auth
         try:
             bought, sale = await self.runtime.serializer.buy(auth.identify(asking, body.userId),
                                                              auth.client_address(asking),
-                                                             validation.sale_id(raw_id))
+                                                             validation.sale_id(raw_id),
+                                                             body.quantity)
         except StandingHold as standing:
             # Pressed again while holding: the same hold, and no second 201.
             held = standing.purchase
@@ -102,7 +105,21 @@ class HotRoutes:
                           status=202)
         except FlashFlowError as exc:
             return errors.answer_for(exc, retry_after_s)
+        self.recorder.units(bought.quantity)
         return answer(purchase_body(bought, sale), status=201)
+
+    def _refused(self, problem: ValidationError, raw_id: str | None) -> FlashFlowError:
+        """The refusal of a body the model refused. A quantity that is not an integer within
+        bounds is refused as the serializer refuses one over the limit, naming the sale's
+        limit, so its first problem is answered from the sale (or that it has none)."""
+        found = problem.errors()
+        if not found or found[0].get("loc", ())[:1] != ("quantity",):
+            return InvalidInput(validation_message(problem))
+        try:
+            return over_limit(self.runtime.serializer.sale(validation.sale_id(raw_id))
+                              .per_user_limit)
+        except FlashFlowError as exc:
+            return exc
 
     def _sale_of(self, sale_id: uuid.UUID) -> Sale:
         """The sale a press was for (the serializer found it: it exists)."""

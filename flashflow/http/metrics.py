@@ -62,6 +62,8 @@ REQUEST_METRICS: tuple[tuple[str, str], ...] = (
     ("flashflow_purchases_total",
      "Purchase answers by wire code (CONFIRMED for a 201, HELD for a 200, WAITLISTED for a 202)."),
     ("flashflow_http_errors_total", "Error answers by status and wire code."),
+    ("flashflow_purchased_units_total",
+     "Units taken by purchase answers of 201 (a purchase, or with holds a hold)."),
 )
 
 #: Metrics of the build: (exposed name, help).
@@ -89,6 +91,9 @@ class RequestMetrics:
         self.errors = Counter("flashflow_http_errors_total",
                               names["flashflow_http_errors_total"], ["status", "code"],
                               registry=registry)
+        self.purchased_units = Counter("flashflow_purchased_units_total",
+                                       names["flashflow_purchased_units_total"],
+                                       registry=registry)
         # label values -> child: a request pays a dictionary look-up, not labels()'s checks
         self._requests: dict[tuple[str, ...], Any] = {}
         self._latency: dict[tuple[str, ...], Any] = {}
@@ -109,6 +114,10 @@ class RequestMetrics:
     def purchase(self, outcome: str) -> None:
         """Count one purchase answer."""
         _child(self._purchases, self.purchases, (outcome,)).inc()
+
+    def units(self, quantity: int) -> None:
+        """Count the units of one 201 purchase answer."""
+        self.purchased_units.inc(quantity)
 
 
 def _child(children: dict[tuple[str, ...], Any], metric: Any, labels: tuple[str, ...]) -> Any:

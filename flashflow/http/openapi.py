@@ -24,6 +24,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from actors.errors import (
     AlreadyPurchased,
     Forbidden,
+    InsufficientStock,
     InvalidInput,
     Overloaded,
     RateLimited,
@@ -135,6 +136,9 @@ FORBIDDEN = refusal({Forbidden: "userId names another user than the token's subj
 NOT_FOUND = refusal({SaleNotFound: "no such sale (or, for /current, no current sale)."},
                     name="SaleNotFound")
 PURCHASE_CONFLICT = refusal({SaleNotActive: "not started yet, or ended", SoldOut: "",
+                             InsufficientStock: "fewer units than the quantity asked can "
+                                                "still be sold; error.details.remainingStock "
+                                                "says how many",
                              AlreadyPurchased: "this user already holds one"},
                             refused="The purchase is refused", name="PurchaseRefused")
 TOO_LARGE = refusal({RequestEntityTooLarge: "the body is over the size limit."},

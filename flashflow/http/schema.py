@@ -71,6 +71,16 @@ ProductName = Annotated[
 Stock = Annotated[int, Field(strict=True, ge=0, le=validation.STOCK_MAX)]
 #: A hold's payment window, in seconds (a day at most).
 HoldSeconds = Annotated[int, Field(strict=True, ge=1, le=validation.HOLD_SECONDS_MAX)]
+#: The most units one buyer may take (1: one each, as in the original product).
+PerUserLimit = Annotated[int, Field(
+    strict=True, ge=1, le=validation.PER_USER_LIMIT_MAX,
+    description="The most units one buyer may take, all in one purchase (1 when left out).")]
+#: The units a purchase asks for: an integer (not a boolean, a float or a string), up to the
+#: sale's perUserLimit, which only the sale knows: the serializer checks that bound, and a
+#: refusal here is answered with it too (:func:`flashflow.http.fast.HotRoutes.purchase`).
+Quantity = Annotated[int, Field(
+    strict=True, ge=1, le=validation.PER_USER_LIMIT_MAX,
+    description="The units to buy, all or none: 1 (the default) to the sale's perUserLimit.")]
 #: ISO 8601 with a zone offset or ``Z``: a time without one would be a guess.
 Moment = Annotated[
     AwareDatetime, Field(description="ISO 8601 with an offset, e.g. 2030-01-01T10:00:00Z")]
@@ -91,6 +101,8 @@ class SaleCreate(BaseModel):
     endTime: Moment
     #: With it, a winning press is a hold that payment confirms within this many seconds.
     holdSeconds: HoldSeconds | None = None
+    #: The most units one buyer may take; 1 when left out.
+    perUserLimit: PerUserLimit | None = None
 
     @model_validator(mode="after")
     def window_in_order(self) -> Self:
@@ -107,12 +119,13 @@ class SaleUpdate(BaseModel):
     startTime: Moment | None = None
     endTime: Moment | None = None
     holdSeconds: HoldSeconds | None = None
+    perUserLimit: PerUserLimit | None = None
 
     @model_validator(mode="after")
     def something_to_change(self) -> Self:
         if all(value is None for _, value in self):
             raise ValueError("Give at least one of productName, totalStock, startTime, endTime, "
-                             "holdSeconds.")
+                             "holdSeconds, perUserLimit.")
         _check_window(self.startTime, self.endTime)
         return self
 
@@ -122,6 +135,7 @@ class PurchaseRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     userId: UserId
+    quantity: Quantity = 1
 
 
 class SignedInPurchaseRequest(BaseModel):
@@ -129,6 +143,7 @@ class SignedInPurchaseRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     userId: UserId | SkipJsonSchema[None] = OPTIONAL
+    quantity: Quantity = 1
 
 
 class StatusQuery(BaseModel):
@@ -191,12 +206,21 @@ class PurchaseStatusEnvelope(BaseModel):
     data: PurchaseStatusOut
 
 
+class ErrorData(BaseModel):
+    """The data an error carries (INSUFFICIENT_STOCK only): ``remainingStock``, the most units
+    a purchase could still take."""
+
+    remainingStock: int
+
+
 class ErrorDetail(BaseModel):
-    """What went wrong, with the id under which it was logged."""
+    """What went wrong, with the id under which it was logged; ``details`` for an error that
+    carries data."""
 
     code: Annotated[str, WithJsonSchema({"type": "string", "enum": list(WIRE_CODES)})]
     message: str
     correlationId: str
+    details: ErrorData | SkipJsonSchema[None] = OPTIONAL
 
 
 class ErrorEnvelope(BaseModel):

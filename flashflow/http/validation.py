@@ -20,6 +20,8 @@ PRODUCT_NAME_MAX = 200
 STOCK_MAX = 2**31 - 1
 #: The longest payment window a hold may have: a day (the column's check, migration 0003).
 HOLD_SECONDS_MAX = 86_400
+#: The most units one buyer may take in a sale (the column's check, migration 0004).
+PER_USER_LIMIT_MAX = 100
 
 #: Unicode general categories a user id (or a product name) may not hold, and how a message
 #: names them.

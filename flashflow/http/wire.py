@@ -6,7 +6,10 @@ annotations only), so a load test may import it without the server's core.
 
 Success bodies are wrapped as ``{"data": ...}``; error bodies keep the original product's
 format exactly: ``{"status": "error", "code": <http status>, "error": {"code", "message",
-"correlationId"}}``.
+"correlationId"}}``, with ``details`` in ``error`` only for the errors that carry data.
+
+A sale whose per-user limit is 1 answers byte for byte as the original product: its body
+gains ``perUserLimit``, and its purchases and places ``quantity``, only above 1.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ __all__ = [
     "purchase_events_path",
     "purchase_path",
     "purchase_status_body",
+    "quantity_field",
     "response",
     "sale_body",
     "sale_id_in",
@@ -236,6 +240,11 @@ _ID = {"type": "string", "format": "uuid"}
 _MOMENT = {"type": "string", "format": "date-time"}
 _COUNT = {"type": "integer"}
 _FLAG = {"type": "boolean"}
+_LIMIT = {"type": "integer", "minimum": 2,
+          "description": "The most units one buyer may take; sent only when above 1."}
+_UNITS = {"type": "integer", "minimum": 1,
+          "description": "The units taken or waited for; sent only in a sale whose "
+                         "perUserLimit is above 1."}
 #: What a confirmed purchase's ``status`` says.
 CONFIRMED = "confirmed"
 #: What a hold's ``status`` says: committed, waiting for payment until ``expiresAt``.
@@ -276,28 +285,33 @@ SALE_BODY = Body("A sale as ``GET /current`` returns it.", {
     # The values of actors.SaleStatus (a test holds them equal).
     "status": {"type": "string", "enum": ["upcoming", "active", "ended"]},
     "serverTime": _MOMENT,
+    # A sale whose buyers may take more than one unit each: the most one may take.
+    "perUserLimit": _LIMIT,
     # A sale with holds only: its payment window, and its units by where they stand.
     "holdSeconds": _COUNT,
     "heldStock": _COUNT,
     "confirmedStock": _COUNT,
     "waitlistLength": _COUNT,
-}, optional=frozenset({"holdSeconds", "heldStock", "confirmedStock", "waitlistLength"}))
+}, optional=frozenset({"perUserLimit", "holdSeconds", "heldStock", "confirmedStock",
+                        "waitlistLength"}))
 PURCHASE_BODY = Body("A purchase: confirmed, or in a sale with holds a hold until expiresAt.", {
     "purchaseId": _ID,
     "userId": _TEXT,
     "productName": _TEXT,
+    "quantity": _UNITS,
     "status": {"type": "string", "enum": [CONFIRMED, HELD]},
     "purchasedAt": _MOMENT,
     "expiresAt": _MOMENT,
     "confirmedAt": _MOMENT,
-}, optional=frozenset({"expiresAt", "confirmedAt"}))
+}, optional=frozenset({"quantity", "expiresAt", "confirmedAt"}))
 PLACE_BODY = Body("A place in the waitlist: position 1 is offered the next unit that comes back.", {
     "userId": _TEXT,
     "productName": _TEXT,
+    "quantity": _UNITS,
     "status": {"type": "string", "enum": [WAITLISTED]},
     "position": _COUNT,
     "waitlistLength": _COUNT,
-})
+}, optional=frozenset({"quantity"}))
 PURCHASE_STATUS_BODY = Body(
     "Whether a user holds a purchase in the sale; what, if so. In a sale with holds, where "
     "the user stands: ``purchased`` is true while they hold or own a unit.",
@@ -316,13 +330,20 @@ def hold_fields(sale: Sale, tally: Tally | None) -> dict[str, Any]:
             "confirmedStock": tally.confirmed, "waitlistLength": tally.waiting}
 
 
+def quantity_field(sale: Sale, quantity: int) -> dict[str, int]:
+    """What a purchase or a place adds in a sale of several units per buyer (nothing when
+    its per-user limit is 1, as in the original product)."""
+    return {"quantity": quantity} if sale.per_user_limit > 1 else {}
+
+
 def sale_body(sale: Sale, remaining: int, now: datetime,
               tally: Tally | None = None) -> dict[str, Any]:
     """The wire form of a sale, as ``GET /current`` returns it (``tally``: with holds)."""
+    limit = {"perUserLimit": sale.per_user_limit} if sale.per_user_limit > 1 else {}
     return SALE_BODY.build(
         id=str(sale.id), productName=sale.product_name, totalStock=sale.total_stock,
         remainingStock=remaining, startTime=iso(sale.start_time), endTime=iso(sale.end_time),
-        status=sale.status(now).value, serverTime=iso(now), **hold_fields(sale, tally))
+        status=sale.status(now).value, serverTime=iso(now), **limit, **hold_fields(sale, tally))
 
 
 def purchase_body(purchase: Purchase, sale: Sale) -> dict[str, Any]:
@@ -335,14 +356,14 @@ def purchase_body(purchase: Purchase, sale: Sale) -> dict[str, Any]:
     return PURCHASE_BODY.build(
         purchaseId=str(purchase.id), userId=purchase.user_id, productName=sale.product_name,
         status=HELD if purchase.held else CONFIRMED, purchasedAt=iso(purchase.purchased_at),
-        **more)
+        **quantity_field(sale, purchase.quantity), **more)
 
 
 def place_body(place: Place, sale: Sale) -> dict[str, Any]:
     """The wire form of a place in the waitlist (the 202 of a press)."""
     return PLACE_BODY.build(userId=place.user_id, productName=sale.product_name,
                             status=WAITLISTED, position=place.position,
-                            waitlistLength=place.length)
+                            waitlistLength=place.length, **quantity_field(sale, place.quantity))
 
 
 def purchase_status_body(found: Purchase | None) -> dict[str, Any]:
@@ -389,10 +410,10 @@ def status_event_body(sale: Sale, remaining: int, now: datetime,
             "serverTime": iso(now)}
 
 
-def error_body(status: int, code: str, message: str, correlation_id: str) -> str:
-    """The error envelope's body."""
-    return json.dumps({
-        "status": "error",
-        "code": status,
-        "error": {"code": code, "message": message, "correlationId": correlation_id},
-    })
+def error_body(status: int, code: str, message: str, correlation_id: str,
+               details: dict[str, Any] | None = None) -> str:
+    """The error envelope's body; ``details``, the data an error carries, only when given."""
+    error: dict[str, Any] = {"code": code, "message": message, "correlationId": correlation_id}
+    if details is not None:
+        error["details"] = details
+    return json.dumps({"status": "error", "code": status, "error": error})

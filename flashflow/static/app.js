@@ -1,6 +1,7 @@
 // Flash Flow buyer page: live stock over EventSource, a countdown against the server's
 // clock, and one purchase button; with several sales open or upcoming, a list to choose
-// from (until a shopper chooses, the page follows the current sale). Plain JavaScript, no
+// from (until a shopper chooses, the page follows the current sale). A sale whose buyers may
+// take several units (perUserLimit above 1) shows a picker of how many. Plain JavaScript, no
 // build step. A sale with holds shows where the buyer stands (holds.js).
 import { BuyerStanding, hasHolds, holdStatsText, standingOfPress } from "./holds.js";
 import { readToken, storeToken, subjectOf } from "./token.js";
@@ -18,7 +19,8 @@ import { readToken, storeToken, subjectOf } from "./token.js";
     modalMessage: $("modal-message"), sales: $("sales"), saleList: $("sale-list"),
     modalMessage: $("modal-message"), signedIn: $("signed-in"),
     signedInUser: $("signed-in-user"), signOut: $("sign-out"), userField: $("user-id-field"),
-    holdStats: $("hold-stats"),
+    holdStats: $("hold-stats"), quantityField: $("quantity-field"), quantity: $("quantity"),
+    quantityHelp: $("quantity-help"),
   };
   // The fields a sale with holds adds to its body and its stock events.
   const HOLD_FIELDS = ["holdSeconds", "heldStock", "confirmedStock", "waitlistLength"];
@@ -27,6 +29,7 @@ import { readToken, storeToken, subjectOf } from "./token.js";
     SOLD_OUT: "Sold out",
     ALREADY_PURCHASED: "Already purchased",
     SALE_NOT_ACTIVE: "Sale not active",
+    INSUFFICIENT_STOCK: "Not enough left",
   };
 
   let sale = null;          // the last snapshot, kept up to date by events
@@ -91,8 +94,29 @@ import { readToken, storeToken, subjectOf } from "./token.js";
     el.fill.style.width = `${Math.round(share * 100)}%`;
     el.holdStats.hidden = !hasHolds(sale);
     if (hasHolds(sale)) el.holdStats.textContent = holdStatsText(sale);
+    renderQuantity();
     renderStatus();
     renderChoice();
+  }
+
+  // The most units one buyer may take: a sale's body says it only when above 1.
+  function limitOf(s) {
+    return s && Number.isInteger(s.perUserLimit) ? s.perUserLimit : 1;
+  }
+
+  // The picker of units, 1 to the sale's limit, shown only when the limit is above 1.
+  function renderQuantity() {
+    const limit = limitOf(sale);
+    el.quantityField.hidden = limit < 2;
+    if (el.quantity.options.length !== limit) {
+      const kept = Math.min(Number(el.quantity.value) || 1, limit);
+      el.quantity.replaceChildren(...Array.from({ length: limit }, (_, i) => {
+        const units = String(i + 1);
+        return new Option(units, units);
+      }));
+      el.quantity.value = String(kept);
+    }
+    el.quantityHelp.textContent = `Up to ${limit} per buyer, all in one purchase.`;
   }
 
   function renderStatus() {
@@ -292,12 +316,15 @@ import { readToken, storeToken, subjectOf } from "./token.js";
   }
 
   async function buy(userId) {
+    // The original body, {userId}, unless the sale sells several units a buyer.
+    const asked = { userId };
+    if (limitOf(sale) > 1) asked.quantity = Number(el.quantity.value) || 1;
     let response;
     try {
       response = await fetch(`${saleUrl()}/purchase`, {
         method: "POST",
         headers: authHeaders({ "Content-Type": "application/json", Accept: "application/json" }),
-        body: JSON.stringify({ userId }),
+        body: JSON.stringify(asked),
       });
     } catch (_) {
       openModal("Connection problem", "We could not reach the server. Please try again.");
@@ -312,7 +339,8 @@ import { readToken, storeToken, subjectOf } from "./token.js";
     }
     if (response.status === 201) {
       confirmedFor = userId;
-      showResult(`Purchase confirmed! Your purchase id is ${body.data.purchaseId}.`);
+      const units = body.data.quantity > 1 ? ` for ${body.data.quantity} units` : "";
+      showResult(`Purchase confirmed${units}! Your purchase id is ${body.data.purchaseId}.`);
       return;
     }
     const error = (body && body.error) || {};
@@ -324,8 +352,14 @@ import { readToken, storeToken, subjectOf } from "./token.js";
         : "This shop sells to signed-in customers: open the sign-in link you were given.");
     } else if (response.status === 403) {
       openModal("Not allowed", error.message || "You may only buy for yourself.");
+    } else if (response.status === 400 && (error.message || "").startsWith("quantity")) {
+      openModal("Check the number of units", error.message);
     } else if (response.status === 400) {
       showUserError(error.message || "Please check your user id.");
+    } else if (response.status === 409 && error.code === "INSUFFICIENT_STOCK") {
+      const left = error.details ? error.details.remainingStock : null;
+      openModal(MODALS[error.code], (error.message || "Fewer units are left.") +
+        (Number.isInteger(left) ? ` You may buy up to ${left}.` : ""));
     } else if (response.status === 409) {
       openModal(MODALS[error.code] || "Not possible", error.message || "");
       if (error.code === "ALREADY_PURCHASED") checkPurchase(userId);

@@ -18,14 +18,16 @@ export function holdStatsText(sale) {
   return `${sale.heldStock} held awaiting payment · ${sale.waitlistLength} in line`;
 }
 
-/** The standing a press's answer announces: a hold (201, 200) or a place in line (202). */
+/** The standing a press's answer announces: a hold (201, 200) or a place in line (202),
+ * with its units when the sale sells several a buyer (the answer says `quantity`). */
 export function standingOfPress(data) {
+  const units = data.quantity !== undefined ? { quantity: data.quantity } : {};
   if (data.status === "waitlisted") {
     return { purchased: false, status: data.status, position: data.position,
-             waitlistLength: data.waitlistLength };
+             waitlistLength: data.waitlistLength, ...units };
   }
   const standing = { purchased: true, status: data.status, purchaseId: data.purchaseId,
-                     purchasedAt: data.purchasedAt };
+                     purchasedAt: data.purchasedAt, ...units };
   if (data.status === "held") standing.expiresAt = data.expiresAt;
   return standing;
 }
@@ -41,11 +43,16 @@ export function holdClock(expiresAt, nowMs) {
 }
 
 function describe(standing) {
+  // Several units, when the answer said so: "3 units" in the words below.
+  const several = standing.quantity > 1 ? `${standing.quantity} units` : null;
   switch (standing.status) {
     case "held":
-      return ["Held for you: pay within ", "The unit is yours once paid; unpaid, it goes back."];
+      return [several ? `${several} held for you: pay within ` : "Held for you: pay within ",
+              several ? "They are yours once paid; unpaid, they go back."
+                      : "The unit is yours once paid; unpaid, it goes back."];
     case "waitlisted":
-      return [`You're number ${standing.position} in line (of ${standing.waitlistLength}).`,
+      return [`You're number ${standing.position} in line (of ${standing.waitlistLength})` +
+              (several ? ` for ${several}.` : "."),
               "When a unit comes back, the first in line gets a hold of it."];
     case "confirmed":
       return [`Purchase confirmed! Your purchase id is ${standing.purchaseId}.`, ""];

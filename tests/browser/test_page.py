@@ -83,6 +83,7 @@ async def test_a_shopper_buys_and_sees_the_confirmation_on_a_phone(settings):
         expect(page.locator("#stock")).to_have_text("5")
         expect(page.locator("#badge")).to_have_text("On sale now")
         expect(page.locator("#countdown")).to_contain_text("Ends in")
+        expect(page.get_by_label("Units")).to_be_hidden()  # one unit a buyer: no picker
         page.get_by_label("Your user id").fill("alice")
         page.get_by_role("button", name="Buy now").click()
         expect(page.locator("#result")).to_contain_text(re.compile("Purchase confirmed.*" + UUID))
@@ -98,6 +99,44 @@ async def test_a_shopper_buys_and_sees_the_confirmation_on_a_phone(settings):
             overflow = await run_in_browser(scenario, server.base_url,
                                             viewport={"width": 360, "height": 740})
     assert overflow <= 0
+
+
+async def test_a_shopper_picks_how_many_units_and_hears_when_too_few_are_left(settings):
+    """With a per-user limit of 3 the page offers 1 to 3 units; a shopper buys 3 (one row of 3
+    units, the stock falls by 3), and the next one asking 3 of the 2 left is told so in a
+    dialog naming what is left."""
+    sale = await make_sale(settings.database_url, stock=5, product="Socks", per_user_limit=3)
+
+    def scenario(page, base_url):
+        from playwright.sync_api import expect
+
+        page.goto(base_url + "/")
+        expect(page.locator("#stock")).to_have_text("5")
+        picker = page.get_by_label("Units")
+        expect(picker).to_be_visible()
+        expect(picker.locator("option")).to_have_text(["1", "2", "3"])
+        expect(page.locator("#quantity-help")).to_have_text("Up to 3 per buyer, all in one "
+                                                            "purchase.")
+        page.get_by_label("Your user id").fill("alice")
+        picker.select_option("3")
+        page.get_by_role("button", name="Buy now").click()
+        expect(page.locator("#result")).to_contain_text(
+            re.compile("Purchase confirmed for 3 units.*" + UUID))
+        expect(page.locator("#stock")).to_have_text("2")
+        page.get_by_label("Your user id").fill("bobby")
+        picker.select_option("3")
+        page.get_by_role("button", name="Buy now").click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_contain_text("Not enough left")
+        expect(dialog).to_contain_text("only 2 units are left")
+        expect(dialog).to_contain_text("You may buy up to 2.")
+
+    with trio.fail_after(60):
+        async with live_server(settings) as server:
+            await run_in_browser(scenario, server.base_url)
+    rows = await pg(settings.database_url, fetch,
+                    "SELECT user_id, quantity FROM purchases WHERE sale_id = $1", sale.id)
+    assert [(r["user_id"], r["quantity"]) for r in rows] == [("alice", 3)]
 
 
 async def test_the_stock_falls_live_when_another_client_buys(settings):

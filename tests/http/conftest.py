@@ -11,7 +11,8 @@ from flashflow.settings import Settings
 #: Modules whose tests run twice, with the fast path on and off: the routes it answers.
 BOTH_FRONTS = frozenset({
     "test_auth", "test_bodies", "test_errors_and_status", "test_holds_wire", "test_metrics",
-    "test_purchase_api", "test_rate_limits", "test_sales_api", "test_validation",
+    "test_purchase_api", "test_quantities_api", "test_rate_limits", "test_sales_api",
+    "test_validation",
 })
 
 

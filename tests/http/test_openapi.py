@@ -160,3 +160,36 @@ async def test_openapi_lists_the_token_refusals_when_signed_in(settings):
     assert "WWW-Authenticate" in unauthorized["headers"]
     assert doc["paths"][CURRENT_PURCHASE]["post"]["security"] == [{"bearer": []}]
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+async def test_the_document_says_quantities(settings):
+    """The purchase body takes an optional integer quantity (default 1, up to the sale's
+    perUserLimit); the admin bodies take perUserLimit (1 to 100), which the sale may send; a
+    purchase may send its quantity; INSUFFICIENT_STOCK is among the 409s, and an error may
+    carry details with the remainingStock."""
+    await make_sale(settings.database_url)
+    doc = json.loads(await _served(settings))
+    schemas = doc["components"]["schemas"]
+
+    def body_of(path: str, method: str) -> dict:
+        content = doc["paths"][path][method]["requestBody"]["content"]
+        return _resolved(doc, content["application/json"]["schema"])
+
+    asked = body_of(CURRENT_PURCHASE, "post")
+    quantity = asked["properties"]["quantity"]
+    assert (quantity["type"], quantity["minimum"], quantity["default"]) == ("integer", 1, 1)
+    assert "perUserLimit" in quantity["description"]
+    assert asked["required"] == ["userId"]
+    for path, method in ((ADMIN_SALES, "post"), (documented(ADMIN_SALE), "patch")):
+        limit = body_of(path, method)["properties"]["perUserLimit"]
+        [integer] = [v for v in limit.get("anyOf", [limit]) if v["type"] == "integer"]
+        assert (integer["minimum"], integer["maximum"]) == (1, 100), (path, limit)
+    for name, field in (("SaleOut", "perUserLimit"), ("PurchaseOut", "quantity"),
+                        ("PlaceOut", "quantity")):
+        assert field in schemas[name]["properties"], name
+        assert field not in schemas[name]["required"], name
+    assert "INSUFFICIENT_STOCK" in _response(doc, CURRENT_PURCHASE, "post", 409)["description"]
+    detail = schemas["ErrorDetail"]
+    assert "details" in detail["properties"] and "details" not in detail["required"]
+    data = _resolved(doc, detail["properties"]["details"])
+    assert data["properties"]["remainingStock"]["type"] == "integer"
