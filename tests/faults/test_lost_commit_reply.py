@@ -23,7 +23,7 @@ from .checks import check_sale_after_faults, phase_figures
 from .fleet import reconciler_returns
 from .load import asking, open_clients, press_until_final
 from .recorder import Recorder, purchase_status
-from .stores import committed_rows
+from .stores import LawWatch, committed_rows
 
 pytestmark = pytest.mark.slow
 
@@ -125,8 +125,9 @@ async def remaining_stock(client) -> int:
 @pytest.mark.parametrize("most", [1, 4], ids=["one-unit", "quantities"])
 async def test_commit_whose_reply_was_lost_is_settled(backends, fault_settings, launch, figures,
                                                       most):
-    """A lost COMMIT reply: the buyer is confirmed, the units sold once, no phantom unit;
-    with buyers of one unit each, and of 1 to 4 units (limit 4)."""
+    """A lost COMMIT reply: the buyer is confirmed, the units sold once, no phantom unit,
+    and the gate's law at every read; with buyers of one unit each, and of 1 to 4 units
+    (limit 4)."""
     direct = fault_settings  # the test reads PostgreSQL directly, never through the proxy
     proxy = CommitReplyDropper(backends.postgres_port, MUTE_S)
     before = [f"lb-{i:02d}" for i in range(BEFORE)]
@@ -141,6 +142,9 @@ async def test_commit_whose_reply_was_lost_is_settled(backends, fault_settings, 
                           + direct.database_url.rsplit("/", 1)[1])
         sale = await make_sale(direct.database_url, stock=stock, per_user_limit=most)
         server = await launch(proxied)
+        # Redis never fails here: the gate's law holds at every read, lost replies or not.
+        law = LawWatch(direct, sale)
+        await proxy_nursery.start(law.run)
         with trio.fail_after(90):
             async with open_clients(server, timeout_s=30) as clients:
                 client = clients[0]
@@ -192,6 +196,7 @@ async def test_commit_whose_reply_was_lost_is_settled(backends, fault_settings, 
         recovering=phase_figures(recorder, "recovering"),
         after=phase_figures(recorder, "after"),
         remaining_stock_at_end=remaining_at_end,
+        gate_law_reads=law.polls,
     )
     figures.update(await check_sale_after_faults(
         direct, sale, recorder, expected_sold=wanted,
@@ -199,6 +204,7 @@ async def test_commit_whose_reply_was_lost_is_settled(backends, fault_settings, 
     figures["reconciler_returned"] = reconciler_returns(server)
 
     assert proxy.swallowed == SWALLOWED_COMMITS, "the proxy swallowed no COMMIT reply"
+    assert law.polls > 10 and not law.breaks, law.breaks
     assert proxy.dropped_bytes > 0
     # Each buyer of the fault ends with a 201 or a status read showing the purchase; the
     # status read agrees with the ledger, with the same purchase id.

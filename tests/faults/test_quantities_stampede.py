@@ -15,6 +15,7 @@ from .checks import check_sale_after_faults, latency_figures
 from .fleet import reconciler_returns, wait_until_serving, worker_pids
 from .load import asking, client_untraced, open_clients
 from .recorder import Outcome, Recorder
+from .stores import LawWatch
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,8 @@ async def test_buyers_of_one_to_four_units_sell_the_stock_exactly(fault_settings
                                                                   figures):
     """400 buyers asking 1 to 4 units (limit 4), 2 or 3 presses each, over `serve --workers
     2` and a second server: units sold = stock, nobody over the limit, every 201 a row of
-    its quantity, nobody refused while a purchase of their size could be served.
+    its quantity, nobody refused while a purchase of their size could be served, and the
+    gate's law (stock = total - the holders' units) at every read while they bought.
 
     The buyers of 2 and 4 units stampede first: they leave one unit, and every one of them
     not served hears INSUFFICIENT_STOCK, never SOLD_OUT. Then the buyers of 1 and 3: one
@@ -67,13 +69,17 @@ async def test_buyers_of_one_to_four_units_sell_the_stock_exactly(fault_settings
     for server in (multi, host_b):
         await wait_until_serving(server.base_url)
     assert len(worker_pids(multi)) == 2
+    law = LawWatch(settings, sale)
     started = trio.current_time()
     with trio.fail_after(90):
-        async with open_clients(multi, multi, host_b, timeout_s=30) as clients:
+        async with open_clients(multi, multi, host_b, timeout_s=30) as clients, \
+                trio.open_nursery() as watching:
+            await watching.start(law.run)
             first = await stampede(recorder, clients, even)
             first_s = trio.current_time() - started
             after_first = await ledger_of(settings, sale.id)
             second = await stampede(recorder, clients, odd)
+            watching.cancel_scope.cancel()
     stampede_s = trio.current_time() - started
     codes = [await trio.to_thread.run_sync(s.stop) for s in (multi, host_b)]
 
@@ -100,9 +106,11 @@ async def test_buyers_of_one_to_four_units_sell_the_stock_exactly(fault_settings
             if o.remaining_stock is not None).items())),
         latency=latency_figures(recorder.outcomes),
         reconciler_returned=reconciler_returns(multi, host_b),
-        exit_codes=codes,
+        exit_codes=codes, gate_law_reads_while_buying=law.polls,
     )
     assert codes == [0, 0], "a server did not shut down cleanly on SIGTERM"
+    # At every read while they bought, stock = total - the holders' units.
+    assert law.polls > 10 and not law.breaks, law.breaks
     # The one check said it; said again here in the words of the issue.
     assert ledger.units == ledger.sold == STOCK
     assert max(map(ledger.units_of, ledger.purchases)) <= LIMIT
