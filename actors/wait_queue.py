@@ -207,7 +207,7 @@ class WaitQueues:
             if tally.unsold and request.quantity > tally.free:
                 refused.append(request)
             else:
-                kept.append(request)  # none unsold: answered by the sold-out memory
+                kept.append(request)  # enough free, or none unsold (the sold-out memory answers)
         queue.waiting = kept  # the line goes on growing while the gate is asked
         try:
             for start in range(0, len(refused), self._batch_max):
