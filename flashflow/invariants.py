@@ -170,7 +170,7 @@ def _sold(seen: _Seen, before: LedgerSnapshot, after: LedgerSnapshot) -> Check:
     each: every unit)."""
     rows, total, units = after.purchases, after.total_stock, after.units
     demand = seen.users | set(before.purchases)
-    unserved = [seen.asked[u] for u in demand if u not in rows]
+    unserved = [seen.asked.get(u, 1) for u in demand if u not in rows]
     wanted = sum(map(after.units_of, demand & set(rows))) + sum(unserved)
     if wanted <= total:
         enough, expected = units == wanted, f"{wanted}"
@@ -185,8 +185,8 @@ def _sold(seen: _Seen, before: LedgerSnapshot, after: LedgerSnapshot) -> Check:
 
 
 def _quantities_told(seen: _Seen, after: LedgerSnapshot) -> Check:
-    """Every 201 for the user's row announces the units its client asked for, and the row
-    takes exactly those."""
+    """Every 201 that names the user's row answered a press for the units the row takes:
+    the client got exactly the quantity it asked for."""
     wrong = {f"{r.user}:{r.quantity}!={after.units_of(r.user)}" for r in seen.wins
              if after.purchases.get(r.user) == r.purchase_id
              and r.quantity != after.units_of(r.user)}
