@@ -179,7 +179,7 @@ class WaitQueues:
                         queue.waiting.clear()
                         break
                     if tally is not None:
-                        self._answer_short(queue, tally)
+                        await self._answer_short(queue, tally)
                         if not queue.waiting:
                             break
                 queue.wake = trio.Event()
@@ -190,25 +190,33 @@ class WaitQueues:
             for request in queue.waiting:
                 request.reply.fail(Undecided())
 
-    @staticmethod
-    def _answer_short(queue: _Queue, tally: Tally) -> None:
+    async def _answer_short(self, queue: _Queue, tally: Tally) -> None:
         """Answer the waiters whose quantity the ledger's ``tally`` settles.
 
         Fewer units than asked not yet sold for good: final, ``InsufficientStock``. Fewer
         free than asked, with held units that may come back (a sale with holds): a place in
         the waitlist is the answer. Everyone else waits on.
+
+        A waiter may never have asked the gate (it joined the line behind others) and may
+        hold units already: each asks the gate once before it is refused, in batches, so the
+        one who holds units hears of them (``Seat.HELD``) rather than that too few are left.
         """
         kept: deque[Reserve] = deque()
+        refused: list[Reserve] = []
         for request in queue.waiting:
-            if not tally.unsold:
-                kept.append(request)  # sold out: answered by the sold-out memory
-            elif request.quantity > tally.unsold:
-                request.reply.fail(InsufficientStock(tally.unsold))
-            elif request.quantity > tally.free:
-                request.reply.fail(WaitlistOpen())
+            if tally.unsold and request.quantity > tally.free:
+                refused.append(request)
             else:
-                kept.append(request)
-        queue.waiting = kept
+                kept.append(request)  # enough free, or none unsold (the sold-out memory answers)
+        queue.waiting = kept  # the line goes on growing while the gate is asked
+        try:
+            for start in range(0, len(refused), self._batch_max):
+                for request in await self._seat(refused[start:start + self._batch_max]):
+                    request.reply.fail(InsufficientStock(tally.unsold)
+                                       if request.quantity > tally.unsold else WaitlistOpen())
+        finally:
+            # Those the gate did not answer (it failed meanwhile) wait on, first in line.
+            queue.waiting.extendleft(reversed([r for r in refused if not r.reply.done]))
 
     def _expire(self, queue: _Queue) -> None:
         now = trio.current_time()

@@ -5,27 +5,23 @@ fault tests all call.
 :func:`verify` is a pure function of the answers (:class:`Record`) and two snapshots;
 :func:`ledger_snapshot` and :func:`gate_snapshot` (or :func:`read_gate`, on a client of the
 caller's) read those snapshots from PostgreSQL and Redis, and :func:`store_snapshots` both
-at rest. A sale without holds is judged by the rules here; a sale with holds by those of
-:mod:`flashflow.invariants_holds`. The data both judge is :mod:`flashflow.invariants_data`'s.
+at rest (:mod:`flashflow.invariants_read`). A sale without holds is judged by the rules
+here; a sale with holds by those of :mod:`flashflow.invariants_holds`. The data both judge
+is :mod:`flashflow.invariants_data`'s. Every count of stock is of units: a purchase may take
+several, up to the sale's per-user limit.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections import defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-from actors.keys import parse_holder, sale_keys
-from actors.redis_url import sync_client
-
-from .database import run_on_connection
 from .invariants_data import (
     CONFIRM,
     NO_ANSWER,
     PURCHASE,
+    REFUSALS,
     STANDING,
     STATUS,
     THROTTLED,
@@ -43,7 +39,8 @@ from .invariants_data import (
 from .invariants_data import failed as _failed
 from .invariants_data import sample as _sample
 from .invariants_data import throttled as _throttled
-from .invariants_holds import CLOCK_SLACK_S, read_holds, verify_holds
+from .invariants_holds import CLOCK_SLACK_S, verify_holds
+from .invariants_read import gate_snapshot, ledger_snapshot, read_gate, store_snapshots
 
 
 @dataclass
@@ -55,6 +52,12 @@ class _Seen:
     first_win: dict[str, float] = field(default_factory=dict)
     by_user: dict[str, list[Record]] = field(default_factory=lambda: defaultdict(list))
     sold_out_told: int = 0
+    #: The fewest units each user asked for, among the attempts answered on the merits.
+    asked: dict[str, int] = field(default_factory=dict)
+    #: The 201s that name a purchase.
+    wins: list[Record] = field(default_factory=list)
+    #: The final refusals for stock: ``SOLD_OUT`` and ``INSUFFICIENT_STOCK``.
+    refused: list[Record] = field(default_factory=list)
     #: Users one of whose attempts a fault cut short (503 or no answer): their commit may
     #: have happened with the reply lost.
     cut_short: set[str] = field(default_factory=set)
@@ -80,13 +83,17 @@ def _gather(records: Iterable[Record], faulted: Collection[Record]
             continue
         if not _throttled(record):
             seen.users.add(record.user)  # demand: users the server answered on the merits
+            seen.asked[record.user] = min(seen.asked.get(record.user, record.quantity),
+                                          record.quantity)
         seen.by_user[record.user].append(record)
         if record.status == 201 and record.purchase_id:
             seen.won[record.user].add(record.purchase_id)
             seen.first_win[record.user] = min(seen.first_win.get(record.user, record.finished),
                                               record.finished)
-        elif record.code == "SOLD_OUT":
-            seen.sold_out_told += 1
+            seen.wins.append(record)
+        elif record.code in REFUSALS:
+            seen.refused.append(record)
+            seen.sold_out_told += record.code == "SOLD_OUT"
     return seen, statuses, failures
 
 
@@ -113,23 +120,17 @@ def verify(records: Iterable[Record], before: LedgerSnapshot, after: LedgerSnaps
         One :class:`Check` per invariant, in a stable order.
     """
     if after.holds is not None:
-        return verify_holds(records, before, after, gate, faulted=faulted,
-                            clock_slack_s=clock_slack_s)
+        return [*verify_holds(records, before, after, gate, faulted=faulted,
+                              clock_slack_s=clock_slack_s), within_limit(after)]
     records = list(records)
     seen, statuses, failures = _gather(records, set(faulted))
-    rows, total = after.purchases, after.total_stock
+    rows, total, units = after.purchases, after.total_stock, after.units
     committed = len(rows)
-    demand = len(seen.users | set(before.purchases))
-    expected = min(total, demand)
-    checks = [Check(
-        "no overselling",
-        committed == after.sold == expected and committed <= total,
-        f"committed {committed}, sold counter {after.sold}, stock {total}, "
-        f"distinct buyers {demand}: expected {expected}")]
+    checks = [_sold(seen, before, after)]
     checks.append(Check(
         "nothing unsold once SOLD_OUT was said",
-        seen.sold_out_told == 0 or committed == total,
-        f"{seen.sold_out_told} SOLD_OUT answers, {total - committed} units unsold"))
+        seen.sold_out_told == 0 or units == total,
+        f"{seen.sold_out_told} SOLD_OUT answers, {total - units} units unsold"))
 
     doubled = {u for u, ids in seen.won.items() if len(ids) > 1}
     checks.append(Check("one purchase per user", not doubled,
@@ -139,28 +140,98 @@ def verify(records: Iterable[Record], before: LedgerSnapshot, after: LedgerSnaps
     new_rows = committed - len(before.purchases)
     lost = {u for u in _untold(seen, before, rows) if u in seen.cut_short}
     checks.append(Check(
-        "exactly one 201 per user: 201s counted = units sold",
+        "exactly one 201 per user: 201s counted = purchases made",
         not twice and sum(successes.values()) == new_rows - len(lost),
         f"{sum(successes.values())} x 201 for {new_rows} new rows, {len(lost)} of them "
         f"with the reply lost in a fault; users told 201 twice: {_sample(twice) or 'none'}"))
 
-    checks.append(_repeats(seen, rows))
+    checks.append(_repeats(seen, after))
     mismatched = {u for u, ids in seen.won.items() if rows.get(u) not in ids}
     checks.append(Check("every 201 is a row with its purchaseId", not mismatched,
                         f"{sum(map(len, seen.won.values()))} purchase ids told; "
                         f"not in PostgreSQL: {_sample(mismatched) or 'none'}"))
+    checks.append(_quantities_told(seen, after))
+    checks.append(within_limit(after))
     untold = _untold(seen, before, rows) - lost
     checks.append(Check("no row that no client was told about", not untold,
                         f"{new_rows} new rows, {len(lost)} told a fault's 503 or nothing; "
                         f"untold: {_sample(untold) or 'none'}"))
-    checks.append(Check(
-        "gate agrees with ledger",
-        gate.stock == total - committed and gate.buyers == rows,
-        f"Redis stock {gate.stock} vs {total - committed}; Redis buyers {len(gate.buyers)} "
-        f"vs rows {committed}" + ("" if gate.buyers == rows else " (they differ)")))
+    checks.append(_gate_agrees(after, gate))
     checks.append(_losers(seen, rows, failures))
+    checks.append(_refusals_final(seen, after))
     checks.append(_status_reads(statuses, seen, rows))
     return checks
+
+
+def _sold(seen: _Seen, before: LedgerSnapshot, after: LedgerSnapshot) -> Check:
+    """The rows take no more units than the stock, ``sold`` counts their units, and as many
+    are sold as the demand allows: every buyer's units when all of them fit in the stock,
+    else so many that fewer remain than the smallest unserved buyer asked for (with one unit
+    each: every unit)."""
+    rows, total, units = after.purchases, after.total_stock, after.units
+    demand = seen.users | set(before.purchases)
+    unserved = [seen.asked.get(u, 1) for u in demand if u not in rows]
+    wanted = sum(map(after.units_of, demand & set(rows))) + sum(unserved)
+    if wanted <= total:
+        enough, expected = units == wanted, f"{wanted}"
+    else:
+        enough = total - units < min(unserved, default=1)
+        expected = f"fewer than {min(unserved, default=1)} of {total} left unsold"
+    return Check("no overselling",
+                 units == after.sold and units <= total and enough,
+                 f"units in rows {units} ({len(rows)} rows), sold counter {after.sold}, "
+                 f"stock {total}, distinct buyers {len(demand)} asking {wanted} units: "
+                 f"expected {expected}")
+
+
+def _quantities_told(seen: _Seen, after: LedgerSnapshot) -> Check:
+    """Every 201 that names the user's row answered a press for the units the row takes:
+    the client got exactly the quantity it asked for."""
+    wrong = {f"{r.user}:{r.quantity}!={after.units_of(r.user)}" for r in seen.wins
+             if after.purchases.get(r.user) == r.purchase_id
+             and r.quantity != after.units_of(r.user)}
+    return Check("every 201 is a row of the quantity asked", not wrong,
+                 f"{len(seen.wins)} x 201; rows of another quantity: {_sample(wrong) or 'none'}")
+
+
+def within_limit(after: LedgerSnapshot) -> Check:
+    """No purchase takes more units than the sale's per-user limit (with holds too)."""
+    over = {f"{u}:{q}" for u, q in after.quantities.items()
+            if u in after.purchases and q > after.per_user_limit}
+    return Check("no purchase over the per-user limit", not over,
+                 f"limit {after.per_user_limit}; rows over it: {_sample(over) or 'none'}")
+
+
+def _gate_agrees(after: LedgerSnapshot, gate: GateSnapshot) -> Check:
+    """The gate's holders are the rows, each holding the row's units, and its stock is the
+    total less the units held: stock = total - the holders' units = total - units sold."""
+    rows, total = after.purchases, after.total_stock
+    same = gate.buyers == rows and all(gate.units_of(u) == after.units_of(u) for u in rows)
+    return Check(
+        "gate agrees with ledger",
+        same and gate.stock == total - gate.units == total - after.units,
+        f"Redis stock {gate.stock} vs {total - after.units}; Redis buyers {len(gate.buyers)} "
+        f"holding {gate.units} units vs rows {len(rows)} of {after.units} units"
+        + ("" if same else " (they differ)"))
+
+
+def _refusals_final(seen: _Seen, after: LedgerSnapshot) -> Check:
+    """Nobody was refused for stock while a purchase of their size could still be served.
+
+    Without holds the units unsold for good (free, or reserved by a commit in doubt) only
+    shrink, so those still unsold at the end were unsold at every refusal: a ``SOLD_OUT`` or
+    ``INSUFFICIENT_STOCK`` told for q units breaks when q or more are unsold at the end; the
+    ``remainingStock`` an ``INSUFFICIENT_STOCK`` tells must be under q and no fewer than
+    are unsold at the end.
+    """
+    left = after.total_stock - after.units
+    wrong = {f"{r.user}:{r.code}:{r.quantity}" for r in seen.refused
+             if (left >= r.quantity or (
+                 r.remaining_stock is not None
+                 and not left <= r.remaining_stock < r.quantity))}
+    return Check("nobody refused while a purchase of their size could be served", not wrong,
+                 f"{len(seen.refused)} refused for stock, {left} units unsold at the end; "
+                 f"refused wrongly: {_sample(wrong) or 'none'}")
 
 
 def _untold(seen: _Seen, before: LedgerSnapshot, rows: dict[str, str]) -> set[str]:
@@ -169,12 +240,18 @@ def _untold(seen: _Seen, before: LedgerSnapshot, rows: dict[str, str]) -> set[st
             if before.purchases.get(u) != pid and pid not in seen.won.get(u, ())}
 
 
-def _repeats(seen: _Seen, rows: dict[str, str]) -> Check:
-    """A winner's other attempts get ALREADY_PURCHASED (one of them the 201), never SOLD_OUT;
+def _asked_more(record: Record, units: int) -> bool:
+    """An ``INSUFFICIENT_STOCK`` for more units than the user then bought: no break."""
+    return record.code == "INSUFFICIENT_STOCK" and record.quantity > units
+
+
+def _repeats(seen: _Seen, after: LedgerSnapshot) -> Check:
+    """A winner's other attempts get ALREADY_PURCHASED (one of them the 201), never SOLD_OUT
+    (before the win, an INSUFFICIENT_STOCK for more units than they bought is no break);
     once the winner has read their 201, every later attempt gets ALREADY_PURCHASED."""
     wrong: set[str] = set()
     repeats = 0
-    for user, pid in rows.items():
+    for user, pid in after.purchases.items():
         first = seen.first_win.get(user)
         for record in seen.by_user.get(user, ()):
             same = record.status == 201 and record.purchase_id == pid
@@ -185,17 +262,18 @@ def _repeats(seen: _Seen, rows: dict[str, str]) -> Check:
                 repeats += 1
                 if not told:
                     wrong.add(user)
-            elif not (same or told):
+            elif not (same or told or _asked_more(record, after.units_of(user))):
                 wrong.add(user)
     return Check("repeats get ALREADY_PURCHASED", not wrong,
                  f"{repeats} attempts after a win; wrong answers for: {_sample(wrong) or 'none'}")
 
 
 def _losers(seen: _Seen, rows: dict[str, str], failures: list[Record]) -> Check:
-    """Users without a purchase hear 409 SOLD_OUT (or 429 when they spam), nothing else;
-    nobody sees a 5xx or a cut connection, but for a fault's 503s and cut connections."""
+    """Users without a purchase hear 409 SOLD_OUT or INSUFFICIENT_STOCK (or 429 when they
+    spam), nothing else; nobody sees a 5xx or a cut connection, but for a fault's 503s and
+    cut connections."""
     wrong = {u for u, records in seen.by_user.items() if u not in rows
-             for r in records if not ((r.status == 409 and r.code == "SOLD_OUT")
+             for r in records if not ((r.status == 409 and r.code in REFUSALS)
                                       or _throttled(r) or seen.excuses(r))}
     throttled = sum(_throttled(r) for records in seen.by_user.values() for r in records)
     odd = {f"{r.kind} {r.status} {r.code}" for r in failures}
@@ -222,82 +300,8 @@ def _status_reads(statuses: list[Record], seen: _Seen, rows: dict[str, str]) -> 
                  f"{len(statuses)} reads; disagreeing for: {_sample(wrong) or 'none'}")
 
 
-# -- reading the stores ------------------------------------------------------------------
-
-
-async def _ledger(conn: Any, sale_id: uuid.UUID) -> LedgerSnapshot:
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        sale = await conn.fetchrow(
-            "SELECT total_stock, sold, hold_seconds, end_time, clock_timestamp() AS now "
-            "FROM flash_sales WHERE id = $1", sale_id)
-        if sale is None:
-            raise LookupError(f"no sale {sale_id} in PostgreSQL")
-        rows = await conn.fetch(
-            "SELECT user_id, id::text AS id FROM purchases WHERE sale_id = $1", sale_id)
-        holds = None if sale["hold_seconds"] is None else await read_holds(conn, sale_id, sale)
-    return LedgerSnapshot(sale["total_stock"], sale["sold"],
-                          {r["user_id"]: r["id"] for r in rows}, holds)
-
-
-def ledger_snapshot(database_url: str, sale_id: uuid.UUID) -> LedgerSnapshot:
-    """The sale row and its purchases, as committed (with holds: its rows, ended holds and
-    waitlist too), read in one snapshot."""
-    return run_on_connection(database_url, _ledger, sale_id)
-
-
-def read_gate(client: Any, key_prefix: str, sale_id: uuid.UUID) -> GateSnapshot:
-    """The remaining stock and the buyers (user -> purchase id) the gate keeps in Redis, read
-    through a synchronous client of any shape (single, Sentinel, cluster) opened with
-    ``decode_responses=True``; the client stays open."""
-    keys = sale_keys(key_prefix, sale_id)
-    stock = client.get(keys.stock)
-    buyers = {user: parse_holder(value)[0] for user, value in client.hgetall(keys.buyers).items()}
-    return GateSnapshot(None if stock is None else int(stock), buyers)
-
-
-def gate_snapshot(redis_url: str, key_prefix: str, sale_id: uuid.UUID) -> GateSnapshot:
-    """:func:`read_gate` on a client of its own (generous timeout: a big sale's buyers hash
-    holds millions of entries)."""
-    client = sync_client(redis_url, decode_responses=True, socket_timeout=120)
-    try:
-        return read_gate(client, key_prefix, sale_id)
-    finally:
-        client.close()
-
-
-def _settled(first: LedgerSnapshot, then: LedgerSnapshot) -> bool:
-    """Nothing moved between two reads of a sale with holds, and every ended hold had
-    reached the gate by the first."""
-    if first.holds is None or then.holds is None:
-        return first == then
-    return ((first.total_stock, first.sold, first.holds.state())
-            == (then.total_stock, then.sold, then.holds.state())
-            and all(e.gate_done for e in first.holds.endings))
-
-
-def store_snapshots(database_url: str, redis_url: str, key_prefix: str, sale_id: uuid.UUID,
-                    *, settle_s: float = 10.0) -> tuple[LedgerSnapshot, GateSnapshot]:
-    """The ledger and the gate of a sale at rest, for :func:`verify`.
-
-    Without holds: the ledger, then the gate. With holds, holds go on lapsing after the
-    clients stop, and the gate hears of each just after PostgreSQL: this reads the ledger,
-    the gate, and the ledger again until nothing moved in between and every ending had
-    reached the gate before the gate was read (so the gate read shows the ledger's state),
-    for at most ``settle_s``; past it, the last reads are judged as they are.
-    """
-    ledger = ledger_snapshot(database_url, sale_id)
-    gate = gate_snapshot(redis_url, key_prefix, sale_id)
-    deadline = time.monotonic() + settle_s
-    while ledger.holds is not None:
-        again = ledger_snapshot(database_url, sale_id)
-        if _settled(ledger, again) or time.monotonic() >= deadline:
-            return again, gate
-        time.sleep(0.05)
-        ledger, gate = again, gate_snapshot(redis_url, key_prefix, sale_id)
-    return ledger, gate
-
-
-__all__ = ["CLOCK_SLACK_S", "CONFIRM", "NO_ANSWER", "PURCHASE", "STANDING", "STATUS",
-           "THROTTLED", "UNAVAILABLE", "WATCH", "Check", "EndingRow", "GateSnapshot",
+__all__ = ["CLOCK_SLACK_S", "CONFIRM", "NO_ANSWER", "PURCHASE", "REFUSALS", "STANDING",
+           "STATUS", "THROTTLED", "UNAVAILABLE", "WATCH", "Check", "EndingRow", "GateSnapshot",
            "HoldsLedger", "LedgerSnapshot", "PurchaseRow", "Record", "WaitlistRow",
-           "gate_snapshot", "ledger_snapshot", "read_gate", "store_snapshots", "verify"]
+           "gate_snapshot", "ledger_snapshot", "read_gate", "store_snapshots", "verify",
+           "within_limit"]

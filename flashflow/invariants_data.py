@@ -10,7 +10,7 @@ re-export it from :mod:`flashflow.invariants`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: The kinds of :class:`Record`.
 PURCHASE = "purchase"
@@ -24,6 +24,8 @@ STANDING = "standing"
 THROTTLED = 429  # a polite "slow down" to a spamming user: never wrong, so never a break
 UNAVAILABLE = 503  # what a server says while a backend is down (with Retry-After)
 NO_ANSWER = 0  # the connection failed or the reply was cut
+#: The final refusals of a purchase for stock: nothing left, or fewer units than asked.
+REFUSALS = frozenset({"SOLD_OUT", "INSUFFICIENT_STOCK"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,8 @@ class Record:
             ``waitlisted``, ``lapsed``, ``cancelled``, ``closed``).
         expires_at: the ``expiresAt`` of a hold told (epoch seconds).
         position: the place in line a ``202`` (or a standing) told.
+        quantity: for a purchase, the units the client asked for (1 when the body named none).
+        remaining_stock: the ``remainingStock`` an ``INSUFFICIENT_STOCK`` refusal told.
     """
 
     kind: str
@@ -59,6 +63,8 @@ class Record:
     standing: str | None = None
     expires_at: float | None = None
     position: int | None = None
+    quantity: int = 1
+    remaining_stock: int | None = None
 
     @property
     def finished(self) -> float:
@@ -74,6 +80,7 @@ class PurchaseRow:
     user: str
     expires_at: float | None
     confirmed_at: float | None
+    quantity: int = 1
 
     @property
     def confirmed(self) -> bool:
@@ -151,20 +158,47 @@ class LedgerSnapshot:
         purchases: user id -> purchase id, one entry per committed purchase (held or
             confirmed).
         holds: for a sale with holds, its rows, ended holds and waitlist; None without.
+        quantities: user id -> the units of their purchase, for each that takes more than
+            one (a purchase not named takes one).
+        per_user_limit: the most units the sale lets one user take.
     """
 
     total_stock: int
     sold: int
     purchases: dict[str, str]
     holds: HoldsLedger | None = None
+    quantities: dict[str, int] = field(default_factory=dict)
+    per_user_limit: int = 1
+
+    def units_of(self, user: str) -> int:
+        """The units of ``user``'s purchase (1 when the snapshot names no other count)."""
+        return self.quantities.get(user, 1)
+
+    @property
+    def units(self) -> int:
+        """The units every purchase takes together: what ``sold`` should count."""
+        return sum(map(self.units_of, self.purchases))
 
 
 @dataclass(frozen=True, slots=True)
 class GateSnapshot:
-    """What Redis holds for one sale: remaining stock (None when absent) and buyers."""
+    """What Redis holds for one sale: remaining stock (None when absent) and buyers
+    (user id -> purchase id), with the units of each holder of more than one in
+    ``quantities`` (a holder not named holds one)."""
 
     stock: int | None
     buyers: dict[str, str]
+    quantities: dict[str, int] = field(default_factory=dict)
+
+    def units_of(self, user: str) -> int:
+        """The units ``user`` holds in the gate (1 when not named)."""
+        return self.quantities.get(user, 1)
+
+    @property
+    def units(self) -> int:
+        """The units every holder holds together: the conservation law takes them from the
+        total."""
+        return sum(map(self.units_of, self.buyers))
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +227,7 @@ def sample(items: Iterable[str], limit: int = 3) -> str:
     return ", ".join(items[:limit]) + more
 
 
-__all__ = ["CONFIRM", "NO_ANSWER", "PURCHASE", "STANDING", "STATUS", "THROTTLED",
+__all__ = ["CONFIRM", "NO_ANSWER", "PURCHASE", "REFUSALS", "STANDING", "STATUS", "THROTTLED",
            "UNAVAILABLE", "WATCH", "Check", "EndingRow", "GateSnapshot", "HoldsLedger",
            "LedgerSnapshot", "PurchaseRow", "Record", "WaitlistRow", "failed", "sample",
            "throttled"]

@@ -2,7 +2,8 @@
 ended holds and waitlist PostgreSQL holds and the gate in Redis.
 
 :func:`flashflow.invariants.verify` judges a sale by these rules when its ledger snapshot
-carries a :class:`~flashflow.invariants_data.HoldsLedger` (read by :func:`read_holds`).
+carries a :class:`~flashflow.invariants_data.HoldsLedger` (read by
+:func:`flashflow.invariants_read.read_holds`).
 Every rule is one :class:`~flashflow.invariants_data.Check`; what each compares is in its
 docstring. Times told to clients are their wall clock, the rows' are PostgreSQL's: where
 the two meet, they may disagree by ``clock_slack_s`` (:data:`CLOCK_SLACK_S` by default).
@@ -11,30 +12,26 @@ the two meet, they may disagree by ``clock_slack_s`` (:data:`CLOCK_SLACK_S` by d
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from itertools import pairwise
-from typing import Any
 
 from .invariants_data import (
     CONFIRM,
     NO_ANSWER,
     PURCHASE,
+    REFUSALS,
     STANDING,
     STATUS,
     UNAVAILABLE,
     Check,
-    EndingRow,
     GateSnapshot,
     HoldsLedger,
     LedgerSnapshot,
-    PurchaseRow,
     Record,
-    WaitlistRow,
     failed,
     sample,
     throttled,
@@ -47,40 +44,13 @@ CLOCK_SLACK_S = 0.25
 _TOLD_PRECISION_S = 0.0015
 #: The answers a sale with holds may give, by record kind (the error code for a 409).
 _ALLOWED: dict[str, set[int | tuple[int, str]]] = {
-    PURCHASE: {201, 200, 202, (409, "SOLD_OUT"), (409, "ALREADY_PURCHASED"),
+    PURCHASE: {201, 200, 202, (409, "SOLD_OUT"), (409, "INSUFFICIENT_STOCK"),
+               (409, "ALREADY_PURCHASED"),
                (409, "SALE_NOT_ACTIVE")},
     CONFIRM: {200, (409, "HOLD_EXPIRED"), (409, "HOLD_CANCELLED")},
     STATUS: {200},
     STANDING: {200},
 }
-
-
-def _epoch(moment: datetime | None) -> float | None:
-    return None if moment is None else moment.timestamp()
-
-
-async def read_holds(conn: Any, sale_id: uuid.UUID, sale: Any) -> HoldsLedger:
-    """The rows, ended holds and waitlist of a sale with holds, inside the caller's
-    snapshot; ``sale`` is its row with ``hold_seconds``, ``end_time`` and ``now``."""
-    rows = await conn.fetch(
-        "SELECT id::text AS id, user_id, expires_at, confirmed_at FROM purchases "
-        "WHERE sale_id = $1 ORDER BY id", sale_id)
-    endings = await conn.fetch(
-        "SELECT purchase_id::text AS id, user_id, outcome, expires_at, ended_at, "
-        "offered_to::text AS offered_to, offered_user, gate_done FROM hold_endings "
-        "WHERE sale_id = $1 ORDER BY purchase_id", sale_id)
-    places = await conn.fetch(
-        "SELECT user_id, place, joined_at, offered_at, purchase_id::text AS purchase_id "
-        "FROM waitlist WHERE sale_id = $1 ORDER BY place", sale_id)
-    return HoldsLedger(
-        sale["hold_seconds"], sale["end_time"].timestamp(), sale["now"].timestamp(),
-        tuple(PurchaseRow(r["id"], r["user_id"], _epoch(r["expires_at"]),
-                          _epoch(r["confirmed_at"])) for r in rows),
-        tuple(EndingRow(r["id"], r["user_id"], r["outcome"], r["expires_at"].timestamp(),
-                        r["ended_at"].timestamp(), r["offered_to"], r["offered_user"],
-                        r["gate_done"]) for r in endings),
-        tuple(WaitlistRow(r["user_id"], r["place"], r["joined_at"].timestamp(),
-                          _epoch(r["offered_at"]), r["purchase_id"]) for r in places))
 
 
 @dataclass
@@ -93,7 +63,8 @@ class _Told:
     wins: Counter[str] = field(default_factory=Counter)
     places: list[Record] = field(default_factory=list)
     confirms: list[Record] = field(default_factory=list)
-    sold_out: list[Record] = field(default_factory=list)
+    #: SOLD_OUT and INSUFFICIENT_STOCK answers.
+    refused: list[Record] = field(default_factory=list)
     failures: list[Record] = field(default_factory=list)
     unexpected: list[Record] = field(default_factory=list)
     cut_short: set[str] = field(default_factory=set)
@@ -118,8 +89,8 @@ class _Told:
                 told.wins[r.purchase_id] += r.kind == PURCHASE and r.status == 201
             elif r.kind == PURCHASE and r.status == 202:
                 told.places.append(r)
-            elif r.kind == PURCHASE and r.code == "SOLD_OUT":
-                told.sold_out.append(r)
+            elif r.kind == PURCHASE and r.code in REFUSALS:
+                told.refused.append(r)
         return told
 
 
@@ -148,7 +119,7 @@ def verify_holds(records: Iterable[Record], before: LedgerSnapshot, after: Ledge
             _holds_are_rows(told, ledger), _one_201_per_hold(told),
             _untold(told, before, ledger), _places_are_rows(told, ledger),
             _confirms(told, ledger), _in_time(ledger), _never_free_while_waiting(after, ledger),
-            _offers_in_order(ledger), _sold_out_final(told, after, ledger, clock_slack_s),
+            _offers_in_order(ledger), _refusals_final(told, after, ledger, clock_slack_s),
             _conservation(after, ledger, gate), _answers(told)]
 
 
@@ -166,13 +137,13 @@ def ledger_checks(after: LedgerSnapshot) -> list[Check]:
 
 
 def _units(after: LedgerSnapshot, ledger: HoldsLedger) -> Check:
-    """confirmed + held <= total, and the sale's ``sold`` counts every row."""
-    confirmed = sum(r.confirmed for r in ledger.rows)
-    held = len(ledger.rows) - confirmed
+    """confirmed + held units <= total, and the sale's ``sold`` counts every row's units."""
+    confirmed = sum(r.quantity for r in ledger.rows if r.confirmed)
+    held = sum(r.quantity for r in ledger.rows) - confirmed
     return Check("confirmed + held <= total; sold counts every row",
-                 confirmed + held <= after.total_stock and after.sold == len(ledger.rows),
-                 f"confirmed {confirmed}, held {held}, total {after.total_stock}, "
-                 f"sold counter {after.sold}")
+                 confirmed + held <= after.total_stock and after.sold == confirmed + held,
+                 f"confirmed {confirmed}, held {held} units of {len(ledger.rows)} rows, total "
+                 f"{after.total_stock}, sold counter {after.sold}")
 
 
 def _one_unit_each(told: _Told, ledger: HoldsLedger, gate: GateSnapshot,
@@ -334,28 +305,40 @@ def _offers_in_order(ledger: HoldsLedger) -> Check:
                  f"{sample(jumped) or 'none'}; offers to no place: {sample(strays) or 'none'}")
 
 
-def _sold_out_final(told: _Told, after: LedgerSnapshot, ledger: HoldsLedger,
+def _refusals_final(told: _Told, after: LedgerSnapshot, ledger: HoldsLedger,
                     slack_s: float) -> Check:
-    """SOLD_OUT was told only when every unit was confirmed: for each, the rows confirmed
-    at or before it was read (its finished time plus the clock slack) number the total."""
-    times = sorted(-math.inf if r.confirmed_at is None else r.confirmed_at
-                   for r in ledger.rows if r.confirmed)
-    early = [r for r in told.sold_out
-             if bisect.bisect_right(times, r.finished + slack_s) < after.total_stock]
-    return Check("SOLD_OUT only once every unit was confirmed", not early,
-                 f"{len(told.sold_out)} SOLD_OUT; {len(times)} of {after.total_stock} "
-                 f"confirmed; told too early to: {sample({r.user for r in early}) or 'none'}"
-                 f" (clock slack {slack_s} s)")
+    """SOLD_OUT was told only when every unit was confirmed, INSUFFICIENT_STOCK for q units
+    only when fewer than q were unconfirmed: for each, the units of the rows confirmed at or
+    before it was read (its finished time plus the clock slack) leave fewer unconfirmed than
+    it needed (one for SOLD_OUT)."""
+    paid = sorted((-math.inf if r.confirmed_at is None else r.confirmed_at, r.quantity)
+                  for r in ledger.rows if r.confirmed)
+    times = [at for at, _ in paid]
+    by = [0, *itertools.accumulate(n for _, n in paid)]  # by[i]: units of the first i paid
+
+    def unpaid_at(moment: float) -> int:
+        return after.total_stock - by[bisect.bisect_right(times, moment)]
+
+    early = [r for r in told.refused
+             if unpaid_at(r.finished + slack_s) >= (1 if r.code == "SOLD_OUT" else r.quantity)]
+    return Check("SOLD_OUT and INSUFFICIENT_STOCK only once final", not early,
+                 f"{len(told.refused)} refused for stock; {by[-1]} of {after.total_stock} "
+                 f"units confirmed; told too early to: "
+                 f"{sample({r.user for r in early}) or 'none'} (clock slack {slack_s} s)")
 
 
 def _conservation(after: LedgerSnapshot, ledger: HoldsLedger, gate: GateSnapshot) -> Check:
-    """The gate's holders are exactly the rows held or confirmed; stock = total - holders."""
+    """The gate's holders are exactly the rows held or confirmed, each holding its row's
+    units; stock = total - the holders' units."""
     rows = {r.user: r.purchase_id for r in ledger.rows}
-    expected = after.total_stock - len(ledger.rows)
+    same = gate.buyers == rows and all(gate.units_of(r.user) == r.quantity
+                                       for r in ledger.rows)
+    expected = after.total_stock - sum(r.quantity for r in ledger.rows)
     return Check("gate holders are the held and confirmed rows; stock = total - holders",
-                 gate.buyers == rows and gate.stock == expected,
-                 f"Redis stock {gate.stock} vs {expected}; Redis holders {len(gate.buyers)} vs "
-                 f"rows {len(rows)}" + ("" if gate.buyers == rows else " (they differ)"))
+                 same and gate.stock == expected == after.total_stock - gate.units,
+                 f"Redis stock {gate.stock} vs {expected}; Redis holders {len(gate.buyers)} "
+                 f"holding {gate.units} units vs rows {len(rows)}"
+                 + ("" if same else " (they differ)"))
 
 
 def _answers(told: _Told) -> Check:
@@ -367,4 +350,4 @@ def _answers(told: _Told) -> Check:
                  f"{sample(odd) or 'none'}")
 
 
-__all__ = ["CLOCK_SLACK_S", "ledger_checks", "read_holds", "verify_holds"]
+__all__ = ["CLOCK_SLACK_S", "ledger_checks", "verify_holds"]

@@ -21,13 +21,16 @@ __all__ = ["CONFIRM", "PURCHASE", "STANDING", "STATUS", "WATCH", "Record", "Reco
 
 
 def record_of(kind: str, user: str, started: float, elapsed_ms: float, reply: Reply,
-              code: str | None, purchase_id: str | None = None) -> Record:
-    """What the verifier keeps of one reply (``purchase_id``: the hold a confirm names)."""
+              code: str | None, purchase_id: str | None = None, quantity: int = 1) -> Record:
+    """What the verifier keeps of one reply (``purchase_id``: the hold a confirm names;
+    ``quantity``: the units a purchase asked for). Of a refusal, the ``remainingStock`` it
+    told is kept; a sale's is not a purchase's answer."""
     return Record(kind=kind, user=user, status=reply.status, started=started,
                   elapsed_ms=elapsed_ms, purchase_id=purchase_id or reply.purchase_id, code=code,
                   purchased=reply.purchased, standing=reply.standing,
                   expires_at=reply.expires_at.timestamp() if reply.expires_at else None,
-                  position=reply.position)
+                  position=reply.position, quantity=quantity,
+                  remaining_stock=reply.remaining_stock if reply.error_code else None)
 
 
 class RecordWriter:

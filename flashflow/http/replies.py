@@ -22,7 +22,8 @@ class Reply:
 
     ``error_code`` is the error envelope's code (None for a success); ``purchase_id`` the
     ``purchaseId`` of a purchase, a hold or a status read that says purchased; ``purchased``
-    a status read's answer; ``remaining_stock`` a sale's. In a sale with holds, ``standing``
+    a status read's answer; ``remaining_stock`` a sale's, or what an ``INSUFFICIENT_STOCK``
+    refusal says is left (its error's ``details``). In a sale with holds, ``standing``
     is a purchase's, a place's or a standing's ``status`` (one of :data:`STANDINGS`),
     ``expires_at`` a hold's end, ``position`` and ``waitlist_length`` a place's. A field the
     body does not hold is None.
@@ -52,7 +53,10 @@ def read_reply(status: int, body: Any) -> Reply:
         return Reply(status)
     data, error = body.get("data"), body.get("error")
     if isinstance(error, dict):
-        return Reply(status, error_code=error.get("code"))
+        details = error.get("details")
+        left = details.get("remainingStock") if isinstance(details, dict) else None
+        return Reply(status, error_code=error.get("code"),
+                     remaining_stock=left if isinstance(left, int) else None)
     if not isinstance(data, dict):
         return Reply(status)
     standing = data.get("status")

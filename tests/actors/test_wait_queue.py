@@ -7,16 +7,17 @@ unit that comes back goes to the first of them, and a deadline that passes is Un
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import pytest
 import trio
 
 from actors import AlreadyPurchased, SoldOut
-from actors.errors import Undecided
-from actors.gate_messages import Seat
+from actors.errors import InsufficientStock, Undecided
+from actors.gate_messages import GateAnswer, Seat
 
 from ..helpers import redis_client
-from .test_stock_gate import Loader, a_sale, gate_for, keys_of, reserved
+from .test_stock_gate import Loader, a_sale, gate_for, keys_of, reserved, until
 
 
 async def test_zero_stock_with_uncommitted_holders_is_undecided_not_sold_out(settings):
@@ -136,3 +137,36 @@ async def test_learn_sold_out_believes_only_the_ledger(settings):
             gate.queues.forget([sale.id])
             gate.queues.answer_from_memory(sale, "b")  # forgotten: nothing known any more
             assert gate.statistics().sold_out_sales == 0
+
+
+async def test_a_holder_pressing_again_behind_a_line_hears_of_their_units(settings):
+    """A buyer who holds units and presses again while others wait in line is told of their
+    own units (HELD), not that too few are left, even past the first batch of the line;
+    the waiter before them hears INSUFFICIENT_STOCK with the units left."""
+    sale, alice = replace(a_sale(stock=7), per_user_limit=4), uuid.uuid4()
+    loader = Loader(sold=0)
+    answers: dict[str, object] = {}
+    with trio.fail_after(10):
+        async with gate_for(settings, loader=loader, batch_max=1) as gate:
+            assert await gate.reserve(sale, "alice", alice, quantity=4) == reserved(3)
+            bob = uuid.uuid4()
+            assert await gate.reserve(sale, "bob", bob, quantity=2) == reserved(1)
+
+            async def ask(user: str, quantity: int) -> None:
+                try:
+                    answers[user] = await gate.reserve(sale, user, uuid.uuid4(),
+                                                       quantity=quantity,
+                                                       deadline=trio.current_time() + 5)
+                except InsufficientStock as exc:
+                    answers[user] = exc
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask, "carol", 3)  # 7 units not yet sold: she waits
+                await until(lambda: gate.queues.statistics().waiting == 1)
+                nursery.start_soon(ask, "alice", 4)  # behind carol, never asking Redis
+                await until(lambda: gate.queues.statistics().waiting == 2)
+                loader.sold, loader.buyers = 6, {"alice": str(alice), "bob": str(bob)}
+                gate.queues.poke(sale.id)
+    assert answers["alice"] == GateAnswer(Seat.HELD, holder=str(alice))
+    carol = answers["carol"]
+    assert isinstance(carol, InsufficientStock) and carol.remaining == 1

@@ -51,8 +51,9 @@ async def check_sale_after_faults(settings: Settings, sale: Sale, recorder: Reco
     (any phase but "after") as sent while the fault lasted: a 503 or no answer there is no
     break, and a row without a 201 may be a commit whose reply it lost. On top of that:
     every 503 carries Retry-After, nothing hung, after recovery only 201 and 409, exactly
-    ``expected_sold`` committed. Redis is first given ``settle_s`` to agree with the ledger
-    (the reconciler may still be returning reservations).
+    ``expected_sold`` units committed (as many rows, when every buyer takes one). Redis is
+    first given ``settle_s`` to agree with the ledger (the reconciler may still be returning
+    reservations).
     """
     outcomes = recorder.outcomes
     statuses = Counter(o.status for o in outcomes)
@@ -69,7 +70,7 @@ async def check_sale_after_faults(settings: Settings, sale: Sale, recorder: Reco
     faulted = [r for o, r in zip(outcomes, records, strict=True) if o.phase != "after"]
     ledger, gate = await judge(settings, sale, records, faulted=faulted)
     rows, stock = ledger.purchases, gate.stock
-    assert len(rows) == expected_sold
+    assert ledger.units == expected_sold, (ledger.units, len(rows))
     assert ledger.sold == expected_sold
     unconfirmed = set(rows) - {o.user for o in outcomes if o.status == 201}
 
@@ -79,6 +80,8 @@ async def check_sale_after_faults(settings: Settings, sale: Sale, recorder: Reco
         "requests": len(outcomes),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "committed": len(rows),
+        "units_sold": ledger.units,
+        "insufficient_stock_told": sum(o.code == "INSUFFICIENT_STOCK" for o in outcomes),
         "total_stock": sale.total_stock,
         "redis_stock_at_end": stock,
         "five_xx_other_than_503": len(other_5xx),

@@ -23,6 +23,12 @@ from .recorder import Recorder
 from .stores import wait_for_sold
 
 
+def asking(users: list[str], most: int) -> dict[str, int]:
+    """The units each of ``users`` asks for: 1, 2, ..., ``most`` in turn (with ``most`` 1,
+    one each), for :attr:`Recorder.quantities <tests.faults.recorder.Recorder.quantities>`."""
+    return {user: 1 + i % most for i, user in enumerate(users)}
+
+
 @contextmanager
 def client_untraced() -> Iterator[None]:
     """The test process's own code not traced for coverage while the block runs.
@@ -91,7 +97,7 @@ async def recover_and_sell_out(recorder: Recorder, clients: list[httpx.AsyncClie
         recovery_s = await recover(recorder)
         sell_out_s = await wait_for_sold(settings, sale, stock, timeout_s=40)
         stop.set()
-    recorder.add("after", await stampede(clients, users, clicks=1))
+    recorder.add("after", await stampede(clients, users, clicks=1, body=recorder.body))
     return recovery_s, sell_out_s
 
 

@@ -34,6 +34,10 @@ class Outcome:
     seconds: float
     #: ``time.monotonic()`` once the answer was in (for a batch of results: once recorded).
     answered_at: float = 0.0
+    #: The units the attempt asked for.
+    quantity: int = 1
+    #: The ``remainingStock`` an ``INSUFFICIENT_STOCK`` told.
+    remaining_stock: int | None = None
 
     def as_record(self) -> Record:
         """This attempt as the load test's record (a hung request is one without an answer;
@@ -41,22 +45,33 @@ class Outcome:
         status = NO_ANSWER if self.status == HUNG else self.status
         return Record(PURCHASE_KIND, self.user, status, self.answered_at - self.seconds,
                       self.seconds * 1000, purchase_id=self.purchase_id,
-                      code=None if self.status == 201 else self.code)
+                      code=None if self.status == 201 else self.code, quantity=self.quantity,
+                      remaining_stock=self.remaining_stock)
 
 
 @dataclass
 class Recorder:
-    """Every purchase attempt of a test, tagged with the phase it was sent in."""
+    """Every purchase attempt of a test, tagged with the phase it was sent in.
+
+    ``quantities`` names the units each buyer asks for, every time they press; a buyer not
+    named asks for one, and their body names no quantity, as the original clients' did.
+    """
 
     phase: str = "before"
     outcomes: list[Outcome] = field(default_factory=list)
     winners: dict[str, str] = field(default_factory=dict)
+    quantities: dict[str, int] = field(default_factory=dict)
+
+    def body(self, user: str) -> dict[str, object]:
+        """The purchase body ``user`` sends."""
+        quantity = self.quantities.get(user, 1)
+        return {"userId": user} if quantity == 1 else {"userId": user, "quantity": quantity}
 
     async def press(self, client: httpx.AsyncClient, user: str) -> Outcome:
         """POST one purchase for ``user`` and record what came back."""
         phase, started = self.phase, time.perf_counter()
         try:
-            response = await client.post(CURRENT_PURCHASE, json={"userId": user})
+            response = await client.post(CURRENT_PURCHASE, json=self.body(user))
         except httpx.TimeoutException:
             return self._record(user, phase, started, HUNG)
         except httpx.TransportError:
@@ -73,7 +88,7 @@ class Recorder:
         """
         phase, started = self.phase, time.perf_counter()
         url = httpx.URL(base_url)
-        body = json.dumps({"userId": user}).encode()
+        body = json.dumps(self.body(user)).encode()
         request = (f"POST {CURRENT_PURCHASE} HTTP/1.1\r\nHost: {url.host}\r\n"
                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
                    "Connection: close\r\n\r\n").encode() + body
@@ -116,7 +131,8 @@ class Recorder:
         outcome = Outcome(user, phase, reply.status,
                           "CONFIRMED" if confirmed else reply.error_code,
                           reply.purchase_id if confirmed else None, retry_after, seconds,
-                          answered_at)
+                          answered_at, self.quantities.get(user, 1),
+                          reply.remaining_stock if reply.error_code else None)
         self.outcomes.append(outcome)
         if outcome.purchase_id is not None:
             self.winners.setdefault(user, outcome.purchase_id)

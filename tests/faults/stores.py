@@ -4,7 +4,8 @@ and waits until the two agree."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import redis
@@ -13,9 +14,10 @@ import trio
 from actors import Sale
 from actors.keys import parse_holder, sale_keys
 from flashflow.invariants import GateSnapshot, ledger_snapshot
+from flashflow.invariants_read import holder_units
 from flashflow.settings import Settings
 
-from ..helpers import gate_state, ledger_of, redis_client
+from ..helpers import gate_of, ledger_of, redis_client
 from .recorder import Outcome
 
 
@@ -76,23 +78,30 @@ async def wait_for_sold(settings: Settings, sale: Sale, count: int, timeout_s: f
 
 
 async def wait_for_gate_to_agree(settings: Settings, sale: Sale, timeout_s: float) -> float:
-    """Wait until Redis holds exactly the committed purchases; return the seconds it took.
+    """Wait until Redis holds exactly the committed purchases, each with its units, and
+    stock = total - their units; return the seconds it took.
 
     Raises:
         AssertionError: they still disagree after ``timeout_s`` (shows both sides).
     """
     started = trio.current_time()
     while True:
-        rows = await committed_rows(settings, sale)
-        stock, held = gate_state(settings, sale)
-        if stock == sale.total_stock - len(rows) and held == rows:
+        ledger = await ledger_of(settings, sale.id)
+        rows = ledger.purchases
+        gate = await trio.to_thread.run_sync(gate_of, settings, sale.id)
+        held = gate.buyers
+        if (gate.stock == sale.total_stock - ledger.units and held == rows
+                and all(gate.units_of(u) == ledger.units_of(u) for u in rows)):
             return trio.current_time() - started
         if trio.current_time() - started > timeout_s:
             extra = {u: p for u, p in held.items() if rows.get(u) != p}
             missing = {u: p for u, p in rows.items() if held.get(u) != p}
+            units = {u: (gate.units_of(u), ledger.units_of(u)) for u in rows
+                     if gate.units_of(u) != ledger.units_of(u)}
             raise AssertionError(
-                f"after {timeout_s}s Redis stock={stock}, total={sale.total_stock}, "
-                f"committed={len(rows)}; held without a row: {extra}; rows not held: {missing}")
+                f"after {timeout_s}s Redis stock={gate.stock}, total={sale.total_stock}, "
+                f"committed={len(rows)} of {ledger.units} units; held without a row: {extra}; "
+                f"rows not held: {missing}; (held, row) units that differ: {units}")
         await trio.sleep(0.1)
 
 
@@ -103,43 +112,85 @@ return {redis.call('GET', KEYS[1]), redis.call('HGETALL', KEYS[2]),
 """
 
 
-def gate_at_once(client: Any, settings: Settings, sale: Sale) -> tuple[GateSnapshot, set[str]]:
+def gate_at_once(client: Any, settings: Settings, sale: Sale, *, replica: bool = True
+                 ) -> tuple[GateSnapshot, set[str]]:
     """The gate of ``sale`` read in one script: its stock and holders, and the holders still
     pending. Read-only (``EVAL_RO``), so a replica answers it too (a cluster's once
-    ``READONLY``)."""
+    ``READONLY``); with ``replica`` False, a plain ``EVAL`` for a primary of any version
+    (the embedded Redis of the fault tests predates ``EVAL_RO``)."""
     keys = sale_keys(settings.key_prefix, sale.id)
-    stock, flat, pending = client.eval_ro(GATE_AT_ONCE, 3, keys.stock, keys.buyers,
-                                          keys.pending)
-    held = {flat[i]: parse_holder(flat[i + 1])[0] for i in range(0, len(flat), 2)}
-    return GateSnapshot(None if stock is None else int(stock), held), set(pending)
+    script = client.eval_ro if replica else client.eval
+    stock, flat, pending = script(GATE_AT_ONCE, 3, keys.stock, keys.buyers, keys.pending)
+    values = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+    held = {user: parse_holder(value)[0] for user, value in values.items()}
+    return (GateSnapshot(None if stock is None else int(stock), held, holder_units(values)),
+            set(pending))
 
 
-def gate_law_breaks(client: Any, settings: Settings, sale: Sale) -> list[str]:
+def gate_law_breaks(client: Any, settings: Settings, sale: Sale, *, replica: bool = True
+                    ) -> list[str]:
     """What keeps the gate of ``sale`` from the ledger's truth now, purchases flowing or not.
 
-    The truth: every committed buyer is a holder under their purchase id; every other
-    holder is a reservation still in doubt (pending); stock = total - holders. With nothing
-    pending that is exactly: the holders are the committed buyers, stock = total -
-    committed. The gate is read in one script, the rows before it (for the first rule) and
-    after it (for the second), so a commit landing meanwhile breaks neither.
+    The truth: every committed buyer is a holder under their purchase id, of its units;
+    every other holder is a reservation still in doubt (pending); stock = total - the
+    holders' units. With nothing pending that is exactly: the holders are the committed
+    buyers, stock = total - the units committed. The gate is read in one script, the rows
+    before it (for the first rule) and after it (for the second), so a commit landing
+    meanwhile breaks neither.
 
     Args:
         client: a synchronous client on the test's Redis (:func:`tests.helpers.redis_client`).
+        replica: as for :func:`gate_at_once`.
     """
-    before = ledger_snapshot(settings.database_url, sale.id).purchases
-    gate, pending = gate_at_once(client, settings, sale)
+    ledger = ledger_snapshot(settings.database_url, sale.id)
+    before = ledger.purchases
+    gate, pending = gate_at_once(client, settings, sale, replica=replica)
     after = ledger_snapshot(settings.database_url, sale.id).purchases
     held = gate.buyers
     breaks = []
-    missing = sorted(u for u, pid in before.items() if held.get(u) != pid)
+    missing = sorted(u for u, pid in before.items()
+                     if held.get(u) != pid or gate.units_of(u) != ledger.units_of(u))
     if missing:
         breaks.append(f"{len(missing)} committed buyers not held: {missing[:3]}")
     unbacked = sorted(u for u, pid in held.items() if u not in pending and after.get(u) != pid)
     if unbacked:
         breaks.append(f"{len(unbacked)} holders neither committed nor pending: {unbacked[:3]}")
-    if gate.stock != sale.total_stock - len(held):
-        breaks.append(f"stock {gate.stock} for total {sale.total_stock} and {len(held)} holders")
+    if gate.stock != sale.total_stock - gate.units:
+        breaks.append(f"stock {gate.stock} for total {sale.total_stock} and {len(held)} holders "
+                      f"of {gate.units} units")
     return breaks
+
+
+@dataclass
+class LawWatch:
+    """Polls :func:`gate_law_breaks` while purchases flow: the scripts keep the law at every
+    step, so in a run without faults any break seen, even one a reconciler heals a moment
+    later, is a script that moved the stock by other units than its holders'.
+
+    ``breaks`` keeps the first few breaks seen; ``polls`` counts the reads.
+    """
+
+    settings: Settings
+    sale: Sale
+    poll_s: float = 0.02
+    breaks: list[str] = field(default_factory=list)
+    polls: int = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Poll until cancelled."""
+        client = redis_client(self.settings)
+        task_status.started()
+        try:
+            while True:
+                found = await trio.to_thread.run_sync(partial(
+                    gate_law_breaks, client, self.settings, self.sale, replica=False))
+                self.polls += 1
+                if found and len(self.breaks) < 5:
+                    self.breaks.extend(found)
+                await trio.sleep(self.poll_s)
+        finally:
+            client.close()
 
 
 async def wait_for_gate_law(settings: Settings, sale: Sale, timeout_s: float) -> float:

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import httpx
 import psutil
+import pytest
 import redis
 import trio
 
@@ -24,7 +25,7 @@ from flashflow.http.wire import CURRENT, CURRENT_PURCHASE, METRICS
 from ..helpers import make_sale
 from .checks import check_sale_after_faults, phase_figures
 from .fleet import wait_until_serving
-from .load import open_clients, recover_and_sell_out
+from .load import asking, open_clients, recover_and_sell_out
 from .recorder import Recorder
 
 #: Sales of 5 run back to back: about 30 s, three times what a server remembers of ended sales
@@ -56,12 +57,19 @@ async def buy_each(recorder: Recorder, client: httpx.AsyncClient, users: list[st
         await recorder.press(client, user)
 
 
+@pytest.mark.parametrize("most", [1, 4], ids=["one-unit", "quantities"])
 async def test_drifted_gate_heals_then_sells_out_exactly(backends, fault_settings, launch,
-                                                         figures):
-    """Stock set to 0 and to 100,000, buyers emptied, Redis restored from an old snapshot."""
+                                                         figures, most):
+    """Stock set to 0 and to 100,000, buyers emptied, Redis restored from an old snapshot;
+    with buyers of one unit each, and of 1 to 4 units (limit 4): every heal is to the units
+    the rows take."""
     settings = fault_settings
-    stock = 60
-    sale = await make_sale(settings.database_url, stock=stock)
+    users = [f"drift-{i:03d}" for i in range(120)]
+    recorder = Recorder(quantities=asking(users, most))
+    # Units for the first 30 buyers and 30 more: 60 when each takes one.
+    stock = sum(recorder.quantities[u] for u in users[:30]) + 30
+    units = [stock - sum(recorder.quantities[u] for u in users[:n]) for n in (10, 20, 30)]
+    sale = await make_sale(settings.database_url, stock=stock, per_user_limit=most)
     server = await launch(settings)
     # Two workers that never see the first buyers: after the restore, their answers to those
     # buyers can come only from Redis and the ledger, not from a worker's memory.
@@ -71,26 +79,25 @@ async def test_drifted_gate_heals_then_sells_out_exactly(backends, fault_setting
     keys = sale_keys(settings.key_prefix, sale.id)
     r = redis.Redis.from_url(backends.redis.url, decode_responses=True)
     bound = settings.reconcile_interval_s + settings.reservation_grace_s + 3  # a busy machine
-    recorder, users = Recorder(), [f"drift-{i:03d}" for i in range(120)]
     heal: dict[str, float] = {}
     try:
         async with open_clients(server, fresh) as (client, stranger):
             await buy_each(recorder, client, users[:10])
             assert len(recorder.winners) == 10
 
-            r.set(keys.stock, 0)  # 50 units left, the gate says none
-            heal["counter_set_to_0"] = await healed(client, r, keys, 50, bound)
+            r.set(keys.stock, 0)  # units left, the gate says none
+            heal["counter_set_to_0"] = await healed(client, r, keys, units[0], bound)
             await buy_each(recorder, client, users[10:20])
 
             r.set(keys.stock, 100_000)  # a phantom stock
-            heal["counter_set_to_100000"] = await healed(client, r, keys, 40, bound)
+            heal["counter_set_to_100000"] = await healed(client, r, keys, units[1], bound)
 
             r.delete(keys.buyers)  # every holder lost
             started = trio.current_time()
             with trio.fail_after(bound):
                 while r.hlen(keys.buyers) != 20:
                     await trio.sleep(0.05)
-            await healed(client, r, keys, 40, bound)
+            await healed(client, r, keys, units[1], bound)
             heal["buyers_emptied"] = trio.current_time() - started
 
             r.save()  # the snapshot an RDB-persisted Redis would restart from
@@ -100,14 +107,15 @@ async def test_drifted_gate_heals_then_sells_out_exactly(backends, fault_setting
             backends.redis.process.wait(10)
             backends.redis = start_redis(backends.data_dir, port=backends.redis_port)
             r = redis.Redis.from_url(backends.redis.url, decode_responses=True)
-            assert int(r.get(keys.stock)) == 40, "Redis came back from the older snapshot"
+            assert int(r.get(keys.stock)) == units[1], "Redis came back from the older snapshot"
             # Everyone who bought, before the snapshot and after it, is told so at once by
             # workers that never saw them: the restored Redis lacks the last ten holders.
             await wait_until_serving(fresh.base_url)
             for user in users[:30]:
                 outcome = await recorder.press(stranger, user)
                 assert outcome.code == "ALREADY_PURCHASED", outcome
-            heal["restored_from_old_snapshot"] = await healed(client, r, keys, 30, bound + 5)
+            heal["restored_from_old_snapshot"] = await healed(client, r, keys, units[2],
+                                                              bound + 5)
             recorder.phase = "during"
             _, sell_out_s = await recover_and_sell_out(
                 recorder, [client], users, settings, sale, stock)
@@ -116,6 +124,7 @@ async def test_drifted_gate_heals_then_sells_out_exactly(backends, fault_setting
         r.close()
     figures["heal_seconds"] = heal
     figures["heal_bound_seconds"] = bound
+    figures["units_left_after_10_20_30_buyers"] = units
     figures["sell_out_seconds"] = round(sell_out_s, 2)
     figures["after"] = phase_figures(recorder, "after")
     figures.update(await check_sale_after_faults(settings, sale, recorder, expected_sold=stock,

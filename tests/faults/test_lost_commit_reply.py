@@ -18,18 +18,19 @@ import trio
 from flashflow.http.replies import read_reply
 from flashflow.http.wire import CURRENT
 
-from ..helpers import make_sale
+from ..helpers import ledger_of, make_sale
 from .checks import check_sale_after_faults, phase_figures
 from .fleet import reconciler_returns
-from .load import open_clients, press_until_final
+from .load import asking, open_clients, press_until_final
 from .recorder import Recorder, purchase_status
-from .stores import committed_rows
+from .stores import LawWatch, committed_rows
 
 pytestmark = pytest.mark.slow
 
-STOCK = 100
-#: Fewer buyers than units: every one of them can and must end with a purchase, and a unit
-#: put back by mistake would show in ``remainingStock``.
+#: Fewer units asked than the stock: every buyer can and must end with a purchase, and a
+#: unit put back by mistake would show in ``remainingStock``. The stock is the units the
+#: buyers ask for and these more (with a unit each: 60 + 40).
+SPARE = 40
 BEFORE, DURING, LATER = 10, 30, 20
 #: How many COMMIT replies the proxy swallows (each one is a whole ledger batch).
 SWALLOWED_COMMITS = 2
@@ -121,20 +122,29 @@ async def remaining_stock(client) -> int:
     return read_reply(response.status_code, response.json()).remaining_stock
 
 
-async def test_commit_whose_reply_was_lost_is_settled(backends, fault_settings, launch, figures):
-    """A lost COMMIT reply: the buyer is confirmed, the unit sold once, no phantom unit."""
+@pytest.mark.parametrize("most", [1, 4], ids=["one-unit", "quantities"])
+async def test_commit_whose_reply_was_lost_is_settled(backends, fault_settings, launch, figures,
+                                                      most):
+    """A lost COMMIT reply: the buyer is confirmed, the units sold once, no phantom unit,
+    and the gate's law at every read; with buyers of one unit each, and of 1 to 4 units
+    (limit 4)."""
     direct = fault_settings  # the test reads PostgreSQL directly, never through the proxy
     proxy = CommitReplyDropper(backends.postgres_port, MUTE_S)
-    recorder = Recorder()
     before = [f"lb-{i:02d}" for i in range(BEFORE)]
     during = [f"ld-{i:02d}" for i in range(DURING)]
     later = [f"ll-{i:02d}" for i in range(LATER)]
+    recorder = Recorder(quantities=asking(before + during + later, most))
+    wanted = sum(recorder.quantities.values())
+    stock = wanted + SPARE
     async with trio.open_nursery() as proxy_nursery:
         port = await proxy_nursery.start(proxy.serve)
         proxied = replace(direct, database_url=f"postgresql://postgres@127.0.0.1:{port}/"
                           + direct.database_url.rsplit("/", 1)[1])
-        sale = await make_sale(direct.database_url, stock=STOCK)
+        sale = await make_sale(direct.database_url, stock=stock, per_user_limit=most)
         server = await launch(proxied)
+        # Redis never fails here: the gate's law holds at every read, lost replies or not.
+        law = LawWatch(direct, sale)
+        await proxy_nursery.start(law.run)
         with trio.fail_after(90):
             async with open_clients(server, timeout_s=30) as clients:
                 client = clients[0]
@@ -159,11 +169,12 @@ async def test_commit_whose_reply_was_lost_is_settled(backends, fault_settings, 
                 recorder.phase = "after"
                 await press_until_final(recorder, clients, before + during + later, rounds=1)
 
-                rows = await committed_rows(direct, sale)
+                ledger = await ledger_of(direct, sale.id)
+                rows = ledger.purchases
                 # No phantom unit: what the server shows converges to total - committed.
                 settle_s = direct.reservation_grace_s + direct.reconcile_interval_s + 3
                 with trio.move_on_after(settle_s):
-                    while await remaining_stock(client) != STOCK - len(rows):
+                    while await remaining_stock(client) != stock - ledger.units:
                         await trio.sleep(0.1)
                 remaining_at_end = await remaining_stock(client)
                 final_statuses = {u: await purchase_status(client, u)
@@ -172,7 +183,8 @@ async def test_commit_whose_reply_was_lost_is_settled(backends, fault_settings, 
 
     lost = [u for u in during if told[u].status != 201 and u in fault_rows]
     figures.update(
-        stock=STOCK, buyers_before=BEFORE, buyers_during=DURING, buyers_later=LATER,
+        stock=stock, units_wanted=wanted, buyers_before=BEFORE, buyers_during=DURING,
+        buyers_later=LATER,
         postgres_timeout_s=direct.postgres_timeout_s, purchase_wait_s=direct.purchase_wait_s,
         commits_swallowed=proxy.swallowed, reply_bytes_dropped=proxy.dropped_bytes,
         proxy_connections=proxy.connections,
@@ -184,13 +196,15 @@ async def test_commit_whose_reply_was_lost_is_settled(backends, fault_settings, 
         recovering=phase_figures(recorder, "recovering"),
         after=phase_figures(recorder, "after"),
         remaining_stock_at_end=remaining_at_end,
+        gate_law_reads=law.polls,
     )
     figures.update(await check_sale_after_faults(
-        direct, sale, recorder, expected_sold=BEFORE + DURING + LATER,
+        direct, sale, recorder, expected_sold=wanted,
         settle_s=direct.reservation_grace_s + direct.reconcile_interval_s + 3))
     figures["reconciler_returned"] = reconciler_returns(server)
 
     assert proxy.swallowed == SWALLOWED_COMMITS, "the proxy swallowed no COMMIT reply"
+    assert law.polls > 10 and not law.breaks, law.breaks
     assert proxy.dropped_bytes > 0
     # Each buyer of the fault ends with a 201 or a status read showing the purchase; the
     # status read agrees with the ledger, with the same purchase id.
@@ -203,10 +217,12 @@ async def test_commit_whose_reply_was_lost_is_settled(backends, fault_settings, 
             assert status.purchase_id == row, (user, status, row)
     # The lost replies were decided by asking the ledger: the commits count as sold.
     assert len(fault_rows) - BEFORE == sum(o.status == 201 for o in told.values()) + len(lost)
-    # No unit sold twice: one row per user, never more rows than the stock.
-    assert len(rows) <= STOCK
+    # No unit sold twice: one row per user, each of the units asked, never more units than
+    # the stock.
+    assert ledger.units == wanted <= stock
     assert all(final_statuses[u].purchased
                and final_statuses[u].purchase_id == rows[u] for u in rows)
     assert len(rows) == BEFORE + DURING + LATER
+    assert {u: ledger.units_of(u) for u in rows} == recorder.quantities
     # No phantom unit, neither right after the fault nor once settled.
-    assert remaining_at_end == STOCK - len(rows)
+    assert remaining_at_end == stock - ledger.units

@@ -11,12 +11,11 @@ import trio
 from flashflow.http.replies import read_reply
 from flashflow.http.wire import CURRENT, CURRENT_PURCHASE
 
-from ..helpers import gate_state, make_sale
+from ..helpers import gate_of, gate_state, ledger_of, make_sale
 from .checks import check_exact_end, latency_figures, phase_figures, redis_fault_bound_s
 from .fleet import wait_until_serving
-from .load import fault_under_load, open_clients, recover_and_sell_out
+from .load import asking, fault_under_load, open_clients, recover_and_sell_out
 from .recorder import Recorder
-from .stores import committed_rows
 
 pytestmark = pytest.mark.slow
 
@@ -55,14 +54,17 @@ async def remaining_stock(client: httpx.AsyncClient, refused: Counter) -> int:
     raise AssertionError("GET /current still answers 503 after Redis is back")
 
 
+@pytest.mark.parametrize("most", [1, 4], ids=["one-unit", "quantities"])
 async def test_redis_killed_and_restarted_empty_mid_sale(backends, fault_settings, launch,
-                                                         figures):
-    """Redis SIGKILLed mid-sale: fast 503s while down, gate rebuilt from the ledger, exact end."""
+                                                         figures, most):
+    """Redis SIGKILLed mid-sale: fast 503s while down, gate rebuilt from the ledger, exact
+    end; with buyers of one unit each, and of 1 to 4 units (limit 4), rebuilt to the units
+    the rows take."""
     settings = fault_settings
-    sale = await make_sale(settings.database_url, stock=STOCK)
+    sale = await make_sale(settings.database_url, stock=STOCK, per_user_limit=most)
     users = [f"rk-{i:04d}" for i in range(1000)]
     servers = [await launch(settings), await launch(settings)]
-    recorder = Recorder()
+    recorder = Recorder(quantities=asking(users, most))
     with trio.fail_after(100):
         async with open_clients(*servers) as clients:
             # Before and during the fault: steady traffic, Redis killed under it.
@@ -77,11 +79,14 @@ async def test_redis_killed_and_restarted_empty_mid_sale(backends, fault_setting
             ready_s = max([await wait_until_serving(s.base_url) for s in servers])
             refused_reads: Counter = Counter()
             remaining = [await remaining_stock(c, refused_reads) for c in clients]
-            rows = await committed_rows(settings, sale)
-            stock, held = gate_state(settings, sale)
-            assert remaining == [STOCK - len(rows)] * len(servers)
-            assert stock == STOCK - len(rows)
-            assert held == rows, "the rebuilt gate does not hold exactly the committed buyers"
+            ledger = await ledger_of(settings, sale.id)
+            rows = ledger.purchases
+            gate = gate_of(settings, sale.id)
+            assert remaining == [STOCK - ledger.units] * len(servers)
+            assert gate.stock == STOCK - ledger.units
+            assert gate.buyers == rows, \
+                "the rebuilt gate does not hold exactly the committed buyers"
+            assert {u: gate.units_of(u) for u in rows} == {u: ledger.units_of(u) for u in rows}
             committed_at_rebuild = len(rows)
             for client in clients:
                 await refresh_gate_connections(client, refused_reads)
@@ -97,6 +102,7 @@ async def test_redis_killed_and_restarted_empty_mid_sale(backends, fault_setting
         seconds_to_restart_redis=round(restart_s, 2),
         seconds_until_ready=round(ready_s, 2),
         committed_when_gate_rebuilt=committed_at_rebuild,
+        units_when_gate_rebuilt=STOCK - remaining[0],
         remaining_after_rebuild=remaining[0],
         reads_refused_after_redis_back_stale_connections=sum(refused_reads.values()),
     )

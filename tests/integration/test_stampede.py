@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from datetime import timedelta
@@ -22,9 +22,11 @@ from ..helpers import judge, live_server, make_sale, redis_client, spawn_server
 
 
 async def stampede(clients, users: list[str], clicks: int | tuple[int, int],
-                   concurrency: int = 200, paths: Sequence[str] = (CURRENT_PURCHASE,)):
+                   concurrency: int = 200, paths: Sequence[str] = (CURRENT_PURCHASE,),
+                   body: Callable[[str], dict] | None = None):
     """Every user presses Buy ``clicks`` times (or a random count in a range) concurrently,
-    spread over ``clients`` and over the purchase routes in ``paths`` (of one sale).
+    spread over ``clients`` and over the purchase routes in ``paths`` (of one sale), sending
+    ``body(user)`` (by default the user id alone).
 
     Returns a list of (user, status, body) for every response.
     """
@@ -37,7 +39,7 @@ async def stampede(clients, users: list[str], clicks: int | tuple[int, int],
 
     async def press(user: str, client, path: str) -> None:
         async with limiter:
-            response = await client.post(path, json={"userId": user})
+            response = await client.post(path, json=body(user) if body else {"userId": user})
         results.append((user, response.status_code, response.json()))
 
     async with trio.open_nursery() as nursery:

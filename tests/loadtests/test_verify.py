@@ -36,7 +36,7 @@ def test_a_clean_sale_holds_every_invariant():
 def test_a_second_201_for_one_user_breaks():
     """Coalesced presses that all hear 201 count more successes than units sold."""
     records = [*CLEAN, buy("alice", 201, 1.0, "p1")]
-    assert broken(records) == {"exactly one 201 per user: 201s counted = units sold"}
+    assert broken(records) == {"exactly one 201 per user: 201s counted = purchases made"}
 
 
 def test_a_row_no_client_heard_of_breaks():
@@ -65,7 +65,7 @@ def test_a_faults_503s_and_cut_connections_are_excused_only_while_it_lasted():
     records = [*CLEAN, *during, *later]
     assert broken(records, after, gate, faulted=during) == set()
     assert broken(records, after, gate) == {
-        "exactly one 201 per user: 201s counted = units sold", "repeats get ALREADY_PURCHASED",
+        "exactly one 201 per user: 201s counted = purchases made", "repeats get ALREADY_PURCHASED",
         "no row that no client was told about",
         "losers get 409 SOLD_OUT, never a 5xx or a dropped connection"}
     assert broken([*records, buy("bob", 503, 5.0, code="UNAVAILABLE")], after, gate,
@@ -79,7 +79,7 @@ def test_a_fault_excuses_no_other_5xx_nor_an_untold_row_of_a_user_it_spared():
     gate = GateSnapshot(stock=0, buyers=after.purchases)
     during = [buy("bob", 500, 1.2, code="INTERNAL")]
     assert broken([*CLEAN, *during], after, gate, faulted=during) == {
-        "exactly one 201 per user: 201s counted = units sold",
+        "exactly one 201 per user: 201s counted = purchases made",
         "no row that no client was told about",
         "losers get 409 SOLD_OUT, never a 5xx or a dropped connection"}
 
