@@ -32,7 +32,7 @@ from .catalog import RECENT, Catalog
 from .errors import BackendUnavailable
 from .ledger import Ledger
 from .model import Sale, Tally
-from .stock_gate import StockGate
+from .stock_gate import InDoubt, StockGate
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +116,23 @@ class Reconciler:
             sale_id, replaced, {u: found[u].quantity for u in replaced}) if replaced else 0)
         claimed = 0
         complete = view.pending <= len(view.oldest)
-        if (sale.holds or sale.per_user_limit > 1) and complete:
+        recount = True
+        if complete and (sale.holds or (sale.per_user_limit > 1
+                                        and await self._units_drifted(sale, tally, view))):
             # Rows of a sale with holds also leave: a holder the ledger no longer has (a
             # Redis restored from before a lapse) weighs as much as a missing one, so the
-            # counts alone cannot show drift; nor can they where a holder holds several
-            # units. The holders are matched to the rows each pass.
+            # counts alone cannot show drift. The holders are matched to the rows each pass;
+            # in a sale of several units a buyer, when the stock shows drift.
             claimed = await self._true_up_holders(sale)
             # The holders are now the rows: the stock follows them alone. The count read
             # before the pass is no floor here, since rows of a sale with holds also leave.
             tally = Tally(tally.total_stock, 0)
+        elif sale.per_user_limit > 1:
+            recount = False  # the stock agrees with the ledger: nothing to sum
         elif complete and sold > view.holders - view.pending + len(committed) + len(replaced):
             claimed, tally = await self._claim_missing(sale)
-        counts = await self._gate.recount(sale_id, tally, sale.per_user_limit > 1)
+        counts = (await self._gate.recount(sale_id, tally, sale.per_user_limit > 1)
+                  if recount else None)
         returned, reclaimed = await self._return_stale(sale_id, view.now_ms, {
             u: pid for u, (pid, at_ms) in view.oldest.items()
             if u not in found and view.now_ms - at_ms >= self._grace_ms})
@@ -135,6 +140,20 @@ class Reconciler:
         repair = Repair(settled, claimed + replaced_n + reclaimed, before, after, returned)
         self._record(sale_id, repair)
         return repair
+
+    async def _units_drifted(self, sale: Sale, before: Tally, view: InDoubt) -> bool:
+        """Whether the stock of a sale of several units a buyer disagrees with the ledger.
+
+        Read without summing the holders: with the units sold read before the gate
+        (``before``) and again after it, a sound gate's stock is at most the units the
+        first read left unsold (commits only take more), and at least those the second read
+        left, less what the pending holders may hold (each up to the sale's limit).
+        """
+        after = await self._ledger.tally(sale.id)
+        stock = view.stock or 0
+        most = before.total_stock - before.sold
+        least = after.total_stock - after.sold - view.pending * sale.per_user_limit
+        return not least <= stock <= most
 
     async def _claim_missing(self, sale: Sale) -> tuple[int, Tally]:
         state = await self._ledger.state(sale)

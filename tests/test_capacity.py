@@ -49,6 +49,22 @@ async def test_big_sale_benchmark_sells_exactly(database_url, services, key_pref
     assert run.rebuild_s > 0 and run.bytes_per_buyer > 0 and run.redis_cpu_us_per_purchase > 0
 
 
+async def test_big_sale_of_quantities_sells_every_unit_exactly(database_url, services,
+                                                                key_prefix):
+    """200 units to 400 users asking 1 to 4 each (limit 4): every unit sold in fewer
+    purchases, each refusal final (SOLD_OUT, or INSUFFICIENT_STOCK for a size that no
+    longer fit), and the one check holds after the sale and after a rebuild."""
+    target = target_for(services.redis_url, "one Redis")
+    with trio.fail_after(60):
+        run = await run_big_sale(database_url, target, key_prefix, units=200, users=400,
+                                 concurrency=64, max_quantity=4)
+    assert run.held, [c for c in run.checks if not c.held]
+    assert run.max_quantity == 4 and run.purchases == run.answers["201"] < 200
+    assert set(run.answers) <= {"201", "409 SOLD_OUT", "409 INSUFFICIENT_STOCK"}
+    assert sum(run.answers.values()) == 400
+    assert run.purchases_per_s > 0 and run.units_per_s > run.purchases_per_s
+
+
 def test_command_line_prints_the_tables_and_writes_json(services, tmp_path):
     """Both commands run from the command line against given servers and exit 0 when checked."""
     runner = CliRunner()
@@ -65,6 +81,13 @@ def test_command_line_prints_the_tables_and_writes_json(services, tmp_path):
     assert sale.exit_code == 0, sale.output
     assert "| Invariants (after the sale, after the rebuild) | held |" in sale.output
     assert json.loads(sale_json.read_text())["run"]["held"] is True
+    both = runner.invoke(main, ["big-sale", "--units", "20", "--users", "40",
+                                "--concurrency", "8", "--max-quantity", "3",
+                                "--database-url", services.database_url,
+                                "--redis-url", services.redis_url, "--json", str(sale_json)])
+    assert both.exit_code == 0, both.output
+    assert "| Figure | 1 unit | 1 to 3 units | Ratio |" in both.output
+    assert [r["max_quantity"] for r in json.loads(sale_json.read_text())["runs"]] == [1, 3]
 
 
 def test_lapses_benchmark_lapses_each_hold_once_and_hands_on_in_order(database_url, services,

@@ -7,6 +7,9 @@ limiter off, since every buyer asks once), and a fixed number of concurrent buye
 
 - purchases per second in each twentieth of the stock, so the rate at the start is set
   against the rate at the end, when ``sold`` is large;
+- with ``max_quantity`` above 1, a sale whose buyers ask 1 to that many units each (the
+  sale's per-user limit), whose rates are set beside a one-unit sale's measured in the same
+  run (:func:`run_side_by_side`);
 - the cost of one reconciler pass over the sale at 10%, 50% and 90% sold (under load) and
   once sold out (quiet);
 - Redis's memory per buyer (MEMORY USAGE of the sale's keys, and INFO's used_memory growth);
@@ -58,6 +61,8 @@ class BigSaleRun:
     Attributes:
         units: the stock.
         users: distinct users, each asking once.
+        max_quantity: the per-user limit; user n asks ``1 + n % max_quantity`` units.
+        purchases: purchases committed (each of one or more units).
         concurrency: purchases in flight at any time.
         part_rates: purchases per second in each twentieth of the stock, in order.
         sold_out_s: from the first purchase to the last unit committed.
@@ -78,6 +83,8 @@ class BigSaleRun:
     units: int
     users: int
     concurrency: int
+    max_quantity: int
+    purchases: int
     part_rates: list[float]
     sold_out_s: float
     run_s: float
@@ -107,9 +114,20 @@ class BigSaleRun:
         """Purchases per second over the last tenth of the stock."""
         return statistics.fmean(self.part_rates[-(PARTS // 10):])
 
+    @property
+    def purchases_per_s(self) -> float:
+        """Purchases per second from the first purchase until the last unit was sold."""
+        return self.purchases / self.sold_out_s if self.sold_out_s > 0 else 0.0
+
+    @property
+    def units_per_s(self) -> float:
+        """Units per second from the first purchase until the last unit was sold."""
+        return self.units / self.sold_out_s if self.sold_out_s > 0 else 0.0
+
     def as_dict(self) -> dict[str, object]:
         """Every field, and the derived figures."""
         return {**asdict(self), "start_per_s": self.start_per_s, "end_per_s": self.end_per_s,
+                "purchases_per_s": self.purchases_per_s, "units_per_s": self.units_per_s,
                 "held": self.held}
 
 
@@ -118,37 +136,53 @@ def user_id(n: int) -> str:
     return f"buyer-{n:08d}"
 
 
+def quantity(n: int, max_quantity: int) -> int:
+    """How many units the n-th user asks for: 1 to ``max_quantity`` in turn."""
+    return 1 + n % max_quantity
+
+
 #: A :class:`Record`'s fields, in order, as a plain tuple. The garbage collector leaves
 #: tuples of plain values alone, so keeping millions of answers during the sale does not
 #: slow this client's collections as the sale fills (a cost no server pays).
-Answer = tuple[str, str, int, float, float, str | None, str | None]
+Answer = tuple[str, str, int, float, float, str | None, str | None, int]
 
 
-def answer_record(user: str, started: float, outcome: object) -> Answer:
-    """What an HTTP client would have been told: the serializer's answer in wire terms."""
+def answer_record(user: str, started: float, outcome: object, asked: int = 1) -> Answer:
+    """What an HTTP client would have been told: the serializer's answer in wire terms,
+    and the quantity it asked for."""
     elapsed_ms = (time.time() - started) * 1000
     if isinstance(outcome, FlashFlowError):
         status, code, _ = table_entry(outcome) or (500, INTERNAL_ERROR, False)
-        return (PURCHASE, user, status, started, elapsed_ms, None, code)
-    return (PURCHASE, user, 201, started, elapsed_ms, str(outcome.id), None)
+        return (PURCHASE, user, status, started, elapsed_ms, None, code, asked)
+    return (PURCHASE, user, 201, started, elapsed_ms, str(outcome.id), None, asked)
+
+
+def as_record(answer: Answer) -> Record:
+    """The :class:`Record` of an answer."""
+    return Record(*answer[:7], quantity=answer[7])
 
 
 class _Progress:
-    """Counts units sold and notes the time each twentieth of the stock was reached."""
+    """Counts units and purchases, and notes the time (and the purchases made by then) each
+    twentieth of the stock was reached."""
 
     def __init__(self, units: int, nursery: trio.Nursery, runtime: Runtime, sale: Sale) -> None:
         self.units = units
         self.sold = 0
+        self.purchases = 0
         self.marks: list[float] = [trio.current_time()]
+        self.marked_purchases: list[int] = [0]
         self.reconcile_ms: list[tuple[float, float]] = []
         self._nursery, self._runtime, self._sale = nursery, runtime, sale
         self._next_check = 0
         self._one_pass = trio.Lock()  # fair: passes run one at a time, in the order they began
 
-    def sold_one(self) -> None:
-        self.sold += 1
+    def bought(self, units: int) -> None:
+        self.sold += units
+        self.purchases += 1
         while len(self.marks) <= PARTS and self.sold >= len(self.marks) * self.units / PARTS:
             self.marks.append(trio.current_time())
+            self.marked_purchases.append(self.purchases)
         if (self._next_check < len(RECONCILE_AT)
                 and self.sold >= RECONCILE_AT[self._next_check] * self.units):
             self._nursery.start_soon(self.time_reconcile, RECONCILE_AT[self._next_check])
@@ -161,26 +195,29 @@ class _Progress:
             self.reconcile_ms.append((share, (trio.current_time() - started) * 1000))
 
     def part_rates(self) -> list[float]:
-        step = self.units / PARTS
-        return [step / (b - a) if b > a else float("inf")
-                for a, b in zip(self.marks, self.marks[1:], strict=False)]
+        """Purchases per second in each twentieth of the stock."""
+        made = [b - a for a, b in zip(self.marked_purchases, self.marked_purchases[1:],
+                                      strict=False)]
+        return [n / (b - a) if b > a else float("inf")
+                for n, a, b in zip(made, self.marks, self.marks[1:], strict=False)]
 
 
 async def _buy(runtime: Runtime, sale: Sale, users: int, concurrency: int,
-               progress: _Progress) -> list[Answer]:
+               progress: _Progress, max_quantity: int) -> list[Answer]:
     answers: list[Answer] = []
     pending = iter(range(users))
 
     async def buyer() -> None:
         for n in pending:
-            user, started = user_id(n), time.time()
+            user, started, asked = user_id(n), time.time(), quantity(n, max_quantity)
             try:
-                outcome: object = await runtime.serializer.purchase_unchecked(sale, user)
+                outcome: object = await runtime.serializer.purchase_unchecked(
+                    sale, user, quantity=asked)
             except FlashFlowError as exc:
                 outcome = exc
             else:
-                progress.sold_one()
-            answers.append(answer_record(user, started, outcome))
+                progress.bought(asked)
+            answers.append(answer_record(user, started, outcome, asked))
 
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
@@ -203,10 +240,15 @@ def _memory(url: str, keys: list[str]) -> tuple[int, int]:
 
 
 async def run_big_sale(database_url: str, target: RedisTarget, key_prefix: str, *,
-                       units: int, users: int, concurrency: int = 512) -> BigSaleRun:
-    """Sell ``units`` to ``users`` distinct users through the actor tree, measure, verify."""
-    sale: Sale = await trio.to_thread.run_sync(
-        create_sale, database_url, "Capacity sale", units, SALE_LASTS_S)
+                       units: int, users: int, concurrency: int = 512,
+                       max_quantity: int = 1) -> BigSaleRun:
+    """Sell ``units`` to ``users`` distinct users through the actor tree, measure, verify.
+
+    With ``max_quantity`` above 1 the sale's per-user limit is that, and user n asks
+    :func:`quantity` units."""
+    sale: Sale = await trio.to_thread.run_sync(functools.partial(
+        create_sale, database_url, "Capacity sale", units, SALE_LASTS_S,
+        per_user_limit=max_quantity))
     with tempfile.TemporaryDirectory(prefix="ffcap-") as data_dir:
         settings = Settings(database_url=database_url, redis_url=target.url,
                             key_prefix=key_prefix, data_dir=Path(data_dir),
@@ -220,10 +262,10 @@ async def run_big_sale(database_url: str, target: RedisTarget, key_prefix: str, 
             load_before = load_average()
             async with trio.open_nursery() as nursery:
                 progress = _Progress(units, nursery, runtime, sale)
-                answers = await _buy(runtime, sale, users, concurrency, progress)
+                answers = await _buy(runtime, sale, users, concurrency, progress, max_quantity)
             ended, load_after = trio.current_time(), load_average()
             cpu_after, process_after = target.cpu_seconds(), time.process_time()
-            records = [Record(*answer) for answer in answers]
+            records = [as_record(answer) for answer in answers]
             del answers
             sold_out_at = progress.marks[-1] if len(progress.marks) > PARTS else ended
             await progress.time_reconcile(1.0)
@@ -244,11 +286,12 @@ async def run_big_sale(database_url: str, target: RedisTarget, key_prefix: str, 
             checks += await trio.to_thread.run_sync(functools.partial(judged,
                                                                       label="after rebuild"))
     began = progress.marks[0]
-    sold = progress.sold or 1
+    sold = progress.purchases or 1
     after_s = ended - sold_out_at
     losers = sum(r.status != 201 for r in records)
     return BigSaleRun(
-        units=units, users=users, concurrency=concurrency, part_rates=progress.part_rates(),
+        units=units, users=users, concurrency=concurrency, max_quantity=max_quantity,
+        purchases=progress.purchases, part_rates=progress.part_rates(),
         sold_out_s=sold_out_at - began, run_s=ended - began,
         after_sold_out_per_s=losers / after_s if after_s > 0 else 0.0,
         reconcile_ms=progress.reconcile_ms, rebuild_s=rebuild_s,
@@ -259,11 +302,31 @@ async def run_big_sale(database_url: str, target: RedisTarget, key_prefix: str, 
         load=(load_before, load_after), checks=checks)
 
 
+def side_by_side_rows(one: BigSaleRun, many: BigSaleRun) -> list[tuple[str, str, str, str]]:
+    """A one-unit sale's rates beside a sale of quantities', measured in the same run:
+    (figure, one unit, 1 to N units, ratio)."""
+    def row(name: str, a: float, b: float) -> tuple[str, str, str, str]:
+        return (name, f"{a:,.0f}", f"{b:,.0f}", f"{b / a:.2f}" if a else "-")
+    return [
+        row("Purchases/s to sold out", one.purchases_per_s, many.purchases_per_s),
+        row("Units/s to sold out", one.units_per_s, many.units_per_s),
+        row("Purchases/s, first 10% of the stock", one.start_per_s, many.start_per_s),
+        row("Purchases/s, last 10% of the stock", one.end_per_s, many.end_per_s),
+        row("Redis CPU per purchase (ns)", one.redis_cpu_us_per_purchase * 1000,
+            many.redis_cpu_us_per_purchase * 1000),
+        row("Purchases committed", one.purchases, many.purchases),
+    ]
+
+
 def summary_rows(run: BigSaleRun) -> list[tuple[str, str]]:
     """The figures of a run as (figure, value) rows."""
     passes = ", ".join(f"{ms:,.1f} ms at {share:.0%}" for share, ms in run.reconcile_ms)
     return [
         ("Units / users / in flight", f"{run.units:,} / {run.users:,} / {run.concurrency}"),
+        ("Units per user (per-user limit)", f"1 to {run.max_quantity}"
+         if run.max_quantity > 1 else "1"),
+        ("Purchases / units per second to sold out",
+         f"{run.purchases_per_s:,.0f} / {run.units_per_s:,.0f}"),
         ("Sold out after", f"{run.sold_out_s:,.1f} s"),
         ("Purchases/s, first 10% of the stock", f"{run.start_per_s:,.0f}"),
         ("Purchases/s, last 10% of the stock", f"{run.end_per_s:,.0f}"),

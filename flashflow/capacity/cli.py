@@ -93,28 +93,40 @@ def gate_command(sale_counts: tuple[int, ...], concurrency: int, duration_s: flo
 @click.option("--users", type=click.IntRange(1), default=2_000_000, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1), default=512, show_default=True,
               help="Purchases in flight at any time.")
+@click.option("--max-quantity", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="Above 1: a one-unit sale, then a sale of this per-user limit whose buyers "
+                   "ask 1 to this many units each, their rates side by side.")
 @click.option("--database-url", help="A PostgreSQL role that may create databases; a scratch "
                                      "database is made there and dropped. Default: embedded.")
 @click.option("--redis-url", help="The Redis to sell on (a key prefix of the run's own is "
                                   "deleted afterwards). Default: one the benchmark starts.")
 @_redis_server
 @_json
-def big_sale_command(units: int, users: int, concurrency: int, database_url: str | None,
-                     redis_url: str | None, redis_server: Path | None,
-                     json_path: Path | None) -> None:
+def big_sale_command(units: int, users: int, concurrency: int, max_quantity: int,
+                     database_url: str | None, redis_url: str | None,
+                     redis_server: Path | None, json_path: Path | None) -> None:
     """One big sale through the actor tree: rates, reconciler cost, rebuild, memory."""
     _heading(f"A big sale: {units:,} units, {users:,} users")
+    limits = (1, max_quantity) if max_quantity > 1 else (1,)
+    runs = []
     with ExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ffcap-")))
         admin_url, redis_url = stack.enter_context(backing_services(
             directory, database_url, redis_url, redis_server=redis_server))
-        scratch = stack.enter_context(open_scratch(admin_url, redis_url, TAG))
-        run = trio.run(functools.partial(
-            big_sale.run_big_sale, scratch.database_url, target_for(redis_url, "one Redis"),
-            scratch.key_prefix, units=units, users=users, concurrency=concurrency))
-    click.echo(table(("Figure", "Value"), big_sale.summary_rows(run)))
-    write_json(json_path, {"machine": machine(), "run": run.as_dict()})
-    if not run.held:
+        for limit in limits:
+            with open_scratch(admin_url, redis_url, TAG) as scratch:
+                runs.append(trio.run(functools.partial(
+                    big_sale.run_big_sale, scratch.database_url,
+                    target_for(redis_url, "one Redis"), scratch.key_prefix, units=units,
+                    users=users, concurrency=concurrency, max_quantity=limit)))
+    for run in runs:
+        click.echo(table(("Figure", "Value"), big_sale.summary_rows(run)))
+    if len(runs) > 1:
+        click.echo(table(("Figure", "1 unit", f"1 to {max_quantity} units", "Ratio"),
+                         big_sale.side_by_side_rows(*runs)))
+    write_json(json_path, {"machine": machine(), "run": runs[-1].as_dict(),
+                           "runs": [run.as_dict() for run in runs]})
+    if not all(run.held for run in runs):
         raise SystemExit(1)
 
 

@@ -126,7 +126,7 @@ def open_scratch(admin_url: str, redis_url: str, tag: str) -> Iterator[Scratch]:
 
 
 async def _insert(conn: Any, product: str, stock: int, lasts_s: float, current: bool,
-                  hold_seconds: int | None) -> Sale:
+                  hold_seconds: int | None, per_user_limit: int) -> Sale:
     start = datetime.now(UTC) - timedelta(seconds=1)
     end = start + timedelta(seconds=lasts_s)
     if current:
@@ -137,23 +137,26 @@ async def _insert(conn: Any, product: str, stock: int, lasts_s: float, current: 
         if sooner is not None:
             raise LookupError(f"active sale {sooner} ends before a new one would, so it stays "
                               "current: load it without --stock, or wait until it ends")
-    return await ledger_sql.insert_sale(conn, product, stock, start, end, hold_seconds)
+    return await ledger_sql.insert_sale(conn, product, stock, start, end, hold_seconds,
+                                        per_user_limit)
 
 
 def create_sale(database_url: str, product: str, stock: int, lasts_s: float, *,
-                current: bool = False, hold_seconds: int | None = None) -> Sale:
+                current: bool = False, hold_seconds: int | None = None,
+                per_user_limit: int = 1) -> Sale:
     """Schedule a sale of ``stock`` running from a second ago for ``lasts_s``; return it.
 
     Args:
         current: The sale must become the server's current one at its next catalog
             refresh (the active sale that ends first).
         hold_seconds: A sale with holds, of this payment window; None: without.
+        per_user_limit: The most units one buyer may take.
 
     Raises:
         LookupError: with ``current``, an active sale ends sooner, so it stays current.
     """
     return run_on_connection(database_url, _insert, product, stock, lasts_s, current,
-                             hold_seconds)
+                             hold_seconds, per_user_limit)
 
 
 def judge(records: Iterable[Record], before: LedgerSnapshot, database_url: str,
