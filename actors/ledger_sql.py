@@ -151,7 +151,7 @@ async def sold_count(conn: Any, sale_id: uuid.UUID) -> int:
 #: A sale's tally in one statement, in units: the held units and the line's length come from indexes
 #: that hold only unpaid holds and waiting places, empty in a sale without holds.
 TALLY = (
-    "SELECT total_stock, sold, "
+    "SELECT total_stock, sold, buyers, "
     "(SELECT coalesce(sum(p.quantity), 0) FROM purchases p WHERE p.sale_id = f.id "
     " AND p.expires_at IS NOT NULL AND p.confirmed_at IS NULL) AS held, "
     "(SELECT count(*) FROM waitlist w WHERE w.sale_id = f.id AND w.offered_at IS NULL) "
@@ -162,8 +162,8 @@ TALLY = (
 async def tally(conn: Any, sale_id: uuid.UUID) -> Tally:
     """A sale's stock and its committed units, read together (0 of 0 for an unknown sale)."""
     row = await conn.fetchrow(TALLY, sale_id)
-    return (Tally(row["total_stock"], row["sold"], row["held"], row["waiting"]) if row
-            else Tally(0, 0))
+    return (Tally(row["total_stock"], row["sold"], row["held"], row["waiting"], row["buyers"])
+            if row else Tally(0, 0))
 
 
 async def find_purchases(conn: Any, sale_id: uuid.UUID, users: list[str]) -> dict[str, Purchase]:

@@ -121,6 +121,8 @@ class Tally:
     held: int = 0
     #: Buyers waiting in the waitlist for a unit to come back.
     waiting: int = 0
+    #: The rows that hold the ``sold`` units: one per buyer.
+    buyers: int = 0
 
     @property
     def confirmed(self) -> int:

@@ -142,18 +142,21 @@ class Reconciler:
         return repair
 
     async def _units_drifted(self, sale: Sale, before: Tally, view: InDoubt) -> bool:
-        """Whether the stock of a sale of several units a buyer disagrees with the ledger.
+        """Whether the gate of a sale of several units a buyer disagrees with the ledger.
 
-        Read without summing the holders: with the units sold read before the gate
-        (``before``) and again after it, a sound gate's stock is at most the units the
-        first read left unsold (commits only take more), and at least those the second read
-        left, less what the pending holders may hold (each up to the sale's limit).
+        Read without summing the holders, from the ledger's units and rows read before the
+        gate (``before``) and again after it (commits only add to both). A sound gate's
+        stock is at most the units the first read left unsold, and at least those the second
+        left less what the pending holders may hold (each up to the sale's limit); it has at
+        least as many holders as the first read has rows, and no more settled holders than
+        the second has.
         """
         after = await self._ledger.tally(sale.id)
         stock = view.stock or 0
         most = before.total_stock - before.sold
         least = after.total_stock - after.sold - view.pending * sale.per_user_limit
-        return not least <= stock <= most
+        return (not least <= stock <= most or view.holders < before.buyers
+                or view.holders - view.pending > after.buyers)
 
     async def _claim_missing(self, sale: Sale) -> tuple[int, Tally]:
         state = await self._ledger.state(sale)

@@ -16,18 +16,25 @@ ALTER TABLE hold_endings ADD COLUMN offered_also_users text[];
 ALTER TABLE waitlist ADD COLUMN quantity integer NOT NULL DEFAULT 1
     CONSTRAINT waitlist_quantity_positive CHECK (quantity >= 1);
 
+-- `buyers` counts the rows beside `sold`'s units, kept by the same triggers: what the
+-- reconciler weighs a gate's holders against without counting the rows.
+ALTER TABLE flash_sales ADD COLUMN buyers integer NOT NULL DEFAULT 0;
+UPDATE flash_sales f SET buyers = (SELECT count(*) FROM purchases p WHERE p.sale_id = f.id);
+
 CREATE OR REPLACE FUNCTION purchases_count_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE flash_sales f SET sold = f.sold + n.c
-      FROM (SELECT sale_id, sum(quantity) AS c FROM inserted GROUP BY sale_id) n
+    UPDATE flash_sales f SET sold = f.sold + n.c, buyers = f.buyers + n.b
+      FROM (SELECT sale_id, sum(quantity) AS c, count(*) AS b FROM inserted
+             GROUP BY sale_id) n
      WHERE f.id = n.sale_id;
     RETURN NULL;
 END $$;
 
 CREATE OR REPLACE FUNCTION purchases_count_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE flash_sales f SET sold = f.sold - n.c
-      FROM (SELECT sale_id, sum(quantity) AS c FROM deleted GROUP BY sale_id) n
+    UPDATE flash_sales f SET sold = f.sold - n.c, buyers = f.buyers - n.b
+      FROM (SELECT sale_id, sum(quantity) AS c, count(*) AS b FROM deleted
+             GROUP BY sale_id) n
      WHERE f.id = n.sale_id;
     RETURN NULL;
 END $$;

@@ -66,10 +66,12 @@ async def test_sold_counts_units_and_each_row_keeps_its_quantity(settings):
     assert await rows_and_sold(url, sale) == ({"alice": 3, "bob": 2, "carol": 1}, 6)
     assert state == LedgerState(10, 6, {p.user_id: str(p.id) for p in bought},
                                 {"alice": 3, "bob": 2})
-    assert tally == Tally(10, 6)
+    assert tally == Tally(10, 6, buyers=3)
     assert found is not None and found.quantity == 3
     await pg(url, fetch, "DELETE FROM purchases WHERE user_id = 'alice' RETURNING id")
     assert await rows_and_sold(url, sale) == ({"bob": 2, "carol": 1}, 3)
+    [row] = await pg(url, fetch, "SELECT buyers FROM flash_sales WHERE id = $1", sale.id)
+    assert row["buyers"] == 2, "the rows are counted beside the units, down as well as up"
 
 
 async def test_the_stock_constraint_refuses_a_quantity_that_does_not_fit(settings):
