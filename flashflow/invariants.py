@@ -206,13 +206,16 @@ def _gate_agrees(after: LedgerSnapshot, gate: GateSnapshot) -> Check:
     """The gate's holders are the rows, each holding the row's units, and its stock is the
     total less the units held: stock = total - the holders' units = total - units sold."""
     rows, total = after.purchases, after.total_stock
-    same = gate.buyers == rows and all(gate.units_of(u) == after.units_of(u) for u in rows)
+    held = {u: (pid, gate.units_of(u)) for u, pid in gate.buyers.items()}
+    kept = {u: (pid, after.units_of(u)) for u, pid in rows.items()}
+    differ = {f"{u}: {held.get(u)} vs {kept.get(u)}" for u in held.keys() | kept.keys()
+              if held.get(u) != kept.get(u)}
     return Check(
         "gate agrees with ledger",
-        same and gate.stock == total - gate.units == total - after.units,
+        not differ and gate.stock == total - gate.units == total - after.units,
         f"Redis stock {gate.stock} vs {total - after.units}; Redis buyers {len(gate.buyers)} "
-        f"holding {gate.units} units vs rows {len(rows)} of {after.units} units"
-        + ("" if same else " (they differ)"))
+        f"holding {gate.units} units vs rows {len(rows)} of {after.units} units; (buyer, "
+        f"units) that differ from the rows': {_sample(differ) or 'none'}")
 
 
 def _refusals_final(seen: _Seen, after: LedgerSnapshot) -> Check:

@@ -330,15 +330,16 @@ def _refusals_final(told: _Told, after: LedgerSnapshot, ledger: HoldsLedger,
 def _conservation(after: LedgerSnapshot, ledger: HoldsLedger, gate: GateSnapshot) -> Check:
     """The gate's holders are exactly the rows held or confirmed, each holding its row's
     units; stock = total - the holders' units."""
-    rows = {r.user: r.purchase_id for r in ledger.rows}
-    same = gate.buyers == rows and all(gate.units_of(r.user) == r.quantity
-                                       for r in ledger.rows)
+    rows = {r.user: (r.purchase_id, r.quantity) for r in ledger.rows}
+    held = {u: (pid, gate.units_of(u)) for u, pid in gate.buyers.items()}
+    differ = {f"{u}: {held.get(u)} vs {rows.get(u)}" for u in held.keys() | rows.keys()
+              if held.get(u) != rows.get(u)}
     expected = after.total_stock - sum(r.quantity for r in ledger.rows)
     return Check("gate holders are the held and confirmed rows; stock = total - holders",
-                 same and gate.stock == expected == after.total_stock - gate.units,
+                 not differ and gate.stock == expected == after.total_stock - gate.units,
                  f"Redis stock {gate.stock} vs {expected}; Redis holders {len(gate.buyers)} "
-                 f"holding {gate.units} units vs rows {len(rows)}"
-                 + ("" if same else " (they differ)"))
+                 f"holding {gate.units} units vs rows {len(rows)}; (holder, units) that "
+                 f"differ from the rows': {sample(differ) or 'none'}")
 
 
 def _answers(told: _Told) -> Check:

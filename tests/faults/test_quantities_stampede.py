@@ -32,7 +32,7 @@ async def stampede(recorder: Recorder, clients: list[httpx.AsyncClient],
     they were told."""
     presses = [u for u in users for _ in range(random.randint(2, 3))]
     random.shuffle(presses)
-    limiter = trio.CapacityLimiter(200)
+    limiter = trio.CapacityLimiter(100)
     seen = len(recorder.outcomes)
 
     async def press(user: str) -> None:
