@@ -31,6 +31,7 @@ from .errors import (
     AlreadyPurchased,
     BackendUnavailable,
     FlashFlowError,
+    InsufficientStock,
     InvalidInput,
     LedgerUnreachable,
     Overloaded,
@@ -210,7 +211,13 @@ class UserSerializer:
             # A second press while the first is in flight: one 201 per user, so this one
             # hears the first one's refusal, or ALREADY_PURCHASED once it committed.
             self._coalesced += 1
-            first = await slot.wait()
+            try:
+                first = await slot.wait()
+            except InsufficientStock as exc:
+                # Too few for the first press's size is no answer for another size that fits.
+                if quantity > exc.remaining:
+                    raise
+                return await self.purchase_unchecked(sale, user_id, deadline, quantity)
             if first.held:
                 raise StandingHold(first)
             raise AlreadyPurchased()

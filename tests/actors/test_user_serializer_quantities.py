@@ -141,3 +141,28 @@ async def test_a_press_units_in_flight_could_serve_waits_then_gets_the_final_ans
     assert waited >= 0.45
     assert caught.value.remaining == 1
     assert await rows_of(settings, sale) == {"alice": (bought[0].id, 3), "carol": (last.id, 1)}
+
+
+async def test_a_second_press_of_a_size_that_fits_is_not_told_the_firsts_refusal(settings):
+    """Alice asks 4 of 3 left and, while that is in flight, 1: the 4 is INSUFFICIENT_STOCK
+    (3), the 1 is not told so (it fits): it is bought, one row of 1 unit."""
+    sale = await make_sale(settings.database_url, stock=3, per_user_limit=4)
+    outcomes: dict[int, object] = {}
+
+    async def press(serializer: UserSerializer, quantity: int) -> None:
+        try:
+            outcomes[quantity] = await serializer.purchase_unchecked(sale, "alice",
+                                                                     quantity=quantity)
+        except InsufficientStock as exc:
+            outcomes[quantity] = exc
+
+    with trio.fail_after(20):
+        async with serializer_on(settings, sale) as serializer, trio.open_nursery() as nursery:
+            nursery.start_soon(press, serializer, 4)
+            await trio.sleep(0)
+            nursery.start_soon(press, serializer, 1)
+    assert isinstance(outcomes[4], InsufficientStock) and outcomes[4].remaining == 3
+    bought = outcomes[1]
+    assert not isinstance(bought, Exception) and bought.quantity == 1, bought
+    assert serializer.statistics().coalesced == 1, "the second press waited on the first"
+    assert {u: n for u, (_, n) in (await rows_of(settings, sale)).items()} == {"alice": 1}
