@@ -95,13 +95,15 @@ class Subscription:
         the value returned is always the newest. Cancelling a wait consumes nothing.
         """
         state = self._state
+        waited = False
         while state.version == self._seen:
             if self._feed.closing:
                 raise ShuttingDown()
             await state.groups[self._group].wait()
+            waited = True
         if trio.current_time() < self._next_at:
             await trio.sleep_until(self._next_at)
-        else:
+        elif not waited:  # a wait was a checkpoint already; a fan-out saves one per stream
             await trio.lowlevel.checkpoint()
         self._seen = state.version
         self._next_at = trio.current_time() + self._feed.min_interval_s

@@ -11,6 +11,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from .gc_passes import full_passes_on_a_clock
 from .http import create_app
 from .http.fast import EXTENSION, fast_path
 from .runtime import open_runtime
@@ -122,11 +123,12 @@ def asgi_app(app: Any, settings: Settings) -> Any:
 async def serve(settings: Settings, *, binds: list[str] | None = None,
                 shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    """Open the actor tree and serve HTTP until ``shutdown_trigger`` returns.
+    """Open the actor tree and serve HTTP until ``shutdown_trigger`` returns; the garbage
+    collector's full passes run on a clock meanwhile (:mod:`.gc_passes`).
 
     ``task_status.started`` receives the bound addresses once the server listens.
     """
-    async with open_runtime(settings) as runtime:
+    async with open_runtime(settings) as runtime, full_passes_on_a_clock():
         app = create_app(runtime)
 
         async def stop_then_end_streams() -> None:

@@ -1,17 +1,24 @@
 """Measure the live stock feed over loopback: capacity, memory and delivery delay.
 
 It makes a scratch database and Redis key prefix holding one sale (the load harness's,
-:mod:`flashflow.capacity.harness`) and serves Flash Flow in a child process on 127.0.0.1, as the
-benchmark does (:mod:`loadtests.bench.server`); then, from this process:
+:mod:`flashflow.capacity.harness`) and serves Flash Flow in a child process on 127.0.0.1
+with ``--workers`` workers, as the benchmark does (:mod:`loadtests.bench.server`); then,
+from this process:
 
-1. opens ``--subscribers`` SSE connections, reads each one's snapshot, and reports the
-   server's resident memory per subscriber and the time for one purchase to reach them all;
-2. keeps ``--latency-subscribers`` of them and makes ``--purchases`` purchases spaced out
+1. opens ``--subscribers`` SSE connections (:mod:`loadtests.sse_streams`), reads each one's
+   snapshot, and reports how many connected and how the others failed (refused, reset,
+   timed out, cut, by kind), the time to connect them all, the server's resident memory per
+   stream, and the delay from each of ``--updates`` purchases (one at a time) to every
+   stream seeing its stock;
+2. opens ``--latency-subscribers`` afresh and makes ``--purchases`` purchases spaced out
    beyond the feed's pacing, reporting p50/p99 of the delay from each purchase's commit
    (its 201) to every subscriber seeing the new stock; then a burst of purchases at once,
    reporting the delay from the last commit to every subscriber seeing the final stock.
 
-Everything is bounded by ``--timeout-s``; the child and the database are removed at the end.
+A connection the server did not hold is a figure, not a failure. The run exits 1 only when
+one of its own invariants fails, and names it: every purchase it made answered 201; every
+update reached every stream still open; no stream saw the stock rise. Everything is bounded
+by ``--timeout-s`` (past it, exit 2); the child and the database are removed at the end.
 
     python -m loadtests.sse_bench --database-url postgresql://postgres@127.0.0.1:5432/postgres \\
         --redis-url redis://127.0.0.1:6379/0
@@ -25,9 +32,10 @@ import os
 import re
 import resource
 import statistics
+import sys
 import tempfile
+from collections import Counter
 from contextlib import suppress
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -35,14 +43,18 @@ import psutil
 import trio
 
 from flashflow.capacity.harness import Scratch
-from flashflow.http.wire import CURRENT_EVENTS, CURRENT_PURCHASE
+from flashflow.http.wire import CURRENT_PURCHASE, METRICS
 
 from . import summary
 from .bench.server import BenchServer, bench_sale, cpu_seconds, tree
+from .sse_streams import Reader, Subscriber, clock, open_subscribers, tally
 
-STOCK = re.compile(rb'"remainingStock":(\d+)')
 #: The sale's stock: far more than the bench buys, so it never sells out under it.
 STOCK_AT_START = 1_000_000
+FEED_SUBSCRIBERS = re.compile(r"^flashflow_feed_subscribers(?:\{[^}]*\})? (\S+)$", re.MULTILINE)
+#: The invariants, in the order the report lists them.
+COMMITTED, REACHED, NEVER_ROSE = ("every_purchase_committed", "every_update_reached_open_streams",
+                                  "no_stream_saw_stock_rise")
 
 
 def raise_fd_limit() -> None:
@@ -60,60 +72,10 @@ def rss_kib(root: psutil.Process) -> int:
     return total // 1024
 
 
-# -- subscribers -------------------------------------------------------------------------
-
-@dataclass
-class Subscriber:
-    """One raw SSE connection: every stock figure it saw, with the time it arrived."""
-
-    seen: list[tuple[float, int]] = field(default_factory=list)
-    ready: trio.Event = field(default_factory=trio.Event)
-
-    def first_at_most(self, stock: int, since: float) -> float | None:
-        """When this subscriber first saw a stock of ``stock`` or less after ``since``."""
-        return next((t for t, v in self.seen if v <= stock and t >= since), None)
-
-
-async def subscribe(host: str, port: int, sub: Subscriber, limiter: trio.CapacityLimiter,
-                    task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Hold one SSE connection open, recording stock figures, until cancelled."""
-    async with limiter:
-        stream = await trio.open_tcp_stream(host, port)
-    async with stream:
-        async with limiter:
-            await stream.send_all(f"GET {CURRENT_EVENTS} HTTP/1.1\r\nHost: {host}\r\n"
-                                  "Accept: text/event-stream\r\n\r\n".encode())
-            tail = b""
-            while not sub.ready.is_set():
-                tail = record(sub, tail, await stream.receive_some(65536))
-        task_status.started()
-        while True:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                return
-            tail = record(sub, tail, chunk)
-
-
-def record(sub: Subscriber, tail: bytes, chunk: bytes) -> bytes:
-    """Note every stock figure in ``chunk``; return the bytes to carry to the next one."""
-    now = trio.current_time()
-    data = tail + chunk
-    end = 0
-    for match in STOCK.finditer(data):
-        sub.seen.append((now, int(match.group(1))))
-        end = match.end()
-        sub.ready.set()
-    return data[max(end, len(data) - 64):]
-
-
-async def open_subscribers(nursery: trio.Nursery, host: str, port: int, n: int) -> list[Subscriber]:
-    """Open ``n`` subscribers, at most 200 connecting at once; return once all are live."""
-    limiter = trio.CapacityLimiter(200)
-    subs = [Subscriber() for _ in range(n)]
-    async with trio.open_nursery() as starting:
-        for sub in subs:
-            starting.start_soon(nursery.start, subscribe, host, port, sub, limiter)
-    return subs
+def client_cpu_s() -> float:
+    """CPU time (user + system) this process has used so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -121,124 +83,211 @@ def percentile(values: list[float], p: float) -> float:
     return summary.percentile(sorted(values), p / 100)
 
 
-# -- the measurements --------------------------------------------------------------------
-
-async def measure(base_url: str, server: psutil.Process, args: argparse.Namespace,
-                  stock: int) -> dict[str, object]:
-    """Run both phases against the server at ``base_url``."""
-    host, port = base_url.removeprefix("http://").split(":")
-    report: dict[str, object] = {}
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-        async with trio.open_nursery() as nursery:
-            warm = await open_subscribers(nursery, host, int(port), 1)
-            await trio.sleep(0.5)
-            base_kib = rss_kib(server)
-            started = trio.current_time()
-            subs = await open_subscribers(nursery, host, int(port), args.subscribers)
-            opened_s = trio.current_time() - started
-            await trio.sleep(3.0)
-            full_kib = rss_kib(server)
-            report["subscribers_held"] = len(subs) + len(warm)
-            report["connect_all_s"] = round(opened_s, 2)
-            report["server_rss_mib"] = round(full_kib / 1024, 1)
-            report["kib_per_subscriber"] = round((full_kib - base_kib) / len(subs), 1)
-            reached: list[float] = []
-            cpu_before = cpu_seconds(server)
-            for i in range(3):
-                stock -= 1
-                sent = trio.current_time()
-                await client.post(CURRENT_PURCHASE, json={"userId": f"fanout-{i}"})
-                with trio.move_on_after(30):
-                    for sub in subs:
-                        while sub.first_at_most(stock, sent) is None:
-                            await trio.sleep(0.01)
-                reached += [t - sent for s in subs
-                            if (t := s.first_at_most(stock, sent)) is not None]
-                await trio.sleep(1.0)
-            cpu_used = cpu_seconds(server) - cpu_before
-            report["fanout_reached"] = f"{len(reached)}/{3 * len(subs)}"
-            report["fanout_send_to_seen_p50_ms"] = round(percentile(reached, 50) * 1000, 1)
-            report["fanout_send_to_seen_p99_ms"] = round(percentile(reached, 99) * 1000, 1)
-            report["fanout_send_to_seen_max_ms"] = round(max(reached) * 1000, 1)
-            report["server_cpu_us_per_update"] = round(cpu_used / len(reached) * 1e6, 1)
-            nursery.cancel_scope.cancel()
-        await trio.sleep(2.0)
-        report.update(await latency_phase(client, host, int(port), args, stock, server))
-    return report
+def ms(seconds: float) -> float:
+    """Seconds as milliseconds, to 0.1."""
+    return round(seconds * 1000, 1)
 
 
-async def latency_phase(client: httpx.AsyncClient, host: str, port: int,
-                        args: argparse.Namespace, stock: int,
-                        server: psutil.Process) -> dict[str, object]:
+class Run:
+    """What one run measured and checked: the report, and the bench's own tallies."""
+
+    def __init__(self, client: httpx.AsyncClient, host: str, port: int, server: psutil.Process,
+                 args: argparse.Namespace) -> None:
+        self.client, self.host, self.port, self.server, self.args = (
+            client, host, port, server, args)
+        self.report: dict[str, object] = {}
+        self.stock = STOCK_AT_START
+        self.purchases: Counter[str] = Counter()
+        #: Deliveries each update owed to a stream open until the wait for it ended, missed.
+        self.missed = 0
+        self.rose = 0
+
+    async def buy(self, user: str) -> bool:
+        """One purchase; True (and the stock one lower) if it answered 201."""
+        try:
+            response = await self.client.post(CURRENT_PURCHASE, json={"userId": user})
+            outcome = str(response.status_code)
+        except httpx.TransportError as exc:
+            outcome = type(exc).__name__
+        self.purchases[outcome] += 1
+        if outcome == "201":
+            self.stock -= 1
+            return True
+        return False
+
+    async def server_streams(self) -> int | None:
+        """The feed subscriptions the server holds, summed over its workers, per /metrics."""
+        with suppress(httpx.HTTPError):
+            text = (await self.client.get(METRICS)).text
+            return sum(int(float(v)) for v in FEED_SUBSCRIBERS.findall(text))
+        return None
+
+    async def subscribers(self, reader: Reader, n: int) -> list[Subscriber]:
+        """Open ``n`` subscribers read by ``reader`` (connected or not)."""
+        return await open_subscribers(reader, self.host, self.port, n,
+                                      self.args.connect_timeout_s)
+
+    async def wait_seen(self, subs: list[Subscriber], since: float, timeout_s: float,
+                        poll_s: float = 0.01) -> list[float]:
+        """Wait until every stream still open has seen the current stock (at most
+        ``timeout_s``); return each one's delay since ``since``, counting the missed."""
+        stock = self.stock
+        with trio.move_on_after(timeout_s):
+            for sub in subs:
+                while sub.live_at(clock()) and sub.first_at_most(stock, since) is None:
+                    await trio.sleep(poll_s)
+        now = clock()
+        delays = []
+        for sub in subs:
+            t = sub.first_at_most(stock, since)
+            if t is not None:
+                delays.append(t - since)
+            elif sub.live_at(now):
+                self.missed += 1
+        return delays
+
+    async def wait_released(self, timeout_s: float = 30.0) -> None:
+        """Wait until the server has let go of the streams the bench closed."""
+        started = clock()
+        with trio.move_on_after(timeout_s):
+            while (await self.server_streams() or 0) > 0:
+                await trio.sleep(0.5)
+        self.report["server_released_streams_s"] = round(clock() - started, 1)
+
+    def check(self, subs: list[Subscriber]) -> None:
+        """Count the streams that saw the stock rise."""
+        self.rose += sum(s.stock_rose() for s in subs)
+
+    def invariants(self) -> dict[str, bool]:
+        """The bench's own invariants, each held or not. A purchase that was not committed
+        gives its units back, so the stock may rise after it: the first invariant fails
+        then, and the last is not judged."""
+        committed = set(self.purchases) <= {"201"}
+        return {COMMITTED: committed, REACHED: self.missed == 0,
+                NEVER_ROSE: self.rose == 0 or not committed}
+
+
+async def capacity_phase(run: Run) -> None:
+    """Hold ``--subscribers`` streams; memory, connect time, and ``--updates`` purchases
+    fanned out to them, one at a time."""
+    report, args = run.report, run.args
+    with Reader() as reader:
+        warm = await run.subscribers(reader, 1)
+        await trio.sleep(0.5)
+        base_kib = rss_kib(run.server)
+        started = clock()
+        subs = await run.subscribers(reader, args.subscribers)
+        opened_s = clock() - started
+        await trio.sleep(3.0)
+        full_kib = rss_kib(run.server)
+        connected = max(sum(s.connected for s in subs), 1)
+        report["subscribers"] = tally(subs)  # again at the end, with the streams dropped since
+        report["server_feed_subscribers"] = await run.server_streams()
+        report["connect_all_s"] = round(opened_s, 2)
+        report["server_rss_mib"] = round(full_kib / 1024, 1)
+        report["kib_per_subscriber"] = round((full_kib - base_kib) / connected, 1)
+        reached: list[float] = []
+        each: list[float] = []
+        owed = 0
+        cpu_before, client_before = cpu_seconds(run.server), client_cpu_s()
+        for i in range(args.updates):
+            sent = clock()
+            if await run.buy(f"fanout-{i}"):
+                owed += sum(s.live_at(sent) for s in subs)
+                delays = await run.wait_seen(subs, sent, 30)
+                each.append(ms(percentile(delays, 99)))
+                reached += delays
+            await trio.sleep(1.0)
+        cpu_used = cpu_seconds(run.server) - cpu_before
+        client_used = client_cpu_s() - client_before
+        report["fanout_reached"] = f"{len(reached)}/{owed}"
+        report["fanout_send_to_seen_p50_ms"] = ms(percentile(reached, 50))
+        report["fanout_send_to_seen_p99_ms"] = ms(percentile(reached, 99))
+        report["fanout_send_to_seen_max_ms"] = ms(max(reached, default=0.0))
+        report["fanout_each_update_p99_ms"] = each
+        report["server_cpu_us_per_update"] = round(cpu_used / max(len(reached), 1) * 1e6, 1)
+        report["bench_cpu_us_per_update"] = round(client_used / max(len(reached), 1) * 1e6, 1)
+        report["subscribers"] = tally(subs)
+        run.check([*warm, *subs])
+    await run.wait_released()
+
+
+async def latency_phase(run: Run) -> None:
     """Spaced purchases, then a burst, with ``--latency-subscribers`` watching."""
-    out: dict[str, object] = {}
-    async with trio.open_nursery() as nursery:
-        subs = await open_subscribers(nursery, host, port, args.latency_subscribers)
+    out, args = run.report, run.args
+    with Reader() as reader:
+        subs = await run.subscribers(reader, args.latency_subscribers)
+        out["latency_subscribers"] = tally(subs)
         await trio.sleep(0.5)
         from_commit: list[float] = []
         from_send: list[float] = []
-        cpu_before = cpu_seconds(server)
+        owed = 0
+        cpu_before = cpu_seconds(run.server)
         for i in range(args.purchases):
-            sent = trio.current_time()
-            response = await client.post(CURRENT_PURCHASE, json={"userId": f"spaced-{i}"})
-            committed = trio.current_time()
-            assert response.status_code == 201, response.text
-            stock -= 1
-            with trio.move_on_after(5):
-                for sub in subs:
-                    while sub.first_at_most(stock, sent) is None:
-                        await trio.sleep(0.005)
+            sent = clock()
+            bought = await run.buy(f"spaced-{i}")
+            committed = clock()
+            if bought:
+                owed += sum(s.live_at(sent) for s in subs)
+                delays = await run.wait_seen(subs, sent, 5)
+                from_send += delays
+                from_commit += [d - (committed - sent) for d in delays]
             await trio.sleep(args.spacing_s)
-            for sub in subs:
-                t = sub.first_at_most(stock, sent)
-                if t is not None:
-                    from_commit.append(t - committed)
-                    from_send.append(t - sent)
-        expected = args.purchases * len(subs)
-        cpu_used = cpu_seconds(server) - cpu_before
+        cpu_used = cpu_seconds(run.server) - cpu_before
         out["spaced_server_cpu_us_per_update"] = round(cpu_used / max(len(from_send), 1) * 1e6, 1)
-        out["spaced_deliveries"] = f"{len(from_commit)}/{expected}"
-        out["commit_to_seen_p50_ms"] = round(percentile(from_commit, 50) * 1000, 1)
-        out["commit_to_seen_p99_ms"] = round(percentile(from_commit, 99) * 1000, 1)
-        out["send_to_seen_p50_ms"] = round(percentile(from_send, 50) * 1000, 1)
-        out["send_to_seen_p99_ms"] = round(percentile(from_send, 99) * 1000, 1)
+        out["spaced_deliveries"] = f"{len(from_send)}/{owed}"
+        out["commit_to_seen_p50_ms"] = ms(percentile(from_commit, 50))
+        out["commit_to_seen_p99_ms"] = ms(percentile(from_commit, 99))
+        out["send_to_seen_p50_ms"] = ms(percentile(from_send, 50))
+        out["send_to_seen_p99_ms"] = ms(percentile(from_send, 99))
 
-        sent = trio.current_time()
+        sent = clock()
         last_commit = sent
         async with trio.open_nursery() as burst:
             async def one(i: int) -> None:
                 nonlocal last_commit
-                await client.post(CURRENT_PURCHASE, json={"userId": f"burst-{i}"})
-                last_commit = max(last_commit, trio.current_time())
+                if await run.buy(f"burst-{i}"):
+                    last_commit = max(last_commit, clock())
             for i in range(args.burst):
                 burst.start_soon(one, i)
-        stock -= args.burst
-        with trio.move_on_after(10):
-            for sub in subs:
-                while sub.first_at_most(stock, sent) is None:
-                    await trio.sleep(0.01)
-        final = [t - last_commit for s in subs if (t := s.first_at_most(stock, sent)) is not None]
+        open_at_burst = sum(s.live_at(sent) for s in subs)
+        final = [d - (last_commit - sent) for d in await run.wait_seen(subs, sent, 10)]
         out["burst_purchases"] = args.burst
         out["burst_burst_s"] = round(last_commit - sent, 3)
-        out["burst_final_seen"] = f"{len(final)}/{len(subs)}"
-        out["burst_last_commit_to_final_p50_ms"] = round(percentile(final, 50) * 1000, 1)
-        out["burst_last_commit_to_final_p99_ms"] = round(percentile(final, 99) * 1000, 1)
+        out["burst_final_seen"] = f"{len(final)}/{open_at_burst}"
+        out["burst_last_commit_to_final_p50_ms"] = ms(percentile(final, 50))
+        out["burst_last_commit_to_final_p99_ms"] = ms(percentile(final, 99))
         out["burst_updates_per_subscriber_mean"] = round(statistics.mean(
-            sum(1 for t, _ in s.seen if t >= sent) for s in subs), 2)
-        nursery.cancel_scope.cancel()
-    return out
+            [sum(1 for t, _ in s.seen if t >= sent) for s in subs if s.connected] or [0]), 2)
+        run.check(subs)
 
 
-async def bench(args: argparse.Namespace, scratch: Scratch) -> None:
-    """Run the server on the scratch stores, measure, and stop it."""
+async def bench(args: argparse.Namespace, scratch: Scratch) -> int:
+    """Run the server on the scratch stores, measure, stop it; return the exit code."""
     with tempfile.TemporaryDirectory(prefix="ff-sse-bench-") as logs:
-        server = await trio.to_thread.run_sync(BenchServer.start, scratch, 1, Path(logs))
+        server = await trio.to_thread.run_sync(BenchServer.start, scratch, args.workers,
+                                               Path(logs))
         try:
-            with trio.fail_after(args.timeout_s):
-                report = await measure(server.url, server.root, args, STOCK_AT_START)
-            print(json.dumps(report, indent=2))
+            host, port = server.url.removeprefix("http://").split(":")
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                run = Run(client, host, int(port), server.root, args)
+                run.report["workers"] = args.workers
+                with trio.move_on_after(args.timeout_s) as bounded:
+                    await capacity_phase(run)
+                    await latency_phase(run)
         finally:
             await trio.to_thread.run_sync(server.stop)
+    run.report["purchases"] = dict(run.purchases)
+    run.report["streams_saw_stock_rise"] = run.rose
+    run.report["invariants"] = held = run.invariants()
+    print(json.dumps(run.report, indent=2))
+    if bounded.cancelled_caught:
+        print(f"the bench did not finish within --timeout-s {args.timeout_s}", file=sys.stderr)
+        return 2
+    failed = [name for name, ok in held.items() if not ok]
+    for name in failed:
+        print(f"invariant failed: {name}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def main() -> None:
@@ -249,7 +298,12 @@ def main() -> None:
         help="a PostgreSQL URL allowed to CREATE DATABASE")
     parser.add_argument("--redis-url", default=os.environ.get(
         "FLASHFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--workers", type=int, default=2, help="the server's worker processes")
     parser.add_argument("--subscribers", type=int, default=10_000)
+    parser.add_argument("--updates", type=int, default=3,
+                        help="purchases fanned out to all --subscribers")
+    parser.add_argument("--connect-timeout-s", type=float, default=30.0,
+                        help="how long one stream may take to connect and get its snapshot")
     parser.add_argument("--latency-subscribers", type=int, default=1_000)
     parser.add_argument("--purchases", type=int, default=20)
     parser.add_argument("--spacing-s", type=float, default=0.3)
@@ -258,7 +312,8 @@ def main() -> None:
     args = parser.parse_args()
     raise_fd_limit()
     with bench_sale(args.database_url, args.redis_url, STOCK_AT_START) as (scratch, _):
-        trio.run(bench, args, scratch)
+        code = trio.run(bench, args, scratch)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

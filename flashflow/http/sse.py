@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from datetime import datetime
@@ -26,7 +27,7 @@ import trio
 from quart import Response, make_response, request
 from quart_trio import QuartTrio
 
-from actors import FlashFlowError, Sale, SaleStatus
+from actors import FlashFlowError, Sale, SaleStatus, Tally
 
 from ..runtime import Runtime
 from . import validation
@@ -61,9 +62,44 @@ HOLDS_LOOK_S = 1.0
 def frame(event: str, payload: dict[str, Any], event_id: int, *,
           retry_ms: int | None = None) -> bytes:
     """One SSE event: optional ``retry:``, then ``id:``, ``event:`` and one JSON ``data:`` line."""
-    head = f"retry: {retry_ms}\n" if retry_ms is not None else ""
+    return numbered(event_body(event, payload), event_id, retry_ms=retry_ms)
+
+
+def event_body(event: str, payload: dict[str, Any]) -> bytes:
+    """An event's ``event:`` and ``data:`` lines: what every stream sending it shares."""
     data = json.dumps(payload, separators=(",", ":"))
-    return f"{head}id: {event_id}\nevent: {event}\ndata: {data}\n\n".encode()
+    return f"event: {event}\ndata: {data}\n\n".encode()
+
+
+def numbered(body: bytes, event_id: int, *, retry_ms: int | None = None) -> bytes:
+    """An event's ``body`` (:func:`event_body`) under one stream's ``id:`` (and ``retry:``)."""
+    head = f"retry: {retry_ms}\n" if retry_ms is not None else ""
+    return f"{head}id: {event_id}\n".encode() + body
+
+
+class SharedBodies:
+    """The body of a sale's latest ``stock`` event, encoded once for every stream that sends it.
+
+    A stock change wakes every stream of the sale at once; each would build and encode the
+    same payload. The first one encodes it; the others, within ``fresh_s`` and for the same
+    sale, stock and tally, take its bytes, ``serverTime`` included (the time of the first).
+    """
+
+    def __init__(self, fresh_s: float = 1.0) -> None:
+        self._fresh_s = fresh_s
+        self._latest: dict[uuid.UUID, tuple[Sale, int, Tally | None, float, bytes]] = {}
+
+    def stock(self, sale: Sale, remaining: int, now: datetime, tally: Tally | None) -> bytes:
+        """The ``stock`` event's body for the sale at ``remaining`` units (and ``tally``)."""
+        at = trio.current_time()
+        hit = self._latest.get(sale.id)
+        # Streams that joined across a catalog reload hold equal sales, not the same one.
+        if (hit is not None and hit[1] == remaining and hit[2] == tally
+                and at - hit[3] < self._fresh_s and (hit[0] is sale or hit[0] == sale)):
+            return hit[4]
+        body = event_body("stock", stock_event_body(sale, remaining, now, tally))
+        self._latest[sale.id] = (sale, remaining, tally, at, body)
+        return body
 
 
 def first_event_id(last_event_id: str | None) -> int:
@@ -92,16 +128,20 @@ class EventStream:
     """
 
     def __init__(self, runtime: Runtime, *, first_id: int, heartbeat_s: float, retry_ms: int,
-                 follow: Callable[[], Sale | None]) -> None:
+                 follow: Callable[[], Sale | None], shared: SharedBodies) -> None:
         self._runtime = runtime
+        self._shared = shared
         self._follow = follow
         self._ids: Iterator[int] = count(first_id)
         self._heartbeat_s = heartbeat_s
         self._retry_ms: int | None = retry_ms
 
     def _frame(self, event: str, payload: dict[str, Any]) -> bytes:
+        return self._numbered(event_body(event, payload))
+
+    def _numbered(self, body: bytes) -> bytes:
         retry, self._retry_ms = self._retry_ms, None
-        return frame(event, payload, next(self._ids), retry_ms=retry)
+        return numbered(body, next(self._ids), retry_ms=retry)
 
     async def frames(self, sale: Sale | None) -> AsyncIterator[bytes]:
         """Yield the encoded events until the client leaves or the backend fails."""
@@ -140,8 +180,7 @@ class EventStream:
                 if (value is not None and value != remaining) or counted != tally:
                     remaining = remaining if value is None else value
                     tally = counted
-                    out.append(self._frame("stock",
-                                           stock_event_body(sale, remaining, now, tally)))
+                    out.append(self._numbered(self._shared.stock(sale, remaining, now, tally)))
                 if (status := (sale.status(now), sold_out(remaining, tally))) != state:
                     state = status
                     out.append(self._frame("status",
@@ -166,6 +205,8 @@ def install_sse(app: QuartTrio, runtime: Runtime, *, heartbeat_s: float = 15.0,
         heartbeat_s: seconds of silence after which a comment line is sent.
         retry_ms: the reconnect delay suggested to clients.
     """
+    shared = SharedBodies()
+
     @app.get(CURRENT_EVENTS, defaults={"sale_id": None})
     @app.get(SALE_EVENTS)
     @answers(DocumentedAnswer(200, "The live stream: a snapshot event, then stock and status "
@@ -178,7 +219,8 @@ def install_sse(app: QuartTrio, runtime: Runtime, *, heartbeat_s: float = 15.0,
         follow = ((lambda: catalog.current(runtime.clock())) if sale_id is None
                   else (lambda: catalog.get(sale.id)))
         stream = EventStream(runtime, heartbeat_s=heartbeat_s, retry_ms=retry_ms, follow=follow,
-                             first_id=first_event_id(request.headers.get("Last-Event-ID")))
+                             first_id=first_event_id(request.headers.get("Last-Event-ID")),
+                             shared=shared)
         response = await make_response(stream.frames(sale), 200, HEADERS)
         response.timeout = None  # a stream lives as long as its client
         return response

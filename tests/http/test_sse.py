@@ -174,3 +174,34 @@ async def test_no_sale_is_a_404_envelope(settings):
             response = await server.client.get(CURRENT_EVENTS)
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "SALE_NOT_FOUND"
+
+
+async def test_streams_share_an_update_body_under_ids_of_their_own(settings):
+    """Two streams told of one purchase get the same stock event body, serverTime and all,
+    each numbered after its own Last-Event-ID."""
+    await make_sale(settings.database_url, stock=5)
+    with trio.fail_after(30):
+        async with live_server(settings) as server, open_events(server) as first, \
+                open_events(server, **{"Last-Event-ID": "41"}) as second:
+            await first.next_named("snapshot")
+            await second.next_named("snapshot")
+            await server.client.post(CURRENT_PURCHASE, json={"userId": "alice"})
+            one, other = await first.next_named("stock"), await second.next_named("stock")
+    assert one.data == other.data
+    assert one.data["remainingStock"] == 4
+    assert (one.id, other.id) == ("2", "43")
+
+
+async def test_a_shared_body_is_encoded_again_for_a_new_figure_or_when_stale(settings):
+    """The shared body is the same bytes for the same sale and figure while fresh, and a new
+    one for another figure, or once ``fresh_s`` has passed."""
+    sale = await make_sale(settings.database_url, stock=5)
+    shared = sse.SharedBodies(fresh_s=0.2)
+    now = sale.start_time
+    body = shared.stock(sale, 4, now, None)
+    assert shared.stock(sale, 4, now + timedelta(seconds=0.1), None) is body
+    assert b'"remainingStock":3' in shared.stock(sale, 3, now, None)
+    again = shared.stock(sale, 3, now, None)
+    await trio.sleep(0.3)
+    assert shared.stock(sale, 3, now, None) is not again
+    assert sse.numbered(body, 7) == sse.frame("stock", json.loads(body.split(b"data: ")[1]), 7)
