@@ -30,11 +30,17 @@ FULL_PASS_EVERY_S = 60.0
 _NEVER = 1 << 30
 
 
+#: The blocks entered now, and the oldest threshold Python had before the first of them.
+_entered: list[int] = []
+
+
 @asynccontextmanager
 async def full_passes_on_a_clock(every_s: float = FULL_PASS_EVERY_S) -> AsyncIterator[None]:
     """Run the collector's full passes every ``every_s`` seconds, and only then, inside
-    the block; Python's own thresholds are back on exit."""
+    the block; Python's own thresholds are back once the last such block of the process
+    (several servers may share one, as in tests) exits."""
     young, middle, old = gc.get_threshold()
+    _entered.append(old if not _entered else _entered[0])
     gc.set_threshold(young, middle, _NEVER)
     try:
         async with trio.open_nursery() as nursery:
@@ -42,7 +48,10 @@ async def full_passes_on_a_clock(every_s: float = FULL_PASS_EVERY_S) -> AsyncIte
             yield
             nursery.cancel_scope.cancel()
     finally:
-        gc.set_threshold(young, middle, old)
+        first = _entered.pop()
+        if not _entered:
+            young, middle, _ = gc.get_threshold()
+            gc.set_threshold(young, middle, first)
 
 
 async def _tick(every_s: float) -> None:
