@@ -32,6 +32,7 @@ from loadtests.records import CONFIRM, PURCHASE, STANDING, Record, record_of
 
 from ..helpers import ServerProcess
 from .load import client_untraced
+from .stores import wait_for_gate_to_agree
 
 #: The payment step's bearer token in the checkout tests.
 ADMIN = "checkout-admin-token"
@@ -163,6 +164,10 @@ async def judge_checkout(settings: Settings, sale: Sale, checkout: Checkout,
     """
     if before is None:
         before = LedgerSnapshot(sale.total_stock, 0, {})
+    # A fault may end moments before the last buyer does: the gate is given the
+    # reconciler's bound to agree with the ledger (it raises, showing both, if it does not).
+    await wait_for_gate_to_agree(
+        settings, sale, settings.reservation_grace_s + settings.reconcile_interval_s + 3)
     after, gate = await trio.to_thread.run_sync(
         lambda: store_snapshots(settings.database_url, settings.redis_url, settings.key_prefix,
                                 sale.id))
