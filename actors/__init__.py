@@ -24,15 +24,19 @@ from .errors import (
 from .feed_subscription import Subscription
 from .holds import Holds, HoldsConfig, open_holds
 from .ledger import CommitResult, Ledger, LedgerConfig, open_ledger
+from .lines import Lines, LinesConfig, open_lines
 from .model import (
     BuyerStatus,
     LedgerState,
+    Line,
     Place,
     Purchase,
     Sale,
     SaleStatus,
     Standing,
     Tally,
+    Ticket,
+    WaitingRoom,
     utc_now,
 )
 from .rate_limiter import LimiterConfig, RateLimiter, open_rate_limiter
@@ -58,6 +62,9 @@ __all__ = [
     "LedgerConfig",
     "LedgerState",
     "LimiterConfig",
+    "Line",
+    "Lines",
+    "LinesConfig",
     "Overloaded",
     "Place",
     "Purchase",
@@ -77,12 +84,15 @@ __all__ = [
     "StockGate",
     "Subscription",
     "Tally",
+    "Ticket",
     "Unauthorized",
     "UserSerializer",
+    "WaitingRoom",
     "open_asyncio_bridge",
     "open_catalog",
     "open_holds",
     "open_ledger",
+    "open_lines",
     "open_rate_limiter",
     "open_reconciler",
     "open_stock_feed",

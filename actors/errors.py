@@ -180,6 +180,33 @@ class HoldConfirmed(HoldEnded):
         super().__init__("The purchase is confirmed; it can no longer be cancelled.")
 
 
+class NotAdmitted(FlashFlowError):
+    """Raised when a purchase in a sale with a waiting room carries no valid admission token
+    for the buyer: they have not been admitted yet, their admission window has passed, or they
+    have no ticket. ``position`` is their place in the line (None: no ticket, or not placed
+    yet), ``ahead`` the tickets still to be admitted before theirs."""
+
+    def __init__(self, position: int | None, ahead: int | None,
+                 message: str = "You have not been admitted from the waiting room yet.") -> None:
+        super().__init__(message)
+        self.position = position
+        self.ahead = ahead
+
+
+class TicketNotFound(FlashFlowError):
+    """Raised when a ticket id names no ticket of the sale, or the sale has no waiting room."""
+
+    def __init__(self, message: str = "There is no such ticket in this sale's line.") -> None:
+        super().__init__(message)
+
+
+class LineNotOpen(FlashFlowError):
+    """Raised when a buyer joins a sale's line before it opens."""
+
+    def __init__(self, message: str = "The waiting room is not open yet.") -> None:
+        super().__init__(message)
+
+
 class StandingHold(FlashFlowError):
     """Not an error: the user pressed again while holding a unit (answered 200 with it)."""
 
@@ -271,6 +298,8 @@ __all__ = [
     "InsufficientStock",
     "InvalidInput",
     "LedgerUnreachable",
+    "LineNotOpen",
+    "NotAdmitted",
     "Overloaded",
     "PurchaseNotFound",
     "RateLimited",
@@ -281,6 +310,7 @@ __all__ = [
     "SoldOut",
     "StandingHold",
     "StockBelowSold",
+    "TicketNotFound",
     "Unauthorized",
     "Undecided",
     "UnsupportedMediaType",

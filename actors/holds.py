@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import trio
 
-from . import holds_sql, waitlist_sql
+from . import holds_sql, places_sql
 from ._nursery import open_actor_nursery
 from .errors import (
     AlreadyPurchased,
@@ -44,8 +44,8 @@ from .errors import (
 from .holds_sql import Ending
 from .ledger import Ledger
 from .model import BuyerStatus, Purchase, Sale, Tally
+from .places_sql import Joined, JoinOutcome
 from .stock_gate import StockGate
-from .waitlist_sql import Joined, JoinOutcome
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ class Holds:
         self.touch(purchase.sale_id)
 
     async def join(self, sale: Sale, user_id: str, quantity: int = 1) -> JoinOutcome:
-        """Ask for a place in the sale's waitlist (see :func:`waitlist_sql.join_waitlist`)."""
-        outcome = await self._ledger.call(waitlist_sql.join_waitlist, sale.id, user_id, quantity)
+        """Ask for a place in the sale's waitlist (see :func:`places_sql.join_waitlist`)."""
+        outcome = await self._ledger.call(places_sql.join_waitlist, sale.id, user_id, quantity)
         if outcome.joined is Joined.PLACED:
             self._joined += 1
             self.touch(sale.id)
@@ -182,7 +182,7 @@ class Holds:
 
     async def leave(self, sale_id: uuid.UUID, user_id: str) -> bool:
         """Take ``user_id``'s waiting place out of the line; return whether there was one."""
-        left = await self._ledger.call(waitlist_sql.leave_waitlist, sale_id, user_id)
+        left = await self._ledger.call(places_sql.leave_waitlist, sale_id, user_id)
         if left:
             self.touch(sale_id)
         return left

@@ -1,5 +1,5 @@
 """The SQL of holds, as plain asyncio coroutines over an asyncpg connection; the waitlist's
-own (a place, and the offers down the line) is :mod:`actors.waitlist_sql`'s.
+own (a place, and the offers down the line) is :mod:`actors.places_sql`'s.
 
 PostgreSQL decides every step, so every process and host acts on one truth:
 
@@ -24,7 +24,7 @@ import asyncpg
 from .errors import HoldEnded, PurchaseNotFound
 from .ledger_sql import PURCHASE_COLUMNS, purchase_from_row
 from .model import BuyerStatus, Place, Purchase, Standing
-from .waitlist_sql import PLACES, offer
+from .places_sql import PLACES, offer
 
 #: The SQLSTATE of a confirm that would commit at or after its hold's end (migration 0003).
 HOLD_EXPIRED = "FFH01"

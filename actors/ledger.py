@@ -27,7 +27,7 @@ from ._batching import batches
 from ._nursery import open_actor_nursery
 from ._slot import Slot
 from .errors import BackendUnavailable, LedgerUnreachable, Overloaded
-from .model import LedgerState, Purchase, Sale, Tally
+from .model import LedgerState, Purchase, Sale, Tally, WaitingRoom
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +155,14 @@ class Ledger:
 
     async def create_sale(self, product_name: str, total_stock: int, start_time: datetime,
                           end_time: datetime, hold_seconds: int | None = None,
-                          per_user_limit: int = 1) -> Sale:
+                          per_user_limit: int = 1,
+                          waiting_room: WaitingRoom | None = None) -> Sale:
         """Schedule a new sale (with ``hold_seconds``, a sale of holds; with a
-        ``per_user_limit``, up to that many units per buyer) and return it."""
+        ``per_user_limit``, up to that many units per buyer; with a ``waiting_room``, a line
+        in front) and return it."""
         return await self._query(ledger_sql.insert_sale, product_name, total_stock,
-                                 start_time, end_time, hold_seconds, per_user_limit)
+                                 start_time, end_time, hold_seconds, per_user_limit,
+                                 waiting_room)
 
     async def update_sale(self, sale_id: uuid.UUID, **changes: Any) -> Sale:
         """Change a sale not started yet; see :func:`ledger_sql.update_sale` for refusals."""

@@ -15,9 +15,10 @@ from typing import Any
 import asyncpg
 
 from .errors import InvalidInput, SaleNotActive, SaleNotFound, SaleStarted, StockBelowSold
-from .model import LedgerState, Purchase, Sale, Tally
+from .model import LedgerState, Purchase, Sale, Tally, WaitingRoom
 
-SALE_COLUMNS = "id, product_name, total_stock, start_time, end_time, hold_seconds, per_user_limit"
+SALE_COLUMNS = ("id, product_name, total_stock, start_time, end_time, hold_seconds, "
+                "per_user_limit, line_opens_s, line_admit_per_s, line_window_s")
 #: A purchase row's columns, as :func:`purchase_from_row` reads them.
 PURCHASE_COLUMNS = "id, sale_id, user_id, purchased_at, expires_at, confirmed_at, quantity"
 
@@ -32,7 +33,16 @@ def sale_from_row(row: Any) -> Sale:
         end_time=row["end_time"],
         hold_seconds=row["hold_seconds"],
         per_user_limit=row["per_user_limit"],
+        waiting_room=(None if row["line_admit_per_s"] is None else WaitingRoom(
+            row["line_opens_s"], row["line_admit_per_s"], row["line_window_s"])),
     )
+
+
+def room_columns(room: WaitingRoom | None) -> tuple[int | None, float | None, int | None]:
+    """A waiting room as its three ``flash_sales`` columns (all None: no waiting room)."""
+    if room is None:
+        return None, None, None
+    return room.opens_before_s, room.admit_per_s, room.window_s
 
 
 def purchase_from_row(row: Any) -> Purchase:
@@ -61,14 +71,16 @@ async def fetch_sale(conn: Any, sale_id: uuid.UUID) -> Sale | None:
 
 async def insert_sale(conn: Any, product_name: str, total_stock: int, start_time: datetime,
                       end_time: datetime, hold_seconds: int | None = None,
-                      per_user_limit: int = 1) -> Sale:
+                      per_user_limit: int = 1, waiting_room: WaitingRoom | None = None) -> Sale:
     """Schedule a new sale and return it (with ``hold_seconds``, a sale of holds; with a
-    ``per_user_limit`` above 1, a buyer may take up to that many units)."""
+    ``per_user_limit`` above 1, a buyer may take up to that many units; with a
+    ``waiting_room``, buyers join its line first)."""
     row = await conn.fetchrow(
         f"INSERT INTO flash_sales (product_name, total_stock, start_time, end_time, "
-        f"hold_seconds, per_user_limit) VALUES ($1, $2, $3, $4, $5, $6) "
-        f"RETURNING {SALE_COLUMNS}",
+        f"hold_seconds, per_user_limit, line_opens_s, line_admit_per_s, line_window_s) "
+        f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {SALE_COLUMNS}",
         product_name, total_stock, start_time, end_time, hold_seconds, per_user_limit,
+        *room_columns(waiting_room),
     )
     return sale_from_row(row)
 
@@ -77,7 +89,8 @@ async def update_sale(conn: Any, sale_id: uuid.UUID, *, product_name: str | None
                       total_stock: int | None = None, start_time: datetime | None = None,
                       end_time: datetime | None = None,
                       hold_seconds: int | None = None,
-                      per_user_limit: int | None = None) -> Sale:
+                      per_user_limit: int | None = None,
+                      waiting_room: WaitingRoom | None = None) -> Sale:
     """Change a sale that has not started yet (by the database clock); None leaves a field.
 
     The row is locked for the check and the write, so no purchase commits in between.
@@ -104,10 +117,13 @@ async def update_sale(conn: Any, sale_id: uuid.UUID, *, product_name: str | None
             "UPDATE flash_sales SET product_name = coalesce($2, product_name), "
             "total_stock = coalesce($3, total_stock), start_time = coalesce($4, start_time), "
             "end_time = coalesce($5, end_time), hold_seconds = coalesce($6, hold_seconds), "
-            "per_user_limit = coalesce($7, per_user_limit) "
+            "per_user_limit = coalesce($7, per_user_limit), "
+            "line_opens_s = coalesce($8, line_opens_s), "
+            "line_admit_per_s = coalesce($9, line_admit_per_s), "
+            "line_window_s = coalesce($10, line_window_s) "
             f"WHERE id = $1 RETURNING {SALE_COLUMNS}",
             sale_id, product_name, total_stock, start_time, end_time, hold_seconds,
-            per_user_limit,
+            per_user_limit, *room_columns(waiting_room),
         )
     return sale_from_row(updated)
 

@@ -17,6 +17,16 @@ class SaleStatus(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class WaitingRoom:
+    """A sale's line: it opens ``opens_before_s`` before the sale, admits ``admit_per_s``
+    tickets a second in order from the opening, each for ``window_s`` to buy."""
+
+    opens_before_s: int
+    admit_per_s: float
+    window_s: int
+
+
+@dataclass(frozen=True, slots=True)
 class Sale:
     """A scheduled flash sale: a stock of one product sold within a time window."""
 
@@ -29,6 +39,8 @@ class Sale:
     hold_seconds: int | None = None
     #: The most units one user may take in one purchase (and so in the sale).
     per_user_limit: int = 1
+    #: The line buyers join before they may buy; None: whoever presses first.
+    waiting_room: WaitingRoom | None = None
 
     @property
     def holds(self) -> bool:
@@ -106,6 +118,49 @@ class BuyerStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class Ticket:
+    """A buyer's ticket in a sale's waiting room.
+
+    ``position`` (1 is admitted first) is None for a ticket that joined before the opening
+    until the opening places those tickets in the seed's order.
+    """
+
+    id: uuid.UUID
+    sale_id: uuid.UUID
+    user_id: str
+    joined_at: datetime
+    early: bool
+    position: int | None = None
+    admitted_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """Where a sale's waiting room stands: ``admitted`` is the "admitted up to" position.
+
+    ``seed`` is None until the opening placed the early tickets (``ordered``); the
+    ``commitment`` (sha256 of the seed, hex) is published from the start.
+    """
+
+    sale_id: uuid.UUID
+    commitment: str
+    ordered: bool
+    length: int
+    admitted: int
+    #: Why the line closed: "sold_out" or "ended"; None while it is open.
+    closed: str | None = None
+    seed: bytes | None = None
+
+    def ahead(self, position: int) -> int:
+        """How many tickets are still to be admitted before the one at ``position``."""
+        return max(position - self.admitted - 1, 0)
+
+    def admits(self, position: int | None) -> bool:
+        """Whether the ticket at ``position`` has been admitted."""
+        return position is not None and position <= self.admitted
+
+
+@dataclass(frozen=True, slots=True)
 class Tally:
     """A sale's stock and the units committed of it, as PostgreSQL holds them in one snapshot.
 
@@ -176,8 +231,8 @@ def pick_current(sales: list[Sale], now: datetime) -> Sale | None:
     return None
 
 
-__all__ = ["BuyerStatus", "LedgerState", "Place", "Purchase", "Sale", "SaleStatus", "Standing",
-           "Tally", "pick_current"]
+__all__ = ["BuyerStatus", "LedgerState", "Line", "Place", "Purchase", "Sale", "SaleStatus",
+           "Standing", "Tally", "Ticket", "WaitingRoom", "pick_current"]
 
 
 def utc_now() -> datetime:

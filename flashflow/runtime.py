@@ -22,6 +22,7 @@ from actors import (
     Catalog,
     Holds,
     Ledger,
+    Lines,
     RateLimiter,
     Reconciler,
     SaleStatus,
@@ -32,6 +33,7 @@ from actors import (
     open_catalog,
     open_holds,
     open_ledger,
+    open_lines,
     open_rate_limiter,
     open_reconciler,
     open_stock_feed,
@@ -41,6 +43,7 @@ from actors import (
     utc_now,
 )
 
+from .admission import Admissions, load_admissions
 from .settings import SERVICE_URLS, Settings
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ class Runtime:
     reconciler: Reconciler
     limiter: RateLimiter | None
     holds: Holds
+    lines: Lines
+    admissions: Admissions
 
 
 @asynccontextmanager
@@ -92,6 +97,7 @@ async def open_runtime(settings: Settings, *,
         ):
             clock = catalog.now
             await load_current_gate(catalog, gate, clock())
+            admissions = await load_admissions(settings, ledger)
             async with (
                 _maybe(settings.rate_limit_enabled, open_rate_limiter,
                        settings.limiter_config()) as limiter,
@@ -99,6 +105,7 @@ async def open_runtime(settings: Settings, *,
                                 grace_s=settings.reservation_grace_s, clock=clock) as reconciler,
                 open_holds(ledger, gate, settings.holds_config(),
                            live=partial(holds_may_end, catalog)) as holds,
+                open_lines(ledger, catalog.sales, clock, settings.lines_config()) as lines,
                 open_user_serializer(
                     gate, ledger, catalog=catalog, limiter=limiter,
                     config=settings.serializer_config(), clock=clock,
@@ -107,7 +114,8 @@ async def open_runtime(settings: Settings, *,
             ):
                 yield Runtime(settings=settings, ledger=ledger, catalog=catalog, gate=gate,
                               serializer=serializer, clock=clock, feed=feed,
-                              reconciler=reconciler, limiter=limiter, holds=holds)
+                              reconciler=reconciler, limiter=limiter, holds=holds,
+                              lines=lines, admissions=admissions)
 
 
 @asynccontextmanager

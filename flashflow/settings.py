@@ -20,6 +20,7 @@ from actors import (
     SerializerConfig,
 )
 from actors.keys import KEY_PREFIX
+from actors.lines import LinesConfig
 from actors.redis_url import parse_redis_url
 
 from .cpus import available_cpus
@@ -203,6 +204,15 @@ class Settings:
     #: How often the buyers' streams read their standing when nothing here changed it.
     hold_watch_s: float = 1.0
     reservation_grace_s: float = 30.0
+    #: How often each process moves the waiting rooms' lines on (PostgreSQL admits each once).
+    line_tick_s: float = 0.2
+    #: How often a waiting ticket's stream is told where the line stands.
+    line_update_s: float = 3.0
+    #: Leading zero bits of sha256 a join's proof of work must show; 0: no proof asked.
+    line_proof_bits: int = field(default=0, metadata={"kind": "count"})
+    #: The key admission tokens are signed with; unset, one kept in PostgreSQL for every
+    #: process and host.
+    admission_secret: str | None = _secret()
     retry_after_s: int = 1
     rate_limit_enabled: bool = True
     rate_user_per_s: float = 2.0
@@ -345,6 +355,10 @@ class Settings:
         """The holds actor's configuration."""
         return HoldsConfig(sweep_s=self.hold_sweep_s, gate_retry_s=self.hold_gate_retry_s,
                            watch_s=self.hold_watch_s)
+
+    def lines_config(self) -> LinesConfig:
+        """The lines actor's configuration."""
+        return LinesConfig(tick_s=self.line_tick_s)
 
     def serializer_config(self) -> SerializerConfig:
         """The purchase path's configuration."""

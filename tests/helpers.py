@@ -23,7 +23,7 @@ import redis
 import trio
 from hypercorn.trio import serve as hypercorn_serve
 
-from actors import Sale, ledger_sql
+from actors import Sale, WaitingRoom, ledger_sql
 from actors.redis_url import sync_client
 from flashflow.database import run_on_connection
 from flashflow.http import create_app
@@ -51,22 +51,26 @@ async def make_sale(url: str, *, stock: int = 10, product: str = "Test Widget",
                     starts_in: timedelta = timedelta(minutes=-1),
                     lasts: timedelta = timedelta(hours=1),
                     now: datetime | None = None, hold_seconds: int | None = None,
-                    per_user_limit: int = 1) -> Sale:
+                    per_user_limit: int = 1, waiting_room: WaitingRoom | None = None) -> Sale:
     """Schedule a sale relative to ``now`` (default: running now for an hour); with
-    ``hold_seconds``, a sale of holds; with ``per_user_limit``, up to that many units a buyer."""
+    ``hold_seconds``, a sale of holds; with ``per_user_limit``, up to that many units a buyer;
+    with ``waiting_room``, a line in front."""
     start = (now or datetime.now(UTC)) + starts_in
     return await pg(url, ledger_sql.insert_sale, product, stock, start, start + lasts,
-                    hold_seconds, per_user_limit)
+                    hold_seconds, per_user_limit, waiting_room)
 
 
-def assert_error(response: httpx.Response, status: int, code: str) -> dict:
-    """Check the error envelope of the original product and return its ``error`` object."""
+def assert_error(response: httpx.Response, status: int, code: str,
+                 detailed: bool = False) -> dict:
+    """Check the error envelope of the original product and return its ``error`` object
+    (``detailed``: one of the errors that carry ``details``)."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
     assert set(body) == {"status", "code", "error"}
     assert (body["status"], body["code"]) == ("error", status)
-    assert set(body["error"]) == {"code", "message", "correlationId"}
+    assert set(body["error"]) == {"code", "message", "correlationId",
+                                  *(["details"] if detailed else [])}
     assert body["error"]["code"] == code
     assert body["error"]["message"]
     uuid.UUID(body["error"]["correlationId"])

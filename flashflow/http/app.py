@@ -27,6 +27,7 @@ from .cors import install_cors
 from .demo import install_demo_payments
 from .fast import EXTENSION, HotRoutes
 from .holds import PAYMENTS_SCHEME, install_holds
+from .line import install_line
 from .metrics import install_metrics
 from .openapi import (
     BAD_REQUEST,
@@ -34,6 +35,8 @@ from .openapi import (
     BEARER,
     BEARER_SCHEME,
     FORBIDDEN,
+    NOT_ADMITTED,
+    NOT_ADMITTED_ONLY,
     NOT_FOUND,
     PURCHASE_CONFLICT,
     RATE_LIMITED,
@@ -149,8 +152,8 @@ def create_app(runtime: Runtime) -> QuartTrio:
                                        "same hold."),
              ok(202, PlaceEnvelope, "A sale with holds: every unit is held or confirmed, some "
                                     "not yet paid; the user's place in the waitlist."),
-             BAD_REQUEST, *signed_in_refusals, NOT_FOUND,
-             PURCHASE_CONFLICT, TOO_LARGE, UNSUPPORTED, RATE_LIMITED, UNAVAILABLE)
+             BAD_REQUEST, *signed_in_refusals, NOT_ADMITTED if signed_in else NOT_ADMITTED_ONLY,
+             NOT_FOUND, PURCHASE_CONFLICT, TOO_LARGE, UNSUPPORTED, RATE_LIMITED, UNAVAILABLE)
     async def purchase(sale_id: str | None) -> Response:
         return response(await hot.purchase(await request.get_data(cache=False),
                                            Asking.of(request), sale_id))
@@ -216,6 +219,7 @@ def create_app(runtime: Runtime) -> QuartTrio:
     install_cors(app, settings.cors_origins)
     install_sse(app, runtime)
     install_holds(app, runtime, auth, requires=requires, refusals=signed_in_refusals)
+    install_line(app, runtime, auth, requires=requires, refusals=signed_in_refusals)
     install_admin(app, runtime)
     if settings.demo_payments:
         install_demo_payments(app, runtime)

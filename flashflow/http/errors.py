@@ -31,6 +31,8 @@ from actors.errors import (
     HoldExpired,
     InsufficientStock,
     InvalidInput,
+    LineNotOpen,
+    NotAdmitted,
     Overloaded,
     PurchaseNotFound,
     RateLimited,
@@ -40,6 +42,7 @@ from actors.errors import (
     ShuttingDown,
     SoldOut,
     StockBelowSold,
+    TicketNotFound,
     Unauthorized,
     Undecided,
     UnsupportedMediaType,
@@ -57,6 +60,9 @@ ERROR_TABLE: dict[type[FlashFlowError], tuple[int, str, bool]] = {
     Forbidden: (403, "FORBIDDEN", False),
     SaleNotFound: (404, "SALE_NOT_FOUND", False),
     PurchaseNotFound: (404, "PURCHASE_NOT_FOUND", False),
+    TicketNotFound: (404, "TICKET_NOT_FOUND", False),
+    NotAdmitted: (403, "NOT_ADMITTED", False),
+    LineNotOpen: (409, "LINE_NOT_OPEN", False),
     SaleNotActive: (409, "SALE_NOT_ACTIVE", False),
     SoldOut: (409, "SOLD_OUT", False),
     InsufficientStock: (409, "INSUFFICIENT_STOCK", False),
@@ -77,6 +83,7 @@ ERROR_TABLE: dict[type[FlashFlowError], tuple[int, str, bool]] = {
 #: error class -> the ``details`` its answer carries in ``error`` (the others carry none)
 DETAILS: dict[type[FlashFlowError], Callable[[Any], dict[str, Any]]] = {
     InsufficientStock: lambda error: {"remainingStock": error.remaining},
+    NotAdmitted: lambda error: {"position": error.position, "ahead": error.ahead},
 }
 
 #: The wire code of anything unexpected (500).

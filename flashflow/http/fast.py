@@ -25,6 +25,7 @@ from actors.errors import StandingHold, Waitlisted
 from ..runtime import Runtime
 from . import errors, validation
 from .auth import Asking, Auth
+from .line import not_admitted
 from .metrics import RequestMetrics, purchase_outcome
 from .schema import PurchaseRequest, SignedInPurchaseRequest, validation_message
 from .stock import sale_view
@@ -90,11 +91,16 @@ class HotRoutes:
         except ValidationError as exc:
             return errors.answer_for(self._refused(exc, raw_id), retry_after_s)
         auth = self.auth
+        runtime = self.runtime
         try:
-            bought, sale = await self.runtime.serializer.buy(auth.identify(asking, body.userId),
-                                                             auth.client_address(asking),
-                                                             validation.sale_id(raw_id),
-                                                             body.quantity)
+            buyer = auth.identify(asking, body.userId)
+            wanted = validation.sale_id(raw_id)
+            lined = runtime.serializer.sale(wanted)
+            if lined.waiting_room is not None and not runtime.admissions.admits(
+                    body.admissionToken, lined.id, buyer):
+                raise await not_admitted(runtime, lined, buyer)
+            bought, sale = await runtime.serializer.buy(buyer, auth.client_address(asking),
+                                                        wanted, body.quantity)
         except StandingHold as standing:
             # Pressed again while holding: the same hold, and no second 201.
             held = standing.purchase

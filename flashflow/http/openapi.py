@@ -26,6 +26,7 @@ from actors.errors import (
     Forbidden,
     InsufficientStock,
     InvalidInput,
+    NotAdmitted,
     Overloaded,
     RateLimited,
     SaleNotActive,
@@ -133,6 +134,12 @@ UNAUTHORIZED = refusal({Unauthorized: "no single valid bearer token."},
                        headers=WWW_AUTHENTICATE, name="Unauthorized")
 FORBIDDEN = refusal({Forbidden: "userId names another user than the token's subject."},
                     name="Forbidden")
+_NOT_ADMITTED_WHY = ("a sale with a waiting room, and no valid admissionToken of this buyer; "
+                     "error.details gives their position and the tickets ahead")
+NOT_ADMITTED = refusal({Forbidden: "userId names another user than the token's subject",
+                        NotAdmitted: _NOT_ADMITTED_WHY},
+                       refused="Forbidden", name="PurchaseForbidden")
+NOT_ADMITTED_ONLY = refusal({NotAdmitted: _NOT_ADMITTED_WHY}, name="NotAdmitted")
 NOT_FOUND = refusal({SaleNotFound: "no such sale (or, for /current, no current sale)."},
                     name="SaleNotFound")
 PURCHASE_CONFLICT = refusal({SaleNotActive: "not started yet, or ended", SoldOut: "",

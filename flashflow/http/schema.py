@@ -26,7 +26,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from actors.errors import InvalidInput
 
-from . import validation, wire
+from . import line_wire, validation, wire
 from .errors import WIRE_CODES
 
 
@@ -86,6 +86,21 @@ Moment = Annotated[
     AwareDatetime, Field(description="ISO 8601 with an offset, e.g. 2030-01-01T10:00:00Z")]
 
 
+#: A sale's waiting room, as the admin API takes it.
+class WaitingRoomIn(BaseModel):
+    """A waiting room: when its line opens, how fast it admits, how long an admission lasts."""
+
+    model_config = ConfigDict(extra="forbid")
+    opensSecondsBefore: Annotated[int, Field(
+        strict=True, ge=0, le=604_800,
+        description="How long before startTime buyers may join the line (a week at most).")]
+    admitPerSecond: Annotated[float, Field(
+        gt=0, le=100_000, description="Tickets admitted a second, in order, from startTime.")]
+    admissionSeconds: Annotated[int, Field(
+        strict=True, ge=1, le=validation.HOLD_SECONDS_MAX,
+        description="How long an admitted buyer may buy.")]
+
+
 def _check_window(start: datetime | None, end: datetime | None) -> None:
     if start is not None and end is not None and end <= start:
         raise ValueError("endTime must be after startTime.")
@@ -103,6 +118,8 @@ class SaleCreate(BaseModel):
     holdSeconds: HoldSeconds | None = None
     #: The most units one buyer may take; 1 when left out.
     perUserLimit: PerUserLimit | None = None
+    #: With it, buyers join a fair line and buy only once admitted.
+    waitingRoom: WaitingRoomIn | None = None
 
     @model_validator(mode="after")
     def window_in_order(self) -> Self:
@@ -120,14 +137,20 @@ class SaleUpdate(BaseModel):
     endTime: Moment | None = None
     holdSeconds: HoldSeconds | None = None
     perUserLimit: PerUserLimit | None = None
+    waitingRoom: WaitingRoomIn | None = None
 
     @model_validator(mode="after")
     def something_to_change(self) -> Self:
         if all(value is None for _, value in self):
             raise ValueError("Give at least one of productName, totalStock, startTime, endTime, "
-                             "holdSeconds, perUserLimit.")
+                             "holdSeconds, perUserLimit, waitingRoom.")
         _check_window(self.startTime, self.endTime)
         return self
+
+
+#: In a sale with a waiting room, the admission token its ticket was given once admitted.
+AdmissionToken = Annotated[str, Field(max_length=4096, description=(
+    "A sale with a waiting room only: the admissionToken of the buyer's admitted ticket."))]
 
 
 class PurchaseRequest(BaseModel):
@@ -136,6 +159,7 @@ class PurchaseRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     userId: UserId
     quantity: Quantity = 1
+    admissionToken: AdmissionToken | SkipJsonSchema[None] = OPTIONAL
 
 
 class SignedInPurchaseRequest(BaseModel):
@@ -144,6 +168,29 @@ class SignedInPurchaseRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     userId: UserId | SkipJsonSchema[None] = OPTIONAL
     quantity: Quantity = 1
+    admissionToken: AdmissionToken | SkipJsonSchema[None] = OPTIONAL
+
+
+#: A join's proof of work: a nonce (see flashflow.admission).
+Proof = Annotated[str, Field(min_length=1, max_length=64, description=(
+    "When the line asks for proofBits above 0: a nonce such that sha256(\"{saleId}:{userId}:"
+    "{nonce}\") starts with proofBits zero bits."))]
+
+
+class JoinRequest(BaseModel):
+    """The body of ``POST .../queue`` without authentication: it names the buyer."""
+
+    model_config = ConfigDict(extra="ignore")
+    userId: UserId
+    proof: Proof | SkipJsonSchema[None] = OPTIONAL
+
+
+class SignedInJoinRequest(BaseModel):
+    """The body of ``POST .../queue`` with a bearer token: ``userId``, if sent, is its ``sub``."""
+
+    model_config = ConfigDict(extra="ignore")
+    userId: UserId | SkipJsonSchema[None] = OPTIONAL
+    proof: Proof | SkipJsonSchema[None] = OPTIONAL
 
 
 class StatusQuery(BaseModel):
@@ -174,6 +221,9 @@ SaleOut = sent("SaleOut", wire.SALE_BODY)
 PurchaseOut = sent("PurchaseOut", wire.PURCHASE_BODY)
 PurchaseStatusOut = sent("PurchaseStatusOut", wire.PURCHASE_STATUS_BODY)
 PlaceOut = sent("PlaceOut", wire.PLACE_BODY)
+LineOut = sent("LineOut", line_wire.LINE_BODY)
+TicketOut = sent("TicketOut", line_wire.TICKET_BODY)
+AuditOut = sent("AuditOut", line_wire.AUDIT_BODY)
 
 
 class SaleEnvelope(BaseModel):
@@ -198,6 +248,24 @@ class PlaceEnvelope(BaseModel):
     """``{"data": place}``."""
 
     data: PlaceOut
+
+
+class LineEnvelope(BaseModel):
+    """``{"data": line}``."""
+
+    data: LineOut
+
+
+class TicketEnvelope(BaseModel):
+    """``{"data": ticket}``."""
+
+    data: TicketOut
+
+
+class AuditEnvelope(BaseModel):
+    """``{"data": audit}``."""
+
+    data: AuditOut
 
 
 class PurchaseStatusEnvelope(BaseModel):

@@ -112,6 +112,14 @@ def purchase_id(raw: str) -> uuid.UUID:
         raise InvalidInput("The purchase id must be a UUID.", field="purchaseId") from None
 
 
+def ticket_id(raw: str) -> uuid.UUID:
+    """The ticket id of a path, or InvalidInput (400) if not a UUID."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise InvalidInput("The ticket id must be a UUID.", field="ticket") from None
+
+
 def sale_id(raw: str | None) -> uuid.UUID | None:
     """The sale id of a path (None: the current sale), or InvalidInput (400) if not a UUID."""
     if raw is None:

@@ -33,6 +33,7 @@ __all__ = [
     "CURRENT_EVENTS",
     "CURRENT_PURCHASE",
     "CURRENT_PURCHASE_EVENTS",
+    "CURRENT_QUEUE",
     "DEMO_PAY",
     "HEALTHZ",
     "HELD",
@@ -45,6 +46,7 @@ __all__ = [
     "PURCHASE_BODY",
     "PURCHASE_ID",
     "PURCHASE_STATUS_BODY",
+    "QUEUE_AUDIT",
     "READYZ",
     "SALE",
     "SALES",
@@ -53,7 +55,11 @@ __all__ = [
     "SALE_ID",
     "SALE_PURCHASE",
     "SALE_PURCHASE_EVENTS",
+    "SALE_QUEUE",
     "STANDINGS",
+    "TICKET",
+    "TICKET_EVENTS",
+    "TICKET_ID",
     "WAITLISTED",
     "Answer",
     "Body",
@@ -76,6 +82,7 @@ __all__ = [
     "purchase_path",
     "purchase_status_body",
     "quantity_field",
+    "queue_path",
     "response",
     "sale_body",
     "sale_id_in",
@@ -84,6 +91,7 @@ __all__ = [
     "standing_body",
     "status_event_body",
     "stock_event_body",
+    "ticket_path",
 ]
 
 #: The placeholder of a sale's id in a route pattern (a werkzeug rule).
@@ -105,6 +113,16 @@ SALE_EVENTS = f"{SALE}/events"
 #: A buyer's own stream of their standing, in a sale with holds.
 CURRENT_PURCHASE_EVENTS = f"{CURRENT_PURCHASE}/events"
 SALE_PURCHASE_EVENTS = f"{SALE_PURCHASE}/events"
+#: A sale's waiting room: where its line stands (GET), join it (POST).
+CURRENT_QUEUE = f"{CURRENT}/queue"
+SALE_QUEUE = f"{SALE}/queue"
+#: The line's seed, its commitment and every ticket: enough to recompute its order.
+QUEUE_AUDIT = f"{SALE_QUEUE}/audit"
+#: The placeholder of a ticket's id in a route pattern.
+TICKET_ID = "<ticket_id>"
+#: One ticket (GET), and its live stream.
+TICKET = f"{SALE_QUEUE}/{TICKET_ID}"
+TICKET_EVENTS = f"{TICKET}/events"
 #: The placeholder of a purchase's id in a route pattern.
 PURCHASE_ID = "<purchase_id>"
 #: The payment step's calls on one hold: confirm it (paid), or cancel it.
@@ -120,6 +138,16 @@ HEALTHZ = "/healthz"
 READYZ = "/readyz"
 METRICS = "/metrics"
 OPENAPI = "/openapi.json"
+
+
+def queue_path(sale_id: object) -> str:
+    """The path of a sale's waiting room."""
+    return fill(SALE_QUEUE, sale_id)
+
+
+def ticket_path(sale_id: object, ticket_id: object) -> str:
+    """The path of one ticket of a sale's waiting room."""
+    return fill(TICKET, sale_id).replace(TICKET_ID, str(ticket_id))
 
 
 def fill(pattern: str, sale_id: object) -> str:
@@ -292,8 +320,12 @@ SALE_BODY = Body("A sale as ``GET /current`` returns it.", {
     "heldStock": _COUNT,
     "confirmedStock": _COUNT,
     "waitlistLength": _COUNT,
+    # A sale with a waiting room only: its line's definition.
+    "waitingRoom": {"type": "object", "properties": {
+        "opensSecondsBefore": _COUNT, "admitPerSecond": {"type": "number"},
+        "admissionSeconds": _COUNT}},
 }, optional=frozenset({"perUserLimit", "holdSeconds", "heldStock", "confirmedStock",
-                        "waitlistLength"}))
+                        "waitlistLength", "waitingRoom"}))
 PURCHASE_BODY = Body("A purchase: confirmed, or in a sale with holds a hold until expiresAt.", {
     "purchaseId": _ID,
     "userId": _TEXT,
@@ -340,10 +372,15 @@ def sale_body(sale: Sale, remaining: int, now: datetime,
               tally: Tally | None = None) -> dict[str, Any]:
     """The wire form of a sale, as ``GET /current`` returns it (``tally``: with holds)."""
     limit = {"perUserLimit": sale.per_user_limit} if sale.per_user_limit > 1 else {}
+    room = sale.waiting_room
+    line = {} if room is None else {"waitingRoom": {
+        "opensSecondsBefore": room.opens_before_s, "admitPerSecond": room.admit_per_s,
+        "admissionSeconds": room.window_s}}
     return SALE_BODY.build(
         id=str(sale.id), productName=sale.product_name, totalStock=sale.total_stock,
         remainingStock=remaining, startTime=iso(sale.start_time), endTime=iso(sale.end_time),
-        status=sale.status(now).value, serverTime=iso(now), **limit, **hold_fields(sale, tally))
+        status=sale.status(now).value, serverTime=iso(now), **limit, **hold_fields(sale, tally),
+        **line)
 
 
 def purchase_body(purchase: Purchase, sale: Sale) -> dict[str, Any]:

@@ -1,8 +1,13 @@
-"""The waitlist's SQL: a place in a sale's line, and the units handed down it.
+"""The SQL of a place in a line: the waitlist behind a sale's holds, and the waiting room in
+front of a sale.
 
-A place is one idea with one home: taken here (:func:`join_waitlist`), left here
-(:func:`leave_waitlist`), numbered here (:data:`PLACES`) and served here (:func:`offer`),
-whoever asks: a press, or a hold that ended (:mod:`actors.holds_sql`).
+A place is one idea with one home. In the waitlist it is taken here (:func:`join_waitlist`),
+left here (:func:`leave_waitlist`), numbered here (:data:`PLACES`) and served here
+(:func:`offer`), whoever asks: a press, or a hold that ended (:mod:`actors.holds_sql`). In
+the waiting room it is a ticket: taken here (:func:`join_line`), placed and admitted here
+(:func:`advance_line`), closed here (:func:`close_line`) and read here.
+
+The waitlist:
 
 - A place is taken under the sale's row lock, the lock a lapse, a cancel and a commit also
   take, so a place is only ever given while fewer units are free than it asks, and places
@@ -14,12 +19,13 @@ whoever asks: a press, or a hold that ended (:mod:`actors.holds_sql`).
 from __future__ import annotations
 
 import enum
+import hashlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from .ledger_sql import HOLD_END, INSERT_COLUMNS, PURCHASE_COLUMNS, purchase_from_row
-from .model import Place, Purchase
+from .model import Line, Place, Purchase, Ticket
 
 
 class Joined(enum.Enum):
@@ -177,4 +183,114 @@ async def leave_waitlist(conn: Any, sale_id: uuid.UUID, user_id: str) -> bool:
         "AND offered_at IS NULL RETURNING 1) SELECT count(*) > 0 FROM gone", sale_id, user_id)
 
 
-__all__ = ["PLACES", "JoinOutcome", "Joined", "fits", "join_waitlist", "leave_waitlist", "offer"]
+
+# The waiting room (migration 0005): one line per sale, of tickets. The order of the tickets
+# that joined before the opening is ascending sha256(seed || ticket id), which anyone can
+# recompute once the seed is public (:func:`line_order`).
+
+
+class Entered(enum.Enum):
+    """What asking for a ticket decided (the ``line_join`` function's outcome)."""
+
+    JOINED = "joined"
+    #: The user's own ticket, again: one per user.
+    KEPT = "kept"
+    #: The sale has no waiting room.
+    NONE = "none"
+    NOT_OPEN = "not_open"
+    #: The line closed: every unit is sold for good.
+    CLOSED = "closed"
+    ENDED = "ended"
+
+
+TICKET_COLUMNS = "ticket, sale_id, user_id, joined_at, early, position, admitted_at"
+LINE_COLUMNS = ("encode(sha256(seed), 'hex') AS commitment, ordered_at IS NOT NULL AS ordered, "
+                "length, admitted, closed_why, CASE WHEN ordered_at IS NOT NULL THEN seed END "
+                "AS seed")
+
+
+def ticket_from_row(row: Any) -> Ticket:
+    """Build a :class:`Ticket` from a ``tickets`` row (:data:`TICKET_COLUMNS`)."""
+    return Ticket(row["ticket"], row["sale_id"], row["user_id"], row["joined_at"],
+                  row["early"], row["position"], row["admitted_at"])
+
+
+def line_from_row(sale_id: uuid.UUID, row: Any) -> Line:
+    """Build a :class:`Line` from a ``lines`` row (:data:`LINE_COLUMNS`)."""
+    return Line(sale_id, row["commitment"], row["ordered"], row["length"], row["admitted"],
+                row["closed_why"], None if row["seed"] is None else bytes(row["seed"]))
+
+
+def line_order(seed: bytes, tickets: list[uuid.UUID]) -> list[uuid.UUID]:
+    """The order the opening gives the tickets that joined before it: what ``line_join``
+    computes in SQL, for anyone to check with the revealed seed."""
+    return sorted(tickets, key=lambda t: hashlib.sha256(seed + str(t).encode()).digest())
+
+
+async def join_line(conn: Any, sale_id: uuid.UUID, user_id: str) -> tuple[Entered, Ticket | None]:
+    """Give ``user_id`` a ticket in the sale's line (their own again, if they have one)."""
+    row = await conn.fetchrow("SELECT * FROM line_join($1, $2)", sale_id, user_id)
+    entered = Entered(row["outcome"])
+    if row["ticket"] is None:
+        return entered, None
+    found = await conn.fetchrow(f"SELECT {TICKET_COLUMNS} FROM tickets WHERE ticket = $1",
+                                row["ticket"])
+    return entered, ticket_from_row(found)
+
+
+async def find_ticket(conn: Any, sale_id: uuid.UUID, ticket: uuid.UUID | None = None,
+                      user_id: str | None = None) -> Ticket | None:
+    """A ticket of the sale, by its id or by its user; None when there is none."""
+    row = await conn.fetchrow(
+        f"SELECT {TICKET_COLUMNS} FROM tickets WHERE sale_id = $1 "
+        "AND (ticket = $2 OR user_id = $3)", sale_id, ticket, user_id)
+    return None if row is None else ticket_from_row(row)
+
+
+async def advance_line(conn: Any, sale_id: uuid.UUID) -> Line | None:
+    """Move the line on (place the early tickets at the opening, admit the next ones at
+    the sale's rate) and return it; None when the sale has no line. Any process may call it
+    at any time: it is decided under the line's row lock, by PostgreSQL's clock."""
+    async with conn.transaction():
+        moved = await conn.fetchrow("SELECT * FROM line_advance($1)", sale_id)
+        if moved is None or moved["ordered"] is None:
+            return None
+        row = await conn.fetchrow(f"SELECT {LINE_COLUMNS} FROM lines WHERE sale_id = $1",
+                                  sale_id)
+    return line_from_row(sale_id, row)
+
+
+async def close_line(conn: Any, sale_id: uuid.UUID, why: str) -> None:
+    """Close the sale's line for ``why`` ("sold_out"): no more joins, no more admissions."""
+    await conn.execute("UPDATE lines SET closed_at = clock_timestamp(), closed_why = $2 "
+                       "WHERE sale_id = $1 AND closed_at IS NULL", sale_id, why)
+
+
+async def line_positions(conn: Any, sale_id: uuid.UUID, after: int = 0) -> dict[uuid.UUID, int]:
+    """The position of every placed ticket of the sale past ``after``, by ticket id."""
+    rows = await conn.fetch("SELECT ticket, position FROM tickets WHERE sale_id = $1 "
+                            "AND position > $2", sale_id, after)
+    return {r["ticket"]: r["position"] for r in rows}
+
+
+async def line_audit(conn: Any, sale_id: uuid.UUID) -> tuple[Line | None, list[Ticket]]:
+    """The line and every ticket in it, in arrival order, read in one snapshot."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        row = await conn.fetchrow(f"SELECT {LINE_COLUMNS} FROM lines WHERE sale_id = $1",
+                                  sale_id)
+        rows = await conn.fetch(f"SELECT {TICKET_COLUMNS} FROM tickets WHERE sale_id = $1 "
+                                "ORDER BY arrival", sale_id)
+    line = None if row is None else line_from_row(sale_id, row)
+    return line, [ticket_from_row(r) for r in rows]
+
+
+async def signing_key(conn: Any, name: str, drawn: bytes) -> bytes:
+    """The key kept under ``name``: ``drawn`` if this call is the first to ask."""
+    await conn.execute("INSERT INTO signing_keys (name, secret) VALUES ($1, $2) "
+                       "ON CONFLICT (name) DO NOTHING", name, drawn)
+    return bytes(await conn.fetchval("SELECT secret FROM signing_keys WHERE name = $1", name))
+
+
+__all__ = ["LINE_COLUMNS", "PLACES", "TICKET_COLUMNS", "Entered", "JoinOutcome", "Joined",
+           "advance_line", "close_line", "find_ticket", "fits", "join_line", "join_waitlist",
+           "leave_waitlist", "line_audit", "line_order", "line_positions", "offer", "signing_key"]
