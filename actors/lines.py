@@ -19,6 +19,7 @@ for its final event, and new joins are refused.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import uuid
 from collections import defaultdict, deque
@@ -75,7 +76,9 @@ class Lines:
         self._changed: dict[uuid.UUID, trio.Event] = defaultdict(trio.Event)
         # Each watched position's event, woken when it is admitted or the line closes.
         self._turns: dict[uuid.UUID, dict[int, trio.Event]] = defaultdict(dict)
+        self._due: dict[uuid.UUID, list[int]] = defaultdict(list)
         self._positions: dict[uuid.UUID, dict[uuid.UUID, int]] = defaultdict(dict)
+        self._reading: dict[uuid.UUID, trio.Lock] = defaultdict(trio.Lock)
         self._samples: dict[uuid.UUID, deque[tuple[float, int]]] = defaultdict(deque)
         self._ticks = 0
         self._failed = 0
@@ -124,12 +127,17 @@ class Lines:
         if ticket.position is not None:
             return ticket.position
         known = self._positions[sale.id]
-        if ticket.id not in known:
-            line = self._lines.get(sale.id)
-            if line is None or not line.ordered:
-                return None
-            known.update(await self._ledger.call(places_sql.line_positions, sale.id,
-                                                 max(known.values(), default=0)))
+        if ticket.id in known:
+            return known[ticket.id]
+        line = self._lines.get(sale.id)
+        if line is None or not line.ordered:
+            return None
+        # Every stream of the line asks at the opening: one of them reads, the others wait
+        # for its answer instead of each reading the whole line.
+        async with self._reading[sale.id]:
+            if ticket.id not in known:
+                known.update(await self._ledger.call(places_sql.line_positions, sale.id,
+                                                     max(known.values(), default=0)))
         return known.get(ticket.id)
 
     def rate(self, sale: Sale) -> float:
@@ -153,7 +161,11 @@ class Lines:
         if line is not None and (line.admits(position) or line.closed is not None):
             return
         # Streams of the same ticket share one event; it is dropped once set.
-        await self._turns[sale_id].setdefault(position, trio.Event()).wait()
+        turns = self._turns[sale_id]
+        if position not in turns:
+            turns[position] = trio.Event()
+            heapq.heappush(self._due[sale_id], position)
+        await turns[position].wait()
 
     def statistics(self) -> LinesStatistics:
         """A snapshot of the room's work in this process."""
@@ -173,13 +185,10 @@ class Lines:
                 samples.popleft()
         if before == line:
             return
-        turns = self._turns[line.sale_id]
-        if line.closed is not None:
-            woken = list(turns)
-        else:
-            woken = [p for p in turns if p <= line.admitted]
-        for position in woken:
-            turns.pop(position).set()
+        turns, due = self._turns[line.sale_id], self._due[line.sale_id]
+        # The positions watched, smallest first: an admission wakes only those it admits.
+        while due and (line.closed is not None or due[0] <= line.admitted):
+            turns.pop(heapq.heappop(due)).set()
         self._changed.pop(line.sale_id, trio.Event()).set()
 
     def _open_lines(self) -> list[Sale]:

@@ -83,8 +83,10 @@ BEGIN
      WHERE sale_id = p_sale;
 END $$;
 
--- A buyer asks for a ticket: decided under the line's row lock, so arrivals are numbered
--- in the order they commit and nobody is placed twice. outcome: 'none' (no waiting room),
+-- A buyer asks for a ticket. Before the opening joins share the line's row lock (the
+-- opening takes it alone), so they go in parallel and none lands after the opening placed
+-- the early tickets; from the opening on, a join takes it alone to number its position, so
+-- later arrivals are numbered in the order they commit. outcome: 'none' (no waiting room),
 -- 'not_open' (before the line opens), 'ended', 'closed' (sold out), 'kept' (the user's own
 -- ticket, again) or 'joined' (a new one).
 CREATE FUNCTION line_join(p_sale uuid, p_user text, OUT outcome text, OUT ticket uuid)
@@ -96,8 +98,7 @@ DECLARE
     placed bigint;
 BEGIN
     SELECT f.start_time, f.end_time, f.line_opens_s INTO s FROM flash_sales f WHERE f.id = p_sale;
-    SELECT * INTO l FROM lines WHERE sale_id = p_sale FOR UPDATE;
-    IF NOT FOUND OR s.line_opens_s IS NULL THEN
+    IF s.line_opens_s IS NULL THEN
         outcome := 'none';
         RETURN;
     END IF;
@@ -106,24 +107,45 @@ BEGIN
         outcome := 'kept';
         RETURN;
     END IF;
-    IF now_ >= s.end_time THEN
+    IF now_ < s.start_time THEN
+        SELECT * INTO l FROM lines WHERE sale_id = p_sale FOR SHARE;
+    ELSE
+        SELECT * INTO l FROM lines WHERE sale_id = p_sale FOR UPDATE;
+    END IF;
+    IF NOT FOUND THEN
+        outcome := 'none';
+    ELSIF now_ >= s.end_time THEN
         outcome := 'ended';
     ELSIF l.closed_at IS NOT NULL THEN
         outcome := 'closed';
     ELSIF now_ < s.start_time - make_interval(secs => s.line_opens_s) THEN
         outcome := 'not_open';
-    ELSIF now_ < s.start_time THEN
+    ELSIF now_ < s.start_time AND l.ordered_at IS NULL THEN
         INSERT INTO tickets (sale_id, user_id, arrival, joined_at, early)
         VALUES (p_sale, p_user, nextval('ticket_arrivals'), now_, true)
+        ON CONFLICT (sale_id, user_id) DO NOTHING
         RETURNING tickets.ticket INTO ticket;
         outcome := 'joined';
     ELSE
+        IF now_ < s.start_time THEN
+            -- Placed while this join waited (an operator moved the start): a later arrival.
+            SELECT * INTO l FROM lines WHERE sale_id = p_sale FOR UPDATE;
+        END IF;
         PERFORM line_place_early(p_sale, s.start_time);
         UPDATE lines SET length = length + 1 WHERE sale_id = p_sale RETURNING length INTO placed;
         INSERT INTO tickets (sale_id, user_id, arrival, joined_at, early, position)
         VALUES (p_sale, p_user, nextval('ticket_arrivals'), now_, false, placed)
+        ON CONFLICT (sale_id, user_id) DO NOTHING
         RETURNING tickets.ticket INTO ticket;
+        IF ticket IS NULL THEN
+            UPDATE lines SET length = length - 1 WHERE sale_id = p_sale;
+        END IF;
         outcome := 'joined';
+    END IF;
+    IF outcome = 'joined' AND ticket IS NULL THEN
+        -- The same user joined at the same moment elsewhere: theirs is the one.
+        SELECT t.ticket INTO ticket FROM tickets t WHERE t.sale_id = p_sale AND t.user_id = p_user;
+        outcome := 'kept';
     END IF;
 END $$;
 

@@ -9,8 +9,8 @@
 - ``GET .../queue/{ticket}/events``: the same, live. A ``ticket`` event first; a ``line``
   event every ``FLASHFLOW_LINE_UPDATE_S`` (one body per sale, shared by every stream: from
   ``admittedUpTo`` each ticket knows its own place); ``admitted`` the moment the ticket's
-  turn comes, with its token, or ``closed`` when the line closes before it: either is the
-  last event.
+  turn comes, with its token, or ``closed`` when the line closes before it (``expired`` for
+  a ticket whose admission window has passed): each is the last event.
 - ``GET .../queue/audit``: the seed (once revealed), its commitment and every ticket.
 """
 
@@ -228,11 +228,11 @@ def install_line(app: QuartTrio, runtime: Runtime, auth: Auth, *,
             # Spread over the interval, so the streams of a line do not all send at once.
             update_at = trio.current_time() + random.uniform(0, settings.line_update_s)
             while True:
-                if line.closed is not None and not line.admits(position):
-                    yield event("closed", await view.body(sale, ticket, line))
-                    return
-                if line.admits(position):
-                    yield event("admitted", await view.body(sale, ticket, line))
+                if line.closed is not None or line.admits(position):
+                    # The last event, named for the ticket's status: admitted (with its
+                    # token), closed (the line closed first) or expired.
+                    body = await view.body(sale, ticket, line)
+                    yield event(body["status"], body)
                     return
                 with trio.move_on_at(min(beat_at, update_at)):
                     if position is None:
