@@ -19,9 +19,10 @@ import trio
 
 from actors import ledger_sql, single_errors
 from actors.errors import BackendUnavailable
-from actors.model import Sale
+from actors.model import Sale, WaitingRoom
 
 from .database import run_on_connection
+from .http.validation import ADMIT_PER_S_MAX, HOLD_SECONDS_MAX, LINE_OPENS_MAX_S
 from .logs import configure_logging
 from .migrate import apply_migrations
 from .redaction import redact
@@ -71,6 +72,10 @@ def _sale_json(sale: Sale, sold: int | None = None) -> str:
         body["perUserLimit"] = sale.per_user_limit
     if sale.hold_seconds is not None:
         body["holdSeconds"] = sale.hold_seconds
+    if sale.waiting_room is not None:
+        from .http.wire import room_body
+
+        body["waitingRoom"] = room_body(sale.waiting_room)
     if sold is not None:
         body["sold"] = sold
     return json.dumps(body)
@@ -161,6 +166,19 @@ def sale() -> None:
     """
 
 
+#: ``sale create``'s options that describe a waiting room, by parameter name.
+LINE_OPTIONS = {"line_opens_s": "--line-opens-before", "admit_per_s": "--admit-per-second",
+                "window_s": "--admission-seconds"}
+
+
+def _line_options_need_a_room() -> None:
+    """Refuse a waiting room's option given without ``--waiting-room`` (it would be lost)."""
+    context = click.get_current_context()
+    for name, option in LINE_OPTIONS.items():
+        if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+            raise click.UsageError(f"{option} describes a waiting room: add --waiting-room.")
+
+
 @sale.command("create")
 @click.option("--database-url", help="PostgreSQL URL [FLASHFLOW_DATABASE_URL].")
 @click.option("--product", required=True)
@@ -172,18 +190,35 @@ def sale() -> None:
                    "confirms it; unpaid, it lapses and goes to the waitlist.")
 @click.option("--per-user-limit", type=click.IntRange(1, 100), default=1, show_default=True,
               help="The most units one buyer may take, all in one purchase.")
+@click.option("--waiting-room", is_flag=True,
+              help="Put a fair line in front of the sale: buyers join it, those in before the "
+                   "start are shuffled by a committed seed, and only admitted ones may buy.")
+@click.option("--line-opens-before", "line_opens_s", type=click.IntRange(0, LINE_OPENS_MAX_S),
+              default=600, show_default=True, metavar="SECONDS",
+              help="With --waiting-room: how long before --start buyers may join the line.")
+@click.option("--admit-per-second", "admit_per_s", default=10.0, show_default=True,
+              type=click.FloatRange(0, ADMIT_PER_S_MAX, min_open=True), metavar="N",
+              help="With --waiting-room: tickets admitted a second, in order, from --start.")
+@click.option("--admission-seconds", "window_s", type=click.IntRange(1, HOLD_SECONDS_MAX),
+              default=120, show_default=True, metavar="S",
+              help="With --waiting-room: how long an admitted buyer may buy.")
 @click.pass_obj
 def sale_create(settings: Settings, database_url: str | None, product: str, stock: int,
-                start: str, end: str, hold_seconds: int | None, per_user_limit: int) -> None:
-    """Schedule a sale."""
+                start: str, end: str, hold_seconds: int | None, per_user_limit: int,
+                waiting_room: bool, line_opens_s: int, admit_per_s: float,
+                window_s: int) -> None:
+    """Schedule a sale (with --waiting-room, behind a line; see docs/waiting-room.md)."""
     starts, ends = _when(start), _when(end)
     if ends <= starts:
         raise click.BadParameter("--end must be after --start")
     if not 1 <= len(product.strip()) <= 200:
         raise click.BadParameter("--product must have 1 to 200 characters")
+    room = WaitingRoom(line_opens_s, admit_per_s, window_s) if waiting_room else None
+    if room is None:
+        _line_options_need_a_room()
     url = _ready(settings, DATABASE, database_url=database_url).database_url
     click.echo(_sale_json(_run_pg(url, ledger_sql.insert_sale, product.strip(), stock,
-                                  starts, ends, hold_seconds, per_user_limit)))
+                                  starts, ends, hold_seconds, per_user_limit, room)))
 
 
 @sale.command("list")

@@ -200,3 +200,55 @@ async def _limits(conn) -> list[tuple[str, int]]:
     rows = await conn.fetch("SELECT product_name, per_user_limit FROM flash_sales "
                             "ORDER BY product_name")
     return [(r["product_name"], r["per_user_limit"]) for r in rows]
+
+
+def test_sale_create_with_a_waiting_room_writes_and_prints_it(database_url):
+    """`sale create --waiting-room` writes a room with the defaults (600 s, 10 a second, 120 s)
+    or the options given, prints waitingRoom, and gives the sale its line; out-of-range
+    values, and a room's option without --waiting-room, are refused with the option named
+    and write nothing; without it, no waitingRoom."""
+    window = ["--database-url", database_url, "--stock", "20",
+              "--start", "2030-01-01T10:00:00Z", "--end", "2030-01-01T11:00:00Z"]
+    lined = invoke("sale", "create", "--product", "Lined", "--waiting-room", *window)
+    tuned = invoke("sale", "create", "--product", "Tuned", "--waiting-room",
+                   "--line-opens-before", "3600", "--admit-per-second", "2.5",
+                   "--admission-seconds", "45", *window)
+    plain = invoke("sale", "create", "--product", "Plain", *window)
+    refused = [(option, invoke("sale", "create", "--product", "Refused", "--waiting-room",
+                               option, value, *window))
+               for option, value in [("--line-opens-before", "-1"),
+                                     ("--line-opens-before", "604801"),
+                                     ("--admit-per-second", "0"),
+                                     ("--admit-per-second", "100001"),
+                                     ("--admit-per-second", "fast"),
+                                     ("--admission-seconds", "0"),
+                                     ("--admission-seconds", "86401"),
+                                     ("--admission-seconds", "1.5")]]
+    roomless = [(option, invoke("sale", "create", "--product", "Refused", option, value,
+                                *window))
+                for option, value in [("--line-opens-before", "60"),
+                                      ("--admit-per-second", "10"),
+                                      ("--admission-seconds", "120")]]
+    assert lined.exit_code == 0, lined.output
+    assert json.loads(lined.stdout)["waitingRoom"] == {
+        "opensSecondsBefore": 600, "admitPerSecond": 10, "admissionSeconds": 120}
+    assert tuned.exit_code == 0, tuned.output
+    assert json.loads(tuned.stdout)["waitingRoom"] == {
+        "opensSecondsBefore": 3600, "admitPerSecond": 2.5, "admissionSeconds": 45}
+    assert plain.exit_code == 0, plain.output
+    assert "waitingRoom" not in json.loads(plain.stdout)
+    for option, result in [*refused, *roomless]:
+        assert result.exit_code == 2, result.output
+        assert option in result.output
+    assert "--waiting-room" in roomless[0][1].output
+    listed = [json.loads(line) for line in invoke(
+        "sale", "list", "--database-url", database_url).stdout.splitlines()]
+    assert sorted((s["productName"], s.get("waitingRoom", {}).get("admitPerSecond"))
+                  for s in listed) == [("Lined", 10), ("Plain", None), ("Tuned", 2.5)]
+    assert run_on_connection(database_url, _lines) == ["Lined", "Tuned"]
+
+
+async def _lines(conn) -> list[str]:
+    rows = await conn.fetch("SELECT product_name FROM lines JOIN flash_sales ON id = sale_id "
+                            "ORDER BY product_name")
+    return [r["product_name"] for r in rows]

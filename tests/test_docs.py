@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import shlex
+import sys
+import uuid
 from dataclasses import MISSING, Field, fields
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import trio
 import yaml
 from click.testing import CliRunner
 
+from actors import WaitingRoom
+from actors.places_sql import line_order
 from flashflow.cli import main
 from flashflow.http.metrics import (
     ACTOR_METRICS,
@@ -19,10 +26,13 @@ from flashflow.http.metrics import (
     REQUEST_METRICS,
     SALE_METRICS,
 )
+from flashflow.http.wire import QUEUE_AUDIT, fill, queue_path, ticket_path
 from flashflow.settings import NOT_SETTINGS, PREFIX, Settings, env_name
 
+from .helpers import live_server, make_sale
+
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-PAGES = ["fsd.md", "operations.md", "testing.md"]
+PAGES = ["fsd.md", "operations.md", "testing.md", "waiting-room.md"]
 METRICS = {m[0] for m in (*REQUEST_METRICS, *ACTOR_METRICS, *SALE_METRICS, *BUILD_METRICS,
                           *PROCESS_METRICS)}
 #: Defaults computed on the machine that runs, as operations.md words them.
@@ -131,3 +141,60 @@ def test_yaml_examples_parse_and_mermaid_diagrams_are_there():
     diagrams = " ".join(b.split("\n", 1)[0] for b in blocks(read("fsd.md"), "mermaid"))
     for kind in ("sequenceDiagram", "flowchart", "erDiagram", "stateDiagram-v2"):
         assert kind in diagrams, kind
+
+
+#: The check of a line's order that waiting-room.md gives its readers, as they would copy it.
+(DOC_CHECK,) = blocks(read("waiting-room.md"), "python")
+
+
+async def audited_line(settings: Settings, early: int, late: int) -> tuple[dict, str]:
+    """A live line of ``early`` tickets taken before the opening and ``late`` after it, run
+    until all are admitted: its audit body, and what the doc's program printed when run, as a
+    reader would, on the audit's address."""
+    sale = await make_sale(settings.database_url, starts_in=timedelta(seconds=2),
+                           waiting_room=WaitingRoom(opens_before_s=3600, admit_per_s=20.0,
+                                                    window_s=60))
+    async with live_server(settings) as server:
+        client = server.client
+        tickets = [(await client.post(queue_path(sale.id), json={"userId": f"early{i}"}))
+                   .json()["data"]["ticket"] for i in range(early)]
+        while datetime.now(UTC) < sale.start_time + timedelta(seconds=0.3):
+            await trio.sleep(0.1)
+        tickets += [(await client.post(queue_path(sale.id), json={"userId": f"late{i}"}))
+                    .json()["data"]["ticket"] for i in range(late)]
+        for ticket in tickets:
+            while (await client.get(ticket_path(sale.id, ticket))).json()["data"][
+                    "status"] != "admitted":
+                await trio.sleep(0.1)
+        address = server.base_url + fill(QUEUE_AUDIT, sale.id)
+        ran = await trio.run_process([sys.executable, "-c", DOC_CHECK, address],
+                                     capture_stdout=True, capture_stderr=True, check=False)
+        audit = (await client.get(fill(QUEUE_AUDIT, sale.id))).json()["data"]
+    assert ran.returncode == 0, ran.stderr.decode()
+    return audit, ran.stdout.decode()
+
+
+
+async def test_the_waiting_rooms_order_check_holds_on_a_live_line_and_catches_tampering(
+        settings):
+    """The program in waiting-room.md, run on a live line's audit address, says the order
+    holds and agrees with the server's order; given the audit with two early tickets swapped,
+    with another seed, or admitted out of order, it refuses."""
+    with trio.fail_after(60):
+        audit, said = await audited_line(settings, early=8, late=3)
+    assert said == "the order holds: 11 tickets\n"
+    check = {"__name__": "waiting_room_doc"}
+    exec(DOC_CHECK, check)
+    order = check["check"](audit)
+    seed = bytes.fromhex(audit["seed"])
+    early = [uuid.UUID(t["ticket"]) for t in audit["tickets"] if t["early"]]
+    assert [uuid.UUID(t) for t in order[:8]] == line_order(seed, early)
+    assert order[8:] == [t["ticket"] for t in audit["tickets"] if not t["early"]]
+    swapped, reseeded, rushed = (copy.deepcopy(audit) for _ in range(3))
+    first, second = (t for t in swapped["tickets"] if t["early"] and t["position"] <= 2)
+    first["position"], second["position"] = second["position"], first["position"]
+    reseeded["seed"] = bytes(32).hex()
+    min(rushed["tickets"], key=lambda t: t["position"])["admittedAt"] = "2999-01-01T00:00:00Z"
+    for tampered in (swapped, reseeded, rushed):
+        with pytest.raises(AssertionError):
+            check["check"](tampered)

@@ -1,5 +1,9 @@
 """The operators' admin API: create a sale, change one not started yet, end one early.
 
+A sale may be given a waiting room (``waitingRoom``) when it is created, or added or changed
+by a PATCH while it has not started; its line (and the line's committed seed) is written with
+the sale.
+
 Every route is behind :func:`require_admin`, checked before the body is read. With no admin
 token configured the API is off and answers as an unknown path does (404). Each change is
 written by the ledger in one transaction, then this process's catalog is reloaded at once
@@ -23,7 +27,7 @@ from quart_schema import security_scheme_blueprint, validate_request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import NotFound
 
-from actors import BackendUnavailable, FlashFlowError, Sale, Unauthorized
+from actors import BackendUnavailable, FlashFlowError, Sale, Unauthorized, WaitingRoom
 from actors.errors import InvalidInput, SaleNotActive, SaleNotFound, SaleStarted, StockBelowSold
 
 from ..runtime import Runtime
@@ -41,7 +45,7 @@ from .openapi import (
     ok,
     refusal,
 )
-from .schema import SaleCreate, SaleEnvelope, SaleUpdate
+from .schema import SaleCreate, SaleEnvelope, SaleUpdate, WaitingRoomIn
 from .stock import sale_view
 from .wire import ADMIN_SALE, ADMIN_SALE_END, ADMIN_SALES, envelope
 
@@ -85,6 +89,14 @@ def require_admin(request: Request, settings: Settings,
             except Unauthorized:
                 pass
     raise Unauthorized("A valid admin bearer token is required.", challenge=challenge)
+
+
+def room_of(given: WaitingRoomIn | None) -> WaitingRoom | None:
+    """The waiting room an admin body asks for, or None when it names none."""
+    if given is None:
+        return None
+    return WaitingRoom(opens_before_s=given.opensSecondsBefore,
+                       admit_per_s=given.admitPerSecond, window_s=given.admissionSeconds)
 
 
 BAD_BODY = refusal({InvalidInput: "the sale id or the body is not valid."},
@@ -143,7 +155,8 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
     async def create_sale(data: SaleCreate) -> Response:
         sale = await runtime.ledger.create_sale(data.productName, data.totalStock,
                                                 data.startTime, data.endTime, data.holdSeconds,
-                                                per_user_limit=data.perUserLimit or 1)
+                                                per_user_limit=data.perUserLimit or 1,
+                                                waiting_room=room_of(data.waitingRoom))
         await runtime.gate.store.ensure_loaded(sale)
         return await answer(sale, None, data.model_dump(exclude_none=True), status=201)
 
@@ -159,7 +172,8 @@ def install_admin(app: QuartTrio, runtime: Runtime) -> None:
         sale = await runtime.ledger.update_sale(
             wanted, product_name=data.productName,
             total_stock=data.totalStock, start_time=data.startTime, end_time=data.endTime,
-            hold_seconds=data.holdSeconds, per_user_limit=data.perUserLimit)
+            hold_seconds=data.holdSeconds, per_user_limit=data.perUserLimit,
+            waiting_room=room_of(data.waitingRoom))
         # A gate loaded with the old stock is set to the new one now, not at the next pass.
         await runtime.reconciler.reconcile(sale)
         return await answer(sale, before, data.model_dump(exclude_none=True))

@@ -1,7 +1,8 @@
 """The log lines of the admin API: one at INFO for every action done or refused.
 
 A line names the action (``create``, ``update``, ``end``), the sale, each field the request
-set with its value before and after (``totalStock 100 -> 80``; a new sale has no before),
+set with its value before and after (``totalStock 100 -> 80``; a new sale has no before;
+a waiting room is its whole ``waitingRoom`` object, None where the sale had none),
 and the correlation id its answer carries in ``X-Correlation-Id``. The old values are the
 sale as this process's catalog last held it (refreshed after every change, and every
 ``FLASHFLOW_CATALOG_REFRESH_S``); ``?`` where it held none.
@@ -15,7 +16,7 @@ from typing import Any
 
 from actors import Sale
 
-from .wire import iso
+from .wire import iso, room_body
 
 __all__ = ["action_of", "log_done", "log_refused"]
 
@@ -27,7 +28,7 @@ ACTIONS = {"admin.create_sale": "create", "admin.update_sale": "update",
 #: A field's wire name -> the Sale attribute that holds it.
 FIELDS = {"productName": "product_name", "totalStock": "total_stock",
           "startTime": "start_time", "endTime": "end_time", "holdSeconds": "hold_seconds",
-          "perUserLimit": "per_user_limit"}
+          "perUserLimit": "per_user_limit", "waitingRoom": "waiting_room"}
 UNKNOWN = "?"
 
 
@@ -41,6 +42,8 @@ def wire_value(sale: Sale | None, field: str) -> Any:
     if sale is None:
         return UNKNOWN
     value = getattr(sale, FIELDS[field])
+    if field == "waitingRoom":
+        return None if value is None else room_body(value)
     return iso(value) if field.endswith("Time") else value
 
 

@@ -92,10 +92,11 @@ class WaitingRoomIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     opensSecondsBefore: Annotated[int, Field(
-        strict=True, ge=0, le=604_800,
+        strict=True, ge=0, le=validation.LINE_OPENS_MAX_S,
         description="How long before startTime buyers may join the line (a week at most).")]
     admitPerSecond: Annotated[float, Field(
-        gt=0, le=100_000, description="Tickets admitted a second, in order, from startTime.")]
+        strict=True, gt=0, le=validation.ADMIT_PER_S_MAX,
+        description="Tickets admitted a second, in order, from startTime.")]
     admissionSeconds: Annotated[int, Field(
         strict=True, ge=1, le=validation.HOLD_SECONDS_MAX,
         description="How long an admitted buyer may buy.")]

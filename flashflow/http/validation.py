@@ -22,6 +22,10 @@ STOCK_MAX = 2**31 - 1
 HOLD_SECONDS_MAX = 86_400
 #: The most units one buyer may take in a sale (the column's check, migration 0004).
 PER_USER_LIMIT_MAX = 100
+#: How long before its sale a waiting room's line may open: a week (migration 0005).
+LINE_OPENS_MAX_S = 604_800
+#: The fastest a waiting room may admit, tickets a second (migration 0005).
+ADMIT_PER_S_MAX = 100_000
 
 #: Unicode general categories a user id (or a product name) may not hold, and how a message
 #: names them.

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from quart import Response
 
 if TYPE_CHECKING:
-    from actors import BuyerStatus, Place, Purchase, Sale, Tally
+    from actors import BuyerStatus, Place, Purchase, Sale, Tally, WaitingRoom
 
 __all__ = [
     "ADMIN_SALE",
@@ -84,6 +84,7 @@ __all__ = [
     "quantity_field",
     "queue_path",
     "response",
+    "room_body",
     "sale_body",
     "sale_id_in",
     "sale_path",
@@ -368,14 +369,17 @@ def quantity_field(sale: Sale, quantity: int) -> dict[str, int]:
     return {"quantity": quantity} if sale.per_user_limit > 1 else {}
 
 
+def room_body(room: WaitingRoom) -> dict[str, Any]:
+    """The wire form of a sale's waiting room, as its ``waitingRoom`` field shows it."""
+    return {"opensSecondsBefore": room.opens_before_s, "admitPerSecond": room.admit_per_s,
+            "admissionSeconds": room.window_s}
+
+
 def sale_body(sale: Sale, remaining: int, now: datetime,
               tally: Tally | None = None) -> dict[str, Any]:
     """The wire form of a sale, as ``GET /current`` returns it (``tally``: with holds)."""
     limit = {"perUserLimit": sale.per_user_limit} if sale.per_user_limit > 1 else {}
-    room = sale.waiting_room
-    line = {} if room is None else {"waitingRoom": {
-        "opensSecondsBefore": room.opens_before_s, "admitPerSecond": room.admit_per_s,
-        "admissionSeconds": room.window_s}}
+    line = {} if sale.waiting_room is None else {"waitingRoom": room_body(sale.waiting_room)}
     return SALE_BODY.build(
         id=str(sale.id), productName=sale.product_name, totalStock=sale.total_stock,
         remainingStock=remaining, startTime=iso(sale.start_time), endTime=iso(sale.end_time),
