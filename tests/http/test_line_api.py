@@ -14,11 +14,13 @@ from actors.places_sql import line_order
 from flashflow.admission import solve_proof
 from flashflow.http.wire import (
     QUEUE_AUDIT,
+    confirm_path,
     fill,
     purchase_path,
     queue_path,
     ticket_path,
 )
+from flashflow.tokens import mint
 
 from ..helpers import assert_error, fetch, live_server, make_sale, pg
 from .test_sse import EventReader
@@ -209,3 +211,58 @@ async def test_a_proof_of_work_is_asked_when_set(settings):
                     "SELECT count(*) AS n FROM tickets WHERE sale_id = $1", sale.id)
     assert rows[0]["n"] == 1
     assert wrong.status_code in (201, 400)  # "x" may happen to hold: 1 in 256
+
+
+async def test_with_holds_the_line_moves_until_every_unit_is_confirmed(settings):
+    """A held unit may come back: the line stays open and keeps admitting while the only
+    unit is held, and closes (SOLD_OUT) once the hold is confirmed."""
+    settings = replace(settings, admin_token="admin-token-for-tests")
+    sale = await make_sale(settings.database_url, stock=1, hold_seconds=60,
+                           starts_in=timedelta(seconds=1),
+                           waiting_room=replace(ROOM, admit_per_s=2.0))
+    confirm = {"Authorization": "Bearer admin-token-for-tests"}
+    with trio.fail_after(40):
+        async with live_server(settings) as server:
+            client = server.client
+            first = data_of(await client.post(queue_path(sale.id), json={"userId": "alice"}))
+            second = data_of(await client.post(queue_path(sale.id), json={"userId": "bobby"}))
+            mine = await wait_for(client, sale.id, first["ticket"], "admitted")
+            held = await client.post(purchase_path(sale.id), json={
+                "userId": "alice", "admissionToken": mine["admissionToken"]})
+            # The unit is held, not sold for good: the line goes on to the next ticket.
+            theirs = await wait_for(client, sale.id, second["ticket"], "admitted")
+            open_line = data_of(await client.get(queue_path(sale.id)))
+            paid = await client.post(confirm_path(sale.id, held.json()["data"]["purchaseId"]),
+                                     headers=confirm)
+            with trio.fail_after(10):
+                while "closedReason" not in (line := data_of(await client.get(
+                        queue_path(sale.id)))):
+                    await trio.sleep(0.1)
+            late = await client.post(queue_path(sale.id), json={"userId": "carol"})
+    assert held.status_code == 201 and held.json()["data"]["status"] == "held"
+    assert theirs["status"] == "admitted" and "closedReason" not in open_line
+    assert paid.status_code == 200
+    assert line["closedReason"] == "SOLD_OUT"
+    assert_error(late, 409, "SOLD_OUT")
+
+
+async def test_with_tokens_the_ticket_and_the_admission_are_the_token_users(settings):
+    """With bearer tokens on, a join takes the token's sub as the user, and the admission
+    token it is given buys only for that user."""
+    settings = replace(settings, auth_jwt_secret="s" * 32)
+    sale = await make_sale(settings.database_url, starts_in=timedelta(seconds=1),
+                           waiting_room=ROOM)
+    alice = {"Authorization": f"Bearer {mint(settings, 'alice')}"}
+    bobby = {"Authorization": f"Bearer {mint(settings, 'bobby')}"}
+    with trio.fail_after(30):
+        async with live_server(settings) as server:
+            client = server.client
+            ticket = data_of(await client.post(queue_path(sale.id), json={}, headers=alice))
+            admitted = await wait_for(client, sale.id, ticket["ticket"], "admitted")
+            stolen = await client.post(purchase_path(sale.id), headers=bobby,
+                                       json={"admissionToken": admitted["admissionToken"]})
+            bought = await client.post(purchase_path(sale.id), headers=alice,
+                                       json={"admissionToken": admitted["admissionToken"]})
+    assert ticket["userId"] == "alice"
+    assert_error(stolen, 403, "NOT_ADMITTED", detailed=True)
+    assert bought.status_code == 201 and bought.json()["data"]["userId"] == "alice"
