@@ -136,6 +136,15 @@ ACTOR_METRICS: tuple[tuple[str, str, str, str, str], ...] = (
      "failed_sweeps"),
     ("flashflow_holds_watchers", SUMMED,
      "Buyers' streams following their standing.", "holds", "watchers"),
+    ("flashflow_line_ticks_total", COUNTER,
+     "Passes that moved the waiting rooms' lines on.", "lines", "ticks"),
+    ("flashflow_line_failed_ticks_total", COUNTER,
+     "Line moves that failed (PostgreSQL did not answer).", "lines", "failed_ticks"),
+    ("flashflow_line_joined_total", COUNTER,
+     "Tickets given in waiting rooms (a user's second join is not counted).", "lines",
+     "joined"),
+    ("flashflow_line_watching", SUMMED,
+     "Positions whose streams wait for their turn.", "lines", "watching"),
     ("flashflow_catalog_sales", LARGEST_LIVE,
      "Sales held by the catalog.", "catalog", "sales"),
     ("flashflow_catalog_refreshes_total", COUNTER,
@@ -172,6 +181,7 @@ def actor_mirror(runtime: Runtime, registry: CollectorRegistry | None) -> Mirror
         "feed": runtime.feed.statistics,
         "reconciler": runtime.reconciler.statistics,
         "holds": runtime.holds.statistics,
+        "lines": runtime.lines.statistics,
         "settings": lambda: runtime.settings,
     }
     if runtime.limiter is not None:  # switched off by the settings: no limiter metric
