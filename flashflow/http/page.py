@@ -22,6 +22,8 @@ FILES: dict[str, str] = {
     "app.css": "text/css; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "holds.js": "text/javascript; charset=utf-8",
+    "line.js": "text/javascript; charset=utf-8",
+    "proof-worker.js": "text/javascript; charset=utf-8",
     "token.js": "text/javascript; charset=utf-8",
 }
 
@@ -32,7 +34,8 @@ DEMO_PAY_TAG = b'<meta name="flashflow-demo-pay" content="">'
 HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
-        "style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'"
+        "style-src 'self'; script-src 'self'; worker-src 'self'; frame-ancestors 'none'; "
+        "base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
