@@ -4,6 +4,8 @@ There is no build step. Only the files named in :data:`FILES` are served, read o
 the package, so no request path ever reaches the file system. The one thing the page learns
 from the server's settings rides in ``index.html``: where ``flashflow up``'s demo payment
 route is (:data:`DEMO_PAY_TAG`), when it exists; the page shows a Pay button only then.
+A waiting room's proof of work is solved in a Web Worker, ``proof-worker.js``, which the
+policy allows from this origin only.
 """
 
 from __future__ import annotations
