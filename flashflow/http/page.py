@@ -4,6 +4,8 @@ There is no build step. Only the files named in :data:`FILES` are served, read o
 the package, so no request path ever reaches the file system. The one thing the page learns
 from the server's settings rides in ``index.html``: where ``flashflow up``'s demo payment
 route is (:data:`DEMO_PAY_TAG`), when it exists; the page shows a Pay button only then.
+A waiting room's proof of work is solved in a Web Worker, ``proof-worker.js``, which the
+policy allows from this origin only.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ FILES: dict[str, str] = {
     "app.css": "text/css; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "holds.js": "text/javascript; charset=utf-8",
+    "line.js": "text/javascript; charset=utf-8",
+    "proof-worker.js": "text/javascript; charset=utf-8",
     "token.js": "text/javascript; charset=utf-8",
 }
 
@@ -32,7 +36,8 @@ DEMO_PAY_TAG = b'<meta name="flashflow-demo-pay" content="">'
 HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
-        "style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'"
+        "style-src 'self'; script-src 'self'; worker-src 'self'; frame-ancestors 'none'; "
+        "base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",

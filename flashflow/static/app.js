@@ -2,8 +2,10 @@
 // clock, and one purchase button; with several sales open or upcoming, a list to choose
 // from (until a shopper chooses, the page follows the current sale). A sale whose buyers may
 // take several units (perUserLimit above 1) shows a picker of how many. Plain JavaScript, no
-// build step. A sale with holds shows where the buyer stands (holds.js).
+// build step. A sale with holds shows where the buyer stands (holds.js); a sale with a
+// waiting room, the buyer's place in line and their turn to buy (line.js).
 import { BuyerStanding, hasHolds, holdStatsText, standingOfPress } from "./holds.js";
+import { WaitingLine } from "./line.js";
 import { readToken, storeToken, subjectOf } from "./token.js";
 
 (() => {
@@ -97,6 +99,7 @@ import { readToken, storeToken, subjectOf } from "./token.js";
     renderQuantity();
     renderStatus();
     renderChoice();
+    line.show(sale, currentUser());
   }
 
   // The most units one buyer may take: a sale's body says it only when above 1.
@@ -304,6 +307,7 @@ import { readToken, storeToken, subjectOf } from "./token.js";
       }
       if (data.purchased && currentUser() === userId && confirmedFor !== userId) {
         showResult(`You bought this. Your purchase id is ${data.purchaseId}.`);
+        line.bought();
       }
     } catch (_) {
       // The status check is a courtesy; the buy button still works.
@@ -319,6 +323,8 @@ import { readToken, storeToken, subjectOf } from "./token.js";
     // The original body, {userId}, unless the sale sells several units a buyer.
     const asked = { userId };
     if (limitOf(sale) > 1) asked.quantity = Number(el.quantity.value) || 1;
+    const admission = line.admission();
+    if (admission) asked.admissionToken = admission;
     let response;
     try {
       response = await fetch(`${saleUrl()}/purchase`, {
@@ -339,6 +345,7 @@ import { readToken, storeToken, subjectOf } from "./token.js";
     }
     if (response.status === 201) {
       confirmedFor = userId;
+      line.bought();
       const units = body.data.quantity > 1 ? ` for ${body.data.quantity} units` : "";
       showResult(`Purchase confirmed${units}! Your purchase id is ${body.data.purchaseId}.`);
       return;
@@ -390,6 +397,11 @@ import { readToken, storeToken, subjectOf } from "./token.js";
     serverNow, authHeaders, sales: SALES, payPattern: payMeta ? payMeta.content : "",
     onProblem: openModal,
   });
+  const line = new WaitingLine({
+    el: { root: $("line"), text: $("line-text"), clock: $("line-left"), help: $("line-help"),
+          join: $("join"), buy: el.buy },
+    serverNow, authHeaders, sales: SALES, onProblem: openModal,
+  });
 
   el.form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -400,6 +412,10 @@ import { readToken, storeToken, subjectOf } from "./token.js";
       return;
     }
     showUserError("");
+    if (line.wantsJoin()) {
+      await line.join(userId);
+      return;
+    }
     inFlight = true;
     el.buy.disabled = true;
     el.buy.setAttribute("aria-busy", "true");
@@ -421,6 +437,7 @@ import { readToken, storeToken, subjectOf } from "./token.js";
     try { localStorage.setItem(USER_KEY, userId); } catch (_) { /* storage may be off */ }
     el.result.hidden = true;
     standing.clear();
+    if (sale) line.show(sale, userId);
     clearTimeout(checkTimer);
     checkTimer = setTimeout(() => checkPurchase(userId), 400);
   });
@@ -429,6 +446,7 @@ import { readToken, storeToken, subjectOf } from "./token.js";
     signIn(null);
     el.result.hidden = true;
     standing.clear();
+    if (sale) line.show(sale, currentUser());
     el.user.focus();
   });
 
@@ -437,7 +455,7 @@ import { readToken, storeToken, subjectOf } from "./token.js";
   el.user.value = remembered;
   signIn(readToken());
 
-  setInterval(() => { renderStatus(); standing.tick(); }, 250);
+  setInterval(() => { renderStatus(); standing.tick(); line.tick(); }, 250);
   setInterval(loadSales, 15000);
   loadSale().then(() => { checkPurchase(currentUser()); loadSales(); });
   connect();
