@@ -192,11 +192,12 @@ class Lines:
         self._changed.pop(line.sale_id, trio.Event()).set()
 
     def _open_lines(self) -> list[Sale]:
-        """The sales whose line may move now: open, or just past its end (to close it)."""
+        """The sales whose line may move now: from the opening (a line only takes tickets
+        before it, which needs no pass) to just past the end (to close it)."""
         now = self._now()
         return [sale for sale in self._sales()
                 if sale.waiting_room is not None
-                and sale.start_time - timedelta(seconds=sale.waiting_room.opens_before_s) <= now
+                and sale.start_time - timedelta(seconds=self._config.tick_s) <= now
                 and now < sale.end_time + AFTER_END
                 and (self._lines.get(sale.id) is None
                      or self._lines[sale.id].closed is None)]
