@@ -79,7 +79,11 @@ BEGIN
               FROM tickets WHERE sale_id = p_sale AND early) o
      WHERE t.ticket = o.ticket;
     GET DIAGNOSTICS placed = ROW_COUNT;
-    UPDATE lines SET ordered_at = clock_timestamp(), length = placed, advanced_at = p_start
+    -- The admission clock starts one admission's time before the opening: the first ticket
+    -- is admitted at the opening, not a beat after it.
+    UPDATE lines SET ordered_at = clock_timestamp(), length = placed,
+           advanced_at = p_start - make_interval(secs => 1 / (
+               SELECT line_admit_per_s FROM flash_sales WHERE id = p_sale))
      WHERE sale_id = p_sale;
 END $$;
 
