@@ -36,10 +36,13 @@ from .database import run_on_connection
 from .invariants_data import Check, Record
 from .invariants_data import sample as _sample
 
-#: Records of what a line's clients were told: a join's answer (``ticket`` names it), and
-#: the final event of a ticket's stream (``code``: ``admitted`` or ``closed``).
+#: Records of what a line's clients were told: a join's answer (``purchase_id`` names its
+#: ticket), and the end of a ticket's stream (``code``: its final event, ``admitted`` or
+#: ``closed``; any other code, or none, says the stream ended without one).
 JOIN = "join"
 LINE_FINAL = "line_final"
+#: The events that end a ticket's stream.
+FINAL_EVENTS = frozenset({"admitted", "closed"})
 #: Clock slack between a client's wall clock and PostgreSQL's, in seconds.
 CLOCK_SLACK_S = 2.0
 
@@ -90,7 +93,8 @@ class LineTold:
         for record in records:
             if record.kind != LINE_FINAL or record.purchase_id is None:
                 continue
-            finals[record.purchase_id] = record.code or finals.get(record.purchase_id)
+            final = record.code if record.code in FINAL_EVENTS else None
+            finals[record.purchase_id] = final or finals.get(record.purchase_id)
             if record.code == "admitted" and record.expires_at is not None:
                 admissions.setdefault(record.purchase_id, set()).add(record.expires_at)
         return cls(finals, admissions)
@@ -253,5 +257,5 @@ def line_snapshot(database_url: str, sale_id: uuid.UUID) -> LineLedger:
     return run_on_connection(database_url, _read, sale_id)
 
 
-__all__ = ["JOIN", "LINE_FINAL", "LineLedger", "LineTold", "TicketRow", "line_snapshot",
-           "shuffled", "verify_line"]
+__all__ = ["FINAL_EVENTS", "JOIN", "LINE_FINAL", "LineLedger", "LineTold", "TicketRow",
+           "line_snapshot", "shuffled", "verify_line"]

@@ -91,6 +91,7 @@ __all__ = [
     "standing_body",
     "status_event_body",
     "stock_event_body",
+    "ticket_events_path",
     "ticket_path",
 ]
 
@@ -148,6 +149,11 @@ def queue_path(sale_id: object) -> str:
 def ticket_path(sale_id: object, ticket_id: object) -> str:
     """The path of one ticket of a sale's waiting room."""
     return fill(TICKET, sale_id).replace(TICKET_ID, str(ticket_id))
+
+
+def ticket_events_path(sale_id: object, ticket_id: object) -> str:
+    """The path of one ticket's live stream."""
+    return fill(TICKET_EVENTS, sale_id).replace(TICKET_ID, str(ticket_id))
 
 
 def fill(pattern: str, sale_id: object) -> str:

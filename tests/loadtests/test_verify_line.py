@@ -239,9 +239,13 @@ def test_a_followed_stream_without_a_final_event_breaks():
 
 
 def test_a_final_event_after_none_counts():
-    """A ticket's later record with its final event outweighs an earlier one without."""
+    """A ticket's later record with its final event outweighs an earlier one without (a
+    stream cut, with the transport's error as its code), which is no final event."""
     ticket = by_position(TICKETS, 50)
-    records = [Record(LINE_FINAL, ticket.user, 0, OPENS, 0.0, purchase_id=ticket.ticket),
+    cut = Record(LINE_FINAL, ticket.user, 0, OPENS, 0.0, purchase_id=ticket.ticket,
+                 code="ReadError")
+    assert LineTold.of([cut]).finals == {ticket.ticket: None}
+    records = [cut,
                Record(LINE_FINAL, ticket.user, 200, OPENS, 0.0, purchase_id=ticket.ticket,
                       code="closed")]
     assert LineTold.of(records).finals == {ticket.ticket: "closed"}
