@@ -141,19 +141,32 @@ class Recording(FastHttpUser):
     def _call(self, kind: str, method: str, path: str, user: str, expected: set[int],
               purchase_id: str | None = None, **kwargs: Any) -> Reply:
         started, t0 = time.time(), time.perf_counter()
-        with self.client.request(method, path, name=kind, catch_response=True,
-                                 **kwargs) as response:
-            elapsed_ms = (time.perf_counter() - t0) * 1000
-            reply = read_reply_bytes(response.status_code or 0, response.content)
-            code = reply.error_code
-            if reply.status == 0:
-                code = type(response.error).__name__ if response.error else "NO_RESPONSE"
-            self.environment.flashflow_records.write(
-                record_of(kind, user, started, elapsed_ms, reply, code, purchase_id))
-            if reply.status in expected:
-                response.success()
-            else:
-                response.failure(f"{reply.status} {code}")
+        try:
+            with self.client.request(method, path, name=kind, catch_response=True,
+                                     **kwargs) as response:
+                return self._answered(kind, user, expected, purchase_id, started, t0,
+                                      response)
+        except gevent.GreenletExit:
+            # The run stopped this user mid-request: the request may have done its work
+            # with the answer unread, which the verifier must know.
+            self.environment.flashflow_records.write(Record(
+                kind, user, 0, started, (time.perf_counter() - t0) * 1000,
+                purchase_id=purchase_id, code="STOPPED"))
+            raise
+
+    def _answered(self, kind: str, user: str, expected: set[int], purchase_id: str | None,
+                  started: float, t0: float, response: Any) -> Reply:
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        reply = read_reply_bytes(response.status_code or 0, response.content)
+        code = reply.error_code
+        if reply.status == 0:
+            code = type(response.error).__name__ if response.error else "NO_RESPONSE"
+        self.environment.flashflow_records.write(
+            record_of(kind, user, started, elapsed_ms, reply, code, purchase_id))
+        if reply.status in expected:
+            response.success()
+        else:
+            response.failure(f"{reply.status} {code}")
         return reply
 
     def events(self, kind: str, user: str, path: str, ticket: str | None = None,
