@@ -30,7 +30,7 @@ async def test_short_locust_waiting_room_keeps_every_rule(settings, tmp_path):
         functools.partial(spawn_server, settings, tmp_path, traced=False))
     summary, output = await run_loadtest(
         settings, server, tmp_path, "--line", "--stock", "40", "--line-before", "150",
-        "--line-after", "50", "--opens-in-s", "8", "--admit-per-s", "20",
+        "--line-after", "50", "--opens-in-s", "12", "--admit-per-s", "20",
         "--admission-s", "30", "--line-spawn-rate", "100", "--line-s", "40", timeout_s=150)
     names = {check["name"] for check in summary["invariants"]}
     assert summary["held"] and LINE_RULES <= names, output
