@@ -10,7 +10,8 @@ benchmark call.
   1..admitted, admitted no earlier than the ones before them, each once (a ticket told its
   admission twice was told the same moment).
 - Nobody bought without an admitted ticket: every purchase's buyer was admitted at or before
-  it, and bought within their admission window.
+  it, and bought within their admission window (the commit may follow the token's check by
+  the purchase's wait).
 - When ``SOLD_OUT`` is final the line is closed: nobody is admitted after that, and no ticket
   whose stream a client followed was left without a final event.
 
@@ -36,12 +37,18 @@ from .database import run_on_connection
 from .invariants_data import Check, Record
 from .invariants_data import sample as _sample
 
-#: Records of what a line's clients were told: a join's answer (``ticket`` names it), and
-#: the final event of a ticket's stream (``code``: ``admitted`` or ``closed``).
+#: Records of what a line's clients were told: a join's answer (``purchase_id`` names its
+#: ticket), and the end of a ticket's stream (``code``: its final event, ``admitted`` or
+#: ``closed``; any other code, or none, says the stream ended without one).
 JOIN = "join"
 LINE_FINAL = "line_final"
+#: The events that end a ticket's stream.
+FINAL_EVENTS = frozenset({"admitted", "closed", "expired"})
 #: Clock slack between a client's wall clock and PostgreSQL's, in seconds.
 CLOCK_SLACK_S = 2.0
+#: How long after its admission window a purchase may still commit: its token is checked
+#: when it arrives, and its commit follows within the purchase's wait (6 s by default).
+COMMIT_SLACK_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +97,8 @@ class LineTold:
         for record in records:
             if record.kind != LINE_FINAL or record.purchase_id is None:
                 continue
-            finals[record.purchase_id] = record.code or finals.get(record.purchase_id)
+            final = record.code if record.code in FINAL_EVENTS else None
+            finals[record.purchase_id] = final or finals.get(record.purchase_id)
             if record.code == "admitted" and record.expires_at is not None:
                 admissions.setdefault(record.purchase_id, set()).add(record.expires_at)
         return cls(finals, admissions)
@@ -176,7 +184,7 @@ def _bought_admitted(ledger: LineLedger) -> Check:
     for user, at in ledger.bought.items():
         since = admitted.get(user)
         if (since is None or at < since - CLOCK_SLACK_S
-                or at > since + ledger.window_s + CLOCK_SLACK_S):
+                or at > since + ledger.window_s + COMMIT_SLACK_S):
             unadmitted.append(user)
     return Check("nobody bought without an admitted ticket", not unadmitted,
                  f"{len(ledger.bought)} buyers, each admitted" if not unadmitted else
@@ -253,5 +261,5 @@ def line_snapshot(database_url: str, sale_id: uuid.UUID) -> LineLedger:
     return run_on_connection(database_url, _read, sale_id)
 
 
-__all__ = ["JOIN", "LINE_FINAL", "LineLedger", "LineTold", "TicketRow", "line_snapshot",
-           "shuffled", "verify_line"]
+__all__ = ["FINAL_EVENTS", "JOIN", "LINE_FINAL", "LineLedger", "LineTold", "TicketRow",
+           "line_snapshot", "shuffled", "verify_line"]

@@ -23,13 +23,14 @@ from __future__ import annotations
 import functools
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import gevent
 import gevent.pool
 import httpx
-from httpx_sse import SSEError, connect_sse
+from httpx_sse import ServerSentEvent, SSEError, connect_sse
 from locust import FastHttpUser, LoadTestShape, between, events, task
 
 from flashflow.http.replies import Reply, read_reply_bytes, read_standing
@@ -124,29 +125,73 @@ def auth_headers(user: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {mint(AUTH, user, ttl_s=4 * 3600)}"}
 
 
-class _Recording(FastHttpUser):
+@functools.cache
+def stream_client(host: str) -> httpx.Client:
+    """The one client of this process for every stream its users follow: a client each
+    would spend the process's CPU building TLS contexts, and its pool holds any number."""
+    return httpx.Client(base_url=host, timeout=httpx.Timeout(10, read=30),
+                        limits=httpx.Limits(max_connections=None))
+
+
+class Recording(FastHttpUser):
+    """A user whose every answer is recorded for the verifier."""
+
     abstract = True
 
     def _call(self, kind: str, method: str, path: str, user: str, expected: set[int],
               purchase_id: str | None = None, **kwargs: Any) -> Reply:
         started, t0 = time.time(), time.perf_counter()
-        with self.client.request(method, path, name=kind, catch_response=True,
-                                 **kwargs) as response:
-            elapsed_ms = (time.perf_counter() - t0) * 1000
-            reply = read_reply_bytes(response.status_code or 0, response.content)
-            code = reply.error_code
-            if reply.status == 0:
-                code = type(response.error).__name__ if response.error else "NO_RESPONSE"
-            self.environment.flashflow_records.write(
-                record_of(kind, user, started, elapsed_ms, reply, code, purchase_id))
-            if reply.status in expected:
-                response.success()
-            else:
-                response.failure(f"{reply.status} {code}")
+        try:
+            with self.client.request(method, path, name=kind, catch_response=True,
+                                     **kwargs) as response:
+                return self._answered(kind, user, expected, purchase_id, started, t0,
+                                      response)
+        except gevent.GreenletExit:
+            # The run stopped this user mid-request: the request may have done its work
+            # with the answer unread, which the verifier must know.
+            self.environment.flashflow_records.write(Record(
+                kind, user, 0, started, (time.perf_counter() - t0) * 1000,
+                purchase_id=purchase_id, code="STOPPED"))
+            raise
+
+    def _answered(self, kind: str, user: str, expected: set[int], purchase_id: str | None,
+                  started: float, t0: float, response: Any) -> Reply:
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        reply = read_reply_bytes(response.status_code or 0, response.content)
+        code = reply.error_code
+        if reply.status == 0:
+            code = type(response.error).__name__ if response.error else "NO_RESPONSE"
+        self.environment.flashflow_records.write(
+            record_of(kind, user, started, elapsed_ms, reply, code, purchase_id))
+        if reply.status in expected:
+            response.success()
+        else:
+            response.failure(f"{reply.status} {code}")
         return reply
 
+    def events(self, kind: str, user: str, path: str, ticket: str | None = None,
+               **kwargs: Any) -> Iterator[ServerSentEvent]:
+        """The events of the stream at ``path`` (``kwargs`` go to the request) until it ends.
+        A refusal (not a 200) or a cut connection is recorded as a ``kind`` record naming
+        ``ticket``, and ends them."""
+        records = self.environment.flashflow_records
+        started = time.time()
+        try:
+            with connect_sse(stream_client(self.host), "GET", path, **kwargs) as source:
+                if source.response.status_code != 200:
+                    source.response.read()
+                    reply = read_reply_bytes(source.response.status_code,
+                                             source.response.content)
+                    records.write(record_of(kind, user, started, 0.0, reply, reply.error_code,
+                                            ticket))
+                    return
+                yield from source.iter_sse()
+        except (httpx.TransportError, SSEError) as exc:
+            records.write(Record(kind, user, 0, started, (time.time() - started) * 1000,
+                                 purchase_id=ticket, code=type(exc).__name__))
 
-class Buyer(_Recording):
+
+class Buyer(Recording):
     """A crowd member: picks a user id, presses Buy several times at once, checks status;
     with ``--checkout``, pays for a hold or waits in line for one."""
 
@@ -206,36 +251,21 @@ class Buyer(_Recording):
         (its purchase id), says the wait is over, or ``--follow-s`` has passed."""
         options = self.environment.parsed_options
         records = self.environment.flashflow_records
-        started = time.time()
         with gevent.Timeout(options.follow_s, False):
-            try:
-                with (httpx.Client(base_url=self.host,
-                                   timeout=httpx.Timeout(10, read=30)) as client,
-                      connect_sse(client, "GET", purchase_events_path(options.sale_id),
-                                  params={"userId": user}, headers=auth_headers(user)) as source):
-                    if source.response.status_code != 200:
-                        source.response.read()
-                        reply = read_reply_bytes(source.response.status_code,
-                                                 source.response.content)
-                        records.write(record_of(STANDING, user, started, 0.0, reply,
-                                                reply.error_code))
-                        return None
-                    for sse in source.iter_sse():
-                        if sse.event != STANDING:
-                            continue
-                        reply = read_standing(sse.data)
-                        records.write(record_of(STANDING, user, time.time(), 0.0, reply, None))
-                        if reply.standing == HELD and reply.purchase_id:
-                            return reply.purchase_id
-                        if reply.standing in OVER:
-                            return None
-            except (httpx.TransportError, SSEError) as exc:
-                records.write(Record(STANDING, user, 0, started, (time.time() - started) * 1000,
-                                     code=type(exc).__name__))
+            for sse in self.events(STANDING, user, purchase_events_path(options.sale_id),
+                                   params={"userId": user}, headers=auth_headers(user)):
+                if sse.event != STANDING:
+                    continue
+                reply = read_standing(sse.data)
+                records.write(record_of(STANDING, user, time.time(), 0.0, reply, None))
+                if reply.standing == HELD and reply.purchase_id:
+                    return reply.purchase_id
+                if reply.standing in OVER:
+                    return None
         return None
 
 
-class Watcher(_Recording):
+class Watcher(Recording):
     """Someone who only watches the sale, refreshing it now and then."""
 
     weight = 1

@@ -15,18 +15,21 @@ from typing import IO
 
 from flashflow.http.replies import Reply
 from flashflow.invariants import CONFIRM, PURCHASE, STANDING, STATUS, WATCH, Record
+from flashflow.invariants_line import JOIN, LINE_FINAL
 
-__all__ = ["CONFIRM", "PURCHASE", "STANDING", "STATUS", "WATCH", "Record", "RecordWriter",
-           "read_records", "record_of"]
+__all__ = ["CONFIRM", "JOIN", "LINE_FINAL", "PURCHASE", "STANDING", "STATUS", "WATCH", "Record",
+           "RecordWriter", "read_records", "record_of"]
 
 
 def record_of(kind: str, user: str, started: float, elapsed_ms: float, reply: Reply,
               code: str | None, purchase_id: str | None = None, quantity: int = 1) -> Record:
-    """What the verifier keeps of one reply (``purchase_id``: the hold a confirm names;
-    ``quantity``: the units a purchase asked for). Of a refusal, the ``remainingStock`` it
-    told is kept; a sale's is not a purchase's answer."""
+    """What the verifier keeps of one reply (``purchase_id``: the hold a confirm names, else
+    the purchase the reply names, else the ticket a join's reply names; ``quantity``: the
+    units a purchase asked for). Of a refusal, the ``remainingStock`` it told is kept; a
+    sale's is not a purchase's answer."""
     return Record(kind=kind, user=user, status=reply.status, started=started,
-                  elapsed_ms=elapsed_ms, purchase_id=purchase_id or reply.purchase_id, code=code,
+                  elapsed_ms=elapsed_ms,
+                  purchase_id=purchase_id or reply.purchase_id or reply.ticket, code=code,
                   purchased=reply.purchased, standing=reply.standing,
                   expires_at=reply.expires_at.timestamp() if reply.expires_at else None,
                   position=reply.position, quantity=quantity,

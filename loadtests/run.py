@@ -10,6 +10,7 @@ The fresh sale (``--stock``) and the judgement are the load harness's
 holders pay after a random delay, the rest walk away, and waitlisted buyers follow their
 stream and pay when offered a hold (:mod:`loadtests.locustfile`). It needs the server's
 admin token (``--admin-token``; an embedded server is started with a fresh one).
+``--line`` loads a fresh sale's waiting room instead (:mod:`loadtests.line_run`).
 Exit status: 0 when every invariant held, 1 when one broke, 2 when the run could not happen.
 """
 
@@ -20,7 +21,6 @@ import json
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,18 +36,13 @@ from flashflow.capacity.harness import create_sale, judge, new_key_prefix
 from flashflow.http.wire import CURRENT, READYZ
 
 from . import backends
+from .launch import LOCUSTFILE, RunError, locust_base, run_locust
+from .line_run import add_line_options, load_line_and_verify
 from .records import PURCHASE, read_records
 from .server import ServerStartError, start_embedded
 from .shape import Stages
 from .summary import checkout_figures, render, summarise
 from .verify import Check
-
-ROOT = Path(__file__).resolve().parent.parent
-LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-
-
-class RunError(RuntimeError):
-    """The load test could not run (as opposed to: it ran and an invariant broke)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -92,6 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     checkout.add_argument("--admin-token", default=env("FLASHFLOW_ADMIN_TOKEN"),
                           help="The server's admin token, which the payment step confirms "
                                "with [FLASHFLOW_ADMIN_TOKEN].")
+    add_line_options(p)
     return p.parse_args(argv)
 
 
@@ -117,42 +113,16 @@ def wait_for_sale(host: str, sale_id: str | None, timeout_s: float = 20.0) -> di
 def locust_command(args: argparse.Namespace, host: str, records: Path, pool: int,
                    tag: str, sale_id: str = "") -> list[str]:
     """The locust command line for this run."""
-    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", host,
-               "--stop-timeout", "15", "--exit-code-on-error", "0", "--only-summary",
-               "--loglevel", "WARNING", "--ramp-s", str(args.ramp_s), "--peak-s", str(args.peak_s),
+    command = [*locust_base(args, LOCUSTFILE, host, records, tag),
+               "--ramp-s", str(args.ramp_s), "--peak-s", str(args.peak_s),
                "--cool-s", str(args.cool_s), "--ramp-users", str(args.ramp_users),
                "--peak-users", str(args.peak_users), "--attempts", str(args.attempts),
-               "--think-s", str(args.think_s), "--user-pool", str(pool), "--user-tag", tag,
-               "--record-dir", str(records)]
+               "--think-s", str(args.think_s), "--user-pool", str(pool)]
     if args.checkout:
         command += ["--checkout", "--sale-id", sale_id, "--pay-share", str(args.pay_share),
                     "--pay-min-s", str(args.pay_min_s), "--pay-max-s", str(args.pay_max_s),
                     "--follow-s", str(args.follow_s)]
-    command += ["--autostart", "--autoquit", "5"] if args.web else ["--headless"]
-    if args.processes != 1:
-        command += ["--processes", str(args.processes)]
     return command
-
-
-def run_locust(command: list[str], log_path: Path, timeout_s: float) -> None:
-    """Run locust to the end of its shape; stop it (SIGTERM, then SIGKILL) past ``timeout_s``."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
-                                                                     os.environ.get("PYTHONPATH")]))}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
-        try:
-            code = process.wait(timeout_s)
-        finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-    if code != 0:
-        raise RunError(f"locust exited with {code}; see {log_path}")
 
 
 def load_and_verify(args: argparse.Namespace, host: str, database_url: str, redis_url: str,
@@ -227,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             records = args.records or Path(stack.enter_context(tempfile.TemporaryDirectory(
                 prefix="flashflow-records-")))
             records.mkdir(parents=True, exist_ok=True)
-            summary = load_and_verify(args, host.rstrip("/"), db, rd, prefix, records)
+            load = load_line_and_verify if args.line else load_and_verify
+            summary = load(args, host.rstrip("/"), db, rd, prefix, records)
         except (RunError, ServerStartError, OSError, LookupError) as exc:
             print(f"load test could not run: {exc}", file=sys.stderr)
             return 2

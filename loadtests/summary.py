@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from .records import CONFIRM, PURCHASE, Record
+from flashflow.invariants_line import LineLedger, LineTold
+
+from .records import CONFIRM, JOIN, PURCHASE, Record
 from .verify import Check, LedgerSnapshot
 
 
@@ -69,6 +71,24 @@ def checkout_figures(records: Sequence[Record], ledger: LedgerSnapshot) -> dict[
     }
 
 
+def line_figures(records: Sequence[Record], ledger: LineLedger) -> dict[str, int | str]:
+    """What a waiting-room run did: tickets taken before and after the opening, joins
+    refused, admissions and purchases, how the followed streams ended, and how the line
+    stands (``closed``: why it closed, or ``open``)."""
+    finals = list(LineTold.of(records).finals.values())
+    return {
+        "early": sum(t.early for t in ledger.tickets),
+        "late": sum(not t.early for t in ledger.tickets),
+        "joins_refused": len({r.user for r in records if r.kind == JOIN and r.status >= 400}),
+        "admitted": ledger.admitted,
+        "bought": len(ledger.bought),
+        "streams_admitted": finals.count("admitted"),
+        "streams_closed": finals.count("closed"),
+        "streams_without_final": finals.count(None),
+        "closed": ledger.closed or "open",
+    }
+
+
 def render(summary: dict[str, Any]) -> str:
     """The summary as a plain-text table for a terminal."""
     header = (f"{'request':<10} {'count':>8} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
@@ -81,10 +101,11 @@ def render(summary: dict[str, Any]) -> str:
     lines.append(f"{'all':<10} {summary['requests']:>8} {summary['per_s']:>8.0f}  "
                  f"over {summary['duration_s']:.1f} s")
     lines.append("")
-    if summary.get("checkout"):
-        lines.append("checkout: " + ", ".join(f"{k.replace('_', ' ')} {v}"
-                                              for k, v in summary["checkout"].items()))
-        lines.append("")
+    for part in ("checkout", "line"):
+        if summary.get(part):
+            lines.append(f"{part}: " + ", ".join(f"{k.replace('_', ' ')} {v}"
+                                                 for k, v in summary[part].items()))
+            lines.append("")
     for check in summary["invariants"]:
         mark = "held  " if check["held"] else "BROKEN"
         lines.append(f"[{mark}] {check['name']}: {check['detail']}")

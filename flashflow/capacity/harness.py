@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from actors import ledger_sql
-from actors.model import Sale
+from actors.model import Sale, WaitingRoom
 from actors.redis_url import sync_client
 
 from ..database import execute, run_on_connection, with_database
@@ -126,8 +126,9 @@ def open_scratch(admin_url: str, redis_url: str, tag: str) -> Iterator[Scratch]:
 
 
 async def _insert(conn: Any, product: str, stock: int, lasts_s: float, current: bool,
-                  hold_seconds: int | None, per_user_limit: int) -> Sale:
-    start = datetime.now(UTC) - timedelta(seconds=1)
+                  hold_seconds: int | None, per_user_limit: int, starts_in_s: float,
+                  waiting_room: WaitingRoom | None) -> Sale:
+    start = datetime.now(UTC) + timedelta(seconds=starts_in_s)
     end = start + timedelta(seconds=lasts_s)
     if current:
         # The server's current sale is the active one that ends first: ours must end first.
@@ -138,25 +139,28 @@ async def _insert(conn: Any, product: str, stock: int, lasts_s: float, current: 
             raise LookupError(f"active sale {sooner} ends before a new one would, so it stays "
                               "current: load it without --stock, or wait until it ends")
     return await ledger_sql.insert_sale(conn, product, stock, start, end, hold_seconds,
-                                        per_user_limit)
+                                        per_user_limit, waiting_room)
 
 
 def create_sale(database_url: str, product: str, stock: int, lasts_s: float, *,
                 current: bool = False, hold_seconds: int | None = None,
-                per_user_limit: int = 1) -> Sale:
-    """Schedule a sale of ``stock`` running from a second ago for ``lasts_s``; return it.
+                per_user_limit: int = 1, starts_in_s: float = -1.0,
+                waiting_room: WaitingRoom | None = None) -> Sale:
+    """Schedule a sale of ``stock`` starting ``starts_in_s`` from now (a second ago unless
+    told) and lasting ``lasts_s``; return it.
 
     Args:
         current: The sale must become the server's current one at its next catalog
             refresh (the active sale that ends first).
         hold_seconds: A sale with holds, of this payment window; None: without.
         per_user_limit: The most units one buyer may take.
+        waiting_room: A line in front of the sale; None: without.
 
     Raises:
         LookupError: with ``current``, an active sale ends sooner, so it stays current.
     """
     return run_on_connection(database_url, _insert, product, stock, lasts_s, current,
-                             hold_seconds, per_user_limit)
+                             hold_seconds, per_user_limit, starts_in_s, waiting_room)
 
 
 def judge(records: Iterable[Record], before: LedgerSnapshot, database_url: str,

@@ -62,6 +62,11 @@ def ticket_path(sale_id: object, ticket_id: object) -> str:
     return fill(TICKET, sale_id).replace(TICKET_ID, str(ticket_id))
 
 
+def ticket_events_path(sale_id: object, ticket_id: object) -> str:
+    """The path of one ticket's live stream."""
+    return fill(TICKET_EVENTS, sale_id).replace(TICKET_ID, str(ticket_id))
+
+
 def fill(pattern: str, sale_id: object) -> str:
     """The concrete path of ``pattern`` for one sale (a UUID, or any text a test sends)."""
     return pattern.replace(SALE_ID, str(sale_id))
@@ -162,5 +167,6 @@ __all__ = [
     "queue_path",
     "sale_id_in",
     "sale_path",
+    "ticket_events_path",
     "ticket_path",
 ]

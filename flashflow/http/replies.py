@@ -13,7 +13,7 @@ from typing import Any
 
 from .wire import STANDINGS
 
-__all__ = ["Reply", "read_reply", "read_reply_bytes", "read_standing"]
+__all__ = ["Reply", "read_reply", "read_reply_bytes", "read_standing", "read_ticket"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,8 +25,10 @@ class Reply:
     a status read's answer; ``remaining_stock`` a sale's, or what an ``INSUFFICIENT_STOCK``
     refusal says is left (its error's ``details``). In a sale with holds, ``standing``
     is a purchase's, a place's or a standing's ``status`` (one of :data:`STANDINGS`),
-    ``expires_at`` a hold's end, ``position`` and ``waitlist_length`` a place's. A field the
-    body does not hold is None.
+    ``expires_at`` a hold's end, ``position`` and ``waitlist_length`` a place's. In a sale with
+    a waiting room, ``ticket`` names a ticket, with ``admitted_at`` and ``admission_token``
+    once it is admitted (and ``position`` once placed). A field the body does not hold is
+    None.
     """
 
     status: int
@@ -38,6 +40,9 @@ class Reply:
     expires_at: datetime | None = None
     position: int | None = None
     waitlist_length: int | None = None
+    ticket: str | None = None
+    admitted_at: datetime | None = None
+    admission_token: str | None = None
 
 
 def _moment(text: Any) -> datetime | None:
@@ -64,7 +69,9 @@ def read_reply(status: int, body: Any) -> Reply:
                  remaining_stock=data.get("remainingStock"),
                  standing=standing if standing in STANDINGS else None,
                  expires_at=_moment(data.get("expiresAt")), position=data.get("position"),
-                 waitlist_length=data.get("waitlistLength"))
+                 waitlist_length=data.get("waitlistLength"), ticket=data.get("ticket"),
+                 admitted_at=_moment(data.get("admittedAt")),
+                 admission_token=data.get("admissionToken"))
 
 
 def read_reply_bytes(status: int, content: bytes | None) -> Reply:
@@ -76,11 +83,22 @@ def read_reply_bytes(status: int, content: bytes | None) -> Reply:
     return read_reply(status, body)
 
 
-def read_standing(data: str) -> Reply:
-    """The :class:`Reply` of a buyer's ``standing`` event (its ``data:``, the status read's
-    body without the envelope); data that is not JSON reads as an empty one."""
+def _read_event(data: str) -> Reply:
     try:
         payload = json.loads(data)
     except (TypeError, ValueError):
         payload = None
     return read_reply(200, {"data": payload})
+
+
+def read_standing(data: str) -> Reply:
+    """The :class:`Reply` of a buyer's ``standing`` event (its ``data:``, the status read's
+    body without the envelope); data that is not JSON reads as an empty one."""
+    return _read_event(data)
+
+
+def read_ticket(data: str) -> Reply:
+    """The :class:`Reply` of a ticket's ``ticket``, ``admitted`` or ``closed`` event (its
+    ``data:``, the ticket's body without the envelope); data that is not JSON reads as an
+    empty one."""
+    return _read_event(data)

@@ -63,6 +63,7 @@ from .paths import (
     queue_path,
     sale_id_in,
     sale_path,
+    ticket_events_path,
     ticket_path,
 )
 
@@ -137,6 +138,7 @@ __all__ = [
     "standing_body",
     "status_event_body",
     "stock_event_body",
+    "ticket_events_path",
     "ticket_path",
 ]
 
