@@ -20,8 +20,7 @@ from typing import Any
 
 import httpx
 
-from actors.model import WaitingRoom
-from flashflow.capacity.harness import create_sale, judge
+from flashflow.capacity.harness import WaitingRoom, create_sale, judge
 from flashflow.http.wire import queue_path
 from flashflow.invariants_line import LineTold, line_snapshot, shuffled, verify_line
 

@@ -179,5 +179,5 @@ def judge(records: Iterable[Record], before: LedgerSnapshot, database_url: str,
     return [Check(f"{label}: {c.name}", c.held, c.detail) for c in checks]
 
 
-__all__ = ["Scratch", "backing_services", "create_sale", "delete_prefix", "judge",
+__all__ = ["Scratch", "WaitingRoom", "backing_services", "create_sale", "delete_prefix", "judge",
            "new_key_prefix", "open_scratch", "scratch_database", "scratch_prefix"]
