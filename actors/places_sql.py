@@ -230,12 +230,11 @@ def line_order(seed: bytes, tickets: list[uuid.UUID]) -> list[uuid.UUID]:
 async def join_line(conn: Any, sale_id: uuid.UUID, user_id: str) -> tuple[Entered, Ticket | None]:
     """Give ``user_id`` a ticket in the sale's line (their own again, if they have one)."""
     row = await conn.fetchrow("SELECT * FROM line_join($1, $2)", sale_id, user_id)
-    entered = Entered(row["outcome"])
     if row["ticket"] is None:
-        return entered, None
-    found = await conn.fetchrow(f"SELECT {TICKET_COLUMNS} FROM tickets WHERE ticket = $1",
-                                row["ticket"])
-    return entered, ticket_from_row(found)
+        return Entered(row["outcome"]), None
+    return Entered(row["outcome"]), Ticket(row["ticket"], sale_id, user_id, row["joined_at"],
+                                           row["early"], row["line_position"],
+                                           row["admitted_at"])
 
 
 async def find_ticket(conn: Any, sale_id: uuid.UUID, ticket: uuid.UUID | None = None,

@@ -93,7 +93,9 @@ END $$;
 -- later arrivals are numbered in the order they commit. outcome: 'none' (no waiting room),
 -- 'not_open' (before the line opens), 'ended', 'closed' (sold out), 'kept' (the user's own
 -- ticket, again) or 'joined' (a new one).
-CREATE FUNCTION line_join(p_sale uuid, p_user text, OUT outcome text, OUT ticket uuid)
+CREATE FUNCTION line_join(p_sale uuid, p_user text, OUT outcome text, OUT ticket uuid,
+                          OUT joined_at timestamptz, OUT early boolean,
+                          OUT line_position bigint, OUT admitted_at timestamptz)
 LANGUAGE plpgsql AS $$
 DECLARE
     s record;
@@ -106,7 +108,9 @@ BEGIN
         outcome := 'none';
         RETURN;
     END IF;
-    SELECT t.ticket INTO ticket FROM tickets t WHERE t.sale_id = p_sale AND t.user_id = p_user;
+    SELECT t.ticket, t.joined_at, t.early, t.position, t.admitted_at
+      INTO ticket, joined_at, early, line_position, admitted_at
+      FROM tickets t WHERE t.sale_id = p_sale AND t.user_id = p_user;
     IF FOUND THEN
         outcome := 'kept';
         RETURN;
@@ -151,6 +155,11 @@ BEGIN
         SELECT t.ticket INTO ticket FROM tickets t WHERE t.sale_id = p_sale AND t.user_id = p_user;
         outcome := 'kept';
     END IF;
+    -- The ticket as it stands, in the same call (the caller's statement cannot see a row
+    -- this function wrote).
+    SELECT t.joined_at, t.early, t.position, t.admitted_at
+      INTO joined_at, early, line_position, admitted_at
+      FROM tickets t WHERE t.ticket = line_join.ticket;
 END $$;
 
 -- Move the line on: place the early tickets once the sale opens, then admit the next
