@@ -197,6 +197,8 @@ class Entered(enum.Enum):
     KEPT = "kept"
     #: The sale has no waiting room.
     NONE = "none"
+    #: The line opened while the join waited (asked again, never returned).
+    AGAIN = "again"
     NOT_OPEN = "not_open"
     #: The line closed: every unit is sold for good.
     CLOSED = "closed"
@@ -230,6 +232,8 @@ def line_order(seed: bytes, tickets: list[uuid.UUID]) -> list[uuid.UUID]:
 async def join_line(conn: Any, sale_id: uuid.UUID, user_id: str) -> tuple[Entered, Ticket | None]:
     """Give ``user_id`` a ticket in the sale's line (their own again, if they have one)."""
     row = await conn.fetchrow("SELECT * FROM line_join($1, $2)", sale_id, user_id)
+    while row["outcome"] == "again":  # the line opened while the join waited: once more
+        row = await conn.fetchrow("SELECT * FROM line_join($1, $2)", sale_id, user_id)
     if row["ticket"] is None:
         return Entered(row["outcome"]), None
     return Entered(row["outcome"]), Ticket(row["ticket"], sale_id, user_id, row["joined_at"],

@@ -90,9 +90,11 @@ END $$;
 -- A buyer asks for a ticket. Before the opening joins share the line's row lock (the
 -- opening takes it alone), so they go in parallel and none lands after the opening placed
 -- the early tickets; from the opening on, a join takes it alone to number its position, so
--- later arrivals are numbered in the order they commit. outcome: 'none' (no waiting room),
--- 'not_open' (before the line opens), 'ended', 'closed' (sold out), 'kept' (the user's own
--- ticket, again) or 'joined' (a new one).
+-- later arrivals are numbered in the order they commit. The clock is read once the lock is
+-- held: a join that waited for it acts on the moment it got it. outcome: 'none' (no waiting
+-- room), 'not_open' (before the line opens), 'ended', 'closed' (sold out), 'kept' (the
+-- user's own ticket, again), 'joined' (a new one), or 'again': the line opened while this
+-- join waited for its shared lock; asked again, it takes the lock alone.
 CREATE FUNCTION line_join(p_sale uuid, p_user text, OUT outcome text, OUT ticket uuid,
                           OUT joined_at timestamptz, OUT early boolean,
                           OUT line_position bigint, OUT admitted_at timestamptz)
@@ -100,7 +102,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     s record;
     l record;
-    now_ timestamptz := clock_timestamp();
+    shared boolean;
+    now_ timestamptz;
     placed bigint;
 BEGIN
     SELECT f.start_time, f.end_time, f.line_opens_s INTO s FROM flash_sales f WHERE f.id = p_sale;
@@ -115,11 +118,13 @@ BEGIN
         outcome := 'kept';
         RETURN;
     END IF;
-    IF now_ < s.start_time THEN
+    shared := clock_timestamp() < s.start_time;
+    IF shared THEN
         SELECT * INTO l FROM lines WHERE sale_id = p_sale FOR SHARE;
     ELSE
         SELECT * INTO l FROM lines WHERE sale_id = p_sale FOR UPDATE;
     END IF;
+    now_ := clock_timestamp();
     IF NOT FOUND THEN
         outcome := 'none';
     ELSIF now_ >= s.end_time THEN
@@ -134,11 +139,11 @@ BEGIN
         ON CONFLICT (sale_id, user_id) DO NOTHING
         RETURNING tickets.ticket INTO ticket;
         outcome := 'joined';
+    ELSIF shared THEN
+        -- Taking the lock alone while others share it could deadlock: ask again instead.
+        outcome := 'again';
+        RETURN;
     ELSE
-        IF now_ < s.start_time THEN
-            -- Placed while this join waited (an operator moved the start): a later arrival.
-            SELECT * INTO l FROM lines WHERE sale_id = p_sale FOR UPDATE;
-        END IF;
         PERFORM line_place_early(p_sale, s.start_time);
         UPDATE lines SET length = length + 1 WHERE sale_id = p_sale RETURNING length INTO placed;
         INSERT INTO tickets (sale_id, user_id, arrival, joined_at, early, position)
@@ -171,7 +176,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     s record;
     l record;
-    now_ timestamptz := clock_timestamp();
+    now_ timestamptz;
     due bigint;
     took bigint;
 BEGIN
@@ -181,6 +186,9 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
+    -- Read once the lock is held: a step that waited for it never admits a position at a
+    -- moment before the ones ahead of it, nor moves the admission clock back.
+    now_ := clock_timestamp();
     IF l.closed_at IS NULL AND now_ >= s.end_time THEN
         UPDATE lines SET closed_at = now_, closed_why = 'ended' WHERE sale_id = p_sale;
         l.closed_why := 'ended';
