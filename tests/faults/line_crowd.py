@@ -197,12 +197,6 @@ class Crowd:
                 self.watched.append((trio.current_time() - self.began, admitted))
             await trio.sleep(0.1)
 
-    async def admitted_up_to(self, count: int, timeout_s: float = 30.0) -> None:
-        """Wait until the watcher has read ``admittedUpTo`` of ``count`` or more."""
-        with trio.fail_after(timeout_s):
-            while not self.watched or self.watched[-1][1] < count:
-                await trio.sleep(0.05)
-
     async def audit(self) -> dict[str, tuple[int | None, str | None]]:
         """Each ticket's position and admission, as the audit tells them."""
         status, reply = await self.ask("GET", fill(QUEUE_AUDIT, self.sale.id))
