@@ -26,7 +26,13 @@ import trio
 
 from actors import WaitingRoom, ledger_sql
 from flashflow.http.wire import queue_path
-from flashflow.invariants_line import LineLedger, line_snapshot, shuffled, verify_line
+from flashflow.invariants_line import (
+    CLOCK_SLACK_S,
+    LineLedger,
+    line_snapshot,
+    shuffled,
+    verify_line,
+)
 
 from ..helpers import fetch, make_sale, pg
 from .fleet import established, wait_for_workers, wait_until_serving, worker_pids
@@ -54,9 +60,9 @@ def line_settings(settings):
 
 
 async def run_line(settings, server, fault: Fault, figures: dict) -> tuple[Crowd, LineLedger]:
-    """The crowd takes its tickets, the line opens, ``fault`` strikes once :data:`FAULT_AT`
-    are admitted (it calls its second argument to send the late joiners), and the line runs
-    until it closes; return the crowd and the line as PostgreSQL holds it."""
+    """The crowd takes its tickets, the line opens, ``fault`` strikes :data:`FAULT_AFTER` the
+    opening (it calls its second argument to send the late joiners), and the line runs until
+    it closes; return the crowd and the line as PostgreSQL holds it."""
     sale = await make_sale(settings.database_url, stock=STOCK, waiting_room=ROOM,
                            starts_in=timedelta(minutes=10))
     limits = httpx.Limits(max_connections=800, max_keepalive_connections=800)
@@ -110,8 +116,10 @@ async def run_line(settings, server, fault: Fault, figures: dict) -> tuple[Crowd
         seconds_to_join=round(joined_s, 2), seconds_in_all=round(trio.current_time()
                                                                  - crowd.began, 1),
         statuses={str(k): v for k, v in sorted(crowd.statuses.items())},
-        admitted=ledger.admitted, line_length=ledger.length, bought=len(ledger.bought),
-        closed=ledger.closed, admissions_told=len(crowd.line_told().admissions))
+        line_reads=len(crowd.watched), admitted=ledger.admitted, line_length=ledger.length,
+        bought=len(ledger.bought), closed=ledger.closed,
+        admissions_told=len(crowd.line_told().admissions),
+        late_joined=sum(not t.early for t in ledger.tickets), late_refused=len(crowd.late_refused))
     return crowd, ledger
 
 
@@ -123,13 +131,17 @@ def check_line(crowd: Crowd, ledger: LineLedger) -> None:
     assert not broken, "\n".join(broken)
     assert not crowd.false, crowd.false[:5]
     assert not crowd.went_back, f"admittedUpTo went back for {crowd.went_back[:5]}"
+    assert len(crowd.watched) >= 5, "the line was hardly read"
     held = positions_of(ledger)
     assert set(held) == set(crowd.tickets), "tickets lost or unknown"
-    assert sorted(held.values()) == list(range(1, len(held) + 1))  # type: ignore[type-var]
+    assert sorted(p or 0 for p in held.values()) == list(range(1, len(held) + 1))
     told_other = [t for t, p in held.items() if crowd.positions[t] != {p}]
     assert not told_other, [(t, crowd.positions[t], held[t]) for t in told_other[:5]]
     assert sum(t.early for t in ledger.tickets) == EARLY
     assert set(ledger.bought) == crowd.bought
+    # A join refused SOLD_OUT was refused once the line had closed, not before.
+    assert ledger.closed_at is not None
+    assert all(at > ledger.closed_at - CLOCK_SLACK_S for at in crowd.late_refused)
     assert len(ledger.bought) == STOCK and ledger.closed == "sold_out"
 
 
@@ -175,10 +187,10 @@ async def test_a_server_restarted_mid_line_keeps_the_order(fault_settings, launc
     async def restart(crowd: Crowd, send_late: Callable[[], None]) -> dict[str, Any]:
         seen["before"] = await crowd.audit()
         stopped = trio.current_time()
+        send_late()  # they join through the restart, asking again until it answers
         code = await trio.to_thread.run_sync(server.stop)
         restarted = await launch(settings, "--workers", "2", port=port)
         back_s = trio.current_time() - stopped
-        send_late()
         seen["after"] = await crowd.audit()
         return {"exit_code": code, "seconds_down": round(back_s, 2),
                 "restarted_log": restarted.log_path.name}
