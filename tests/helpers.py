@@ -204,17 +204,19 @@ COVERAGE_VARIABLES = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
 
 
 def spawn_server(settings: Settings, log_dir: Path, *args: str, timeout_s: float = 30.0,
-                 traced: bool = True) -> ServerProcess:
+                 traced: bool = True, port: int | None = None) -> ServerProcess:
     """Start ``flashflow serve`` on ``settings`` (see :func:`server_env`) and a free loopback
-    port, and wait until /healthz answers.
+    port (or ``port``, to start a server again where it was), and wait until /healthz answers.
 
     ``traced=False`` runs it outside coverage, for a test whose load would otherwise measure
     the tracer rather than the server.
     """
     from flashflow.embedded import free_port
 
-    port = free_port()
+    port = port or free_port()
     log_path = log_dir / f"server-{port}.log"
+    if log_path.exists():  # a server started again on its port: its earlier log is kept
+        log_path = log_dir / f"server-{port}-{time.monotonic_ns()}.log"
     command = [sys.executable, "-m", "flashflow.cli", "serve", "--port", str(port), *args]
     env = server_env(settings)
     if not traced:

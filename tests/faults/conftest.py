@@ -95,9 +95,10 @@ async def launch(tmp_path: Path, request: pytest.FixtureRequest
     """
     started: list[ServerProcess] = []
 
-    async def go(settings: Settings, *args: str, traced: bool = True) -> ServerProcess:
+    async def go(settings: Settings, *args: str, traced: bool = True,
+                 port: int | None = None) -> ServerProcess:
         server = await trio.to_thread.run_sync(partial(spawn_server, settings, tmp_path, *args,
-                                                       traced=traced))
+                                                       traced=traced, port=port))
         started.append(server)
         return server
 

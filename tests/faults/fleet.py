@@ -26,6 +26,19 @@ def worker_pids(server: ServerProcess) -> list[int]:
         return []
 
 
+async def wait_for_workers(server: ServerProcess, count: int, exclude: set[int],
+                           timeout_s: float) -> float:
+    """Wait until the supervisor runs ``count`` workers, none of them in ``exclude``; return
+    the seconds it took."""
+    started = trio.current_time()
+    with trio.fail_after(timeout_s):
+        while True:
+            pids = set(worker_pids(server))
+            if len(pids) == count and not pids & exclude:
+                return trio.current_time() - started
+            await trio.sleep(0.05)
+
+
 def established(pid: int, port: int) -> int:
     """TCP connections process ``pid`` holds on its listening ``port``."""
     try:

@@ -17,7 +17,7 @@ from flashflow.http.wire import CURRENT_PURCHASE
 
 from ..helpers import gate_state, make_sale, sale_row_locked
 from .checks import check_exact_end, phase_figures
-from .fleet import established, wait_until_serving, worker_pids
+from .fleet import established, wait_for_workers, wait_until_serving, worker_pids
 from .load import open_clients, recover_and_sell_out, spam
 from .recorder import Recorder
 from .stores import committed_rows, wait_for_gate_to_agree, wait_for_sold
@@ -25,17 +25,6 @@ from .stores import committed_rows, wait_for_gate_to_agree, wait_for_sold
 pytestmark = pytest.mark.slow
 
 STOCK = 300
-
-
-async def wait_for_workers(server, count: int, exclude: set[int], timeout_s: float) -> float:
-    """Wait until the supervisor runs ``count`` workers, none of them in ``exclude``."""
-    started = trio.current_time()
-    with trio.fail_after(timeout_s):
-        while True:
-            pids = set(worker_pids(server))
-            if len(pids) == count and not pids & exclude:
-                return trio.current_time() - started
-            await trio.sleep(0.05)
 
 
 async def test_worker_killed_mid_batch_reservations_come_back(fault_settings, launch, figures):
