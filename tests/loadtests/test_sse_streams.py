@@ -14,6 +14,7 @@ import trio
 
 from loadtests.sse_streams import (
     CUT,
+    LINE_FIGURES,
     REFUSED,
     RESET,
     TIMED_OUT,
@@ -22,6 +23,7 @@ from loadtests.sse_streams import (
     Subscriber,
     kind_of,
     open_subscribers,
+    record,
     tally,
 )
 
@@ -143,3 +145,18 @@ def test_a_rise_in_stock_is_noticed(seen, rose):
     """A subscriber notices a figure above an earlier one."""
     sub = Subscriber(seen=[(float(i), v) for i, v in enumerate(seen)])
     assert sub.stock_rose() is rose
+
+
+def test_a_ticket_event_cut_by_a_read_is_kept_whole():
+    """A ticket stream's event whose data line is split over reads is recorded once, whole,
+    with its name; a heartbeat between events is not an event."""
+    events = (b'id: 1\nevent: ticket\ndata: {"admittedUpTo":0}\n\n: heartbeat\n\n'
+              b'id: 2\nevent: admitted\ndata: {"admittedUpTo":3,"admissionToken":"'
+              + b"x" * 3000 + b'"}\n\n')
+    sub = Subscriber(figures=LINE_FIGURES)
+    tail = b""
+    for start in range(0, len(events), 700):
+        tail = record(sub, tail, events[start:start + 700])
+    assert [name for _, (name, _) in sub.seen] == ["ticket", "admitted"]
+    assert sub.seen[1][1][1].endswith(b'"}') and len(sub.seen[1][1][1]) > 3000
+
