@@ -40,6 +40,9 @@ REFUSED, RESET, TIMED_OUT, CUT = "refused", "reset", "timed_out", "cut"
 KINDS = (REFUSED, RESET, TIMED_OUT, CUT)
 _BY_ERRNO = {errno.ECONNREFUSED: REFUSED, errno.ECONNRESET: RESET, errno.EPIPE: RESET,
              errno.ECONNABORTED: RESET, errno.ETIMEDOUT: TIMED_OUT}
+#: The last chunk of a chunked response: the server ended the stream but kept the connection
+#: (SSE data never holds a CR, so this never occurs inside an event).
+END_OF_RESPONSE = b"\r\n0\r\n\r\n"
 #: How many connections are being opened (connect, request, snapshot) at once: each holds
 #: its place until its snapshot arrived, so the server's accept queue never holds more.
 CONNECT_CONCURRENCY = 200
@@ -140,7 +143,9 @@ class Reader:
     """A thread that reads every stream handed to it, until :meth:`close`.
 
     The sockets are level-triggered in one epoll set; each ready one is read once per pass.
-    A stream the server ends is noted as dropped (its kind and time) and closed.
+    A stream the server ends, by closing its connection or by ending its response
+    (:data:`END_OF_RESPONSE`, the connection kept alive), is noted as dropped (its kind and
+    time) and closed.
     """
 
     def __init__(self) -> None:
@@ -173,7 +178,10 @@ class Reader:
                 if not chunk:
                     self._drop(fd, CUT)
                     continue
+                ended = END_OF_RESPONSE in tail[0][-len(END_OF_RESPONSE):] + chunk
                 tail[0] = record(sub, tail[0], chunk)
+                if ended:
+                    self._drop(fd, CUT)
 
     def _drop(self, fd: int, kind: str) -> None:
         sub, sock, _ = self._held.pop(fd)

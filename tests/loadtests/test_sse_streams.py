@@ -115,6 +115,22 @@ async def test_a_stream_reset_after_its_snapshot_is_counted_as_dropped():
     assert tally(subs)["dropped_after_connect"][RESET] == 3
 
 
+async def test_a_response_ended_on_a_kept_connection_is_cut():
+    """A stream whose chunked response ends after its snapshot, the connection left open,
+    was connected, then dropped as cut: no more events can come on it."""
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send_all(SNAPSHOT)
+        await trio.sleep(0.1)
+        await stream.send_all(b"\r\n0\r\n")
+        await stream.send_all(b"\r\n")
+        await trio.sleep_forever()
+
+    subs = await subscribers_of(handler, 2, settle_s=0.5)
+    assert all(s.connected for s in subs)
+    assert [s.dropped for s in subs] == [CUT, CUT]
+
+
 async def test_a_closed_stream_and_an_error_answer_are_cut_and_http_status():
     """A server closing before any answer cuts the stream; a 503 answer is named by it."""
     answers = iter([b"", b"HTTP/1.1 503 \r\ncontent-length: 0\r\n\r\n"])
