@@ -1,4 +1,4 @@
-"""Measure the live stock feed over loopback: capacity, memory and delivery delay.
+"""Measure the live streams over loopback: capacity, memory and delivery delay.
 
 It makes a scratch database and Redis key prefix holding one sale (the load harness's,
 :mod:`flashflow.capacity.harness`) and serves Flash Flow in a child process on 127.0.0.1
@@ -15,9 +15,14 @@ from this process:
    (its 201) to every subscriber seeing the new stock; then a burst of purchases at once,
    reporting the delay from the last commit to every subscriber seeing the final stock.
 
+With ``--line`` it measures the waiting room's ticket streams instead
+(:mod:`loadtests.sse_line`): ``--subscribers`` tickets waiting, then admitted at
+``--admit-per-s``, and the delay of each one's ``admitted`` event.
+
 A connection the server did not hold is a figure, not a failure. The run exits 1 only when
 one of its own invariants fails, and names it: every purchase it made answered 201; every
-update reached every stream still open; no stream saw the stock rise. Everything is bounded
+update reached every stream still open; no stream saw the stock rise (``--line``: those of
+:mod:`loadtests.sse_line`). Everything is bounded
 by ``--timeout-s`` (past it, exit 2); the child and the database are removed at the end.
 
     python -m loadtests.sse_bench --database-url postgresql://postgres@127.0.0.1:5432/postgres \\
@@ -30,7 +35,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import statistics
 import sys
 import tempfile
@@ -45,9 +49,10 @@ import trio
 from flashflow.capacity.harness import Scratch
 from flashflow.http.wire import CURRENT_PURCHASE, METRICS
 
-from . import summary
-from .bench.server import BenchServer, bench_sale, cpu_seconds, tree
-from .sse_streams import Reader, Subscriber, clock, open_subscribers, tally
+from .bench.server import BenchServer, bench_sale, cpu_seconds
+from .sse_line import LineRun
+from .sse_run import Run, client_cpu_s, hold, ms, percentile, raise_fd_limit
+from .sse_streams import Reader, Subscriber, clock, tally
 
 #: The sale's stock: far more than the bench buys, so it never sells out under it.
 STOCK_AT_START = 1_000_000
@@ -57,50 +62,23 @@ COMMITTED, REACHED, NEVER_ROSE = ("every_purchase_committed", "every_update_reac
                                   "no_stream_saw_stock_rise")
 
 
-def raise_fd_limit() -> None:
-    """Allow as many sockets as the hard limit permits."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def rss_kib(root: psutil.Process) -> int:
-    """The server's resident memory (every process of it) in KiB."""
-    total = 0
-    for process in tree(root):
-        with suppress(psutil.Error):
-            total += process.memory_info().rss
-    return total // 1024
-
-
-def client_cpu_s() -> float:
-    """CPU time (user + system) this process has used so far."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def percentile(values: list[float], p: float) -> float:
-    """The ``p``-th percentile (0-100), nearest rank."""
-    return summary.percentile(sorted(values), p / 100)
-
-
-def ms(seconds: float) -> float:
-    """Seconds as milliseconds, to 0.1."""
-    return round(seconds * 1000, 1)
-
-
-class Run:
-    """What one run measured and checked: the report, and the bench's own tallies."""
+class StockRun(Run):
+    """A run of the stock feed: its purchases, and the bench's tallies of what the streams saw."""
 
     def __init__(self, client: httpx.AsyncClient, host: str, port: int, server: psutil.Process,
-                 args: argparse.Namespace) -> None:
-        self.client, self.host, self.port, self.server, self.args = (
-            client, host, port, server, args)
-        self.report: dict[str, object] = {}
+                 args: argparse.Namespace, scratch: Scratch | None = None) -> None:
+        super().__init__(client, host, port, server, args, scratch)
         self.stock = STOCK_AT_START
         self.purchases: Counter[str] = Counter()
         #: Deliveries each update owed to a stream open until the wait for it ended, missed.
         self.missed = 0
         self.rose = 0
+
+    async def measure(self) -> None:
+        await capacity_phase(self)
+        await latency_phase(self)
+        self.report["purchases"] = dict(self.purchases)
+        self.report["streams_saw_stock_rise"] = self.rose
 
     async def buy(self, user: str) -> bool:
         """One purchase; True (and the stock one lower) if it answered 201."""
@@ -121,11 +99,6 @@ class Run:
             text = (await self.client.get(METRICS)).text
             return sum(int(float(v)) for v in FEED_SUBSCRIBERS.findall(text))
         return None
-
-    async def subscribers(self, reader: Reader, n: int) -> list[Subscriber]:
-        """Open ``n`` subscribers read by ``reader`` (connected or not)."""
-        return await open_subscribers(reader, self.host, self.port, n,
-                                      self.args.connect_timeout_s)
 
     async def wait_seen(self, subs: list[Subscriber], since: float, timeout_s: float,
                         poll_s: float = 0.01) -> list[float]:
@@ -167,25 +140,13 @@ class Run:
                 NEVER_ROSE: self.rose == 0 or not committed}
 
 
-async def capacity_phase(run: Run) -> None:
+async def capacity_phase(run: StockRun) -> None:
     """Hold ``--subscribers`` streams; memory, connect time, and ``--updates`` purchases
     fanned out to them, one at a time."""
     report, args = run.report, run.args
     with Reader() as reader:
-        warm = await run.subscribers(reader, 1)
-        await trio.sleep(0.5)
-        base_kib = rss_kib(run.server)
-        started = clock()
-        subs = await run.subscribers(reader, args.subscribers)
-        opened_s = clock() - started
-        await trio.sleep(3.0)
-        full_kib = rss_kib(run.server)
-        connected = max(sum(s.connected for s in subs), 1)
-        report["subscribers"] = tally(subs)  # again at the end, with the streams dropped since
+        warm, subs = await hold(run, reader, args.subscribers)
         report["server_feed_subscribers"] = await run.server_streams()
-        report["connect_all_s"] = round(opened_s, 2)
-        report["server_rss_mib"] = round(full_kib / 1024, 1)
-        report["kib_per_subscriber"] = round((full_kib - base_kib) / connected, 1)
         reached: list[float] = []
         each: list[float] = []
         owed = 0
@@ -212,7 +173,7 @@ async def capacity_phase(run: Run) -> None:
     await run.wait_released()
 
 
-async def latency_phase(run: Run) -> None:
+async def latency_phase(run: StockRun) -> None:
     """Spaced purchases, then a burst, with ``--latency-subscribers`` watching."""
     out, args = run.report, run.args
     with Reader() as reader:
@@ -270,15 +231,15 @@ async def bench(args: argparse.Namespace, scratch: Scratch) -> int:
         try:
             host, port = server.url.removeprefix("http://").split(":")
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-                run = Run(client, host, int(port), server.root, args)
+                kind = LineRun if args.line else StockRun
+                run: Run = kind(client, host, int(port), server.root, args, scratch)
                 run.report["workers"] = args.workers
+                run.report["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
                 with trio.move_on_after(args.timeout_s) as bounded:
-                    await capacity_phase(run)
-                    await latency_phase(run)
+                    await run.measure()
+                run.report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         finally:
             await trio.to_thread.run_sync(server.stop)
-    run.report["purchases"] = dict(run.purchases)
-    run.report["streams_saw_stock_rise"] = run.rose
     run.report["invariants"] = held = run.invariants()
     print(json.dumps(run.report, indent=2))
     if bounded.cancelled_caught:
@@ -300,10 +261,19 @@ def main() -> None:
         "FLASHFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--workers", type=int, default=2, help="the server's worker processes")
     parser.add_argument("--subscribers", type=int, default=10_000)
+    line = parser.add_argument_group("waiting-room mode")
+    line.add_argument("--line", action="store_true",
+                      help="measure the waiting room's ticket streams instead of the feed")
+    line.add_argument("--admit-per-s", type=float, default=1_000.0,
+                      help="the tickets the line admits a second")
+    line.add_argument("--opening-in-s", type=float, default=5.0,
+                      help="how long after the streams are held the line opens")
+    line.add_argument("--join-concurrency", type=int, default=32,
+                      help="the joins in flight at once")
     parser.add_argument("--updates", type=int, default=3,
                         help="purchases fanned out to all --subscribers")
     parser.add_argument("--connect-timeout-s", type=float, default=30.0,
-                        help="how long one stream may take to connect and get its snapshot")
+                        help="how long one stream may take to connect and get its first event")
     parser.add_argument("--latency-subscribers", type=int, default=1_000)
     parser.add_argument("--purchases", type=int, default=20)
     parser.add_argument("--spacing-s", type=float, default=0.3)

@@ -1,7 +1,8 @@
 """The live-feed bench's subscribers: raw SSE connections over loopback, each recording the
-stock figures it sees, and what became of the ones the server did not hold.
+figures it sees (:class:`Figures`: the stock of the sale's feed, or a waiting-room ticket's
+events), and what became of the ones the server did not hold.
 
-:func:`subscribe` connects, asks for the stream and reads its snapshot in trio, at most
+:func:`subscribe` connects, asks for the stream and reads its first figure in trio, at most
 :data:`CONNECT_CONCURRENCY` at once; from then on a :class:`Reader` thread reads every held
 stream with one epoll set, so that reading 10,000 streams costs the bench a few microseconds
 per event rather than a trio task's wake-up each, and the bench's own CPU time does not
@@ -22,24 +23,48 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
 from flashflow.http.wire import CURRENT_EVENTS
 
 STOCK = re.compile(rb'"remainingStock":(\d+)')
+#: A waiting-room ticket's events, each with its data line.
+LINE_EVENT = re.compile(rb"event: (ticket|line|admitted|closed)\ndata: ([^\n]*)\n")
 STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})")
 #: How a connection the server did not hold ended; anything else is named by its errno.
 REFUSED, RESET, TIMED_OUT, CUT = "refused", "reset", "timed_out", "cut"
 KINDS = (REFUSED, RESET, TIMED_OUT, CUT)
 _BY_ERRNO = {errno.ECONNREFUSED: REFUSED, errno.ECONNRESET: RESET, errno.EPIPE: RESET,
              errno.ECONNABORTED: RESET, errno.ETIMEDOUT: TIMED_OUT}
+#: The last chunk of a chunked response: the server ended the stream but kept the connection
+#: (SSE data never holds a CR, so this never occurs inside an event).
+END_OF_RESPONSE = b"\r\n0\r\n\r\n"
 #: How many connections are being opened (connect, request, snapshot) at once: each holds
 #: its place until its snapshot arrived, so the server's accept queue never holds more.
 CONNECT_CONCURRENCY = 200
 #: The clock of every time the bench records.
 clock = time.perf_counter
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """What a stream's reader keeps of it: each match of ``pattern``, as ``value`` of the
+    match, and at most ``carry`` bytes after the last one (a figure cut in two by a read)."""
+
+    pattern: re.Pattern[bytes]
+    value: Callable[[re.Match[bytes]], Any]
+    carry: int
+
+
+#: The sale's feed: every stock figure, as an int.
+STOCK_FIGURES = Figures(STOCK, lambda match: int(match.group(1)), 64)
+#: A ticket's stream: every event, as (its name, its data line's JSON bytes).
+LINE_FIGURES = Figures(LINE_EVENT, lambda match: (match.group(1).decode(), match.group(2)),
+                       16384)
 
 
 class StreamEnded(Exception):
@@ -75,15 +100,17 @@ def kind_of(exc: BaseException) -> str | None:
 
 @dataclass
 class Subscriber:
-    """One raw SSE connection: every stock figure it saw, with the time it arrived, and how
-    it ended if the server did not hold it."""
+    """One raw SSE connection to ``path``: every figure it saw, with the time it arrived,
+    and how it ended if the server did not hold it."""
 
-    seen: list[tuple[float, int]] = field(default_factory=list)
-    #: Whether its snapshot arrived.
+    path: str = CURRENT_EVENTS
+    figures: Figures = STOCK_FIGURES
+    seen: list[tuple[float, Any]] = field(default_factory=list)
+    #: Whether its first figure (the feed's snapshot, a ticket's first event) arrived.
     connected: bool = False
-    #: Set when it never got its snapshot: how it failed.
+    #: Set when it never got its first figure: how it failed.
     lost: str | None = None
-    #: Set when it ended after its snapshot, before the bench closed it: how, and when.
+    #: Set when it ended after its first figure, before the bench closed it: how, and when.
     dropped: str | None = None
     dropped_at: float = float("inf")
 
@@ -101,21 +128,24 @@ class Subscriber:
 
 
 def record(sub: Subscriber, tail: bytes, chunk: bytes) -> bytes:
-    """Note every stock figure in ``chunk``; return the bytes to carry to the next one."""
+    """Note every figure in ``chunk``; return the bytes to carry to the next one."""
     now = clock()
     data = tail + chunk
     end = 0
-    for match in STOCK.finditer(data):
-        sub.seen.append((now, int(match.group(1))))
+    figures = sub.figures
+    for match in figures.pattern.finditer(data):
+        sub.seen.append((now, figures.value(match)))
         end = match.end()
-    return data[max(end, len(data) - 64):]
+    return data[max(end, len(data) - figures.carry):]
 
 
 class Reader:
     """A thread that reads every stream handed to it, until :meth:`close`.
 
     The sockets are level-triggered in one epoll set; each ready one is read once per pass.
-    A stream the server ends is noted as dropped (its kind and time) and closed.
+    A stream the server ends, by closing its connection or by ending its response
+    (:data:`END_OF_RESPONSE`, the connection kept alive), is noted as dropped (its kind and
+    time) and closed.
     """
 
     def __init__(self) -> None:
@@ -148,7 +178,10 @@ class Reader:
                 if not chunk:
                     self._drop(fd, CUT)
                     continue
+                ended = END_OF_RESPONSE in tail[0][-len(END_OF_RESPONSE):] + chunk
                 tail[0] = record(sub, tail[0], chunk)
+                if ended:
+                    self._drop(fd, CUT)
 
     def _drop(self, fd: int, kind: str) -> None:
         sub, sock, _ = self._held.pop(fd)
@@ -174,7 +207,7 @@ class Reader:
 
 async def subscribe(host: str, port: int, sub: Subscriber, limiter: trio.CapacityLimiter,
                     reader: Reader, connect_timeout_s: float) -> None:
-    """Open one SSE connection and read its snapshot, then hand it to ``reader``; a
+    """Open one SSE connection and read its first figure, then hand it to ``reader``; a
     connection that fails is noted on ``sub`` instead."""
     try:
         async with limiter:
@@ -192,12 +225,12 @@ async def subscribe(host: str, port: int, sub: Subscriber, limiter: trio.Capacit
 
 
 async def request(stream: trio.SocketStream, host: str, sub: Subscriber) -> bytes:
-    """Ask for the stream and read until its snapshot; return the bytes to carry on with.
+    """Ask for the stream and read until its first figure; return the bytes to carry on with.
 
     Raises:
         StreamEnded: the server closed the connection first, or answered other than 200.
     """
-    await stream.send_all(f"GET {CURRENT_EVENTS} HTTP/1.1\r\nHost: {host}\r\n"
+    await stream.send_all(f"GET {sub.path} HTTP/1.1\r\nHost: {host}\r\n"
                           "Accept: text/event-stream\r\n\r\n".encode())
     head = b""
     while (status := STATUS_LINE.match(head)) is None:
@@ -220,23 +253,28 @@ async def request(stream: trio.SocketStream, host: str, sub: Subscriber) -> byte
 
 
 async def open_subscribers(reader: Reader, host: str, port: int, n: int,
-                           connect_timeout_s: float = 30.0) -> list[Subscriber]:
-    """Open ``n`` subscribers, :data:`CONNECT_CONCURRENCY` at once, each then read by
-    ``reader``; return once every one is connected or has failed."""
+                           connect_timeout_s: float = 30.0, *,
+                           make: Callable[[int], Subscriber] = lambda _: Subscriber(),
+                           ) -> list[Subscriber]:
+    """Open ``n`` subscribers (the ``i``-th ``make(i)``: by default to the current sale's
+    feed), :data:`CONNECT_CONCURRENCY` at once, each then read by ``reader``; return once
+    every one is connected or has failed."""
     limiter = trio.CapacityLimiter(CONNECT_CONCURRENCY)
-    subs = [Subscriber() for _ in range(n)]
+    subs = [make(i) for i in range(n)]
     async with trio.open_nursery() as starting:
         for sub in subs:
             starting.start_soon(subscribe, host, port, sub, limiter, reader, connect_timeout_s)
     return subs
 
 
-def tally(subs: list[Subscriber]) -> dict[str, object]:
+def tally(subs: list[Subscriber],
+          finished: Callable[[Subscriber], bool] = lambda _: False) -> dict[str, object]:
     """How many connected, and how the others ended, by kind (every kind of
-    :data:`KINDS` named, 0 or not)."""
+    :data:`KINDS` named, 0 or not); a stream the server ended once it was ``finished`` (a
+    ticket's stream after its last event) was not dropped."""
     lost = Counter(dict.fromkeys(KINDS, 0))
     lost.update(s.lost for s in subs if s.lost is not None)
     dropped = Counter(dict.fromkeys(KINDS, 0))
-    dropped.update(s.dropped for s in subs if s.dropped is not None)
+    dropped.update(s.dropped for s in subs if s.dropped is not None and not finished(s))
     return {"asked": len(subs), "connected": sum(s.connected for s in subs),
             "not_connected": dict(lost), "dropped_after_connect": dict(dropped)}

@@ -14,6 +14,7 @@ import trio
 
 from loadtests.sse_streams import (
     CUT,
+    LINE_FIGURES,
     REFUSED,
     RESET,
     TIMED_OUT,
@@ -22,6 +23,7 @@ from loadtests.sse_streams import (
     Subscriber,
     kind_of,
     open_subscribers,
+    record,
     tally,
 )
 
@@ -113,6 +115,22 @@ async def test_a_stream_reset_after_its_snapshot_is_counted_as_dropped():
     assert tally(subs)["dropped_after_connect"][RESET] == 3
 
 
+async def test_a_response_ended_on_a_kept_connection_is_cut():
+    """A stream whose chunked response ends after its snapshot, the connection left open,
+    was connected, then dropped as cut: no more events can come on it."""
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send_all(SNAPSHOT)
+        await trio.sleep(0.1)
+        await stream.send_all(b"\r\n0\r\n")
+        await stream.send_all(b"\r\n")
+        await trio.sleep_forever()
+
+    subs = await subscribers_of(handler, 2, settle_s=0.5)
+    assert all(s.connected for s in subs)
+    assert [s.dropped for s in subs] == [CUT, CUT]
+
+
 async def test_a_closed_stream_and_an_error_answer_are_cut_and_http_status():
     """A server closing before any answer cuts the stream; a 503 answer is named by it."""
     answers = iter([b"", b"HTTP/1.1 503 \r\ncontent-length: 0\r\n\r\n"])
@@ -143,3 +161,18 @@ def test_a_rise_in_stock_is_noticed(seen, rose):
     """A subscriber notices a figure above an earlier one."""
     sub = Subscriber(seen=[(float(i), v) for i, v in enumerate(seen)])
     assert sub.stock_rose() is rose
+
+
+def test_a_ticket_event_cut_by_a_read_is_kept_whole():
+    """A ticket stream's event whose data line is split over reads is recorded once, whole,
+    with its name; a heartbeat between events is not an event."""
+    events = (b'id: 1\nevent: ticket\ndata: {"admittedUpTo":0}\n\n: heartbeat\n\n'
+              b'id: 2\nevent: admitted\ndata: {"admittedUpTo":3,"admissionToken":"'
+              + b"x" * 3000 + b'"}\n\n')
+    sub = Subscriber(figures=LINE_FIGURES)
+    tail = b""
+    for start in range(0, len(events), 700):
+        tail = record(sub, tail, events[start:start + 700])
+    assert [name for _, (name, _) in sub.seen] == ["ticket", "admitted"]
+    assert sub.seen[1][1][1].endswith(b'"}') and len(sub.seen[1][1][1]) > 3000
+
