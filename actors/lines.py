@@ -79,6 +79,8 @@ class Lines:
         self._due: dict[uuid.UUID, list[int]] = defaultdict(list)
         self._positions: dict[uuid.UUID, dict[uuid.UUID, int]] = defaultdict(dict)
         self._reading: dict[uuid.UUID, trio.Lock] = defaultdict(trio.Lock)
+        self._loading: dict[uuid.UUID, trio.Lock] = defaultdict(trio.Lock)
+        self._moments: dict[uuid.UUID, dict[int, datetime]] = defaultdict(dict)
         self._samples: dict[uuid.UUID, deque[tuple[float, int]]] = defaultdict(deque)
         self._ticks = 0
         self._failed = 0
@@ -96,8 +98,23 @@ class Lines:
         """
         line = await self._ledger.call(places_sql.advance_line, sale.id)
         if line is not None:
+            await self._load_moments(line)
             self._learn(line)
         return line
+
+    def admitted_at(self, sale_id: uuid.UUID, position: int) -> datetime | None:
+        """When the ticket at ``position`` was admitted, as this process last read it."""
+        return self._moments[sale_id].get(position)
+
+    async def _load_moments(self, line: Line) -> None:
+        """Read when the positions admitted since the last read were admitted: one query a
+        pass for the whole process, before their streams wake to tell them."""
+        moments = self._moments[line.sale_id]
+        async with self._loading[line.sale_id]:
+            upto = max(moments, default=0)
+            if line.admitted > upto:
+                moments.update(await self._ledger.call(places_sql.admission_moments,
+                                                       line.sale_id, upto, line.admitted))
 
     async def join(self, sale: Sale, user_id: str) -> tuple[Entered, Ticket | None]:
         """Give ``user_id`` a ticket in the sale's line (their own again if they have one).

@@ -22,6 +22,7 @@ import enum
 import hashlib
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from .ledger_sql import HOLD_END, INSERT_COLUMNS, PURCHASE_COLUMNS, purchase_from_row
@@ -276,6 +277,14 @@ async def line_positions(conn: Any, sale_id: uuid.UUID, after: int = 0) -> dict[
     return {r["ticket"]: r["position"] for r in rows}
 
 
+async def admission_moments(conn: Any, sale_id: uuid.UUID, after: int,
+                            upto: int) -> dict[int, datetime]:
+    """When each position in (``after``, ``upto``] was admitted."""
+    rows = await conn.fetch("SELECT position, admitted_at FROM tickets WHERE sale_id = $1 "
+                            "AND position > $2 AND position <= $3", sale_id, after, upto)
+    return {r["position"]: r["admitted_at"] for r in rows}
+
+
 async def line_audit(conn: Any, sale_id: uuid.UUID) -> tuple[Line | None, list[Ticket]]:
     """The line and every ticket in it, in arrival order, read in one snapshot."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -295,5 +304,6 @@ async def signing_key(conn: Any, name: str, drawn: bytes) -> bytes:
 
 
 __all__ = ["LINE_COLUMNS", "PLACES", "TICKET_COLUMNS", "Entered", "JoinOutcome", "Joined",
-           "advance_line", "close_line", "find_ticket", "fits", "join_line", "join_waitlist",
-           "leave_waitlist", "line_audit", "line_order", "line_positions", "offer", "signing_key"]
+           "admission_moments", "advance_line", "close_line", "find_ticket", "fits",
+           "join_line", "join_waitlist", "leave_waitlist", "line_audit", "line_order",
+           "line_positions", "offer", "signing_key"]

@@ -6,9 +6,10 @@
   purchase, and with ``FLASHFLOW_LINE_PROOF_BITS`` set, paid for with a proof of work.
 - ``GET .../queue/{ticket}``: the ticket: its position, the tickets ahead, the wait; once
   admitted, the admission token a purchase carries.
-- ``GET .../queue/{ticket}/events``: the same, live. A ``ticket`` event first; a ``line``
-  event every ``FLASHFLOW_LINE_UPDATE_S`` (one body per sale, shared by every stream: from
-  ``admittedUpTo`` each ticket knows its own place); ``admitted`` the moment the ticket's
+- ``GET .../queue/{ticket}/events``: the same, live. A ``ticket`` event first, and again once
+  the opening placed it; a ``line`` event at most every ``FLASHFLOW_LINE_UPDATE_S`` while the
+  line moves (one body per sale, shared by every stream: from ``admittedUpTo`` each ticket
+  knows its own place); ``admitted`` the moment the ticket's
   turn comes, with its token, or ``closed`` when the line closes before it (``expired`` for
   a ticket whose admission window has passed): each is the last event.
 - ``GET .../queue/audit``: the seed (once revealed), its commitment and every ticket.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from itertools import count
 from typing import TypeVar
 
@@ -102,7 +104,11 @@ class TicketView:
         lines = runtime.lines
         position = await lines.position(sale, ticket)
         if line.admits(position) and ticket.admitted_at is None:
-            ticket = await self.find(sale, ticket.id)  # admitted since it was read
+            # Admitted since it was read: when, as this process read it for every stream, or
+            # else from PostgreSQL.
+            at = None if position is None else lines.admitted_at(sale.id, position)
+            ticket = (replace(ticket, admitted_at=at) if at is not None
+                      else await self.find(sale, ticket.id))
         admission = None
         if line.admits(position) and ticket.admitted_at is not None and position is not None:
             admission = runtime.admissions.mint(sale, ticket, position, ticket.admitted_at)
@@ -223,9 +229,12 @@ def install_line(app: QuartTrio, runtime: Runtime, auth: Auth, *,
         try:
             line = lines.line(sale.id) or await line_of(sale)
             yield event("ticket", await view.body(sale, ticket, line))
-            position = await lines.position(sale, ticket)
+            position = told = await lines.position(sale, ticket)
+            shown = line
             beat_at = trio.current_time() + heartbeat_s
-            # Spread over the interval, so the streams of a line do not all send at once.
+            # Each stream tells its news at its own moment of the interval, so the streams of
+            # a line do not all send at once (at the opening, say, when every one learns its
+            # position); its turn and the line's close are told at once.
             update_at = trio.current_time() + random.uniform(0, settings.line_update_s)
             while True:
                 if line.closed is not None or line.admits(position):
@@ -240,14 +249,17 @@ def install_line(app: QuartTrio, runtime: Runtime, auth: Auth, *,
                     else:
                         await lines.turn(sale.id, position)
                 line = lines.line(sale.id) or line
-                out = b""
                 if position is None and line.ordered:
                     position = await lines.position(sale, ticket)
-                    out = event("ticket", await view.body(sale, ticket, line))
+                    continue
+                out = b""
+                if trio.current_time() >= update_at:
                     update_at = trio.current_time() + settings.line_update_s
-                elif trio.current_time() >= update_at:
-                    out = framed(line_event(sale, line))
-                    update_at = trio.current_time() + settings.line_update_s
+                    if position != told:
+                        out, told, shown = event("ticket", await view.body(sale, ticket,
+                                                                           line)), position, line
+                    elif line != shown:
+                        out, shown = framed(line_event(sale, line)), line
                 if not out and trio.current_time() >= beat_at:
                     out = HEARTBEAT
                 if out:
