@@ -207,7 +207,7 @@ class Settings:
     #: How often each process moves the waiting rooms' lines on (PostgreSQL admits each once).
     line_tick_s: float = 0.2
     #: How often a waiting ticket's stream is told where the line stands.
-    line_update_s: float = 3.0
+    line_update_s: float = 10.0
     #: Leading zero bits of sha256 a join's proof of work must show; 0: no proof asked.
     line_proof_bits: int = field(default=0, metadata={"kind": "count"})
     #: The key admission tokens are signed with; unset, one kept in PostgreSQL for every
