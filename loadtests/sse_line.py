@@ -32,10 +32,7 @@ import httpx
 import psutil
 import trio
 
-from actors import ledger_sql
-from actors.model import Sale, WaitingRoom
-from flashflow.capacity.harness import Scratch
-from flashflow.database import run_on_connection
+from flashflow.capacity.harness import Sale, Scratch, WaitingRoom, create_sale, move_start
 from flashflow.http.wire import queue_path, ticket_path
 
 from .bench.server import cpu_seconds
@@ -119,13 +116,11 @@ class LineRun(Run):
         """The sale with the waiting room, its line open and its opening an hour ahead;
         returns once the server knows it."""
         assert self.scratch is not None
-        start = datetime.now(UTC) + timedelta(hours=1)
         room = WaitingRoom(opens_before_s=2 * 3600, admit_per_s=self.args.admit_per_s,
                            window_s=WINDOW_S)
-        sale = await trio.to_thread.run_sync(
-            run_on_connection, self.scratch.database_url, ledger_sql.insert_sale,
-            "Bench Line", self.args.subscribers + 1, start, start + timedelta(hours=2), None, 1,
-            room)
+        sale = await trio.to_thread.run_sync(partial(
+            create_sale, self.scratch.database_url, "Bench Line", self.args.subscribers + 1,
+            2 * 3600, starts_in_s=3600, waiting_room=room))
         with trio.fail_after(30):
             while (await self.client.get(queue_path(sale.id))).status_code != 200:
                 await trio.sleep(0.2)
@@ -162,9 +157,7 @@ class LineRun(Run):
         """Move the sale's start (and so its line's opening) to ``in_s`` from now."""
         assert self.scratch is not None
         start = datetime.now(UTC) + timedelta(seconds=in_s)
-        await trio.to_thread.run_sync(
-            run_on_connection, self.scratch.database_url,
-            partial(ledger_sql.update_sale, start_time=start), sale.id)
+        await trio.to_thread.run_sync(move_start, self.scratch.database_url, sale.id, start)
 
     async def wait_last(self, streams: list[Subscriber], timeout_s: float) -> None:
         """Wait until every stream has its last event or has ended (at most ``timeout_s``)."""

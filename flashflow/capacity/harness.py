@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,13 @@ async def _insert(conn: Any, product: str, stock: int, lasts_s: float, current: 
                                         per_user_limit, waiting_room)
 
 
+def move_start(database_url: str, sale_id: uuid.UUID, start: datetime) -> Sale:
+    """Move an upcoming sale's start (and so its line's opening) to ``start``, as an
+    operator's change does; return the sale."""
+    return run_on_connection(database_url, partial(ledger_sql.update_sale, start_time=start),
+                             sale_id)
+
+
 def create_sale(database_url: str, product: str, stock: int, lasts_s: float, *,
                 current: bool = False, hold_seconds: int | None = None,
                 per_user_limit: int = 1, starts_in_s: float = -1.0,
@@ -179,5 +187,6 @@ def judge(records: Iterable[Record], before: LedgerSnapshot, database_url: str,
     return [Check(f"{label}: {c.name}", c.held, c.detail) for c in checks]
 
 
-__all__ = ["Scratch", "WaitingRoom", "backing_services", "create_sale", "delete_prefix", "judge",
-           "new_key_prefix", "open_scratch", "scratch_database", "scratch_prefix"]
+__all__ = ["Sale", "Scratch", "WaitingRoom", "backing_services", "create_sale", "delete_prefix",
+           "judge", "move_start", "new_key_prefix", "open_scratch", "scratch_database",
+           "scratch_prefix"]
