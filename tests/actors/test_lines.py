@@ -12,7 +12,7 @@ from actors import WaitingRoom
 from actors.places_sql import Entered, close_line, join_line, line_order
 from flashflow.runtime import open_runtime
 
-from ..helpers import fetch, make_sale, pg
+from ..helpers import fetch, make_sale, open_in, pg
 
 ROOM = WaitingRoom(opens_before_s=60, admit_per_s=20.0, window_s=30)
 
@@ -46,9 +46,8 @@ async def test_racing_joins_give_one_ticket_each_and_a_gapless_back_of_the_line(
     """Joins racing on many connections, the same users twice over, before and after the
     opening: one ticket per user; the early ones placed in the seed's order at 1..E, the
     later ones at E+1.. in arrival order, with no gap and no position twice."""
-    sale = await make_sale(settings.database_url, starts_in=timedelta(seconds=3),
-                           waiting_room=ROOM)
     url = settings.database_url
+    sale = await make_sale(url, starts_in=timedelta(seconds=50), waiting_room=ROOM)
 
     async def crowd(users: list[str]) -> None:
         limiter = trio.CapacityLimiter(16)
@@ -63,7 +62,7 @@ async def test_racing_joins_give_one_ticket_each_and_a_gapless_back_of_the_line(
 
     with trio.fail_after(60):
         await crowd([f"early-{i:03d}" for i in range(60)])
-        await trio.sleep(3.2)
+        await open_in(url, sale.id, 0.5)
         await crowd([f"late-{i:03d}" for i in range(40)])
     rows = await pg(url, fetch, "SELECT ticket, user_id, early, position, arrival FROM tickets "
                                 "WHERE sale_id = $1", sale.id)

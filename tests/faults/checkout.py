@@ -30,8 +30,7 @@ from flashflow.invariants import LedgerSnapshot, store_snapshots, verify
 from flashflow.settings import Settings
 from loadtests.records import CONFIRM, PURCHASE, STANDING, Record, record_of
 
-from ..helpers import ServerProcess
-from .load import client_untraced
+from ..helpers import ServerProcess, client_untraced
 from .stores import wait_for_gate_to_agree
 
 #: The payment step's bearer token in the checkout tests.

@@ -4,14 +4,10 @@ presses until every user has a final answer."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 
-try:
-    import coverage
-except ImportError:  # pragma: no cover - coverage is a test dependency
-    coverage = None
 import httpx
 import trio
 
@@ -27,25 +23,6 @@ def asking(users: list[str], most: int) -> dict[str, int]:
     """The units each of ``users`` asks for: 1, 2, ..., ``most`` in turn (with ``most`` 1,
     one each), for :attr:`Recorder.quantities <tests.faults.recorder.Recorder.quantities>`."""
     return {user: 1 + i % most for i, user in enumerate(users)}
-
-
-@contextmanager
-def client_untraced() -> Iterator[None]:
-    """The test process's own code not traced for coverage while the block runs.
-
-    Under ``make test`` the whole test process is traced, and a crowd of hundreds of
-    connections in one trio loop then reads its answers seconds late: what a latency bound
-    measured there would hold is the tracer, not the server (whose workers stay traced).
-    """
-    current = coverage.Coverage.current() if coverage is not None else None
-    if current is None:
-        yield
-        return
-    current.stop()
-    try:
-        yield
-    finally:
-        current.start()
 
 
 @asynccontextmanager

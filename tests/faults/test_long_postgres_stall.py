@@ -21,10 +21,10 @@ from functools import partial
 import pytest
 import trio
 
-from ..helpers import make_sale, sale_row_locked
+from ..helpers import client_untraced, make_sale, sale_row_locked
 from .checks import ANSWER_SLACK_S, check_sale_after_faults, latency_figures, phase_figures
 from .fleet import RETURNED_LOG_LINE, wait_until_serving
-from .load import client_untraced, open_clients, press_until_final
+from .load import open_clients, press_until_final
 from .recorder import Recorder
 from .stores import committed_rows
 

@@ -10,10 +10,10 @@ import httpx
 import pytest
 import trio
 
-from ..helpers import ledger_of, make_sale
+from ..helpers import client_untraced, ledger_of, make_sale
 from .checks import check_sale_after_faults, latency_figures
 from .fleet import reconciler_returns, wait_until_serving, worker_pids
-from .load import asking, client_untraced, open_clients
+from .load import asking, open_clients
 from .recorder import Outcome, Recorder
 from .stores import LawWatch
 

@@ -8,12 +8,12 @@ from functools import partial
 import pytest
 import trio
 
-from ..helpers import gate_state, make_sale, sale_row_locked
+from ..helpers import client_untraced, gate_state, make_sale, sale_row_locked
 from ..integration.test_stampede import stampede
 from .backends import StuckableProxy
 from .checks import check_sale_after_faults, latency_figures, phase_figures, redis_fault_bound_s
 from .fleet import reconciler_returns, wait_until_serving
-from .load import client_untraced, open_clients, recover, spam
+from .load import open_clients, recover, spam
 from .recorder import Recorder
 from .stores import wait_for_sold
 
