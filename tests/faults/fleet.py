@@ -3,8 +3,11 @@ connections, when they serve, how they stop, and what their logs say."""
 
 from __future__ import annotations
 
+import os
 import re
-from contextlib import suppress
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 
 import httpx
 import psutil
@@ -24,6 +27,25 @@ def worker_pids(server: ServerProcess) -> list[int]:
         return [child.pid for child in psutil.Process(server.process.pid).children()]
     except psutil.NoSuchProcess:
         return []
+
+
+@contextmanager
+def stopped(*servers: ServerProcess) -> Iterator[None]:
+    """Every process of ``servers`` (supervisors first, then their workers) SIGSTOPped for
+    the block, and SIGCONTed after: nothing of theirs runs meanwhile, a reconcile pass
+    included."""
+    pids = [s.process.pid for s in servers]
+    for pid in list(pids):
+        os.kill(pid, signal.SIGSTOP)  # first, so it starts no new worker
+        pids += [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    for pid in pids[len(servers):]:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 async def wait_for_workers(server: ServerProcess, count: int, exclude: set[int],

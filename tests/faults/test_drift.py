@@ -24,7 +24,7 @@ from flashflow.http.wire import CURRENT, CURRENT_PURCHASE, METRICS
 
 from ..helpers import make_sale
 from .checks import check_sale_after_faults, phase_figures
-from .fleet import wait_until_serving
+from .fleet import stopped, wait_until_serving
 from .load import asking, open_clients, recover_and_sell_out
 from .recorder import Recorder
 
@@ -103,11 +103,15 @@ async def test_drifted_gate_heals_then_sells_out_exactly(backends, fault_setting
             r.save()  # the snapshot an RDB-persisted Redis would restart from
             await buy_each(recorder, client, users[20:30])
             assert len(recorder.winners) == 30
-            os.kill(backends.redis.pid, signal.SIGKILL)
-            backends.redis.process.wait(10)
-            backends.redis = start_redis(backends.data_dir, port=backends.redis_port)
-            r = redis.Redis.from_url(backends.redis.url, decode_responses=True)
-            assert int(r.get(keys.stock)) == units[1], "Redis came back from the older snapshot"
+            # The servers stand still until the test has seen what Redis came back with:
+            # a reconcile pass (every 0.5 s) would otherwise heal it first.
+            with stopped(server, fresh):
+                os.kill(backends.redis.pid, signal.SIGKILL)
+                backends.redis.process.wait(10)
+                backends.redis = start_redis(backends.data_dir, port=backends.redis_port)
+                r = redis.Redis.from_url(backends.redis.url, decode_responses=True)
+                assert int(r.get(keys.stock)) == units[1], \
+                    "Redis came back from the older snapshot"
             # Everyone who bought, before the snapshot and after it, is told so at once by
             # workers that never saw them: the restored Redis lacks the last ten holders.
             await wait_until_serving(fresh.base_url)
