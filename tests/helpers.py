@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import psutil
 import redis
 import trio
 from hypercorn.trio import serve as hypercorn_serve
@@ -218,6 +220,25 @@ def server_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a ``flashflow`` subprocess run on ``settings``, the test's
     servers included, logging warnings only."""
     return replace(settings, log_level="WARNING").process_env()
+
+
+def stop_tree(pid: int) -> list[int]:
+    """SIGSTOP a process, then every process under it, each by its pid; return the pids
+    stopped, the parent first (stopped first, so it starts no new child meanwhile)."""
+    os.kill(pid, signal.SIGSTOP)
+    stopped = [pid]
+    for child in psutil.Process(pid).children(recursive=True):
+        with suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGSTOP)
+            stopped.append(child.pid)
+    return stopped
+
+
+def continue_all(pids: list[int]) -> None:
+    """SIGCONT what :func:`stop_tree` stopped: the children first, the parent last."""
+    for pid in reversed(pids):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 @dataclass

@@ -16,10 +16,11 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 import trio
 
 from flashflow.embedded import EmbeddedServer, start_postgres, start_redis
+
+from ..helpers import continue_all, stop_tree
 
 
 @dataclass
@@ -71,12 +72,7 @@ class Backends:
         child), so stopping the postmaster's group would leave open connections answering.
         Connections stay open and bytes sent meanwhile wait in the kernel, unanswered.
         """
-        os.kill(self.postgres.pid, signal.SIGSTOP)  # first, so it forks no new backend
-        self.paused_postgres = [self.postgres.pid]
-        for child in psutil.Process(self.postgres.pid).children(recursive=True):
-            with suppress(ProcessLookupError):
-                os.kill(child.pid, signal.SIGSTOP)
-                self.paused_postgres.append(child.pid)
+        self.paused_postgres = stop_tree(self.postgres.pid)
 
     @asynccontextmanager
     async def postgres_paused(self) -> AsyncIterator[None]:
@@ -92,9 +88,7 @@ class Backends:
         paused, self.paused_postgres = self.paused_postgres, []
         if self.postgres.process.poll() is not None:
             return
-        for pid in reversed(paused):  # the backends first, the postmaster last
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        continue_all(paused)  # the backends first, the postmaster last
 
     def pause_redis(self) -> None:
         """SIGSTOP Redis: commands sent meanwhile wait in its socket buffers, unanswered."""

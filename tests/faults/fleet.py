@@ -3,9 +3,7 @@ connections, when they serve, how they stop, and what their logs say."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -15,7 +13,7 @@ import trio
 
 from flashflow.http.wire import READYZ
 
-from ..helpers import ServerProcess
+from ..helpers import ServerProcess, continue_all, stop_tree
 
 RETURNED_LOG_LINE = "returned a reservation that never committed"
 CLAIMED_LOG_LINE = r"recorded (\d+) committed purchases the gate did not hold"
@@ -31,21 +29,14 @@ def worker_pids(server: ServerProcess) -> list[int]:
 
 @contextmanager
 def stopped(*servers: ServerProcess) -> Iterator[None]:
-    """Every process of ``servers`` (supervisors first, then their workers) SIGSTOPped for
-    the block, and SIGCONTed after: nothing of theirs runs meanwhile, a reconcile pass
+    """Every process of ``servers`` (each supervisor, then its workers) SIGSTOPped for the
+    block, and SIGCONTed after: nothing of theirs runs meanwhile, a reconcile pass
     included."""
-    pids = [s.process.pid for s in servers]
-    for pid in list(pids):
-        os.kill(pid, signal.SIGSTOP)  # first, so it starts no new worker
-        pids += [child.pid for child in psutil.Process(pid).children(recursive=True)]
-    for pid in pids[len(servers):]:
-        os.kill(pid, signal.SIGSTOP)
+    pids = [pid for server in servers for pid in stop_tree(server.process.pid)]
     try:
         yield
     finally:
-        for pid in pids:
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        continue_all(pids)
 
 
 async def wait_for_workers(server: ServerProcess, count: int, exclude: set[int],

@@ -4,7 +4,7 @@ admitted. The line's rules and the sale's are judged against PostgreSQL and Redi
 
 from __future__ import annotations
 
-import json
+import math
 import random
 import time
 from collections import Counter
@@ -22,6 +22,7 @@ from flashflow.invariants_line import LINE_FINAL, LineTold, line_snapshot, shuff
 from loadtests.records import PURCHASE, Record
 
 from ..helpers import client_untraced, judge, make_sale, open_in, spawn_server
+from ..http.test_sse import EventReader
 
 EARLY, LATE, STOCK = 3000, 1000, 200
 #: Slow enough that the 200 units sell while the later arrivals are still in line (the
@@ -65,16 +66,13 @@ async def follow(client: httpx.AsyncClient, sale_id, user: str, ticket: str,
             async with client.stream("GET", ticket_path(sale_id, ticket) + "/events",
                                      headers=headers) as response:
                 assert response.status_code == 200
-                event = None
-                async for line in response.aiter_lines():
-                    if line.startswith("id: "):
-                        last_id = line[4:]
-                    elif line.startswith("event: "):
-                        event = line[7:]
-                    elif line.startswith("data: ") and event in ("admitted", "closed",
-                                                                 "expired"):
-                        name, final = event, json.loads(line[6:])
-                        break
+                reader = EventReader(response)
+                while name is None:
+                    # No bound of its own: the test's deadline is the stream's.
+                    event = await reader.next(timeout_s=math.inf)
+                    last_id = event.id or last_id
+                    if event.name in ("admitted", "closed", "expired"):
+                        name, final = event.name, event.data
             break
         except httpx.TransportError as exc:
             reconnects.append(f"{user}: {exc!r}")
